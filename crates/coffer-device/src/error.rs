@@ -1,0 +1,146 @@
+//! The one error type of the device library.
+//!
+//! Variants are typed so that callers (and tests) can tell exactly what went
+//! wrong; none of them carries secret material, and their `Display` text never
+//! includes a passphrase or key.
+
+use std::path::PathBuf;
+
+use crate::kdf::KdfLimitError;
+use crate::recovery::RecoveryKeyError;
+
+/// Result alias for the device library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong on the device side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No passphrase slot of the vault opens with the passphrase given.
+    #[error("wrong passphrase: no key slot of this vault opens with it")]
+    WrongPassphrase,
+    /// No recovery slot of the vault opens with the recovery key given.
+    #[error("wrong recovery key: no recovery slot of this vault opens with it")]
+    WrongRecoveryKey,
+    /// The text given as a recovery key is not one (typo, wrong length, …).
+    #[error("not a valid recovery key: {0}")]
+    InvalidRecoveryKey(#[from] RecoveryKeyError),
+    /// There is no vault of that name in the space.
+    #[error("no vault named {name:?} in this space")]
+    NoSuchVault {
+        /// The vault name asked for.
+        name: String,
+    },
+    /// `create` found a vault of that name already.
+    #[error("a vault named {name:?} already exists in this space")]
+    VaultExists {
+        /// The vault name asked for.
+        name: String,
+    },
+    /// A vault or slot name breaks the naming rules.
+    #[error("invalid {what} {name:?}: {rule}")]
+    InvalidName {
+        /// "vault name" or "slot name".
+        what: &'static str,
+        /// The rejected name.
+        name: String,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+    /// The header cannot be read as a coffer vault header: it is damaged,
+    /// truncated or not a header at all. Nothing was unlocked.
+    #[error("vault header is corrupt: {0}")]
+    Corrupt(#[from] CorruptKind),
+    /// A key slot opened, but the header's authentication code does not match:
+    /// someone changed the header without the vault key. Nothing was unlocked.
+    #[error("vault header failed authentication: it was modified without the vault key")]
+    Tampered,
+    /// The header was written by a newer (or unknown) format version.
+    #[error("vault header format version {0} is not supported by this coffer")]
+    UnsupportedVersion(u16),
+    /// A slot asks for more KDF work than this coffer allows when opening.
+    #[error("refusing to open: {0}")]
+    KdfLimit(#[from] KdfLimitError),
+    /// KDF parameters given for a new slot are invalid.
+    #[error("invalid KDF parameters: {0}")]
+    InvalidKdfParams(&'static str),
+    /// A passphrase is empty or longer than allowed.
+    #[error("invalid passphrase: {0}")]
+    InvalidPassphrase(&'static str),
+    /// Every key slot is in use.
+    #[error("all {0} key slots are in use; remove one first")]
+    SlotsFull(usize),
+    /// No slot has that name.
+    #[error("no key slot named {name:?}")]
+    NoSuchSlot {
+        /// The slot name asked for.
+        name: String,
+    },
+    /// Slot names are unique within a vault.
+    #[error("a key slot named {name:?} already exists")]
+    SlotNameTaken {
+        /// The slot name asked for.
+        name: String,
+    },
+    /// Removing this slot would leave no passphrase or recovery slot at all.
+    #[error("refusing to remove the last key slot: the vault could never be opened again")]
+    LastSlot,
+    /// Another process holds the vault's lock for longer than we wait.
+    #[error("vault is busy: another coffer process is changing it")]
+    Busy,
+    /// An operating-system error, with what we were doing and where.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What coffer was doing.
+        op: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The system random number generator failed.
+    #[error("the system random number generator failed")]
+    Random,
+}
+
+/// Why a header could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CorruptKind {
+    /// Shorter than the smallest valid header, or cut inside a field.
+    #[error("truncated")]
+    Truncated,
+    /// Larger than any valid header.
+    #[error("larger than any valid header")]
+    TooLarge,
+    /// The file does not start with the coffer header magic.
+    #[error("not a coffer vault header (bad magic number)")]
+    BadMagic,
+    /// The SHA-256 checksum over the header does not match: accidental damage
+    /// (a flipped bit, a torn copy) or a careless edit.
+    #[error("checksum mismatch (damaged or edited)")]
+    Checksum,
+    /// Bytes after the end of the header.
+    #[error("trailing bytes after the header")]
+    TrailingBytes,
+    /// A field holds a value the format does not allow.
+    #[error("invalid field: {0}")]
+    Field(&'static str),
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<rand_core::Error> for Error {
+    fn from(_: rand_core::Error) -> Self {
+        Error::Random
+    }
+}

@@ -1,0 +1,144 @@
+//! Crash-safe file writes and inter-process locks.
+//!
+//! A header is replaced by writing a temporary file in the same directory,
+//! fsyncing it, renaming it over the old one and fsyncing the directory: after
+//! a crash at any point the directory holds either the old header or the new
+//! one, whole.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rand_core::{OsRng, RngCore};
+
+use crate::error::{Error, Result};
+
+/// How long to wait for another process to release a vault's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+#[cfg(unix)]
+fn private_file_options() -> OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = OpenOptions::new();
+    options.mode(0o600);
+    options
+}
+
+#[cfg(not(unix))]
+fn private_file_options() -> OpenOptions {
+    OpenOptions::new()
+}
+
+/// Creates `dir` (and parents) readable by the owner only.
+pub(crate) fn create_private_dir_all(dir: &Path) -> Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| Error::io("creating directory", dir, e))
+}
+
+/// Creates `dir`, which must not exist, readable by the owner only.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| Error::io("creating directory", dir, e))
+}
+
+/// fsyncs a directory so that a rename or create inside it is durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("syncing directory", dir, e))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// Atomically replaces `path` with `bytes` (temp file, fsync, rename, fsync
+/// the directory).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.{:016x}.tmp", OsRng.next_u64()));
+    let result = (|| {
+        let mut file = private_file_options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("creating", &tmp, e))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| Error::io("writing", &tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| Error::io("replacing", path, e))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Reads at most `limit` bytes of `path`; a longer file yields `limit + 1`
+/// bytes so that the caller can report it as too large without reading it all.
+pub(crate) fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>> {
+    let file = File::open(path).map_err(|e| Error::io("reading", path, e))?;
+    let mut bytes = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("reading", path, e))?;
+    Ok(bytes)
+}
+
+/// An exclusive advisory lock on a file, held until dropped.
+#[derive(Debug)]
+pub(crate) struct FileLock {
+    file: File,
+}
+
+impl FileLock {
+    /// Takes the lock on `path` (created if missing), waiting up to
+    /// [`LOCK_WAIT`] for another process to release it.
+    pub(crate) fn acquire(path: &Path) -> Result<Self> {
+        let file = private_file_options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| Error::io("opening lock", path, e))?;
+        let started = Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(FileLock { file }),
+                Err(fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(Error::Busy),
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io("locking", path, e)),
+            }
+        }
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        // Closing the file releases the lock too; unlocking first just makes
+        // the release independent of when the descriptor is closed.
+        let _ = self.file.unlock();
+    }
+}

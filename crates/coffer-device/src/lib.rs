@@ -1,0 +1,53 @@
+//! coffer's device-side library.
+//!
+//! A [`Space`] is a directory on a device holding one [`Vault`] per
+//! organization. A vault has a random 256-bit vault key that is never stored
+//! unwrapped: its header holds up to sixteen key slots, each wrapping the
+//! vault key under a key derived from one secret — a user's passphrase
+//! (Argon2id by default), or a recovery key. Everything else the vault
+//! protects uses [subkeys](subkey) derived from the vault key.
+//!
+//! ```no_run
+//! use coffer_device::{Credential, KdfAlgorithm, KdfParams, Passphrase, Space};
+//! use std::time::Duration;
+//!
+//! # fn main() -> coffer_device::Result<()> {
+//! let space = Space::new("/var/lib/coffer");
+//! let kdf = KdfParams::calibrate(KdfAlgorithm::Argon2id, Duration::from_millis(500))?;
+//! let alice = Passphrase::new("correct horse battery staple".into())?;
+//! let mut vault = space.create_vault("acme", "alice", &alice, &kdf)?;
+//! let (_, recovery) = vault.add_recovery_slot("recovery")?;
+//! drop(vault); // locks: the vault key is zeroized
+//!
+//! let vault = space.vault("acme")?.unlock(&Credential::RecoveryKey(&recovery))?;
+//! # Ok(()) }
+//! ```
+//!
+//! The formats are specified in `docs/formats/vault-header.md`; the threat
+//! model in `docs/threat-model.md`.
+
+mod aead;
+mod codec;
+mod error;
+mod fsio;
+pub mod header;
+pub mod kdf;
+pub mod keyslot;
+pub mod recovery;
+mod secret;
+pub mod space;
+pub mod subkey;
+pub mod vault;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{CorruptKind, Error, Result};
+pub use header::VaultId;
+pub use kdf::{KdfAlgorithm, KdfLimitError, KdfLimits, KdfParams};
+pub use keyslot::{Credential, SlotKind};
+pub use recovery::{RecoveryKey, RecoveryKeyError};
+pub use secret::{Passphrase, Subkey, VaultKey, KEY_LEN, MAX_PASSPHRASE_LEN};
+pub use space::Space;
+pub use subkey::Purpose;
+pub use vault::{SlotInfo, UnlockedVault, Vault, VaultInfo};

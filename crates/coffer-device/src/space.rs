@@ -1,0 +1,149 @@
+//! A space: the directory on a device that holds one vault per organization.
+//!
+//! ```text
+//! SPACE/                 (0700)
+//!   .lock                serializes vault creation
+//!   <vault name>/        (0700) one per organization; the name is visible
+//!     header             key slots and encrypted metadata (vault-header.md)
+//!     .lock              serializes header changes
+//! ```
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rand_core::{OsRng, RngCore};
+
+use crate::error::{Error, Result};
+use crate::fsio::{self, FileLock};
+use crate::kdf::KdfParams;
+use crate::secret::Passphrase;
+use crate::vault::{UnlockedVault, Vault};
+
+/// Name of the header file inside a vault directory.
+pub(crate) const HEADER_FILE: &str = "header";
+/// Name of the lock file in a space or vault directory.
+pub(crate) const LOCK_FILE: &str = ".lock";
+/// Longest vault name.
+pub const MAX_VAULT_NAME_LEN: usize = 64;
+
+/// A directory holding vaults.
+#[derive(Debug, Clone)]
+pub struct Space {
+    root: PathBuf,
+}
+
+/// Checks a vault name: 1 to 64 of `a-z 0-9 . _ -`, starting with a letter or
+/// digit. Lower case only, so that names mean the same on case-insensitive
+/// file systems; no leading dot, so that temporary directories never clash.
+pub fn validate_vault_name(name: &str) -> Result<()> {
+    let rule = if name.is_empty() || name.len() > MAX_VAULT_NAME_LEN {
+        Some("must be 1 to 64 characters")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("may only contain a-z, 0-9, '.', '_' and '-'")
+    } else if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        Some("must start with a letter or digit")
+    } else {
+        None
+    };
+    match rule {
+        Some(rule) => Err(Error::InvalidName {
+            what: "vault name",
+            name: name.escape_debug().to_string(),
+            rule,
+        }),
+        None => Ok(()),
+    }
+}
+
+impl Space {
+    /// A space rooted at `root`. Nothing is read or created until used.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Space { root: root.into() }
+    }
+
+    /// The default location: `coffer` under the user's data directory
+    /// (`$XDG_DATA_HOME/coffer` or `~/.local/share/coffer` on Linux).
+    pub fn default_root() -> Option<PathBuf> {
+        dirs::data_dir().map(|d| d.join("coffer"))
+    }
+
+    /// The space's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Names of the vaults in this space, sorted. A missing space has none.
+    pub fn vault_names(&self) -> Result<Vec<String>> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("listing", &self.root, e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("listing", &self.root, e))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if validate_vault_name(&name).is_ok() && entry.path().join(HEADER_FILE).is_file() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// The vault `name`, which must exist.
+    pub fn vault(&self, name: &str) -> Result<Vault> {
+        validate_vault_name(name)?;
+        let dir = self.root.join(name);
+        if !dir.join(HEADER_FILE).is_file() {
+            return Err(Error::NoSuchVault { name: name.into() });
+        }
+        Ok(Vault::at(name.into(), dir))
+    }
+
+    /// Creates the vault `name` with one passphrase slot called `slot_name`,
+    /// and returns it unlocked.
+    ///
+    /// The vault appears whole or not at all: it is built in a hidden
+    /// temporary directory and renamed into place.
+    pub fn create_vault(
+        &self,
+        name: &str,
+        slot_name: &str,
+        passphrase: &Passphrase,
+        kdf: &KdfParams,
+    ) -> Result<UnlockedVault> {
+        validate_vault_name(name)?;
+        fsio::create_private_dir_all(&self.root)?;
+        let _lock = FileLock::acquire(&self.root.join(LOCK_FILE))?;
+        let dir = self.root.join(name);
+        if dir.exists() {
+            return Err(Error::VaultExists { name: name.into() });
+        }
+        let staging = self
+            .root
+            .join(format!(".{name}.{:016x}.creating", OsRng.next_u64()));
+        fsio::create_private_dir(&staging)?;
+        let built = UnlockedVault::create(
+            Vault::at(name.into(), staging.clone()),
+            slot_name,
+            passphrase,
+            kdf,
+        );
+        let unlocked = match built {
+            Ok(unlocked) => unlocked,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        fs::rename(&staging, &dir).map_err(|e| Error::io("creating vault", &dir, e))?;
+        fsio::sync_dir(&self.root)?;
+        Ok(unlocked.moved_to(dir))
+    }
+}

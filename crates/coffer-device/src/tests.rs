@@ -1,0 +1,632 @@
+//! Behaviour tests of spaces, vaults, slots and the header format. They live
+//! inside the crate because some of them need the vault key itself (to prove
+//! it never reaches the disk) and the header's internals (to forge headers
+//! the way an attacker with write access would).
+
+use std::path::Path;
+
+use proptest::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::header::{Header, SealedHeader, SlotMeta, VaultId, SLOT_COUNT};
+use crate::keyslot::KeySlot;
+use crate::space::HEADER_FILE;
+use crate::*;
+
+mod vectors;
+
+/// Tiny Argon2id parameters: real Argon2id, fast enough to run thousands of
+/// times. Never used outside tests.
+pub(crate) const FAST: KdfParams = KdfParams::Argon2id {
+    memory_kib: 64,
+    iterations: 1,
+    parallelism: 1,
+};
+
+fn pass(s: &str) -> Passphrase {
+    Passphrase::new(s.to_owned()).unwrap()
+}
+
+fn space() -> (tempfile::TempDir, Space) {
+    let dir = tempfile::tempdir().unwrap();
+    let space = Space::new(dir.path().join("space"));
+    (dir, space)
+}
+
+fn unlock(space: &Space, p: &str) -> Result<UnlockedVault> {
+    space
+        .vault("acme")?
+        .unlock(&Credential::Passphrase(&pass(p)))
+}
+
+/// A vault with alice (slot 0) and bob (slot 1).
+fn two_user_vault() -> (tempfile::TempDir, Space) {
+    let (dir, space) = space();
+    let mut v = space
+        .create_vault("acme", "alice", &pass("alice pw"), &FAST)
+        .unwrap();
+    v.add_passphrase_slot("bob", &pass("bob pw"), &FAST)
+        .unwrap();
+    (dir, space)
+}
+
+fn header_path(space: &Space) -> std::path::PathBuf {
+    space.root().join("acme").join(HEADER_FILE)
+}
+
+fn read_header(space: &Space) -> Vec<u8> {
+    std::fs::read(header_path(space)).unwrap()
+}
+
+/// Rewrites the trailing checksum, as an attacker who edits the file would.
+fn fix_checksum(bytes: &mut [u8]) {
+    let n = bytes.len() - 32;
+    let sum: [u8; 32] = Sha256::digest(&bytes[..n]).into();
+    bytes[n..].copy_from_slice(&sum);
+}
+
+const SLOT0: usize = 32;
+const SLOT_LEN: usize = crate::keyslot::SLOT_LEN;
+
+#[test]
+fn create_then_open_round_trip() {
+    let (_d, space) = space();
+    let created = space
+        .create_vault("acme", "alice", &pass("pw one"), &FAST)
+        .unwrap();
+    let id = created.vault_id();
+    let key = *created
+        .subkey(Purpose::AppDatabase("notes"))
+        .expose_secret();
+    drop(created);
+    let opened = unlock(&space, "pw one").unwrap();
+    assert_eq!(opened.vault_id(), id);
+    assert_eq!(
+        *opened.subkey(Purpose::AppDatabase("notes")).expose_secret(),
+        key
+    );
+    assert_eq!(opened.opened_slot(), 0);
+    let slots = opened.slots();
+    assert_eq!(slots.len(), 1);
+    assert_eq!(slots[0].name, "alice");
+    assert_eq!(slots[0].kind, SlotKind::Passphrase(FAST));
+    assert_eq!(space.vault_names().unwrap(), vec!["acme".to_owned()]);
+}
+
+#[test]
+fn wrong_passphrase_is_its_own_error() {
+    let (_d, space) = two_user_vault();
+    assert!(matches!(
+        unlock(&space, "not it"),
+        Err(Error::WrongPassphrase)
+    ));
+}
+
+#[test]
+fn subkeys_differ_by_purpose_and_app() {
+    let (_d, space) = two_user_vault();
+    let v = unlock(&space, "alice pw").unwrap();
+    let keys = [
+        Purpose::HeaderMac,
+        Purpose::HeaderMeta,
+        Purpose::AuditMac,
+        Purpose::AppDatabase("a"),
+        Purpose::AppDatabase("b"),
+        Purpose::AppFiles("a"),
+        Purpose::AppRecords("a"),
+    ]
+    .map(|p| *v.subkey(p).expose_secret());
+    for i in 0..keys.len() {
+        for j in i + 1..keys.len() {
+            assert_ne!(keys[i], keys[j], "{i} vs {j}");
+        }
+    }
+}
+
+#[test]
+fn missing_and_existing_vaults_are_typed_errors() {
+    let (_d, space) = two_user_vault();
+    assert!(matches!(space.vault("nope"), Err(Error::NoSuchVault { name }) if name == "nope"));
+    assert!(matches!(
+        space.create_vault("acme", "x", &pass("p"), &FAST),
+        Err(Error::VaultExists { .. })
+    ));
+    for bad in ["", "Acme", "../etc", ".hidden", "a/b", &"x".repeat(65)] {
+        assert!(
+            matches!(
+                space.vault(bad),
+                Err(Error::InvalidName {
+                    what: "vault name",
+                    ..
+                })
+            ),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn two_users_each_open_with_their_own_passphrase() {
+    let (_d, space) = two_user_vault();
+    let a = unlock(&space, "alice pw").unwrap();
+    let b = unlock(&space, "bob pw").unwrap();
+    assert_eq!(a.opened_slot(), 0);
+    assert_eq!(b.opened_slot(), 1);
+    assert_eq!(
+        a.subkey(Purpose::AuditMac).expose_secret(),
+        b.subkey(Purpose::AuditMac).expose_secret()
+    );
+    let names: Vec<_> = b.slots().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["alice", "bob"]);
+}
+
+#[test]
+fn removing_a_slot_keeps_the_others() {
+    let (_d, space) = two_user_vault();
+    let mut v = unlock(&space, "alice pw").unwrap();
+    let (_, recovery) = v.add_recovery_slot("recovery").unwrap();
+    v.remove_slot("bob").unwrap();
+    assert!(matches!(
+        unlock(&space, "bob pw"),
+        Err(Error::WrongPassphrase)
+    ));
+    unlock(&space, "alice pw").unwrap();
+    space
+        .vault("acme")
+        .unwrap()
+        .unlock(&Credential::RecoveryKey(&recovery))
+        .unwrap();
+    assert!(matches!(
+        v.remove_slot("bob"),
+        Err(Error::NoSuchSlot { .. })
+    ));
+}
+
+#[test]
+fn the_last_slot_cannot_be_removed() {
+    let (_d, space) = space();
+    let mut v = space
+        .create_vault("acme", "alice", &pass("pw"), &FAST)
+        .unwrap();
+    assert!(matches!(v.remove_slot("alice"), Err(Error::LastSlot)));
+    unlock(&space, "pw").unwrap();
+}
+
+#[test]
+fn slot_names_are_unique_and_slots_run_out_at_sixteen() {
+    let (_d, space) = space();
+    let mut v = space
+        .create_vault("acme", "u0", &pass("pw"), &FAST)
+        .unwrap();
+    assert!(matches!(
+        v.add_passphrase_slot("u0", &pass("x"), &FAST),
+        Err(Error::SlotNameTaken { .. })
+    ));
+    for i in 1..SLOT_COUNT {
+        v.add_passphrase_slot(&format!("u{i}"), &pass(&format!("pw{i}")), &FAST)
+            .unwrap();
+    }
+    assert!(matches!(
+        v.add_passphrase_slot("one more", &pass("x"), &FAST),
+        Err(Error::SlotsFull(16))
+    ));
+    assert_eq!(unlock(&space, "pw15").unwrap().opened_slot(), 15);
+    for bad in ["", " lead", "trail ", "tab\there", &"n".repeat(65)] {
+        assert!(matches!(
+            v.add_passphrase_slot(bad, &pass("x"), &FAST),
+            Err(Error::InvalidName {
+                what: "slot name",
+                ..
+            })
+        ));
+    }
+}
+
+#[test]
+fn recovery_key_opens_and_wrong_one_does_not() {
+    let (_d, space) = two_user_vault();
+    let mut v = unlock(&space, "alice pw").unwrap();
+    let (info, key) = v.add_recovery_slot("recovery").unwrap();
+    assert_eq!(info.kind, SlotKind::Recovery);
+    let shown = key.display();
+    use secrecy::ExposeSecret;
+    let typed = RecoveryKey::parse(&shown.expose_secret().to_lowercase()).unwrap();
+    let opened = space
+        .vault("acme")
+        .unwrap()
+        .unlock(&Credential::RecoveryKey(&typed))
+        .unwrap();
+    assert_eq!(opened.opened_slot(), info.index);
+    let other = RecoveryKey::generate(&mut rand_core::OsRng).unwrap();
+    assert!(matches!(
+        space
+            .vault("acme")
+            .unwrap()
+            .unlock(&Credential::RecoveryKey(&other)),
+        Err(Error::WrongRecoveryKey)
+    ));
+    // A passphrase never opens a recovery slot, even if it is the key's text.
+    let as_passphrase = pass(shown.expose_secret());
+    assert!(matches!(
+        space
+            .vault("acme")
+            .unwrap()
+            .unlock(&Credential::Passphrase(&as_passphrase)),
+        Err(Error::WrongPassphrase)
+    ));
+}
+
+#[test]
+fn composed_and_decomposed_passphrases_are_the_same() {
+    let (_d, space) = space();
+    space
+        .create_vault("acme", "a", &pass("caf\u{e9}"), &FAST)
+        .unwrap();
+    unlock(&space, "cafe\u{301}").unwrap();
+}
+
+#[test]
+fn every_flipped_bit_is_caught_before_any_kdf_runs() {
+    let (_d, space) = two_user_vault();
+    let original = read_header(&space);
+    for bit in 0..original.len() * 8 {
+        let mut bytes = original.clone();
+        bytes[bit / 8] ^= 1 << (bit % 8);
+        std::fs::write(header_path(&space), &bytes).unwrap();
+        match unlock(&space, "alice pw") {
+            Err(Error::Corrupt(_)) => {}
+            other => panic!("bit {bit}: {:?}", other.map(|_| "unlocked")),
+        }
+    }
+}
+
+#[test]
+fn every_truncation_is_reported_as_truncated() {
+    let (_d, space) = two_user_vault();
+    let original = read_header(&space);
+    for len in 0..original.len() {
+        std::fs::write(header_path(&space), &original[..len]).unwrap();
+        match unlock(&space, "alice pw") {
+            Err(Error::Corrupt(CorruptKind::Truncated)) => {}
+            other => panic!("length {len}: {:?}", other.map(|_| "unlocked")),
+        }
+    }
+    let mut longer = original.clone();
+    longer.push(0);
+    std::fs::write(header_path(&space), &longer).unwrap();
+    assert!(matches!(
+        unlock(&space, "alice pw"),
+        Err(Error::Corrupt(CorruptKind::Checksum))
+    ));
+}
+
+#[test]
+fn a_forged_checksum_does_not_hide_any_flipped_bit() {
+    // The attacker edits and re-checksums. Every such header must refuse to
+    // unlock; edits outside the slot that opens are reported as tampering.
+    let (_d, space) = two_user_vault();
+    let original = read_header(&space);
+    let checksum_at = original.len() - 32;
+    for bit in 0..checksum_at * 8 {
+        let mut bytes = original.clone();
+        bytes[bit / 8] ^= 1 << (bit % 8);
+        fix_checksum(&mut bytes);
+        std::fs::write(header_path(&space), &bytes).unwrap();
+        let byte = bit / 8;
+        let result = unlock(&space, "alice pw");
+        // The vault id (bytes 12..28) is bound into every slot's wrapping.
+        let in_alice_slot = (SLOT0..SLOT0 + SLOT_LEN).contains(&byte) || (12..28).contains(&byte);
+        match result {
+            Ok(_) => panic!("bit {bit} (byte {byte}) unlocked a forged header"),
+            Err(Error::Tampered) if !in_alice_slot => {}
+            // Editing the very slot that the passphrase opens, or the vault id
+            // it is bound to, is to the device indistinguishable from a wrong
+            // passphrase (documented).
+            Err(Error::WrongPassphrase) if in_alice_slot => {}
+            // Edits to structural fields are caught by the parser.
+            Err(Error::Corrupt(_) | Error::UnsupportedVersion(_) | Error::KdfLimit(_)) => {}
+            Err(e) => panic!("bit {bit} (byte {byte}): unexpected {e:?}"),
+        }
+    }
+}
+
+#[test]
+fn swapped_slots_are_detected() {
+    let (_d, space) = two_user_vault();
+    let mut bytes = read_header(&space);
+    let (a, b) = (
+        SLOT0..SLOT0 + SLOT_LEN,
+        SLOT0 + SLOT_LEN..SLOT0 + 2 * SLOT_LEN,
+    );
+    let slot_a = bytes[a.clone()].to_vec();
+    bytes.copy_within(b.clone(), a.start);
+    bytes[b].copy_from_slice(&slot_a);
+    std::fs::write(header_path(&space), &bytes).unwrap();
+    assert!(matches!(
+        unlock(&space, "alice pw"),
+        Err(Error::Corrupt(CorruptKind::Checksum))
+    ));
+    fix_checksum(&mut bytes);
+    std::fs::write(header_path(&space), &bytes).unwrap();
+    assert!(matches!(unlock(&space, "alice pw"), Err(Error::Tampered)));
+    assert!(matches!(unlock(&space, "bob pw"), Err(Error::Tampered)));
+}
+
+#[test]
+fn a_slot_from_another_vault_does_not_open() {
+    // Vault "acme" has only alice; vault "other" has bob. Copy bob's slot
+    // into acme's slot 1 and re-checksum: the slot's AAD names its own vault,
+    // so bob's passphrase unwraps nothing here.
+    let (_d, space) = space();
+    drop(
+        space
+            .create_vault("acme", "alice", &pass("alice pw"), &FAST)
+            .unwrap(),
+    );
+    drop(
+        space
+            .create_vault("other", "bob", &pass("bob pw"), &FAST)
+            .unwrap(),
+    );
+    let theirs = std::fs::read(space.root().join("other").join(HEADER_FILE)).unwrap();
+    let mut bytes = read_header(&space);
+    let at = SLOT0 + SLOT_LEN;
+    bytes[at..at + SLOT_LEN].copy_from_slice(&theirs[SLOT0..SLOT0 + SLOT_LEN]);
+    fix_checksum(&mut bytes);
+    std::fs::write(header_path(&space), &bytes).unwrap();
+    assert!(matches!(
+        unlock(&space, "bob pw"),
+        Err(Error::WrongPassphrase)
+    ));
+    // alice still opens the slot, and the MAC then exposes the splice.
+    assert!(matches!(unlock(&space, "alice pw"), Err(Error::Tampered)));
+}
+
+#[test]
+fn kdf_parameters_above_the_cap_are_refused_before_running() {
+    let (_d, space) = two_user_vault();
+    let mut bytes = read_header(&space);
+    // Bob's slot asks for 4 GiB of Argon2id memory.
+    let params = SLOT0 + SLOT_LEN + 4;
+    bytes[params..params + 4].copy_from_slice(&(4u32 * 1024 * 1024).to_le_bytes());
+    fix_checksum(&mut bytes);
+    std::fs::write(header_path(&space), &bytes).unwrap();
+    let started = std::time::Instant::now();
+    match unlock(&space, "alice pw") {
+        Err(Error::KdfLimit(e)) => {
+            assert_eq!(e.slot, 1);
+            assert_eq!(e.what, "Argon2id memory (KiB)");
+            assert_eq!(e.value, 4 * 1024 * 1024);
+        }
+        other => panic!("{:?}", other.map(|_| "unlocked")),
+    }
+    assert!(matches!(
+        space.vault("acme").unwrap().info(),
+        Err(Error::KdfLimit(_))
+    ));
+    // Stricter caps set by the caller apply too.
+    let (_d2, space2) = two_user_vault();
+    let strict = KdfLimits {
+        argon2_max_memory_kib: 32,
+        ..KdfLimits::default()
+    };
+    let vault = space2.vault("acme").unwrap().with_kdf_limits(strict);
+    assert!(matches!(
+        vault.unlock(&Credential::Passphrase(&pass("alice pw"))),
+        Err(Error::KdfLimit(_))
+    ));
+    // Refusing took no KDF run worth measuring (4 GiB would take many seconds).
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn garbage_and_foreign_files_are_not_headers() {
+    let (_d, space) = two_user_vault();
+    std::fs::write(header_path(&space), b"SQLite format 3\0 and more").unwrap();
+    assert!(matches!(
+        unlock(&space, "alice pw"),
+        Err(Error::Corrupt(CorruptKind::BadMagic))
+    ));
+    std::fs::write(header_path(&space), vec![0u8; 3 * 1024 * 1024]).unwrap();
+    assert!(matches!(
+        unlock(&space, "alice pw"),
+        Err(Error::Corrupt(CorruptKind::BadMagic))
+    ));
+    let mut huge = crate::header::MAGIC.to_vec();
+    huge.resize(crate::header::MAX_HEADER_LEN + 1, 0);
+    std::fs::write(header_path(&space), huge).unwrap();
+    assert!(matches!(
+        unlock(&space, "alice pw"),
+        Err(Error::Corrupt(CorruptKind::TooLarge))
+    ));
+}
+
+#[test]
+fn a_newer_format_version_is_reported_as_such() {
+    let (_d, space) = two_user_vault();
+    let mut bytes = read_header(&space);
+    bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+    fix_checksum(&mut bytes);
+    std::fs::write(header_path(&space), &bytes).unwrap();
+    assert!(matches!(
+        unlock(&space, "alice pw"),
+        Err(Error::UnsupportedVersion(2))
+    ));
+}
+
+#[test]
+fn concurrent_slot_changes_are_both_kept() {
+    let (_d, space) = two_user_vault();
+    let mut first = unlock(&space, "alice pw").unwrap();
+    let mut second = unlock(&space, "bob pw").unwrap();
+    first
+        .add_passphrase_slot("carol", &pass("carol pw"), &FAST)
+        .unwrap();
+    second
+        .add_passphrase_slot("dave", &pass("dave pw"), &FAST)
+        .unwrap();
+    unlock(&space, "carol pw").unwrap();
+    unlock(&space, "dave pw").unwrap();
+    let names: Vec<_> = second.slots().into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["alice", "bob", "carol", "dave"]);
+}
+
+#[test]
+fn no_secret_and_no_slot_name_reaches_the_disk() {
+    use secrecy::ExposeSecret;
+    let (dir, space) = space();
+    let passphrase = "marker-passphrase-7f3a9c";
+    let mut v = space
+        .create_vault("acme", "alice-marker", &pass(passphrase), &FAST)
+        .unwrap();
+    v.add_passphrase_slot("bob-marker", &pass("second-marker-passphrase"), &FAST)
+        .unwrap();
+    let (_, recovery) = v.add_recovery_slot("recovery-marker").unwrap();
+    let vault_key = *v.vault_key().0.expose_secret();
+    let subkeys: Vec<[u8; 32]> = [Purpose::HeaderMac, Purpose::HeaderMeta, Purpose::AuditMac]
+        .map(|p| *v.subkey(p).expose_secret())
+        .to_vec();
+    let needles: Vec<Vec<u8>> = [
+        passphrase.as_bytes().to_vec(),
+        b"second-marker-passphrase".to_vec(),
+        b"alice-marker".to_vec(),
+        b"bob-marker".to_vec(),
+        b"recovery-marker".to_vec(),
+        recovery.display().expose_secret().as_bytes().to_vec(),
+        recovery.expose_secret().to_vec(),
+        vault_key.to_vec(),
+    ]
+    .into_iter()
+    .chain(subkeys.iter().map(|k| k.to_vec()))
+    .collect();
+    let mut scanned = 0;
+    scan(dir.path(), &mut |path, bytes| {
+        scanned += 1;
+        for needle in &needles {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_slice()),
+                "{} holds a secret or a name",
+                path.display()
+            );
+        }
+    });
+    assert!(scanned >= 1);
+}
+
+fn scan(dir: &Path, visit: &mut dyn FnMut(&Path, &[u8])) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            scan(&path, visit);
+        } else {
+            visit(&path, &std::fs::read(&path).unwrap());
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn space_and_vault_are_private_to_the_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_d, space) = two_user_vault();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(space.root()), 0o700);
+    assert_eq!(mode(&space.root().join("acme")), 0o700);
+    assert_eq!(mode(&header_path(&space)), 0o600);
+}
+
+#[test]
+fn debug_output_of_an_unlocked_vault_shows_no_key() {
+    let (_d, space) = two_user_vault();
+    let v = unlock(&space, "alice pw").unwrap();
+    let shown = format!("{v:?} {:?}", v.slots());
+    let key_hex: String = v
+        .vault_key()
+        .0
+        .expose_secret()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(!shown.contains(&key_hex));
+    assert!(!shown.contains("alice pw"));
+    assert!(shown.contains("UnlockedVault"));
+}
+
+// ---- property tests of the header encoding ----
+
+fn arb_kdf() -> impl Strategy<Value = KdfParams> {
+    prop_oneof![
+        (8u32..=4096, 1u32..=8, 1u32..=4).prop_map(|(m, t, p)| KdfParams::Argon2id {
+            memory_kib: m.max(8 * p),
+            iterations: t,
+            parallelism: p,
+        }),
+        (1u32..=10_000_000).prop_map(|iterations| KdfParams::Pbkdf2Sha256 { iterations }),
+        (1u8..=15, 1u32..=8, 1u32..=2).prop_map(|(log_n, r, p)| KdfParams::Scrypt { log_n, r, p }),
+    ]
+}
+
+prop_compose! {
+    fn arb_slot()(
+        kind in prop_oneof![arb_kdf().prop_map(SlotKind::Passphrase), Just(SlotKind::Recovery)],
+        salt in any::<[u8; 32]>(),
+        nonce in any::<[u8; 12]>(),
+        wrapped in proptest::collection::vec(any::<u8>(), 48),
+        name in "[a-zA-Z0-9][a-zA-Z0-9 ._-]{0,62}[a-zA-Z0-9]",
+        created_at in any::<i64>(),
+    ) -> (KeySlot, SlotMeta) {
+        (KeySlot::from_parts(kind, salt, nonce, &wrapped), SlotMeta { name, created_at })
+    }
+}
+
+prop_compose! {
+    fn arb_header()(
+        id in any::<[u8; 16]>(),
+        created_at in any::<i64>(),
+        slots in proptest::collection::vec(proptest::option::of(arb_slot()), SLOT_COUNT),
+    ) -> Header {
+        let mut array: [Option<(KeySlot, SlotMeta)>; SLOT_COUNT] = Default::default();
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in slots.into_iter().enumerate() {
+            // Names are unique within a header.
+            array[i] = s.filter(|(_, m)| seen.insert(m.name.clone()));
+        }
+        Header { vault_id: VaultId::from_bytes(id), created_at, slots: array }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn header_encoding_round_trips(header in arb_header(), key in any::<[u8; 32]>(), nonce in any::<[u8; 12]>()) {
+        let key = VaultKey(crate::secret::Key256::fill_with(|k| { *k = key; Ok::<(), ()>(()) }).unwrap());
+        let bytes = header.seal_with_nonce(&key, &nonce);
+        let sealed = SealedHeader::parse(bytes.clone(), &KdfLimits::default()).unwrap();
+        let back = sealed.authenticate(&key).unwrap();
+        prop_assert_eq!(&back, &header);
+        prop_assert_eq!(back.seal_with_nonce(&key, &nonce), bytes);
+    }
+
+    #[test]
+    fn parsing_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        let _ = SealedHeader::parse(bytes, &KdfLimits::default());
+    }
+
+    #[test]
+    fn parsing_mutated_headers_never_panics(
+        header in arb_header(),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+    ) {
+        let key = VaultKey(crate::secret::Key256::fill_with(|k| { *k = [9; 32]; Ok::<(), ()>(()) }).unwrap());
+        let mut bytes = header.seal_with_nonce(&key, &[0; 12]);
+        for (at, value) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = value;
+        }
+        fix_checksum(&mut bytes);
+        if let Ok(sealed) = SealedHeader::parse(bytes, &KdfLimits::default()) {
+            let _ = sealed.authenticate(&key);
+        }
+    }
+}

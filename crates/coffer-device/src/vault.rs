@@ -1,0 +1,365 @@
+//! A vault: one organization's data on a device, behind its key slots.
+//!
+//! [`Vault`] is the locked handle: it can describe its header's public part
+//! and try a [`Credential`]. [`UnlockedVault`] holds the vault key in memory
+//! (zeroized on drop) and manages slots and subkeys.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand_core::OsRng;
+
+use crate::error::{Error, Result};
+use crate::fsio::{self, FileLock};
+use crate::header::{self, Header, SealedHeader, SlotMeta, VaultId, MAX_HEADER_LEN, SLOT_COUNT};
+use crate::kdf::{KdfLimits, KdfParams};
+use crate::keyslot::{Credential, KeySlot, SlotKind};
+use crate::recovery::RecoveryKey;
+use crate::secret::{Key256, Passphrase, Subkey, VaultKey};
+use crate::space::{HEADER_FILE, LOCK_FILE};
+use crate::subkey::{self, Purpose};
+
+/// A vault, locked.
+#[derive(Debug, Clone)]
+pub struct Vault {
+    name: String,
+    dir: PathBuf,
+    limits: KdfLimits,
+}
+
+/// What anyone can read from a header without a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VaultInfo {
+    /// The vault's name (its directory name).
+    pub name: String,
+    /// The vault's directory.
+    pub path: PathBuf,
+    /// Header format version.
+    pub format_version: u16,
+    /// The random vault id.
+    pub vault_id: VaultId,
+    /// Used slots: index and kind (names and dates are encrypted).
+    pub slots: Vec<(usize, SlotKind)>,
+    /// Total number of slots in the header.
+    pub slot_capacity: usize,
+}
+
+/// One key slot as an unlocked vault lists it. Holds no secret material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SlotInfo {
+    /// Position in the header (0–15).
+    pub index: usize,
+    /// Unique name within the vault (a user, "recovery", …).
+    pub name: String,
+    /// Kind and KDF parameters.
+    pub kind: SlotKind,
+    /// When the slot was added.
+    pub created_at: SystemTime,
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn unix_to_system_time(secs: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}
+
+impl Vault {
+    pub(crate) fn at(name: String, dir: PathBuf) -> Self {
+        Vault {
+            name,
+            dir,
+            limits: KdfLimits::default(),
+        }
+    }
+
+    /// The vault's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The vault's directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Replaces the KDF caps applied when the header is read.
+    pub fn with_kdf_limits(mut self, limits: KdfLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    fn header_path(&self) -> PathBuf {
+        self.dir.join(HEADER_FILE)
+    }
+
+    fn read_sealed(&self) -> Result<SealedHeader> {
+        let path = self.header_path();
+        let bytes = fsio::read_limited(&path, MAX_HEADER_LEN).map_err(|e| match e {
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Error::NoSuchVault {
+                    name: self.name.clone(),
+                }
+            }
+            other => other,
+        })?;
+        SealedHeader::parse(bytes, &self.limits)
+    }
+
+    /// Reads the header's public part. Needs no secret; fails on a damaged
+    /// header just as unlocking would.
+    pub fn info(&self) -> Result<VaultInfo> {
+        let sealed = self.read_sealed()?;
+        Ok(VaultInfo {
+            name: self.name.clone(),
+            path: self.dir.clone(),
+            format_version: header::FORMAT_VERSION,
+            vault_id: sealed.vault_id,
+            slots: sealed
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.as_ref().map(|s| (i, s.kind)))
+                .collect(),
+            slot_capacity: SLOT_COUNT,
+        })
+    }
+
+    /// Opens the vault with `credential`.
+    ///
+    /// A passphrase is tried against every passphrase slot in turn (each try
+    /// costs one KDF run), a recovery key against every recovery slot. The
+    /// first slot that opens yields the vault key, which must then
+    /// authenticate the whole header: if it does not, the result is
+    /// [`Error::Tampered`] and the key is dropped.
+    pub fn unlock(&self, credential: &Credential<'_>) -> Result<UnlockedVault> {
+        let sealed = self.read_sealed()?;
+        for (index, slot) in sealed.slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            if let Some(key) = slot.unwrap_key(&sealed.vault_id, credential)? {
+                let header = sealed.authenticate(&key)?;
+                return Ok(UnlockedVault {
+                    vault: self.clone(),
+                    key,
+                    header,
+                    opened_slot: index,
+                });
+            }
+        }
+        Err(match credential {
+            Credential::Passphrase(_) => Error::WrongPassphrase,
+            Credential::RecoveryKey(_) => Error::WrongRecoveryKey,
+        })
+    }
+}
+
+/// An open vault. Holds the vault key in memory until dropped.
+pub struct UnlockedVault {
+    vault: Vault,
+    key: VaultKey,
+    header: Header,
+    opened_slot: usize,
+}
+
+impl std::fmt::Debug for UnlockedVault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnlockedVault")
+            .field("vault", &self.vault)
+            .field("vault_id", &self.header.vault_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UnlockedVault {
+    /// Makes a new vault in `vault`'s (empty) directory.
+    pub(crate) fn create(
+        vault: Vault,
+        slot_name: &str,
+        passphrase: &Passphrase,
+        kdf: &KdfParams,
+    ) -> Result<Self> {
+        header::validate_slot_name(slot_name)?;
+        kdf.validate()?;
+        let rng = &mut OsRng;
+        let key = VaultKey(Key256::random(rng)?);
+        let vault_id = VaultId::random(rng)?;
+        let slot = KeySlot::wrap(
+            &key,
+            &vault_id,
+            &Credential::Passphrase(passphrase),
+            Some(kdf),
+            rng,
+        )?;
+        let now = now_unix();
+        let mut slots: [Option<(KeySlot, SlotMeta)>; SLOT_COUNT] = Default::default();
+        slots[0] = Some((
+            slot,
+            SlotMeta {
+                name: slot_name.into(),
+                created_at: now,
+            },
+        ));
+        let header = Header {
+            vault_id,
+            created_at: now,
+            slots,
+        };
+        fsio::write_atomic(&vault.header_path(), &header.seal(&key, rng)?)?;
+        Ok(UnlockedVault {
+            vault,
+            key,
+            header,
+            opened_slot: 0,
+        })
+    }
+
+    pub(crate) fn moved_to(mut self, dir: PathBuf) -> Self {
+        self.vault.dir = dir;
+        self
+    }
+
+    /// The locked handle of this vault.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// The vault id.
+    pub fn vault_id(&self) -> VaultId {
+        self.header.vault_id
+    }
+
+    /// When the vault was created.
+    pub fn created_at(&self) -> SystemTime {
+        unix_to_system_time(self.header.created_at)
+    }
+
+    /// Every used slot, in header order.
+    pub fn slots(&self) -> Vec<SlotInfo> {
+        self.header
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, s)| {
+                s.as_ref().map(|(slot, meta)| SlotInfo {
+                    index,
+                    name: meta.name.clone(),
+                    kind: slot.kind,
+                    created_at: unix_to_system_time(meta.created_at),
+                })
+            })
+            .collect()
+    }
+
+    /// The vault key itself, for tests that prove it never reaches the disk.
+    #[cfg(test)]
+    pub(crate) fn vault_key(&self) -> &VaultKey {
+        &self.key
+    }
+
+    /// Index of the slot that opened this vault.
+    pub fn opened_slot(&self) -> usize {
+        self.opened_slot
+    }
+
+    /// Derives the subkey for `purpose`.
+    pub fn subkey(&self, purpose: Purpose<'_>) -> Subkey {
+        subkey::derive(&self.key, &self.header.vault_id, purpose)
+    }
+
+    /// Adds a passphrase slot for a user of this device.
+    pub fn add_passphrase_slot(
+        &mut self,
+        name: &str,
+        passphrase: &Passphrase,
+        kdf: &KdfParams,
+    ) -> Result<SlotInfo> {
+        kdf.validate()?;
+        self.add_slot(name, &Credential::Passphrase(passphrase), Some(kdf))
+    }
+
+    /// Adds a recovery slot and returns its key, to be shown to the user once.
+    pub fn add_recovery_slot(&mut self, name: &str) -> Result<(SlotInfo, RecoveryKey)> {
+        let recovery = RecoveryKey::generate(&mut OsRng)?;
+        let info = self.add_slot(name, &Credential::RecoveryKey(&recovery), None)?;
+        Ok((info, recovery))
+    }
+
+    fn add_slot(
+        &mut self,
+        name: &str,
+        credential: &Credential<'_>,
+        kdf: Option<&KdfParams>,
+    ) -> Result<SlotInfo> {
+        header::validate_slot_name(name)?;
+        // The KDF runs before the lock is taken: it is the slow part.
+        let slot = KeySlot::wrap(
+            &self.key,
+            &self.header.vault_id,
+            credential,
+            kdf,
+            &mut OsRng,
+        )?;
+        let index = self.update_header(|header| {
+            if header.slots.iter().flatten().any(|(_, m)| m.name == name) {
+                return Err(Error::SlotNameTaken { name: name.into() });
+            }
+            let (index, free) = header
+                .slots
+                .iter_mut()
+                .enumerate()
+                .find(|(_, s)| s.is_none())
+                .ok_or(Error::SlotsFull(SLOT_COUNT))?;
+            *free = Some((
+                slot,
+                SlotMeta {
+                    name: name.into(),
+                    created_at: now_unix(),
+                },
+            ));
+            Ok(index)
+        })?;
+        self.slots()
+            .into_iter()
+            .find(|s| s.index == index)
+            .ok_or(Error::NoSuchSlot { name: name.into() })
+    }
+
+    /// Removes the slot called `name`. The vault key does not change: the
+    /// removed secret no longer opens this header, but anyone who copied the
+    /// header before still can (rotation, a later feature, is the answer).
+    pub fn remove_slot(&mut self, name: &str) -> Result<()> {
+        self.update_header(|header| {
+            let slot = header
+                .slots
+                .iter_mut()
+                .find(|s| s.as_ref().is_some_and(|(_, m)| m.name == name))
+                .ok_or_else(|| Error::NoSuchSlot { name: name.into() })?;
+            *slot = None;
+            if header.slots.iter().all(Option::is_none) {
+                return Err(Error::LastSlot);
+            }
+            Ok(())
+        })
+    }
+
+    /// Re-reads and authenticates the header under the vault lock, applies
+    /// `change` and writes the result atomically. Another process's change
+    /// made since this vault was unlocked is kept, not overwritten.
+    fn update_header<T>(&mut self, change: impl FnOnce(&mut Header) -> Result<T>) -> Result<T> {
+        let _lock = FileLock::acquire(&self.vault.dir.join(LOCK_FILE))?;
+        let mut header = self.vault.read_sealed()?.authenticate(&self.key)?;
+        let out = change(&mut header)?;
+        fsio::write_atomic(
+            &self.vault.header_path(),
+            &header.seal(&self.key, &mut OsRng)?,
+        )?;
+        self.header = header;
+        Ok(out)
+    }
+}

@@ -1,0 +1,37 @@
+//! The FFI calls themselves. Each `unsafe` block says why it is sound.
+//!
+//! `unsafe` is allowed in this module only: the crate denies it everywhere
+//! else and all other coffer crates forbid it outright.
+#![allow(unsafe_code)]
+
+/// Sets the soft and hard core-file size limits to 0.
+#[cfg(target_os = "linux")]
+pub(crate) fn disable_core_dumps() -> bool {
+    let zero = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `setrlimit` reads the `rlimit` struct we pass by reference and
+    // keeps no pointer to it; RLIMIT_CORE is a valid resource constant.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &zero) };
+    rc == 0
+}
+
+/// Marks the process not dumpable (no core file, no ptrace by same-uid peers).
+#[cfg(target_os = "linux")]
+pub(crate) fn set_not_dumpable() -> bool {
+    // SAFETY: PR_SET_DUMPABLE takes one integer argument and touches no memory
+    // of ours; the unused variadic arguments are passed as 0 as prctl(2) asks.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    rc == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn disable_core_dumps() -> bool {
+    false
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set_not_dumpable() -> bool {
+    false
+}
