@@ -1,1 +1,59 @@
-fn main() {}
+//! The `coffer` command. Prompts, wording and exit codes live here; the
+//! device library holds none of them.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod commands;
+mod demo;
+mod exit;
+mod input;
+
+use clap::Parser;
+use serde_json::json;
+
+use crate::cli::{Cli, Command};
+use crate::commands::Report;
+use crate::exit::CliError;
+
+fn run(cli: &Cli) -> Result<Report, CliError> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Init(args) => commands::init(g, args),
+        Command::Info => commands::info(g),
+        Command::Vaults => commands::vaults(g),
+        Command::Slot(command) => commands::slot(g, command),
+        Command::RecoveryKey { name } => commands::recovery_key(g, name),
+        Command::Verify => commands::verify(g),
+        Command::Demo { keep } => demo::run(g, *keep),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    // Before any secret is read: no core dump and no same-user ptrace can copy
+    // keys out of this process.
+    let _hardening = coffer_sys::harden_process();
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(report) => {
+            if cli.global.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report.json).unwrap_or_default()
+                );
+            } else {
+                println!("{}", report.text);
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if cli.global.json {
+                let body = json!({"error": {"code": e.code, "exit_code": e.exit as u8, "message": e.message}});
+                eprintln!("{body}");
+            } else {
+                eprintln!("coffer: {}", e.message);
+            }
+            std::process::ExitCode::from(e.exit as u8)
+        }
+    }
+}

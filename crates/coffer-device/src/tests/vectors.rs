@@ -19,7 +19,7 @@ use crate::secret::{Key256, VaultKey};
 use crate::subkey::{self, Purpose};
 use crate::{KdfLimits, KdfParams, Passphrase, RecoveryKey};
 
-const SEED: u64 = 2026_11_26;
+const SEED: u64 = 20_261_126;
 const CREATED_AT: i64 = 1_795_000_000;
 
 fn path() -> std::path::PathBuf {

@@ -1,0 +1,151 @@
+//! Command-line syntax: every flag, its environment variable and its help.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  other error (I/O, unexpected)
+  2  bad arguments or input (usage, invalid name, no passphrase given)
+  3  wrong passphrase or recovery key (nothing was unlocked)
+  4  no such vault
+  5  vault header corrupt, tampered with, of an unknown version, or asking
+     for more KDF work than allowed (nothing was unlocked)
+  6  a vault of that name already exists
+  7  slot change refused (no such slot, name taken, all 16 in use, last slot)
+  8  vault busy: another coffer process is changing it
+
+Secrets for scripts:
+  COFFER_PASSPHRASE        passphrase that opens the vault (init: the new vault's)
+  COFFER_NEW_PASSPHRASE    passphrase of a slot being added
+  COFFER_RECOVERY_KEY      recovery key, with --recovery
+  --passphrase-file, --new-passphrase-file, --recovery-key-file read the first
+  line of a file instead. Environment variables are visible to other processes
+  of the same user (/proc/PID/environ) and easily land in shell history: prefer
+  the no-echo prompt, or files readable only by you.";
+
+/// coffer keeps an organization's data encrypted on devices that get lost,
+/// stolen, shared and taken offline.
+///
+/// A space (a directory) holds one vault per organization. A vault's random
+/// key is wrapped in up to 16 key slots: one per user passphrase, plus
+/// recovery keys.
+#[derive(Debug, Parser)]
+#[command(name = "coffer", version, after_long_help = EXIT_CODES_HELP, after_help = "Run 'coffer --help' for exit codes and script variables; 'coffer demo' for a guided tour.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The space directory [default: coffer under your data directory]
+    #[arg(long, env = "COFFER_SPACE", global = true, value_name = "DIR")]
+    pub space: Option<PathBuf>,
+    /// The vault (one per organization)
+    #[arg(
+        long,
+        env = "COFFER_VAULT",
+        global = true,
+        default_value = "default",
+        value_name = "NAME"
+    )]
+    pub vault: String,
+    /// Print results as JSON (errors too, on stderr)
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Read the passphrase that opens the vault from the first line of FILE
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Read the passphrase of a new slot from the first line of FILE
+    #[arg(long, global = true, value_name = "FILE")]
+    pub new_passphrase_file: Option<PathBuf>,
+    /// Open the vault with a recovery key instead of a passphrase
+    #[arg(long, global = true)]
+    pub recovery: bool,
+    /// Read the recovery key from FILE (implies --recovery)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub recovery_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a vault with a first passphrase slot
+    ///
+    /// The KDF is calibrated on this machine so that one unlock takes about
+    /// --kdf-time-ms, never below the OWASP minimum.
+    Init(InitArgs),
+    /// Show a vault's public header: id, format, slot kinds and KDF parameters
+    ///
+    /// Needs no passphrase. Slot names and dates are encrypted: see 'slot list'.
+    Info,
+    /// List the vaults in the space
+    Vaults,
+    /// Add, list or remove key slots
+    #[command(subcommand)]
+    Slot(SlotCommand),
+    /// Add a recovery slot and print its key, once
+    ///
+    /// The key is 40 characters in groups of five with a checksum that
+    /// catches typos. Store it offline: coffer cannot show it again.
+    RecoveryKey {
+        /// Name of the new slot
+        #[arg(long, default_value = "recovery")]
+        name: String,
+    },
+    /// Check that a passphrase (or --recovery key) opens the vault and that
+    /// the whole header is authentic
+    Verify,
+    /// A guided walk through a throwaway space: create a vault, add a second
+    /// user and a recovery key, unlock with each, and see tampering caught
+    Demo {
+        /// Keep the demo space instead of deleting it
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct KdfArgs {
+    /// Key-derivation function of the new passphrase slot
+    #[arg(long, default_value = "argon2id", value_parser = ["argon2id", "pbkdf2-sha256", "scrypt"])]
+    pub kdf: String,
+    /// Target time of one key derivation, in milliseconds (calibrated on
+    /// this machine; never below the OWASP minimum parameters)
+    #[arg(long, default_value_t = 500, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub kdf_time_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Name of the first slot (the user) [default: $USER, else "owner"]
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub kdf: KdfArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SlotCommand {
+    /// Add a passphrase slot for another user of this device
+    ///
+    /// Unlocks with an existing passphrase (or --recovery), then asks for the
+    /// new user's passphrase (COFFER_NEW_PASSPHRASE or --new-passphrase-file).
+    Add {
+        /// The new slot's name (the user)
+        name: String,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+    /// List key slots with names, kinds, KDF parameters and dates (unlocks)
+    List,
+    /// Remove a key slot (unlocks). The last slot cannot be removed.
+    Remove {
+        /// Name of the slot to remove
+        name: String,
+    },
+}

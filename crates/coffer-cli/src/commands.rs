@@ -1,0 +1,322 @@
+//! One function per command: unlock if needed, call the library, report.
+
+use std::io::IsTerminal;
+use std::time::{Duration, SystemTime};
+
+use coffer_device::{
+    Credential, KdfAlgorithm, KdfParams, SlotInfo, SlotKind, Space, UnlockedVault, Vault,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+
+use crate::cli::{Global, InitArgs, KdfArgs, SlotCommand};
+use crate::exit::CliError;
+use crate::input::{self, Offered};
+
+/// Prints a result as JSON or as text.
+pub struct Report {
+    pub json: Value,
+    pub text: String,
+}
+
+pub fn space(global: &Global) -> Result<Space, CliError> {
+    let root = match &global.space {
+        Some(dir) => dir.clone(),
+        None => Space::default_root().ok_or_else(|| {
+            CliError::usage(
+                "no data directory known for this user: pass --space DIR or set COFFER_SPACE",
+            )
+        })?,
+    };
+    Ok(Space::new(root))
+}
+
+/// A spinner on stderr while slow key derivation runs; silent when stderr is
+/// not a terminal or output is JSON.
+pub fn spinner(global: &Global, message: &str) -> ProgressBar {
+    if global.json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+        bar.set_style(style);
+    }
+    bar.set_message(message.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+fn vault(global: &Global) -> Result<Vault, CliError> {
+    Ok(space(global)?.vault(&global.vault)?)
+}
+
+pub fn unlock(global: &Global) -> Result<UnlockedVault, CliError> {
+    let vault = vault(global)?;
+    let offered = input::unlock_secret(global)?;
+    let bar = spinner(global, "Unlocking");
+    let result = match &offered {
+        Offered::Passphrase(p) => vault.unlock(&Credential::Passphrase(p)),
+        Offered::RecoveryKey(k) => vault.unlock(&Credential::RecoveryKey(k)),
+    };
+    bar.finish_and_clear();
+    Ok(result?)
+}
+
+fn calibrate(global: &Global, args: &KdfArgs) -> Result<KdfParams, CliError> {
+    let algorithm: KdfAlgorithm = args.kdf.parse()?;
+    let bar = spinner(
+        global,
+        &format!(
+            "Calibrating {} for {} ms",
+            algorithm.name(),
+            args.kdf_time_ms
+        ),
+    );
+    let params = KdfParams::calibrate(algorithm, Duration::from_millis(args.kdf_time_ms));
+    bar.finish_and_clear();
+    Ok(params?)
+}
+
+pub fn kdf_json(kind: &SlotKind) -> Value {
+    match kind {
+        SlotKind::Passphrase(KdfParams::Argon2id {
+            memory_kib,
+            iterations,
+            parallelism,
+        }) => {
+            json!({"algorithm": "argon2id", "memory_kib": memory_kib, "iterations": iterations, "parallelism": parallelism})
+        }
+        SlotKind::Passphrase(KdfParams::Pbkdf2Sha256 { iterations }) => {
+            json!({"algorithm": "pbkdf2-sha256", "iterations": iterations})
+        }
+        SlotKind::Passphrase(KdfParams::Scrypt { log_n, r, p }) => {
+            json!({"algorithm": "scrypt", "log_n": log_n, "r": r, "p": p})
+        }
+        SlotKind::Recovery => json!({"algorithm": "hkdf-sha256"}),
+        _ => json!({"algorithm": "unknown"}),
+    }
+}
+
+pub fn kdf_text(kind: &SlotKind) -> String {
+    match kind {
+        SlotKind::Passphrase(KdfParams::Argon2id {
+            memory_kib,
+            iterations,
+            parallelism,
+        }) => format!(
+            "argon2id m={} MiB t={iterations} p={parallelism}",
+            memory_kib / 1024
+        ),
+        SlotKind::Passphrase(KdfParams::Pbkdf2Sha256 { iterations }) => {
+            format!("pbkdf2-sha256 {iterations} iterations")
+        }
+        SlotKind::Passphrase(KdfParams::Scrypt { log_n, r, p }) => {
+            format!("scrypt N=2^{log_n} r={r} p={p}")
+        }
+        SlotKind::Recovery => "hkdf-sha256 (160-bit key)".into(),
+        _ => "unknown".into(),
+    }
+}
+
+fn time_text(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn slot_json(slot: &SlotInfo) -> Value {
+    json!({
+        "index": slot.index,
+        "name": slot.name,
+        "kind": slot.kind.name(),
+        "kdf": kdf_json(&slot.kind),
+        "created_at": time_text(slot.created_at),
+    })
+}
+
+fn default_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "owner".into())
+}
+
+pub fn init(global: &Global, args: &InitArgs) -> Result<Report, CliError> {
+    let space = space(global)?;
+    let name = args.name.clone().unwrap_or_else(default_user);
+    coffer_device::space::validate_vault_name(&global.vault)?;
+    if space.vault(&global.vault).is_ok() {
+        return Err(coffer_device::Error::VaultExists {
+            name: global.vault.clone(),
+        }
+        .into());
+    }
+    let passphrase = input::initial_passphrase(global, &name)?;
+    let kdf = calibrate(global, &args.kdf)?;
+    let vault = space.create_vault(&global.vault, &name, &passphrase, &kdf)?;
+    let slot = &vault.slots()[0];
+    Ok(Report {
+        json: json!({
+            "vault": global.vault,
+            "path": vault.vault().path(),
+            "vault_id": vault.vault_id().to_string(),
+            "slot": slot_json(slot),
+        }),
+        text: format!(
+            "Created vault '{}' in {}\n  slot {} '{}': {}\nNext: 'coffer recovery-key' adds a recovery key; 'coffer slot add NAME' adds another user.",
+            global.vault,
+            vault.vault().path().display(),
+            slot.index,
+            slot.name,
+            kdf_text(&slot.kind)
+        ),
+    })
+}
+
+pub fn info(global: &Global) -> Result<Report, CliError> {
+    let info = vault(global)?.info()?;
+    let slots: Vec<Value> = info
+        .slots
+        .iter()
+        .map(|(i, kind)| json!({"index": i, "kind": kind.name(), "kdf": kdf_json(kind)}))
+        .collect();
+    let mut text = format!(
+        "vault       {}\npath        {}\nformat      v{}\nvault id    {}\nslots       {} of {} used (names are encrypted: 'coffer slot list')\n",
+        info.name,
+        info.path.display(),
+        info.format_version,
+        info.vault_id,
+        info.slots.len(),
+        info.slot_capacity
+    );
+    for (i, kind) in &info.slots {
+        text.push_str(&format!(
+            "  {i:>2}  {:<10}  {}\n",
+            kind.name(),
+            kdf_text(kind)
+        ));
+    }
+    Ok(Report {
+        json: json!({
+            "vault": info.name,
+            "path": info.path,
+            "format_version": info.format_version,
+            "vault_id": info.vault_id.to_string(),
+            "slot_capacity": info.slot_capacity,
+            "slots": slots,
+        }),
+        text: text.trim_end().to_owned(),
+    })
+}
+
+pub fn vaults(global: &Global) -> Result<Report, CliError> {
+    let space = space(global)?;
+    let names = space.vault_names()?;
+    let text = if names.is_empty() {
+        format!(
+            "No vaults in {} ('coffer init' creates one)",
+            space.root().display()
+        )
+    } else {
+        names.join("\n")
+    };
+    Ok(Report {
+        json: json!({"space": space.root(), "vaults": names}),
+        text,
+    })
+}
+
+pub fn slot(global: &Global, command: &SlotCommand) -> Result<Report, CliError> {
+    match command {
+        SlotCommand::Add { name, kdf } => {
+            let mut vault = unlock(global)?;
+            let passphrase = input::new_passphrase(global, name)?;
+            let params = calibrate(global, kdf)?;
+            let slot = vault.add_passphrase_slot(name, &passphrase, &params)?;
+            Ok(Report {
+                json: json!({"added": slot_json(&slot)}),
+                text: format!(
+                    "Added slot {} '{}': {}",
+                    slot.index,
+                    slot.name,
+                    kdf_text(&slot.kind)
+                ),
+            })
+        }
+        SlotCommand::List => {
+            let vault = unlock(global)?;
+            let slots = vault.slots();
+            let mut text = format!(
+                "{:>3}  {:<24} {:<10} {:<28} {}\n",
+                "#", "NAME", "KIND", "CREATED", "KDF"
+            );
+            for s in &slots {
+                let mark = if s.index == vault.opened_slot() {
+                    "*"
+                } else {
+                    " "
+                };
+                text.push_str(&format!(
+                    "{:>2}{mark}  {:<24} {:<10} {:<28} {}\n",
+                    s.index,
+                    s.name,
+                    s.kind.name(),
+                    time_text(s.created_at),
+                    kdf_text(&s.kind)
+                ));
+            }
+            text.push_str("(* the slot that opened the vault)");
+            Ok(Report {
+                json: json!({
+                    "vault": global.vault,
+                    "opened_slot": vault.opened_slot(),
+                    "slots": slots.iter().map(slot_json).collect::<Vec<_>>(),
+                }),
+                text,
+            })
+        }
+        SlotCommand::Remove { name } => {
+            let mut vault = unlock(global)?;
+            vault.remove_slot(name)?;
+            Ok(Report {
+                json: json!({"removed": name}),
+                text: format!(
+                    "Removed slot '{name}'. Its secret no longer opens this vault; a copy of the \
+                     header taken earlier still would until the vault key is rotated."
+                ),
+            })
+        }
+    }
+}
+
+pub fn recovery_key(global: &Global, name: &str) -> Result<Report, CliError> {
+    let mut vault = unlock(global)?;
+    let (slot, key) = vault.add_recovery_slot(name)?;
+    let shown = key.display();
+    Ok(Report {
+        json: json!({"added": slot_json(&slot), "recovery_key": shown.expose_secret()}),
+        text: format!(
+            "Added recovery slot {} '{}'. Your recovery key — shown this once, store it offline:\n\n    {}\n\nOpen the vault with it: coffer --recovery verify",
+            slot.index,
+            slot.name,
+            shown.expose_secret()
+        ),
+    })
+}
+
+pub fn verify(global: &Global) -> Result<Report, CliError> {
+    let vault = unlock(global)?;
+    let slot = vault
+        .slots()
+        .into_iter()
+        .find(|s| s.index == vault.opened_slot())
+        .ok_or_else(|| {
+            CliError::other("the slot that opened the vault is missing from its header")
+        })?;
+    Ok(Report {
+        json: json!({"vault": global.vault, "authentic": true, "opened_slot": slot_json(&slot)}),
+        text: format!(
+            "OK: slot {} '{}' opens vault '{}', and the header is authentic.",
+            slot.index, slot.name, global.vault
+        ),
+    })
+}

@@ -1,0 +1,301 @@
+//! End-to-end tests of the `coffer` binary: the commands, their JSON, the
+//! documented exit codes, and that no secret is ever echoed.
+
+#![allow(clippy::unwrap_used)]
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn space(&self) -> std::path::PathBuf {
+        self.dir.path().join("space")
+    }
+
+    /// `coffer` with a private space and no secret in the environment.
+    fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("coffer").unwrap();
+        c.env("COFFER_SPACE", self.space())
+            .env_remove("COFFER_PASSPHRASE")
+            .env_remove("COFFER_NEW_PASSPHRASE")
+            .env_remove("COFFER_RECOVERY_KEY")
+            .env_remove("COFFER_VAULT");
+        c
+    }
+
+    fn with_pass(&self, p: &str) -> Command {
+        let mut c = self.cmd();
+        c.env("COFFER_PASSPHRASE", p);
+        c
+    }
+
+    fn init(&self, p: &str) {
+        self.with_pass(p)
+            .args(["init", "--name", "alice", "--kdf-time-ms", "0"])
+            .assert()
+            .success();
+    }
+
+    fn json(&self, mut c: Command) -> Value {
+        let out = c
+            .arg("--json")
+            .assert()
+            .success()
+            .get_output()
+            .stdout
+            .clone();
+        serde_json::from_slice(&out).unwrap()
+    }
+}
+
+fn error_code(out: &std::process::Output) -> String {
+    let v: Value = serde_json::from_slice(&out.stderr).unwrap();
+    v["error"]["code"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn init_info_and_slot_list() {
+    let env = Env::new();
+    let mut c = env.with_pass("alice secret");
+    c.args(["init", "--name", "alice", "--kdf-time-ms", "0"]);
+    let created = env.json(c);
+    assert_eq!(created["vault"], "default");
+    assert_eq!(created["slot"]["kdf"]["algorithm"], "argon2id");
+    assert_eq!(created["slot"]["kdf"]["memory_kib"], 19 * 1024);
+
+    let mut c = env.cmd();
+    c.arg("info");
+    let info = env.json(c);
+    assert_eq!(info["format_version"], 1);
+    assert_eq!(info["slot_capacity"], 16);
+    assert_eq!(info["slots"][0]["kind"], "passphrase");
+    assert!(info["slots"][0].get("name").is_none(), "names need the key");
+
+    let mut c = env.with_pass("alice secret");
+    c.args(["slot", "list"]);
+    let list = env.json(c);
+    assert_eq!(list["slots"][0]["name"], "alice");
+    assert_eq!(list["opened_slot"], 0);
+
+    let mut c = env.cmd();
+    c.arg("vaults");
+    assert_eq!(env.json(c)["vaults"][0], "default");
+}
+
+#[test]
+fn exit_codes_are_distinct_and_documented() {
+    let env = Env::new();
+    // 4: no such vault.
+    let out = env
+        .with_pass("x")
+        .arg("verify")
+        .arg("--json")
+        .assert()
+        .code(4)
+        .get_output()
+        .clone();
+    assert_eq!(error_code(&out), "no_such_vault");
+    env.init("alice secret");
+    // 3: wrong passphrase.
+    let out = env
+        .with_pass("wrong")
+        .args(["verify", "--json"])
+        .assert()
+        .code(3)
+        .get_output()
+        .clone();
+    assert_eq!(error_code(&out), "wrong_passphrase");
+    // 6: exists.
+    env.with_pass("x")
+        .args(["init", "--kdf-time-ms", "0"])
+        .assert()
+        .code(6);
+    // 2: bad arguments, and no passphrase without a terminal.
+    env.cmd().arg("no-such-command").assert().code(2);
+    env.cmd().args(["init", "--kdf", "md5"]).assert().code(2);
+    env.cmd()
+        .args(["--vault", "Bad/Name", "info"])
+        .assert()
+        .code(2);
+    env.cmd()
+        .arg("verify")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("COFFER_PASSPHRASE"));
+    // 7: refused slot change.
+    env.with_pass("alice secret")
+        .args(["slot", "remove", "alice"])
+        .assert()
+        .code(7);
+    env.with_pass("alice secret")
+        .args(["slot", "remove", "nobody"])
+        .assert()
+        .code(7);
+    // 5: corrupt.
+    let header = env.space().join("default/header");
+    let mut bytes = std::fs::read(&header).unwrap();
+    bytes[100] ^= 0x10;
+    std::fs::write(&header, &bytes).unwrap();
+    let out = env
+        .with_pass("alice secret")
+        .args(["verify", "--json"])
+        .assert()
+        .code(5)
+        .get_output()
+        .clone();
+    assert_eq!(error_code(&out), "corrupt");
+    env.cmd().arg("info").assert().code(5);
+    // The long help documents them all.
+    env.cmd().arg("--help").assert().success().stdout(
+        predicate::str::contains("Exit codes:").and(predicate::str::contains("8  vault busy")),
+    );
+}
+
+#[test]
+fn second_user_and_removal() {
+    let env = Env::new();
+    env.init("alice secret");
+    env.with_pass("alice secret")
+        .env("COFFER_NEW_PASSPHRASE", "bob secret")
+        .args([
+            "slot",
+            "add",
+            "bob",
+            "--kdf",
+            "pbkdf2-sha256",
+            "--kdf-time-ms",
+            "0",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("pbkdf2-sha256 600000 iterations"));
+    env.with_pass("bob secret")
+        .arg("verify")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("'bob'"));
+    env.with_pass("alice secret")
+        .env("COFFER_NEW_PASSPHRASE", "x")
+        .args(["slot", "add", "bob", "--kdf-time-ms", "0"])
+        .assert()
+        .code(7);
+    env.with_pass("bob secret")
+        .args(["slot", "remove", "bob"])
+        .assert()
+        .success();
+    env.with_pass("bob secret").arg("verify").assert().code(3);
+    env.with_pass("alice secret")
+        .arg("verify")
+        .assert()
+        .success();
+}
+
+#[test]
+fn recovery_key_is_shown_once_and_opens_the_vault() {
+    let env = Env::new();
+    env.init("alice secret");
+    let mut c = env.with_pass("alice secret");
+    c.arg("recovery-key");
+    let added = env.json(c);
+    let key = added["recovery_key"].as_str().unwrap().to_owned();
+    assert_eq!(key.len(), 47);
+    env.cmd()
+        .env("COFFER_RECOVERY_KEY", &key)
+        .args(["--recovery", "verify"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("'recovery'"));
+    // A typo is caught by the checksum: exit 3, typed code.
+    let mut typo = key.clone();
+    let replacement = if typo.starts_with('A') { "B" } else { "A" };
+    typo.replace_range(0..1, replacement);
+    let out = env
+        .cmd()
+        .env("COFFER_RECOVERY_KEY", &typo)
+        .args(["--recovery", "verify", "--json"])
+        .assert()
+        .code(3)
+        .get_output()
+        .clone();
+    assert_eq!(error_code(&out), "invalid_recovery_key");
+    // The key is never shown again, not even by slot list.
+    let list = env
+        .with_pass("alice secret")
+        .args(["slot", "list"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    assert!(!String::from_utf8_lossy(&list.stdout).contains(&key));
+}
+
+#[test]
+fn passphrase_files_are_read_and_secrets_never_echoed() {
+    let env = Env::new();
+    let file = env.dir.path().join("pass");
+    std::fs::write(&file, "file-secret-passphrase\nignored second line\n").unwrap();
+    let new_file = env.dir.path().join("new");
+    std::fs::write(&new_file, "carol-file-passphrase").unwrap();
+    let outputs = [
+        env.cmd()
+            .arg("--passphrase-file")
+            .arg(&file)
+            .args(["init", "--kdf-time-ms", "0", "--name", "dana"])
+            .assert()
+            .success()
+            .get_output()
+            .clone(),
+        env.cmd()
+            .arg("--passphrase-file")
+            .arg(&file)
+            .arg("--new-passphrase-file")
+            .arg(&new_file)
+            .args(["slot", "add", "carol", "--kdf-time-ms", "0"])
+            .assert()
+            .success()
+            .get_output()
+            .clone(),
+        env.with_pass("carol-file-passphrase")
+            .args(["slot", "list"])
+            .assert()
+            .success()
+            .get_output()
+            .clone(),
+        env.with_pass("file-secret-passphrase\nignored")
+            .arg("verify")
+            .assert()
+            .code(3)
+            .get_output()
+            .clone(),
+    ];
+    for out in outputs {
+        for secret in ["file-secret-passphrase", "carol-file-passphrase"] {
+            assert!(!String::from_utf8_lossy(&out.stdout).contains(secret));
+            assert!(!String::from_utf8_lossy(&out.stderr).contains(secret));
+        }
+    }
+}
+
+#[test]
+fn demo_runs_and_explains() {
+    Command::cargo_bin("coffer")
+        .unwrap()
+        .arg("demo")
+        .assert()
+        .success()
+        .stdout(
+            predicate::str::contains("Unlock as bob")
+                .and(predicate::str::contains("opened by slot 2"))
+                .and(predicate::str::contains("checksum mismatch")),
+        );
+}
