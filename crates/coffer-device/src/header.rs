@@ -326,7 +326,7 @@ fn encode_meta(created_at: i64, slots: &[Option<(KeySlot, SlotMeta)>; SLOT_COUNT
 
 type SlotMetas = [Option<SlotMeta>; SLOT_COUNT];
 
-fn decode_meta(plain: &[u8]) -> Result<(i64, SlotMetas)> {
+pub(crate) fn decode_meta(plain: &[u8]) -> Result<(i64, SlotMetas)> {
     let mut r = Reader::new(plain);
     if r.u8()? != META_VERSION {
         return Err(CorruptKind::Field("unknown metadata version").into());

@@ -39,6 +39,9 @@ pub mod space;
 pub mod subkey;
 pub mod vault;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(test)]
 mod tests;
 
