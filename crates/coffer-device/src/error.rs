@@ -99,6 +99,20 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An encrypted file is damaged, tampered with or truncated. No wrong
+    /// plaintext was returned.
+    #[error("encrypted file is corrupt: {0}")]
+    FileCorrupt(#[from] crate::stream::FileCorruptKind),
+    /// An I/O error on a stream that has no path (a file being encrypted or
+    /// decrypted through a reader or writer).
+    #[error("{op}: {source}")]
+    StreamIo {
+        /// What coffer was doing.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The system random number generator failed.
     #[error("the system random number generator failed")]
     Random,
@@ -136,6 +150,12 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+impl Error {
+    pub(crate) fn stream_io(op: &'static str, source: std::io::Error) -> Self {
+        Error::StreamIo { op, source }
     }
 }
 

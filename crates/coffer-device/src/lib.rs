@@ -36,6 +36,7 @@ pub mod keyslot;
 pub mod recovery;
 mod secret;
 pub mod space;
+pub mod stream;
 pub mod subkey;
 pub mod vault;
 
