@@ -48,3 +48,25 @@ pub fn fixed_key() -> VaultKey {
         .unwrap_or_else(|()| unreachable!("the closure cannot fail")),
     )
 }
+
+/// Opens `data` as an encrypted file under a fixed files key and reads it
+/// to the end, then at a few offsets chosen from the data itself.
+pub fn file_stream(data: &[u8]) {
+    use std::io::Read;
+    let key = crate::secret::Subkey(
+        Key256::fill_with(|k| {
+            *k = [0x42; 32];
+            Ok::<(), ()>(())
+        })
+        .unwrap_or_else(|()| unreachable!("the closure cannot fail")),
+    );
+    let Ok(mut reader) = crate::stream::ChunkReader::open(&key, std::io::Cursor::new(data)) else {
+        return;
+    };
+    let mut out = Vec::new();
+    let _ = reader.read_to_end(&mut out);
+    let mut buf = [0u8; 100];
+    for offset in data.iter().take(4).map(|b| u64::from(*b) * 700) {
+        let _ = reader.read_at(offset, &mut buf);
+    }
+}

@@ -149,11 +149,7 @@ pub struct ChunkWriter<W: Write> {
 impl<W: Write> ChunkWriter<W> {
     /// Starts a file under the app's files subkey, with a fresh salt from
     /// `rng`, and writes its header.
-    pub fn new(
-        files_key: &Subkey,
-        inner: W,
-        rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<Self> {
+    pub fn new(files_key: &Subkey, inner: W, rng: &mut (impl RngCore + CryptoRng)) -> Result<Self> {
         let mut salt = [0u8; SALT_LEN];
         rng.try_fill_bytes(&mut salt)?;
         Self::with_salt(files_key, inner, salt)
@@ -161,7 +157,11 @@ impl<W: Write> ChunkWriter<W> {
 
     /// Starts a file with a given salt. Reusing a salt under one files key
     /// reuses nonces: only the test vectors do this.
-    pub(crate) fn with_salt(files_key: &Subkey, mut inner: W, salt: [u8; SALT_LEN]) -> Result<Self> {
+    pub(crate) fn with_salt(
+        files_key: &Subkey,
+        mut inner: W,
+        salt: [u8; SALT_LEN],
+    ) -> Result<Self> {
         let header = header(&salt);
         inner
             .write_all(&header)
@@ -614,7 +614,8 @@ mod tests {
     }
 
     fn vector_path() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/test-vectors/file-stream-v1.json")
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/test-vectors/file-stream-v1.json")
     }
 
     /// The vector: a fixed files subkey and salt, 65 636 bytes of plaintext
@@ -653,22 +654,31 @@ mod tests {
 
     #[test]
     fn file_vector_matches_the_spec() {
-        let text = std::fs::read_to_string(vector_path()).expect("docs/test-vectors/file-stream-v1.json");
+        let text =
+            std::fs::read_to_string(vector_path()).expect("docs/test-vectors/file-stream-v1.json");
         let file: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(vector(), file);
         // And the reader opens what the spec describes.
         let sealed = {
-            let mut w = ChunkWriter::with_salt(&files_key(0x42), Vec::new(), [0x5a; SALT_LEN]).unwrap();
+            let mut w =
+                ChunkWriter::with_salt(&files_key(0x42), Vec::new(), [0x5a; SALT_LEN]).unwrap();
             w.write_all(&plaintext(CHUNK_SIZE + 100)).unwrap();
             w.finish().unwrap()
         };
-        assert_eq!(decrypt(&files_key(0x42), sealed).unwrap(), plaintext(CHUNK_SIZE + 100));
+        assert_eq!(
+            decrypt(&files_key(0x42), sealed).unwrap(),
+            plaintext(CHUNK_SIZE + 100)
+        );
     }
 
     #[test]
     #[ignore = "rewrites the vector file; run by hand after a deliberate format change"]
     fn regenerate_file_vector() {
-        std::fs::write(vector_path(), serde_json::to_string_pretty(&vector()).unwrap() + "\n").unwrap();
+        std::fs::write(
+            vector_path(),
+            serde_json::to_string_pretty(&vector()).unwrap() + "\n",
+        )
+        .unwrap();
     }
 
     proptest! {
