@@ -13,9 +13,12 @@ Exit codes:
   4  no such vault
   5  vault header corrupt, tampered with, of an unknown version, or asking
      for more KDF work than allowed (nothing was unlocked)
-  6  a vault of that name already exists
+  6  a vault or app of that name already exists
   7  slot change refused (no such slot, name taken, all 16 in use, last slot)
   8  vault busy: another coffer process is changing it
+  9  not found: no such app, key or record
+ 10  denied: the app's capabilities do not grant this store
+ 11  conflict: the record changed since the version the change was based on
 
 Secrets for scripts:
   COFFER_PASSPHRASE        passphrase that opens the vault (init: the new vault's)
@@ -100,6 +103,24 @@ pub enum Command {
     /// Check that a passphrase (or --recovery key) opens the vault and that
     /// the whole header is authentic
     Verify,
+    /// Add or list apps (each with its own keys and encrypted database)
+    #[command(subcommand)]
+    App(AppCommand),
+    /// Run one SQL statement on an app's encrypted database
+    ///
+    /// Prints the rows as a table (or --json), or the number of rows changed.
+    Sql {
+        /// The app
+        app: String,
+        /// One SQL statement
+        query: String,
+    },
+    /// An app's key-value store
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// An app's record store (JSON documents with versions)
+    #[command(subcommand)]
+    Records(RecordsCommand),
     /// A guided walk through a throwaway space: create a vault, add a second
     /// user and a recovery key, unlock with each, and see tampering caught
     Demo {
@@ -147,5 +168,104 @@ pub enum SlotCommand {
     Remove {
         /// Name of the slot to remove
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Add an app
+    Add {
+        /// The app's name (a-z 0-9 . _ -)
+        name: String,
+        /// Comma-separated capabilities: sql, kv, records, files, export
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "sql,kv,records,files,export"
+        )]
+        allow: Vec<String>,
+    },
+    /// List the apps with their capabilities
+    Ls,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Print a value (raw bytes on stdout; --json gives text or hex)
+    Get {
+        /// The app
+        app: String,
+        /// The key
+        key: String,
+    },
+    /// Set a value, from the argument, or from stdin when VALUE is '-'
+    Put {
+        /// The app
+        app: String,
+        /// The key
+        key: String,
+        /// The value ('-' reads stdin)
+        value: String,
+    },
+    /// Delete a key
+    Rm {
+        /// The app
+        app: String,
+        /// The key
+        key: String,
+    },
+    /// List keys, optionally those starting with PREFIX
+    Ls {
+        /// The app
+        app: String,
+        /// Only keys starting with this
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RecordsCommand {
+    /// Create or update a record with a JSON body ('-' reads stdin)
+    Put {
+        /// The app
+        app: String,
+        /// The collection
+        collection: String,
+        /// The record id
+        id: String,
+        /// The JSON body ('-' reads stdin)
+        body: String,
+        /// Only write if the record is at this version (0: must not exist)
+        #[arg(long)]
+        base_version: Option<u64>,
+    },
+    /// Print a record
+    Get {
+        /// The app
+        app: String,
+        /// The collection
+        collection: String,
+        /// The record id
+        id: String,
+    },
+    /// Delete a record (kept as a tombstone for sync)
+    Rm {
+        /// The app
+        app: String,
+        /// The collection
+        collection: String,
+        /// The record id
+        id: String,
+        /// Only delete if the record is at this version
+        #[arg(long)]
+        base_version: Option<u64>,
+    },
+    /// List the live records of a collection
+    Ls {
+        /// The app
+        app: String,
+        /// The collection
+        collection: String,
     },
 }

@@ -1,7 +1,7 @@
 //! Exit codes and how errors are shown. The table is in `coffer --help`
 //! (cli::EXIT_CODES_HELP) and the README; keep the three in step.
 
-use coffer_device::Error;
+use coffer_device::{DatabaseErrorKind, Error};
 
 /// A documented process exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +15,9 @@ pub enum ExitCode {
     VaultExists = 6,
     SlotRefused = 7,
     Busy = 8,
+    NotFound = 9,
+    Denied = 10,
+    Conflict = 11,
 }
 
 /// An error on its way to the user: what to print and how to exit.
@@ -90,6 +93,41 @@ impl From<Error> for CliError {
             Error::SlotNameTaken { .. } => (ExitCode::SlotRefused, "slot_name_taken", ""),
             Error::LastSlot => (ExitCode::SlotRefused, "last_slot", ""),
             Error::Busy => (ExitCode::Busy, "busy", "; try again"),
+            Error::NoSuchApp { .. } => (
+                ExitCode::NotFound,
+                "no_such_app",
+                "; 'coffer app ls' lists the apps",
+            ),
+            Error::NoSuchRecord { .. } => (ExitCode::NotFound, "no_such_record", ""),
+            Error::AppExists { .. } => (ExitCode::VaultExists, "app_exists", ""),
+            Error::CapabilityDenied { .. } => (ExitCode::Denied, "capability_denied", ""),
+            Error::VersionConflict { .. } => (
+                ExitCode::Conflict,
+                "version_conflict",
+                "; read the record again and re-apply the change",
+            ),
+            Error::TooLarge { .. } => (ExitCode::Usage, "too_large", ""),
+            Error::Database {
+                kind: DatabaseErrorKind::NotADatabase | DatabaseErrorKind::Corrupt,
+                ..
+            } => (
+                ExitCode::Corrupt,
+                "database_corrupt",
+                "; nothing wrong was read",
+            ),
+            Error::Database {
+                kind: DatabaseErrorKind::Busy,
+                ..
+            } => (ExitCode::Busy, "busy", "; try again"),
+            Error::Database { .. } => (ExitCode::Usage, "database", ""),
+            Error::FileCorrupt(_) => (
+                ExitCode::Corrupt,
+                "file_corrupt",
+                "; nothing wrong was read",
+            ),
+            Error::UnsupportedStoreVersion { .. } => {
+                (ExitCode::Corrupt, "unsupported_version", "; upgrade coffer")
+            }
             _ => (ExitCode::Other, "error", ""),
         };
         CliError {

@@ -8,6 +8,7 @@ mod commands;
 mod demo;
 mod exit;
 mod input;
+mod stores;
 
 use clap::Parser;
 use serde_json::json;
@@ -26,6 +27,10 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         Command::RecoveryKey { name } => commands::recovery_key(g, name),
         Command::Verify => commands::verify(g),
         Command::Demo { keep } => demo::run(g, *keep),
+        Command::App(command) => stores::app(g, command),
+        Command::Sql { app, query } => stores::sql(g, app, query),
+        Command::Kv(command) => stores::kv(g, command),
+        Command::Records(command) => stores::records(g, command),
     }
 }
 
@@ -36,12 +41,16 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
         Ok(report) => {
+            // A command that wrote its own output (kv get's raw bytes)
+            // leaves its report empty.
             if cli.global.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report.json).unwrap_or_default()
-                );
-            } else {
+                if !report.json.is_null() {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report.json).unwrap_or_default()
+                    );
+                }
+            } else if !report.text.is_empty() {
                 println!("{}", report.text);
             }
             std::process::ExitCode::SUCCESS

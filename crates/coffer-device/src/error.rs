@@ -113,6 +113,71 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An encrypted database refused an operation. `NotADatabase` (a wrong
+    /// key or a damaged page) and `Corrupt` mean nothing was read; the
+    /// message never contains data or keys.
+    #[error("database error while {op}: {kind}")]
+    Database {
+        /// What coffer was doing.
+        op: &'static str,
+        /// What went wrong.
+        kind: DatabaseErrorKind,
+    },
+    /// No app of that name in the vault.
+    #[error("no app named {name:?} in this vault")]
+    NoSuchApp {
+        /// The app name asked for.
+        name: String,
+    },
+    /// An app of that name exists already.
+    #[error("an app named {name:?} already exists")]
+    AppExists {
+        /// The app name asked for.
+        name: String,
+    },
+    /// The app's capabilities do not grant this store.
+    #[error("app {app:?} is not allowed to use {capability}")]
+    CapabilityDenied {
+        /// The app.
+        app: String,
+        /// The capability it lacks.
+        capability: &'static str,
+    },
+    /// A record was not at the version the write was based on; nothing
+    /// changed.
+    #[error("record {collection}/{id} is at version {current}, not the version this change was based on")]
+    VersionConflict {
+        /// Collection of the record.
+        collection: String,
+        /// Id of the record.
+        id: String,
+        /// Its current version (0: does not exist).
+        current: u64,
+    },
+    /// No live record with that id.
+    #[error("no record {collection}/{id}")]
+    NoSuchRecord {
+        /// Collection asked for.
+        collection: String,
+        /// Id asked for.
+        id: String,
+    },
+    /// A value is larger than the store accepts.
+    #[error("{what} larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A store was written by a newer coffer.
+    #[error("the {store} was written by a newer coffer (schema version {version})")]
+    UnsupportedStoreVersion {
+        /// Which store.
+        store: &'static str,
+        /// Its schema version.
+        version: i64,
+    },
     /// The system random number generator failed.
     #[error("the system random number generator failed")]
     Random,
@@ -153,7 +218,42 @@ impl Error {
     }
 }
 
+/// Why a database operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatabaseErrorKind {
+    /// The file is not a database under this key: a wrong key, or a damaged
+    /// or tampered first page.
+    #[error("not a database under this key (wrong key, or damaged or tampered file)")]
+    NotADatabase,
+    /// A page failed its integrity check: damaged or tampered.
+    #[error("damaged or tampered page")]
+    Corrupt,
+    /// Another connection holds a lock for too long.
+    #[error("database busy")]
+    Busy,
+    /// A constraint (unique key, foreign key, …) refused the change.
+    #[error("constraint violated: {0}")]
+    Constraint(String),
+    /// Any other SQLite error, with SQLite's message (the app's own SQL
+    /// errors land here).
+    #[error("{0}")]
+    Other(String),
+}
+
 impl Error {
+    pub(crate) fn database(op: &'static str, e: rusqlite::Error) -> Self {
+        use rusqlite::ffi::ErrorCode;
+        let kind = match e.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => DatabaseErrorKind::NotADatabase,
+            Some(ErrorCode::DatabaseCorrupt) => DatabaseErrorKind::Corrupt,
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => DatabaseErrorKind::Busy,
+            Some(ErrorCode::ConstraintViolation) => DatabaseErrorKind::Constraint(e.to_string()),
+            _ => DatabaseErrorKind::Other(e.to_string()),
+        };
+        Error::Database { op, kind }
+    }
+
     pub(crate) fn stream_io(op: &'static str, source: std::io::Error) -> Self {
         Error::StreamIo { op, source }
     }

@@ -51,6 +51,19 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("creating directory", dir, e))
 }
 
+/// Creates an empty file readable by the owner only (if it does not exist).
+pub(crate) fn create_private_file(path: &Path) -> Result<()> {
+    match private_file_options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io("creating", path, e)),
+    }
+}
+
 /// fsyncs a directory so that a rename or create inside it is durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]

@@ -27,6 +27,7 @@
 //! model in `docs/threat-model.md`.
 
 mod aead;
+pub mod app;
 mod codec;
 mod error;
 mod fsio;
@@ -36,6 +37,7 @@ pub mod keyslot;
 pub mod recovery;
 mod secret;
 pub mod space;
+pub mod store;
 pub mod stream;
 pub mod subkey;
 pub mod vault;
@@ -46,12 +48,15 @@ pub mod fuzzing;
 #[cfg(test)]
 mod tests;
 
-pub use error::{CorruptKind, Error, Result};
+pub use app::{App, AppInfo, Capabilities, Capability};
+pub use error::{CorruptKind, DatabaseErrorKind, Error, Result};
 pub use header::VaultId;
 pub use kdf::{KdfAlgorithm, KdfLimitError, KdfLimits, KdfParams};
 pub use keyslot::{Credential, SlotKind};
 pub use recovery::{RecoveryKey, RecoveryKeyError};
 pub use secret::{Passphrase, Subkey, VaultKey, KEY_LEN, MAX_PASSPHRASE_LEN};
 pub use space::Space;
+pub use store::kv::KvStore;
+pub use store::records::{Change, Record, RecordStore};
 pub use subkey::Purpose;
 pub use vault::{SlotInfo, UnlockedVault, Vault, VaultInfo};

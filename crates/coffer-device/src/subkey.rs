@@ -25,6 +25,8 @@ pub enum Purpose<'a> {
     HeaderMeta,
     /// HMAC key of the vault's local audit chain.
     AuditMac,
+    /// Raw SQLCipher key of the vault's catalog (its list of apps).
+    Catalog,
     /// Raw SQLCipher key of one app's database.
     AppDatabase(&'a str),
     /// Key from which one app's per-file keys are derived.
@@ -40,6 +42,7 @@ impl Purpose<'_> {
             Purpose::HeaderMac => "header-mac",
             Purpose::HeaderMeta => "header-meta",
             Purpose::AuditMac => "audit-mac",
+            Purpose::Catalog => "catalog",
             Purpose::AppDatabase(_) => "app-database",
             Purpose::AppFiles(_) => "app-files",
             Purpose::AppRecords(_) => "app-records",

@@ -13,6 +13,7 @@ use crate::keyslot::KeySlot;
 use crate::space::HEADER_FILE;
 use crate::*;
 
+mod stores;
 mod vectors;
 
 /// Tiny Argon2id parameters: real Argon2id, fast enough to run thousands of
@@ -533,6 +534,20 @@ fn space_and_vault_are_private_to_the_owner() {
     assert_eq!(mode(space.root()), 0o700);
     assert_eq!(mode(&space.root().join("acme")), 0o700);
     assert_eq!(mode(&header_path(&space)), 0o600);
+    let v = unlock(&space, "alice pw").unwrap();
+    v.add_app("notes", Capabilities::all()).unwrap();
+    v.app("notes")
+        .unwrap()
+        .kv()
+        .unwrap()
+        .put("k", b"v")
+        .unwrap();
+    let vault_dir = space.root().join("acme");
+    assert_eq!(mode(&vault_dir.join("catalog.db")), 0o600);
+    assert_eq!(mode(&vault_dir.join("data")), 0o700);
+    for entry in std::fs::read_dir(vault_dir.join("data")).unwrap() {
+        assert_eq!(mode(&entry.unwrap().path()), 0o600);
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand_core::OsRng;
 
+use crate::app::{App, AppInfo, Capabilities};
 use crate::error::{Error, Result};
 use crate::fsio::{self, FileLock};
 use crate::header::{self, Header, SealedHeader, SlotMeta, VaultId, MAX_HEADER_LEN, SLOT_COUNT};
@@ -17,6 +18,7 @@ use crate::keyslot::{Credential, KeySlot, SlotKind};
 use crate::recovery::RecoveryKey;
 use crate::secret::{Key256, Passphrase, Subkey, VaultKey};
 use crate::space::{HEADER_FILE, LOCK_FILE};
+use crate::store::catalog::{Catalog, DATA_DIR};
 use crate::subkey::{self, Purpose};
 
 /// A vault, locked.
@@ -270,6 +272,33 @@ impl UnlockedVault {
     /// Derives the subkey for `purpose`.
     pub fn subkey(&self, purpose: Purpose<'_>) -> Subkey {
         subkey::derive(&self.key, &self.header.vault_id, purpose)
+    }
+
+    fn catalog(&self) -> Result<Catalog> {
+        fsio::create_private_dir_all(&self.vault.dir.join(DATA_DIR))?;
+        Catalog::open(&self.vault.dir, &self.subkey(Purpose::Catalog))
+    }
+
+    /// Adds an app with the given capabilities.
+    pub fn add_app(&self, name: &str, capabilities: Capabilities) -> Result<AppInfo> {
+        self.catalog()?.add(name, capabilities, &mut OsRng)
+    }
+
+    /// Every app of the vault, by name.
+    pub fn apps(&self) -> Result<Vec<AppInfo>> {
+        self.catalog()?.list()
+    }
+
+    /// A handle on the app `name`.
+    pub fn app(&self, name: &str) -> Result<App<'_>> {
+        let catalog = self.catalog()?;
+        let info = catalog.get(name)?;
+        Ok(App::new(self, &catalog, info))
+    }
+
+    /// Replaces the capabilities of the app `name`.
+    pub fn set_app_capabilities(&self, name: &str, capabilities: Capabilities) -> Result<()> {
+        self.catalog()?.set_capabilities(name, capabilities)
     }
 
     /// Adds a passphrase slot for a user of this device.

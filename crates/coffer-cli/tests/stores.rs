@@ -1,0 +1,152 @@
+//! The store commands end to end: app, sql, kv, records, with their JSON
+//! and exit codes.
+
+#![allow(clippy::unwrap_used)]
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use serde_json::Value;
+
+fn setup() -> (tempfile::TempDir, impl Fn() -> Command) {
+    let dir = tempfile::tempdir().unwrap();
+    let space = dir.path().join("space");
+    let cmd = move || {
+        let mut c = Command::cargo_bin("coffer").unwrap();
+        c.env("COFFER_SPACE", &space)
+            .env("COFFER_PASSPHRASE", "pw for stores")
+            .env_remove("COFFER_VAULT");
+        c
+    };
+    cmd()
+        .args(["init", "--kdf-time-ms", "0"])
+        .assert()
+        .success();
+    (dir, cmd)
+}
+
+fn json(mut c: Command) -> Value {
+    serde_json::from_slice(&c.arg("--json").assert().success().get_output().stdout).unwrap()
+}
+
+#[test]
+fn apps_sql_kv_and_records_from_the_command_line() {
+    let (_d, coffer) = setup();
+    coffer().args(["app", "add", "notes"]).assert().success();
+    coffer()
+        .args(["app", "add", "cam", "--allow", "files"])
+        .assert()
+        .success();
+    let mut c = coffer();
+    c.args(["app", "ls"]);
+    let apps = json(c);
+    assert_eq!(apps["apps"][0]["name"], "cam");
+    assert_eq!(
+        apps["apps"][0]["capabilities"],
+        serde_json::json!(["files"])
+    );
+
+    coffer()
+        .args(["sql", "notes", "CREATE TABLE t (a INTEGER, b TEXT)"])
+        .assert()
+        .success();
+    coffer()
+        .args(["sql", "notes", "INSERT INTO t VALUES (1, 'one'), (2, NULL)"])
+        .assert()
+        .success()
+        .stdout("2 row(s) changed\n");
+    let mut c = coffer();
+    c.args(["sql", "notes", "SELECT a, b FROM t ORDER BY a"]);
+    let rows = json(c);
+    assert_eq!(rows["columns"], serde_json::json!(["a", "b"]));
+    assert_eq!(rows["rows"], serde_json::json!([[1, "one"], [2, null]]));
+    coffer().args(["sql", "notes", "SELEKT 1"]).assert().code(2);
+
+    coffer()
+        .args(["kv", "put", "notes", "greeting", "hello"])
+        .assert()
+        .success();
+    coffer()
+        .args(["kv", "put", "notes", "raw", "-"])
+        .write_stdin(vec![0u8, 159, 146, 150])
+        .assert()
+        .success();
+    coffer()
+        .args(["kv", "get", "notes", "raw"])
+        .assert()
+        .success()
+        .stdout(predicate::eq(&[0u8, 159, 146, 150][..]));
+    coffer()
+        .args(["kv", "get", "notes", "greeting"])
+        .assert()
+        .success()
+        .stdout("hello");
+    let mut c = coffer();
+    c.args(["kv", "ls", "notes"]);
+    assert_eq!(json(c)["keys"], serde_json::json!(["greeting", "raw"]));
+    coffer()
+        .args(["kv", "rm", "notes", "greeting"])
+        .assert()
+        .success();
+    coffer()
+        .args(["kv", "get", "notes", "greeting"])
+        .assert()
+        .code(9);
+
+    coffer()
+        .args([
+            "records",
+            "put",
+            "notes",
+            "cases",
+            "c1",
+            r#"{"name":"A"}"#,
+            "--base-version",
+            "0",
+        ])
+        .assert()
+        .success();
+    coffer()
+        .args(["records", "put", "notes", "cases", "c1", r#"{"name":"B"}"#])
+        .assert()
+        .success();
+    coffer()
+        .args([
+            "records",
+            "put",
+            "notes",
+            "cases",
+            "c1",
+            r#"{"name":"C"}"#,
+            "--base-version",
+            "1",
+        ])
+        .assert()
+        .code(11);
+    let mut c = coffer();
+    c.args(["records", "get", "notes", "cases", "c1"]);
+    let record = json(c);
+    assert_eq!(record["version"], 2);
+    assert_eq!(record["body"]["name"], "B");
+    coffer()
+        .args(["records", "put", "notes", "cases", "c2", "not json"])
+        .assert()
+        .code(2);
+    coffer()
+        .args(["records", "rm", "notes", "cases", "c1"])
+        .assert()
+        .success();
+    coffer()
+        .args(["records", "get", "notes", "cases", "c1"])
+        .assert()
+        .code(9);
+    coffer()
+        .args(["records", "ls", "notes", "cases"])
+        .assert()
+        .success()
+        .stdout("");
+
+    // Capabilities and missing apps have their own exit codes.
+    coffer().args(["kv", "ls", "cam"]).assert().code(10);
+    coffer().args(["kv", "ls", "nope"]).assert().code(9);
+    coffer().args(["app", "add", "notes"]).assert().code(6);
+}

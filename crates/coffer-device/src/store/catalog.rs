@@ -1,0 +1,167 @@
+//! The vault's catalog: which apps exist, their random ids and the random
+//! names of their database files. It is itself a SQLCipher database
+//! (`catalog.db`), keyed with the vault's `catalog` subkey, so that app names
+//! never reach the disk in the clear.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand_core::{CryptoRng, RngCore};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::app::{AppInfo, Capabilities};
+use crate::error::{Error, Result};
+use crate::secret::Subkey;
+use crate::store::database;
+
+/// File name of the catalog inside the vault directory.
+pub(crate) const CATALOG_FILE: &str = "catalog.db";
+/// Directory of the apps' database files inside the vault directory.
+pub(crate) const DATA_DIR: &str = "data";
+const SCHEMA_VERSION: i64 = 1;
+
+pub(crate) struct Catalog {
+    conn: Connection,
+    vault_dir: PathBuf,
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn random_hex(rng: &mut (impl RngCore + CryptoRng)) -> Result<String> {
+    let mut bytes = [0u8; 16];
+    rng.try_fill_bytes(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Catalog {
+    /// Opens the catalog of the vault in `vault_dir`, creating it on first use.
+    pub(crate) fn open(vault_dir: &Path, key: &Subkey) -> Result<Self> {
+        let conn = database::open(&vault_dir.join(CATALOG_FILE), key, true)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| Error::database("reading the catalog", e))?;
+        if version == 0 {
+            conn.execute_batch(&format!(
+                "BEGIN;
+                 CREATE TABLE apps (
+                     name TEXT PRIMARY KEY,
+                     app_id TEXT NOT NULL UNIQUE,
+                     db_file TEXT NOT NULL UNIQUE,
+                     capabilities INTEGER NOT NULL,
+                     created_at INTEGER NOT NULL
+                 ) STRICT;
+                 PRAGMA user_version = {SCHEMA_VERSION};
+                 COMMIT;"
+            ))
+            .map_err(|e| Error::database("creating the catalog", e))?;
+        } else if version != SCHEMA_VERSION {
+            return Err(Error::UnsupportedStoreVersion {
+                store: "catalog",
+                version,
+            });
+        }
+        Ok(Catalog {
+            conn,
+            vault_dir: vault_dir.to_owned(),
+        })
+    }
+
+    /// Path of an app's database file.
+    pub(crate) fn database_path(&self, app: &AppInfo) -> PathBuf {
+        self.vault_dir.join(DATA_DIR).join(&app.db_file)
+    }
+
+    pub(crate) fn add(
+        &self,
+        name: &str,
+        capabilities: Capabilities,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<AppInfo> {
+        crate::app::validate_app_name(name)?;
+        let app = AppInfo {
+            name: name.to_owned(),
+            id: random_hex(rng)?,
+            db_file: format!("{}.db", random_hex(rng)?),
+            capabilities,
+            created_at: now_unix(),
+        };
+        let inserted = self
+            .conn
+            .execute(
+                "INSERT INTO apps (name, app_id, db_file, capabilities, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (name) DO NOTHING",
+                params![
+                    app.name,
+                    app.id,
+                    app.db_file,
+                    app.capabilities.bits(),
+                    app.created_at
+                ],
+            )
+            .map_err(|e| Error::database("adding an app", e))?;
+        if inserted == 0 {
+            return Err(Error::AppExists { name: name.into() });
+        }
+        Ok(app)
+    }
+
+    pub(crate) fn list(&self) -> Result<Vec<AppInfo>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT name, app_id, db_file, capabilities, created_at FROM apps ORDER BY name",
+            )
+            .map_err(|e| Error::database("listing apps", e))?;
+        let rows = stmt
+            .query_map([], row_to_app)
+            .map_err(|e| Error::database("listing apps", e))?;
+        rows.map(|r| r.map_err(|e| Error::database("listing apps", e)))
+            .collect()
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Result<AppInfo> {
+        self.conn
+            .query_row(
+                "SELECT name, app_id, db_file, capabilities, created_at FROM apps WHERE name = ?1",
+                [name],
+                row_to_app,
+            )
+            .optional()
+            .map_err(|e| Error::database("finding an app", e))?
+            .ok_or_else(|| Error::NoSuchApp { name: name.into() })
+    }
+
+    pub(crate) fn set_capabilities(&self, name: &str, capabilities: Capabilities) -> Result<()> {
+        let changed = self
+            .conn
+            .execute(
+                "UPDATE apps SET capabilities = ?2 WHERE name = ?1",
+                params![name, capabilities.bits()],
+            )
+            .map_err(|e| Error::database("changing capabilities", e))?;
+        if changed == 0 {
+            return Err(Error::NoSuchApp { name: name.into() });
+        }
+        Ok(())
+    }
+}
+
+fn row_to_app(row: &rusqlite::Row<'_>) -> rusqlite::Result<AppInfo> {
+    Ok(AppInfo {
+        name: row.get(0)?,
+        id: row.get(1)?,
+        db_file: row.get(2)?,
+        capabilities: Capabilities::from_bits(row.get(3)?),
+        created_at: row.get(4)?,
+    })
+}
+
+/// Unix seconds to a `SystemTime` (negative times clamp to the epoch).
+pub(crate) fn to_system_time(secs: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+}

@@ -1,0 +1,73 @@
+//! SQLCipher databases opened with a raw key.
+//!
+//! Every database of a vault (its catalog, each app's database) is a
+//! SQLCipher file keyed with a 256-bit subkey given as a raw key
+//! (`PRAGMA key = "x'…'"`), so SQLCipher's own PBKDF2 never runs: the slow
+//! KDF already ran once, when the vault was unlocked.
+//!
+//! Settings, and why (docs/formats/stores.md):
+//! - SQLCipher 4 defaults for the cipher (AES-256-CBC per page, HMAC-SHA512
+//!   per page, 4096-byte pages): a smaller page keeps a random point read to
+//!   one small decryption; the HMAC makes any changed page an error.
+//! - `journal_mode = WAL`, `synchronous = NORMAL`: a committed transaction is
+//!   durable after a checkpoint or the next commit, and a crash never
+//!   corrupts; the WAL is encrypted like the database.
+//! - `temp_store = MEMORY`: temporary tables and sort spills never reach the
+//!   disk in the clear.
+//! - `foreign_keys = ON`, `secure_delete = ON`: deleted content is
+//!   overwritten in the (encrypted) file.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::secret::Subkey;
+
+/// Page cache per connection: 2 MiB (negative values are KiB in SQLite).
+const CACHE_SIZE_KIB: i64 = 2048;
+
+/// Opens (creating if `create`) the SQLCipher database at `path` with `key`,
+/// applies coffer's settings and checks that the key opens it.
+pub(crate) fn open(path: &Path, key: &Subkey, create: bool) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create && !path.exists() {
+        // SQLite would create the file 0644; an empty file is a valid new
+        // database, so make it ourselves, readable by the owner only. SQLite
+        // gives the -wal and -shm files the database file's mode.
+        crate::fsio::create_private_file(path)?;
+    }
+    let conn =
+        Connection::open_with_flags(path, flags).map_err(|e| Error::database("opening", e))?;
+    let hex = Zeroizing::new(hex_lower(key.expose_secret()));
+    let pragma = Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex.as_str()));
+    conn.execute_batch(&pragma)
+        .map_err(|e| Error::database("keying", e))?;
+    // The first read proves the key: a wrong key or a damaged first page is
+    // SQLITE_NOTADB here.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|e| Error::database("opening", e))?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA foreign_keys = ON;
+         PRAGMA secure_delete = ON;
+         PRAGMA cache_size = -{CACHE_SIZE_KIB};"
+    ))
+    .map_err(|e| Error::database("configuring", e))?;
+    Ok(conn)
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}

@@ -1,0 +1,8 @@
+//! Per-app encrypted stores: an app's SQL database, and the key-value and
+//! record stores kept inside it. docs/formats/stores.md describes the files
+//! and tables.
+
+pub(crate) mod catalog;
+pub(crate) mod database;
+pub mod kv;
+pub mod records;

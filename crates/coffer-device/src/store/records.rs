@@ -1,0 +1,270 @@
+//! The record store: collections of JSON documents with a version that
+//! rises on every write, soft deletion, and a per-app change log with a
+//! sequence number per change — the unit that will sync.
+//!
+//! Tables `coffer_records` and `coffer_changes` in the app's database.
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::store::catalog::to_system_time;
+
+/// Largest record body, serialized: 4 MiB.
+pub const MAX_BODY_LEN: usize = 4 << 20;
+
+/// One record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Collection name.
+    pub collection: String,
+    /// Id, unique within the collection.
+    pub id: String,
+    /// The JSON document (`Null` once deleted).
+    pub body: Value,
+    /// 1 on creation, +1 on every write or deletion.
+    pub version: u64,
+    /// Time of the last write.
+    pub updated_at: std::time::SystemTime,
+    /// Whether the record is deleted (a tombstone, kept for sync).
+    pub deleted: bool,
+}
+
+/// One entry of the change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// Position in the log: strictly increasing.
+    pub seq: u64,
+    /// Collection of the changed record.
+    pub collection: String,
+    /// Id of the changed record.
+    pub id: String,
+    /// The record's version after the change.
+    pub version: u64,
+    /// Whether the change was a deletion.
+    pub deleted: bool,
+}
+
+/// An app's record store.
+pub struct RecordStore {
+    conn: Connection,
+}
+
+fn check_name(what: &'static str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 256 {
+        return Err(Error::InvalidName {
+            what,
+            name: String::new(),
+            rule: "must be 1 to 256 bytes",
+        });
+    }
+    Ok(())
+}
+
+fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
+    move |e| Error::database(op, e)
+}
+
+impl RecordStore {
+    pub(crate) fn open(conn: Connection) -> Result<Self> {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS coffer_records (
+                 collection TEXT NOT NULL,
+                 id TEXT NOT NULL,
+                 body TEXT,
+                 version INTEGER NOT NULL,
+                 updated_at INTEGER NOT NULL,
+                 deleted INTEGER NOT NULL DEFAULT 0,
+                 PRIMARY KEY (collection, id)
+             ) STRICT;
+             CREATE TABLE IF NOT EXISTS coffer_changes (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 collection TEXT NOT NULL,
+                 id TEXT NOT NULL,
+                 version INTEGER NOT NULL,
+                 deleted INTEGER NOT NULL,
+                 changed_at INTEGER NOT NULL
+             ) STRICT;",
+        )
+        .map_err(db("creating the record store"))?;
+        Ok(RecordStore { conn })
+    }
+
+    /// The record, deleted or not.
+    pub fn get(&self, collection: &str, id: &str) -> Result<Option<Record>> {
+        self.conn
+            .query_row(
+                "SELECT collection, id, body, version, updated_at, deleted
+                 FROM coffer_records WHERE collection = ?1 AND id = ?2",
+                [collection, id],
+                row_to_record,
+            )
+            .optional()
+            .map_err(db("reading a record"))?
+            .transpose()
+    }
+
+    /// Writes `body` to the record, creating it at version 1 or raising its
+    /// version by one. With `base_version`, the write happens only if the
+    /// record is at that version (0 = must not exist yet); otherwise
+    /// [`Error::VersionConflict`] reports the current version and nothing
+    /// changes.
+    pub fn put(
+        &mut self,
+        collection: &str,
+        id: &str,
+        body: &Value,
+        base_version: Option<u64>,
+    ) -> Result<Record> {
+        self.write(collection, id, Some(body), base_version)
+    }
+
+    /// Deletes the record (it stays as a tombstone for sync), with the same
+    /// `base_version` rule as [`RecordStore::put`].
+    pub fn delete(
+        &mut self,
+        collection: &str,
+        id: &str,
+        base_version: Option<u64>,
+    ) -> Result<Record> {
+        self.write(collection, id, None, base_version)
+    }
+
+    fn write(
+        &mut self,
+        collection: &str,
+        id: &str,
+        body: Option<&Value>,
+        base: Option<u64>,
+    ) -> Result<Record> {
+        check_name("collection", collection)?;
+        check_name("record id", id)?;
+        let text = body
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|_| Error::TooLarge {
+                what: "record body",
+                limit: MAX_BODY_LEN as u64,
+            })?;
+        if text.as_ref().is_some_and(|t| t.len() > MAX_BODY_LEN) {
+            return Err(Error::TooLarge {
+                what: "record body",
+                limit: MAX_BODY_LEN as u64,
+            });
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db("writing a record"))?;
+        let current: Option<(u64, bool)> = tx
+            .query_row(
+                "SELECT version, deleted FROM coffer_records WHERE collection = ?1 AND id = ?2",
+                [collection, id],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? != 0)),
+            )
+            .optional()
+            .map_err(db("writing a record"))?;
+        let current_version = current.map_or(0, |(v, _)| v);
+        if let Some(base) = base {
+            if base != current_version {
+                return Err(Error::VersionConflict {
+                    collection: collection.into(),
+                    id: id.into(),
+                    current: current_version,
+                });
+            }
+        }
+        if body.is_none() && current.is_none_or(|(_, deleted)| deleted) {
+            return Err(Error::NoSuchRecord {
+                collection: collection.into(),
+                id: id.into(),
+            });
+        }
+        let version = current_version + 1;
+        let deleted = body.is_none();
+        tx.execute(
+            "INSERT INTO coffer_records (collection, id, body, version, updated_at, deleted)
+             VALUES (?1, ?2, ?3, ?4, unixepoch(), ?5)
+             ON CONFLICT (collection, id) DO UPDATE SET
+                 body = excluded.body, version = excluded.version,
+                 updated_at = excluded.updated_at, deleted = excluded.deleted",
+            params![collection, id, text, version as i64, deleted],
+        )
+        .map_err(db("writing a record"))?;
+        tx.execute(
+            "INSERT INTO coffer_changes (collection, id, version, deleted, changed_at)
+             VALUES (?1, ?2, ?3, ?4, unixepoch())",
+            params![collection, id, version as i64, deleted],
+        )
+        .map_err(db("logging a change"))?;
+        tx.commit().map_err(db("writing a record"))?;
+        self.get(collection, id)?
+            .ok_or_else(|| Error::NoSuchRecord {
+                collection: collection.into(),
+                id: id.into(),
+            })
+    }
+
+    /// The live (not deleted) records of a collection, by id.
+    pub fn list(&self, collection: &str) -> Result<Vec<Record>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT collection, id, body, version, updated_at, deleted FROM coffer_records
+                 WHERE collection = ?1 AND deleted = 0 ORDER BY id",
+            )
+            .map_err(db("listing records"))?;
+        let rows = stmt
+            .query_map([collection], row_to_record)
+            .map_err(db("listing records"))?;
+        rows.map(|r| r.map_err(db("listing records")).and_then(|r| r))
+            .collect()
+    }
+
+    /// Changes after `seq` (0 for all), oldest first, at most `limit`.
+    pub fn changes_since(&self, seq: u64, limit: usize) -> Result<Vec<Change>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT seq, collection, id, version, deleted FROM coffer_changes
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(db("reading changes"))?;
+        let rows = stmt
+            .query_map(params![seq as i64, limit as i64], |r| {
+                Ok(Change {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    collection: r.get(1)?,
+                    id: r.get(2)?,
+                    version: r.get::<_, i64>(3)? as u64,
+                    deleted: r.get::<_, i64>(4)? != 0,
+                })
+            })
+            .map_err(db("reading changes"))?;
+        rows.map(|r| r.map_err(db("reading changes"))).collect()
+    }
+}
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record>> {
+    let body: Option<String> = r.get(2)?;
+    let body = match body {
+        Some(text) => match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(_) => {
+                return Ok(Err(Error::Database {
+                    op: "reading a record",
+                    kind: crate::error::DatabaseErrorKind::Other("stored body is not JSON".into()),
+                }))
+            }
+        },
+        None => Value::Null,
+    };
+    Ok(Ok(Record {
+        collection: r.get(0)?,
+        id: r.get(1)?,
+        body,
+        version: r.get::<_, i64>(3)? as u64,
+        updated_at: to_system_time(r.get(4)?),
+        deleted: r.get::<_, i64>(5)? != 0,
+    }))
+}
