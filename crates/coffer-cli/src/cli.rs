@@ -16,7 +16,7 @@ Exit codes:
   6  a vault or app of that name already exists
   7  slot change refused (no such slot, name taken, all 16 in use, last slot)
   8  vault busy: another coffer process is changing it
-  9  not found: no such app, key or record
+  9  not found: no such app, key, record or file
  10  denied: the app's capabilities do not grant this store
  11  conflict: the record changed since the version the change was based on
 
@@ -121,6 +121,9 @@ pub enum Command {
     /// An app's record store (JSON documents with versions)
     #[command(subcommand)]
     Records(RecordsCommand),
+    /// An app's file store (large blobs, encrypted in 64 KiB chunks)
+    #[command(subcommand)]
+    Files(FilesCommand),
     /// A guided walk through a throwaway space: create a vault, add a second
     /// user and a recovery key, unlock with each, and see tampering caught
     Demo {
@@ -267,5 +270,44 @@ pub enum RecordsCommand {
         app: String,
         /// The collection
         collection: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FilesCommand {
+    /// Store a file (from PATH, or stdin with '-'), replacing any previous
+    /// version atomically
+    Put {
+        /// The app
+        app: String,
+        /// The name to store it under
+        name: String,
+        /// The file to read ('-' for stdin)
+        path: std::path::PathBuf,
+        /// Content type to record (e.g. image/jpeg)
+        #[arg(long = "type")]
+        content_type: Option<String>,
+    },
+    /// Write a stored file to PATH (default: stdout)
+    Get {
+        /// The app
+        app: String,
+        /// The stored name
+        name: String,
+        /// Where to write ('-' or absent: stdout)
+        #[arg(long, short)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Delete a stored file
+    Rm {
+        /// The app
+        app: String,
+        /// The stored name
+        name: String,
+    },
+    /// List stored files with sizes and types
+    Ls {
+        /// The app
+        app: String,
     },
 }

@@ -1,7 +1,10 @@
 //! `coffer demo`: a guided walk through a throwaway space, using the same
 //! library calls as the real commands.
 
-use coffer_device::{Credential, Error, KdfAlgorithm, KdfParams, Passphrase, RecoveryKey, Space};
+use coffer_device::{
+    Capabilities, Capability, Credential, Error, KdfAlgorithm, KdfParams, Passphrase, RecoveryKey,
+    Space,
+};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
@@ -123,6 +126,45 @@ pub fn run(global: &Global, keep: bool) -> Result<Report, CliError> {
     tour.step("Remove bob's slot", outcome);
     drop(v);
 
+    let v = locked.unlock(&Credential::Passphrase(&alice))?;
+    v.add_app("cases", Capabilities::all())?;
+    v.add_app("camera", Capabilities::none().with(Capability::Files))?;
+    let cases = v.app("cases")?;
+    let db = cases.database()?;
+    db.execute_batch(
+        "CREATE TABLE visit (id INTEGER PRIMARY KEY, village TEXT);
+         INSERT INTO visit (village) VALUES ('Riverside'), ('Hilltop');",
+    )
+    .map_err(|e| CliError::other(e.to_string()))?;
+    drop(db);
+    cases.kv()?.put("last-sync", b"never")?;
+    let record = cases.records()?.put(
+        "case",
+        "c-17",
+        &serde_json::json!({"name": "Amina", "age": 9}),
+        Some(0),
+    )?;
+    let photo: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let stored = v.app("camera")?.files()?.put(
+        "amina.jpg",
+        &mut &photo[..],
+        Some("image/jpeg"),
+        &mut |_| {},
+    )?;
+    let denied = match v.app("camera")?.kv() {
+        Err(e) => e.to_string(),
+        Ok(_) => "allowed (unexpected)".into(),
+    };
+    tour.step(
+        "Add two apps: 'cases' (every store) and 'camera' (files only)",
+        format!(
+            "cases: a SQL table of 2 visits, a key-value entry, record case/c-17 at version {}; \
+             camera: amina.jpg ({} bytes in 64 KiB encrypted chunks); camera asking for its key-value store: {denied}",
+            record.version, stored.size
+        ),
+    );
+    drop(v);
+
     let files: Vec<String> = walk(space.root())
         .into_iter()
         .map(|(p, len)| {
@@ -133,7 +175,7 @@ pub fn run(global: &Global, keep: bool) -> Result<Report, CliError> {
         })
         .collect();
     tour.step(
-        "Look at the disk: no name, passphrase or key in the clear",
+        "Look at the disk: random names, no app name, record, file name, passphrase or key in the clear",
         files.join(", "),
     );
 

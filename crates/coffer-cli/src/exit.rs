@@ -99,6 +99,7 @@ impl From<Error> for CliError {
                 "; 'coffer app ls' lists the apps",
             ),
             Error::NoSuchRecord { .. } => (ExitCode::NotFound, "no_such_record", ""),
+            Error::NoSuchFile { .. } => (ExitCode::NotFound, "no_such_file", ""),
             Error::AppExists { .. } => (ExitCode::VaultExists, "app_exists", ""),
             Error::CapabilityDenied { .. } => (ExitCode::Denied, "capability_denied", ""),
             Error::VersionConflict { .. } => (

@@ -31,6 +31,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         Command::Sql { app, query } => stores::sql(g, app, query),
         Command::Kv(command) => stores::kv(g, command),
         Command::Records(command) => stores::records(g, command),
+        Command::Files(command) => stores::files(g, command),
     }
 }
 

@@ -3,11 +3,13 @@
 
 use std::io::{Read, Write};
 
-use coffer_device::{Capabilities, Capability, Record};
+use coffer_device::{Capabilities, Capability, FileInfo, Record};
+use indicatif::{ProgressBar, ProgressStyle};
 use rusqlite::types::ValueRef;
 use serde_json::{json, Value};
+use std::io::IsTerminal;
 
-use crate::cli::{AppCommand, Global, KvCommand, RecordsCommand};
+use crate::cli::{AppCommand, FilesCommand, Global, KvCommand, RecordsCommand};
 use crate::commands::{unlock, Report};
 use crate::exit::CliError;
 
@@ -311,4 +313,179 @@ pub fn records(global: &Global, command: &RecordsCommand) -> Result<Report, CliE
             })
         }
     }
+}
+
+/// A byte progress bar with rate and ETA on stderr, for files over 1 MiB on a
+/// terminal; hidden otherwise.
+fn byte_bar(global: &Global, total: Option<u64>, verb: &str) -> ProgressBar {
+    let big = total.is_none_or(|t| t > 1 << 20);
+    if global.json || !big || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(t) => ProgressBar::new(t),
+        None => ProgressBar::new_spinner(),
+    };
+    let template = if total.is_some() {
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}"
+    } else {
+        "{msg} {bytes} {bytes_per_sec}"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(verb.to_owned());
+    bar
+}
+
+fn file_json(f: &FileInfo) -> Value {
+    json!({
+        "name": f.name,
+        "size": f.size,
+        "content_type": f.content_type,
+        "updated_at": humantime::format_rfc3339_seconds(f.updated_at).to_string(),
+    })
+}
+
+fn no_such_file(app: &str, name: &str) -> CliError {
+    CliError {
+        exit: crate::exit::ExitCode::NotFound,
+        code: "no_such_file",
+        message: format!("no file {name:?} in app '{app}'"),
+    }
+}
+
+pub fn files(global: &Global, command: &FilesCommand) -> Result<Report, CliError> {
+    let vault = unlock(global)?;
+    match command {
+        FilesCommand::Put {
+            app,
+            name,
+            path,
+            content_type,
+        } => {
+            let store = vault.app(app)?.files()?;
+            let (mut input, total): (Box<dyn Read>, Option<u64>) = if path.as_os_str() == "-" {
+                (Box::new(std::io::stdin().lock()), None)
+            } else {
+                let file = std::fs::File::open(path)
+                    .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
+                let len = file.metadata().map(|m| m.len()).ok();
+                (Box::new(file), len)
+            };
+            let bar = byte_bar(global, total, "Encrypting");
+            let info = store.put(name, &mut input, content_type.as_deref(), &mut |n| {
+                bar.set_position(n)
+            })?;
+            bar.finish_and_clear();
+            Ok(Report {
+                text: format!("Stored {:?} ({} bytes)", info.name, info.size),
+                json: json!({"stored": file_json(&info)}),
+            })
+        }
+        FilesCommand::Get { app, name, out } => {
+            let store = vault.app(app)?.files()?;
+            let mut reader = store.open_file(name).map_err(|e| match e {
+                coffer_device::Error::NoSuchFile { .. } => no_such_file(app, name),
+                other => other.into(),
+            })?;
+            let to_stdout = out.as_ref().is_none_or(|p| p.as_os_str() == "-");
+            let bar = byte_bar(global, Some(reader.len()), "Decrypting");
+            let copied = if to_stdout {
+                copy_with_progress(&mut reader, &mut std::io::stdout().lock(), &bar)?
+            } else {
+                let path = out
+                    .as_ref()
+                    .map(|p| p.as_path())
+                    .unwrap_or(std::path::Path::new("-"));
+                // Written next to the target and renamed, so a failed
+                // decryption never leaves a partial file under the name.
+                let dir = path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| {
+                    CliError::other(format!("cannot write in {}: {e}", dir.display()))
+                })?;
+                let n = copy_with_progress(&mut reader, tmp.as_file_mut(), &bar)?;
+                tmp.persist(path).map_err(|e| {
+                    CliError::other(format!("cannot write {}: {e}", path.display()))
+                })?;
+                n
+            };
+            bar.finish_and_clear();
+            if to_stdout {
+                return Ok(Report {
+                    json: Value::Null,
+                    text: String::new(),
+                });
+            }
+            Ok(Report {
+                text: format!("Wrote {copied} bytes"),
+                json: json!({"name": name, "bytes": copied}),
+            })
+        }
+        FilesCommand::Rm { app, name } => {
+            if !vault.app(app)?.files()?.delete(name)? {
+                return Err(no_such_file(app, name));
+            }
+            Ok(Report {
+                json: json!({"deleted": name}),
+                text: format!("Deleted {name:?}"),
+            })
+        }
+        FilesCommand::Ls { app } => {
+            let list = vault.app(app)?.files()?.list()?;
+            Ok(Report {
+                text: list
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{:<32} {:>12}  {}",
+                            f.name,
+                            f.size,
+                            f.content_type.as_deref().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                json: json!({"files": list.iter().map(file_json).collect::<Vec<_>>()}),
+            })
+        }
+    }
+}
+
+fn copy_with_progress(
+    reader: &mut dyn Read,
+    out: &mut dyn Write,
+    bar: &ProgressBar,
+) -> Result<u64, CliError> {
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; 256 * 1024]);
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(
+                    match e
+                        .into_inner()
+                        .map(|inner| inner.downcast::<coffer_device::Error>())
+                    {
+                        Some(Ok(err)) => (*err).into(),
+                        Some(Err(other)) => CliError::other(other.to_string()),
+                        None => CliError::other("read failed"),
+                    },
+                )
+            }
+        };
+        out.write_all(&buf[..n])
+            .map_err(|e| CliError::other(format!("cannot write: {e}")))?;
+        total += n as u64;
+        bar.set_position(total);
+    }
+    out.flush()
+        .map_err(|e| CliError::other(format!("cannot write: {e}")))?;
+    Ok(total)
 }

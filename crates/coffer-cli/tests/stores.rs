@@ -150,3 +150,76 @@ fn apps_sql_kv_and_records_from_the_command_line() {
     coffer().args(["kv", "ls", "nope"]).assert().code(9);
     coffer().args(["app", "add", "notes"]).assert().code(6);
 }
+
+#[test]
+fn files_from_the_command_line() {
+    let (dir, coffer) = setup();
+    coffer()
+        .args(["app", "add", "cam", "--allow", "files"])
+        .assert()
+        .success();
+    let photo = dir.path().join("photo.jpg");
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(&photo, &data).unwrap();
+    coffer()
+        .args(["files", "put", "cam", "holiday.jpg"])
+        .arg(&photo)
+        .args(["--type", "image/jpeg"])
+        .assert()
+        .success();
+    coffer()
+        .args(["files", "put", "cam", "note.txt", "-"])
+        .write_stdin("from stdin")
+        .assert()
+        .success();
+    coffer()
+        .args(["files", "get", "cam", "holiday.jpg"])
+        .assert()
+        .success()
+        .stdout(predicate::eq(data.clone()));
+    let out = dir.path().join("back.jpg");
+    coffer()
+        .args(["files", "get", "cam", "holiday.jpg", "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    let mut c = coffer();
+    c.args(["files", "ls", "cam"]);
+    let listed = json(c);
+    assert_eq!(listed["files"][0]["name"], "holiday.jpg");
+    assert_eq!(listed["files"][0]["size"], 200_000);
+    assert_eq!(listed["files"][0]["content_type"], "image/jpeg");
+    coffer()
+        .args(["files", "rm", "cam", "note.txt"])
+        .assert()
+        .success();
+    coffer()
+        .args(["files", "get", "cam", "note.txt"])
+        .assert()
+        .code(9);
+    // A damaged blob: exit 5 and no partial output file.
+    let blob_dir = std::fs::read_dir(dir.path().join("space/default/files"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let blob = std::fs::read_dir(&blob_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&blob, bytes).unwrap();
+    let damaged_out = dir.path().join("damaged.jpg");
+    coffer()
+        .args(["files", "get", "cam", "holiday.jpg", "--out"])
+        .arg(&damaged_out)
+        .assert()
+        .code(5);
+    assert!(!damaged_out.exists());
+}

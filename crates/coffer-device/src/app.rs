@@ -13,10 +13,14 @@ use rusqlite::Connection;
 use crate::error::{Error, Result};
 use crate::store::catalog::{self, Catalog};
 use crate::store::database;
+use crate::store::files::FileStore;
 use crate::store::kv::KvStore;
 use crate::store::records::RecordStore;
 use crate::subkey::Purpose;
 use crate::vault::UnlockedVault;
+
+/// Directory of the apps' encrypted blobs inside the vault directory.
+pub(crate) const FILES_DIR: &str = "files";
 
 /// One thing an app may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -205,6 +209,19 @@ impl<'v> App<'v> {
     pub fn kv(&self) -> Result<KvStore> {
         self.require(Capability::Kv)?;
         KvStore::open(self.open_database()?)
+    }
+
+    /// The app's file store. Blobs live under `files/<id of the app's
+    /// database file>/` in the vault directory, under random names.
+    pub fn files(&self) -> Result<FileStore> {
+        self.require(Capability::Files)?;
+        let stem = self.info.db_file.trim_end_matches(".db");
+        let dir = self.vault.vault().path().join(FILES_DIR).join(stem);
+        FileStore::open(
+            self.open_database()?,
+            dir,
+            self.vault.subkey(Purpose::AppFiles(&self.info.id)),
+        )
     }
 
     /// The app's record store.

@@ -162,6 +162,12 @@ pub enum Error {
         /// Id asked for.
         id: String,
     },
+    /// No stored file of that name.
+    #[error("no file named {name:?}")]
+    NoSuchFile {
+        /// The file name asked for.
+        name: String,
+    },
     /// A value is larger than the store accepts.
     #[error("{what} larger than the limit of {limit} bytes")]
     TooLarge {

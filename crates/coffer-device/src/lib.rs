@@ -56,6 +56,7 @@ pub use keyslot::{Credential, SlotKind};
 pub use recovery::{RecoveryKey, RecoveryKeyError};
 pub use secret::{Passphrase, Subkey, VaultKey, KEY_LEN, MAX_PASSPHRASE_LEN};
 pub use space::Space;
+pub use store::files::{FileInfo, FileReader, FileStore};
 pub use store::kv::KvStore;
 pub use store::records::{Change, Record, RecordStore};
 pub use subkey::Purpose;

@@ -49,7 +49,8 @@ pub const HEADER_LEN: usize = 44;
 
 const AEAD_AES_256_GCM: u8 = 1;
 const CHUNK_SIZE_LOG2: u8 = 16;
-const SALT_LEN: usize = 32;
+/// Length of a file's salt.
+pub const SALT_LEN: usize = 32;
 const SEALED_CHUNK: u64 = (CHUNK_SIZE + TAG_LEN) as u64;
 const FILE_KEY_INFO: &[u8] = b"coffer/v1/file-key";
 
@@ -74,6 +75,13 @@ pub enum FileCorruptKind {
     /// another file, or the file was cut or extended at a chunk boundary.
     #[error("chunk {0} failed authentication (modified, reordered, spliced or truncated)")]
     Chunk(u64),
+    /// The store's record of the file names another encryption than the one
+    /// on disk: the blob was swapped or rolled back.
+    #[error("the stored blob is not the one the database recorded (replaced or rolled back)")]
+    Replaced,
+    /// The database names a blob that is not on disk.
+    #[error("the stored blob is missing")]
+    Missing,
 }
 
 /// The key of one encrypted file, from the app's files subkey and the file's
@@ -111,6 +119,12 @@ fn header(salt: &[u8; SALT_LEN]) -> [u8; HEADER_LEN] {
     h[11] = CHUNK_SIZE_LOG2;
     h[12..].copy_from_slice(salt);
     h
+}
+
+fn salt_of(header: &[u8; HEADER_LEN]) -> [u8; SALT_LEN] {
+    let mut salt = [0u8; SALT_LEN];
+    salt.copy_from_slice(&header[12..]);
+    salt
 }
 
 fn parse_header(bytes: &[u8; HEADER_LEN]) -> Result<[u8; SALT_LEN], FileCorruptKind> {
@@ -195,6 +209,11 @@ impl<W: Write> ChunkWriter<W> {
         Ok(())
     }
 
+    /// This file's salt: it identifies this one encryption of the file.
+    pub fn salt(&self) -> [u8; SALT_LEN] {
+        salt_of(&self.header)
+    }
+
     /// Seals the final chunk and returns the inner writer (not flushed to
     /// disk: the caller decides about fsync).
     pub fn finish(mut self) -> io::Result<W> {
@@ -276,6 +295,11 @@ impl<R: Read + Seek> ChunkReader<R> {
             cached: None,
             buf: Zeroizing::new(Vec::with_capacity(CHUNK_SIZE + TAG_LEN)),
         })
+    }
+
+    /// This file's salt: it identifies this one encryption of the file.
+    pub fn salt(&self) -> [u8; SALT_LEN] {
+        salt_of(&self.header)
     }
 
     /// The plaintext length.

@@ -4,5 +4,6 @@
 
 pub(crate) mod catalog;
 pub(crate) mod database;
+pub mod files;
 pub mod kv;
 pub mod records;
