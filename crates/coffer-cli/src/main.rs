@@ -38,8 +38,11 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
 fn main() -> std::process::ExitCode {
     // Before any secret is read: no core dump and no same-user ptrace can copy
     // keys out of this process.
-    let _hardening = coffer_sys::harden_process();
+    let hardening = coffer_sys::harden_process();
     let cli = Cli::parse();
+    if cfg!(target_os = "linux") && !(hardening.core_dumps_disabled && hardening.not_dumpable) {
+        eprintln!("coffer: warning: could not switch off core dumps for this process; keys could reach a core file");
+    }
     match run(&cli) {
         Ok(report) => {
             // A command that wrote its own output (kv get's raw bytes)

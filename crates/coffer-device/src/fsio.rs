@@ -79,6 +79,34 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// 64 random bits in hex, for temporary names.
+pub(crate) fn random_suffix() -> Result<String> {
+    let mut bytes = [0u8; 8];
+    OsRng.try_fill_bytes(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Removes leftovers of interrupted writes in `dir`: entries whose name
+/// starts with '.' and ends with `suffix` (temporary files, or staging
+/// directories). Call only while holding the lock that serializes writers.
+pub(crate) fn remove_stale(dir: &Path, suffix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(suffix) {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+        }
+    }
+}
+
 /// Atomically replaces `path` with `bytes` (temp file, fsync, rename, fsync
 /// the directory).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -87,7 +115,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.{:016x}.tmp", OsRng.next_u64()));
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", random_suffix()?));
     let result = (|| {
         let mut file = private_file_options()
             .write(true)

@@ -31,8 +31,8 @@ use sha2::{Digest, Sha256};
 use crate::aead::{self, NONCE_LEN, TAG_LEN};
 use crate::codec::Reader;
 use crate::error::{CorruptKind, Error, Result};
-use crate::kdf::KdfLimits;
-use crate::keyslot::{KeySlot, SLOT_LEN};
+use crate::kdf::{KdfLimitError, KdfLimits};
+use crate::keyslot::{KeySlot, SlotKind, SLOT_LEN};
 use crate::secret::VaultKey;
 use crate::subkey::{self, Purpose};
 
@@ -199,8 +199,26 @@ impl SealedHeader {
             return Err(CorruptKind::Field("header reserved bytes are not zero").into());
         }
         let mut slots: [Option<KeySlot>; SLOT_COUNT] = Default::default();
+        // Unlocking may run every passphrase slot: bound their sum too.
+        let mut total_work = 0.0;
         for (index, slot) in slots.iter_mut().enumerate() {
             *slot = KeySlot::decode(&r.array()?, limits, index)?;
+            if let Some(KeySlot {
+                kind: SlotKind::Passphrase(params),
+                ..
+            }) = slot
+            {
+                total_work += params.work_fraction(limits);
+                if total_work > limits.max_total_work {
+                    return Err(KdfLimitError {
+                        slot: index,
+                        what: "total KDF work of all slots (% of one slot's cap)",
+                        value: (total_work * 100.0) as u64,
+                        limit: (limits.max_total_work * 100.0) as u64,
+                    }
+                    .into());
+                }
+            }
         }
         let meta_len = r.u32()? as usize;
         if !(TAG_LEN..=MAX_META_LEN).contains(&meta_len) {
@@ -262,10 +280,17 @@ impl Header {
     ) -> Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         rng.try_fill_bytes(&mut nonce)?;
-        Ok(self.seal_with_nonce(vault_key, &nonce))
+        Ok(self.seal_inner(vault_key, &nonce))
     }
 
+    /// Seals with a given metadata nonce: only the test vectors and property
+    /// tests may choose one (a repeated nonce under one key is a break).
+    #[cfg(test)]
     pub(crate) fn seal_with_nonce(&self, vault_key: &VaultKey, nonce: &[u8; NONCE_LEN]) -> Vec<u8> {
+        self.seal_inner(vault_key, nonce)
+    }
+
+    fn seal_inner(&self, vault_key: &VaultKey, nonce: &[u8; NONCE_LEN]) -> Vec<u8> {
         let mut meta = encode_meta(self.created_at, &self.slots);
         let mut out = Vec::with_capacity(META_AT + meta.len() + TAG_LEN + MAC_LEN + CHECKSUM_LEN);
         out.extend_from_slice(&MAGIC);

@@ -24,6 +24,9 @@ pub const SALT_LEN: usize = 32;
 /// Phones and small field devices must still open the vault.
 pub const CALIBRATION_MAX_ARGON2_MEMORY_KIB: u32 = 256 * 1024;
 
+/// The largest scrypt N calibration writes (2^18 × r = 8 × 128 B = 256 MiB).
+pub const CALIBRATION_MAX_SCRYPT_LOG_N: u8 = 18;
+
 /// A slot's key-derivation function and its work factors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -94,7 +97,7 @@ impl std::str::FromStr for KdfAlgorithm {
 /// The defaults sit well above what calibration ever writes (about 4 to 10
 /// times the work of a 1 s calibration on a current x86 core) and bound the
 /// memory a header can make coffer allocate to 1 GiB.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KdfLimits {
     /// Largest Argon2id memory, KiB.
     pub argon2_max_memory_kib: u32,
@@ -108,10 +111,17 @@ pub struct KdfLimits {
     pub pbkdf2_max_iterations: u32,
     /// Largest scrypt log2(N).
     pub scrypt_max_log_n: u8,
-    /// Largest scrypt memory (128 · r · N), bytes.
+    /// Largest scrypt memory (128 · r · (N + p): the scrypt crate allocates
+    /// both the N-block table and the p-lane buffer), bytes.
     pub scrypt_max_memory: u64,
+    /// Most scrypt lanes p.
+    pub scrypt_max_parallelism: u32,
     /// Largest scrypt work N · r · p.
     pub scrypt_max_work: u64,
+    /// Largest sum, over all passphrase slots of a header, of each slot's
+    /// work as a fraction of its algorithm's work cap. Unlocking may run
+    /// every passphrase slot, so this bounds the whole attempt, not one slot.
+    pub max_total_work: f64,
 }
 
 impl Default for KdfLimits {
@@ -124,7 +134,9 @@ impl Default for KdfLimits {
             pbkdf2_max_iterations: 10_000_000,
             scrypt_max_log_n: 20,
             scrypt_max_memory: 1 << 30,
+            scrypt_max_parallelism: 16,
             scrypt_max_work: 1 << 24,
+            max_total_work: 8.0,
         }
     }
 }
@@ -197,9 +209,9 @@ impl KdfParams {
             ) => iterations >= min,
             (KdfParams::Scrypt { log_n, r, p }, KdfParams::Scrypt { .. }) => {
                 // Compare memory (128·r·N) and work (N·r·p) with N=2^17, r=8, p=1.
-                let n = 1u64 << log_n;
-                n * u64::from(r) >= (1 << 17) * 8
-                    && n * u64::from(r) * u64::from(p) >= (1 << 17) * 8
+                let n = 1u64.checked_shl(log_n.into()).unwrap_or(u64::MAX);
+                let nr = n.saturating_mul(r.into());
+                nr >= (1 << 17) * 8 && nr.saturating_mul(p.into()) >= (1 << 17) * 8
             }
             _ => false,
         }
@@ -224,6 +236,9 @@ impl KdfParams {
                 }
             }
             KdfParams::Scrypt { log_n, r, p } => {
+                if log_n == 0 {
+                    return Err(Error::InvalidKdfParams("scrypt needs N of at least 2"));
+                }
                 scrypt::Params::new(log_n, r, p, KEY_LEN)
                     .map_err(|_| Error::InvalidKdfParams("scrypt parameters out of range"))?;
             }
@@ -284,13 +299,48 @@ impl KdfParams {
                     log_n.into(),
                     limits.scrypt_max_log_n.into(),
                 )?;
-                // log_n ≤ 63 after the check above only if the cap is; clamp the
-                // shift so that a crafted value cannot overflow.
+                over(
+                    "scrypt lanes p",
+                    p.into(),
+                    limits.scrypt_max_parallelism.into(),
+                )?;
+                // log_n is at most the cap here; clamp the shift anyway so that
+                // a caller's larger cap cannot overflow it.
                 let n = 1u64.checked_shl(log_n.into()).unwrap_or(u64::MAX);
-                let memory = n.saturating_mul(128).saturating_mul(r.into());
+                let memory = n
+                    .saturating_add(p.into())
+                    .saturating_mul(128)
+                    .saturating_mul(r.into());
                 over("scrypt memory (bytes)", memory, limits.scrypt_max_memory)?;
                 over(
                     "scrypt N·r·p",
+                    n.saturating_mul(r.into()).saturating_mul(p.into()),
+                    limits.scrypt_max_work,
+                )
+            }
+        }
+    }
+
+    /// This slot's work as a fraction of its algorithm's work cap in
+    /// `limits` (1.0 = at the cap). Summed over a header's slots and held to
+    /// [`KdfLimits::max_total_work`].
+    pub fn work_fraction(&self, limits: &KdfLimits) -> f64 {
+        let ratio = |work: u64, cap: u64| work as f64 / cap.max(1) as f64;
+        match *self {
+            KdfParams::Argon2id {
+                memory_kib,
+                iterations,
+                ..
+            } => ratio(
+                u64::from(memory_kib) * u64::from(iterations),
+                limits.argon2_max_work_kib,
+            ),
+            KdfParams::Pbkdf2Sha256 { iterations } => {
+                ratio(iterations.into(), limits.pbkdf2_max_iterations.into())
+            }
+            KdfParams::Scrypt { log_n, r, p } => {
+                let n = 1u64.checked_shl(log_n.into()).unwrap_or(u64::MAX);
+                ratio(
                     n.saturating_mul(r.into()).saturating_mul(p.into()),
                     limits.scrypt_max_work,
                 )
@@ -363,7 +413,8 @@ impl KdfParams {
 
     /// These parameters with the work multiplied by about `factor`.
     fn scaled(self, factor: f64) -> Self {
-        let grow = |v: u32| -> u32 { ((f64::from(v) * factor).ceil() as u32).max(v + 1) };
+        let grow =
+            |v: u32| -> u32 { ((f64::from(v) * factor).ceil() as u32).max(v.saturating_add(1)) };
         match self {
             KdfParams::Argon2id {
                 memory_kib,
@@ -393,9 +444,13 @@ impl KdfParams {
                 iterations: grow(iterations).div_ceil(1000) * 1000,
             },
             KdfParams::Scrypt { log_n, r, p } => {
-                let doublings = factor.log2().round().max(1.0) as u8;
+                // Whole doublings of N, never overshooting; stop at 256 MiB (log2 N
+                // = 18 with r = 8), the same bound as Argon2id, for small devices.
+                let doublings = factor.log2().floor().max(1.0) as u8;
                 KdfParams::Scrypt {
-                    log_n: log_n.saturating_add(doublings),
+                    log_n: log_n
+                        .saturating_add(doublings)
+                        .min(CALIBRATION_MAX_SCRYPT_LOG_N),
                     r,
                     p,
                 }
@@ -516,11 +571,29 @@ mod tests {
             ),
             (
                 KdfParams::Scrypt {
-                    log_n: 17,
+                    log_n: 14,
                     r: 8,
                     p: 17,
                 },
+                "scrypt lanes p",
+            ),
+            (
+                KdfParams::Scrypt {
+                    log_n: 18,
+                    r: 8,
+                    p: 16,
+                },
                 "scrypt N·r·p",
+            ),
+            // Found in review: the scrypt crate allocates 128·r·p bytes too, so
+            // p = 2^24 with a tiny N took 22 s and 2 GiB before p was capped.
+            (
+                KdfParams::Scrypt {
+                    log_n: 1,
+                    r: 1,
+                    p: 1 << 24,
+                },
+                "scrypt lanes p",
             ),
         ];
         for (params, what) in cases {

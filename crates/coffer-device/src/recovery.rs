@@ -82,13 +82,13 @@ impl RecoveryKey {
     /// Parses typed text: dashes, spaces and case are ignored; the checksum
     /// must match.
     pub fn parse(text: &str) -> Result<Self, RecoveryKeyError> {
-        let mut compact: Vec<u8> = text
-            .bytes()
-            .filter(|b| !matches!(b, b'-' | b' ' | b'\t' | b'\n' | b'\r'))
-            .collect();
-        let result = Self::parse_compact(&compact);
-        compact.zeroize();
-        result
+        // Sized up front so that no reallocation leaves a partial copy behind.
+        let mut compact = zeroize::Zeroizing::new(Vec::with_capacity(text.len()));
+        compact.extend(
+            text.bytes()
+                .filter(|b| !matches!(b, b'-' | b' ' | b'\t' | b'\n' | b'\r')),
+        );
+        Self::parse_compact(&compact)
     }
 
     fn parse_compact(compact: &[u8]) -> Result<Self, RecoveryKeyError> {

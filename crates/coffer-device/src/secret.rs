@@ -75,12 +75,22 @@ impl Passphrase {
     /// Rejects an empty passphrase and one longer than
     /// [`MAX_PASSPHRASE_LEN`] bytes.
     pub fn new(mut text: String) -> Result<Self> {
-        // NFC expands a string at most threefold; reserving up front keeps the
-        // normalized copy in one allocation that the SecretString will own.
+        if text.len() > MAX_PASSPHRASE_LEN * 4 {
+            // Far past any normalized length we accept: refuse before
+            // allocating for normalization.
+            text.zeroize();
+            return Err(Error::InvalidPassphrase("it is longer than 1024 bytes"));
+        }
+        // NFC expands a string at most threefold: reserving up front means the
+        // buffer never reallocates (which would free an unzeroized copy).
         let mut normalized = String::with_capacity(text.len() * 3);
         normalized.extend(text.nfc());
         text.zeroize();
-        let passphrase = Passphrase(SecretString::from(normalized));
+        // An exact-size copy for the secret box, then scrub the working buffer
+        // (turning it into a boxed str could shrink it with a realloc).
+        let exact: Box<str> = normalized.as_str().into();
+        normalized.zeroize();
+        let passphrase = Passphrase(SecretString::from(exact));
         let len = passphrase.expose_secret().len();
         if len == 0 {
             return Err(Error::InvalidPassphrase("it is empty"));

@@ -11,8 +11,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use rand_core::{OsRng, RngCore};
-
 use crate::error::{Error, Result};
 use crate::fsio::{self, FileLock};
 use crate::kdf::KdfParams;
@@ -119,15 +117,25 @@ impl Space {
         kdf: &KdfParams,
     ) -> Result<UnlockedVault> {
         validate_vault_name(name)?;
+        let existed = self.root.exists();
         fsio::create_private_dir_all(&self.root)?;
+        if !existed {
+            // Make the new space directory itself durable.
+            if let Some(parent) = self.root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fsio::sync_dir(parent)?;
+            }
+        }
         let _lock = FileLock::acquire(&self.root.join(LOCK_FILE))?;
+        // Under the lock no creation is in progress: staging directories left
+        // by a crash are garbage.
+        fsio::remove_stale(&self.root, ".creating");
         let dir = self.root.join(name);
         if dir.exists() {
             return Err(Error::VaultExists { name: name.into() });
         }
         let staging = self
             .root
-            .join(format!(".{name}.{:016x}.creating", OsRng.next_u64()));
+            .join(format!(".{name}.{}.creating", fsio::random_suffix()?));
         fsio::create_private_dir(&staging)?;
         let built = UnlockedVault::create(
             Vault::at(name.into(), staging.clone()),
@@ -142,7 +150,10 @@ impl Space {
                 return Err(e);
             }
         };
-        fs::rename(&staging, &dir).map_err(|e| Error::io("creating vault", &dir, e))?;
+        if let Err(e) = fs::rename(&staging, &dir) {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(Error::io("creating vault", &dir, e));
+        }
         fsio::sync_dir(&self.root)?;
         Ok(unlocked.moved_to(dir))
     }

@@ -382,6 +382,7 @@ impl UnlockedVault {
     /// made since this vault was unlocked is kept, not overwritten.
     fn update_header<T>(&mut self, change: impl FnOnce(&mut Header) -> Result<T>) -> Result<T> {
         let _lock = FileLock::acquire(&self.vault.dir.join(LOCK_FILE))?;
+        fsio::remove_stale(&self.vault.dir, ".tmp");
         let mut header = self.vault.read_sealed()?.authenticate(&self.key)?;
         let out = change(&mut header)?;
         fsio::write_atomic(

@@ -26,6 +26,20 @@ pub(crate) fn set_not_dumpable() -> bool {
     rc == 0
 }
 
+/// Whether the process is currently dumpable (PR_GET_DUMPABLE).
+#[cfg(target_os = "linux")]
+pub(crate) fn is_dumpable() -> bool {
+    // SAFETY: PR_GET_DUMPABLE takes no argument and returns the flag; the
+    // unused variadic arguments are passed as 0 as prctl(2) asks.
+    let rc = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
+    rc != 0
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn is_dumpable() -> bool {
+    true
+}
+
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn disable_core_dumps() -> bool {
     false

@@ -76,20 +76,25 @@ impl Catalog {
         self.vault_dir.join(DATA_DIR).join(&app.db_file)
     }
 
-    pub(crate) fn add(
-        &self,
+    /// A new app's catalog entry (random id and database file name), not yet
+    /// recorded.
+    pub(crate) fn new_app(
         name: &str,
         capabilities: Capabilities,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<AppInfo> {
         crate::app::validate_app_name(name)?;
-        let app = AppInfo {
+        Ok(AppInfo {
             name: name.to_owned(),
             id: random_hex(rng)?,
             db_file: format!("{}.db", random_hex(rng)?),
             capabilities,
             created_at: now_unix(),
-        };
+        })
+    }
+
+    /// Records a new app; [`Error::AppExists`] if the name is taken.
+    pub(crate) fn insert(&self, app: &AppInfo) -> Result<()> {
         let inserted = self
             .conn
             .execute(
@@ -105,9 +110,31 @@ impl Catalog {
             )
             .map_err(|e| Error::database("adding an app", e))?;
         if inserted == 0 {
-            return Err(Error::AppExists { name: name.into() });
+            return Err(Error::AppExists {
+                name: app.name.clone(),
+            });
         }
+        Ok(())
+    }
+
+    pub(crate) fn add(
+        &self,
+        name: &str,
+        capabilities: Capabilities,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<AppInfo> {
+        let app = Self::new_app(name, capabilities, rng)?;
+        self.insert(&app)?;
         Ok(app)
+    }
+
+    /// Whether an app of this name exists.
+    pub(crate) fn contains(&self, name: &str) -> Result<bool> {
+        match self.get(name) {
+            Ok(_) => Ok(true),
+            Err(Error::NoSuchApp { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     pub(crate) fn list(&self) -> Result<Vec<AppInfo>> {
