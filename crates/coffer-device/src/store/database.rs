@@ -6,12 +6,16 @@
 //! KDF already ran once, when the vault was unlocked.
 //!
 //! Settings, and why (docs/formats/stores.md):
-//! - SQLCipher 4 defaults for the cipher (AES-256-CBC per page, HMAC-SHA512
-//!   per page, 4096-byte pages): a smaller page keeps a random point read to
-//!   one small decryption; the HMAC makes any changed page an error.
-//! - `journal_mode = WAL`, `synchronous = NORMAL`: a committed transaction is
-//!   durable after a checkpoint or the next commit, and a crash never
-//!   corrupts; the WAL is encrypted like the database.
+//! - AES-256-CBC per page and 4096-byte pages (SQLCipher 4's defaults), with
+//!   HMAC-SHA256 per page instead of the default HMAC-SHA512: as strong a MAC
+//!   (256-bit key and tag), and with the CPU's SHA extensions it cut random
+//!   point reads from 3.0× to 2.1× plain SQLite here (benches/sql.rs). The
+//!   HMAC makes any changed page an error. Every open must set the same
+//!   algorithm, so it is set here and nowhere else.
+//! - `journal_mode = WAL`, `synchronous = NORMAL`: a crash never corrupts,
+//!   and the WAL is encrypted like the database. WAL also spares every read
+//!   transaction SQLCipher's decryption of page 1 to check for changes: with
+//!   it, point reads measured 1.57× plain SQLite (the goal is 1.6×).
 //! - `temp_store = MEMORY`: temporary tables and sort spills never reach the
 //!   disk in the clear.
 //! - `foreign_keys = ON`, `secure_delete = ON`: deleted content is
@@ -41,7 +45,10 @@ pub(crate) fn open(path: &Path, key: &Subkey, create: bool) -> Result<Connection
     let conn =
         Connection::open_with_flags(path, flags).map_err(|e| Error::database("opening", e))?;
     let hex = Zeroizing::new(hex_lower(key.expose_secret()));
-    let pragma = Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex.as_str()));
+    let pragma = Zeroizing::new(format!(
+        "PRAGMA key = \"x'{}'\"; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
+        hex.as_str()
+    ));
     conn.execute_batch(&pragma)
         .map_err(|e| Error::database("keying", e))?;
     // The first read proves the key: a wrong key or a damaged first page is
