@@ -124,6 +124,31 @@ pub enum Command {
     /// An app's file store (large blobs, encrypted in 64 KiB chunks)
     #[command(subcommand)]
     Files(FilesCommand),
+    /// Write a whole app (database and files) to one encrypted archive
+    ///
+    /// The archive has its own passphrase (COFFER_NEW_PASSPHRASE,
+    /// --new-passphrase-file, or asked twice), stretched with Argon2id.
+    Export {
+        /// The app
+        app: String,
+        /// The archive to write
+        #[arg(long, short)]
+        out: std::path::PathBuf,
+        /// Target time of the archive's key derivation, in milliseconds
+        #[arg(long, default_value_t = 500, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=10_000))]
+        kdf_time_ms: u64,
+    },
+    /// Import an app archive as a new app (all or nothing)
+    ///
+    /// The archive's passphrase is the second secret: COFFER_NEW_PASSPHRASE,
+    /// --new-passphrase-file, or asked.
+    Import {
+        /// The archive to read
+        archive: std::path::PathBuf,
+        /// Name of the new app [default: the name in the archive]
+        #[arg(long = "as", value_name = "NAME")]
+        rename: Option<String>,
+    },
     /// A guided walk through a throwaway space: create a vault, add a second
     /// user and a recovery key, unlock with each, and see tampering caught
     Demo {

@@ -52,6 +52,9 @@ impl From<Error> for CliError {
         let (exit, code, hint) = match &e {
             Error::WrongPassphrase => (ExitCode::WrongSecret, "wrong_passphrase", ""),
             Error::WrongRecoveryKey => (ExitCode::WrongSecret, "wrong_recovery_key", ""),
+            Error::WrongArchivePassphrase => {
+                (ExitCode::WrongSecret, "wrong_archive_passphrase", "")
+            }
             Error::InvalidRecoveryKey(_) => (
                 ExitCode::WrongSecret,
                 "invalid_recovery_key",
@@ -121,6 +124,9 @@ impl From<Error> for CliError {
                 ..
             } => (ExitCode::Busy, "busy", "; try again"),
             Error::Database { .. } => (ExitCode::Usage, "database", ""),
+            Error::InvalidArchive(_) => {
+                (ExitCode::Corrupt, "invalid_archive", "; no app was created")
+            }
             Error::FileCorrupt(_) => (
                 ExitCode::Corrupt,
                 "file_corrupt",

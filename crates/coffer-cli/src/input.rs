@@ -90,6 +90,23 @@ pub fn new_passphrase(global: &Global, who: &str) -> Result<Passphrase, CliError
     prompt_twice(who, "no new passphrase given: set COFFER_NEW_PASSPHRASE, pass --new-passphrase-file, or run on a terminal")
 }
 
+/// The passphrase of an existing archive (the second secret of an import):
+/// asked once on a terminal.
+pub fn archive_passphrase(global: &Global) -> Result<Passphrase, CliError> {
+    if let Some(file) = &global.new_passphrase_file {
+        return passphrase(read_first_line(file)?);
+    }
+    if let Ok(text) = std::env::var(NEW_PASSPHRASE_ENV) {
+        return passphrase(text);
+    }
+    if !stdin_is_terminal() {
+        return Err(CliError::usage(
+            "no archive passphrase given: set COFFER_NEW_PASSPHRASE, pass --new-passphrase-file, or run on a terminal",
+        ));
+    }
+    passphrase(prompt("Archive passphrase: ")?)
+}
+
 /// The first passphrase of a new vault: COFFER_PASSPHRASE (or
 /// --passphrase-file) if given, else COFFER_NEW_PASSPHRASE (or
 /// --new-passphrase-file), else asked twice.

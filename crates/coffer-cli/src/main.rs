@@ -32,6 +32,12 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         Command::Kv(command) => stores::kv(g, command),
         Command::Records(command) => stores::records(g, command),
         Command::Files(command) => stores::files(g, command),
+        Command::Export {
+            app,
+            out,
+            kdf_time_ms,
+        } => stores::export(g, app, out, *kdf_time_ms),
+        Command::Import { archive, rename } => stores::import(g, archive, rename.as_deref()),
     }
 }
 

@@ -489,3 +489,76 @@ fn copy_with_progress(
         .map_err(|e| CliError::other(format!("cannot write: {e}")))?;
     Ok(total)
 }
+
+pub fn export(
+    global: &Global,
+    app: &str,
+    out: &std::path::Path,
+    kdf_time_ms: u64,
+) -> Result<Report, CliError> {
+    let vault = unlock(global)?;
+    let handle = vault.app(app)?;
+    let passphrase = crate::input::new_passphrase(global, "the archive")?;
+    let bar = crate::commands::spinner(global, "Calibrating the archive's key derivation");
+    let kdf = coffer_device::KdfParams::calibrate(
+        coffer_device::KdfAlgorithm::Argon2id,
+        std::time::Duration::from_millis(kdf_time_ms),
+    );
+    bar.finish_and_clear();
+    let kdf = kdf?;
+    // Written beside the target and renamed: never a half archive under the name.
+    let dir = out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| CliError::other(format!("cannot write in {}: {e}", dir.display())))?;
+    let bar = byte_bar(global, None, "Exporting");
+    let summary = {
+        let mut writer = std::io::BufWriter::new(tmp.as_file_mut());
+        let summary =
+            handle.export(&mut writer, &passphrase, &kdf, &mut |n| bar.set_position(n))?;
+        writer
+            .flush()
+            .map_err(|e| CliError::other(format!("cannot write the archive: {e}")))?;
+        summary
+    };
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| CliError::other(format!("cannot write the archive: {e}")))?;
+    tmp.persist(out)
+        .map_err(|e| CliError::other(format!("cannot write {}: {e}", out.display())))?;
+    bar.finish_and_clear();
+    Ok(Report {
+        text: format!(
+            "Exported app '{app}' ({} files, {} bytes) to {}",
+            summary.files,
+            summary.bytes,
+            out.display()
+        ),
+        json: json!({"app": app, "archive": out, "files": summary.files, "bytes": summary.bytes}),
+    })
+}
+
+pub fn import(
+    global: &Global,
+    archive: &std::path::Path,
+    rename: Option<&str>,
+) -> Result<Report, CliError> {
+    let vault = unlock(global)?;
+    let file = std::fs::File::open(archive)
+        .map_err(|e| CliError::usage(format!("cannot read {}: {e}", archive.display())))?;
+    let passphrase = crate::input::archive_passphrase(global)?;
+    let bar = byte_bar(global, None, "Importing");
+    let info = vault.import_app(
+        std::io::BufReader::new(file),
+        &passphrase,
+        rename,
+        &mut |n| bar.set_position(n),
+    )?;
+    bar.finish_and_clear();
+    Ok(Report {
+        text: format!("Imported app '{}'", info.name),
+        json: json!({"imported": info.name, "capabilities": caps_json(info.capabilities)}),
+    })
+}

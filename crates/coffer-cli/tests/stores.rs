@@ -223,3 +223,76 @@ fn files_from_the_command_line() {
         .code(5);
     assert!(!damaged_out.exists());
 }
+
+#[test]
+fn export_and_import_from_the_command_line() {
+    let (dir, coffer) = setup();
+    coffer().args(["app", "add", "notes"]).assert().success();
+    coffer()
+        .args(["kv", "put", "notes", "k", "v"])
+        .assert()
+        .success();
+    coffer()
+        .args(["files", "put", "notes", "f.txt", "-"])
+        .write_stdin("file body")
+        .assert()
+        .success();
+    // Big enough that the archive spans several chunks.
+    coffer()
+        .args(["files", "put", "notes", "big.bin", "-"])
+        .write_stdin(vec![7u8; 300_000])
+        .assert()
+        .success();
+    let archive = dir.path().join("notes.coffer-app");
+    coffer()
+        .env("COFFER_NEW_PASSPHRASE", "archive secret")
+        .args(["export", "notes", "--kdf-time-ms", "0", "--out"])
+        .arg(&archive)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("2 files"));
+    // Wrong archive passphrase: exit 3, nothing imported.
+    coffer()
+        .env("COFFER_NEW_PASSPHRASE", "not it")
+        .arg("import")
+        .arg(&archive)
+        .args(["--as", "copy"])
+        .assert()
+        .code(3);
+    coffer()
+        .env("COFFER_NEW_PASSPHRASE", "archive secret")
+        .arg("import")
+        .arg(&archive)
+        .args(["--as", "copy"])
+        .assert()
+        .success();
+    coffer()
+        .args(["kv", "get", "copy", "k"])
+        .assert()
+        .success()
+        .stdout("v");
+    coffer()
+        .args(["files", "get", "copy", "f.txt"])
+        .assert()
+        .success()
+        .stdout("file body");
+    // The same name again: exit 6. A damaged archive: exit 5.
+    coffer()
+        .env("COFFER_NEW_PASSPHRASE", "archive secret")
+        .arg("import")
+        .arg(&archive)
+        .assert()
+        .code(6);
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&archive, bytes).unwrap();
+    coffer()
+        .env("COFFER_NEW_PASSPHRASE", "archive secret")
+        .arg("import")
+        .arg(&archive)
+        .args(["--as", "third"])
+        .assert()
+        .code(5);
+    coffer().args(["kv", "ls", "third"]).assert().code(9);
+}

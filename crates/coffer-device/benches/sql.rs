@@ -5,6 +5,8 @@
 //! table (median seconds, spread, ratio to plain SQLite). Used to choose the
 //! SQLCipher settings in docs/formats/stores.md; docs/benchmarks.md quotes it.
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -8,9 +8,17 @@
 
 use std::time::SystemTime;
 
-use rusqlite::Connection;
+use std::io::{self, Read, Seek, Write};
 
+use rand_core::RngCore;
+use rusqlite::Connection;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::archive::{ArchiveErrorKind, ArchiveReader, ArchiveWriter, EntryKind};
 use crate::error::{Error, Result};
+use crate::kdf::KdfParams;
+use crate::secret::Passphrase;
 use crate::store::catalog::{self, Catalog};
 use crate::store::database;
 use crate::store::files::FileStore;
@@ -96,6 +104,11 @@ impl Capabilities {
         Capabilities(self.0 | c.bit())
     }
 
+    /// These capabilities without `c`.
+    pub fn without(self, c: Capability) -> Self {
+        Capabilities(self.0 & !c.bit())
+    }
+
     /// Whether `c` is granted.
     pub fn allows(self, c: Capability) -> bool {
         self.0 & c.bit() != 0
@@ -149,6 +162,153 @@ pub fn validate_app_name(name: &str) -> Result<()> {
         },
         other => other,
     })
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportSummary {
+    /// Stored files in the archive.
+    pub files: usize,
+    /// Plaintext bytes (database snapshot and files).
+    pub bytes: u64,
+}
+
+/// Reads an archive into a new app of `vault`: all or nothing.
+pub(crate) fn import(
+    vault: &UnlockedVault,
+    catalog: &Catalog,
+    input: impl Read + Seek,
+    passphrase: &Passphrase,
+    rename: Option<&str>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<AppInfo> {
+    let mut archive = ArchiveReader::open(input, passphrase, &crate::KdfLimits::default())?;
+    let manifest = archive.next_entry()?;
+    if manifest.kind != EntryKind::Manifest {
+        return Err(Error::InvalidArchive(ArchiveErrorKind::Invalid(
+            "the manifest must come first",
+        )));
+    }
+    let name = match rename {
+        Some(name) => name.to_owned(),
+        None => manifest.meta["app"]
+            .as_str()
+            .ok_or(Error::InvalidArchive(ArchiveErrorKind::Invalid(
+                "manifest names no app",
+            )))?
+            .to_owned(),
+    };
+    let mut capabilities = Capabilities::none();
+    for c in manifest.meta["capabilities"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(c) = c.as_str().and_then(|c| c.parse::<Capability>().ok()) {
+            capabilities = capabilities.with(c);
+        }
+    }
+    if catalog.contains(&name)? {
+        return Err(Error::AppExists { name });
+    }
+    let info = Catalog::new_app(&name, capabilities, &mut rand_core::OsRng)?;
+    let db_path = catalog.database_path(&info);
+    let files_dir = db_path
+        .parent()
+        .and_then(|data| data.parent())
+        .map(|vault_dir| {
+            vault_dir
+                .join(FILES_DIR)
+                .join(info.db_file.trim_end_matches(".db"))
+        })
+        .ok_or(Error::InvalidArchive(ArchiveErrorKind::Invalid(
+            "no vault directory",
+        )))?;
+    let result = (|| -> Result<()> {
+        let db = archive.next_entry()?;
+        if db.kind != EntryKind::Database {
+            return Err(Error::InvalidArchive(ArchiveErrorKind::Invalid(
+                "the database must come second",
+            )));
+        }
+        let key_hex = Zeroizing::new(db.meta["key"].as_str().unwrap_or("").to_owned());
+        let mut snapshot_key = Zeroizing::new([0u8; 32]);
+        if key_hex.len() != 64 {
+            return Err(Error::InvalidArchive(ArchiveErrorKind::Invalid(
+                "bad snapshot key",
+            )));
+        }
+        for (i, byte) in snapshot_key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&key_hex[2 * i..2 * i + 2], 16).map_err(|_| {
+                Error::InvalidArchive(ArchiveErrorKind::Invalid("bad snapshot key"))
+            })?;
+        }
+        crate::fsio::create_private_file(&db_path)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&db_path)
+            .map_err(|e| Error::io("importing", &db_path, e))?;
+        let copied = io::copy(&mut archive.data(), &mut file)
+            .map_err(|e| Error::from_read("importing", e))?;
+        file.sync_all()
+            .map_err(|e| Error::io("importing", &db_path, e))?;
+        drop(file);
+        progress(copied);
+        database::rekey(
+            &db_path,
+            &snapshot_key,
+            &vault.subkey(Purpose::AppDatabase(&info.id)),
+        )?;
+
+        let conn = database::open(
+            &db_path,
+            &vault.subkey(Purpose::AppDatabase(&info.id)),
+            false,
+        )?;
+        let files = FileStore::open(
+            conn,
+            files_dir.clone(),
+            vault.subkey(Purpose::AppFiles(&info.id)),
+        )?;
+        // The snapshot's file rows name the source vault's blobs.
+        files.forget_all()?;
+        let mut done = copied;
+        loop {
+            let entry = archive.next_entry()?;
+            match entry.kind {
+                EntryKind::End => break,
+                EntryKind::File => {
+                    let content_type = entry.meta["content_type"].as_str().map(str::to_owned);
+                    let stored = files.put(
+                        &entry.name,
+                        &mut archive.data(),
+                        content_type.as_deref(),
+                        &mut |_| {},
+                    )?;
+                    if stored.size != entry.data_len {
+                        return Err(Error::InvalidArchive(ArchiveErrorKind::Invalid(
+                            "file entry cut short",
+                        )));
+                    }
+                    done += entry.data_len;
+                    progress(done);
+                }
+                _ => {
+                    return Err(Error::InvalidArchive(ArchiveErrorKind::Invalid(
+                        "unexpected entry",
+                    )))
+                }
+            }
+        }
+        catalog.insert(&info)
+    })();
+    if result.is_err() {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", db_path.display()));
+        }
+        let _ = std::fs::remove_dir_all(&files_dir);
+    }
+    result.map(|()| info)
 }
 
 /// A handle on one app of an unlocked vault.
@@ -215,6 +375,86 @@ impl<'v> App<'v> {
     /// database file>/` in the vault directory, under random names.
     pub fn files(&self) -> Result<FileStore> {
         self.require(Capability::Files)?;
+        let stem = self.info.db_file.trim_end_matches(".db");
+        let dir = self.vault.vault().path().join(FILES_DIR).join(stem);
+        FileStore::open(
+            self.open_database()?,
+            dir,
+            self.vault.subkey(Purpose::AppFiles(&self.info.id)),
+        )
+    }
+
+    /// Writes the whole app (its database and every stored file) to `out` as
+    /// one archive protected by `passphrase` (docs/formats/app-archive.md).
+    /// `progress` is called with the plaintext bytes written so far.
+    pub fn export(
+        &self,
+        out: &mut dyn Write,
+        passphrase: &Passphrase,
+        kdf: &KdfParams,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<ExportSummary> {
+        self.require(Capability::Export)?;
+        let mut archive = ArchiveWriter::new(out, passphrase, kdf)?;
+        let manifest = json!({
+            "app": self.info.name,
+            "capabilities": self.info.capabilities.iter().map(Capability::name).collect::<Vec<_>>(),
+        });
+        archive.entry(EntryKind::Manifest, "", &manifest, 0, &mut io::empty())?;
+
+        let conn = self.open_database()?;
+        let snapshot_path = self
+            .db_path
+            .with_file_name(format!(".{}.export.tmp", crate::fsio::random_suffix()?));
+        let mut snapshot_key = Zeroizing::new([0u8; 32]);
+        rand_core::OsRng.try_fill_bytes(snapshot_key.as_mut())?;
+        let mut done = 0u64;
+        let written = (|| -> Result<()> {
+            database::snapshot(&conn, &snapshot_path, &snapshot_key)?;
+            let mut file = std::fs::File::open(&snapshot_path)
+                .map_err(|e| Error::io("exporting", &snapshot_path, e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| Error::io("exporting", &snapshot_path, e))?
+                .len();
+            let key_hex = Zeroizing::new(
+                snapshot_key
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+            );
+            archive.entry(
+                EntryKind::Database,
+                "",
+                &json!({"key": key_hex.as_str()}),
+                len,
+                &mut file,
+            )?;
+            done += len;
+            progress(done);
+            Ok(())
+        })();
+        let _ = std::fs::remove_file(&snapshot_path);
+        written?;
+
+        let files = self.file_store()?;
+        let mut count = 0;
+        for info in files.list()? {
+            let mut reader = files.open_file(&info.name)?;
+            let meta = json!({"content_type": info.content_type});
+            archive.entry(EntryKind::File, &info.name, &meta, info.size, &mut reader)?;
+            done += info.size;
+            count += 1;
+            progress(done);
+        }
+        archive.finish()?;
+        Ok(ExportSummary {
+            files: count,
+            bytes: done,
+        })
+    }
+
+    fn file_store(&self) -> Result<FileStore> {
         let stem = self.info.db_file.trim_end_matches(".db");
         let dir = self.vault.vault().path().join(FILES_DIR).join(stem);
         FileStore::open(

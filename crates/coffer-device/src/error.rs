@@ -19,6 +19,11 @@ pub enum Error {
     /// No passphrase slot of the vault opens with the passphrase given.
     #[error("wrong passphrase: no key slot of this vault opens with it")]
     WrongPassphrase,
+    /// The archive's passphrase does not open it. Its first chunk cannot tell
+    /// a wrong passphrase from damage to that chunk, so this may also mean the
+    /// first 64 KiB of the archive are damaged.
+    #[error("wrong archive passphrase (or the archive's first 64 KiB are damaged)")]
+    WrongArchivePassphrase,
     /// No recovery slot of the vault opens with the recovery key given.
     #[error("wrong recovery key: no recovery slot of this vault opens with it")]
     WrongRecoveryKey,
@@ -176,6 +181,9 @@ pub enum Error {
         /// The limit in bytes.
         limit: u64,
     },
+    /// An app archive is refused. No app was created.
+    #[error("{0}")]
+    InvalidArchive(crate::archive::ArchiveErrorKind),
     /// A store was written by a newer coffer.
     #[error("the {store} was written by a newer coffer (schema version {version})")]
     UnsupportedStoreVersion {
@@ -262,6 +270,19 @@ impl Error {
 
     pub(crate) fn stream_io(op: &'static str, source: std::io::Error) -> Self {
         Error::StreamIo { op, source }
+    }
+
+    /// An I/O error from a reader that may carry a coffer error inside (the
+    /// decrypting readers report tampering that way): the coffer error comes
+    /// back out, typed, instead of being buried in an I/O error.
+    pub(crate) fn from_read(op: &'static str, e: std::io::Error) -> Self {
+        if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            if let Some(Ok(inner)) = e.into_inner().map(|inner| inner.downcast::<Error>()) {
+                return *inner;
+            }
+            return Error::stream_io(op, std::io::Error::other("unreadable inner error"));
+        }
+        Error::stream_io(op, e)
     }
 }
 

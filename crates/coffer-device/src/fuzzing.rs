@@ -70,3 +70,48 @@ pub fn file_stream(data: &[u8]) {
         let _ = reader.read_at(offset, &mut buf);
     }
 }
+
+/// Builds a well-formed archive whose stream plaintext is `data`, then reads
+/// its entries until an error or the END entry: this drives the entry parser
+/// (behind the encryption, where mutations could not reach it) with
+/// arbitrary bytes. Also parses `data` as an archive file directly.
+pub fn archive(data: &[u8]) {
+    use std::io::{Cursor, Read, Write};
+    let passphrase =
+        crate::Passphrase::new("fuzz".into()).unwrap_or_else(|_| unreachable!("valid passphrase"));
+    let kdf = crate::KdfParams::Argon2id {
+        memory_kib: 8,
+        iterations: 1,
+        parallelism: 1,
+    };
+    let limits = KdfLimits::default();
+    if let Ok(mut reader) =
+        crate::archive::ArchiveReader::open(Cursor::new(data), &passphrase, &limits)
+    {
+        let _ = reader.next_entry();
+    }
+    let Ok(mut out) = crate::archive::raw_archive(&passphrase, &kdf) else {
+        return;
+    };
+    if out.write_all(data).is_err() {
+        return;
+    }
+    let Ok(bytes) = out.finish() else { return };
+    let Ok(mut reader) =
+        crate::archive::ArchiveReader::open(Cursor::new(bytes), &passphrase, &limits)
+    else {
+        return;
+    };
+    for _ in 0..64 {
+        match reader.next_entry() {
+            Ok(entry) if entry.kind == crate::archive::EntryKind::End => return,
+            Ok(_) => {
+                let mut sink = Vec::new();
+                if reader.data().read_to_end(&mut sink).is_err() {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}

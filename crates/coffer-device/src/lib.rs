@@ -28,6 +28,7 @@
 
 mod aead;
 pub mod app;
+pub mod archive;
 mod codec;
 mod error;
 mod fsio;
@@ -48,7 +49,7 @@ pub mod fuzzing;
 #[cfg(test)]
 mod tests;
 
-pub use app::{App, AppInfo, Capabilities, Capability};
+pub use app::{App, AppInfo, Capabilities, Capability, ExportSummary};
 pub use error::{CorruptKind, DatabaseErrorKind, Error, Result};
 pub use header::VaultId;
 pub use kdf::{KdfAlgorithm, KdfLimitError, KdfLimits, KdfParams};

@@ -13,6 +13,7 @@ use crate::keyslot::KeySlot;
 use crate::space::HEADER_FILE;
 use crate::*;
 
+mod archive;
 mod stores;
 mod vectors;
 

@@ -296,6 +296,20 @@ impl UnlockedVault {
         Ok(App::new(self, &catalog, info))
     }
 
+    /// Imports an app archive (made by [`App::export`]) as a new app, named
+    /// as in the archive or `rename`. All or nothing: on any error the vault
+    /// is as before.
+    pub fn import_app(
+        &self,
+        input: impl std::io::Read + std::io::Seek,
+        passphrase: &Passphrase,
+        rename: Option<&str>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<AppInfo> {
+        let catalog = self.catalog()?;
+        crate::app::import(self, &catalog, input, passphrase, rename, progress)
+    }
+
     /// Replaces the capabilities of the app `name`.
     pub fn set_app_capabilities(&self, name: &str, capabilities: Capabilities) -> Result<()> {
         self.catalog()?.set_capabilities(name, capabilities)

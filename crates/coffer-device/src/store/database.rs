@@ -69,6 +69,60 @@ pub(crate) fn open(path: &Path, key: &Subkey, create: bool) -> Result<Connection
     Ok(conn)
 }
 
+/// The `PRAGMA key` (or `rekey`) statement for `key`, in a zeroizing string.
+fn key_statement(pragma: &str, key: &[u8; 32]) -> Zeroizing<String> {
+    let hex = Zeroizing::new(hex_lower(key));
+    Zeroizing::new(format!("PRAGMA {pragma} = \"x'{}'\";", hex.as_str()))
+}
+
+/// Writes a consistent snapshot of `conn`'s main database to `path`, a new
+/// SQLCipher file under `key` with coffer's cipher settings (no journal
+/// setting: the snapshot is a single file).
+pub(crate) fn snapshot(conn: &Connection, path: &Path, key: &[u8; 32]) -> Result<()> {
+    crate::fsio::create_private_file(path)?;
+    let hex = Zeroizing::new(format!("x'{}'", hex_lower(key)));
+    let path_text = path.to_str().ok_or(Error::InvalidName {
+        what: "path",
+        name: String::new(),
+        rule: "must be UTF-8",
+    })?;
+    conn.execute(
+        "ATTACH DATABASE ?1 AS coffer_snapshot KEY ?2",
+        [path_text, hex.as_str()],
+    )
+    .map_err(|e| Error::database("snapshotting", e))?;
+    let copied = conn
+        .execute_batch(
+            "PRAGMA coffer_snapshot.cipher_hmac_algorithm = HMAC_SHA256;
+             SELECT sqlcipher_export('coffer_snapshot');",
+        )
+        .map_err(|e| Error::database("snapshotting", e));
+    let detached = conn
+        .execute_batch("DETACH DATABASE coffer_snapshot")
+        .map_err(|e| Error::database("snapshotting", e));
+    copied.and(detached)
+}
+
+/// Re-encrypts the (closed, single-file) database at `path` from `old` to
+/// `new`, rewriting every page.
+pub(crate) fn rekey(path: &Path, old: &[u8; 32], new: &Subkey) -> Result<()> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::database("opening", e))?;
+    conn.execute_batch(&key_statement("key", old))
+        .and_then(|()| conn.execute_batch("PRAGMA cipher_hmac_algorithm = HMAC_SHA256;"))
+        .map_err(|e| Error::database("keying", e))?;
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|e| Error::database("opening", e))?;
+    conn.execute_batch(&key_statement("rekey", new.expose_secret()))
+        .map_err(|e| Error::database("re-keying", e))?;
+    Ok(())
+}
+
 fn hex_lower(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);

@@ -184,7 +184,7 @@ impl FileStore {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::stream_io("reading the file to store", e)),
+                Err(e) => return Err(Error::from_read("reading the file to store", e)),
             };
             writer
                 .write_all(&buf[..n])
@@ -236,6 +236,15 @@ impl FileStore {
             return Err(Error::FileCorrupt(crate::stream::FileCorruptKind::Replaced));
         }
         Ok(reader)
+    }
+
+    /// Forgets every row without touching blobs (an imported snapshot's rows
+    /// name another vault's blobs).
+    pub(crate) fn forget_all(&self) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM coffer_files", [])
+            .map_err(db("importing"))?;
+        Ok(())
     }
 
     /// Deletes `name`; returns whether it existed.
