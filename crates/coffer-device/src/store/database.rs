@@ -15,7 +15,8 @@
 //! - `journal_mode = WAL`, `synchronous = NORMAL`: a crash never corrupts,
 //!   and the WAL is encrypted like the database. WAL also spares every read
 //!   transaction SQLCipher's decryption of page 1 to check for changes: with
-//!   it, point reads measured 1.57× plain SQLite (the goal is 1.6×).
+//!   it, point reads measured 1.57× plain SQLite on a quiet machine and 1.99×
+//!   under load (the goal is 1.6×; docs/benchmarks.md).
 //! - `temp_store = MEMORY`: temporary tables and sort spills never reach the
 //!   disk in the clear.
 //! - `foreign_keys = ON`, `secure_delete = ON`: deleted content is
