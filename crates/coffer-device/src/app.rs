@@ -164,6 +164,13 @@ pub fn validate_app_name(name: &str) -> Result<()> {
     })
 }
 
+/// The directory of an app's blobs: `files/<stem of its database file>/`.
+fn files_dir(vault_dir: &std::path::Path, app: &AppInfo) -> std::path::PathBuf {
+    vault_dir
+        .join(FILES_DIR)
+        .join(app.db_file.trim_end_matches(".db"))
+}
+
 /// What an export wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExportSummary {
@@ -213,17 +220,7 @@ pub(crate) fn import(
     }
     let info = Catalog::new_app(&name, capabilities, &mut rand_core::OsRng)?;
     let db_path = catalog.database_path(&info);
-    let files_dir = db_path
-        .parent()
-        .and_then(|data| data.parent())
-        .map(|vault_dir| {
-            vault_dir
-                .join(FILES_DIR)
-                .join(info.db_file.trim_end_matches(".db"))
-        })
-        .ok_or(Error::InvalidArchive(ArchiveErrorKind::Invalid(
-            "no vault directory",
-        )))?;
+    let files_dir = files_dir(vault.vault().path(), &info);
     let result = (|| -> Result<()> {
         let db = archive.next_entry()?;
         if db.kind != EntryKind::Database {
@@ -375,13 +372,7 @@ impl<'v> App<'v> {
     /// database file>/` in the vault directory, under random names.
     pub fn files(&self) -> Result<FileStore> {
         self.require(Capability::Files)?;
-        let stem = self.info.db_file.trim_end_matches(".db");
-        let dir = self.vault.vault().path().join(FILES_DIR).join(stem);
-        FileStore::open(
-            self.open_database()?,
-            dir,
-            self.vault.subkey(Purpose::AppFiles(&self.info.id)),
-        )
+        self.file_store()
     }
 
     /// Writes the whole app (its database and every stored file) to `out` as
@@ -455,8 +446,7 @@ impl<'v> App<'v> {
     }
 
     fn file_store(&self) -> Result<FileStore> {
-        let stem = self.info.db_file.trim_end_matches(".db");
-        let dir = self.vault.vault().path().join(FILES_DIR).join(stem);
+        let dir = files_dir(self.vault.vault().path(), &self.info);
         FileStore::open(
             self.open_database()?,
             dir,
