@@ -91,6 +91,18 @@ pub enum Command {
     /// Add, list or remove key slots
     #[command(subcommand)]
     Slot(SlotCommand),
+    /// Change a passphrase: yours, or with --recovery any user's (--slot)
+    ///
+    /// Unlock with the current passphrase (or --recovery), then give the new
+    /// one (COFFER_NEW_PASSPHRASE, --new-passphrase-file, or asked twice).
+    /// Rewraps one slot: the same cost whatever the vault holds.
+    Passwd {
+        /// The slot to change [default: the slot that unlocks]
+        #[arg(long)]
+        slot: Option<String>,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
     /// Add a recovery slot and print its key, once
     ///
     /// The key is 40 characters in groups of five with a checksum that

@@ -288,6 +288,29 @@ pub fn slot(global: &Global, command: &SlotCommand) -> Result<Report, CliError> 
     }
 }
 
+pub fn passwd(global: &Global, slot: Option<&str>, kdf: &KdfArgs) -> Result<Report, CliError> {
+    let mut vault = unlock(global)?;
+    let opened = vault
+        .slots()
+        .into_iter()
+        .find(|s| s.index == vault.opened_slot())
+        .map(|s| s.name)
+        .unwrap_or_default();
+    let who = slot.unwrap_or(&opened).to_owned();
+    let passphrase = input::new_passphrase(global, &who)?;
+    let params = calibrate(global, kdf)?;
+    let changed = vault.change_passphrase(slot, &passphrase, &params)?;
+    Ok(Report {
+        json: json!({"changed": slot_json(&changed)}),
+        text: format!(
+            "Changed the passphrase of slot {} '{}' ({}). The old passphrase no longer opens this vault.",
+            changed.index,
+            changed.name,
+            kdf_text(&changed.kind)
+        ),
+    })
+}
+
 pub fn recovery_key(global: &Global, name: &str) -> Result<Report, CliError> {
     let mut vault = unlock(global)?;
     let (slot, key) = vault.add_recovery_slot(name)?;

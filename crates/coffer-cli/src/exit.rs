@@ -95,6 +95,11 @@ impl From<Error> for CliError {
             ),
             Error::SlotNameTaken { .. } => (ExitCode::SlotRefused, "slot_name_taken", ""),
             Error::LastSlot => (ExitCode::SlotRefused, "last_slot", ""),
+            Error::NotAPassphraseSlot { .. } => (
+                ExitCode::SlotRefused,
+                "not_a_passphrase_slot",
+                "; name the user's slot with --slot",
+            ),
             Error::Busy => (ExitCode::Busy, "busy", "; try again"),
             Error::NoSuchApp { .. } => (
                 ExitCode::NotFound,

@@ -25,6 +25,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         Command::Vaults => commands::vaults(g),
         Command::Slot(command) => commands::slot(g, command),
         Command::RecoveryKey { name } => commands::recovery_key(g, name),
+        Command::Passwd { slot, kdf } => commands::passwd(g, slot.as_deref(), kdf),
         Command::Verify => commands::verify(g),
         Command::Demo { keep } => demo::run(g, *keep),
         Command::App(command) => stores::app(g, command),

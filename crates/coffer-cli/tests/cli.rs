@@ -287,6 +287,50 @@ fn passphrase_files_are_read_and_secrets_never_echoed() {
 }
 
 #[test]
+fn passwd_changes_one_passphrase() {
+    let env = Env::new();
+    env.init("alice secret");
+    env.with_pass("alice secret")
+        .env("COFFER_NEW_PASSPHRASE", "alice changed")
+        .args(["passwd", "--kdf-time-ms", "0"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("slot 0 'alice'"));
+    env.with_pass("alice secret").arg("verify").assert().code(3);
+    env.with_pass("alice changed")
+        .arg("verify")
+        .assert()
+        .success();
+    // Through a recovery key: a user's slot by name; the recovery slot itself has no passphrase.
+    let mut c = env.with_pass("alice changed");
+    c.arg("recovery-key");
+    let key = env.json(c)["recovery_key"].as_str().unwrap().to_owned();
+    env.cmd()
+        .env("COFFER_RECOVERY_KEY", &key)
+        .env("COFFER_NEW_PASSPHRASE", "x")
+        .args(["--recovery", "passwd", "--kdf-time-ms", "0"])
+        .assert()
+        .code(7);
+    env.cmd()
+        .env("COFFER_RECOVERY_KEY", &key)
+        .env("COFFER_NEW_PASSPHRASE", "alice reset")
+        .args([
+            "--recovery",
+            "passwd",
+            "--slot",
+            "alice",
+            "--kdf-time-ms",
+            "0",
+        ])
+        .assert()
+        .success();
+    env.with_pass("alice reset")
+        .arg("verify")
+        .assert()
+        .success();
+}
+
+#[test]
 fn demo_runs_and_explains() {
     Command::cargo_bin("coffer")
         .unwrap()

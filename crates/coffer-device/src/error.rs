@@ -87,6 +87,13 @@ pub enum Error {
         /// The slot name asked for.
         name: String,
     },
+    /// The slot exists but is not a passphrase slot (a recovery slot has no
+    /// passphrase to change).
+    #[error("key slot {name:?} is not a passphrase slot")]
+    NotAPassphraseSlot {
+        /// The slot's name.
+        name: String,
+    },
     /// Removing this slot would leave no passphrase or recovery slot at all.
     #[error("refusing to remove the last key slot: the vault could never be opened again")]
     LastSlot,

@@ -185,6 +185,73 @@ fn removing_a_slot_keeps_the_others() {
 }
 
 #[test]
+fn changing_a_passphrase_rewraps_only_that_slot() {
+    let (_d, space) = two_user_vault();
+    let mut v = unlock(&space, "alice pw").unwrap();
+    v.add_app("notes", Capabilities::all()).unwrap();
+    v.app("notes")
+        .unwrap()
+        .kv()
+        .unwrap()
+        .put("k", b"kept")
+        .unwrap();
+    let (_, recovery) = v.add_recovery_slot("recovery").unwrap();
+    let before = read_header(&space);
+    let changed = v
+        .change_passphrase(None, &pass("alice new"), &FAST)
+        .unwrap();
+    assert_eq!((changed.index, changed.name.as_str()), (0, "alice"));
+    assert!(matches!(
+        unlock(&space, "alice pw"),
+        Err(Error::WrongPassphrase)
+    ));
+    let v = unlock(&space, "alice new").unwrap();
+    assert_eq!(
+        v.app("notes")
+            .unwrap()
+            .kv()
+            .unwrap()
+            .get("k")
+            .unwrap()
+            .unwrap(),
+        b"kept"
+    );
+    unlock(&space, "bob pw").unwrap();
+    // Only slot 0 changed among the slots: bob's and the recovery slot's bytes are as before.
+    let after = read_header(&space);
+    assert_ne!(
+        before[SLOT0..SLOT0 + SLOT_LEN],
+        after[SLOT0..SLOT0 + SLOT_LEN]
+    );
+    assert_eq!(
+        before[SLOT0 + SLOT_LEN..SLOT0 + 3 * SLOT_LEN],
+        after[SLOT0 + SLOT_LEN..SLOT0 + 3 * SLOT_LEN]
+    );
+    // With the recovery key, any user's passphrase can be reset by name.
+    let mut by_recovery = space
+        .vault("acme")
+        .unwrap()
+        .unlock(&Credential::RecoveryKey(&recovery))
+        .unwrap();
+    assert!(matches!(
+        by_recovery.change_passphrase(None, &pass("x"), &FAST),
+        Err(Error::NotAPassphraseSlot { .. })
+    ));
+    by_recovery
+        .change_passphrase(Some("bob"), &pass("bob reset"), &FAST)
+        .unwrap();
+    assert!(matches!(
+        unlock(&space, "bob pw"),
+        Err(Error::WrongPassphrase)
+    ));
+    unlock(&space, "bob reset").unwrap();
+    assert!(matches!(
+        by_recovery.change_passphrase(Some("nobody"), &pass("x"), &FAST),
+        Err(Error::NoSuchSlot { .. })
+    ));
+}
+
+#[test]
 fn the_last_slot_cannot_be_removed() {
     let (_d, space) = space();
     let mut v = space

@@ -373,6 +373,81 @@ impl UnlockedVault {
             .ok_or(Error::NoSuchSlot { name: name.into() })
     }
 
+    /// Sets a new passphrase on a passphrase slot: the slot called `name`, or
+    /// (with `None`) the passphrase slot that opened this vault.
+    ///
+    /// Only that slot is rewrapped, in place, keeping its name: the vault
+    /// key does not change, so this costs one KDF run whatever the vault
+    /// holds. Proving the old secret is unlocking: a vault opened with a
+    /// recovery key may reset any user's passphrase, by name.
+    pub fn change_passphrase(
+        &mut self,
+        name: Option<&str>,
+        passphrase: &Passphrase,
+        kdf: &KdfParams,
+    ) -> Result<SlotInfo> {
+        kdf.validate()?;
+        let index = match name {
+            Some(name) => {
+                self.slots()
+                    .into_iter()
+                    .find(|s| s.name == name)
+                    .ok_or_else(|| Error::NoSuchSlot { name: name.into() })?
+                    .index
+            }
+            None => self.opened_slot,
+        };
+        let target_name = self
+            .slots()
+            .into_iter()
+            .find(|s| s.index == index)
+            .map(|s| s.name)
+            .ok_or(Error::NoSuchSlot {
+                name: format!("#{index}"),
+            })?;
+        if !matches!(
+            self.header.slots[index],
+            Some((
+                KeySlot {
+                    kind: SlotKind::Passphrase(_),
+                    ..
+                },
+                _
+            ))
+        ) {
+            return Err(Error::NotAPassphraseSlot { name: target_name });
+        }
+        let slot = KeySlot::wrap(
+            &self.key,
+            &self.header.vault_id,
+            &Credential::Passphrase(passphrase),
+            Some(kdf),
+            &mut OsRng,
+        )?;
+        self.update_header(|header| {
+            // Found again by name: another process may have moved slots.
+            let entry = header
+                .slots
+                .iter_mut()
+                .flatten()
+                .find(|(_, meta)| meta.name == target_name)
+                .ok_or_else(|| Error::NoSuchSlot {
+                    name: target_name.clone(),
+                })?;
+            if !matches!(entry.0.kind, SlotKind::Passphrase(_)) {
+                return Err(Error::NotAPassphraseSlot {
+                    name: target_name.clone(),
+                });
+            }
+            entry.0 = slot;
+            Ok(())
+        })?;
+        self.slots()
+            .into_iter()
+            .find(|s| s.name == target_name)
+            .ok_or(Error::NoSuchSlot { name: target_name })
+    }
+
     /// Removes the slot called `name`. The vault key does not change: the
     /// removed secret no longer opens this header, but anyone who copied the
     /// header before still can (rotation, a later feature, is the answer).
