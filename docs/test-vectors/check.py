@@ -41,7 +41,7 @@ def check_header():
     mac = hmac.new(subkey("header-mac"), h[: 1776 + L], hashlib.sha256).digest()
     assert mac == h[1776 + L : 1808 + L], "header MAC"
     meta = AESGCM(subkey("header-meta")).decrypt(h[1764:1776], h[1776 : 1776 + L], h[:1764])
-    assert meta[0] == 1 and meta[9] == len(v["slots"]), "metadata"
+    assert meta[0] == 1 and meta[17] == len(v["slots"]), "metadata"
 
     for s in v["slots"]:
         i = s["index"]

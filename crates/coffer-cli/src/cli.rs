@@ -23,7 +23,7 @@ Exit codes:
 Secrets for scripts:
   COFFER_PASSPHRASE        passphrase that opens the vault (init: the new vault's)
   COFFER_NEW_PASSPHRASE    passphrase of a slot being added
-  COFFER_RECOVERY_KEY      recovery key, with --recovery
+  COFFER_RECOVERY_KEY      recovery or temporary key, with --recovery
   --passphrase-file, --new-passphrase-file, --recovery-key-file read the first
   line of a file instead. Environment variables are visible to other processes
   of the same user (/proc/PID/environ) and easily land in shell history: prefer
@@ -91,6 +91,23 @@ pub enum Command {
     /// Add, list or remove key slots
     #[command(subcommand)]
     Slot(SlotCommand),
+    /// Add a temporary key: a random key that opens the vault until it
+    /// expires (and, with --single-use, only once); printed once
+    ///
+    /// For handing a vault to someone for a limited time, or letting a user
+    /// set a new passphrase ('coffer --recovery slot add'). Use it with
+    /// --recovery. Moving the device's clock back does not revive it.
+    TempKey {
+        /// How long it stays valid, e.g. 30m, 24h, 7d
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: std::time::Duration,
+        /// The first unlock with it removes it
+        #[arg(long)]
+        single_use: bool,
+        /// Name of the new slot
+        #[arg(long, default_value = "temporary")]
+        name: String,
+    },
     /// Change a passphrase: yours, or with --recovery any user's (--slot)
     ///
     /// Unlock with the current passphrase (or --recovery), then give the new

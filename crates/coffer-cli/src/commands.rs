@@ -93,7 +93,7 @@ pub fn kdf_json(kind: &SlotKind) -> Value {
         SlotKind::Passphrase(KdfParams::Scrypt { log_n, r, p }) => {
             json!({"algorithm": "scrypt", "log_n": log_n, "r": r, "p": p})
         }
-        SlotKind::Recovery => json!({"algorithm": "hkdf-sha256"}),
+        SlotKind::Recovery | SlotKind::Temporary => json!({"algorithm": "hkdf-sha256"}),
         _ => json!({"algorithm": "unknown"}),
     }
 }
@@ -114,7 +114,7 @@ pub fn kdf_text(kind: &SlotKind) -> String {
         SlotKind::Passphrase(KdfParams::Scrypt { log_n, r, p }) => {
             format!("scrypt N=2^{log_n} r={r} p={p}")
         }
-        SlotKind::Recovery => "hkdf-sha256 (160-bit key)".into(),
+        SlotKind::Recovery | SlotKind::Temporary => "hkdf-sha256 (160-bit key)".into(),
         _ => "unknown".into(),
     }
 }
@@ -130,6 +130,8 @@ fn slot_json(slot: &SlotInfo) -> Value {
         "kind": slot.kind.name(),
         "kdf": kdf_json(&slot.kind),
         "created_at": time_text(slot.created_at),
+        "expires_at": slot.expires_at.map(time_text),
+        "single_use": slot.single_use,
     })
 }
 
@@ -256,12 +258,19 @@ pub fn slot(global: &Global, command: &SlotCommand) -> Result<Report, CliError> 
                     " "
                 };
                 text.push_str(&format!(
-                    "{:>2}{mark}  {:<24} {:<10} {:<28} {}\n",
+                    "{:>2}{mark}  {:<24} {:<10} {:<28} {}{}\n",
                     s.index,
                     s.name,
                     s.kind.name(),
                     time_text(s.created_at),
-                    kdf_text(&s.kind)
+                    kdf_text(&s.kind),
+                    s.expires_at
+                        .map(|t| format!(
+                            ", expires {}{}",
+                            time_text(t),
+                            if s.single_use { ", single use" } else { "" }
+                        ))
+                        .unwrap_or_default()
                 ));
             }
             text.push_str("(* the slot that opened the vault)");
@@ -286,6 +295,29 @@ pub fn slot(global: &Global, command: &SlotCommand) -> Result<Report, CliError> 
             })
         }
     }
+}
+
+pub fn temp_key(
+    global: &Global,
+    name: &str,
+    expires: Duration,
+    single_use: bool,
+) -> Result<Report, CliError> {
+    let mut vault = unlock(global)?;
+    let until = SystemTime::now() + expires;
+    let (slot, key) = vault.add_temporary_slot(name, until, single_use)?;
+    let shown = key.display();
+    Ok(Report {
+        json: json!({"added": slot_json(&slot), "temporary_key": shown.expose_secret()}),
+        text: format!(
+            "Added temporary slot {} '{}', valid until {}{}. The key — shown this once:\n\n    {}\n\nOpen the vault with it: coffer --recovery verify",
+            slot.index,
+            slot.name,
+            time_text(until),
+            if single_use { ", for one unlock" } else { "" },
+            shown.expose_secret()
+        ),
+    })
 }
 
 pub fn passwd(global: &Global, slot: Option<&str>, kdf: &KdfArgs) -> Result<Report, CliError> {

@@ -52,6 +52,9 @@ impl From<Error> for CliError {
         let (exit, code, hint) = match &e {
             Error::WrongPassphrase => (ExitCode::WrongSecret, "wrong_passphrase", ""),
             Error::WrongRecoveryKey => (ExitCode::WrongSecret, "wrong_recovery_key", ""),
+            Error::TemporaryKeyExpired { .. } => {
+                (ExitCode::WrongSecret, "temporary_key_expired", "")
+            }
             Error::WrongArchivePassphrase => {
                 (ExitCode::WrongSecret, "wrong_archive_passphrase", "")
             }

@@ -25,6 +25,11 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         Command::Vaults => commands::vaults(g),
         Command::Slot(command) => commands::slot(g, command),
         Command::RecoveryKey { name } => commands::recovery_key(g, name),
+        Command::TempKey {
+            expires,
+            single_use,
+            name,
+        } => commands::temp_key(g, name, *expires, *single_use),
         Command::Passwd { slot, kdf } => commands::passwd(g, slot.as_deref(), kdf),
         Command::Verify => commands::verify(g),
         Command::Demo { keep } => demo::run(g, *keep),

@@ -331,6 +331,47 @@ fn passwd_changes_one_passphrase() {
 }
 
 #[test]
+fn temporary_keys_from_the_command_line() {
+    let env = Env::new();
+    env.init("alice secret");
+    let mut c = env.with_pass("alice secret");
+    c.args([
+        "temp-key",
+        "--expires",
+        "2h",
+        "--single-use",
+        "--name",
+        "handover",
+    ]);
+    let added = env.json(c);
+    assert_eq!(added["added"]["kind"], "temporary");
+    assert_eq!(added["added"]["single_use"], true);
+    assert!(added["added"]["expires_at"].is_string());
+    let key = added["temporary_key"].as_str().unwrap().to_owned();
+    // The holder sets their own passphrase with it; it is then spent.
+    env.cmd()
+        .env("COFFER_RECOVERY_KEY", &key)
+        .env("COFFER_NEW_PASSPHRASE", "dana secret")
+        .args(["--recovery", "slot", "add", "dana", "--kdf-time-ms", "0"])
+        .assert()
+        .success();
+    env.cmd()
+        .env("COFFER_RECOVERY_KEY", &key)
+        .args(["--recovery", "verify"])
+        .assert()
+        .code(3);
+    env.with_pass("dana secret")
+        .arg("verify")
+        .assert()
+        .success();
+    env.cmd()
+        .args(["temp-key", "--expires", "soon"])
+        .env("COFFER_PASSPHRASE", "alice secret")
+        .assert()
+        .code(2);
+}
+
+#[test]
 fn demo_runs_and_explains() {
     Command::cargo_bin("coffer")
         .unwrap()

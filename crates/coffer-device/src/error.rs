@@ -87,6 +87,13 @@ pub enum Error {
         /// The slot name asked for.
         name: String,
     },
+    /// The temporary key opened its slot, but the slot has expired (by the
+    /// vault's clock, which never runs backwards). The slot was removed.
+    #[error("temporary key {name:?} has expired")]
+    TemporaryKeyExpired {
+        /// The slot's name.
+        name: String,
+    },
     /// The slot exists but is not a passphrase slot (a recovery slot has no
     /// passphrase to change).
     #[error("key slot {name:?} is not a passphrase slot")]

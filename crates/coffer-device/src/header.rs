@@ -101,6 +101,21 @@ impl std::fmt::Debug for VaultId {
 pub(crate) struct SlotMeta {
     pub(crate) name: String,
     pub(crate) created_at: i64,
+    /// Temporary keys: refused at or after this time (Unix seconds).
+    pub(crate) expires_at: Option<i64>,
+    /// Temporary keys: the slot is removed by the unlock that uses it.
+    pub(crate) single_use: bool,
+}
+
+impl SlotMeta {
+    pub(crate) fn new(name: String, created_at: i64) -> Self {
+        SlotMeta {
+            name,
+            created_at,
+            expires_at: None,
+            single_use: false,
+        }
+    }
 }
 
 /// Everything the header holds, once authenticated and decrypted.
@@ -108,6 +123,9 @@ pub(crate) struct SlotMeta {
 pub(crate) struct Header {
     pub(crate) vault_id: VaultId,
     pub(crate) created_at: i64,
+    /// The latest time any unlock has seen (Unix seconds): time never runs
+    /// backwards for expiry checks, whatever the system clock says.
+    pub(crate) latest_seen: i64,
     pub(crate) slots: [Option<(KeySlot, SlotMeta)>; SLOT_COUNT],
 }
 
@@ -252,7 +270,7 @@ impl SealedHeader {
             &mut meta,
         )
         .ok_or(Error::Tampered)?;
-        let (created_at, names) = decode_meta(plain)?;
+        let (created_at, latest_seen, names) = decode_meta(plain)?;
 
         let mut slots: [Option<(KeySlot, SlotMeta)>; SLOT_COUNT] = Default::default();
         for (index, (slot, meta)) in self.slots.iter().zip(names).enumerate() {
@@ -265,6 +283,7 @@ impl SealedHeader {
         Ok(Header {
             vault_id: self.vault_id,
             created_at,
+            latest_seen,
             slots,
         })
     }
@@ -291,7 +310,7 @@ impl Header {
     }
 
     fn seal_inner(&self, vault_key: &VaultKey, nonce: &[u8; NONCE_LEN]) -> Vec<u8> {
-        let mut meta = encode_meta(self.created_at, &self.slots);
+        let mut meta = encode_meta(self);
         let mut out = Vec::with_capacity(META_AT + meta.len() + TAG_LEN + MAC_LEN + CHECKSUM_LEN);
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -329,34 +348,39 @@ impl Header {
     }
 }
 
-/// Metadata plaintext: version, vault creation time, then one entry per
-/// used slot in ascending index order.
-fn encode_meta(created_at: i64, slots: &[Option<(KeySlot, SlotMeta)>; SLOT_COUNT]) -> Vec<u8> {
-    let used: Vec<(usize, &SlotMeta)> = slots
+/// Metadata plaintext: version, vault creation time, latest time seen, then
+/// one entry per used slot in ascending index order.
+fn encode_meta(header: &Header) -> Vec<u8> {
+    let used: Vec<(usize, &SlotMeta)> = header
+        .slots
         .iter()
         .enumerate()
         .filter_map(|(i, s)| s.as_ref().map(|(_, m)| (i, m)))
         .collect();
     let mut out = vec![META_VERSION];
-    out.extend_from_slice(&created_at.to_le_bytes());
+    out.extend_from_slice(&header.created_at.to_le_bytes());
+    out.extend_from_slice(&header.latest_seen.to_le_bytes());
     out.push(used.len() as u8);
     for (index, meta) in used {
         out.push(index as u8);
         out.push(meta.name.len() as u8);
         out.extend_from_slice(meta.name.as_bytes());
         out.extend_from_slice(&meta.created_at.to_le_bytes());
+        out.push(u8::from(meta.single_use) | (u8::from(meta.expires_at.is_some()) << 1));
+        out.extend_from_slice(&meta.expires_at.unwrap_or(0).to_le_bytes());
     }
     out
 }
 
 type SlotMetas = [Option<SlotMeta>; SLOT_COUNT];
 
-pub(crate) fn decode_meta(plain: &[u8]) -> Result<(i64, SlotMetas)> {
+pub(crate) fn decode_meta(plain: &[u8]) -> Result<(i64, i64, SlotMetas)> {
     let mut r = Reader::new(plain);
     if r.u8()? != META_VERSION {
         return Err(CorruptKind::Field("unknown metadata version").into());
     }
     let created_at = r.i64()?;
+    let latest_seen = r.i64()?;
     let count = usize::from(r.u8()?);
     let mut metas: SlotMetas = Default::default();
     let mut previous: Option<usize> = None;
@@ -375,8 +399,18 @@ pub(crate) fn decode_meta(plain: &[u8]) -> Result<(i64, SlotMetas)> {
             return Err(CorruptKind::Field("duplicate slot name").into());
         }
         let created_at = r.i64()?;
-        metas[index] = Some(SlotMeta { name, created_at });
+        let flags = r.u8()?;
+        let expires_at = r.i64()?;
+        if flags & !0b11 != 0 || (flags & 0b10 == 0 && expires_at != 0) {
+            return Err(CorruptKind::Field("invalid slot flags").into());
+        }
+        metas[index] = Some(SlotMeta {
+            name,
+            created_at,
+            expires_at: (flags & 0b10 != 0).then_some(expires_at),
+            single_use: flags & 0b01 != 0,
+        });
     }
     r.finish()?;
-    Ok((created_at, metas))
+    Ok((created_at, latest_seen, metas))
 }

@@ -5,7 +5,7 @@
 //!
 //! | offset | size | field |
 //! |---|---|---|
-//! | 0 | 1 | kind: 0 empty, 1 passphrase, 2 recovery |
+//! | 0 | 1 | kind: 0 empty, 1 passphrase, 2 recovery, 3 temporary |
 //! | 1 | 1 | KDF: 0 none, 1 Argon2id, 2 PBKDF2-HMAC-SHA256, 3 scrypt, 16 HKDF-SHA256 |
 //! | 2 | 2 | reserved, 0 |
 //! | 4 | 12 | KDF parameters p1, p2, p3 (u32 LE each) |
@@ -37,10 +37,12 @@ const BOUND_LEN: usize = 48;
 const WRAPPED_LEN: usize = KEY_LEN + TAG_LEN;
 const AAD_PREFIX: &[u8] = b"coffer/v1/slot";
 const RECOVERY_KEK_INFO: &[u8] = b"coffer/v1/slot-kek/recovery";
+const TEMPORARY_KEK_INFO: &[u8] = b"coffer/v1/slot-kek/temporary";
 
 const KIND_EMPTY: u8 = 0;
 const KIND_PASSPHRASE: u8 = 1;
 const KIND_RECOVERY: u8 = 2;
+const KIND_TEMPORARY: u8 = 3;
 
 const KDF_ARGON2ID: u8 = 1;
 const KDF_PBKDF2_SHA256: u8 = 2;
@@ -55,6 +57,9 @@ pub enum SlotKind {
     Passphrase(KdfParams),
     /// A random recovery key: 160 bits need no stretching, so HKDF-SHA256.
     Recovery,
+    /// A random temporary key, like a recovery key but with an expiry (and
+    /// optionally single use) recorded in the encrypted metadata.
+    Temporary,
 }
 
 impl SlotKind {
@@ -63,6 +68,7 @@ impl SlotKind {
         match self {
             SlotKind::Passphrase(_) => "passphrase",
             SlotKind::Recovery => "recovery",
+            SlotKind::Temporary => "temporary",
         }
     }
 }
@@ -72,7 +78,8 @@ impl SlotKind {
 pub enum Credential<'a> {
     /// Tried against every passphrase slot.
     Passphrase(&'a Passphrase),
-    /// Tried against every recovery slot.
+    /// A recovery or temporary key (they share one typed form): tried
+    /// against every recovery and temporary slot.
     RecoveryKey(&'a RecoveryKey),
 }
 
@@ -101,21 +108,12 @@ impl KeySlot {
         vault_key: &VaultKey,
         vault_id: &VaultId,
         credential: &Credential<'_>,
-        kdf: Option<&KdfParams>,
+        kind: SlotKind,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Self> {
-        let kind = match (credential, kdf) {
-            (Credential::Passphrase(_), Some(params)) => {
-                params.validate()?;
-                SlotKind::Passphrase(*params)
-            }
-            (Credential::Passphrase(_), None) => {
-                return Err(Error::InvalidKdfParams(
-                    "a passphrase slot needs KDF parameters",
-                ))
-            }
-            (Credential::RecoveryKey(_), _) => SlotKind::Recovery,
-        };
+        if let SlotKind::Passphrase(params) = kind {
+            params.validate()?;
+        }
         let mut salt = [0u8; SALT_LEN];
         let mut nonce = [0u8; NONCE_LEN];
         rng.try_fill_bytes(&mut salt)?;
@@ -188,9 +186,16 @@ impl KeySlot {
             (SlotKind::Passphrase(params), Credential::Passphrase(p)) => params
                 .derive(p.expose_secret().as_bytes(), &self.salt)
                 .map(Some),
-            (SlotKind::Recovery, Credential::RecoveryKey(k)) => {
+            (SlotKind::Recovery | SlotKind::Temporary, Credential::RecoveryKey(k)) => {
+                // One label per kind: a recovery key can never open a
+                // temporary slot made from the same bytes, nor the reverse.
+                let info = if self.kind == SlotKind::Recovery {
+                    RECOVERY_KEK_INFO
+                } else {
+                    TEMPORARY_KEK_INFO
+                };
                 let hkdf = Hkdf::<Sha256>::new(Some(&self.salt), k.expose_secret());
-                let kek = Key256::fill_with(|out| hkdf.expand(RECOVERY_KEK_INFO, out))
+                let kek = Key256::fill_with(|out| hkdf.expand(info, out))
                     // 32 bytes is far below HKDF-SHA256's output limit.
                     .unwrap_or_else(|_| unreachable!("HKDF-SHA256 can always expand 32 bytes"));
                 Ok(Some(SlotKek(kek)))
@@ -226,6 +231,7 @@ impl KeySlot {
                 (KIND_PASSPHRASE, KDF_SCRYPT, [u32::from(log_n), r, p])
             }
             SlotKind::Recovery => (KIND_RECOVERY, KDF_HKDF_SHA256, [0, 0, 0]),
+            SlotKind::Temporary => (KIND_TEMPORARY, KDF_HKDF_SHA256, [0, 0, 0]),
         };
         let mut out = [0u8; SLOT_LEN];
         out[0] = kind;
@@ -291,6 +297,9 @@ impl KeySlot {
                 SlotKind::Passphrase(params)
             }
             (KIND_RECOVERY, KDF_HKDF_SHA256) if p1 == 0 && p2 == 0 && p3 == 0 => SlotKind::Recovery,
+            (KIND_TEMPORARY, KDF_HKDF_SHA256) if p1 == 0 && p2 == 0 && p3 == 0 => {
+                SlotKind::Temporary
+            }
             (KIND_RECOVERY, _) => {
                 return Err(CorruptKind::Field("invalid KDF for a recovery slot").into())
             }

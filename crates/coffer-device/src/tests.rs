@@ -252,6 +252,81 @@ fn changing_a_passphrase_rewraps_only_that_slot() {
 }
 
 #[test]
+fn temporary_keys_expire_by_a_clock_that_never_runs_backwards() {
+    use std::time::{Duration, SystemTime};
+    let (_d, space) = two_user_vault();
+    let t0 = SystemTime::now();
+    let day = Duration::from_secs(24 * 3600);
+    let mut v = unlock(&space, "alice pw").unwrap();
+    let (info, key) = v.add_temporary_slot("visitor", t0 + day, false).unwrap();
+    assert_eq!(info.kind, SlotKind::Temporary);
+    assert!(info.expires_at.is_some() && !info.single_use);
+    let vault = space.vault("acme").unwrap();
+    let with_key = |now| vault.unlock_at(&Credential::RecoveryKey(&key), now);
+    // Before expiry it opens, repeatedly.
+    assert_eq!(with_key(t0 + day / 2).unwrap().opened_slot(), info.index);
+    with_key(t0 + day / 2).unwrap();
+    // alice opens the vault a week later: the vault has now seen that time.
+    vault
+        .unlock_at(&Credential::Passphrase(&pass("alice pw")), t0 + 7 * day)
+        .unwrap();
+    // Setting the clock back does not revive the key.
+    match with_key(t0 + day / 4) {
+        Err(Error::TemporaryKeyExpired { name }) => assert_eq!(name, "visitor"),
+        other => panic!("{:?}", other.map(|_| "unlocked")),
+    }
+    // And the expired slot is gone.
+    assert!(unlock(&space, "alice pw")
+        .unwrap()
+        .slots()
+        .iter()
+        .all(|s| s.name != "visitor"));
+    assert!(matches!(with_key(t0), Err(Error::WrongRecoveryKey)));
+}
+
+#[test]
+fn a_single_use_temporary_key_is_consumed() {
+    use std::time::{Duration, SystemTime};
+    let (_d, space) = two_user_vault();
+    let mut v = unlock(&space, "alice pw").unwrap();
+    let (_, key) = v
+        .add_temporary_slot("once", SystemTime::now() + Duration::from_secs(3600), true)
+        .unwrap();
+    let vault = space.vault("acme").unwrap();
+    let mut opened = vault.unlock(&Credential::RecoveryKey(&key)).unwrap();
+    // The holder can set their own passphrase with it, once.
+    opened
+        .add_passphrase_slot("carol", &pass("carol pw"), &FAST)
+        .unwrap();
+    assert!(matches!(
+        vault.unlock(&Credential::RecoveryKey(&key)),
+        Err(Error::WrongRecoveryKey)
+    ));
+    unlock(&space, "carol pw").unwrap();
+    assert!(opened.slots().iter().all(|s| s.name != "once"));
+}
+
+#[test]
+fn expiry_is_checked_against_a_test_controlled_clock_exactly() {
+    use std::time::{Duration, UNIX_EPOCH};
+    let (_d, space) = two_user_vault();
+    let mut v = unlock(&space, "alice pw").unwrap();
+    let expiry = UNIX_EPOCH + Duration::from_secs(4_000_000_000);
+    let (_, key) = v.add_temporary_slot("t", expiry, false).unwrap();
+    let vault = space.vault("acme").unwrap();
+    vault
+        .unlock_at(
+            &Credential::RecoveryKey(&key),
+            expiry - Duration::from_secs(1),
+        )
+        .unwrap();
+    assert!(matches!(
+        vault.unlock_at(&Credential::RecoveryKey(&key), expiry),
+        Err(Error::TemporaryKeyExpired { .. })
+    ));
+}
+
+#[test]
 fn the_last_slot_cannot_be_removed() {
     let (_d, space) = space();
     let mut v = space
@@ -716,8 +791,10 @@ prop_compose! {
         wrapped in proptest::collection::vec(any::<u8>(), 48),
         name in "[a-zA-Z0-9][a-zA-Z0-9 ._-]{0,62}[a-zA-Z0-9]",
         created_at in any::<i64>(),
+        expires_at in proptest::option::of(any::<i64>()),
+        single_use in any::<bool>(),
     ) -> (KeySlot, SlotMeta) {
-        (KeySlot::from_parts(kind, salt, nonce, &wrapped), SlotMeta { name, created_at })
+        (KeySlot::from_parts(kind, salt, nonce, &wrapped), SlotMeta { name, created_at, expires_at, single_use })
     }
 }
 
@@ -725,6 +802,7 @@ prop_compose! {
     fn arb_header()(
         id in any::<[u8; 16]>(),
         created_at in any::<i64>(),
+        latest_seen in any::<i64>(),
         slots in proptest::collection::vec(proptest::option::of(arb_slot()), SLOT_COUNT),
     ) -> Header {
         let mut array: [Option<(KeySlot, SlotMeta)>; SLOT_COUNT] = Default::default();
@@ -733,7 +811,7 @@ prop_compose! {
             // Names are unique within a header.
             array[i] = s.filter(|(_, m)| seen.insert(m.name.clone()));
         }
-        Header { vault_id: VaultId::from_bytes(id), created_at, slots: array }
+        Header { vault_id: VaultId::from_bytes(id), created_at, latest_seen, slots: array }
     }
 }
 

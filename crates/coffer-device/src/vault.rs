@@ -59,13 +59,21 @@ pub struct SlotInfo {
     pub kind: SlotKind,
     /// When the slot was added.
     pub created_at: SystemTime,
+    /// Temporary keys: when they stop opening the vault.
+    pub expires_at: Option<SystemTime>,
+    /// Temporary keys: whether the first unlock removes them.
+    pub single_use: bool,
 }
 
 fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    system_time_to_unix(SystemTime::now())
+}
+
+fn system_time_to_unix(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
 }
 
 fn unix_to_system_time(secs: i64) -> SystemTime {
@@ -141,17 +149,31 @@ impl Vault {
     /// authenticate the whole header: if it does not, the result is
     /// [`Error::Tampered`] and the key is dropped.
     pub fn unlock(&self, credential: &Credential<'_>) -> Result<UnlockedVault> {
+        self.unlock_at(credential, SystemTime::now())
+    }
+
+    /// [`Vault::unlock`] with the current time given by the caller: a
+    /// trusted time source (the server's time at check-in), or a test's
+    /// clock.
+    ///
+    /// Expiry checks use the later of `now` and the latest time any unlock
+    /// of this vault has seen (kept in the encrypted header): setting the
+    /// clock back does not revive an expired temporary key. A single-use
+    /// temporary key's slot is removed before the vault is handed out.
+    pub fn unlock_at(&self, credential: &Credential<'_>, now: SystemTime) -> Result<UnlockedVault> {
         let sealed = self.read_sealed()?;
         for (index, slot) in sealed.slots.iter().enumerate() {
             let Some(slot) = slot else { continue };
             if let Some(key) = slot.unwrap_key(&sealed.vault_id, credential)? {
                 let header = sealed.authenticate(&key)?;
-                return Ok(UnlockedVault {
+                let mut vault = UnlockedVault {
                     vault: self.clone(),
                     key,
                     header,
                     opened_slot: index,
-                });
+                };
+                vault.after_unlock(system_time_to_unix(now))?;
+                return Ok(vault);
             }
         }
         Err(match credential {
@@ -160,6 +182,11 @@ impl Vault {
         })
     }
 }
+
+/// How far the clock must have moved past the recorded latest time before an
+/// unlock writes the header to record it: keeps unlocks from writing on
+/// every open.
+const LATEST_SEEN_STEP: i64 = 60;
 
 /// An open vault. Holds the vault key in memory until dropped.
 pub struct UnlockedVault {
@@ -195,21 +222,16 @@ impl UnlockedVault {
             &key,
             &vault_id,
             &Credential::Passphrase(passphrase),
-            Some(kdf),
+            SlotKind::Passphrase(*kdf),
             rng,
         )?;
         let now = now_unix();
         let mut slots: [Option<(KeySlot, SlotMeta)>; SLOT_COUNT] = Default::default();
-        slots[0] = Some((
-            slot,
-            SlotMeta {
-                name: slot_name.into(),
-                created_at: now,
-            },
-        ));
+        slots[0] = Some((slot, SlotMeta::new(slot_name.into(), now)));
         let header = Header {
             vault_id,
             created_at: now,
+            latest_seen: now,
             slots,
         };
         fsio::write_atomic(&vault.header_path(), &header.seal(&key, rng)?)?;
@@ -253,6 +275,8 @@ impl UnlockedVault {
                     name: meta.name.clone(),
                     kind: slot.kind,
                     created_at: unix_to_system_time(meta.created_at),
+                    expires_at: meta.expires_at.map(unix_to_system_time),
+                    single_use: meta.single_use,
                 })
             })
             .collect()
@@ -323,34 +347,52 @@ impl UnlockedVault {
         kdf: &KdfParams,
     ) -> Result<SlotInfo> {
         kdf.validate()?;
-        self.add_slot(name, &Credential::Passphrase(passphrase), Some(kdf))
+        let meta = SlotMeta::new(name.into(), now_unix());
+        self.add_slot(
+            meta,
+            &Credential::Passphrase(passphrase),
+            SlotKind::Passphrase(*kdf),
+        )
     }
 
     /// Adds a recovery slot and returns its key, to be shown to the user once.
     pub fn add_recovery_slot(&mut self, name: &str) -> Result<(SlotInfo, RecoveryKey)> {
         let recovery = RecoveryKey::generate(&mut OsRng)?;
-        let info = self.add_slot(name, &Credential::RecoveryKey(&recovery), None)?;
+        let meta = SlotMeta::new(name.into(), now_unix());
+        let info = self.add_slot(
+            meta,
+            &Credential::RecoveryKey(&recovery),
+            SlotKind::Recovery,
+        )?;
         Ok((info, recovery))
     }
 
     fn add_slot(
         &mut self,
-        name: &str,
+        meta: SlotMeta,
         credential: &Credential<'_>,
-        kdf: Option<&KdfParams>,
+        kind: SlotKind,
     ) -> Result<SlotInfo> {
-        header::validate_slot_name(name)?;
+        header::validate_slot_name(&meta.name)?;
+        let name = meta.name.clone();
         // The KDF runs before the lock is taken: it is the slow part.
         let slot = KeySlot::wrap(
             &self.key,
             &self.header.vault_id,
             credential,
-            kdf,
+            kind,
             &mut OsRng,
         )?;
         let index = self.update_header(|header| {
-            if header.slots.iter().flatten().any(|(_, m)| m.name == name) {
-                return Err(Error::SlotNameTaken { name: name.into() });
+            if header
+                .slots
+                .iter()
+                .flatten()
+                .any(|(_, m)| m.name == meta.name)
+            {
+                return Err(Error::SlotNameTaken {
+                    name: meta.name.clone(),
+                });
             }
             let (index, free) = header
                 .slots
@@ -358,19 +400,31 @@ impl UnlockedVault {
                 .enumerate()
                 .find(|(_, s)| s.is_none())
                 .ok_or(Error::SlotsFull(SLOT_COUNT))?;
-            *free = Some((
-                slot,
-                SlotMeta {
-                    name: name.into(),
-                    created_at: now_unix(),
-                },
-            ));
+            *free = Some((slot, meta));
             Ok(index)
         })?;
         self.slots()
             .into_iter()
             .find(|s| s.index == index)
-            .ok_or(Error::NoSuchSlot { name: name.into() })
+            .ok_or(Error::NoSuchSlot { name })
+    }
+
+    /// Adds a temporary key: a random key in its own slot, refused at or
+    /// after `expires_at` (by the vault's clock, which never runs backwards:
+    /// see [`Vault::unlock_at`]); a `single_use` key is removed by the unlock
+    /// that uses it. Returns the key, to be handed over once.
+    pub fn add_temporary_slot(
+        &mut self,
+        name: &str,
+        expires_at: SystemTime,
+        single_use: bool,
+    ) -> Result<(SlotInfo, RecoveryKey)> {
+        let key = RecoveryKey::generate(&mut OsRng)?;
+        let mut meta = SlotMeta::new(name.into(), now_unix());
+        meta.expires_at = Some(system_time_to_unix(expires_at));
+        meta.single_use = single_use;
+        let info = self.add_slot(meta, &Credential::RecoveryKey(&key), SlotKind::Temporary)?;
+        Ok((info, key))
     }
 
     /// Sets a new passphrase on a passphrase slot: the slot called `name`, or
@@ -421,7 +475,7 @@ impl UnlockedVault {
             &self.key,
             &self.header.vault_id,
             &Credential::Passphrase(passphrase),
-            Some(kdf),
+            SlotKind::Passphrase(*kdf),
             &mut OsRng,
         )?;
         self.update_header(|header| {
@@ -464,6 +518,56 @@ impl UnlockedVault {
             }
             Ok(())
         })
+    }
+
+    /// Enforces the opened slot's expiry and single use, and records the
+    /// time seen, right after a slot opened.
+    fn after_unlock(&mut self, now: i64) -> Result<()> {
+        let now = now.max(self.header.latest_seen);
+        let index = self.opened_slot;
+        let (expires_at, single_use, name) = match &self.header.slots[index] {
+            Some((_, meta)) => (meta.expires_at, meta.single_use, meta.name.clone()),
+            None => {
+                return Err(Error::NoSuchSlot {
+                    name: format!("#{index}"),
+                })
+            }
+        };
+        if expires_at.is_some_and(|expiry| now >= expiry) {
+            // Clean the dead slot out while the key is at hand.
+            let _ = self.update_header(|header| {
+                header.slots[index] = None;
+                header.latest_seen = header.latest_seen.max(now);
+                if header.slots.iter().all(Option::is_none) {
+                    return Err(Error::LastSlot);
+                }
+                Ok(())
+            });
+            return Err(Error::TemporaryKeyExpired { name });
+        }
+        if single_use {
+            self.update_header(|header| {
+                // Another process may have used it first: then it is gone.
+                if header.slots[index]
+                    .as_ref()
+                    .is_none_or(|(_, m)| m.name != name)
+                {
+                    return Err(Error::WrongRecoveryKey);
+                }
+                header.slots[index] = None;
+                header.latest_seen = header.latest_seen.max(now);
+                if header.slots.iter().all(Option::is_none) {
+                    return Err(Error::LastSlot);
+                }
+                Ok(())
+            })?;
+        } else if now > self.header.latest_seen + LATEST_SEEN_STEP {
+            self.update_header(|header| {
+                header.latest_seen = header.latest_seen.max(now);
+                Ok(())
+            })?;
+        }
+        Ok(())
     }
 
     /// Re-reads and authenticates the header under the vault lock, applies

@@ -86,7 +86,7 @@ fn generate() -> Value {
             &key,
             &vault_id,
             &Credential::Passphrase(&p),
-            Some(kdf),
+            SlotKind::Passphrase(*kdf),
             &mut rng,
         )
         .unwrap();
@@ -94,20 +94,14 @@ fn generate() -> Value {
             "index": i, "name": name, "kind": "passphrase", "secret": secret,
             "kdf": kdf_json(kdf), "encoded": hex::encode(slot.encode()),
         }));
-        slots[i] = Some((
-            slot,
-            SlotMeta {
-                name: (*name).into(),
-                created_at: CREATED_AT + i as i64,
-            },
-        ));
+        slots[i] = Some((slot, SlotMeta::new((*name).into(), CREATED_AT + i as i64)));
     }
     let recovery = RecoveryKey::generate(&mut rng).unwrap();
     let slot = KeySlot::wrap(
         &key,
         &vault_id,
         &Credential::RecoveryKey(&recovery),
-        None,
+        SlotKind::Recovery,
         &mut rng,
     )
     .unwrap();
@@ -117,18 +111,13 @@ fn generate() -> Value {
         "recovery_key_bytes": hex::encode(recovery.expose_secret()),
         "kdf": {"algorithm": "hkdf-sha256"}, "encoded": hex::encode(slot.encode()),
     }));
-    slots[3] = Some((
-        slot,
-        SlotMeta {
-            name: "recovery".into(),
-            created_at: CREATED_AT + 3,
-        },
-    ));
+    slots[3] = Some((slot, SlotMeta::new("recovery".into(), CREATED_AT + 3)));
     let mut meta_nonce = [0u8; 12];
     rng.fill_bytes(&mut meta_nonce);
     let header = Header {
         vault_id,
         created_at: CREATED_AT,
+        latest_seen: CREATED_AT + 100,
         slots,
     };
     let bytes = header.seal_with_nonce(&key, &meta_nonce);
