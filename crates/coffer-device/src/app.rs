@@ -230,7 +230,7 @@ pub(crate) fn import(
         }
         let key_hex = Zeroizing::new(db.meta["key"].as_str().unwrap_or("").to_owned());
         let mut snapshot_key = Zeroizing::new([0u8; 32]);
-        if key_hex.len() != 64 {
+        if key_hex.len() != 64 || !key_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Error::InvalidArchive(ArchiveErrorKind::Invalid(
                 "bad snapshot key",
             )));
@@ -262,13 +262,29 @@ pub(crate) fn import(
             &vault.subkey(Purpose::AppDatabase(&info.id)),
             false,
         )?;
+        // The snapshot is foreign input: no trigger or view of it may touch
+        // coffer's own tables, and its file rows (which name the source
+        // vault's blobs) go with the table.
+        let hooked: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type IN ('trigger', 'view')
+                 AND instr(lower(coalesce(sql, '') || ' ' || tbl_name), 'coffer_') > 0",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| Error::database("importing", e))?;
+        if hooked > 0 {
+            return Err(Error::InvalidArchive(ArchiveErrorKind::Invalid(
+                "the database snapshot has triggers or views on coffer's tables",
+            )));
+        }
+        conn.execute_batch("DROP TABLE IF EXISTS coffer_files")
+            .map_err(|e| Error::database("importing", e))?;
         let files = FileStore::open(
             conn,
             files_dir.clone(),
             vault.subkey(Purpose::AppFiles(&info.id)),
         )?;
-        // The snapshot's file rows name the source vault's blobs.
-        files.forget_all()?;
         let mut done = copied;
         loop {
             let entry = archive.next_entry()?;
@@ -300,7 +316,7 @@ pub(crate) fn import(
         catalog.insert(&info)
     })();
     if result.is_err() {
-        for suffix in ["", "-wal", "-shm"] {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", db_path.display()));
         }
         let _ = std::fs::remove_dir_all(&files_dir);
@@ -359,7 +375,9 @@ impl<'v> App<'v> {
     /// Tables named `coffer_*` belong to the key-value and record stores.
     pub fn database(&self) -> Result<Connection> {
         self.require(Capability::Sql)?;
-        self.open_database()
+        let mut conn = self.open_database()?;
+        database::confine_app_connection(&mut conn)?;
+        Ok(conn)
     }
 
     /// The app's key-value store.
@@ -432,9 +450,12 @@ impl<'v> App<'v> {
         let mut count = 0;
         for info in files.list()? {
             let mut reader = files.open_file(&info.name)?;
+            // The length of the blob actually opened, not of the listing: a
+            // file replaced in between is exported whole.
+            let size = reader.len();
             let meta = json!({"content_type": info.content_type});
-            archive.entry(EntryKind::File, &info.name, &meta, info.size, &mut reader)?;
-            done += info.size;
+            archive.entry(EntryKind::File, &info.name, &meta, size, &mut reader)?;
+            done += size;
             count += 1;
             progress(done);
         }

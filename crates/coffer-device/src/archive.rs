@@ -9,7 +9,7 @@
 //! stream plaintext = entry* ; the last entry is END
 //! entry    = kind u8 ‖ name length u16 LE ‖ name (UTF-8)
 //!            ‖ meta length u32 LE ‖ meta (JSON object) ‖ data length u64 LE ‖ data
-//! kinds    = 1 MANIFEST (first; meta: app name, capabilities, export time)
+//! kinds    = 1 MANIFEST (first; meta: app name, capabilities)
 //!            2 DATABASE (once; meta: the snapshot's raw SQLCipher key;
 //!              data: a SQLCipher snapshot of the app's database under that key)
 //!            3 FILE (name: the stored name; meta: content type; data: plaintext)
@@ -58,8 +58,9 @@ pub enum EntryKind {
     File = 3,
 }
 
-/// The fixed part of an entry: everything but its data.
-#[derive(Debug, Clone, PartialEq)]
+/// The fixed part of an entry: everything but its data. No `Debug`: the
+/// DATABASE entry's metadata holds the snapshot's key.
+#[derive(Clone, PartialEq)]
 pub struct EntryHeader {
     /// What the entry holds.
     pub kind: EntryKind,
@@ -187,7 +188,8 @@ impl<W: Write> ArchiveWriter<W> {
         head.extend_from_slice(&meta);
         head.extend_from_slice(&data_len.to_le_bytes());
         self.stream.write_all(&head).map_err(io_err)?;
-        let copied = io::copy(&mut data.take(data_len), &mut self.stream).map_err(io_err)?;
+        let copied = io::copy(&mut data.take(data_len), &mut self.stream)
+            .map_err(|e| Error::from_read("writing an archive", e))?;
         if copied != data_len {
             return Err(Error::stream_io(
                 "writing an archive",

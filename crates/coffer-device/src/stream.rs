@@ -155,6 +155,9 @@ pub struct ChunkWriter<W: Write> {
     key: FileKey,
     header: [u8; HEADER_LEN],
     index: u64,
+    /// Set when a chunk failed to seal or write: the buffer then holds
+    /// ciphertext, and the file cannot be completed.
+    poisoned: bool,
     /// Plaintext of the chunk being filled, with room for the tag; zeroized
     /// on drop so that an unfinished chunk does not linger in freed memory.
     buf: Zeroizing<Vec<u8>>,
@@ -185,11 +188,20 @@ impl<W: Write> ChunkWriter<W> {
             key: FileKey::derive(files_key, &salt),
             header,
             index: 0,
+            poisoned: false,
             buf: Zeroizing::new(Vec::with_capacity(CHUNK_SIZE + TAG_LEN)),
         })
     }
 
     fn seal_chunk(&mut self, last: bool) -> io::Result<()> {
+        if self.poisoned {
+            return Err(io::Error::other(
+                "an earlier chunk failed: this file cannot be completed",
+            ));
+        }
+        // Poisoned until the chunk is fully written: a retried write after a
+        // failure here must not treat ciphertext as plaintext.
+        self.poisoned = true;
         let tag: Tag = self
             .key
             .aead
@@ -206,6 +218,7 @@ impl<W: Write> ChunkWriter<W> {
             .index
             .checked_add(1)
             .ok_or_else(|| io::Error::other("file exceeds 2^64 chunks"))?;
+        self.poisoned = false;
         Ok(())
     }
 
@@ -225,6 +238,11 @@ impl<W: Write> ChunkWriter<W> {
 
 impl<W: Write> Write for ChunkWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.poisoned {
+            return Err(io::Error::other(
+                "an earlier chunk failed: this file cannot be completed",
+            ));
+        }
         if data.is_empty() {
             return Ok(0);
         }
@@ -506,7 +524,12 @@ mod tests {
         for bit in bits {
             let mut bad = file.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
-            assert!(decrypt(&key, bad).is_err(), "bit {bit} went unnoticed");
+            let result = decrypt(&key, bad);
+            assert!(
+                matches!(result, Err(Error::FileCorrupt(_))),
+                "bit {bit}: {:?}",
+                result.map(|v| v.len())
+            );
         }
     }
 

@@ -189,6 +189,9 @@ fn row_to_app(row: &rusqlite::Row<'_>) -> rusqlite::Result<AppInfo> {
 }
 
 /// Unix seconds to a `SystemTime` (negative times clamp to the epoch).
+/// Clamped to 9999-12-31: times come from files an attacker may have
+/// crafted, and later dates break RFC 3339 formatting.
 pub(crate) fn to_system_time(secs: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+    const MAX_SECS: u64 = 253_402_300_799;
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0).min(MAX_SECS))
 }

@@ -67,6 +67,17 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A blob name from the database must be exactly what `put` writes (32
+/// lowercase hex digits) before it is joined to a path: a crafted database
+/// must not be able to point outside the blob directory.
+fn check_blob(blob: &str) -> Result<()> {
+    if blob.len() == 32 && blob.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(Error::FileCorrupt(crate::stream::FileCorruptKind::Replaced))
+    }
+}
+
 fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(Error::InvalidName {
@@ -121,10 +132,13 @@ impl FileStore {
         fsio::sync_dir(&self.dir)?;
 
         let switched = (|| -> Result<Option<String>> {
-            let tx = self
-                .conn
-                .unchecked_transaction()
-                .map_err(db("storing a file"))?;
+            // IMMEDIATE: take the write lock now; a read-then-write upgrade can
+            // fail with SQLITE_BUSY_SNAPSHOT, which the busy handler does not retry.
+            let tx = rusqlite::Transaction::new_unchecked(
+                &self.conn,
+                rusqlite::TransactionBehavior::Immediate,
+            )
+            .map_err(db("storing a file"))?;
             let old: Option<String> = tx
                 .query_row(
                     "SELECT blob FROM coffer_files WHERE name = ?1",
@@ -147,8 +161,11 @@ impl FileStore {
         })();
         match switched {
             Ok(Some(old)) => {
-                // The row no longer points at it: an orphan at worst if this fails.
-                let _ = fs::remove_file(self.dir.join(old));
+                // The row no longer points at it (committed with synchronous =
+                // FULL, so durably): an orphan at worst if this fails.
+                if check_blob(&old).is_ok() {
+                    let _ = fs::remove_file(self.dir.join(old));
+                }
             }
             Ok(None) => {}
             Err(e) => {
@@ -226,6 +243,7 @@ impl FileStore {
             .optional()
             .map_err(db("reading file metadata"))?
             .ok_or_else(|| Error::NoSuchFile { name: name.into() })?;
+        check_blob(&blob)?;
         let path = self.dir.join(&blob);
         let file = File::open(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::FileCorrupt(crate::stream::FileCorruptKind::Missing),
@@ -236,15 +254,6 @@ impl FileStore {
             return Err(Error::FileCorrupt(crate::stream::FileCorruptKind::Replaced));
         }
         Ok(reader)
-    }
-
-    /// Forgets every row without touching blobs (an imported snapshot's rows
-    /// name another vault's blobs).
-    pub(crate) fn forget_all(&self) -> Result<()> {
-        self.conn
-            .execute("DELETE FROM coffer_files", [])
-            .map_err(db("importing"))?;
-        Ok(())
     }
 
     /// Deletes `name`; returns whether it existed.
@@ -258,7 +267,7 @@ impl FileStore {
             )
             .optional()
             .map_err(db("deleting a file"))?;
-        if let Some(blob) = &blob {
+        if let Some(blob) = blob.as_deref().filter(|b| check_blob(b).is_ok()) {
             let _ = fs::remove_file(self.dir.join(blob));
         }
         Ok(blob.is_some())

@@ -85,7 +85,7 @@ impl KvStore {
         // prefix: no LIKE/GLOB escaping to get wrong.
         let mut stmt = self
             .conn
-            .prepare("SELECT key FROM coffer_kv WHERE key >= ?1 ORDER BY key")
+            .prepare("SELECT key FROM coffer_kv WHERE key >= ?1 COLLATE BINARY ORDER BY key COLLATE BINARY")
             .map_err(|e| Error::database("listing keys", e))?;
         let mut rows = stmt
             .query([prefix])

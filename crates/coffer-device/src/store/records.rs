@@ -61,6 +61,13 @@ fn check_name(what: &'static str, name: &str) -> Result<()> {
     Ok(())
 }
 
+fn corrupt_version() -> Error {
+    Error::Database {
+        op: "writing a record",
+        kind: crate::error::DatabaseErrorKind::Corrupt,
+    }
+}
+
 fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     move |e| Error::database(op, e)
 }
@@ -156,15 +163,17 @@ impl RecordStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("writing a record"))?;
-        let current: Option<(u64, bool)> = tx
+        let current: Option<(i64, bool)> = tx
             .query_row(
                 "SELECT version, deleted FROM coffer_records WHERE collection = ?1 AND id = ?2",
                 [collection, id],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? != 0)),
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? != 0)),
             )
             .optional()
             .map_err(db("writing a record"))?;
-        let current_version = current.map_or(0, |(v, _)| v);
+        // A negative version can only come from a damaged or crafted database.
+        let current_version =
+            u64::try_from(current.map_or(0, |(v, _)| v)).map_err(|_| corrupt_version())?;
         if let Some(base) = base {
             if base != current_version {
                 return Err(Error::VersionConflict {
@@ -180,7 +189,10 @@ impl RecordStore {
                 id: id.into(),
             });
         }
-        let version = current_version + 1;
+        let version = current_version
+            .checked_add(1)
+            .filter(|v| i64::try_from(*v).is_ok())
+            .ok_or_else(corrupt_version)?;
         let deleted = body.is_none();
         tx.execute(
             "INSERT INTO coffer_records (collection, id, body, version, updated_at, deleted)
@@ -197,12 +209,18 @@ impl RecordStore {
             params![collection, id, version as i64, deleted],
         )
         .map_err(db("logging a change"))?;
+        // Read back inside the transaction: the caller gets exactly the
+        // version it wrote, never a newer one another process wrote after.
+        let written = tx
+            .query_row(
+                "SELECT collection, id, body, version, updated_at, deleted
+                 FROM coffer_records WHERE collection = ?1 AND id = ?2",
+                [collection, id],
+                row_to_record,
+            )
+            .map_err(db("writing a record"))??;
         tx.commit().map_err(db("writing a record"))?;
-        self.get(collection, id)?
-            .ok_or_else(|| Error::NoSuchRecord {
-                collection: collection.into(),
-                id: id.into(),
-            })
+        Ok(written)
     }
 
     /// The live (not deleted) records of a collection, by id.
@@ -231,15 +249,21 @@ impl RecordStore {
             )
             .map_err(db("reading changes"))?;
         let rows = stmt
-            .query_map(params![seq as i64, limit as i64], |r| {
-                Ok(Change {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    collection: r.get(1)?,
-                    id: r.get(2)?,
-                    version: r.get::<_, i64>(3)? as u64,
-                    deleted: r.get::<_, i64>(4)? != 0,
-                })
-            })
+            .query_map(
+                params![
+                    i64::try_from(seq).unwrap_or(i64::MAX),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                |r| {
+                    Ok(Change {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        collection: r.get(1)?,
+                        id: r.get(2)?,
+                        version: r.get::<_, i64>(3)? as u64,
+                        deleted: r.get::<_, i64>(4)? != 0,
+                    })
+                },
+            )
             .map_err(db("reading changes"))?;
         rows.map(|r| r.map_err(db("reading changes"))).collect()
     }

@@ -529,3 +529,121 @@ fn orphans_left_by_a_crash_are_removed() {
     assert_eq!(read_all(&files, "keep").unwrap(), b"kept");
     assert_eq!(blobs(&space).len(), 1);
 }
+
+#[test]
+fn an_apps_own_sql_is_confined_to_its_own_tables() {
+    let (_d, _s, v) = vault();
+    v.add_app("notes", Capabilities::all()).unwrap();
+    let app = v.app("notes").unwrap();
+    app.kv().unwrap().put("secret", b"kv only").unwrap();
+    let db = app.database().unwrap();
+    db.execute_batch("CREATE TABLE mine (a TEXT); INSERT INTO mine VALUES ('ok');")
+        .unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM pragma_table_info('mine')", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 1);
+    // A view may be defined, but reading through it is a read of coffer_kv.
+    db.execute_batch("CREATE VIEW leak AS SELECT * FROM coffer_kv")
+        .unwrap();
+    let plain = _d.path().join("plain.db");
+    let attach = format!("ATTACH DATABASE '{}' AS plain KEY ''", plain.display());
+    for refused in [
+        "SELECT value FROM coffer_kv",
+        "DELETE FROM coffer_kv",
+        "CREATE TRIGGER t AFTER INSERT ON coffer_kv BEGIN SELECT 1; END",
+        "SELECT * FROM leak",
+        attach.as_str(),
+        "PRAGMA key = 'x'",
+        "PRAGMA rekey = 'x'",
+        "PRAGMA cipher_hmac_algorithm = HMAC_SHA1",
+        "PRAGMA temp_store = FILE",
+        "PRAGMA journal_mode = DELETE",
+        "SELECT sqlcipher_export('main')",
+    ] {
+        // The authorizer runs when a statement is prepared.
+        let err = db
+            .prepare(refused)
+            .err()
+            .unwrap_or_else(|| panic!("{refused} was allowed"));
+        // Denied statements report SQLITE_AUTH; a denied function reports
+        // "not authorized to use function".
+        let denied = err.sqlite_error_code()
+            == Some(rusqlite::ErrorCode::AuthorizationForStatementDenied)
+            || err.to_string().contains("not authorized");
+        assert!(denied, "{refused}: {err}");
+    }
+    assert!(!plain.exists(), "no plaintext database was created");
+    assert_eq!(
+        app.kv().unwrap().get("secret").unwrap().unwrap(),
+        b"kv only"
+    );
+}
+
+#[test]
+fn a_blob_name_from_the_database_cannot_leave_the_blob_directory() {
+    let (_d, space, v) = vault();
+    v.add_app("cam", Capabilities::all()).unwrap();
+    let app = v.app("cam").unwrap();
+    put(&app.files().unwrap(), "photo", b"data");
+    // Point the row at the vault header, as a crafted database would.
+    let db_path = space
+        .root()
+        .join("acme")
+        .join("data")
+        .join(&app.info().db_file);
+    let key = v.subkey(Purpose::AppDatabase(&app.info().id));
+    let raw = store::database::open(&db_path, &key, false).unwrap();
+    raw.execute("UPDATE coffer_files SET blob = '../../header'", [])
+        .unwrap();
+    drop(raw);
+    let files = app.files().unwrap();
+    assert!(matches!(
+        files.open_file("photo"),
+        Err(Error::FileCorrupt(stream::FileCorruptKind::Replaced))
+    ));
+    files.delete("photo").unwrap();
+    put(&files, "photo", b"again");
+    assert!(
+        space.root().join("acme").join("header").exists(),
+        "the header survived"
+    );
+    drop(v);
+    space
+        .vault("acme")
+        .unwrap()
+        .unlock(&Credential::Passphrase(&pass("pw")))
+        .unwrap();
+}
+
+#[test]
+fn a_negative_stored_version_is_corruption_not_a_panic() {
+    let (_d, space, v) = vault();
+    v.add_app("cases", Capabilities::all()).unwrap();
+    let app = v.app("cases").unwrap();
+    let mut rs = app.records().unwrap();
+    rs.put("c", "1", &json!(1), None).unwrap();
+    let db_path = space
+        .root()
+        .join("acme")
+        .join("data")
+        .join(&app.info().db_file);
+    let raw = store::database::open(
+        &db_path,
+        &v.subkey(Purpose::AppDatabase(&app.info().id)),
+        false,
+    )
+    .unwrap();
+    raw.execute("UPDATE coffer_records SET version = -1", [])
+        .unwrap();
+    drop(raw);
+    assert!(matches!(
+        rs.put("c", "1", &json!(2), None),
+        Err(Error::Database {
+            kind: DatabaseErrorKind::Corrupt,
+            ..
+        })
+    ));
+}
