@@ -16,6 +16,7 @@ Exit codes:
   6  a vault or app of that name already exists
   7  slot change refused (no such slot, name taken, all 16 in use, last slot)
   8  vault busy: another coffer process is changing it
+ 12  the vault has been wiped
   9  not found: no such app, key, record or file
  10  denied: the app's capabilities do not grant this store
  11  conflict: the record changed since the version the change was based on
@@ -91,6 +92,17 @@ pub enum Command {
     /// Add, list or remove key slots
     #[command(subcommand)]
     Slot(SlotCommand),
+    /// Wipe the vault: destroy every key slot, then delete all its data
+    ///
+    /// Crypto-erase first (the header is overwritten with random bytes and
+    /// synced: nothing can be decrypted from then on), then every file is
+    /// deleted. Needs no passphrase, but --yes (or typing the vault's name on
+    /// a terminal). An interrupted wipe is finished by the next access.
+    Wipe {
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
+    },
     /// Add a temporary key: a random key that opens the vault until it
     /// expires (and, with --single-use, only once); printed once
     ///

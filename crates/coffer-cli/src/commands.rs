@@ -297,6 +297,36 @@ pub fn slot(global: &Global, command: &SlotCommand) -> Result<Report, CliError> 
     }
 }
 
+pub fn wipe(global: &Global, yes: bool) -> Result<Report, CliError> {
+    let vault = space(global)?.vault(&global.vault)?;
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(CliError::usage(
+                "wiping needs --yes when not run on a terminal",
+            ));
+        }
+        eprint!(
+            "This destroys every key of vault '{}' and deletes all its data. Type the vault's name to confirm: ",
+            global.vault
+        );
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .map_err(|e| CliError::usage(format!("cannot read the confirmation: {e}")))?;
+        if answer.trim() != global.vault {
+            return Err(CliError::usage("not confirmed; nothing was wiped"));
+        }
+    }
+    vault.wipe()?;
+    Ok(Report {
+        json: json!({"wiped": global.vault}),
+        text: format!(
+            "Wiped vault '{}': every key slot destroyed, all data deleted.",
+            global.vault
+        ),
+    })
+}
+
 pub fn temp_key(
     global: &Global,
     name: &str,

@@ -18,6 +18,7 @@ pub enum ExitCode {
     NotFound = 9,
     Denied = 10,
     Conflict = 11,
+    Wiped = 12,
 }
 
 /// An error on its way to the user: what to print and how to exit.
@@ -62,6 +63,11 @@ impl From<Error> for CliError {
                 ExitCode::WrongSecret,
                 "invalid_recovery_key",
                 "; check it against the copy you stored",
+            ),
+            Error::Wiped { .. } => (
+                ExitCode::Wiped,
+                "wiped",
+                "; 'coffer init' creates a new vault under that name",
             ),
             Error::NoSuchVault { .. } => (
                 ExitCode::NoSuchVault,

@@ -25,6 +25,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         Command::Vaults => commands::vaults(g),
         Command::Slot(command) => commands::slot(g, command),
         Command::RecoveryKey { name } => commands::recovery_key(g, name),
+        Command::Wipe { yes } => commands::wipe(g, *yes),
         Command::TempKey {
             expires,
             single_use,

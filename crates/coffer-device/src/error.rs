@@ -30,6 +30,12 @@ pub enum Error {
     /// The text given as a recovery key is not one (typo, wrong length, …).
     #[error("not a valid recovery key: {0}")]
     InvalidRecoveryKey(#[from] RecoveryKeyError),
+    /// The vault was wiped: its keys are destroyed and its data deleted.
+    #[error("vault {name:?} has been wiped")]
+    Wiped {
+        /// The vault's name.
+        name: String,
+    },
     /// There is no vault of that name in the space.
     #[error("no vault named {name:?} in this space")]
     NoSuchVault {

@@ -42,6 +42,7 @@ pub mod store;
 pub mod stream;
 pub mod subkey;
 pub mod vault;
+mod wipe;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -53,6 +53,19 @@ pub struct VaultKey(pub(crate) Key256);
 pub struct Subkey(pub(crate) Key256);
 
 impl Subkey {
+    /// A subkey from its bytes: for tests and tools that kept a key to prove
+    /// it no longer opens anything (the bytes are moved into the box).
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        let mut bytes = bytes;
+        let key = Key256::fill_with(|k| {
+            *k = bytes;
+            Ok::<(), ()>(())
+        })
+        .unwrap_or_else(|()| unreachable!("the closure cannot fail"));
+        bytes.zeroize();
+        Subkey(key)
+    }
+
     /// The raw key bytes, for handing to a cipher (SQLCipher, an AEAD, …).
     pub fn expose_secret(&self) -> &[u8; KEY_LEN] {
         self.0.expose_secret()

@@ -131,7 +131,14 @@ impl Space {
         fsio::remove_stale(&self.root, ".creating");
         let dir = self.root.join(name);
         if dir.exists() {
-            return Err(Error::VaultExists { name: name.into() });
+            // A wiped vault's name may be used again.
+            match Vault::at(name.into(), dir.clone()).info() {
+                Err(Error::Wiped { .. }) => {
+                    fs::remove_dir_all(&dir)
+                        .map_err(|e| Error::io("replacing a wiped vault", &dir, e))?;
+                }
+                _ => return Err(Error::VaultExists { name: name.into() }),
+            }
         }
         let staging = self
             .root

@@ -16,6 +16,7 @@ use crate::*;
 mod archive;
 mod stores;
 mod vectors;
+mod wipe;
 
 /// Tiny Argon2id parameters: real Argon2id, fast enough to run thousands of
 /// times. Never used outside tests.

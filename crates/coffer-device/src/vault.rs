@@ -20,6 +20,7 @@ use crate::secret::{Key256, Passphrase, Subkey, VaultKey};
 use crate::space::{HEADER_FILE, LOCK_FILE};
 use crate::store::catalog::{Catalog, DATA_DIR};
 use crate::subkey::{self, Purpose};
+use crate::wipe;
 
 /// A vault, locked.
 #[derive(Debug, Clone)]
@@ -110,6 +111,13 @@ impl Vault {
     }
 
     fn read_sealed(&self) -> Result<SealedHeader> {
+        if wipe::in_progress(&self.dir) {
+            // A wipe was interrupted: finish it before anything else.
+            wipe::wipe(&self.dir)?;
+            return Err(Error::Wiped {
+                name: self.name.clone(),
+            });
+        }
         let path = self.header_path();
         let bytes = fsio::read_limited(&path, MAX_HEADER_LEN).map_err(|e| match e {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
@@ -119,7 +127,21 @@ impl Vault {
             }
             other => other,
         })?;
+        if wipe::is_tombstone(&bytes) {
+            return Err(Error::Wiped {
+                name: self.name.clone(),
+            });
+        }
         SealedHeader::parse(bytes, &self.limits)
+    }
+
+    /// Wipes the vault: crypto-erase (every key slot overwritten with random
+    /// bytes and synced), then every file deleted, leaving a tombstone so
+    /// that the vault reports [`Error::Wiped`]. Needs no secret: a remote
+    /// wipe order or a lockout must be able to wipe a locked vault.
+    /// Idempotent, and an interrupted wipe is finished by the next access.
+    pub fn wipe(&self) -> Result<()> {
+        wipe::wipe(&self.dir)
     }
 
     /// Reads the header's public part. Needs no secret; fails on a damaged
