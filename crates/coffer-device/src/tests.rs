@@ -26,6 +26,14 @@ pub(crate) const FAST: KdfParams = KdfParams::Argon2id {
     parallelism: 1,
 };
 
+/// An app's database opened directly with its key, bypassing the sandbox of
+/// `App::database()`, as a tampered device or a crafted archive would.
+pub(crate) fn raw_app_db(vault: &UnlockedVault, app: &str) -> rusqlite::Connection {
+    let info = vault.app(app).unwrap().info().clone();
+    let path = vault.vault().path().join("data").join(&info.db_file);
+    store::database::open(&path, &vault.subkey(Purpose::AppDatabase(&info.id)), false).unwrap()
+}
+
 fn pass(s: &str) -> Passphrase {
     Passphrase::new(s.to_owned()).unwrap()
 }

@@ -306,21 +306,10 @@ fn export_needs_the_export_capability() {
 
 #[test]
 fn a_snapshot_with_triggers_on_coffers_tables_is_refused() {
-    let (_d, space, v) = filled();
+    let (_d, _space, v) = filled();
     // Plant a trigger in the source app's database, bypassing the sandbox as
     // a tampered device (or a crafted archive) would.
-    let app = v.app("cases").unwrap();
-    let db_path = space
-        .root()
-        .join("acme")
-        .join("data")
-        .join(&app.info().db_file);
-    let raw = store::database::open(
-        &db_path,
-        &v.subkey(Purpose::AppDatabase(&app.info().id)),
-        false,
-    )
-    .unwrap();
+    let raw = super::raw_app_db(&v, "cases");
     raw.execute_batch(
         "CREATE TRIGGER keep BEFORE DELETE ON coffer_files BEGIN SELECT RAISE(IGNORE); END;",
     )

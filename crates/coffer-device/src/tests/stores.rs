@@ -589,13 +589,7 @@ fn a_blob_name_from_the_database_cannot_leave_the_blob_directory() {
     let app = v.app("cam").unwrap();
     put(&app.files().unwrap(), "photo", b"data");
     // Point the row at the vault header, as a crafted database would.
-    let db_path = space
-        .root()
-        .join("acme")
-        .join("data")
-        .join(&app.info().db_file);
-    let key = v.subkey(Purpose::AppDatabase(&app.info().id));
-    let raw = store::database::open(&db_path, &key, false).unwrap();
+    let raw = super::raw_app_db(&v, "cam");
     raw.execute("UPDATE coffer_files SET blob = '../../header'", [])
         .unwrap();
     drop(raw);
@@ -620,22 +614,12 @@ fn a_blob_name_from_the_database_cannot_leave_the_blob_directory() {
 
 #[test]
 fn a_negative_stored_version_is_corruption_not_a_panic() {
-    let (_d, space, v) = vault();
+    let (_d, _space, v) = vault();
     v.add_app("cases", Capabilities::all()).unwrap();
     let app = v.app("cases").unwrap();
     let mut rs = app.records().unwrap();
     rs.put("c", "1", &json!(1), None).unwrap();
-    let db_path = space
-        .root()
-        .join("acme")
-        .join("data")
-        .join(&app.info().db_file);
-    let raw = store::database::open(
-        &db_path,
-        &v.subkey(Purpose::AppDatabase(&app.info().id)),
-        false,
-    )
-    .unwrap();
+    let raw = super::raw_app_db(&v, "cases");
     raw.execute("UPDATE coffer_records SET version = -1", [])
         .unwrap();
     drop(raw);
