@@ -17,6 +17,8 @@ Exit codes:
   7  slot change refused (no such slot, name taken, all 16 in use, last slot)
   8  vault busy: another coffer process is changing it
  12  the vault has been wiped
+ 13  locked out after too many failed attempts: use a recovery or temporary key
+ 14  too soon after failed attempts: wait and try again
   9  not found: no such app, key, record or file
  10  denied: the app's capabilities do not grant this store
  11  conflict: the record changed since the version the change was based on
@@ -92,6 +94,22 @@ pub enum Command {
     /// Add, list or remove key slots
     #[command(subcommand)]
     Slot(SlotCommand),
+    /// Set what happens after too many failed passphrase attempts in a row
+    ///
+    /// After --max failures: 'lock' makes passphrases refuse until a recovery
+    /// or temporary key opens the vault; 'wipe' wipes it. From the fourth
+    /// failure on, attempts also back off (1 s, 2 s, 4 s, … up to an hour).
+    Lockout {
+        /// Failures in a row before the action
+        #[arg(long, required_unless_present = "off", value_parser = clap::value_parser!(u16).range(1..))]
+        max: Option<u16>,
+        /// What to do then
+        #[arg(long, default_value = "lock", value_parser = ["lock", "wipe"])]
+        then: String,
+        /// No limit (back-off still applies)
+        #[arg(long, conflicts_with = "max")]
+        off: bool,
+    },
     /// Wipe the vault: destroy every key slot, then delete all its data
     ///
     /// Crypto-erase first (the header is overwritten with random bytes and

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, SystemTime};
 
 use coffer_device::{
-    Credential, KdfAlgorithm, KdfParams, SlotInfo, SlotKind, Space, UnlockedVault, Vault,
+    Credential, KdfAlgorithm, KdfParams, Lockout, SlotInfo, SlotKind, Space, UnlockedVault, Vault,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::ExposeSecret;
@@ -182,11 +182,13 @@ pub fn info(global: &Global) -> Result<Report, CliError> {
         .map(|(i, kind)| json!({"index": i, "kind": kind.name(), "kdf": kdf_json(kind)}))
         .collect();
     let mut text = format!(
-        "vault       {}\npath        {}\nformat      v{}\nvault id    {}\nslots       {} of {} used (names are encrypted: 'coffer slot list')\n",
+        "vault       {}\npath        {}\nformat      v{}\nvault id    {}\nlockout     {} ({} failed attempts now)\nslots       {} of {} used (names are encrypted: 'coffer slot list')\n",
         info.name,
         info.path.display(),
         info.format_version,
         info.vault_id,
+        lockout_text(info.lockout),
+        info.failed_attempts,
         info.slots.len(),
         info.slot_capacity
     );
@@ -204,6 +206,8 @@ pub fn info(global: &Global) -> Result<Report, CliError> {
             "format_version": info.format_version,
             "vault_id": info.vault_id.to_string(),
             "slot_capacity": info.slot_capacity,
+            "lockout": lockout_json(info.lockout),
+            "failed_attempts": info.failed_attempts,
             "slots": slots,
         }),
         text: text.trim_end().to_owned(),
@@ -294,6 +298,45 @@ pub fn slot(global: &Global, command: &SlotCommand) -> Result<Report, CliError> 
                 ),
             })
         }
+    }
+}
+
+pub fn lockout(
+    global: &Global,
+    max: Option<u16>,
+    then: &str,
+    off: bool,
+) -> Result<Report, CliError> {
+    let mut vault = unlock(global)?;
+    let setting = match (off, max) {
+        (true, _) | (false, None) => Lockout::Off,
+        (false, Some(n)) if then == "wipe" => Lockout::Wipe(n),
+        (false, Some(n)) => Lockout::Lock(n),
+    };
+    vault.set_lockout(setting)?;
+    Ok(Report {
+        json: json!({"lockout": lockout_json(setting)}),
+        text: format!("Lockout: {}", lockout_text(setting)),
+    })
+}
+
+pub fn lockout_json(l: Lockout) -> Value {
+    match l {
+        Lockout::Off => json!({"action": "off"}),
+        Lockout::Lock(n) => json!({"action": "lock", "max_failures": n}),
+        Lockout::Wipe(n) => json!({"action": "wipe", "max_failures": n}),
+        _ => json!({"action": "unknown"}),
+    }
+}
+
+pub fn lockout_text(l: Lockout) -> String {
+    match l {
+        Lockout::Off => "off (back-off between attempts only)".into(),
+        Lockout::Lock(n) => {
+            format!("lock after {n} failed attempts (a recovery or temporary key opens it)")
+        }
+        Lockout::Wipe(n) => format!("wipe after {n} failed attempts"),
+        _ => "unknown".into(),
     }
 }
 

@@ -19,6 +19,8 @@ pub enum ExitCode {
     Denied = 10,
     Conflict = 11,
     Wiped = 12,
+    LockedOut = 13,
+    BackOff = 14,
 }
 
 /// An error on its way to the user: what to print and how to exit.
@@ -64,6 +66,8 @@ impl From<Error> for CliError {
                 "invalid_recovery_key",
                 "; check it against the copy you stored",
             ),
+            Error::LockedOut => (ExitCode::LockedOut, "locked_out", ""),
+            Error::BackOff { .. } => (ExitCode::BackOff, "back_off", ""),
             Error::Wiped { .. } => (
                 ExitCode::Wiped,
                 "wiped",

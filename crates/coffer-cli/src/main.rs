@@ -26,6 +26,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         Command::Slot(command) => commands::slot(g, command),
         Command::RecoveryKey { name } => commands::recovery_key(g, name),
         Command::Wipe { yes } => commands::wipe(g, *yes),
+        Command::Lockout { max, then, off } => commands::lockout(g, *max, then, *off),
         Command::TempKey {
             expires,
             single_use,

@@ -372,6 +372,55 @@ fn temporary_keys_from_the_command_line() {
 }
 
 #[test]
+fn lockout_from_the_command_line() {
+    let env = Env::new();
+    env.init("alice secret");
+    let mut c = env.with_pass("alice secret");
+    c.arg("recovery-key");
+    let key = env.json(c)["recovery_key"].as_str().unwrap().to_owned();
+    env.with_pass("alice secret")
+        .args(["lockout", "--max", "2"])
+        .assert()
+        .success();
+    let mut c = env.cmd();
+    c.arg("info");
+    assert_eq!(env.json(c)["lockout"]["max_failures"], 2);
+    env.with_pass("wrong").arg("verify").assert().code(3);
+    let out = env
+        .with_pass("wrong")
+        .args(["verify", "--json"])
+        .assert()
+        .code(13)
+        .get_output()
+        .clone();
+    assert_eq!(error_code(&out), "locked_out");
+    env.with_pass("alice secret")
+        .arg("verify")
+        .assert()
+        .code(13);
+    env.cmd()
+        .env("COFFER_RECOVERY_KEY", &key)
+        .args(["--recovery", "verify"])
+        .assert()
+        .success();
+    env.with_pass("alice secret")
+        .arg("verify")
+        .assert()
+        .success();
+    // Wipe after two failures.
+    env.with_pass("alice secret")
+        .args(["lockout", "--max", "2", "--then", "wipe"])
+        .assert()
+        .success();
+    env.with_pass("wrong").arg("verify").assert().code(3);
+    env.with_pass("wrong").arg("verify").assert().code(12);
+    env.with_pass("alice secret")
+        .arg("verify")
+        .assert()
+        .code(12);
+}
+
+#[test]
 fn demo_runs_and_explains() {
     Command::cargo_bin("coffer")
         .unwrap()

@@ -30,6 +30,16 @@ pub enum Error {
     /// The text given as a recovery key is not one (typo, wrong length, …).
     #[error("not a valid recovery key: {0}")]
     InvalidRecoveryKey(#[from] RecoveryKeyError),
+    /// Too many failed passphrase attempts: passphrase slots refuse to open
+    /// until a recovery or temporary key unlocks the vault.
+    #[error("locked out after too many failed attempts: open with a recovery or temporary key")]
+    LockedOut,
+    /// Too soon after the last failed attempt: try again after the delay.
+    #[error("too many failed attempts: wait {retry_after_secs} s before trying again")]
+    BackOff {
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
     /// The vault was wiped: its keys are destroyed and its data deleted.
     #[error("vault {name:?} has been wiped")]
     Wiped {

@@ -11,7 +11,7 @@
 //! | 10 | 2 | flags, 0 |
 //! | 12 | 16 | vault id (random) |
 //! | 28 | 1 | slot count, 16 |
-//! | 29 | 3 | reserved, 0 |
+//! | 29 | 3 | lockout: action (0 off, 1 lock, 2 wipe) ‖ u16 max failures |
 //! | 32 | 16 × 108 | key slots ([`crate::keyslot`]) |
 //! | 1760 | 4 | metadata ciphertext length L (16 ≤ L ≤ 65536) |
 //! | 1764 | 12 | metadata nonce |
@@ -126,12 +126,52 @@ pub(crate) struct Header {
     /// The latest time any unlock has seen (Unix seconds): time never runs
     /// backwards for expiry checks, whatever the system clock says.
     pub(crate) latest_seen: i64,
+    pub(crate) lockout: Lockout,
     pub(crate) slots: [Option<(KeySlot, SlotMeta)>; SLOT_COUNT],
+}
+
+/// What happens after too many failed passphrase attempts. Kept in the
+/// header's public part (bytes 29..32): it must be known while the vault is
+/// locked. The MAC covers it, so an edit is caught at the next unlock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Lockout {
+    /// No limit (back-off between attempts still applies).
+    #[default]
+    Off,
+    /// After this many failures in a row, passphrase slots refuse to open:
+    /// only a recovery or temporary key opens the vault (and resets it).
+    Lock(u16),
+    /// After this many failures in a row, the vault is wiped.
+    Wipe(u16),
+}
+
+impl Lockout {
+    fn encode(self) -> [u8; 3] {
+        let (action, max) = match self {
+            Lockout::Off => (0u8, 0u16),
+            Lockout::Lock(n) => (1, n),
+            Lockout::Wipe(n) => (2, n),
+        };
+        let m = max.to_le_bytes();
+        [action, m[0], m[1]]
+    }
+
+    fn decode(bytes: [u8; 3]) -> Result<Self, CorruptKind> {
+        let max = u16::from_le_bytes([bytes[1], bytes[2]]);
+        match (bytes[0], max) {
+            (0, 0) => Ok(Lockout::Off),
+            (1, n) if n > 0 => Ok(Lockout::Lock(n)),
+            (2, n) if n > 0 => Ok(Lockout::Wipe(n)),
+            _ => Err(CorruptKind::Field("invalid lockout setting")),
+        }
+    }
 }
 
 /// A header as read from disk: structure checked, not yet authenticated.
 pub(crate) struct SealedHeader {
     pub(crate) vault_id: VaultId,
+    pub(crate) lockout: Lockout,
     pub(crate) slots: [Option<KeySlot>; SLOT_COUNT],
     bytes: Vec<u8>,
 }
@@ -213,9 +253,7 @@ impl SealedHeader {
         if usize::from(r.u8()?) != SLOT_COUNT {
             return Err(CorruptKind::Field("slot count is not 16").into());
         }
-        if r.take(3)? != [0, 0, 0] {
-            return Err(CorruptKind::Field("header reserved bytes are not zero").into());
-        }
+        let lockout = Lockout::decode(r.array()?)?;
         let mut slots: [Option<KeySlot>; SLOT_COUNT] = Default::default();
         // Unlocking may run every passphrase slot: bound their sum too.
         let mut total_work = 0.0;
@@ -246,6 +284,7 @@ impl SealedHeader {
         r.finish()?;
         Ok(SealedHeader {
             vault_id,
+            lockout,
             slots,
             bytes,
         })
@@ -284,6 +323,7 @@ impl SealedHeader {
             vault_id: self.vault_id,
             created_at,
             latest_seen,
+            lockout: self.lockout,
             slots,
         })
     }
@@ -317,7 +357,7 @@ impl Header {
         out.extend_from_slice(&0u16.to_le_bytes());
         out.extend_from_slice(self.vault_id.as_bytes());
         out.push(SLOT_COUNT as u8);
-        out.extend_from_slice(&[0, 0, 0]);
+        out.extend_from_slice(&self.lockout.encode());
         for slot in &self.slots {
             match slot {
                 Some((slot, _)) => out.extend_from_slice(&slot.encode()),

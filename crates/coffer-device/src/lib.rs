@@ -35,6 +35,7 @@ mod fsio;
 pub mod header;
 pub mod kdf;
 pub mod keyslot;
+mod lockout;
 pub mod recovery;
 mod secret;
 pub mod space;
@@ -52,7 +53,7 @@ mod tests;
 
 pub use app::{App, AppInfo, Capabilities, Capability, ExportSummary};
 pub use error::{CorruptKind, DatabaseErrorKind, Error, Result};
-pub use header::VaultId;
+pub use header::{Lockout, VaultId};
 pub use kdf::{KdfAlgorithm, KdfLimitError, KdfLimits, KdfParams};
 pub use keyslot::{Credential, SlotKind};
 pub use recovery::{RecoveryKey, RecoveryKeyError};

@@ -336,6 +336,101 @@ fn expiry_is_checked_against_a_test_controlled_clock_exactly() {
 }
 
 #[test]
+fn lockout_then_recovery_opens_and_resets() {
+    use std::time::{Duration, SystemTime};
+    let (_d, space) = two_user_vault();
+    let mut v = unlock(&space, "alice pw").unwrap();
+    let (_, recovery) = v.add_recovery_slot("recovery").unwrap();
+    v.set_lockout(Lockout::Lock(3)).unwrap();
+    drop(v);
+    let vault = space.vault("acme").unwrap();
+    let t = SystemTime::now();
+    let try_at = |p: &str, s: u64| {
+        vault.unlock_at(
+            &Credential::Passphrase(&pass(p)),
+            t + Duration::from_secs(s),
+        )
+    };
+    assert!(matches!(try_at("guess 1", 0), Err(Error::WrongPassphrase)));
+    assert!(matches!(try_at("guess 2", 0), Err(Error::WrongPassphrase)));
+    assert!(matches!(try_at("guess 3", 0), Err(Error::LockedOut)));
+    assert_eq!(vault.info().unwrap().failed_attempts, 3);
+    // Now even the right passphrase is refused, without running any KDF.
+    assert!(matches!(try_at("alice pw", 100), Err(Error::LockedOut)));
+    // The recovery key opens it and clears the counter.
+    vault.unlock(&Credential::RecoveryKey(&recovery)).unwrap();
+    assert_eq!(vault.info().unwrap().failed_attempts, 0);
+    try_at("alice pw", 200).unwrap();
+}
+
+#[test]
+fn lockout_can_wipe_the_vault() {
+    let (_d, space) = two_user_vault();
+    let mut v = unlock(&space, "alice pw").unwrap();
+    v.set_lockout(Lockout::Wipe(2)).unwrap();
+    assert_eq!(
+        space.vault("acme").unwrap().info().unwrap().lockout,
+        Lockout::Wipe(2)
+    );
+    drop(v);
+    assert!(matches!(
+        unlock(&space, "guess 1"),
+        Err(Error::WrongPassphrase)
+    ));
+    assert!(matches!(
+        unlock(&space, "guess 2"),
+        Err(Error::Wiped { .. })
+    ));
+    assert!(matches!(
+        unlock(&space, "alice pw"),
+        Err(Error::Wiped { .. })
+    ));
+}
+
+#[test]
+fn failed_attempts_back_off_exponentially() {
+    use std::time::{Duration, SystemTime};
+    let (_d, space) = two_user_vault();
+    let vault = space.vault("acme").unwrap();
+    let t = SystemTime::now();
+    let try_at = |p: &str, s: u64| {
+        vault.unlock_at(
+            &Credential::Passphrase(&pass(p)),
+            t + Duration::from_secs(s),
+        )
+    };
+    for _ in 0..3 {
+        assert!(matches!(try_at("guess", 0), Err(Error::WrongPassphrase)));
+    }
+    // After three failures: wait 1 s, then 2 s, then 4 s…
+    assert!(matches!(
+        try_at("alice pw", 0),
+        Err(Error::BackOff {
+            retry_after_secs: 1
+        })
+    ));
+    assert!(matches!(try_at("guess", 1), Err(Error::WrongPassphrase)));
+    assert!(matches!(
+        try_at("alice pw", 2),
+        Err(Error::BackOff {
+            retry_after_secs: 1
+        })
+    ));
+    assert!(matches!(try_at("guess", 3), Err(Error::WrongPassphrase)));
+    assert!(matches!(
+        try_at("alice pw", 4),
+        Err(Error::BackOff {
+            retry_after_secs: 3
+        })
+    ));
+    // A refused-too-soon attempt does not count, and success resets.
+    try_at("alice pw", 7).unwrap();
+    assert_eq!(vault.failed_attempts(), 0);
+    assert!(matches!(try_at("guess", 7), Err(Error::WrongPassphrase)));
+    assert!(matches!(try_at("guess", 7), Err(Error::WrongPassphrase)));
+}
+
+#[test]
 fn the_last_slot_cannot_be_removed() {
     let (_d, space) = space();
     let mut v = space
@@ -465,6 +560,9 @@ fn a_forged_checksum_does_not_hide_any_flipped_bit() {
         bytes[bit / 8] ^= 1 << (bit % 8);
         fix_checksum(&mut bytes);
         std::fs::write(header_path(&space), &bytes).unwrap();
+        // Many of these attempts fail as a wrong passphrase: keep the
+        // failed-attempt back-off out of this test.
+        let _ = std::fs::remove_file(space.root().join("acme").join("attempts"));
         let byte = bit / 8;
         let result = unlock(&space, "alice pw");
         // The vault id (bytes 12..28) is bound into every slot's wrapping.
@@ -820,7 +918,7 @@ prop_compose! {
             // Names are unique within a header.
             array[i] = s.filter(|(_, m)| seen.insert(m.name.clone()));
         }
-        Header { vault_id: VaultId::from_bytes(id), created_at, latest_seen, slots: array }
+        Header { vault_id: VaultId::from_bytes(id), created_at, latest_seen, lockout: Default::default(), slots: array }
     }
 }
 

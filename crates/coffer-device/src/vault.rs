@@ -12,9 +12,12 @@ use rand_core::OsRng;
 use crate::app::{App, AppInfo, Capabilities};
 use crate::error::{Error, Result};
 use crate::fsio::{self, FileLock};
-use crate::header::{self, Header, SealedHeader, SlotMeta, VaultId, MAX_HEADER_LEN, SLOT_COUNT};
+use crate::header::{
+    self, Header, Lockout, SealedHeader, SlotMeta, VaultId, MAX_HEADER_LEN, SLOT_COUNT,
+};
 use crate::kdf::{KdfLimits, KdfParams};
 use crate::keyslot::{Credential, KeySlot, SlotKind};
+use crate::lockout::Attempts;
 use crate::recovery::RecoveryKey;
 use crate::secret::{Key256, Passphrase, Subkey, VaultKey};
 use crate::space::{HEADER_FILE, LOCK_FILE};
@@ -46,6 +49,10 @@ pub struct VaultInfo {
     pub slots: Vec<(usize, SlotKind)>,
     /// Total number of slots in the header.
     pub slot_capacity: usize,
+    /// What happens after too many failed passphrase attempts.
+    pub lockout: Lockout,
+    /// Failed passphrase attempts since the last successful unlock.
+    pub failed_attempts: u64,
 }
 
 /// One key slot as an unlocked vault lists it. Holds no secret material.
@@ -160,6 +167,8 @@ impl Vault {
                 .filter_map(|(i, s)| s.as_ref().map(|s| (i, s.kind)))
                 .collect(),
             slot_capacity: SLOT_COUNT,
+            lockout: sealed.lockout,
+            failed_attempts: Attempts::read(&self.dir).failures,
         })
     }
 
@@ -184,6 +193,19 @@ impl Vault {
     /// temporary key's slot is removed before the vault is handed out.
     pub fn unlock_at(&self, credential: &Credential<'_>, now: SystemTime) -> Result<UnlockedVault> {
         let sealed = self.read_sealed()?;
+        let now_secs = system_time_to_unix(now);
+        let attempts = Attempts::read(&self.dir);
+        let is_passphrase = matches!(credential, Credential::Passphrase(_));
+        if is_passphrase {
+            if matches!(sealed.lockout, Lockout::Lock(_)) && attempts.reached(sealed.lockout) {
+                return Err(Error::LockedOut);
+            }
+            if let Some(secs) = attempts.wait_at(now_secs) {
+                return Err(Error::BackOff {
+                    retry_after_secs: secs,
+                });
+            }
+        }
         for (index, slot) in sealed.slots.iter().enumerate() {
             let Some(slot) = slot else { continue };
             if let Some(key) = slot.unwrap_key(&sealed.vault_id, credential)? {
@@ -194,14 +216,35 @@ impl Vault {
                     header,
                     opened_slot: index,
                 };
-                vault.after_unlock(system_time_to_unix(now))?;
+                vault.after_unlock(now_secs)?;
+                if attempts.failures > 0 {
+                    Attempts::reset(&self.dir)?;
+                }
                 return Ok(vault);
             }
         }
-        Err(match credential {
-            Credential::Passphrase(_) => Error::WrongPassphrase,
-            Credential::RecoveryKey(_) => Error::WrongRecoveryKey,
-        })
+        if !is_passphrase {
+            return Err(Error::WrongRecoveryKey);
+        }
+        let attempts = Attempts::record_failure(&self.dir, now_secs)?;
+        if attempts.reached(sealed.lockout) {
+            match sealed.lockout {
+                Lockout::Wipe(_) => {
+                    self.wipe()?;
+                    return Err(Error::Wiped {
+                        name: self.name.clone(),
+                    });
+                }
+                Lockout::Lock(_) => return Err(Error::LockedOut),
+                Lockout::Off => {}
+            }
+        }
+        Err(Error::WrongPassphrase)
+    }
+
+    /// Failed passphrase attempts since the last successful unlock.
+    pub fn failed_attempts(&self) -> u64 {
+        Attempts::read(&self.dir).failures
     }
 }
 
@@ -254,6 +297,7 @@ impl UnlockedVault {
             vault_id,
             created_at: now,
             latest_seen: now,
+            lockout: Default::default(),
             slots,
         };
         fsio::write_atomic(&vault.header_path(), &header.seal(&key, rng)?)?;
@@ -447,6 +491,24 @@ impl UnlockedVault {
         meta.single_use = single_use;
         let info = self.add_slot(meta, &Credential::RecoveryKey(&key), SlotKind::Temporary)?;
         Ok((info, key))
+    }
+
+    /// Sets what happens after too many failed passphrase attempts in a row.
+    pub fn set_lockout(&mut self, lockout: Lockout) -> Result<()> {
+        if matches!(lockout, Lockout::Lock(0) | Lockout::Wipe(0)) {
+            return Err(Error::InvalidKdfParams(
+                "a lockout needs at least one attempt",
+            ));
+        }
+        self.update_header(|header| {
+            header.lockout = lockout;
+            Ok(())
+        })
+    }
+
+    /// The lockout setting.
+    pub fn lockout(&self) -> Lockout {
+        self.header.lockout
     }
 
     /// Sets a new passphrase on a passphrase slot: the slot called `name`, or

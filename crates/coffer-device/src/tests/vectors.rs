@@ -118,6 +118,7 @@ fn generate() -> Value {
         vault_id,
         created_at: CREATED_AT,
         latest_seen: CREATED_AT + 100,
+        lockout: Default::default(),
         slots,
     };
     let bytes = header.seal_with_nonce(&key, &meta_nonce);
