@@ -20,7 +20,7 @@ Exit codes:
  13  locked out after too many failed attempts: use a recovery or temporary key
  14  too soon after failed attempts: wait and try again
   9  not found: no such app, key, record or file
- 10  denied: the app's capabilities do not grant this store
+ 10  denied: the app's capabilities (or a temporary key) do not allow this
  11  conflict: the record changed since the version the change was based on
 
 Secrets for scripts:
@@ -125,8 +125,10 @@ pub enum Command {
     /// expires (and, with --single-use, only once); printed once
     ///
     /// For handing a vault to someone for a limited time, or letting a user
-    /// set a new passphrase ('coffer --recovery slot add'). Use it with
-    /// --recovery. Moving the device's clock back does not revive it.
+    /// set a new passphrase ('coffer --recovery slot add', single-use keys
+    /// only). Use it with --recovery. It cannot change key slots or lockout.
+    /// Moving the clock back does not revive it once any unlock has seen a
+    /// later time.
     TempKey {
         /// How long it stays valid, e.g. 30m, 24h, 7d
         #[arg(long, value_parser = humantime::parse_duration)]

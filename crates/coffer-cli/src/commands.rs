@@ -120,7 +120,9 @@ pub fn kdf_text(kind: &SlotKind) -> String {
 }
 
 fn time_text(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    // RFC 3339 stops at year 9999; stored times come from files.
+    let last = std::time::UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+    humantime::format_rfc3339_seconds(t.min(last)).to_string()
 }
 
 fn slot_json(slot: &SlotInfo) -> Value {
@@ -376,8 +378,14 @@ pub fn temp_key(
     expires: Duration,
     single_use: bool,
 ) -> Result<Report, CliError> {
+    const LONGEST: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+    if expires > LONGEST {
+        return Err(CliError::usage("a temporary key may last at most 10 years"));
+    }
     let mut vault = unlock(global)?;
-    let until = SystemTime::now() + expires;
+    let until = SystemTime::now()
+        .checked_add(expires)
+        .ok_or_else(|| CliError::usage("that expiry is out of range"))?;
     let (slot, key) = vault.add_temporary_slot(name, until, single_use)?;
     let shown = key.display();
     Ok(Report {
@@ -408,7 +416,7 @@ pub fn passwd(global: &Global, slot: Option<&str>, kdf: &KdfArgs) -> Result<Repo
     Ok(Report {
         json: json!({"changed": slot_json(&changed)}),
         text: format!(
-            "Changed the passphrase of slot {} '{}' ({}). The old passphrase no longer opens this vault.",
+            "Changed the passphrase of slot {} '{}' ({}). The old passphrase no longer opens this vault's header (copies taken before still would).",
             changed.index,
             changed.name,
             kdf_text(&changed.kind)

@@ -123,6 +123,7 @@ impl From<Error> for CliError {
             Error::NoSuchFile { .. } => (ExitCode::NotFound, "no_such_file", ""),
             Error::AppExists { .. } => (ExitCode::VaultExists, "app_exists", ""),
             Error::CapabilityDenied { .. } => (ExitCode::Denied, "capability_denied", ""),
+            Error::NotPermitted(_) => (ExitCode::Denied, "not_permitted", ""),
             Error::VersionConflict { .. } => (
                 ExitCode::Conflict,
                 "version_conflict",

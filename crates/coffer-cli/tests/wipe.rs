@@ -120,7 +120,19 @@ fn a_wipe_killed_at_any_point_leaves_nothing_decryptable() {
     // How long one whole wipe takes here, to spread the kills over it.
     let probe = tempfile::tempdir().unwrap();
     let space = Space::new(probe.path().join("space"));
-    build(&space);
+    let probe_keys = build(&space);
+    // The checks below can fail: before a wipe, the old keys do open the data.
+    let db = std::fs::read_dir(space.root().join("v").join("data"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        opens_as_database(&db, &probe_keys.app_db),
+        "the positive control failed"
+    );
+    assert!(!opens_as_database(&db, &probe_keys.catalog));
     let started = Instant::now();
     assert!(coffer(space.root())
         .args(["wipe", "--yes"])

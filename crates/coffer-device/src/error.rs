@@ -30,6 +30,9 @@ pub enum Error {
     /// The text given as a recovery key is not one (typo, wrong length, …).
     #[error("not a valid recovery key: {0}")]
     InvalidRecoveryKey(#[from] RecoveryKeyError),
+    /// The operation is not allowed to the secret that opened the vault.
+    #[error("not permitted: {0}")]
+    NotPermitted(&'static str),
     /// Too many failed passphrase attempts: passphrase slots refuse to open
     /// until a recovery or temporary key unlocks the vault.
     #[error("locked out after too many failed attempts: open with a recovery or temporary key")]

@@ -87,16 +87,17 @@ pub(crate) fn random_suffix() -> Result<String> {
 }
 
 /// Removes leftovers of interrupted writes in `dir`: entries whose name
-/// starts with '.' and ends with `suffix` (temporary files, or staging
-/// directories). Call only while holding the lock that serializes writers.
-pub(crate) fn remove_stale(dir: &Path, suffix: &str) {
+/// starts with `prefix` and ends with `suffix` (temporary files, or staging
+/// directories). Call only while holding the lock that serializes the
+/// writers of exactly those names.
+pub(crate) fn remove_stale(dir: &Path, prefix: &str, suffix: &str) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') && name.ends_with(suffix) {
+        if name.starts_with(prefix) && name.ends_with(suffix) {
             let path = entry.path();
             let _ = if path.is_dir() {
                 fs::remove_dir_all(&path)

@@ -15,6 +15,8 @@ use crate::header::Lockout;
 
 /// File name of the counter inside the vault directory.
 pub(crate) const ATTEMPTS_FILE: &str = "attempts";
+/// Lock that serializes passphrase attempts (held across the KDF).
+pub(crate) const ATTEMPTS_LOCK_FILE: &str = ".attempts.lock";
 /// Failures allowed before back-off starts.
 const FREE_FAILURES: u64 = 3;
 /// The longest back-off.
@@ -60,7 +62,9 @@ impl Attempts {
     /// Seconds still to wait at `now`, if any.
     pub(crate) fn wait_at(&self, now: i64) -> Option<u64> {
         let until = self.last_failure.saturating_add(self.backoff_secs());
-        (now < until).then(|| (until - now) as u64)
+        // Never more than the back-off itself: a clock set back after a
+        // failure must not turn the wait into days.
+        (now < until).then(|| (until - now).min(self.backoff_secs()) as u64)
     }
 
     /// Records one more failure at `now`.

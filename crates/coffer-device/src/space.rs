@@ -128,7 +128,7 @@ impl Space {
         let _lock = FileLock::acquire(&self.root.join(LOCK_FILE))?;
         // Under the lock no creation is in progress: staging directories left
         // by a crash are garbage.
-        fsio::remove_stale(&self.root, ".creating");
+        fsio::remove_stale(&self.root, ".", ".creating");
         let dir = self.root.join(name);
         if dir.exists() {
             // A wiped vault's name may be used again.

@@ -431,6 +431,108 @@ fn failed_attempts_back_off_exponentially() {
 }
 
 #[test]
+fn parallel_wrong_guesses_are_counted_before_their_kdf_runs() {
+    // Eight processes' worth of guesses at once against "lock after 3": only
+    // the first two may run their KDF to a plain "wrong passphrase"; the
+    // third reaches the limit; the rest are refused before any KDF.
+    let (_d, space) = two_user_vault();
+    let mut v = unlock(&space, "alice pw").unwrap();
+    v.set_lockout(Lockout::Lock(3)).unwrap();
+    drop(v);
+    let results: Vec<_> = (0..8)
+        .map(|i| {
+            let vault = space.vault("acme").unwrap();
+            std::thread::spawn(move || {
+                vault
+                    .unlock(&Credential::Passphrase(&pass(&format!("guess {i}"))))
+                    .map(|_| ())
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let wrong = results
+        .iter()
+        .filter(|r| matches!(r, Err(Error::WrongPassphrase)))
+        .count();
+    let locked = results
+        .iter()
+        .filter(|r| matches!(r, Err(Error::LockedOut)))
+        .count();
+    assert_eq!((wrong, locked), (2, 6), "{results:?}");
+    assert_eq!(space.vault("acme").unwrap().failed_attempts(), 3);
+}
+
+#[test]
+fn a_temporary_key_opens_the_data_not_the_key_slots() {
+    use std::time::{Duration, SystemTime};
+    let (_d, space) = two_user_vault();
+    let mut v = unlock(&space, "alice pw").unwrap();
+    let soon = SystemTime::now() + Duration::from_secs(3600);
+    let (_, visitor) = v.add_temporary_slot("visitor", soon, false).unwrap();
+    let (_, handover) = v.add_temporary_slot("handover", soon, true).unwrap();
+    drop(v);
+    let vault = space.vault("acme").unwrap();
+    let mut as_visitor = vault.unlock(&Credential::RecoveryKey(&visitor)).unwrap();
+    assert_eq!(
+        as_visitor.subkey(Purpose::AuditMac).expose_secret().len(),
+        32
+    );
+    let denied = |r: Result<()>| assert!(matches!(r, Err(Error::NotPermitted(_))), "{r:?}");
+    denied(
+        as_visitor
+            .add_passphrase_slot("me", &pass("mine"), &FAST)
+            .map(|_| ()),
+    );
+    denied(as_visitor.add_recovery_slot("mine").map(|_| ()));
+    denied(
+        as_visitor
+            .add_temporary_slot("again", soon, false)
+            .map(|_| ()),
+    );
+    denied(
+        as_visitor
+            .change_passphrase(Some("alice"), &pass("hijack"), &FAST)
+            .map(|_| ()),
+    );
+    denied(as_visitor.remove_slot("alice"));
+    denied(as_visitor.set_lockout(Lockout::Off));
+    // A single-use key may add a passphrase slot (the way back in), nothing more.
+    let mut as_handover = vault.unlock(&Credential::RecoveryKey(&handover)).unwrap();
+    as_handover
+        .add_passphrase_slot("carol", &pass("carol pw"), &FAST)
+        .unwrap();
+    denied(
+        as_handover
+            .change_passphrase(Some("alice"), &pass("hijack"), &FAST)
+            .map(|_| ()),
+    );
+    unlock(&space, "alice pw").unwrap();
+}
+
+#[test]
+fn a_clock_set_back_cannot_stretch_the_back_off() {
+    use std::time::{Duration, SystemTime};
+    let (_d, space) = two_user_vault();
+    let vault = space.vault("acme").unwrap();
+    let t = SystemTime::now();
+    for _ in 0..4 {
+        let _ = vault.unlock_at(
+            &Credential::Passphrase(&pass("guess")),
+            t + Duration::from_secs(3600),
+        );
+    }
+    // The last failure was recorded an hour ahead; now the clock reads t.
+    match vault.unlock_at(&Credential::Passphrase(&pass("alice pw")), t) {
+        Err(Error::BackOff { retry_after_secs }) => {
+            assert!(retry_after_secs <= 2, "{retry_after_secs}")
+        }
+        other => panic!("{:?}", other.map(|_| "unlocked")),
+    }
+}
+
+#[test]
 fn the_last_slot_cannot_be_removed() {
     let (_d, space) = space();
     let mut v = space

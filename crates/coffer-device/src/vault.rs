@@ -17,7 +17,7 @@ use crate::header::{
 };
 use crate::kdf::{KdfLimits, KdfParams};
 use crate::keyslot::{Credential, KeySlot, SlotKind};
-use crate::lockout::Attempts;
+use crate::lockout::{Attempts, ATTEMPTS_LOCK_FILE};
 use crate::recovery::RecoveryKey;
 use crate::secret::{Key256, Passphrase, Subkey, VaultKey};
 use crate::space::{HEADER_FILE, LOCK_FILE};
@@ -125,6 +125,17 @@ impl Vault {
                 name: self.name.clone(),
             });
         }
+        self.read_sealed_as_is()
+    }
+
+    /// Reads the header without finishing a pending wipe: for callers that
+    /// hold the vault lock (the wipe takes it too).
+    fn read_sealed_as_is(&self) -> Result<SealedHeader> {
+        if wipe::in_progress(&self.dir) {
+            return Err(Error::Wiped {
+                name: self.name.clone(),
+            });
+        }
         let path = self.header_path();
         let bytes = fsio::read_limited(&path, MAX_HEADER_LEN).map_err(|e| match e {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
@@ -194,30 +205,44 @@ impl Vault {
     pub fn unlock_at(&self, credential: &Credential<'_>, now: SystemTime) -> Result<UnlockedVault> {
         let sealed = self.read_sealed()?;
         let now_secs = system_time_to_unix(now);
-        let attempts = Attempts::read(&self.dir);
         let is_passphrase = matches!(credential, Credential::Passphrase(_));
+        // Passphrase attempts are serialized and counted before any KDF runs:
+        // parallel guesses wait their turn, and a guess killed in the middle
+        // of its KDF has already been counted. Success undoes the count.
+        let _turn = if is_passphrase {
+            Some(FileLock::acquire(&self.dir.join(ATTEMPTS_LOCK_FILE))?)
+        } else {
+            None
+        };
+        let before = Attempts::read(&self.dir);
         if is_passphrase {
-            if matches!(sealed.lockout, Lockout::Lock(_)) && attempts.reached(sealed.lockout) {
+            if matches!(sealed.lockout, Lockout::Lock(_)) && before.reached(sealed.lockout) {
                 return Err(Error::LockedOut);
             }
-            if let Some(secs) = attempts.wait_at(now_secs) {
+            if let Some(secs) = before.wait_at(now_secs) {
                 return Err(Error::BackOff {
                     retry_after_secs: secs,
                 });
             }
+            Attempts::record_failure(&self.dir, now_secs)?;
         }
         for (index, slot) in sealed.slots.iter().enumerate() {
             let Some(slot) = slot else { continue };
             if let Some(key) = slot.unwrap_key(&sealed.vault_id, credential)? {
                 let header = sealed.authenticate(&key)?;
+                let opened = header.slots[index]
+                    .as_ref()
+                    .map(|(slot, meta)| (slot.kind, meta.single_use));
                 let mut vault = UnlockedVault {
                     vault: self.clone(),
                     key,
                     header,
                     opened_slot: index,
+                    opened_by: opened.map_or(SlotKind::Recovery, |o| o.0),
+                    opened_single_use: opened.is_some_and(|o| o.1),
                 };
                 vault.after_unlock(now_secs)?;
-                if attempts.failures > 0 {
+                if is_passphrase || before.failures > 0 {
                     Attempts::reset(&self.dir)?;
                 }
                 return Ok(vault);
@@ -226,8 +251,7 @@ impl Vault {
         if !is_passphrase {
             return Err(Error::WrongRecoveryKey);
         }
-        let attempts = Attempts::record_failure(&self.dir, now_secs)?;
-        if attempts.reached(sealed.lockout) {
+        if Attempts::read(&self.dir).reached(sealed.lockout) {
             match sealed.lockout {
                 Lockout::Wipe(_) => {
                     self.wipe()?;
@@ -236,7 +260,7 @@ impl Vault {
                     });
                 }
                 Lockout::Lock(_) => return Err(Error::LockedOut),
-                Lockout::Off => {}
+                _ => {}
             }
         }
         Err(Error::WrongPassphrase)
@@ -259,6 +283,10 @@ pub struct UnlockedVault {
     key: VaultKey,
     header: Header,
     opened_slot: usize,
+    /// The kind of the slot that opened the vault: a temporary key opens the
+    /// data, not the key slots.
+    opened_by: SlotKind,
+    opened_single_use: bool,
 }
 
 impl std::fmt::Debug for UnlockedVault {
@@ -306,6 +334,8 @@ impl UnlockedVault {
             key,
             header,
             opened_slot: 0,
+            opened_by: SlotKind::Passphrase(*kdf),
+            opened_single_use: false,
         })
     }
 
@@ -365,6 +395,15 @@ impl UnlockedVault {
     }
 
     fn catalog(&self) -> Result<Catalog> {
+        // A wipe may have begun since this vault was unlocked: never recreate
+        // its databases under the old key.
+        if wipe::in_progress(&self.vault.dir)
+            || wipe::is_tombstone(&fsio::read_limited(&self.vault.header_path(), 64)?)
+        {
+            return Err(Error::Wiped {
+                name: self.vault.name.clone(),
+            });
+        }
         fsio::create_private_dir_all(&self.vault.dir.join(DATA_DIR))?;
         Catalog::open(&self.vault.dir, &self.subkey(Purpose::Catalog))
     }
@@ -433,12 +472,27 @@ impl UnlockedVault {
         Ok((info, recovery))
     }
 
+    /// A vault opened with a temporary key may not change its key slots or
+    /// lockout (else the key's expiry would mean nothing), except that a
+    /// single-use key may add a passphrase slot: the way back in for a user
+    /// whose slot was retired.
+    fn require_slot_admin(&self, adding_passphrase: bool) -> Result<()> {
+        if self.opened_by != SlotKind::Temporary || (adding_passphrase && self.opened_single_use) {
+            Ok(())
+        } else {
+            Err(Error::NotPermitted(
+                "a vault opened with a temporary key cannot change its key slots or lockout",
+            ))
+        }
+    }
+
     fn add_slot(
         &mut self,
         meta: SlotMeta,
         credential: &Credential<'_>,
         kind: SlotKind,
     ) -> Result<SlotInfo> {
+        self.require_slot_admin(matches!(kind, SlotKind::Passphrase(_)))?;
         header::validate_slot_name(&meta.name)?;
         let name = meta.name.clone();
         // The KDF runs before the lock is taken: it is the slow part.
@@ -495,6 +549,7 @@ impl UnlockedVault {
 
     /// Sets what happens after too many failed passphrase attempts in a row.
     pub fn set_lockout(&mut self, lockout: Lockout) -> Result<()> {
+        self.require_slot_admin(false)?;
         if matches!(lockout, Lockout::Lock(0) | Lockout::Wipe(0)) {
             return Err(Error::InvalidKdfParams(
                 "a lockout needs at least one attempt",
@@ -524,6 +579,7 @@ impl UnlockedVault {
         passphrase: &Passphrase,
         kdf: &KdfParams,
     ) -> Result<SlotInfo> {
+        self.require_slot_admin(false)?;
         kdf.validate()?;
         let index = match name {
             Some(name) => {
@@ -590,6 +646,7 @@ impl UnlockedVault {
     /// removed secret no longer opens this header, but anyone who copied the
     /// header before still can (rotation, a later feature, is the answer).
     pub fn remove_slot(&mut self, name: &str) -> Result<()> {
+        self.require_slot_admin(false)?;
         self.update_header(|header| {
             let slot = header
                 .slots
@@ -645,7 +702,7 @@ impl UnlockedVault {
                 }
                 Ok(())
             })?;
-        } else if now > self.header.latest_seen + LATEST_SEEN_STEP {
+        } else if now > self.header.latest_seen.saturating_add(LATEST_SEEN_STEP) {
             self.update_header(|header| {
                 header.latest_seen = header.latest_seen.max(now);
                 Ok(())
@@ -659,8 +716,9 @@ impl UnlockedVault {
     /// made since this vault was unlocked is kept, not overwritten.
     fn update_header<T>(&mut self, change: impl FnOnce(&mut Header) -> Result<T>) -> Result<T> {
         let _lock = FileLock::acquire(&self.vault.dir.join(LOCK_FILE))?;
-        fsio::remove_stale(&self.vault.dir, ".tmp");
-        let mut header = self.vault.read_sealed()?.authenticate(&self.key)?;
+        // Only the header's own leftovers: other files have other writers.
+        fsio::remove_stale(&self.vault.dir, ".header.", ".tmp");
+        let mut header = self.vault.read_sealed_as_is()?.authenticate(&self.key)?;
         let out = change(&mut header)?;
         fsio::write_atomic(
             &self.vault.header_path(),

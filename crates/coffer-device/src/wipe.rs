@@ -51,6 +51,30 @@ pub(crate) fn in_progress(dir: &Path) -> bool {
     dir.join(WIPING_FILE).exists()
 }
 
+/// Overwrites a regular file in place with random bytes and syncs it. A
+/// symbolic link is not followed (it will just be deleted): a crafted link
+/// must not make coffer overwrite a file outside the vault.
+fn overwrite_with_noise(path: &Path) -> Result<()> {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_file() {
+        return Ok(());
+    }
+    // A header is at most 67 KiB; a larger file is not one of ours to erase
+    // byte by byte, and its first part holds any slots it could have.
+    let len = meta.len().min(crate::header::MAX_HEADER_LEN as u64 + 1) as usize;
+    let mut noise = vec![0u8; len];
+    OsRng.try_fill_bytes(&mut noise)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("wiping", path, e))?;
+    file.write_all(&noise)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io("wiping", path, e))
+}
+
 /// Wipes the vault in `dir` (see the module documentation). Idempotent: a
 /// wiped vault stays wiped, and an interrupted wipe is finished.
 pub(crate) fn wipe(dir: &Path) -> Result<()> {
@@ -65,17 +89,19 @@ pub(crate) fn wipe(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("wiping", &marker, e))?;
     fsio::sync_dir(dir)?;
 
-    // 2. Crypto-erase: random bytes over the whole header, in place.
-    if let Ok(meta) = fs::metadata(&header) {
-        let mut noise = vec![0u8; meta.len() as usize];
-        OsRng.try_fill_bytes(&mut noise)?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .open(&header)
-            .map_err(|e| Error::io("wiping", &header, e))?;
-        file.write_all(&noise)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| Error::io("wiping", &header, e))?;
+    // 2. Crypto-erase: random bytes over the header and over any temporary
+    //    copy of it a crashed header write left behind, in place.
+    let mut copies = vec![header.clone()];
+    for entry in fs::read_dir(dir)
+        .map_err(|e| Error::io("wiping", dir, e))?
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().starts_with(".header.") {
+            copies.push(entry.path());
+        }
+    }
+    for path in copies {
+        overwrite_with_noise(&path)?;
     }
 
     // 3. Everything else the vault holds (all of it undecryptable by now).
