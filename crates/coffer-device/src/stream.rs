@@ -458,12 +458,8 @@ mod tests {
     fn decrypt(key: &Subkey, file: Vec<u8>) -> Result<Vec<u8>> {
         let mut r = ChunkReader::open(key, Cursor::new(file))?;
         let mut out = Vec::new();
-        r.read_to_end(&mut out).map_err(|e| {
-            match e.into_inner().map(|e| e.downcast::<Error>()) {
-                Some(Ok(e)) => *e,
-                _ => Error::Random,
-            }
-        })?;
+        r.read_to_end(&mut out)
+            .map_err(|e| Error::from_read("reading in a test", e))?;
         Ok(out)
     }
 

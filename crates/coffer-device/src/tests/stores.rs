@@ -370,12 +370,9 @@ fn read_all(store: &FileStore, name: &str) -> Result<Vec<u8>> {
     use std::io::Read;
     let mut reader = store.open_file(name)?;
     let mut out = Vec::new();
-    reader.read_to_end(&mut out).map_err(|e| {
-        match e.into_inner().map(|e| e.downcast::<Error>()) {
-            Some(Ok(e)) => *e,
-            _ => Error::Random,
-        }
-    })?;
+    reader
+        .read_to_end(&mut out)
+        .map_err(|e| Error::from_read("reading in a test", e))?;
     Ok(out)
 }
 
