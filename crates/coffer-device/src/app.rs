@@ -165,7 +165,7 @@ pub fn validate_app_name(name: &str) -> Result<()> {
 }
 
 /// The directory of an app's blobs: `files/<stem of its database file>/`.
-fn files_dir(vault_dir: &std::path::Path, app: &AppInfo) -> std::path::PathBuf {
+pub(crate) fn files_dir(vault_dir: &std::path::Path, app: &AppInfo) -> std::path::PathBuf {
     vault_dir
         .join(FILES_DIR)
         .join(app.db_file.trim_end_matches(".db"))

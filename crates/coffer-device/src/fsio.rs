@@ -146,7 +146,7 @@ pub(crate) fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// An exclusive advisory lock on a file, held until dropped.
+/// An advisory lock on a file (exclusive, or shared), held until dropped.
 #[derive(Debug)]
 pub(crate) struct FileLock {
     file: File,
@@ -156,6 +156,16 @@ impl FileLock {
     /// Takes the lock on `path` (created if missing), waiting up to
     /// [`LOCK_WAIT`] for another process to release it.
     pub(crate) fn acquire(path: &Path) -> Result<Self> {
+        Self::acquire_as(path, false)
+    }
+
+    /// Takes a shared lock on `path`: any number of holders, but none while
+    /// another process holds the exclusive lock (and the reverse).
+    pub(crate) fn acquire_shared(path: &Path) -> Result<Self> {
+        Self::acquire_as(path, true)
+    }
+
+    fn acquire_as(path: &Path, shared: bool) -> Result<Self> {
         let file = private_file_options()
             .read(true)
             .write(true)
@@ -165,7 +175,12 @@ impl FileLock {
             .map_err(|e| Error::io("opening lock", path, e))?;
         let started = Instant::now();
         loop {
-            match file.try_lock() {
+            let attempt = if shared {
+                file.try_lock_shared()
+            } else {
+                file.try_lock()
+            };
+            match attempt {
                 Ok(()) => return Ok(FileLock { file }),
                 Err(fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_WAIT => {
                     std::thread::sleep(Duration::from_millis(20));

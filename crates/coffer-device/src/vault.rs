@@ -4,6 +4,7 @@
 //! and try a [`Credential`]. [`UnlockedVault`] holds the vault key in memory
 //! (zeroized on drop) and manages slots and subkeys.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +20,7 @@ use crate::kdf::{KdfLimits, KdfParams};
 use crate::keyslot::{Credential, KeySlot, SlotKind};
 use crate::lockout::{Attempts, ATTEMPTS_LOCK_FILE};
 use crate::recovery::RecoveryKey;
+use crate::rotate::{self, RotationProgress, DATA_LOCK_FILE};
 use crate::secret::{Key256, Passphrase, Subkey, VaultKey};
 use crate::space::{HEADER_FILE, LOCK_FILE};
 use crate::store::catalog::{Catalog, DATA_DIR};
@@ -125,6 +127,8 @@ impl Vault {
                 name: self.name.clone(),
             });
         }
+        // A rotation committed before a crash: put its files in place.
+        rotate::finish_pending(&self.dir)?;
         self.read_sealed_as_is()
     }
 
@@ -240,6 +244,7 @@ impl Vault {
                     opened_slot: index,
                     opened_by: opened.map_or(SlotKind::Recovery, |o| o.0),
                     opened_single_use: opened.is_some_and(|o| o.1),
+                    in_use: Some(self.hold_data_lock()?),
                 };
                 vault.after_unlock(now_secs)?;
                 if is_passphrase || before.failures > 0 {
@@ -270,6 +275,16 @@ impl Vault {
     pub fn failed_attempts(&self) -> u64 {
         Attempts::read(&self.dir).failures
     }
+
+    /// Takes the data lock shared, as every unlocked vault holds it (a
+    /// rotation in another process makes this wait, then fail with
+    /// [`Error::Busy`]), and removes what a rotation that crashed before
+    /// its commit left behind.
+    fn hold_data_lock(&self) -> Result<FileLock> {
+        let lock = FileLock::acquire_shared(&self.dir.join(DATA_LOCK_FILE))?;
+        rotate::discard_staging(&self.dir);
+        Ok(lock)
+    }
 }
 
 /// How far the clock must have moved past the recorded latest time before an
@@ -287,6 +302,8 @@ pub struct UnlockedVault {
     /// data, not the key slots.
     opened_by: SlotKind,
     opened_single_use: bool,
+    /// The data lock, shared: no rotation runs while this vault is open.
+    in_use: Option<FileLock>,
 }
 
 impl std::fmt::Debug for UnlockedVault {
@@ -329,6 +346,7 @@ impl UnlockedVault {
             slots,
         };
         fsio::write_atomic(&vault.header_path(), &header.seal(&key, rng)?)?;
+        let in_use = Some(vault.hold_data_lock()?);
         Ok(UnlockedVault {
             vault,
             key,
@@ -336,6 +354,7 @@ impl UnlockedVault {
             opened_slot: 0,
             opened_by: SlotKind::Passphrase(*kdf),
             opened_single_use: false,
+            in_use,
         })
     }
 
@@ -659,6 +678,248 @@ impl UnlockedVault {
             }
             Ok(())
         })
+    }
+
+    /// Rotates the vault key: a new random key, every store re-encrypted
+    /// under keys derived from it (see [`crate::rotate`] for the crash-safe
+    /// protocol), all or nothing.
+    ///
+    /// `keep` names the slots to carry over, each with its secret (checked
+    /// against the slot before anything starts). Every other slot is
+    /// retired: its secret opened only the old key. `options` can add a new
+    /// recovery slot and single-use reset keys for retired passphrase slots.
+    ///
+    /// Other processes must not hold this vault open (their unlock holds
+    /// the data lock): [`Error::Busy`] after a wait. Store handles of this
+    /// process (connections, [`crate::KvStore`], …) must be dropped first:
+    /// they would keep writing the old files.
+    pub fn rotate(
+        &mut self,
+        keep: &[(&str, Credential<'_>)],
+        options: &rotate::RotateOptions,
+        progress: &mut dyn FnMut(RotationProgress),
+    ) -> Result<rotate::RotationReport> {
+        self.rotate_until(keep, options, progress, rotate::StopAt::Never)
+    }
+
+    pub(crate) fn rotate_until(
+        &mut self,
+        keep: &[(&str, Credential<'_>)],
+        options: &rotate::RotateOptions,
+        progress: &mut dyn FnMut(RotationProgress),
+        stop: rotate::StopAt,
+    ) -> Result<rotate::RotationReport> {
+        self.require_slot_admin(false)?;
+        if keep.is_empty() && options.recovery_slot.is_none() {
+            return Err(Error::NotPermitted(
+                "a rotation must keep a slot or add a recovery slot: nothing would open the vault",
+            ));
+        }
+        let rng = &mut OsRng;
+        let vault_id = self.header.vault_id;
+        let new_key = VaultKey(Key256::random(rng)?);
+        // Every secret is checked, and its slot rewrapped, before anything
+        // is written: a mistyped passphrase must not lock its user out.
+        let mut rewrapped: Vec<(String, KeySlot)> = Vec::new();
+        for (name, credential) in keep {
+            let slot = self
+                .header
+                .slots
+                .iter()
+                .flatten()
+                .find(|(_, meta)| meta.name == *name)
+                .map(|(slot, _)| slot.clone())
+                .ok_or_else(|| Error::NoSuchSlot {
+                    name: (*name).into(),
+                })?;
+            let opens = slot
+                .unwrap_key(&vault_id, credential)?
+                .is_some_and(|k| k.0.expose_secret() == self.key.0.expose_secret());
+            if !opens {
+                return Err(match credential {
+                    Credential::Passphrase(_) => Error::WrongPassphrase,
+                    Credential::RecoveryKey(_) => Error::WrongRecoveryKey,
+                });
+            }
+            if !rewrapped.iter().any(|(n, _)| n == name) {
+                let slot = KeySlot::wrap(&new_key, &vault_id, credential, slot.kind, rng)?;
+                rewrapped.push(((*name).to_owned(), slot));
+            }
+        }
+
+        // Exclusive use of the stores: give up this vault's shared hold.
+        self.in_use = None;
+        let dir = self.vault.dir.clone();
+        let exclusive = FileLock::acquire(&dir.join(DATA_LOCK_FILE));
+        let result = exclusive.and_then(|_exclusive| {
+            self.rotate_locked(&dir, new_key, rewrapped, options, progress, stop)
+        });
+        if stop != rotate::StopAt::Never {
+            // A test's stand-in for a crash: leave everything as it lies.
+            return result;
+        }
+        self.in_use = Some(self.vault.hold_data_lock()?);
+        result
+    }
+
+    fn rotate_locked(
+        &mut self,
+        dir: &Path,
+        new_key: VaultKey,
+        rewrapped: Vec<(String, KeySlot)>,
+        options: &rotate::RotateOptions,
+        progress: &mut dyn FnMut(RotationProgress),
+        stop: rotate::StopAt,
+    ) -> Result<rotate::RotationReport> {
+        let vault_id = self.header.vault_id;
+        rotate::finish_pending(dir)?;
+        rotate::discard_staging(dir);
+        let staging = dir.join(rotate::STAGING_DIR);
+        let staged = rotate::stage_stores(
+            dir,
+            &|purpose| self.subkey(purpose),
+            &|purpose| subkey::derive(&new_key, &vault_id, purpose),
+            progress,
+        );
+        let staged = match staged {
+            Ok(staged) => staged,
+            Err(e) => {
+                rotate::discard_staging(dir);
+                return Err(e);
+            }
+        };
+        if stop == rotate::StopAt::AfterStaging {
+            return Err(Error::NotPermitted("test stop after staging"));
+        }
+
+        let _lock = FileLock::acquire(&dir.join(LOCK_FILE))?;
+        let built = (|| -> Result<(Header, rotate::RotationReport)> {
+            // The live header, re-read: a wipe may have happened meanwhile.
+            let current = self.vault.read_sealed_as_is()?.authenticate(&self.key)?;
+            let mut header = current.clone();
+            header.slots = Default::default();
+            let mut report = rotate::RotationReport {
+                kept: Vec::new(),
+                retired: Vec::new(),
+                recovery_key: None,
+                reset_keys: Vec::new(),
+                databases: staged.databases,
+                files: staged.files,
+                bytes: staged.bytes,
+            };
+            let mut retired_passphrases = Vec::new();
+            for (index, entry) in current.slots.iter().enumerate() {
+                let Some((old_slot, meta)) = entry else {
+                    continue;
+                };
+                match rewrapped.iter().find(|(name, _)| *name == meta.name) {
+                    Some((_, slot)) => {
+                        header.slots[index] = Some((slot.clone(), meta.clone()));
+                        report.kept.push(meta.name.clone());
+                    }
+                    None => {
+                        if matches!(old_slot.kind, SlotKind::Passphrase(_)) {
+                            retired_passphrases.push(meta.name.clone());
+                        }
+                        report.retired.push(meta.name.clone());
+                    }
+                }
+            }
+            let now = now_unix();
+            let place = |header: &mut Header, meta: SlotMeta, slot: KeySlot| -> Result<()> {
+                header::validate_slot_name(&meta.name)?;
+                if header
+                    .slots
+                    .iter()
+                    .flatten()
+                    .any(|(_, m)| m.name == meta.name)
+                {
+                    return Err(Error::SlotNameTaken { name: meta.name });
+                }
+                let free = header
+                    .slots
+                    .iter_mut()
+                    .find(|s| s.is_none())
+                    .ok_or(Error::SlotsFull(SLOT_COUNT))?;
+                *free = Some((slot, meta));
+                Ok(())
+            };
+            if let Some(name) = &options.recovery_slot {
+                let key = RecoveryKey::generate(&mut OsRng)?;
+                let slot = KeySlot::wrap(
+                    &new_key,
+                    &vault_id,
+                    &Credential::RecoveryKey(&key),
+                    SlotKind::Recovery,
+                    &mut OsRng,
+                )?;
+                place(&mut header, SlotMeta::new(name.clone(), now), slot)?;
+                report.recovery_key = Some((name.clone(), key));
+            }
+            if let Some(until) = options.reset_keys_until {
+                for name in retired_passphrases {
+                    let key = RecoveryKey::generate(&mut OsRng)?;
+                    let slot = KeySlot::wrap(
+                        &new_key,
+                        &vault_id,
+                        &Credential::RecoveryKey(&key),
+                        SlotKind::Temporary,
+                        &mut OsRng,
+                    )?;
+                    let mut meta = SlotMeta::new(name.clone(), now);
+                    meta.expires_at = Some(system_time_to_unix(until));
+                    meta.single_use = true;
+                    place(&mut header, meta, slot)?;
+                    report.reset_keys.push((name, key));
+                }
+            }
+            if header.slots.iter().all(Option::is_none) {
+                return Err(Error::LastSlot);
+            }
+            fsio::write_atomic(
+                &staging.join(HEADER_FILE),
+                &header.seal(&new_key, &mut OsRng)?,
+            )?;
+            rotate::sync_tree(&staging)?;
+            Ok((header, report))
+        })();
+        let (header, report) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                rotate::discard_staging(dir);
+                return Err(e);
+            }
+        };
+
+        // The commit point.
+        let committed = dir.join(rotate::COMMITTED_DIR);
+        fs::rename(&staging, &committed).map_err(|e| Error::io("rotating", &committed, e))?;
+        fsio::sync_dir(dir)?;
+        let opener = self.header.slots[self.opened_slot]
+            .as_ref()
+            .map(|(_, meta)| meta.name.clone());
+        self.key = new_key;
+        self.header = header;
+        self.opened_slot = self
+            .header
+            .slots
+            .iter()
+            .position(|s| {
+                s.as_ref()
+                    .is_some_and(|(_, m)| Some(&m.name) == opener.as_ref())
+            })
+            .or_else(|| self.header.slots.iter().position(Option::is_some))
+            .unwrap_or(0);
+        match stop {
+            rotate::StopAt::AfterCommit => return Ok(report),
+            rotate::StopAt::AfterRenames(n) => {
+                rotate::roll_forward(dir, n)?;
+                return Ok(report);
+            }
+            _ => {}
+        }
+        rotate::roll_forward(dir, usize::MAX)?;
+        Ok(report)
     }
 
     /// Enforces the opened slot's expiry and single use, and records the

@@ -3,8 +3,9 @@
 //! Order, each step durable before the next:
 //! 1. create `WIPING` in the vault directory: from now on every access to
 //!    the vault finishes the wipe before anything else;
-//! 2. overwrite the header in place with random bytes and fsync: every key
-//!    slot is gone, so nothing the vault holds can be decrypted any more;
+//! 2. overwrite the header in place with random bytes and fsync (and any
+//!    copy of it: a crashed header write's, a rotation's staged header):
+//!    every key slot is gone, so nothing the vault holds can be decrypted any more;
 //! 3. delete the catalog, every app database and every blob;
 //! 4. write the 12-byte tombstone header (magic, version, flags = WIPED) and
 //!    remove `WIPING`.
@@ -23,6 +24,7 @@ use rand_core::{OsRng, RngCore};
 use crate::error::{Error, Result};
 use crate::fsio::{self, FileLock};
 use crate::header::{FORMAT_VERSION, MAGIC};
+use crate::rotate::{COMMITTED_DIR, STAGING_DIR};
 use crate::space::{HEADER_FILE, LOCK_FILE};
 
 /// The marker of a wipe in progress.
@@ -91,7 +93,12 @@ pub(crate) fn wipe(dir: &Path) -> Result<()> {
 
     // 2. Crypto-erase: random bytes over the header and over any temporary
     //    copy of it a crashed header write left behind, in place.
-    let mut copies = vec![header.clone()];
+    //    A rotation's staged or committed header is a live copy too.
+    let mut copies = vec![
+        header.clone(),
+        dir.join(STAGING_DIR).join(HEADER_FILE),
+        dir.join(COMMITTED_DIR).join(HEADER_FILE),
+    ];
     for entry in fs::read_dir(dir)
         .map_err(|e| Error::io("wiping", dir, e))?
         .flatten()

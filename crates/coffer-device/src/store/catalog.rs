@@ -71,6 +71,11 @@ impl Catalog {
         })
     }
 
+    /// Writes a copy of the catalog under `key` to `path` (rotation).
+    pub(crate) fn snapshot(&self, path: &Path, key: &Subkey) -> Result<()> {
+        database::snapshot(&self.conn, path, key.expose_secret())
+    }
+
     /// Path of an app's database file.
     pub(crate) fn database_path(&self, app: &AppInfo) -> PathBuf {
         self.vault_dir.join(DATA_DIR).join(&app.db_file)

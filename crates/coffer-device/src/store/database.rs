@@ -96,15 +96,24 @@ pub(crate) fn snapshot(conn: &Connection, path: &Path, key: &[u8; 32]) -> Result
     )
     .map_err(|_| keying_refused())?;
     // One read transaction around the copy: every table from one snapshot,
-    // even if another process writes meanwhile.
-    let copied = conn
-        .execute_batch(
+    // even if another process writes meanwhile. sqlcipher_export copies
+    // schema and rows, not the header's user_version and application_id:
+    // the catalog and apps' own schemas version themselves with them.
+    let copied = (|| -> rusqlite::Result<()> {
+        conn.execute_batch(
             "PRAGMA coffer_snapshot.cipher_hmac_algorithm = HMAC_SHA256;
              BEGIN;
-             SELECT sqlcipher_export('coffer_snapshot');
-             COMMIT;",
-        )
-        .map_err(|e| Error::database("snapshotting", e));
+             SELECT sqlcipher_export('coffer_snapshot');",
+        )?;
+        let user_version: i64 = conn.query_row("PRAGMA main.user_version", [], |r| r.get(0))?;
+        let application_id: i64 = conn.query_row("PRAGMA main.application_id", [], |r| r.get(0))?;
+        conn.execute_batch(&format!(
+            "PRAGMA coffer_snapshot.user_version = {user_version};
+             PRAGMA coffer_snapshot.application_id = {application_id};
+             COMMIT;"
+        ))
+    })()
+    .map_err(|e| Error::database("snapshotting", e));
     if copied.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
     }

@@ -243,8 +243,13 @@ impl FileStore {
             .optional()
             .map_err(db("reading file metadata"))?
             .ok_or_else(|| Error::NoSuchFile { name: name.into() })?;
-        check_blob(&blob)?;
-        let path = self.dir.join(&blob);
+        self.open_blob(&blob, &salt, size)
+    }
+
+    /// Opens a blob, checking that it is the encryption its row recorded.
+    fn open_blob(&self, blob: &str, salt: &str, size: i64) -> Result<FileReader> {
+        check_blob(blob)?;
+        let path = self.dir.join(blob);
         let file = File::open(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => Error::FileCorrupt(crate::stream::FileCorruptKind::Missing),
             _ => Error::io("opening a stored file", &path, e),
@@ -283,6 +288,63 @@ impl FileStore {
             .query_map([], row_to_info)
             .map_err(db("listing files"))?;
         rows.map(|r| r.map_err(db("listing files"))).collect()
+    }
+
+    /// Rotation: `self` is a copy of `old`'s database under a new key, in a
+    /// staging directory. Writes every blob `old` holds, re-encrypted under
+    /// `self`'s key with a fresh salt, into `self`'s directory under the same
+    /// name, and records the new salts. `progress` gets each chunk's bytes.
+    pub(crate) fn reencrypt_from(
+        &self,
+        old: &FileStore,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<usize> {
+        let rows: Vec<(String, String, i64)> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT blob, salt, size FROM coffer_files ORDER BY blob")
+                .map_err(db("listing files"))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(db("listing files"))?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(db("listing files"))?;
+            rows
+        };
+        for (blob, salt, size) in &rows {
+            let mut reader = old.open_blob(blob, salt, *size)?;
+            let mut last = 0u64;
+            let (written, new_salt) =
+                self.write_blob(&self.dir.join(blob), &mut reader, &mut |done| {
+                    progress(done - last);
+                    last = done;
+                })?;
+            if written != *size as u64 {
+                return Err(Error::FileCorrupt(crate::stream::FileCorruptKind::Replaced));
+            }
+            self.conn
+                .execute(
+                    "UPDATE coffer_files SET salt = ?1 WHERE blob = ?2",
+                    params![hex(&new_salt), blob],
+                )
+                .map_err(db("recording a re-encrypted file"))?;
+        }
+        Ok(rows.len())
+    }
+
+    /// The plaintext bytes of every stored file.
+    pub(crate) fn total_size(&self) -> Result<u64> {
+        self.conn
+            .query_row("SELECT coalesce(sum(size), 0) FROM coffer_files", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(db("listing files"))
+    }
+
+    /// The store's database connection.
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// Deletes blobs and temporary files that no row refers to (left by a

@@ -8,13 +8,13 @@ use super::{pass, scan, space, FAST};
 use crate::*;
 
 /// Everything the old vault key opened, kept by the test to try afterwards.
-struct OldKeys {
-    catalog: [u8; 32],
-    app_db: [u8; 32],
-    app_files: [u8; 32],
+pub(super) struct OldKeys {
+    pub(super) catalog: [u8; 32],
+    pub(super) app_db: [u8; 32],
+    pub(super) app_files: [u8; 32],
 }
 
-fn filled() -> (tempfile::TempDir, Space, OldKeys) {
+pub(super) fn filled() -> (tempfile::TempDir, Space, OldKeys) {
     let (dir, space) = space();
     let v = space
         .create_vault("acme", "alice", &pass("pw"), &FAST)
@@ -44,12 +44,12 @@ fn filled() -> (tempfile::TempDir, Space, OldKeys) {
     (dir, space, keys)
 }
 
-fn subkey(bytes: [u8; 32]) -> Subkey {
+pub(super) fn subkey(bytes: [u8; 32]) -> Subkey {
     Subkey::from_bytes(bytes)
 }
 
 /// Tries every old key on every file left in the space: nothing may open.
-fn nothing_decrypts(space: &Space, keys: &OldKeys) -> usize {
+pub(super) fn nothing_decrypts(space: &Space, keys: &OldKeys) -> usize {
     let mut files = 0;
     scan(space.root(), &mut |path, bytes| {
         files += 1;
