@@ -152,6 +152,24 @@ pub enum Command {
         #[command(flatten)]
         kdf: KdfArgs,
     },
+    /// Rotate the vault key: re-encrypt every database and file under a new one
+    ///
+    /// Unlock with your passphrase (or --recovery): your slot is carried over
+    /// to the new key. Every other slot is retired — its passphrase or key
+    /// opened only the old key. Users come back through a new recovery key
+    /// (--new-recovery-key), a single-use reset key each (--reset-keys), or a
+    /// temporary key issued later. All or nothing: after a crash the vault
+    /// opens under the old key or the new one, whole, and the next command
+    /// finishes or discards the rotation.
+    Rotate {
+        /// Add a recovery slot (named "recovery" unless given) and print its key
+        #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "recovery")]
+        new_recovery_key: Option<String>,
+        /// Give every retired passphrase slot a single-use reset key valid
+        /// this long (e.g. 72h); its user runs 'coffer --recovery slot add NAME'
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        reset_keys: Option<std::time::Duration>,
+    },
     /// Add a recovery slot and print its key, once
     ///
     /// The key is 40 characters in groups of five with a checksum that

@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::time::{Duration, SystemTime};
 
+use coffer_device::rotate::RotateOptions;
 use coffer_device::{
     Credential, KdfAlgorithm, KdfParams, Lockout, SlotInfo, SlotKind, Space, UnlockedVault, Vault,
 };
@@ -454,5 +455,98 @@ pub fn verify(global: &Global) -> Result<Report, CliError> {
             "OK: slot {} '{}' opens vault '{}', and the header is authentic.",
             slot.index, slot.name, global.vault
         ),
+    })
+}
+
+pub fn rotate(
+    global: &Global,
+    new_recovery_key: Option<&str>,
+    reset_keys: Option<Duration>,
+) -> Result<Report, CliError> {
+    let vault = vault(global)?;
+    let offered = input::unlock_secret(global)?;
+    let credential = match &offered {
+        Offered::Passphrase(p) => Credential::Passphrase(p),
+        Offered::RecoveryKey(k) => Credential::RecoveryKey(k),
+    };
+    let bar = spinner(global, "Unlocking");
+    let unlocked = vault.unlock(&credential);
+    bar.finish_and_clear();
+    let mut vault = unlocked?;
+    let opener = vault
+        .slots()
+        .into_iter()
+        .find(|s| s.index == vault.opened_slot())
+        .map(|s| s.name)
+        .ok_or_else(|| {
+            CliError::other("the slot that opened the vault is missing from its header")
+        })?;
+    let mut options = RotateOptions::default();
+    if let Some(name) = new_recovery_key {
+        options = options.with_recovery_slot(name);
+    }
+    if let Some(valid) = reset_keys {
+        let until = SystemTime::now()
+            .checked_add(valid)
+            .ok_or_else(|| CliError::usage("that duration is out of range"))?;
+        options = options.with_reset_keys_until(until);
+    }
+    let bar = crate::stores::byte_bar(global, None, "Re-encrypting");
+    let report = vault.rotate(&[(opener.as_str(), credential)], &options, &mut |p| {
+        if bar.length() != Some(p.total) {
+            bar.set_length(p.total);
+        }
+        bar.set_position(p.done);
+    });
+    bar.finish_and_clear();
+    let report = report?;
+    let recovery = report
+        .recovery_key
+        .as_ref()
+        .map(|(name, key)| (name.clone(), key.display()));
+    let resets: Vec<(String, _)> = report
+        .reset_keys
+        .iter()
+        .map(|(name, key)| (name.clone(), key.display()))
+        .collect();
+    let mut text = format!(
+        "Rotated vault '{}' to a new key: {} database(s) and {} file(s) re-encrypted ({} bytes).\nKept: {}.",
+        global.vault,
+        report.databases,
+        report.files,
+        report.bytes,
+        report.kept.join(", ")
+    );
+    if !report.retired.is_empty() {
+        text.push_str(&format!(
+            "\nRetired: {} (their secrets no longer open this vault).",
+            report.retired.join(", ")
+        ));
+    }
+    if let Some((name, key)) = &recovery {
+        text.push_str(&format!(
+            "\nNew recovery slot '{name}'. Its key — shown this once, store it offline:\n\n    {}\n",
+            key.expose_secret()
+        ));
+    }
+    if !resets.is_empty() {
+        text.push_str("\nSingle-use reset keys — hand each to its user, who runs 'coffer --recovery slot add NAME':\n");
+        for (name, key) in &resets {
+            text.push_str(&format!("\n    {name}: {}", key.expose_secret()));
+        }
+        text.push('\n');
+    }
+    Ok(Report {
+        json: json!({
+            "vault": global.vault,
+            "kept": report.kept,
+            "retired": report.retired,
+            "databases": report.databases,
+            "files": report.files,
+            "bytes": report.bytes,
+            "recovery_key": recovery.as_ref().map(|(name, key)| json!({"slot": name, "key": key.expose_secret()})),
+            "reset_keys": resets.iter().map(|(name, key)| json!({"slot": name, "key": key.expose_secret()})).collect::<Vec<_>>(),
+        }),
+        text,
     })
 }

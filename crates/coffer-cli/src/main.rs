@@ -34,6 +34,10 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         } => commands::temp_key(g, name, *expires, *single_use),
         Command::Passwd { slot, kdf } => commands::passwd(g, slot.as_deref(), kdf),
         Command::Verify => commands::verify(g),
+        Command::Rotate {
+            new_recovery_key,
+            reset_keys,
+        } => commands::rotate(g, new_recovery_key.as_deref(), *reset_keys),
         Command::Demo { keep } => demo::run(g, *keep),
         Command::App(command) => stores::app(g, command),
         Command::Sql { app, query } => stores::sql(g, app, query),

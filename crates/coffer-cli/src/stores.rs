@@ -317,7 +317,7 @@ pub fn records(global: &Global, command: &RecordsCommand) -> Result<Report, CliE
 
 /// A byte progress bar with rate and ETA on stderr, for files over 1 MiB on a
 /// terminal; hidden otherwise.
-fn byte_bar(global: &Global, total: Option<u64>, verb: &str) -> ProgressBar {
+pub fn byte_bar(global: &Global, total: Option<u64>, verb: &str) -> ProgressBar {
     let big = total.is_none_or(|t| t > 1 << 20);
     if global.json || !big || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
