@@ -16,7 +16,7 @@
 //!    directory fsynced. This single rename is the commit point.
 //! 3. **Roll forward.** Every staged file is renamed over its live
 //!    counterpart (a database's old `-wal` and `-shm` files first removed:
-//!    the old database was checkpointed before staging), the directories are
+//!    the staged copy already holds what they held), the directories are
 //!    fsynced, the new header is renamed into place last, and `.rotate/` is
 //!    removed.
 //!
@@ -93,11 +93,10 @@ pub(crate) fn roll_forward(dir: &Path, limit: usize) -> Result<()> {
     let mut files = Vec::new();
     collect_files(&committed, PathBuf::new(), &mut files)?;
     let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
-    let mut moved = 0;
-    for relative in files
+    let staged = files
         .iter()
-        .filter(|r| r.as_path() != Path::new(HEADER_FILE))
-    {
+        .filter(|r| r.as_path() != Path::new(HEADER_FILE));
+    for (moved, relative) in staged.enumerate() {
         if moved == limit {
             return Ok(());
         }
@@ -105,8 +104,9 @@ pub(crate) fn roll_forward(dir: &Path, limit: usize) -> Result<()> {
         let parent = target.parent().unwrap_or(dir).to_path_buf();
         fsio::create_private_dir_all(&parent)?;
         if relative.extension().is_some_and(|e| e == "db") {
-            // The old database was checkpointed before staging: its -wal
-            // holds nothing, and must not be replayed onto the new file.
+            // The staged copy was exported through the old database's own
+            // connection, so it holds what the old -wal held; that -wal must
+            // not be replayed onto the new file.
             for suffix in ["-wal", "-shm"] {
                 let mut side = target.clone().into_os_string();
                 side.push(suffix);
@@ -116,7 +116,6 @@ pub(crate) fn roll_forward(dir: &Path, limit: usize) -> Result<()> {
         fs::rename(committed.join(relative), &target)
             .map_err(|e| Error::io("rotating", &target, e))?;
         touched.insert(parent);
-        moved += 1;
     }
     for parent in &touched {
         fsio::sync_dir(parent)?;
