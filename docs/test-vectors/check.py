@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Checks the test vectors against an independent implementation of the specs
-(docs/formats/vault-header.md and docs/formats/file-stream.md), written from
+(docs/formats/vault-header.md, docs/formats/file-stream.md and
+docs/formats/audit-log.md), written from
 the documents with Python's `cryptography` and `hashlib`, not from the Rust.
 
 Argon2id slots are skipped (no Argon2 in the standard library); the Rust test
@@ -80,7 +81,36 @@ def check_file():
     print("file-stream-v1.json: OK")
 
 
+def check_audit():
+    v = json.loads((HERE / "audit-log-v1.json").read_text())
+    log_key, mac_key = bytes.fromhex(v["log_key"]), bytes.fromhex(v["mac_key"])
+    log = bytes.fromhex(v["audit_log"])
+    assert log[:10] == b"\x89CFAUDT\n\x01\x00", "log header"
+    at, prev, label = 10, bytes(32), b"coffer/v1/audit-entry"
+    for seq, (event, nonce) in enumerate(zip(v["events"], v["nonces"])):
+        nonce = bytes.fromhex(nonce)
+        assert int.from_bytes(log[at : at + 8], "little") == seq, f"seq {seq}"
+        n = int.from_bytes(log[at + 8 : at + 12], "little")
+        assert log[at + 12 : at + 24] == nonce, f"nonce {seq}"
+        ct = log[at + 24 : at + 24 + n]
+        mac = log[at + 24 + n : at + 56 + n]
+        body = label + prev + seq.to_bytes(8, "little") + n.to_bytes(4, "little") + nonce + ct
+        assert hmac.new(mac_key, body, hashlib.sha256).digest() == mac, f"mac {seq}"
+        aad = label + seq.to_bytes(8, "little")
+        assert AESGCM(log_key).decrypt(nonce, ct, aad) == event.encode(), f"event {seq}"
+        at, prev = at + 56 + n, mac
+    assert at == len(log), "trailing bytes"
+    head = bytes.fromhex(v["audit_head"])
+    body = b"\x89CFAHED\n\x01\x00" + len(v["events"]).to_bytes(8, "little")
+    body += len(log).to_bytes(8, "little") + prev
+    assert head[:-32] == body, "anchor fields"
+    tag = hmac.new(mac_key, b"coffer/v1/audit-head" + body, hashlib.sha256).digest()
+    assert head[-32:] == tag, "anchor tag"
+    print("audit-log-v1.json: OK")
+
+
 if __name__ == "__main__":
     check_header()
     check_file()
+    check_audit()
     sys.exit(0)

@@ -19,6 +19,7 @@ Exit codes:
  12  the vault has been wiped
  13  locked out after too many failed attempts: use a recovery or temporary key
  14  too soon after failed attempts: wait and try again
+ 15  the audit log fails its check (entries edited, deleted, reordered, cut)
   9  not found: no such app, key, record or file
  10  denied: the app's capabilities (or a temporary key) do not allow this
  11  conflict: the record changed since the version the change was based on
@@ -170,6 +171,15 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         reset_keys: Option<std::time::Duration>,
     },
+    /// The vault's local audit log: list it, or verify its chain
+    ///
+    /// Every security event (unlocks and failed attempts, slot and
+    /// passphrase changes, temporary keys used, lockout settings, rotations,
+    /// app exports) is appended, encrypted, in a MAC chain: an edited,
+    /// deleted, reordered or truncated entry is detected. Failed attempts are
+    /// logged by the next successful unlock (the log needs the vault key).
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Add a recovery slot and print its key, once
     ///
     /// The key is 40 characters in groups of five with a checksum that
@@ -414,4 +424,16 @@ pub enum FilesCommand {
         /// The app
         app: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List the events (unlocks; the listing's own unlock is the last entry)
+    List {
+        /// Show only the last N events
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
+    },
+    /// Check the whole chain; exit code 15 if anything was tampered with
+    Verify,
 }

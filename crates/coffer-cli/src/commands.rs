@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
-use crate::cli::{Global, InitArgs, KdfArgs, SlotCommand};
+use crate::cli::{AuditCommand, Global, InitArgs, KdfArgs, SlotCommand};
 use crate::exit::CliError;
 use crate::input::{self, Offered};
 
@@ -549,4 +549,60 @@ pub fn rotate(
         }),
         text,
     })
+}
+
+pub fn audit(global: &Global, command: &AuditCommand) -> Result<Report, CliError> {
+    let vault = unlock(global)?;
+    let trail = vault.audit()?;
+    match command {
+        AuditCommand::Verify => {
+            if let Some(problem) = &trail.problem {
+                return Err(CliError::audit_tampered(problem));
+            }
+            Ok(Report {
+                json: json!({"vault": global.vault, "intact": true, "entries": trail.entries.len()}),
+                text: format!(
+                    "OK: the audit log of vault '{}' holds {} entries, chained and anchored, none altered, missing, reordered or cut.",
+                    global.vault,
+                    trail.entries.len()
+                ),
+            })
+        }
+        AuditCommand::List { last } => {
+            let skip = last.map_or(0, |n| trail.entries.len().saturating_sub(n));
+            let shown = &trail.entries[skip..];
+            let mut text = String::new();
+            for entry in shown {
+                let details = match &entry.details {
+                    Value::Object(map) if map.is_empty() => String::new(),
+                    other => other.to_string(),
+                };
+                text.push_str(&format!(
+                    "{:>5}  {}  {:<24} {}\n",
+                    entry.seq,
+                    time_text(entry.at),
+                    entry.event,
+                    details
+                ));
+            }
+            if let Some(problem) = &trail.problem {
+                text.push_str(&format!(
+                    "WARNING: the log fails its check after these entries: {problem}. Run 'coffer audit verify'.\n"
+                ));
+            }
+            Ok(Report {
+                json: json!({
+                    "vault": global.vault,
+                    "entries": shown.iter().map(|e| json!({
+                        "seq": e.seq,
+                        "at": e.at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                        "event": e.event,
+                        "details": e.details,
+                    })).collect::<Vec<_>>(),
+                    "problem": trail.problem.as_ref().map(ToString::to_string),
+                }),
+                text: text.trim_end().to_owned(),
+            })
+        }
+    }
 }

@@ -21,6 +21,7 @@ pub enum ExitCode {
     Wiped = 12,
     LockedOut = 13,
     BackOff = 14,
+    AuditTampered = 15,
 }
 
 /// An error on its way to the user: what to print and how to exit.
@@ -33,6 +34,15 @@ pub struct CliError {
 }
 
 impl CliError {
+    /// `coffer audit verify` found the chain broken.
+    pub fn audit_tampered(problem: &coffer_device::AuditProblem) -> Self {
+        CliError {
+            exit: ExitCode::AuditTampered,
+            code: "audit_tampered",
+            message: format!("the audit log fails its check: {problem}"),
+        }
+    }
+
     pub fn usage(message: impl Into<String>) -> Self {
         CliError {
             exit: ExitCode::Usage,

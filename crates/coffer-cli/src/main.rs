@@ -34,6 +34,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         } => commands::temp_key(g, name, *expires, *single_use),
         Command::Passwd { slot, kdf } => commands::passwd(g, slot.as_deref(), kdf),
         Command::Verify => commands::verify(g),
+        Command::Audit(command) => commands::audit(g, command),
         Command::Rotate {
             new_recovery_key,
             reset_keys,

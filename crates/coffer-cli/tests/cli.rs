@@ -433,3 +433,122 @@ fn demo_runs_and_explains() {
                 .and(predicate::str::contains("checksum mismatch")),
         );
 }
+
+#[test]
+fn rotate_keeps_the_opener_and_hands_out_reset_keys() {
+    let env = Env::new();
+    env.init("alice secret");
+    env.with_pass("alice secret")
+        .env("COFFER_NEW_PASSPHRASE", "bob secret")
+        .args(["slot", "add", "bob", "--kdf-time-ms", "0"])
+        .assert()
+        .success();
+    env.with_pass("alice secret")
+        .args(["app", "add", "notes"])
+        .assert()
+        .success();
+    env.with_pass("alice secret")
+        .args(["kv", "put", "notes", "k", "value before"])
+        .assert()
+        .success();
+    let mut c = env.with_pass("alice secret");
+    c.args(["rotate", "--new-recovery-key", "--reset-keys", "72h"]);
+    let report = env.json(c);
+    assert_eq!(report["kept"], serde_json::json!(["alice"]));
+    assert_eq!(report["retired"], serde_json::json!(["bob"]));
+    assert_eq!(report["databases"], 2);
+    let recovery = report["recovery_key"]["key"].as_str().unwrap().to_owned();
+    let reset = report["reset_keys"][0]["key"].as_str().unwrap().to_owned();
+    assert_eq!(report["reset_keys"][0]["slot"], "bob");
+
+    // Alice's data is all there; bob's old passphrase is dead.
+    env.with_pass("alice secret")
+        .args(["kv", "get", "notes", "k"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("value before"));
+    env.with_pass("bob secret").arg("verify").assert().code(3);
+    env.cmd()
+        .env("COFFER_RECOVERY_KEY", &recovery)
+        .args(["--recovery", "verify"])
+        .assert()
+        .success();
+    // Bob comes back with his single-use reset key and a new passphrase.
+    env.cmd()
+        .env("COFFER_RECOVERY_KEY", &reset)
+        .env("COFFER_NEW_PASSPHRASE", "bob new secret")
+        .args(["--recovery", "slot", "add", "bob", "--kdf-time-ms", "0"])
+        .assert()
+        .success();
+    env.with_pass("bob new secret")
+        .args(["kv", "get", "notes", "k"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("value before"));
+    env.cmd()
+        .env("COFFER_RECOVERY_KEY", &reset)
+        .args(["--recovery", "verify"])
+        .assert()
+        .code(3);
+    // The secrets printed once never reach the audit log in the clear.
+    let log = std::fs::read(env.space().join("default/audit.log")).unwrap();
+    for secret in [&recovery, &reset] {
+        assert!(!log.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    }
+}
+
+#[test]
+fn audit_lists_events_and_verify_catches_tampering() {
+    let env = Env::new();
+    env.init("alice secret");
+    env.with_pass("wrong").arg("verify").assert().code(3);
+    env.with_pass("alice secret")
+        .env("COFFER_NEW_PASSPHRASE", "changed")
+        .args(["passwd", "--kdf-time-ms", "0"])
+        .assert()
+        .success();
+    let mut c = env.with_pass("changed");
+    c.args(["audit", "list"]);
+    let listed = env.json(c);
+    let events: Vec<&str> = listed["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "vault_created",
+            "unlock_failed",
+            "unlock",
+            "passphrase_changed",
+            "unlock"
+        ]
+    );
+    env.with_pass("changed")
+        .args(["audit", "verify"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("OK"));
+    // Delete the first entry: the check fails with its own exit code.
+    let path = env.space().join("default/audit.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let len = u32::from_le_bytes(bytes[18..22].try_into().unwrap()) as usize;
+    let first_end = 10 + 56 + len;
+    bytes.drain(10..first_end);
+    std::fs::write(&path, &bytes).unwrap();
+    let out = env
+        .with_pass("changed")
+        .args(["audit", "verify", "--json"])
+        .assert()
+        .code(15)
+        .get_output()
+        .clone();
+    assert_eq!(error_code(&out), "audit_tampered");
+    env.with_pass("changed")
+        .args(["audit", "list"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("WARNING"));
+}

@@ -149,23 +149,21 @@ fn a_rotation_killed_at_any_point_leaves_one_whole_key() {
     drop(check(&space, &expected, "after a whole rotation"));
 
     let (mut kills, mut staging, mut committed, mut not_started) = (0, 0, 0, 0);
-    // The commit is a short moment at the end of the run: its delay is
-    // searched for. `lo` is the latest delay that still found the rotation
-    // staging, `hi` the earliest that found it committed or finished.
-    let (mut lo, mut hi) = (Duration::ZERO, window.mul_f64(1.5));
-    for round in 0..300 {
-        if kills >= 60 && staging >= 10 && committed >= 3 {
+    // The commit is a short moment at the end of the run. Odd rounds home in
+    // on it: `probe` moves later after a kill that found the rotation still
+    // staging, earlier after one that found it committed or finished.
+    let mut probe = window;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    for round in 0..400 {
+        if kills >= 60 && staging >= 10 && committed >= 3 || Instant::now() > deadline {
             break;
         }
         let header_before = std::fs::read(vault_dir.join("header")).unwrap();
-        // Half the kills anywhere in the run, half between lo and hi.
-        if lo >= hi {
-            lo = hi.mul_f64(0.8);
-        }
-        let delay = if round % 2 == 0 {
-            hi.mul_f64(rng.fraction())
+        let homing = round % 2 == 1;
+        let delay = if homing {
+            probe.mul_f64(0.97 + 0.06 * rng.fraction())
         } else {
-            lo + (hi - lo).mul_f64(rng.fraction())
+            window.mul_f64(1.1 * rng.fraction())
         };
         let mut child = rotate(space.root()).spawn().unwrap();
         std::thread::sleep(delay);
@@ -174,22 +172,28 @@ fn a_rotation_killed_at_any_point_leaves_one_whole_key() {
         let context = format!("round {round} (killed after {delay:?})");
         if !killed || status.success() {
             // It had finished: not a kill.
-            hi = hi.min(delay);
+            if homing {
+                probe = probe.mul_f64(0.96);
+            }
             drop(check(&space, &expected, &context));
             continue;
         }
         kills += 1;
-        if vault_dir.join(".rotate").exists() {
+        let late = if vault_dir.join(".rotate").exists() {
             committed += 1;
-            hi = hi.min(delay);
+            true
         } else if vault_dir.join(".rotate.tmp").exists() {
             staging += 1;
-            lo = lo.max(delay);
+            false
         } else if std::fs::read(vault_dir.join("header")).unwrap() != header_before {
             committed += 1; // rolled forward, killed before exiting
-            hi = hi.min(delay);
+            true
         } else {
             not_started += 1;
+            false
+        };
+        if homing {
+            probe = probe.mul_f64(if late { 0.96 } else { 1.08 });
         }
         let v = check(&space, &expected, &context);
         // The vault takes new writes, which later rounds must keep.

@@ -460,6 +460,10 @@ impl<'v> App<'v> {
             progress(done);
         }
         archive.finish()?;
+        self.vault.record(
+            "app_exported",
+            json!({"app": self.info.name, "files": count, "bytes": done}),
+        )?;
         Ok(ExportSummary {
             files: count,
             bytes: done,

@@ -29,6 +29,7 @@
 mod aead;
 pub mod app;
 pub mod archive;
+pub mod audit;
 mod codec;
 mod error;
 mod fsio;
@@ -53,6 +54,7 @@ pub mod fuzzing;
 mod tests;
 
 pub use app::{App, AppInfo, Capabilities, Capability, ExportSummary};
+pub use audit::{AuditEntry, AuditProblem, AuditTrail};
 pub use error::{CorruptKind, DatabaseErrorKind, Error, Result};
 pub use header::{Lockout, VaultId};
 pub use kdf::{KdfAlgorithm, KdfLimitError, KdfLimits, KdfParams};

@@ -25,6 +25,8 @@ pub enum Purpose<'a> {
     HeaderMeta,
     /// HMAC key of the vault's local audit chain.
     AuditMac,
+    /// AES-256-GCM key encrypting the local audit log's entries.
+    AuditLog,
     /// Raw SQLCipher key of the vault's catalog (its list of apps).
     Catalog,
     /// Raw SQLCipher key of one app's database.
@@ -42,6 +44,7 @@ impl Purpose<'_> {
             Purpose::HeaderMac => "header-mac",
             Purpose::HeaderMeta => "header-meta",
             Purpose::AuditMac => "audit-mac",
+            Purpose::AuditLog => "audit-log",
             Purpose::Catalog => "catalog",
             Purpose::AppDatabase(_) => "app-database",
             Purpose::AppFiles(_) => "app-files",

@@ -14,6 +14,7 @@ use crate::space::HEADER_FILE;
 use crate::*;
 
 mod archive;
+mod audit;
 mod rotate;
 mod stores;
 mod vectors;

@@ -10,7 +10,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand_core::OsRng;
 
+use serde_json::{json, Value};
+
 use crate::app::{App, AppInfo, Capabilities};
+use crate::audit::{self, AuditKeys, AuditTrail};
 use crate::error::{Error, Result};
 use crate::fsio::{self, FileLock};
 use crate::header::{
@@ -247,8 +250,30 @@ impl Vault {
                     in_use: Some(self.hold_data_lock()?),
                 };
                 vault.after_unlock(now_secs)?;
+                if before.failures > 0 {
+                    vault.record(
+                        "unlock_failed",
+                        json!({
+                            "failures": before.failures,
+                            "last_at": before.last_failure,
+                            "locked_out": before.reached(sealed.lockout),
+                        }),
+                    )?;
+                }
                 if is_passphrase || before.failures > 0 {
                     Attempts::reset(&self.dir)?;
+                }
+                let slot = vault.opened_slot_name();
+                if vault.opened_by == SlotKind::Temporary {
+                    vault.record(
+                        "temporary_key_used",
+                        json!({"slot": slot, "single_use": vault.opened_single_use}),
+                    )?;
+                } else {
+                    vault.record(
+                        "unlock",
+                        json!({"slot": slot, "kind": vault.opened_by.name()}),
+                    )?;
                 }
                 return Ok(vault);
             }
@@ -347,7 +372,7 @@ impl UnlockedVault {
         };
         fsio::write_atomic(&vault.header_path(), &header.seal(&key, rng)?)?;
         let in_use = Some(vault.hold_data_lock()?);
-        Ok(UnlockedVault {
+        let created = UnlockedVault {
             vault,
             key,
             header,
@@ -355,7 +380,9 @@ impl UnlockedVault {
             opened_by: SlotKind::Passphrase(*kdf),
             opened_single_use: false,
             in_use,
-        })
+        };
+        created.record("vault_created", json!({"slot": slot_name}))?;
+        Ok(created)
     }
 
     pub(crate) fn moved_to(mut self, dir: PathBuf) -> Self {
@@ -413,6 +440,34 @@ impl UnlockedVault {
         subkey::derive(&self.key, &self.header.vault_id, purpose)
     }
 
+    fn audit_keys(&self) -> AuditKeys {
+        AuditKeys {
+            log: self.subkey(Purpose::AuditLog),
+            mac: self.subkey(Purpose::AuditMac),
+        }
+    }
+
+    /// Appends a security event to the vault's audit log. `details` never
+    /// holds a secret: names, kinds, counts.
+    pub(crate) fn record(&self, event: &str, details: Value) -> Result<()> {
+        audit::append(&self.vault.dir, &self.audit_keys(), event, details)
+    }
+
+    /// Reads the vault's audit log back and checks its chain: every entry up
+    /// to the first problem, and the problem if there is one (an edited,
+    /// deleted, swapped or truncated entry; docs/formats/audit-log.md).
+    pub fn audit(&self) -> Result<AuditTrail> {
+        audit::read(&self.vault.dir, &self.audit_keys())
+    }
+
+    /// The name of the slot that opened this vault.
+    fn opened_slot_name(&self) -> String {
+        self.header.slots[self.opened_slot]
+            .as_ref()
+            .map(|(_, meta)| meta.name.clone())
+            .unwrap_or_default()
+    }
+
     fn catalog(&self) -> Result<Catalog> {
         // A wipe may have begun since this vault was unlocked: never recreate
         // its databases under the old key.
@@ -429,7 +484,12 @@ impl UnlockedVault {
 
     /// Adds an app with the given capabilities.
     pub fn add_app(&self, name: &str, capabilities: Capabilities) -> Result<AppInfo> {
-        self.catalog()?.add(name, capabilities, &mut OsRng)
+        let info = self.catalog()?.add(name, capabilities, &mut OsRng)?;
+        self.record(
+            "app_added",
+            json!({"app": name, "capabilities": capability_names(capabilities)}),
+        )?;
+        Ok(info)
     }
 
     /// Every app of the vault, by name.
@@ -455,12 +515,18 @@ impl UnlockedVault {
         progress: &mut dyn FnMut(u64),
     ) -> Result<AppInfo> {
         let catalog = self.catalog()?;
-        crate::app::import(self, &catalog, input, passphrase, rename, progress)
+        let info = crate::app::import(self, &catalog, input, passphrase, rename, progress)?;
+        self.record("app_imported", json!({"app": info.name}))?;
+        Ok(info)
     }
 
     /// Replaces the capabilities of the app `name`.
     pub fn set_app_capabilities(&self, name: &str, capabilities: Capabilities) -> Result<()> {
-        self.catalog()?.set_capabilities(name, capabilities)
+        self.catalog()?.set_capabilities(name, capabilities)?;
+        self.record(
+            "app_capabilities_changed",
+            json!({"app": name, "capabilities": capability_names(capabilities)}),
+        )
     }
 
     /// Adds a passphrase slot for a user of this device.
@@ -511,6 +577,7 @@ impl UnlockedVault {
         credential: &Credential<'_>,
         kind: SlotKind,
     ) -> Result<SlotInfo> {
+        let kind_for_log = kind;
         self.require_slot_admin(matches!(kind, SlotKind::Passphrase(_)))?;
         header::validate_slot_name(&meta.name)?;
         let name = meta.name.clone();
@@ -542,6 +609,10 @@ impl UnlockedVault {
             *free = Some((slot, meta));
             Ok(index)
         })?;
+        self.record(
+            "slot_added",
+            json!({"slot": name, "kind": kind_for_log.name()}),
+        )?;
         self.slots()
             .into_iter()
             .find(|s| s.index == index)
@@ -577,7 +648,8 @@ impl UnlockedVault {
         self.update_header(|header| {
             header.lockout = lockout;
             Ok(())
-        })
+        })?;
+        self.record("lockout_set", json!({"setting": lockout_name(lockout)}))
     }
 
     /// The lockout setting.
@@ -655,6 +727,7 @@ impl UnlockedVault {
             entry.0 = slot;
             Ok(())
         })?;
+        self.record("passphrase_changed", json!({"slot": target_name}))?;
         self.slots()
             .into_iter()
             .find(|s| s.name == target_name)
@@ -677,7 +750,8 @@ impl UnlockedVault {
                 return Err(Error::LastSlot);
             }
             Ok(())
-        })
+        })?;
+        self.record("slot_removed", json!({"slot": name}))
     }
 
     /// Rotates the vault key: a new random key, every store re-encrypted
@@ -774,13 +848,25 @@ impl UnlockedVault {
         let vault_id = self.header.vault_id;
         rotate::finish_pending(dir)?;
         rotate::discard_staging(dir);
+        self.record(
+            "rotation_started",
+            json!({"keep": rewrapped.iter().map(|(n, _)| n).collect::<Vec<_>>()}),
+        )?;
         let staging = dir.join(rotate::STAGING_DIR);
+        let new_audit_keys = AuditKeys {
+            log: subkey::derive(&new_key, &vault_id, Purpose::AuditLog),
+            mac: subkey::derive(&new_key, &vault_id, Purpose::AuditMac),
+        };
         let staged = rotate::stage_stores(
             dir,
             &|purpose| self.subkey(purpose),
             &|purpose| subkey::derive(&new_key, &vault_id, purpose),
             progress,
-        );
+        )
+        .and_then(|staged| {
+            audit::reencrypt(dir, &self.audit_keys(), &staging, &new_audit_keys)?;
+            Ok(staged)
+        });
         let staged = match staged {
             Ok(staged) => staged,
             Err(e) => {
@@ -919,6 +1005,18 @@ impl UnlockedVault {
             _ => {}
         }
         rotate::roll_forward(dir, usize::MAX)?;
+        self.record(
+            "rotation_finished",
+            json!({
+                "kept": report.kept,
+                "retired": report.retired,
+                "recovery_slot": report.recovery_key.as_ref().map(|(name, _)| name),
+                "reset_keys": report.reset_keys.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+                "databases": report.databases,
+                "files": report.files,
+                "bytes": report.bytes,
+            }),
+        )?;
         Ok(report)
     }
 
@@ -945,6 +1043,10 @@ impl UnlockedVault {
                 }
                 Ok(())
             });
+            let _ = self.record(
+                "temporary_key_refused",
+                json!({"slot": name, "reason": "expired"}),
+            );
             return Err(Error::TemporaryKeyExpired { name });
         }
         if single_use {
@@ -987,5 +1089,17 @@ impl UnlockedVault {
         )?;
         self.header = header;
         Ok(out)
+    }
+}
+
+fn capability_names(capabilities: Capabilities) -> Vec<&'static str> {
+    capabilities.iter().map(|c| c.name()).collect()
+}
+
+fn lockout_name(lockout: Lockout) -> String {
+    match lockout {
+        Lockout::Off => "off".into(),
+        Lockout::Lock(n) => format!("lock after {n}"),
+        Lockout::Wipe(n) => format!("wipe after {n}"),
     }
 }
