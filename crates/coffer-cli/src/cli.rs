@@ -20,6 +20,7 @@ Exit codes:
  13  locked out after too many failed attempts: use a recovery or temporary key
  14  too soon after failed attempts: wait and try again
  15  the audit log fails its check (entries edited, deleted, reordered, cut)
+ 16  refused: a debugger is tracing coffer and --refuse-debugger is set
   9  not found: no such app, key, record or file
  10  denied: the app's capabilities (or a temporary key) do not allow this
  11  conflict: the record changed since the version the change was based on
@@ -74,6 +75,9 @@ pub struct Global {
     /// Open the vault with a recovery key instead of a passphrase
     #[arg(long, global = true)]
     pub recovery: bool,
+    /// Refuse to unlock while a debugger traces coffer (Linux: TracerPid)
+    #[arg(long, global = true, env = "COFFER_REFUSE_DEBUGGER")]
+    pub refuse_debugger: bool,
     /// Read the recovery key from FILE (implies --recovery)
     #[arg(long, global = true, value_name = "FILE")]
     pub recovery_key_file: Option<PathBuf>,

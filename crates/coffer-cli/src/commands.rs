@@ -49,7 +49,9 @@ pub fn spinner(global: &Global, message: &str) -> ProgressBar {
 }
 
 fn vault(global: &Global) -> Result<Vault, CliError> {
-    Ok(space(global)?.vault(&global.vault)?)
+    Ok(space(global)?
+        .vault(&global.vault)?
+        .refuse_under_debugger(global.refuse_debugger))
 }
 
 pub fn unlock(global: &Global) -> Result<UnlockedVault, CliError> {
@@ -449,11 +451,36 @@ pub fn verify(global: &Global) -> Result<Report, CliError> {
         .ok_or_else(|| {
             CliError::other("the slot that opened the vault is missing from its header")
         })?;
+    let hardening = coffer_device::hardening::status();
+    let memory = if hardening.keys_not_locked == 0 {
+        format!("{} key(s) pinned in RAM (mlock)", hardening.keys_locked)
+    } else {
+        format!(
+            "{} key(s) could not be pinned in RAM (RLIMIT_MEMLOCK reached, or no mlock here): they could reach swap",
+            hardening.keys_not_locked
+        )
+    };
     Ok(Report {
-        json: json!({"vault": global.vault, "authentic": true, "opened_slot": slot_json(&slot)}),
+        json: json!({
+            "vault": global.vault,
+            "authentic": true,
+            "opened_slot": slot_json(&slot),
+            "hardening": {
+                "core_dumps_disabled": hardening.core_dumps_disabled,
+                "not_dumpable": hardening.not_dumpable,
+                "keys_locked": hardening.keys_locked,
+                "keys_not_locked": hardening.keys_not_locked,
+                "tracer_pid": hardening.tracer_pid,
+            },
+        }),
         text: format!(
-            "OK: slot {} '{}' opens vault '{}', and the header is authentic.",
-            slot.index, slot.name, global.vault
+            "OK: slot {} '{}' opens vault '{}', and the header is authentic.\nProcess: core dumps {}, {}; {}.",
+            slot.index,
+            slot.name,
+            global.vault,
+            if hardening.core_dumps_disabled { "off" } else { "NOT off" },
+            if hardening.not_dumpable { "memory not readable by other processes" } else { "memory readable by same-user processes" },
+            memory
         ),
     })
 }

@@ -22,6 +22,7 @@ pub enum ExitCode {
     LockedOut = 13,
     BackOff = 14,
     AuditTampered = 15,
+    Debugger = 16,
 }
 
 /// An error on its way to the user: what to print and how to exit.
@@ -124,6 +125,11 @@ impl From<Error> for CliError {
                 "; name the user's slot with --slot",
             ),
             Error::Busy => (ExitCode::Busy, "busy", "; try again"),
+            Error::DebuggerAttached { .. } => (
+                ExitCode::Debugger,
+                "debugger_attached",
+                "; detach the debugger, or run without --refuse-debugger",
+            ),
             Error::NoSuchApp { .. } => (
                 ExitCode::NotFound,
                 "no_such_app",

@@ -552,3 +552,41 @@ fn audit_lists_events_and_verify_catches_tampering() {
         .success()
         .stdout(predicate::str::contains("WARNING"));
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_debugger_is_refused_when_asked_and_hardening_is_reported() {
+    let env = Env::new();
+    env.init("alice secret");
+    let mut c = env.with_pass("alice secret");
+    c.arg("verify");
+    let report = env.json(c);
+    assert_eq!(report["hardening"]["core_dumps_disabled"], true);
+    assert_eq!(report["hardening"]["not_dumpable"], true);
+    assert!(report["hardening"]["keys_locked"].as_u64().unwrap() > 0);
+    assert_eq!(report["hardening"]["tracer_pid"], Value::Null);
+
+    // Under a real tracer (strace, which .ci/run installs), --refuse-debugger
+    // refuses with its own exit code; without it, the unlock goes on.
+    let strace = |refuse: bool| {
+        let mut c = std::process::Command::new("strace");
+        c.args(["-f", "-o", "/dev/null"])
+            .arg(assert_cmd::cargo::cargo_bin("coffer"))
+            .env("COFFER_SPACE", env.space())
+            .env("COFFER_PASSPHRASE", "alice secret")
+            .env_remove("COFFER_REFUSE_DEBUGGER")
+            .args(["verify", "--json"]);
+        if refuse {
+            c.arg("--refuse-debugger");
+        }
+        c.output()
+            .expect("strace is installed (.ci/run installs it)")
+    };
+    let refused = strace(true);
+    assert_eq!(refused.status.code(), Some(16), "{refused:?}");
+    assert_eq!(error_code(&refused), "debugger_attached");
+    let traced = strace(false);
+    assert!(traced.status.success(), "{traced:?}");
+    let report: Value = serde_json::from_slice(&traced.stdout).unwrap();
+    assert!(report["hardening"]["tracer_pid"].as_u64().is_some());
+}

@@ -45,11 +45,15 @@ fn build(space: &Space) -> Keys {
             .unwrap();
     }
     Keys {
-        catalog: *v.subkey(Purpose::Catalog).expose_secret(),
+        catalog: *v.subkey(Purpose::Catalog).unwrap().expose_secret(),
         app_db: *v
             .subkey(Purpose::AppDatabase(&app.info().id))
+            .unwrap()
             .expose_secret(),
-        app_files: *v.subkey(Purpose::AppFiles(&app.info().id)).expose_secret(),
+        app_files: *v
+            .subkey(Purpose::AppFiles(&app.info().id))
+            .unwrap()
+            .expose_secret(),
     }
 }
 

@@ -254,12 +254,12 @@ pub(crate) fn import(
         database::rekey(
             &db_path,
             &snapshot_key,
-            &vault.subkey(Purpose::AppDatabase(&info.id)),
+            &vault.subkey(Purpose::AppDatabase(&info.id))?,
         )?;
 
         let conn = database::open(
             &db_path,
-            &vault.subkey(Purpose::AppDatabase(&info.id)),
+            &vault.subkey(Purpose::AppDatabase(&info.id))?,
             false,
         )?;
         // The snapshot is foreign input: no trigger or view of it may touch
@@ -283,7 +283,7 @@ pub(crate) fn import(
         let files = FileStore::open(
             conn,
             files_dir.clone(),
-            vault.subkey(Purpose::AppFiles(&info.id)),
+            vault.subkey(Purpose::AppFiles(&info.id))?,
         )?;
         let mut done = copied;
         loop {
@@ -367,7 +367,7 @@ impl<'v> App<'v> {
 
     /// Opens the app's encrypted database (created on first use).
     fn open_database(&self) -> Result<Connection> {
-        let key = self.vault.subkey(Purpose::AppDatabase(&self.info.id));
+        let key = self.vault.subkey(Purpose::AppDatabase(&self.info.id))?;
         database::open(&self.db_path, &key, true)
     }
 
@@ -475,7 +475,7 @@ impl<'v> App<'v> {
         FileStore::open(
             self.open_database()?,
             dir,
-            self.vault.subkey(Purpose::AppFiles(&self.info.id)),
+            self.vault.subkey(Purpose::AppFiles(&self.info.id))?,
         )
     }
 

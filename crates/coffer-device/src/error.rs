@@ -123,9 +123,23 @@ pub enum Error {
     /// Removing this slot would leave no passphrase or recovery slot at all.
     #[error("refusing to remove the last key slot: the vault could never be opened again")]
     LastSlot,
-    /// Another process holds the vault's lock for longer than we wait.
-    #[error("vault is busy: another coffer process is changing it")]
+    /// Another process holds the vault's lock for longer than we wait (it
+    /// is changing the vault, or holds it open while a rotation waits).
+    #[error("vault is busy: another coffer process is using or changing it")]
     Busy,
+    /// The vault refuses to unlock while a debugger traces this process.
+    #[error("refusing to unlock: process {pid} is tracing this one (a debugger)")]
+    DebuggerAttached {
+        /// The tracer's PID.
+        pid: u32,
+    },
+    /// The session was locked (explicitly, or after its idle timeout): the
+    /// vault key is gone from memory; unlock again.
+    #[error("the vault session is locked: unlock again")]
+    SessionLocked,
+    /// This platform lacks what the operation needs.
+    #[error("not supported here: {0}")]
+    Unsupported(&'static str),
     /// An operating-system error, with what we were doing and where.
     #[error("{op} {path}: {source}")]
     Io {

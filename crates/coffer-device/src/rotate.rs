@@ -206,8 +206,8 @@ fn file_len(path: &Path) -> u64 {
 /// under the old key.
 pub(crate) fn stage_stores(
     dir: &Path,
-    old: &dyn Fn(Purpose<'_>) -> Subkey,
-    new: &dyn Fn(Purpose<'_>) -> Subkey,
+    old: &dyn Fn(Purpose<'_>) -> Result<Subkey>,
+    new: &dyn Fn(Purpose<'_>) -> Result<Subkey>,
     progress: &mut dyn FnMut(RotationProgress),
 ) -> Result<Staged> {
     let staging = dir.join(STAGING_DIR);
@@ -217,7 +217,7 @@ pub(crate) fn stage_stores(
         // No app was ever added: the header is all there is to rotate.
         return Ok(Staged::default());
     }
-    let catalog = Catalog::open(dir, &old(Purpose::Catalog))?;
+    let catalog = Catalog::open(dir, &old(Purpose::Catalog)?)?;
 
     // Open every live store first, to know the total for the progress bar.
     struct Live {
@@ -235,7 +235,7 @@ pub(crate) fn stage_stores(
             // Added but never opened: nothing stored yet.
             continue;
         }
-        let conn = database::open(&db_path, &old(Purpose::AppDatabase(&info.id)), false)?;
+        let conn = database::open(&db_path, &old(Purpose::AppDatabase(&info.id))?, false)?;
         let has_files: bool = conn
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'coffer_files'",
@@ -250,7 +250,7 @@ pub(crate) fn stage_stores(
             let store = FileStore::open(
                 conn,
                 files_dir(dir, &info),
-                old(Purpose::AppFiles(&info.id)),
+                old(Purpose::AppFiles(&info.id))?,
             )?;
             store.remove_orphans()?;
             total += store.total_size()?;
@@ -269,7 +269,7 @@ pub(crate) fn stage_stores(
 
     let mut done = 0u64;
     progress(RotationProgress { done, total });
-    catalog.snapshot(&staging.join(CATALOG_FILE), &new(Purpose::Catalog))?;
+    catalog.snapshot(&staging.join(CATALOG_FILE), &new(Purpose::Catalog)?)?;
     done += file_len(&catalog_path);
     progress(RotationProgress { done, total });
 
@@ -284,7 +284,7 @@ pub(crate) fn stage_stores(
             .strip_prefix(dir)
             .map_err(|_| Error::NotPermitted("an app database lies outside its vault directory"))?;
         let staged_db = staging.join(relative);
-        let new_db_key = new(Purpose::AppDatabase(&app.info.id));
+        let new_db_key = new(Purpose::AppDatabase(&app.info.id))?;
         let conn = match (&app.files, &app.conn) {
             (Some(store), _) => store.connection(),
             (None, Some(conn)) => conn,
@@ -304,7 +304,7 @@ pub(crate) fn stage_stores(
             let staged_files = FileStore::open(
                 database::open(&staged_db, &new_db_key, false)?,
                 staging.join(files_relative),
-                new(Purpose::AppFiles(&app.info.id)),
+                new(Purpose::AppFiles(&app.info.id))?,
             )?;
             staged.files += staged_files.reencrypt_from(old_files, &mut |bytes| {
                 done += bytes;

@@ -25,6 +25,7 @@ impl Key256 {
     /// Draws a fresh key from `rng`, writing it straight into its box.
     pub(crate) fn random(rng: &mut (impl RngCore + CryptoRng)) -> Result<Self> {
         let mut key = SecretBox::new(Box::new([0u8; KEY_LEN]));
+        crate::hardening::pin(key.expose_secret());
         rng.try_fill_bytes(secrecy::ExposeSecretMut::expose_secret_mut(&mut key))?;
         Ok(Key256(key))
     }
@@ -35,6 +36,9 @@ impl Key256 {
         fill: impl FnOnce(&mut [u8; KEY_LEN]) -> Result<(), E>,
     ) -> Result<Self, E> {
         let mut key = SecretBox::new(Box::new([0u8; KEY_LEN]));
+        // Pinned before the secret is written, so it never sits in a page
+        // that could be swapped out.
+        crate::hardening::pin(key.expose_secret());
         fill(secrecy::ExposeSecretMut::expose_secret_mut(&mut key))?;
         Ok(Key256(key))
     }

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::fsio::{self, FileLock};
 use crate::kdf::KdfParams;
+use crate::keyslot::{Credential, SlotKind};
+use crate::recovery::RecoveryKey;
 use crate::secret::Passphrase;
 use crate::vault::{UnlockedVault, Vault};
 
@@ -144,11 +146,12 @@ impl Space {
             .root
             .join(format!(".{name}.{}.creating", fsio::random_suffix()?));
         fsio::create_private_dir(&staging)?;
+        kdf.validate()?;
         let built = UnlockedVault::create(
             Vault::at(name.into(), staging.clone()),
             slot_name,
-            passphrase,
-            kdf,
+            &Credential::Passphrase(passphrase),
+            SlotKind::Passphrase(*kdf),
         );
         let unlocked = match built {
             Ok(unlocked) => unlocked,
@@ -163,5 +166,49 @@ impl Space {
         }
         fsio::sync_dir(&self.root)?;
         Ok(unlocked.moved_to(dir))
+    }
+
+    /// A vault that lives only in memory and vanishes when its session ends
+    /// (explicit lock, idle timeout, or drop): its files are in a private
+    /// directory on the RAM-backed `/dev/shm`, and deleted then. No secret
+    /// can open it again: the key of its one slot is dropped at once.
+    ///
+    /// Its stores are encrypted as usual. tmpfs pages can still be swapped
+    /// out under memory pressure; they hold only ciphertext, and the key
+    /// itself is pinned (docs/threat-model.md). [`Error::Unsupported`] where
+    /// there is no `/dev/shm`.
+    pub fn ephemeral_vault(name: &str) -> Result<UnlockedVault> {
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir() {
+            return Err(Error::Unsupported(
+                "an ephemeral vault needs a RAM-backed /dev/shm",
+            ));
+        }
+        Self::ephemeral_vault_in(shm, name)
+    }
+
+    /// [`Space::ephemeral_vault`] in a directory of the caller's choice,
+    /// which should be RAM-backed (tests, or platforms without `/dev/shm`).
+    pub fn ephemeral_vault_in(ram_dir: &Path, name: &str) -> Result<UnlockedVault> {
+        validate_vault_name(name)?;
+        let root = ram_dir.join(format!("coffer-ephemeral-{}", fsio::random_suffix()?));
+        fsio::create_private_dir(&root)?;
+        let dir = root.join(name);
+        let built = fsio::create_private_dir(&dir).and_then(|()| {
+            let throwaway = RecoveryKey::generate(&mut rand_core::OsRng)?;
+            UnlockedVault::create(
+                Vault::at(name.into(), dir.clone()),
+                "ephemeral",
+                &Credential::RecoveryKey(&throwaway),
+                SlotKind::Recovery,
+            )
+        });
+        match built {
+            Ok(vault) => Ok(vault.vanish_on_lock(root)),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&root);
+                Err(e)
+            }
+        }
     }
 }

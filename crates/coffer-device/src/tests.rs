@@ -16,6 +16,7 @@ use crate::*;
 mod archive;
 mod audit;
 mod rotate;
+mod session;
 mod stores;
 mod vectors;
 mod wipe;
@@ -33,7 +34,12 @@ pub(crate) const FAST: KdfParams = KdfParams::Argon2id {
 pub(crate) fn raw_app_db(vault: &UnlockedVault, app: &str) -> rusqlite::Connection {
     let info = vault.app(app).unwrap().info().clone();
     let path = vault.vault().path().join("data").join(&info.db_file);
-    store::database::open(&path, &vault.subkey(Purpose::AppDatabase(&info.id)), false).unwrap()
+    store::database::open(
+        &path,
+        &vault.subkey(Purpose::AppDatabase(&info.id)).unwrap(),
+        false,
+    )
+    .unwrap()
 }
 
 fn pass(s: &str) -> Passphrase {
@@ -90,12 +96,16 @@ fn create_then_open_round_trip() {
     let id = created.vault_id();
     let key = *created
         .subkey(Purpose::AppDatabase("notes"))
+        .unwrap()
         .expose_secret();
     drop(created);
     let opened = unlock(&space, "pw one").unwrap();
     assert_eq!(opened.vault_id(), id);
     assert_eq!(
-        *opened.subkey(Purpose::AppDatabase("notes")).expose_secret(),
+        *opened
+            .subkey(Purpose::AppDatabase("notes"))
+            .unwrap()
+            .expose_secret(),
         key
     );
     assert_eq!(opened.opened_slot(), 0);
@@ -128,7 +138,7 @@ fn subkeys_differ_by_purpose_and_app() {
         Purpose::AppFiles("a"),
         Purpose::AppRecords("a"),
     ]
-    .map(|p| *v.subkey(p).expose_secret());
+    .map(|p| *v.subkey(p).unwrap().expose_secret());
     for i in 0..keys.len() {
         for j in i + 1..keys.len() {
             assert_ne!(keys[i], keys[j], "{i} vs {j}");
@@ -166,8 +176,8 @@ fn two_users_each_open_with_their_own_passphrase() {
     assert_eq!(a.opened_slot(), 0);
     assert_eq!(b.opened_slot(), 1);
     assert_eq!(
-        a.subkey(Purpose::AuditMac).expose_secret(),
-        b.subkey(Purpose::AuditMac).expose_secret()
+        a.subkey(Purpose::AuditMac).unwrap().expose_secret(),
+        b.subkey(Purpose::AuditMac).unwrap().expose_secret()
     );
     let names: Vec<_> = b.slots().into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["alice", "bob"]);
@@ -478,7 +488,11 @@ fn a_temporary_key_opens_the_data_not_the_key_slots() {
     let vault = space.vault("acme").unwrap();
     let mut as_visitor = vault.unlock(&Credential::RecoveryKey(&visitor)).unwrap();
     assert_eq!(
-        as_visitor.subkey(Purpose::AuditMac).expose_secret().len(),
+        as_visitor
+            .subkey(Purpose::AuditMac)
+            .unwrap()
+            .expose_secret()
+            .len(),
         32
     );
     let denied = |r: Result<()>| assert!(matches!(r, Err(Error::NotPermitted(_))), "{r:?}");
@@ -888,9 +902,9 @@ fn no_secret_and_no_slot_name_reaches_the_disk() {
     v.add_passphrase_slot("bob-marker", &pass("second-marker-passphrase"), &FAST)
         .unwrap();
     let (_, recovery) = v.add_recovery_slot("recovery-marker").unwrap();
-    let vault_key = *v.vault_key().0.expose_secret();
+    let vault_key = v.vault_key_bytes();
     let subkeys: Vec<[u8; 32]> = [Purpose::HeaderMac, Purpose::HeaderMeta, Purpose::AuditMac]
-        .map(|p| *v.subkey(p).expose_secret())
+        .map(|p| *v.subkey(p).unwrap().expose_secret())
         .to_vec();
     let needles: Vec<Vec<u8>> = [
         passphrase.as_bytes().to_vec(),
@@ -960,14 +974,14 @@ fn debug_output_of_an_unlocked_vault_shows_no_key() {
     let (_d, space) = two_user_vault();
     let v = unlock(&space, "alice pw").unwrap();
     let shown = format!("{v:?} {:?} {:?}", v.slots(), v.vault());
-    let mut keys = vec![*v.vault_key().0.expose_secret()];
+    let mut keys = vec![v.vault_key_bytes()];
     for p in [
         Purpose::HeaderMac,
         Purpose::HeaderMeta,
         Purpose::AuditMac,
         Purpose::Catalog,
     ] {
-        keys.push(*v.subkey(p).expose_secret());
+        keys.push(*v.subkey(p).unwrap().expose_secret());
     }
     for key in keys {
         let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();

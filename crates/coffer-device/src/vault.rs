@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand_core::OsRng;
@@ -25,6 +26,7 @@ use crate::lockout::{Attempts, ATTEMPTS_LOCK_FILE};
 use crate::recovery::RecoveryKey;
 use crate::rotate::{self, RotationProgress, DATA_LOCK_FILE};
 use crate::secret::{Key256, Passphrase, Subkey, VaultKey};
+use crate::session::Session;
 use crate::space::{HEADER_FILE, LOCK_FILE};
 use crate::store::catalog::{Catalog, DATA_DIR};
 use crate::subkey::{self, Purpose};
@@ -36,6 +38,7 @@ pub struct Vault {
     name: String,
     dir: PathBuf,
     limits: KdfLimits,
+    refuse_tracer: bool,
 }
 
 /// What anyone can read from a header without a secret.
@@ -99,6 +102,7 @@ impl Vault {
             name,
             dir,
             limits: KdfLimits::default(),
+            refuse_tracer: false,
         }
     }
 
@@ -110,6 +114,15 @@ impl Vault {
     /// The vault's directory.
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// With `true`, unlocking fails with [`Error::DebuggerAttached`] while a
+    /// debugger traces this process (Linux: `TracerPid`; elsewhere no tracer
+    /// can be seen, and this does nothing). The signed policy sets it for
+    /// enrolled devices.
+    pub fn refuse_under_debugger(mut self, refuse: bool) -> Self {
+        self.refuse_tracer = refuse;
+        self
     }
 
     /// Replaces the KDF caps applied when the header is read.
@@ -210,6 +223,7 @@ impl Vault {
     /// clock back does not revive an expired temporary key. A single-use
     /// temporary key's slot is removed before the vault is handed out.
     pub fn unlock_at(&self, credential: &Credential<'_>, now: SystemTime) -> Result<UnlockedVault> {
+        crate::hardening::before_unlock(self.refuse_tracer)?;
         let sealed = self.read_sealed()?;
         let now_secs = system_time_to_unix(now);
         let is_passphrase = matches!(credential, Credential::Passphrase(_));
@@ -242,12 +256,11 @@ impl Vault {
                     .map(|(slot, meta)| (slot.kind, meta.single_use));
                 let mut vault = UnlockedVault {
                     vault: self.clone(),
-                    key,
+                    session: Session::start(key, self.hold_data_lock()?),
                     header,
                     opened_slot: index,
                     opened_by: opened.map_or(SlotKind::Recovery, |o| o.0),
                     opened_single_use: opened.is_some_and(|o| o.1),
-                    in_use: Some(self.hold_data_lock()?),
                 };
                 vault.after_unlock(now_secs)?;
                 if before.failures > 0 {
@@ -317,18 +330,17 @@ impl Vault {
 /// every open.
 const LATEST_SEEN_STEP: i64 = 60;
 
-/// An open vault. Holds the vault key in memory until dropped.
+/// An open vault: a session holding the vault key in memory until it is
+/// locked ([`UnlockedVault::lock`], the idle timeout, or drop).
 pub struct UnlockedVault {
     vault: Vault,
-    key: VaultKey,
+    session: Arc<Session>,
     header: Header,
     opened_slot: usize,
     /// The kind of the slot that opened the vault: a temporary key opens the
     /// data, not the key slots.
     opened_by: SlotKind,
     opened_single_use: bool,
-    /// The data lock, shared: no rotation runs while this vault is open.
-    in_use: Option<FileLock>,
 }
 
 impl std::fmt::Debug for UnlockedVault {
@@ -345,21 +357,18 @@ impl UnlockedVault {
     pub(crate) fn create(
         vault: Vault,
         slot_name: &str,
-        passphrase: &Passphrase,
-        kdf: &KdfParams,
+        credential: &Credential<'_>,
+        kind: SlotKind,
     ) -> Result<Self> {
         header::validate_slot_name(slot_name)?;
-        kdf.validate()?;
+        if let SlotKind::Passphrase(kdf) = kind {
+            kdf.validate()?;
+        }
+        crate::hardening::before_unlock(vault.refuse_tracer)?;
         let rng = &mut OsRng;
         let key = VaultKey(Key256::random(rng)?);
         let vault_id = VaultId::random(rng)?;
-        let slot = KeySlot::wrap(
-            &key,
-            &vault_id,
-            &Credential::Passphrase(passphrase),
-            SlotKind::Passphrase(*kdf),
-            rng,
-        )?;
+        let slot = KeySlot::wrap(&key, &vault_id, credential, kind, rng)?;
         let now = now_unix();
         let mut slots: [Option<(KeySlot, SlotMeta)>; SLOT_COUNT] = Default::default();
         slots[0] = Some((slot, SlotMeta::new(slot_name.into(), now)));
@@ -371,15 +380,14 @@ impl UnlockedVault {
             slots,
         };
         fsio::write_atomic(&vault.header_path(), &header.seal(&key, rng)?)?;
-        let in_use = Some(vault.hold_data_lock()?);
+        let in_use = vault.hold_data_lock()?;
         let created = UnlockedVault {
             vault,
-            key,
+            session: Session::start(key, in_use),
             header,
             opened_slot: 0,
-            opened_by: SlotKind::Passphrase(*kdf),
+            opened_by: kind,
             opened_single_use: false,
-            in_use,
         };
         created.record("vault_created", json!({"slot": slot_name}))?;
         Ok(created)
@@ -387,6 +395,13 @@ impl UnlockedVault {
 
     pub(crate) fn moved_to(mut self, dir: PathBuf) -> Self {
         self.vault.dir = dir;
+        self
+    }
+
+    /// Makes the session delete `root` (the vault's private space) when it
+    /// ends: an ephemeral vault.
+    pub(crate) fn vanish_on_lock(self, root: PathBuf) -> Self {
+        self.session.set_ephemeral(root);
         self
     }
 
@@ -424,10 +439,14 @@ impl UnlockedVault {
             .collect()
     }
 
-    /// The vault key itself, for tests that prove it never reaches the disk.
+    /// The vault key's bytes, for tests that prove it never reaches the
+    /// disk and that rotation changes it.
     #[cfg(test)]
-    pub(crate) fn vault_key(&self) -> &VaultKey {
-        &self.key
+    pub(crate) fn vault_key_bytes(&self) -> [u8; 32] {
+        match self.session.key() {
+            Ok(key) => *key.0.expose_secret(),
+            Err(_) => [0; 32],
+        }
     }
 
     /// Index of the slot that opened this vault.
@@ -435,29 +454,52 @@ impl UnlockedVault {
         self.opened_slot
     }
 
-    /// Derives the subkey for `purpose`.
-    pub fn subkey(&self, purpose: Purpose<'_>) -> Subkey {
-        subkey::derive(&self.key, &self.header.vault_id, purpose)
+    /// Derives the subkey for `purpose`; [`Error::SessionLocked`] once the
+    /// session is locked.
+    pub fn subkey(&self, purpose: Purpose<'_>) -> Result<Subkey> {
+        let key = self.session.key()?;
+        Ok(subkey::derive(&key, &self.header.vault_id, purpose))
     }
 
-    fn audit_keys(&self) -> AuditKeys {
-        AuditKeys {
-            log: self.subkey(Purpose::AuditLog),
-            mac: self.subkey(Purpose::AuditMac),
-        }
+    fn audit_keys(&self) -> Result<AuditKeys> {
+        Ok(AuditKeys {
+            log: self.subkey(Purpose::AuditLog)?,
+            mac: self.subkey(Purpose::AuditMac)?,
+        })
     }
 
     /// Appends a security event to the vault's audit log. `details` never
     /// holds a secret: names, kinds, counts.
     pub(crate) fn record(&self, event: &str, details: Value) -> Result<()> {
-        audit::append(&self.vault.dir, &self.audit_keys(), event, details)
+        audit::append(&self.vault.dir, &self.audit_keys()?, event, details)
     }
 
     /// Reads the vault's audit log back and checks its chain: every entry up
     /// to the first problem, and the problem if there is one (an edited,
     /// deleted, swapped or truncated entry; docs/formats/audit-log.md).
     pub fn audit(&self) -> Result<AuditTrail> {
-        audit::read(&self.vault.dir, &self.audit_keys())
+        audit::read(&self.vault.dir, &self.audit_keys()?)
+    }
+
+    /// Locks the session now: the vault key is zeroized, the vault's data
+    /// lock released, and an ephemeral vault deleted. Every later call that
+    /// needs the key fails with [`Error::SessionLocked`]. Store handles
+    /// opened before keep their own derived keys until they are dropped:
+    /// drop them first.
+    pub fn lock(&self) {
+        self.session.lock();
+    }
+
+    /// Whether the session is locked (explicitly, or after the idle timeout).
+    pub fn is_locked(&self) -> bool {
+        self.session.is_locked()
+    }
+
+    /// Locks the session after `timeout` without a call that needs the key
+    /// (`None`: never). A watchdog thread does it on time, even if nothing
+    /// calls in; it holds no reference that keeps the session alive.
+    pub fn set_idle_timeout(&self, timeout: Option<Duration>) {
+        Session::set_idle_timeout(&self.session, timeout);
     }
 
     /// The name of the slot that opened this vault.
@@ -469,6 +511,7 @@ impl UnlockedVault {
     }
 
     fn catalog(&self) -> Result<Catalog> {
+        let key = self.subkey(Purpose::Catalog)?;
         // A wipe may have begun since this vault was unlocked: never recreate
         // its databases under the old key.
         if wipe::in_progress(&self.vault.dir)
@@ -479,7 +522,7 @@ impl UnlockedVault {
             });
         }
         fsio::create_private_dir_all(&self.vault.dir.join(DATA_DIR))?;
-        Catalog::open(&self.vault.dir, &self.subkey(Purpose::Catalog))
+        Catalog::open(&self.vault.dir, &key)
     }
 
     /// Adds an app with the given capabilities.
@@ -583,7 +626,7 @@ impl UnlockedVault {
         let name = meta.name.clone();
         // The KDF runs before the lock is taken: it is the slow part.
         let slot = KeySlot::wrap(
-            &self.key,
+            &*self.session.key()?,
             &self.header.vault_id,
             credential,
             kind,
@@ -703,7 +746,7 @@ impl UnlockedVault {
             return Err(Error::NotAPassphraseSlot { name: target_name });
         }
         let slot = KeySlot::wrap(
-            &self.key,
+            &*self.session.key()?,
             &self.header.vault_id,
             &Credential::Passphrase(passphrase),
             SlotKind::Passphrase(*kdf),
@@ -806,9 +849,11 @@ impl UnlockedVault {
                 .ok_or_else(|| Error::NoSuchSlot {
                     name: (*name).into(),
                 })?;
-            let opens = slot
-                .unwrap_key(&vault_id, credential)?
-                .is_some_and(|k| k.0.expose_secret() == self.key.0.expose_secret());
+            let opens = {
+                let current = self.session.key()?;
+                slot.unwrap_key(&vault_id, credential)?
+                    .is_some_and(|k| k.0.expose_secret() == current.0.expose_secret())
+            };
             if !opens {
                 return Err(match credential {
                     Credential::Passphrase(_) => Error::WrongPassphrase,
@@ -822,7 +867,7 @@ impl UnlockedVault {
         }
 
         // Exclusive use of the stores: give up this vault's shared hold.
-        self.in_use = None;
+        self.session.release_data_lock();
         let dir = self.vault.dir.clone();
         let exclusive = FileLock::acquire(&dir.join(DATA_LOCK_FILE));
         let result = exclusive.and_then(|_exclusive| {
@@ -832,7 +877,7 @@ impl UnlockedVault {
             // A test's stand-in for a crash: leave everything as it lies.
             return result;
         }
-        self.in_use = Some(self.vault.hold_data_lock()?);
+        self.session.hold_data_lock(self.vault.hold_data_lock()?);
         result
     }
 
@@ -860,11 +905,11 @@ impl UnlockedVault {
         let staged = rotate::stage_stores(
             dir,
             &|purpose| self.subkey(purpose),
-            &|purpose| subkey::derive(&new_key, &vault_id, purpose),
+            &|purpose| Ok(subkey::derive(&new_key, &vault_id, purpose)),
             progress,
         )
         .and_then(|staged| {
-            audit::reencrypt(dir, &self.audit_keys(), &staging, &new_audit_keys)?;
+            audit::reencrypt(dir, &self.audit_keys()?, &staging, &new_audit_keys)?;
             Ok(staged)
         });
         let staged = match staged {
@@ -881,7 +926,10 @@ impl UnlockedVault {
         let _lock = FileLock::acquire(&dir.join(LOCK_FILE))?;
         let built = (|| -> Result<(Header, rotate::RotationReport)> {
             // The live header, re-read: a wipe may have happened meanwhile.
-            let current = self.vault.read_sealed_as_is()?.authenticate(&self.key)?;
+            let current = self
+                .vault
+                .read_sealed_as_is()?
+                .authenticate(&*self.session.key()?)?;
             let mut header = current.clone();
             header.slots = Default::default();
             let mut report = rotate::RotationReport {
@@ -984,7 +1032,7 @@ impl UnlockedVault {
         let opener = self.header.slots[self.opened_slot]
             .as_ref()
             .map(|(_, meta)| meta.name.clone());
-        self.key = new_key;
+        self.session.replace_key(new_key)?;
         self.header = header;
         self.opened_slot = self
             .header
@@ -1081,12 +1129,11 @@ impl UnlockedVault {
         let _lock = FileLock::acquire(&self.vault.dir.join(LOCK_FILE))?;
         // Only the header's own leftovers: other files have other writers.
         fsio::remove_stale(&self.vault.dir, ".header.", ".tmp");
-        let mut header = self.vault.read_sealed_as_is()?.authenticate(&self.key)?;
+        let key = self.session.key()?;
+        let mut header = self.vault.read_sealed_as_is()?.authenticate(&key)?;
         let out = change(&mut header)?;
-        fsio::write_atomic(
-            &self.vault.header_path(),
-            &header.seal(&self.key, &mut OsRng)?,
-        )?;
+        fsio::write_atomic(&self.vault.header_path(), &header.seal(&key, &mut OsRng)?)?;
+        drop(key);
         self.header = header;
         Ok(out)
     }

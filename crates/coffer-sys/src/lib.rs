@@ -36,6 +36,17 @@ pub fn is_dumpable() -> bool {
     sys::is_dumpable()
 }
 
+/// Pins the memory pages that hold `bytes` in RAM (`mlock`), so that the
+/// secret they hold is never written to swap. Returns false where the
+/// platform lacks `mlock` or the per-process limit (`RLIMIT_MEMLOCK`) is
+/// reached: the caller degrades and says so.
+///
+/// The pages stay locked until the process exits: a page may hold several
+/// secrets, and unlocking it for one would silently unlock the others.
+pub fn lock_in_memory(bytes: &[u8]) -> bool {
+    sys::lock_in_memory(bytes)
+}
+
 /// The PID of the process tracing this one (a debugger), if any.
 ///
 /// Reads `TracerPid` from `/proc/self/status` on Linux; `None` elsewhere or
@@ -69,5 +80,23 @@ mod tests {
         assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
         // No debugger is attached to the test run.
         assert_eq!(tracer_pid(), None);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn locked_pages_show_in_the_process_status() {
+        let locked = || -> u64 {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmLck:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap()
+        };
+        let before = locked();
+        let secret = vec![7u8; 64 * 1024];
+        assert!(lock_in_memory(&secret), "RLIMIT_MEMLOCK allows 64 KiB here");
+        assert!(locked() >= before + 64, "VmLck grew by the buffer");
+        assert!(lock_in_memory(&[]));
     }
 }

@@ -35,6 +35,25 @@ pub(crate) fn is_dumpable() -> bool {
     rc != 0
 }
 
+/// Pins the pages holding `bytes` in RAM (mlock), so that they never reach
+/// swap. Fails when RLIMIT_MEMLOCK is exhausted.
+#[cfg(unix)]
+pub(crate) fn lock_in_memory(bytes: &[u8]) -> bool {
+    if bytes.is_empty() {
+        return true;
+    }
+    // SAFETY: mlock neither reads nor writes the range; it only pins the
+    // pages that hold it. The pointer and length come from a live slice, so
+    // the range is mapped memory of this process.
+    let rc = unsafe { libc::mlock(bytes.as_ptr().cast(), bytes.len()) };
+    rc == 0
+}
+
+#[cfg(not(unix))]
+pub(crate) fn lock_in_memory(_bytes: &[u8]) -> bool {
+    false
+}
+
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn is_dumpable() -> bool {
     true

@@ -34,11 +34,15 @@ fn contents(v: &UnlockedVault) -> (Vec<Record>, Vec<Vec<u8>>, Option<Vec<u8>>) {
 fn keys_of(v: &UnlockedVault) -> OldKeys {
     let app = v.app("cases").unwrap();
     OldKeys {
-        catalog: *v.subkey(Purpose::Catalog).expose_secret(),
+        catalog: *v.subkey(Purpose::Catalog).unwrap().expose_secret(),
         app_db: *v
             .subkey(Purpose::AppDatabase(&app.info().id))
+            .unwrap()
             .expose_secret(),
-        app_files: *v.subkey(Purpose::AppFiles(&app.info().id)).expose_secret(),
+        app_files: *v
+            .subkey(Purpose::AppFiles(&app.info().id))
+            .unwrap()
+            .expose_secret(),
     }
 }
 
@@ -75,7 +79,7 @@ fn rotation_re_encrypts_everything_and_retires_the_slots_not_kept() {
     let (_d, space, old_recovery) = shared_vault();
     let mut v = open(&space, "pw");
     let before = contents(&v);
-    let old_key = *v.vault_key().0.expose_secret();
+    let old_key = v.vault_key_bytes();
     let old_keys = keys_of(&v);
     let until = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
     let mut seen = Vec::new();
@@ -96,7 +100,7 @@ fn rotation_re_encrypts_everything_and_retires_the_slots_not_kept() {
     let last = seen.last().unwrap();
     assert_eq!(last.done, last.total);
     assert!(last.total >= 500_000, "{last:?}");
-    assert_ne!(*v.vault_key().0.expose_secret(), old_key);
+    assert_ne!(v.vault_key_bytes(), old_key);
     // The handle goes on working under the new key.
     assert_eq!(contents(&v), before);
     drop(v);
@@ -136,7 +140,7 @@ fn rotation_re_encrypts_everything_and_retires_the_slots_not_kept() {
 fn a_wrong_secret_for_a_kept_slot_changes_nothing() {
     let (_d, space, _) = shared_vault();
     let mut v = open(&space, "pw");
-    let old_key = *v.vault_key().0.expose_secret();
+    let old_key = v.vault_key_bytes();
     let header = std::fs::read(space.root().join("acme").join("header")).unwrap();
     let wrong = pass("not bob's");
     let alice = alice();
@@ -151,7 +155,7 @@ fn a_wrong_secret_for_a_kept_slot_changes_nothing() {
         )
         .unwrap_err();
     assert!(matches!(err, Error::WrongPassphrase), "{err:?}");
-    assert_eq!(*v.vault_key().0.expose_secret(), old_key);
+    assert_eq!(v.vault_key_bytes(), old_key);
     assert_eq!(
         std::fs::read(space.root().join("acme").join("header")).unwrap(),
         header
@@ -166,7 +170,7 @@ fn a_wrong_secret_for_a_kept_slot_changes_nothing() {
 /// and the new vault key.
 fn interrupted(space: &Space, stop: StopAt) -> ([u8; 32], [u8; 32]) {
     let mut v = open(space, "pw");
-    let old = *v.vault_key().0.expose_secret();
+    let old = v.vault_key_bytes();
     let alice = alice();
     let _ = v.rotate_until(
         &[("alice", Credential::Passphrase(&alice))],
@@ -174,7 +178,7 @@ fn interrupted(space: &Space, stop: StopAt) -> ([u8; 32], [u8; 32]) {
         &mut |_| {},
         stop,
     );
-    let new = *v.vault_key().0.expose_secret();
+    let new = v.vault_key_bytes();
     // The handle is dropped without any clean-up, like a killed process.
     std::mem::forget(v);
     (old, new)
@@ -189,7 +193,7 @@ fn a_crash_before_the_commit_rolls_back_to_the_old_key() {
     let dir = space.root().join("acme");
     assert!(dir.join(STAGING_DIR).exists());
     let v = open(&space, "pw");
-    assert_eq!(*v.vault_key().0.expose_secret(), old);
+    assert_eq!(v.vault_key_bytes(), old);
     assert!(!dir.join(STAGING_DIR).exists(), "the unlock discards it");
     assert_eq!(contents(&v), before);
     // Bob's slot was not retired: nothing was committed.
@@ -217,7 +221,7 @@ fn a_crash_after_the_commit_rolls_forward_at_the_next_access() {
         space.vault("acme").unwrap().info().unwrap();
         assert!(!dir.join(COMMITTED_DIR).exists(), "{stop:?}");
         let v = open(&space, "pw");
-        assert_eq!(*v.vault_key().0.expose_secret(), new, "{stop:?}");
+        assert_eq!(v.vault_key_bytes(), new, "{stop:?}");
         assert_eq!(contents(&v), before, "{stop:?}");
     }
     assert!(matches!(

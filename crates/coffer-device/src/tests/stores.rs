@@ -222,7 +222,7 @@ fn one_app_cannot_read_another() {
         .join("acme")
         .join("data")
         .join(&a.info().db_file);
-    let b_key = v.subkey(Purpose::AppDatabase(&b.info().id));
+    let b_key = v.subkey(Purpose::AppDatabase(&b.info().id)).unwrap();
     let err = store::database::open(&a_path, &b_key, false).unwrap_err();
     assert_eq!(db_kind(err), DatabaseErrorKind::NotADatabase);
 }
@@ -313,7 +313,7 @@ fn no_marker_name_or_key_reaches_the_disk() {
         Purpose::AppDatabase(&app.info().id),
         Purpose::AppRecords(&app.info().id),
     ]
-    .map(|p| v.subkey(p).expose_secret().to_vec());
+    .map(|p| v.subkey(p).unwrap().expose_secret().to_vec());
     drop((kv, rs));
     let needles: Vec<Vec<u8>> = [
         "marker-app-name",
@@ -501,7 +501,9 @@ fn another_apps_key_cannot_open_a_blob() {
     v.add_app("b", Capabilities::all()).unwrap();
     put(&v.app("a").unwrap().files().unwrap(), "doc", b"for a only");
     let blob = blobs(&space)[0].clone();
-    let b_key = v.subkey(Purpose::AppFiles(&v.app("b").unwrap().info().id));
+    let b_key = v
+        .subkey(Purpose::AppFiles(&v.app("b").unwrap().info().id))
+        .unwrap();
     let result =
         stream::ChunkReader::open(&b_key, std::fs::File::open(blob).unwrap()).and_then(|mut r| {
             let mut out = [0u8; 10];

@@ -35,11 +35,15 @@ pub(super) fn filled() -> (tempfile::TempDir, Space, OldKeys) {
             .unwrap();
     }
     let keys = OldKeys {
-        catalog: *v.subkey(Purpose::Catalog).expose_secret(),
+        catalog: *v.subkey(Purpose::Catalog).unwrap().expose_secret(),
         app_db: *v
             .subkey(Purpose::AppDatabase(&app.info().id))
+            .unwrap()
             .expose_secret(),
-        app_files: *v.subkey(Purpose::AppFiles(&app.info().id)).expose_secret(),
+        app_files: *v
+            .subkey(Purpose::AppFiles(&app.info().id))
+            .unwrap()
+            .expose_secret(),
     };
     (dir, space, keys)
 }
