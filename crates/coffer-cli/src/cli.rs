@@ -15,15 +15,16 @@ Exit codes:
      for more KDF work than allowed (nothing was unlocked)
   6  a vault or app of that name already exists
   7  slot change refused (no such slot, name taken, all 16 in use, last slot)
-  8  vault busy: another coffer process is changing it
+  8  vault busy: another coffer process is changing it (or holds it open
+     while you rotate)
+  9  not found: no such app, key, record or file
+ 10  denied: the app's capabilities (or a temporary key) do not allow this
+ 11  conflict: the record changed since the version the change was based on
  12  the vault has been wiped
  13  locked out after too many failed attempts: use a recovery or temporary key
  14  too soon after failed attempts: wait and try again
  15  the audit log fails its check (entries edited, deleted, reordered, cut)
  16  refused: a debugger is tracing coffer and --refuse-debugger is set
-  9  not found: no such app, key, record or file
- 10  denied: the app's capabilities (or a temporary key) do not allow this
- 11  conflict: the record changed since the version the change was based on
 
 Secrets for scripts:
   COFFER_PASSPHRASE        passphrase that opens the vault (init: the new vault's)

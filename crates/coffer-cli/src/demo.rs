@@ -1,6 +1,7 @@
 //! `coffer demo`: a guided walk through a throwaway space, using the same
 //! library calls as the real commands.
 
+use coffer_device::rotate::RotateOptions;
 use coffer_device::{
     Capabilities, Capability, Credential, Error, KdfAlgorithm, KdfParams, Passphrase, RecoveryKey,
     Space,
@@ -161,6 +162,60 @@ pub fn run(global: &Global, keep: bool) -> Result<Report, CliError> {
             "cases: a SQL table of 2 visits, a key-value entry, record case/c-17 at version {}; \
              camera: amina.jpg ({} bytes in 64 KiB encrypted chunks); camera asking for its key-value store: {denied}",
             record.version, stored.size
+        ),
+    );
+    drop(v);
+
+    // Bob has left: rotate so that nothing he might have copied opens
+    // what is written from now on.
+    let mut v = locked.unlock(&Credential::Passphrase(&alice))?;
+    let report = v.rotate(
+        &[("alice", Credential::Passphrase(&alice))],
+        &RotateOptions::default().with_recovery_slot("recovery-2"),
+        &mut |_| {},
+    )?;
+    drop(v);
+    let old_recovery = match locked.unlock(&Credential::RecoveryKey(&typed)) {
+        Err(e) => e.to_string(),
+        Ok(_) => "still opens (unexpected)".into(),
+    };
+    let v = locked.unlock(&Credential::Passphrase(&alice))?;
+    let still = v
+        .app("cases")?
+        .records()?
+        .get("case", "c-17")?
+        .map_or("missing (unexpected)".to_owned(), |r| r.body.to_string());
+    tour.step(
+        "Rotate the vault key (crash-safe, all or nothing), keeping alice's slot and adding a new recovery key",
+        format!(
+            "{} databases and {} file(s) re-encrypted, {} bytes; retired: {}; the old recovery key: {old_recovery}; case c-17 reads {still}",
+            report.databases,
+            report.files,
+            report.bytes,
+            report.retired.join(", ")
+        ),
+    );
+
+    let trail = v.audit()?;
+    let events: Vec<&str> = trail.entries.iter().map(|e| e.event.as_str()).collect();
+    let log = locked.path().join("audit.log");
+    let original = std::fs::read(&log).map_err(|e| CliError::other(e.to_string()))?;
+    let mut edited = original.clone();
+    if let Some(byte) = edited.get_mut(40) {
+        *byte ^= 0x01;
+    }
+    std::fs::write(&log, &edited).map_err(|e| CliError::other(e.to_string()))?;
+    let caught = match v.audit()?.problem {
+        Some(problem) => problem.to_string(),
+        None => "not noticed (unexpected)".into(),
+    };
+    std::fs::write(&log, &original).map_err(|e| CliError::other(e.to_string()))?;
+    tour.step(
+        "Read the audit log (encrypted, MAC-chained), then flip one bit of it on disk",
+        format!(
+            "{} events, chain intact: {}; after the flip: {caught}",
+            events.len(),
+            events.join(", ")
         ),
     );
     drop(v);

@@ -430,7 +430,9 @@ fn demo_runs_and_explains() {
         .stdout(
             predicate::str::contains("Unlock as bob")
                 .and(predicate::str::contains("opened by slot 2"))
-                .and(predicate::str::contains("checksum mismatch")),
+                .and(predicate::str::contains("checksum mismatch"))
+                .and(predicate::str::contains("retired: recovery"))
+                .and(predicate::str::contains("entry 0 was altered")),
         );
 }
 

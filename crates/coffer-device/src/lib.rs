@@ -23,8 +23,17 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The formats are specified in `docs/formats/vault-header.md`; the threat
-//! model in `docs/threat-model.md`.
+//! An [`UnlockedVault`] is a session: [`UnlockedVault::lock`], an idle
+//! timeout ([`UnlockedVault::set_idle_timeout`]) or drop zeroizes its key;
+//! [`Space::ephemeral_vault`] makes one that lives only in memory.
+//! [`UnlockedVault::rotate`] replaces the vault key and re-encrypts every
+//! store, crash-safely ([`rotate`]); [`UnlockedVault::audit`] reads the
+//! tamper-evident log of security events ([`audit`]); [`hardening`] says
+//! what protects keys in this process.
+//!
+//! The formats are specified in `docs/formats/` (vault-header.md, stores.md,
+//! file-stream.md, app-archive.md, audit-log.md); the threat model in
+//! `docs/threat-model.md`.
 
 mod aead;
 pub mod app;
