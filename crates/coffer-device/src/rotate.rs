@@ -30,7 +30,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::app::{files_dir, AppInfo};
+use crate::app::{files_dir, AppInfo, FILES_DIR};
 use crate::error::{Error, Result};
 use crate::fsio::{self, FileLock};
 use crate::recovery::RecoveryKey;
@@ -187,6 +187,43 @@ pub(crate) fn sync_tree(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes what no app of the catalog refers to — a crashed import's
+/// database and blobs, a crashed export's snapshot — which would otherwise
+/// stay behind under the old key. Safe only under the exclusive data lock:
+/// an import or export in progress holds the lock shared.
+fn remove_unreferenced(dir: &Path, apps: &[AppInfo]) -> Result<()> {
+    let databases: BTreeSet<&str> = apps.iter().map(|a| a.db_file.as_str()).collect();
+    let data = dir.join(DATA_DIR);
+    for entry in fs::read_dir(&data).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let base = ["-wal", "-shm", "-journal"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name);
+        if !databases.contains(base) {
+            remove_entry(&entry.path())?;
+        }
+    }
+    let blob_dirs: BTreeSet<PathBuf> = apps.iter().map(|a| files_dir(dir, a)).collect();
+    let files = dir.join(FILES_DIR);
+    for entry in fs::read_dir(&files).into_iter().flatten().flatten() {
+        if !blob_dirs.contains(&entry.path()) {
+            remove_entry(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_entry(path: &Path) -> Result<()> {
+    let is_dir = fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+    let removed = if is_dir {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    removed.map_err(|e| Error::io("removing leftovers", path, e))
+}
+
 /// What staging re-encrypted.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Staged {
@@ -227,9 +264,11 @@ pub(crate) fn stage_stores(
         files: Option<FileStore>,
         conn: Option<rusqlite::Connection>,
     }
+    let apps = catalog.list()?;
+    remove_unreferenced(dir, &apps)?;
     let mut live = Vec::new();
     let mut total = file_len(&catalog_path);
-    for info in catalog.list()? {
+    for info in apps {
         let db_path = catalog.database_path(&info);
         if !db_path.exists() {
             // Added but never opened: nothing stored yet.

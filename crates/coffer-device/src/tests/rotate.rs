@@ -82,6 +82,13 @@ fn rotation_re_encrypts_everything_and_retires_the_slots_not_kept() {
     let old_key = v.vault_key_bytes();
     let old_keys = keys_of(&v);
     let until = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    // Leftovers of a crashed import and export, under the old keys: the
+    // rotation must not leave them behind.
+    let dir = space.root().join("acme");
+    std::fs::write(dir.join("data").join(".0123.export.tmp"), b"old").unwrap();
+    std::fs::write(dir.join("data").join("feedface.db"), b"old").unwrap();
+    std::fs::create_dir_all(dir.join("files").join("feedface")).unwrap();
+    std::fs::write(dir.join("files").join("feedface").join("blob"), b"old").unwrap();
     let mut seen = Vec::new();
     let alice = alice();
     let report = v
@@ -105,8 +112,10 @@ fn rotation_re_encrypts_everything_and_retires_the_slots_not_kept() {
     assert_eq!(contents(&v), before);
     drop(v);
 
-    let dir = space.root().join("acme");
     assert!(!dir.join(STAGING_DIR).exists() && !dir.join(COMMITTED_DIR).exists());
+    assert!(!dir.join("data").join(".0123.export.tmp").exists());
+    assert!(!dir.join("data").join("feedface.db").exists());
+    assert!(!dir.join("files").join("feedface").exists());
     // Alice's passphrase opens the new key, with every byte intact.
     let v = open(&space, "pw");
     assert_eq!(contents(&v), before);
