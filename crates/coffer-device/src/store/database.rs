@@ -9,7 +9,7 @@
 //! - AES-256-CBC per page and 4096-byte pages (SQLCipher 4's defaults), with
 //!   HMAC-SHA256 per page instead of the default HMAC-SHA512: as strong a MAC
 //!   (256-bit key and tag), and with the CPU's SHA extensions it cut random
-//!   point reads from 3.0× to 2.1× plain SQLite here (benches/sql.rs). The
+//!   point reads from 3.0× to 2.1× plain SQLite here (a variant benchmark since folded into coffer-bench). The
 //!   HMAC makes any changed page an error. Every open must set the same
 //!   algorithm, so it is set here and nowhere else.
 //! - `journal_mode = WAL`, `synchronous = FULL`: a crash never corrupts,
