@@ -133,7 +133,7 @@ fn one_round(bench: &mut Bench, kind: Kind, scale: &Scale, times: &mut Times) {
     times.scan.push(scan);
 }
 
-pub(crate) fn run(scale: &Scale) -> Vec<Section> {
+pub(crate) fn run(scale: &Scale, only: Option<&str>) -> Vec<Section> {
     let dir = tempfile::tempdir().unwrap();
     let space = Space::new(dir.path().join("space"));
     let kdf = KdfParams::recommended_minimum(KdfAlgorithm::Argon2id);
@@ -152,7 +152,14 @@ pub(crate) fn run(scale: &Scale) -> Vec<Section> {
     let mut times: Vec<Times> = vec![Times::default(); KINDS.len()];
     for _ in 0..scale.rounds {
         for (i, (kind, _)) in KINDS.iter().enumerate() {
-            one_round(&mut bench, *kind, scale, &mut times[i]);
+            let label = match kind {
+                Kind::Plain => "plain",
+                Kind::SqlCipherDefaults => "sqlcipher",
+                Kind::Coffer => "coffer",
+            };
+            if only.is_none_or(|o| o == label) {
+                one_round(&mut bench, *kind, scale, &mut times[i]);
+            }
         }
     }
     let rows = scale.rows;

@@ -110,6 +110,10 @@ pub enum AuditProblem {
         /// Entries found.
         found: u64,
     },
+    /// The log is gone, or was replaced by a fresh chain that does not start
+    /// at the vault's creation.
+    #[error("the audit log was deleted (or replaced by a new one)")]
+    Deleted,
     /// The anchor was altered or removed, or disagrees with the log.
     #[error("the log's anchor (audit.head) is missing, altered or does not match the log")]
     Anchor,
@@ -292,6 +296,14 @@ fn file_header() -> Vec<u8> {
     out
 }
 
+/// The event kinds a genuine log may start with: the vault's creation, or
+/// (after a rotation that found the old log damaged) the record of that.
+const FIRST_EVENTS: [&str; 2] = ["vault_created", "audit_chain_broken"];
+
+fn too_large() -> Error {
+    Error::NotPermitted("the audit log has reached its size limit (256 MiB)")
+}
+
 /// Appends one event to the log in `dir`. `event` names it; `details` must
 /// be a JSON object and must never hold a secret.
 pub(crate) fn append(dir: &Path, keys: &AuditKeys, event: &str, details: Value) -> Result<()> {
@@ -309,32 +321,45 @@ pub(crate) fn append(dir: &Path, keys: &AuditKeys, event: &str, details: Value) 
     let _lock = FileLock::acquire(&dir.join(LOCK_FILE))?;
     let path = dir.join(LOG_FILE);
     let existing = read_log(&path)?;
+    let len = existing.as_ref().map_or(0, Vec::len);
+    if len > MAX_LOG_LEN {
+        return Err(too_large());
+    }
     let anchor = read_head(dir, keys)?;
-    // Where the chain ends: the anchor, or one entry past it if a crash
-    // came between an append and its anchor.
     let (mut count, mut prev, mut end) = match &anchor {
         Some(a) => (a.count, a.last_mac, a.log_len as usize),
         None => (0, [0u8; MAC_LEN], FILE_HEADER_LEN),
     };
-    let len = existing.as_ref().map_or(0, Vec::len);
     let start_new = len < FILE_HEADER_LEN;
     let mut cut_torn_tail = false;
     if let Some(bytes) = existing.as_ref().filter(|_| !start_new) {
-        if let Some(entry) = parse_entry(bytes, end).filter(|_| len > end) {
-            let expected = entry_mac(keys, &prev, count, &entry.nonce, entry.ciphertext);
-            if entry.seq == count && bool::from(expected.ct_eq(&entry.mac)) {
+        if anchor.is_some() {
+            // Every entry past the anchor that chains on from it was written
+            // by a key holder whose anchor write did not happen (a crash):
+            // adopt them all.
+            while let Some(entry) = parse_entry(bytes, end) {
+                let expected = entry_mac(keys, &prev, count, &entry.nonce, entry.ciphertext);
+                if entry.seq != count || !bool::from(expected.ct_eq(&entry.mac)) {
+                    break;
+                }
                 count += 1;
                 prev = entry.mac;
                 end = entry.end;
             }
         }
         if len > end {
-            if parse_entry(bytes, end).is_none() {
-                // An append torn by a crash: no complete entry, cut it off.
+            let remainder = len - end;
+            if anchor.is_some()
+                && parse_entry(bytes, end).is_none()
+                && remainder < ENTRY_FIXED_LEN + MAX_ENTRY_LEN
+            {
+                // Less than one entry, past a sound anchored chain: an
+                // append torn by a crash. Cut it off.
                 cut_torn_tail = true;
             } else {
-                // Whole entries no anchor vouches for: keep them (the check
-                // will report them) and append after.
+                // Anything else is evidence: keep it and append after it
+                // (the check reports it). Without an anchor nothing is
+                // adopted either, so a deleted anchor stays visible.
                 end = len;
             }
         } else if len < end {
@@ -381,22 +406,34 @@ pub(crate) fn append(dir: &Path, keys: &AuditKeys, event: &str, details: Value) 
 
 /// Reads and checks the whole log in `dir`.
 pub(crate) fn read(dir: &Path, keys: &AuditKeys) -> Result<AuditTrail> {
+    // Appends write the log, then the anchor: reading between the two
+    // would see them disagree.
+    let _lock = FileLock::acquire(&dir.join(LOCK_FILE))?;
+    read_locked(dir, keys)
+}
+
+fn read_locked(dir: &Path, keys: &AuditKeys) -> Result<AuditTrail> {
     let anchor = read_head(dir, keys)?;
     let head_present = dir.join(HEAD_FILE).exists();
-    let Some(bytes) = read_log(&dir.join(LOG_FILE))? else {
-        let problem = head_present.then_some(AuditProblem::Truncated {
-            anchored: anchor.map_or(0, |a| a.count),
-            found: 0,
-        });
-        return Ok(AuditTrail {
-            entries: Vec::new(),
-            problem,
-        });
-    };
     let mut trail = AuditTrail {
         entries: Vec::new(),
         problem: None,
     };
+    let Some(bytes) = read_log(&dir.join(LOG_FILE))? else {
+        // Every vault writes its first entry when it is created.
+        trail.problem = Some(match anchor {
+            Some(a) => AuditProblem::Truncated {
+                anchored: a.count,
+                found: 0,
+            },
+            None if head_present => AuditProblem::Anchor,
+            None => AuditProblem::Deleted,
+        });
+        return Ok(trail);
+    };
+    if bytes.len() > MAX_LOG_LEN {
+        return Err(too_large());
+    }
     if bytes.len() < FILE_HEADER_LEN || bytes[..FILE_HEADER_LEN] != file_header()[..] {
         trail.problem = Some(AuditProblem::Malformed { offset: 0 });
         return Ok(trail);
@@ -411,6 +448,7 @@ pub(crate) fn read(dir: &Path, keys: &AuditKeys) -> Result<AuditTrail> {
     let parsed_to = offset;
 
     let mut prev = [0u8; MAC_LEN];
+    let mut macs: Vec<([u8; MAC_LEN], usize)> = Vec::new();
     let mut offset = FILE_HEADER_LEN;
     let mut expected = 0u64;
     while let Some(entry) = parse_entry(&bytes, offset) {
@@ -433,28 +471,31 @@ pub(crate) fn read(dir: &Path, keys: &AuditKeys) -> Result<AuditTrail> {
             trail.problem = Some(AuditProblem::Altered { seq: entry.seq });
             return Ok(trail);
         }
-        let mut plain = entry.ciphertext.to_vec();
-        let Some(event) = aead::open(
-            keys.log.expose_secret(),
-            &entry.nonce,
-            &entry_aad(entry.seq),
-            &mut plain,
-        )
-        .and_then(|p| serde_json::from_slice::<Value>(p).ok()) else {
+        let Some(event) = open_entry(keys, &entry) else {
             trail.problem = Some(AuditProblem::Altered { seq: entry.seq });
             return Ok(trail);
         };
-        trail.entries.push(to_entry(entry.seq, event));
+        let entry_view = to_entry(entry.seq, event);
+        if entry.seq == 0 && !FIRST_EVENTS.contains(&entry_view.event.as_str()) {
+            // A fresh chain where the vault's history was: the old log and
+            // its anchor were deleted, and an append started over.
+            trail.problem = Some(AuditProblem::Deleted);
+            return Ok(trail);
+        }
+        trail.entries.push(entry_view);
+        macs.push((entry.mac, entry.end));
         prev = entry.mac;
         expected += 1;
         offset = entry.end;
     }
     if parsed_to != bytes.len() {
-        // Bytes that are no entry: a torn append past the anchor is the one
-        // harmless case.
-        let torn_tail = anchor
-            .as_ref()
-            .is_some_and(|a| a.count == expected && a.log_len as usize == parsed_to);
+        // Bytes that are no entry: only an append torn by a crash, shorter
+        // than one entry and past a sound anchor, is harmless.
+        let torn_tail = anchor.as_ref().is_some_and(|a| {
+            a.count <= expected
+                && a.log_len as usize <= parsed_to
+                && bytes.len() - parsed_to < ENTRY_FIXED_LEN + MAX_ENTRY_LEN
+        });
         if !torn_tail {
             trail.problem = Some(AuditProblem::Malformed {
                 offset: parsed_to as u64,
@@ -463,20 +504,44 @@ pub(crate) fn read(dir: &Path, keys: &AuditKeys) -> Result<AuditTrail> {
         }
     }
     trail.problem = match anchor {
-        None if expected == 0 => None,
-        // The first append crashed before its anchor.
-        None if expected == 1 && !head_present => None,
+        None if expected == 0 => Some(AuditProblem::Deleted),
         None => Some(AuditProblem::Anchor),
         Some(a) if a.count > expected => Some(AuditProblem::Truncated {
             anchored: a.count,
             found: expected,
         }),
-        Some(a) if a.count == expected && bool::from(a.last_mac.ct_eq(&prev)) => None,
-        // One entry past the anchor: a crash between append and anchor.
-        Some(a) if a.count + 1 == expected => None,
-        Some(_) => Some(AuditProblem::Anchor),
+        // Entries past the anchor are fine (a crash came between an append
+        // and its anchor; they chain, so a key holder wrote them); the
+        // anchor must name one of the entries, exactly.
+        Some(a) => {
+            let named = a
+                .count
+                .checked_sub(1)
+                .and_then(|i| macs.get(usize::try_from(i).ok()?));
+            match named {
+                Some((mac, end))
+                    if bool::from(mac.ct_eq(&a.last_mac)) && *end as u64 == a.log_len =>
+                {
+                    None
+                }
+                _ => Some(AuditProblem::Anchor),
+            }
+        }
     };
     Ok(trail)
+}
+
+/// Decrypts one entry's event. The AES-GCM tag authenticates it (and its
+/// sequence number) on its own, chain or no chain.
+fn open_entry(keys: &AuditKeys, entry: &RawEntry<'_>) -> Option<Value> {
+    let mut plain = entry.ciphertext.to_vec();
+    aead::open(
+        keys.log.expose_secret(),
+        &entry.nonce,
+        &entry_aad(entry.seq),
+        &mut plain,
+    )
+    .and_then(|p| serde_json::from_slice::<Value>(p).ok())
 }
 
 fn to_entry(seq: u64, mut event: Value) -> AuditEntry {
@@ -498,45 +563,71 @@ fn to_entry(seq: u64, mut event: Value) -> AuditEntry {
     }
 }
 
+fn from_entry(entry: &AuditEntry) -> Value {
+    let mut v = entry.details.clone();
+    if let Value::Object(map) = &mut v {
+        let at = entry
+            .at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        map.insert("at".into(), json!(at));
+        map.insert("event".into(), json!(entry.event));
+    }
+    v
+}
+
 /// Rotation: writes the log again under `new` keys into `staging`, entry
-/// for entry (same sequence, same events, fresh nonces, a new chain). If
-/// the old log fails its check, the entries before the problem are carried
-/// and an `audit_chain_broken` entry records the problem, so a rotation
-/// never launders tampering.
+/// for entry (same sequence, same events, fresh nonces, a new chain).
+///
+/// If the old log fails its check, the entries before the problem are
+/// carried, then an `audit_chain_broken` entry naming the problem, then
+/// every later entry whose own AES-GCM tag still authenticates it (marked
+/// `salvaged`, with its old sequence number), and an
+/// `audit_entry_unreadable` stand-in for each that does not: a rotation
+/// never launders tampering, and destroys no evidence it can read.
 pub(crate) fn reencrypt(
     dir: &Path,
     old: &AuditKeys,
     staging: &Path,
     new: &AuditKeys,
 ) -> Result<u64> {
-    if !dir.join(LOG_FILE).exists() && !dir.join(HEAD_FILE).exists() {
-        return Ok(0);
+    let _lock = FileLock::acquire(&dir.join(LOCK_FILE))?;
+    let trail = read_locked(dir, old)?;
+    let mut events: Vec<Value> = trail.entries.iter().map(from_entry).collect();
+    if let Some(problem) = &trail.problem {
+        events.push(json!({
+            "at": now_unix(),
+            "event": "audit_chain_broken",
+            "problem": problem.to_string(),
+        }));
+        if let Some(bytes) = read_log(&dir.join(LOG_FILE))?.filter(|b| b.len() <= MAX_LOG_LEN) {
+            let mut offset = FILE_HEADER_LEN;
+            let mut index = 0;
+            while let Some(entry) = parse_entry(&bytes, offset) {
+                if index >= trail.entries.len() {
+                    events.push(match open_entry(old, &entry) {
+                        Some(mut event) => {
+                            if let Value::Object(map) = &mut event {
+                                map.insert("salvaged".into(), json!(true));
+                                map.insert("original_seq".into(), json!(entry.seq));
+                            }
+                            event
+                        }
+                        None => json!({
+                            "at": now_unix(),
+                            "event": "audit_entry_unreadable",
+                            "original_seq": entry.seq,
+                        }),
+                    });
+                }
+                index += 1;
+                offset = entry.end;
+            }
+        }
     }
-    let trail = read(dir, old)?;
     let mut out = file_header();
     let mut prev = [0u8; MAC_LEN];
-    let mut events: Vec<Value> = trail
-        .entries
-        .iter()
-        .map(|e| {
-            let mut v = e.details.clone();
-            if let Value::Object(map) = &mut v {
-                map.insert(
-                    "at".into(),
-                    json!(e
-                        .at
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0)),
-                );
-                map.insert("event".into(), json!(e.event));
-            }
-            v
-        })
-        .collect();
-    if let Some(problem) = &trail.problem {
-        events.push(json!({"at": now_unix(), "event": "audit_chain_broken", "problem": problem.to_string()}));
-    }
     let count = events.len() as u64;
     for (seq, event) in events.iter().enumerate() {
         let mut nonce = [0u8; NONCE_LEN];
@@ -545,21 +636,19 @@ pub(crate) fn reencrypt(
         out.extend_from_slice(&entry);
         prev = mac;
     }
-    let log: PathBuf = staging.join(LOG_FILE);
-    fsio::create_private_file(&log)?;
-    fs::write(&log, &out).map_err(|e| Error::io("writing", &log, e))?;
-    fs::write(
-        staging.join(HEAD_FILE),
-        encode_head(
-            new,
-            &Anchor {
-                count,
-                log_len: out.len() as u64,
-                last_mac: prev,
-            },
-        ),
-    )
-    .map_err(|e| Error::io("writing", staging.join(HEAD_FILE), e))?;
+    let head = encode_head(
+        new,
+        &Anchor {
+            count,
+            log_len: out.len() as u64,
+            last_mac: prev,
+        },
+    );
+    for (name, bytes) in [(LOG_FILE, &out), (HEAD_FILE, &head)] {
+        let path: PathBuf = staging.join(name);
+        fsio::create_private_file(&path)?;
+        fs::write(&path, bytes).map_err(|e| Error::io("writing", &path, e))?;
+    }
     Ok(count)
 }
 

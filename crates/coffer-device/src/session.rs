@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::fsio::FileLock;
-use crate::secret::VaultKey;
+use crate::secret::{Key256, VaultKey};
 
 pub(crate) struct Session {
     state: Mutex<State>,
@@ -31,6 +31,19 @@ struct State {
     watchdog: u64,
     /// An ephemeral vault's directory, deleted when the session ends.
     ephemeral_root: Option<PathBuf>,
+    /// Long operations under way (a rotation): the session is not idle.
+    busy: u32,
+}
+
+/// Marks the session busy (not idle) until dropped.
+pub(crate) struct Busy<'a>(&'a Session);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.busy = state.busy.saturating_sub(1);
+        state.last_used = Instant::now();
+    }
 }
 
 /// The vault key, borrowed while the session's state is held: nothing can
@@ -60,6 +73,7 @@ impl Session {
                 idle_timeout: None,
                 watchdog: 0,
                 ephemeral_root: None,
+                busy: 0,
             }),
         })
     }
@@ -81,6 +95,27 @@ impl Session {
         }
         state.last_used = Instant::now();
         Ok(KeyGuard(state))
+    }
+
+    /// A copy of the key, for slow work (a KDF) that must not hold the
+    /// session's state: it is pinned and zeroized like the original.
+    pub(crate) fn key_copy(&self) -> Result<VaultKey> {
+        let guard = self.key()?;
+        let key: &VaultKey = &guard;
+        let copy = Key256::fill_with(|out| {
+            out.copy_from_slice(key.0.expose_secret());
+            Ok::<(), std::convert::Infallible>(())
+        });
+        match copy {
+            Ok(copy) => Ok(VaultKey(copy)),
+            Err(never) => match never {},
+        }
+    }
+
+    /// The session is busy until the guard drops: the idle timeout waits.
+    pub(crate) fn busy(&self) -> Busy<'_> {
+        self.state().busy += 1;
+        Busy(self)
     }
 
     pub(crate) fn is_locked(&self) -> bool {
@@ -143,8 +178,10 @@ impl Session {
 
 impl State {
     fn expired(&self) -> bool {
-        self.idle_timeout
-            .is_some_and(|timeout| self.last_used.elapsed() >= timeout)
+        self.busy == 0
+            && self
+                .idle_timeout
+                .is_some_and(|timeout| self.last_used.elapsed() >= timeout)
     }
 
     fn close(&mut self) {
@@ -179,11 +216,12 @@ fn watchdog(session: Weak<Session>, generation: u64) {
                 return;
             }
             let idle = state.last_used.elapsed();
-            if idle >= timeout {
+            if state.expired() {
                 state.close();
                 return;
             }
-            timeout - idle
+            // Busy past the deadline: look again after a while.
+            timeout.saturating_sub(idle).max(Duration::from_millis(100))
         };
         std::thread::sleep(wait);
     }

@@ -224,6 +224,13 @@ impl Vault {
     /// temporary key's slot is removed before the vault is handed out.
     pub fn unlock_at(&self, credential: &Credential<'_>, now: SystemTime) -> Result<UnlockedVault> {
         crate::hardening::before_unlock(self.refuse_tracer)?;
+        // The data lock first: no rotation can then commit between reading
+        // the header and handing out its key (which would be the old one).
+        // A first read reports a missing or wiped vault (and finishes what a
+        // crash interrupted) before any lock file is created in it; the read
+        // under the lock is the one that counts.
+        self.read_sealed()?;
+        let data_lock = self.hold_data_lock()?;
         let sealed = self.read_sealed()?;
         let now_secs = system_time_to_unix(now);
         let is_passphrase = matches!(credential, Credential::Passphrase(_));
@@ -256,7 +263,7 @@ impl Vault {
                     .map(|(slot, meta)| (slot.kind, meta.single_use));
                 let mut vault = UnlockedVault {
                     vault: self.clone(),
-                    session: Session::start(key, self.hold_data_lock()?),
+                    session: Session::start(key, data_lock),
                     header,
                     opened_slot: index,
                     opened_by: opened.map_or(SlotKind::Recovery, |o| o.0),
@@ -626,7 +633,7 @@ impl UnlockedVault {
         let name = meta.name.clone();
         // The KDF runs before the lock is taken: it is the slow part.
         let slot = KeySlot::wrap(
-            &*self.session.key()?,
+            &self.session.key_copy()?,
             &self.header.vault_id,
             credential,
             kind,
@@ -746,7 +753,7 @@ impl UnlockedVault {
             return Err(Error::NotAPassphraseSlot { name: target_name });
         }
         let slot = KeySlot::wrap(
-            &*self.session.key()?,
+            &self.session.key_copy()?,
             &self.header.vault_id,
             &Credential::Passphrase(passphrase),
             SlotKind::Passphrase(*kdf),
@@ -850,7 +857,7 @@ impl UnlockedVault {
                     name: (*name).into(),
                 })?;
             let opens = {
-                let current = self.session.key()?;
+                let current = self.session.key_copy()?;
                 slot.unwrap_key(&vault_id, credential)?
                     .is_some_and(|k| k.0.expose_secret() == current.0.expose_secret())
             };
@@ -867,6 +874,10 @@ impl UnlockedVault {
         }
 
         // Exclusive use of the stores: give up this vault's shared hold.
+        // A long rotation is not idleness: the session stays open until the
+        // report, which holds the only copy of any new key, is handed back.
+        let session = Arc::clone(&self.session);
+        let _busy = session.busy();
         self.session.release_data_lock();
         let dir = self.vault.dir.clone();
         let exclusive = FileLock::acquire(&dir.join(DATA_LOCK_FILE));
@@ -877,7 +888,12 @@ impl UnlockedVault {
             // A test's stand-in for a crash: leave everything as it lies.
             return result;
         }
-        self.session.hold_data_lock(self.vault.hold_data_lock()?);
+        match self.vault.hold_data_lock() {
+            Ok(lock) => self.session.hold_data_lock(lock),
+            // Another rotation took the vault in between: this session must
+            // not go on without the lock. The report is still returned.
+            Err(_) => self.session.lock(),
+        }
         result
     }
 
@@ -924,6 +940,12 @@ impl UnlockedVault {
         }
 
         let _lock = FileLock::acquire(&dir.join(LOCK_FILE))?;
+        // Temporary header copies left by crashed writes hold the old slots,
+        // the retired ones too: erase them like a wipe would.
+        for stale in wipe::header_temporaries(dir) {
+            let _ = wipe::overwrite_with_noise(&stale);
+            let _ = fs::remove_file(&stale);
+        }
         let built = (|| -> Result<(Header, rotate::RotationReport)> {
             // The live header, re-read: a wipe may have happened meanwhile.
             let current = self
@@ -1029,10 +1051,15 @@ impl UnlockedVault {
         let committed = dir.join(rotate::COMMITTED_DIR);
         fs::rename(&staging, &committed).map_err(|e| Error::io("rotating", &committed, e))?;
         fsio::sync_dir(dir)?;
+        // Committed: from here on the rotation has happened, whatever fails,
+        // and the report (the only copy of any new recovery or reset key)
+        // must reach the caller. What is left is finished by the next access.
         let opener = self.header.slots[self.opened_slot]
             .as_ref()
             .map(|(_, meta)| meta.name.clone());
-        self.session.replace_key(new_key)?;
+        // Only an explicit lock() from another thread can make this fail;
+        // the session then stays locked.
+        let _ = self.session.replace_key(new_key);
         self.header = header;
         self.opened_slot = self
             .header
@@ -1047,13 +1074,16 @@ impl UnlockedVault {
         match stop {
             rotate::StopAt::AfterCommit => return Ok(report),
             rotate::StopAt::AfterRenames(n) => {
-                rotate::roll_forward(dir, n)?;
+                let _ = rotate::roll_forward(dir, n);
                 return Ok(report);
             }
             _ => {}
         }
-        rotate::roll_forward(dir, usize::MAX)?;
-        self.record(
+        if rotate::roll_forward(dir, usize::MAX).is_err() {
+            // The next access to the vault finishes it.
+            return Ok(report);
+        }
+        let _ = self.record(
             "rotation_finished",
             json!({
                 "kept": report.kept,
@@ -1064,7 +1094,7 @@ impl UnlockedVault {
                 "files": report.files,
                 "bytes": report.bytes,
             }),
-        )?;
+        );
         Ok(report)
     }
 

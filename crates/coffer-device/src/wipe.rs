@@ -53,10 +53,21 @@ pub(crate) fn in_progress(dir: &Path) -> bool {
     dir.join(WIPING_FILE).exists()
 }
 
+/// The temporary copies of a header that crashed writes left in `dir`.
+pub(crate) fn header_temporaries(dir: &Path) -> Vec<std::path::PathBuf> {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".header."))
+        .map(|e| e.path())
+        .collect()
+}
+
 /// Overwrites a regular file in place with random bytes and syncs it. A
 /// symbolic link is not followed (it will just be deleted): a crafted link
 /// must not make coffer overwrite a file outside the vault.
-fn overwrite_with_noise(path: &Path) -> Result<()> {
+pub(crate) fn overwrite_with_noise(path: &Path) -> Result<()> {
     let Ok(meta) = fs::symlink_metadata(path) else {
         return Ok(());
     };
@@ -93,19 +104,16 @@ pub(crate) fn wipe(dir: &Path) -> Result<()> {
 
     // 2. Crypto-erase: random bytes over the header and over any temporary
     //    copy of it a crashed header write left behind, in place.
-    //    A rotation's staged or committed header is a live copy too.
-    let mut copies = vec![
-        header.clone(),
-        dir.join(STAGING_DIR).join(HEADER_FILE),
-        dir.join(COMMITTED_DIR).join(HEADER_FILE),
-    ];
-    for entry in fs::read_dir(dir)
-        .map_err(|e| Error::io("wiping", dir, e))?
-        .flatten()
-    {
-        if entry.file_name().to_string_lossy().starts_with(".header.") {
-            copies.push(entry.path());
-        }
+    //    A rotation's staged or committed header is a live copy too, and so
+    //    are the temporary files a crashed write of any of them left.
+    let mut copies = Vec::new();
+    for d in [
+        dir.to_path_buf(),
+        dir.join(STAGING_DIR),
+        dir.join(COMMITTED_DIR),
+    ] {
+        copies.push(d.join(HEADER_FILE));
+        copies.extend(header_temporaries(&d));
     }
     for path in copies {
         overwrite_with_noise(&path)?;

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::{pass, space, FAST};
 use crate::audit::{HEAD_FILE, LOG_FILE};
+use crate::kdf::KdfParams;
 use crate::rotate::RotateOptions;
 use crate::*;
 
@@ -306,6 +307,158 @@ fn rotation_carries_the_log_and_never_launders_tampering() {
         .as_str()
         .unwrap()
         .contains("missing"));
+    // Every entry after the deleted one still authenticates on its own: all
+    // of them (and the rotation_started appended after them) are carried,
+    // marked as salvaged; only the deleted one is missing.
+    let salvaged = trail
+        .entries
+        .iter()
+        .filter(|e| e.details["salvaged"] == true)
+        .count();
+    assert_eq!(salvaged, before - 2 + 1, "{names:?}");
+    assert_eq!(trail.entries[2].details["original_seq"], 2);
     assert_eq!(names.last(), Some(&"rotation_finished"));
     assert!(before >= 6);
+}
+
+#[test]
+fn an_unreadable_entry_is_carried_as_a_stand_in() {
+    let (_d, space) = with_history();
+    let mut v = open(&space, "pw").unwrap();
+    let path = log_path(&space);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let e = entries(&bytes)[1].clone();
+    bytes[e.start + 30] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let p = pass("pw");
+    v.rotate(
+        &[("alice", Credential::Passphrase(&p))],
+        &RotateOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let trail = v.audit().unwrap();
+    assert_eq!(trail.problem, None);
+    let names: Vec<_> = trail.entries.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        names[..4],
+        [
+            "vault_created",
+            "audit_chain_broken",
+            "audit_entry_unreadable",
+            "lockout_set"
+        ]
+    );
+    assert_eq!(trail.entries[2].details["original_seq"], 1);
+}
+
+#[test]
+fn several_crashes_between_append_and_anchor_are_not_tampering() {
+    let (_d, space) = with_history();
+    let head = space.root().join("acme").join(HEAD_FILE);
+    let v = open(&space, "pw").unwrap();
+    let stale_head = std::fs::read(&head).unwrap();
+    for i in 0..3 {
+        v.record(&format!("event_{i}"), serde_json::json!({}))
+            .unwrap();
+        // Each time the process dies before the new anchor is in place.
+        std::fs::write(&head, &stale_head).unwrap();
+    }
+    assert_eq!(v.audit().unwrap().problem, None);
+    v.record("after", serde_json::json!({})).unwrap();
+    let trail = v.audit().unwrap();
+    assert_eq!(trail.problem, None);
+    assert_eq!(trail.entries.last().unwrap().event, "after");
+}
+
+#[test]
+fn a_deleted_log_stays_detected_after_new_entries() {
+    let (_d, space) = with_history();
+    let dir = space.root().join("acme");
+    std::fs::remove_file(dir.join(LOG_FILE)).unwrap();
+    std::fs::remove_file(dir.join(HEAD_FILE)).unwrap();
+    // The unlock appends to a fresh log; the check still says what happened.
+    let v = open(&space, "pw").unwrap();
+    assert_eq!(v.audit().unwrap().problem, Some(AuditProblem::Deleted));
+    v.record("later", serde_json::json!({})).unwrap();
+    assert_eq!(v.audit().unwrap().problem, Some(AuditProblem::Deleted));
+}
+
+#[test]
+fn without_an_anchor_nothing_is_cut_or_adopted() {
+    let (_d, space) = with_history();
+    let v = open(&space, "pw").unwrap();
+    let dir = space.root().join("acme");
+    let path = log_path(&space);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let count = entries(&bytes).len();
+    // Delete the anchor and damage the second entry's length field: an
+    // append must neither cut the log there nor heal the chain.
+    std::fs::remove_file(dir.join(HEAD_FILE)).unwrap();
+    let e = entries(&bytes)[1].clone();
+    bytes[e.start + 8..e.start + 12].copy_from_slice(&[0xff; 4]);
+    std::fs::write(&path, &bytes).unwrap();
+    v.record("after", serde_json::json!({})).unwrap();
+    let after = std::fs::read(&path).unwrap();
+    assert!(after.len() > bytes.len(), "nothing was cut");
+    assert_eq!(&after[..bytes.len()], &bytes[..]);
+    assert!(v.audit().unwrap().problem.is_some());
+    assert!(count >= 6);
+}
+
+#[test]
+fn an_unlock_racing_a_rotation_never_gets_the_old_key() {
+    // Alice's slot has a slow KDF; the rotation, opened with a recovery key
+    // (not serialized with passphrase attempts), keeps only that key. Her
+    // unlock starts first; the rotation runs during her KDF.
+    let (_d, space) = space();
+    let slow = KdfParams::Argon2id {
+        memory_kib: 65536,
+        iterations: 8,
+        parallelism: 1,
+    };
+    let mut v = space
+        .create_vault("acme", "alice", &pass("pw"), &slow)
+        .unwrap();
+    let (_, recovery) = v.add_recovery_slot("admin").unwrap();
+    v.add_app("notes", Capabilities::all()).unwrap();
+    drop(v);
+    let unlocking = {
+        let space = space.clone();
+        std::thread::spawn(move || {
+            let opened = open(&space, "pw");
+            // Whatever happened, a handle that came back must work.
+            if let Ok(v) = &opened {
+                v.app("notes")
+                    .unwrap()
+                    .kv()
+                    .unwrap()
+                    .put("k", b"v")
+                    .unwrap();
+            }
+            opened.is_ok()
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    let mut admin = space
+        .vault("acme")
+        .unwrap()
+        .unlock(&Credential::RecoveryKey(&recovery))
+        .unwrap();
+    admin
+        .rotate(
+            &[("admin", Credential::RecoveryKey(&recovery))],
+            &RotateOptions::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+    let alice_got_in = unlocking.join().unwrap();
+    // Alice's unlock held the vault from its start: the rotation waited for
+    // her to finish and close, so she got in (with the key of the time).
+    assert!(alice_got_in);
+    // The new key's log is sound: nothing was appended under the old key
+    // after the rotation; and alice is retired now.
+    assert_eq!(admin.audit().unwrap().problem, None);
+    drop(admin);
+    assert!(matches!(open(&space, "pw"), Err(Error::WrongPassphrase)));
 }

@@ -257,7 +257,7 @@ fn audit_path() -> std::path::PathBuf {
 }
 
 const AUDIT_EVENTS: [&str; 3] = [
-    r#"{"at":1795000000,"event":"unlock","kind":"passphrase","slot":"alice"}"#,
+    r#"{"at":1795000000,"event":"vault_created","slot":"alice"}"#,
     r#"{"at":1795000060,"event":"slot_added","kind":"recovery","slot":"recovery"}"#,
     r#"{"at":1795000120,"event":"rotation_started","keep":["alice"]}"#,
 ];
@@ -312,7 +312,7 @@ fn audit_vectors_match_the_spec() {
     let trail = crate::audit::read(dir.path(), &audit_keys()).unwrap();
     assert_eq!(trail.problem, None);
     let names: Vec<_> = trail.entries.iter().map(|e| e.event.as_str()).collect();
-    assert_eq!(names, ["unlock", "slot_added", "rotation_started"]);
+    assert_eq!(names, ["vault_created", "slot_added", "rotation_started"]);
 }
 
 #[test]
