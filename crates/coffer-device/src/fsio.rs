@@ -165,6 +165,14 @@ impl FileLock {
         Self::acquire_as(path, true)
     }
 
+    /// Takes the exclusive lock on an existing `path` if nobody holds it
+    /// right now; `None` if someone does (or the file is gone).
+    pub(crate) fn try_acquire_existing(path: &Path) -> Option<Self> {
+        let file = OpenOptions::new().read(true).write(true).open(path).ok()?;
+        file.try_lock().ok()?;
+        Some(FileLock { file })
+    }
+
     fn acquire_as(path: &Path, shared: bool) -> Result<Self> {
         let file = private_file_options()
             .read(true)

@@ -23,6 +23,8 @@ use crate::vault::{UnlockedVault, Vault};
 pub(crate) const HEADER_FILE: &str = "header";
 /// Name of the lock file in a space or vault directory.
 pub(crate) const LOCK_FILE: &str = ".lock";
+/// Name prefix of an ephemeral vault's private directory.
+const EPHEMERAL_PREFIX: &str = "coffer-ephemeral-";
 /// Longest vault name.
 pub const MAX_VAULT_NAME_LEN: usize = 64;
 
@@ -191,7 +193,8 @@ impl Space {
     /// which should be RAM-backed (tests, or platforms without `/dev/shm`).
     pub fn ephemeral_vault_in(ram_dir: &Path, name: &str) -> Result<UnlockedVault> {
         validate_vault_name(name)?;
-        let root = ram_dir.join(format!("coffer-ephemeral-{}", fsio::random_suffix()?));
+        remove_abandoned_ephemeral_vaults(ram_dir);
+        let root = ram_dir.join(format!("{EPHEMERAL_PREFIX}{}", fsio::random_suffix()?));
         fsio::create_private_dir(&root)?;
         let dir = root.join(name);
         let built = fsio::create_private_dir(&dir).and_then(|()| {
@@ -209,6 +212,39 @@ impl Space {
                 let _ = fs::remove_dir_all(&root);
                 Err(e)
             }
+        }
+    }
+}
+
+/// Deletes ephemeral vaults whose process died without locking them (a
+/// SIGKILL, a crash): every live ephemeral session holds its vault's data
+/// lock, so a vault whose lock can be taken is abandoned. They hold only
+/// ciphertext under a key that died with the process; this frees the RAM.
+fn remove_abandoned_ephemeral_vaults(ram_dir: &Path) {
+    let Ok(entries) = fs::read_dir(ram_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(EPHEMERAL_PREFIX)
+        {
+            continue;
+        }
+        let root = entry.path();
+        let vaults: Vec<_> = fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|v| v.path())
+            .collect();
+        let abandoned = !vaults.is_empty()
+            && vaults.iter().all(|v| {
+                FileLock::try_acquire_existing(&v.join(crate::rotate::DATA_LOCK_FILE)).is_some()
+            });
+        if abandoned {
+            let _ = fs::remove_dir_all(&root);
         }
     }
 }

@@ -456,6 +456,13 @@ impl UnlockedVault {
         }
     }
 
+    /// Releases the data lock without ending the session: what the kernel
+    /// does to a killed process's locks.
+    #[cfg(test)]
+    pub(crate) fn session_release_for_test(&self) {
+        self.session.release_data_lock();
+    }
+
     /// Index of the slot that opened this vault.
     pub fn opened_slot(&self) -> usize {
         self.opened_slot

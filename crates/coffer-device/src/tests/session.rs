@@ -152,3 +152,20 @@ fn an_unlock_hardens_the_process_and_pins_its_keys() {
         .unlock(&Credential::Passphrase(&pass("pw")))
         .unwrap();
 }
+
+#[test]
+fn an_ephemeral_vault_abandoned_by_a_dead_process_is_cleaned_up() {
+    let ram = tempfile::tempdir().unwrap();
+    let live = Space::ephemeral_vault_in(ram.path(), "live").unwrap();
+    let dead = Space::ephemeral_vault_in(ram.path(), "dead").unwrap();
+    let dead_root = dead.vault().path().parent().unwrap().to_path_buf();
+    // As if its process were killed: nothing runs the session's end, and the
+    // kernel drops its locks (here: the lock file's descriptor is closed by
+    // releasing the data lock without deleting anything).
+    dead.session_release_for_test();
+    std::mem::forget(dead);
+    let live_root = live.vault().path().parent().unwrap().to_path_buf();
+    let _third = Space::ephemeral_vault_in(ram.path(), "third").unwrap();
+    assert!(!dead_root.exists(), "the abandoned vault is gone");
+    assert!(live_root.exists(), "the live one is kept");
+}
