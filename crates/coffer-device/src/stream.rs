@@ -330,6 +330,40 @@ impl<R: Read + Seek> ChunkReader<R> {
         self.len == 0
     }
 
+    /// The plaintext length of chunk `index`.
+    fn plain_len(&self, index: u64) -> usize {
+        if index + 1 == self.chunks {
+            (self.len - index * CHUNK_SIZE as u64) as usize
+        } else {
+            CHUNK_SIZE
+        }
+    }
+
+    /// Decrypts chunk `index`, whose plaintext is exactly `out.len()` bytes
+    /// (non-zero), straight into `out`. On a failed tag ring zeroes `out`,
+    /// so no unauthenticated plaintext reaches the caller.
+    fn open_into(&mut self, index: u64, out: &mut [u8]) -> Result<()> {
+        let last = index + 1 == self.chunks;
+        let io_err = |e| Error::stream_io("reading an encrypted file", e);
+        let mut tag = [0u8; TAG_LEN];
+        self.inner
+            .seek(SeekFrom::Start(HEADER_LEN as u64 + index * SEALED_CHUNK))
+            .map_err(io_err)?;
+        self.inner.read_exact(out).map_err(io_err)?;
+        self.inner.read_exact(&mut tag).map_err(io_err)?;
+        self.key
+            .aead
+            .open_in_place_separate_tag(
+                nonce(index, last),
+                Aad::from(&self.header),
+                Tag::from(tag),
+                out,
+                0..,
+            )
+            .map_err(|_| FileCorruptKind::Chunk(index))?;
+        Ok(())
+    }
+
     /// Decrypts chunk `index` into `self.buf` (kept for the next read).
     fn load(&mut self, index: u64) -> Result<usize> {
         if let Some((cached, n)) = self.cached {
@@ -391,6 +425,18 @@ impl<R: Read + Seek> ChunkReader<R> {
             let at = offset + done as u64;
             let index = at / CHUNK_SIZE as u64;
             let within = (at % CHUNK_SIZE as u64) as usize;
+            let chunk_plain = self.plain_len(index);
+            if within == 0
+                && chunk_plain > 0
+                && want - done >= chunk_plain
+                && self.cached.is_none_or(|(i, _)| i != index)
+            {
+                // A whole chunk wanted (sequential reads): decrypt it
+                // straight into the caller's buffer, sparing a copy.
+                self.open_into(index, &mut out[done..done + chunk_plain])?;
+                done += chunk_plain;
+                continue;
+            }
             let plain = self.load(index)?;
             let n = (plain - within).min(want - done);
             out[done..done + n].copy_from_slice(&self.buf[within..within + n]);
@@ -526,6 +572,33 @@ mod tests {
                 "bit {bit}: {:?}",
                 result.map(|v| v.len())
             );
+        }
+    }
+
+    #[test]
+    fn whole_chunk_reads_straight_into_the_buffer_are_authenticated() {
+        let key = files_key(4);
+        let plain = plaintext(3 * CHUNK_SIZE + 5);
+        let file = encrypt(&key, &plain);
+        // One read of everything: every full chunk takes the direct path.
+        let mut r = ChunkReader::open(&key, Cursor::new(file.clone())).unwrap();
+        let mut out = vec![0u8; plain.len()];
+        assert_eq!(r.read_at(0, &mut out).unwrap(), plain.len());
+        assert!(out == plain);
+        for chunk in 0..3usize {
+            let mut bad = file.clone();
+            bad[HEADER_LEN + chunk * (CHUNK_SIZE + TAG_LEN) + 100] ^= 1;
+            let mut r = ChunkReader::open(&key, Cursor::new(bad)).unwrap();
+            let mut out = vec![0u8; plain.len()];
+            let result = r.read_at(0, &mut out);
+            assert!(
+                matches!(result, Err(Error::FileCorrupt(FileCorruptKind::Chunk(c))) if c == chunk as u64),
+                "chunk {chunk}: {result:?}"
+            );
+            // None of the tampered chunk's unauthenticated plaintext is left
+            // in the caller's buffer.
+            let region = &out[chunk * CHUNK_SIZE..(chunk + 1) * CHUNK_SIZE];
+            assert!(region.iter().all(|&b| b == 0), "chunk {chunk}");
         }
     }
 
