@@ -56,7 +56,13 @@ pub(crate) fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
 
 /// `a / b` as "1.23×".
 pub(crate) fn ratio(a: f64, b: f64) -> String {
-    format!("{:.2}×", a / b)
+    let r = a / b;
+    if r < 0.01 {
+        // Far below 1: "1/816×" reads better than "0.00×".
+        format!("1/{:.0}×", b / a)
+    } else {
+        format!("{r:.2}×")
+    }
 }
 
 /// Resets this process's peak RSS (Linux: `/proc/self/clear_refs`), so that

@@ -518,14 +518,16 @@ pub fn rotate(
             .ok_or_else(|| CliError::usage("that duration is out of range"))?;
         options = options.with_reset_keys_until(until);
     }
-    let bar = crate::stores::byte_bar(global, None, "Re-encrypting");
+    // The total is known once the rotation has looked at the stores: the
+    // bar (bytes, rate, ETA; on a terminal only) starts with the first report.
+    let mut bar: Option<indicatif::ProgressBar> = None;
     let report = vault.rotate(&[(opener.as_str(), credential)], &options, &mut |p| {
-        if bar.length() != Some(p.total) {
-            bar.set_length(p.total);
-        }
-        bar.set_position(p.done);
+        bar.get_or_insert_with(|| crate::stores::byte_bar(global, Some(p.total), "Re-encrypting"))
+            .set_position(p.done);
     });
-    bar.finish_and_clear();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
     let report = report?;
     let recovery = report
         .recovery_key

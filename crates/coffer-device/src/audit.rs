@@ -225,29 +225,37 @@ fn encode_head(keys: &AuditKeys, anchor: &Anchor) -> Vec<u8> {
 
 /// The anchor, if present and authentic.
 fn read_head(dir: &Path, keys: &AuditKeys) -> Result<Option<Anchor>> {
-    let bytes = match fs::read(dir.join(HEAD_FILE)) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("reading", dir.join(HEAD_FILE), e)),
-    };
+    Ok(read_head_bytes(dir)?.and_then(|bytes| parse_head(&bytes, keys)))
+}
+
+fn read_head_bytes(dir: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(dir.join(HEAD_FILE)) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("reading", dir.join(HEAD_FILE), e)),
+    }
+}
+
+/// The anchor in `bytes`, if they are one and authentic.
+fn parse_head(bytes: &[u8], keys: &AuditKeys) -> Option<Anchor> {
     if bytes.len() != HEAD_LEN
         || bytes[..8] != HEAD_MAGIC
         || bytes[8..10] != FORMAT_VERSION.to_le_bytes()
     {
-        return Ok(None);
+        return None;
     }
     let (body, tag) = bytes.split_at(HEAD_LEN - MAC_LEN);
     if !bool::from(head_tag(keys, body).ct_eq(tag)) {
-        return Ok(None);
+        return None;
     }
     let u64_at = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().unwrap_or([0; 8]));
     let mut last_mac = [0u8; MAC_LEN];
     last_mac.copy_from_slice(&body[26..58]);
-    Ok(Some(Anchor {
+    Some(Anchor {
         count: u64_at(10),
         log_len: u64_at(18),
         last_mac,
-    }))
+    })
 }
 
 fn read_log(path: &Path) -> Result<Option<Vec<u8>>> {
@@ -413,13 +421,23 @@ pub(crate) fn read(dir: &Path, keys: &AuditKeys) -> Result<AuditTrail> {
 }
 
 fn read_locked(dir: &Path, keys: &AuditKeys) -> Result<AuditTrail> {
-    let anchor = read_head(dir, keys)?;
-    let head_present = dir.join(HEAD_FILE).exists();
+    let head = read_head_bytes(dir)?;
+    let log = read_log(&dir.join(LOG_FILE))?;
+    if log.as_ref().is_some_and(|l| l.len() > MAX_LOG_LEN) {
+        return Err(too_large());
+    }
+    Ok(check(log.as_deref(), head.as_deref(), keys))
+}
+
+/// Checks a log and its anchor, as bytes (`None`: the file is missing).
+pub(crate) fn check(log: Option<&[u8]>, head: Option<&[u8]>, keys: &AuditKeys) -> AuditTrail {
+    let anchor = head.and_then(|h| parse_head(h, keys));
+    let head_present = head.is_some();
     let mut trail = AuditTrail {
         entries: Vec::new(),
         problem: None,
     };
-    let Some(bytes) = read_log(&dir.join(LOG_FILE))? else {
+    let Some(bytes) = log else {
         // Every vault writes its first entry when it is created.
         trail.problem = Some(match anchor {
             Some(a) => AuditProblem::Truncated {
@@ -429,19 +447,16 @@ fn read_locked(dir: &Path, keys: &AuditKeys) -> Result<AuditTrail> {
             None if head_present => AuditProblem::Anchor,
             None => AuditProblem::Deleted,
         });
-        return Ok(trail);
+        return trail;
     };
-    if bytes.len() > MAX_LOG_LEN {
-        return Err(too_large());
-    }
     if bytes.len() < FILE_HEADER_LEN || bytes[..FILE_HEADER_LEN] != file_header()[..] {
         trail.problem = Some(AuditProblem::Malformed { offset: 0 });
-        return Ok(trail);
+        return trail;
     }
     // Every entry's sequence number, to tell a deletion from a swap.
     let mut all_seqs = Vec::new();
     let mut offset = FILE_HEADER_LEN;
-    while let Some(entry) = parse_entry(&bytes, offset) {
+    while let Some(entry) = parse_entry(bytes, offset) {
         all_seqs.push(entry.seq);
         offset = entry.end;
     }
@@ -451,7 +466,7 @@ fn read_locked(dir: &Path, keys: &AuditKeys) -> Result<AuditTrail> {
     let mut macs: Vec<([u8; MAC_LEN], usize)> = Vec::new();
     let mut offset = FILE_HEADER_LEN;
     let mut expected = 0u64;
-    while let Some(entry) = parse_entry(&bytes, offset) {
+    while let Some(entry) = parse_entry(bytes, offset) {
         if entry.seq != expected {
             trail.problem = Some(if all_seqs.contains(&expected) {
                 AuditProblem::Reordered {
@@ -464,23 +479,23 @@ fn read_locked(dir: &Path, keys: &AuditKeys) -> Result<AuditTrail> {
                     found: entry.seq,
                 }
             });
-            return Ok(trail);
+            return trail;
         }
         let mac = entry_mac(keys, &prev, entry.seq, &entry.nonce, entry.ciphertext);
         if !bool::from(mac.ct_eq(&entry.mac)) {
             trail.problem = Some(AuditProblem::Altered { seq: entry.seq });
-            return Ok(trail);
+            return trail;
         }
         let Some(event) = open_entry(keys, &entry) else {
             trail.problem = Some(AuditProblem::Altered { seq: entry.seq });
-            return Ok(trail);
+            return trail;
         };
         let entry_view = to_entry(entry.seq, event);
         if entry.seq == 0 && !FIRST_EVENTS.contains(&entry_view.event.as_str()) {
             // A fresh chain where the vault's history was: the old log and
             // its anchor were deleted, and an append started over.
             trail.problem = Some(AuditProblem::Deleted);
-            return Ok(trail);
+            return trail;
         }
         trail.entries.push(entry_view);
         macs.push((entry.mac, entry.end));
@@ -500,7 +515,7 @@ fn read_locked(dir: &Path, keys: &AuditKeys) -> Result<AuditTrail> {
             trail.problem = Some(AuditProblem::Malformed {
                 offset: parsed_to as u64,
             });
-            return Ok(trail);
+            return trail;
         }
     }
     trail.problem = match anchor {
@@ -528,7 +543,7 @@ fn read_locked(dir: &Path, keys: &AuditKeys) -> Result<AuditTrail> {
             }
         }
     };
-    Ok(trail)
+    trail
 }
 
 /// Decrypts one entry's event. The AES-GCM tag authenticates it (and its

@@ -115,3 +115,18 @@ pub fn archive(data: &[u8]) {
         }
     }
 }
+
+/// Checks `data` as an audit log (the first 90 bytes as its anchor when
+/// there are that many, the rest as `audit.log`) under the keys of
+/// docs/test-vectors/audit-log-v1.json, and again as a log with no anchor.
+pub fn audit_log(data: &[u8]) {
+    let keys = crate::audit::AuditKeys {
+        log: crate::Subkey::from_bytes([0x11; 32]),
+        mac: crate::Subkey::from_bytes([0x22; 32]),
+    };
+    let _ = crate::audit::check(Some(data), None, &keys);
+    if data.len() >= 90 {
+        let (head, log) = data.split_at(90);
+        let _ = crate::audit::check(Some(log), Some(head), &keys);
+    }
+}

@@ -462,3 +462,37 @@ fn an_unlock_racing_a_rotation_never_gets_the_old_key() {
     drop(admin);
     assert!(matches!(open(&space, "pw"), Err(Error::WrongPassphrase)));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn checking_arbitrary_bytes_never_panics(
+        log in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+        head in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128),
+    ) {
+        let keys = crate::audit::AuditKeys {
+            log: Subkey::from_bytes([0x11; 32]),
+            mac: Subkey::from_bytes([0x22; 32]),
+        };
+        let _ = crate::audit::check(Some(&log), Some(&head), &keys);
+        let _ = crate::audit::check(Some(&log), None, &keys);
+    }
+
+    #[test]
+    fn mutated_genuine_logs_never_pass_or_panic(at in 0usize..4096, flip in 1u8..=255) {
+        // The vector's log: any changed byte is reported, never accepted.
+        let v: serde_json::Value = serde_json::from_str(include_str!("../../../../docs/test-vectors/audit-log-v1.json")).unwrap();
+        let mut log = hex::decode(v["audit_log"].as_str().unwrap()).unwrap();
+        let head = hex::decode(v["audit_head"].as_str().unwrap()).unwrap();
+        let keys = crate::audit::AuditKeys {
+            log: Subkey::from_bytes([0x11; 32]),
+            mac: Subkey::from_bytes([0x22; 32]),
+        };
+        assert_eq!(crate::audit::check(Some(&log), Some(&head), &keys).problem, None);
+        let i = at % log.len();
+        log[i] ^= flip;
+        let trail = crate::audit::check(Some(&log), Some(&head), &keys);
+        proptest::prop_assert!(trail.problem.is_some(), "byte {} changed and accepted", i);
+    }
+}
