@@ -176,6 +176,23 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         reset_keys: Option<std::time::Duration>,
     },
+    /// Run the control plane: the HTTP API on SQLite (default) or PostgreSQL
+    ///
+    /// On its first start with an empty database it prints a one-time setup
+    /// token: POST it to /v1/setup with the first organization, its owner and
+    /// a password. Plain HTTP only on loopback (TLS comes with a later step).
+    Serve {
+        /// Address to listen on
+        #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// postgres://USER@HOST/DB, or a SQLite file (sqlite://PATH or PATH)
+        /// [default: server.db under coffer-server in your data directory]
+        #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// Serve plain HTTP on a non-loopback address (only behind a TLS proxy)
+        #[arg(long)]
+        force_plain: bool,
+    },
     /// The vault's local audit log: list it, or verify its chain
     ///
     /// Every security event (unlocks and failed attempts, slot and

@@ -8,6 +8,7 @@ mod commands;
 mod demo;
 mod exit;
 mod input;
+mod serve;
 mod stores;
 
 use clap::Parser;
@@ -34,6 +35,11 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         } => commands::temp_key(g, name, *expires, *single_use),
         Command::Passwd { slot, kdf } => commands::passwd(g, slot.as_deref(), kdf),
         Command::Verify => commands::verify(g),
+        Command::Serve {
+            listen,
+            database_url,
+            force_plain,
+        } => serve::run(g, *listen, database_url.as_deref(), *force_plain),
         Command::Audit(command) => commands::audit(g, command),
         Command::Rotate {
             new_recovery_key,

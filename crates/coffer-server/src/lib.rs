@@ -1,77 +1,20 @@
 //! coffer's control plane: the `coffer serve` server.
 //!
-//! The server itself (HTTP API, storage on SQLite or PostgreSQL, users,
-//! devices, policies, escrow, audit) is built by the control-plane issues.
-//! This crate already fixes the first rule every listener obeys, so that the
-//! rule has one home and its tests run from the start: plain HTTP only on
-//! loopback (docs/threat-model.md, "the network").
+//! - [`store`]: storage on SQLite (the default: a file, no setup) or
+//!   PostgreSQL (`DATABASE_URL=postgres://…`, for several server processes),
+//!   one schema with migrations per backend, behind one repository type.
+//! - [`api`]: the HTTP API (axum): typed JSON errors, body limits.
+//! - [`listen`]: plain HTTP only on loopback.
+//! - [`serve`]: putting it together.
+//!
+//! The control-plane issues grow this crate: users and roles, devices and
+//! tokens, policies, escrow, audit, accounting.
 
-use std::net::SocketAddr;
+pub mod api;
+pub mod listen;
+pub mod serve;
+pub mod store;
 
-/// How a listener would carry its traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// TLS (rustls) with a certificate from files or a generated development one.
-    Tls,
-    /// Plain HTTP.
-    Plain,
-}
-
-/// A listener configuration that the server refuses.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ListenError {
-    /// Plain HTTP on an address other machines can reach.
-    #[error(
-        "refusing plain HTTP on {0}: only loopback addresses may go without TLS \
-         (give a certificate, use --dev-tls, or force it explicitly)"
-    )]
-    PlainOffLoopback(SocketAddr),
-}
-
-/// Checks that `addr` may be served with `transport`.
-///
-/// TLS is allowed anywhere. Plain HTTP is allowed on loopback (127.0.0.0/8,
-/// ::1), and elsewhere only when `force_plain` is set — for a deployment
-/// behind a TLS-terminating proxy on the same host, which the operator must
-/// choose knowingly.
-pub fn check_listen(
-    addr: SocketAddr,
-    transport: Transport,
-    force_plain: bool,
-) -> Result<(), ListenError> {
-    match transport {
-        Transport::Tls => Ok(()),
-        Transport::Plain if addr.ip().is_loopback() || force_plain => Ok(()),
-        Transport::Plain => Err(ListenError::PlainOffLoopback(addr)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn plain_http_only_on_loopback_unless_forced() {
-        for ok in ["127.0.0.1:8080", "127.8.9.10:1", "[::1]:443"] {
-            assert_eq!(check_listen(addr(ok), Transport::Plain, false), Ok(()));
-        }
-        for exposed in [
-            "0.0.0.0:8080",
-            "192.0.2.7:80",
-            "[::]:8080",
-            "[2001:db8::1]:80",
-        ] {
-            assert_eq!(
-                check_listen(addr(exposed), Transport::Plain, false),
-                Err(ListenError::PlainOffLoopback(addr(exposed)))
-            );
-            assert_eq!(check_listen(addr(exposed), Transport::Plain, true), Ok(()));
-            assert_eq!(check_listen(addr(exposed), Transport::Tls, false), Ok(()));
-        }
-    }
-}
+pub use listen::{check_listen, ListenError, Transport};
+pub use serve::{ServeConfig, Server};
+pub use store::{Store, StoreError};

@@ -1,0 +1,87 @@
+//! `coffer serve`: the control plane in the foreground, until Ctrl-C.
+
+use std::net::SocketAddr;
+
+use coffer_server::{ServeConfig, Server};
+
+use crate::cli::Global;
+use crate::commands::Report;
+use crate::exit::CliError;
+
+fn default_database_url() -> Result<String, CliError> {
+    let dir = dirs::data_dir()
+        .map(|d| d.join("coffer-server"))
+        .ok_or_else(|| {
+            CliError::usage("no data directory known for this user: pass --database-url")
+        })?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CliError::other(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(format!("sqlite://{}", dir.join("server.db").display()))
+}
+
+pub fn run(
+    global: &Global,
+    listen: SocketAddr,
+    database_url: Option<&str>,
+    force_plain: bool,
+) -> Result<Report, CliError> {
+    // Logs on stderr; COFFER_LOG=debug for more. Requests are never logged
+    // with their query strings or headers (they could carry credentials).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let database_url = match database_url {
+        Some(url) => url.to_owned(),
+        None => default_database_url()?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::other(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async {
+        let server = Server::bind(&ServeConfig {
+            listen,
+            database_url,
+            force_plain,
+        })
+        .await
+        .map_err(|e| CliError::usage(format!("cannot start the server: {e}")))?;
+        let addr = server
+            .local_addr()
+            .map_err(|e| CliError::other(e.to_string()))?;
+        if global.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "listening": format!("http://{addr}"),
+                    "storage": server.backend(),
+                    "setup_token": server.setup_token(),
+                })
+            );
+        } else {
+            println!("coffer serve: listening on http://{addr} (storage: {})", server.backend());
+            if let Some(token) = server.setup_token() {
+                println!(
+                    "\nThis server has no organization yet. One-time setup token (shown once; a restart replaces it):\n\n    {token}\n\n\
+                     Set up the first organization and its owner:\n\n    \
+                     curl -s http://{addr}/v1/setup -H 'content-type: application/json' \\\n      \
+                     -d '{{\"setup_token\": \"{token}\", \"organization\": \"Acme\", \"owner\": \"alice\", \"password\": \"…at least 12 characters…\"}}'\n"
+                );
+            }
+        }
+        server
+            .run(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .map_err(|e| CliError::other(format!("the server stopped: {e}")))
+    })?;
+    Ok(Report {
+        json: serde_json::json!({"stopped": true}),
+        text: "coffer serve: stopped".into(),
+    })
+}

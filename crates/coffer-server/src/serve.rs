@@ -1,0 +1,114 @@
+//! `coffer serve`: open the storage, bring the schema up to date, issue the
+//! setup token of an empty server, bind the listener, serve.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use rand_core::RngCore;
+use tokio::net::TcpListener;
+use zeroize::Zeroizing;
+
+use crate::api::{self, AppState};
+use crate::listen::{check_listen, ListenError, Transport};
+use crate::store::{Store, StoreError};
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// `postgres://…`, or a SQLite file (`sqlite://PATH` or a path).
+    pub database_url: String,
+    /// Serve plain HTTP off loopback (behind a TLS-terminating proxy only).
+    pub force_plain: bool,
+}
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The listener configuration is refused.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The storage could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The address could not be bound, or serving failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A server, bound and ready to run.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+    setup_token: Option<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.listener.local_addr().ok())
+            .field("store", &self.state.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Opens the storage and binds the listener. On a server with no
+    /// organization yet, draws a new one-time setup token (replacing any
+    /// earlier one) for [`Server::setup_token`] to show once.
+    pub async fn bind(config: &ServeConfig) -> Result<Server, ServeError> {
+        // TLS arrives with its own issue step; until then only plain HTTP,
+        // so the loopback rule decides.
+        check_listen(config.listen, Transport::Plain, config.force_plain)?;
+        let store = Store::open(&config.database_url).await?;
+        let setup_token = if store.is_bootstrapped().await? {
+            None
+        } else {
+            let mut bytes = [0u8; 24];
+            rand_core::OsRng
+                .try_fill_bytes(&mut bytes)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let token = Zeroizing::new(hex::encode(bytes));
+            if store.replace_setup_token(&api::token_hash(&token)).await? {
+                Some(token)
+            } else {
+                None
+            }
+        };
+        let listener = TcpListener::bind(config.listen).await?;
+        Ok(Server {
+            listener,
+            state: AppState { store },
+            setup_token,
+        })
+    }
+
+    /// The address actually bound (port 0 picks a free one).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The setup token of a server not yet set up: to be shown once.
+    pub fn setup_token(&self) -> Option<&str> {
+        self.setup_token.as_deref().map(String::as_str)
+    }
+
+    /// The storage backend in use.
+    pub fn backend(&self) -> &'static str {
+        self.state.store.backend()
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let app = api::router(self.state);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        Ok(())
+    }
+}

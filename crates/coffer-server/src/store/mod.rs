@@ -1,0 +1,170 @@
+//! The server's storage: one repository type over two backends.
+//!
+//! The backend is chosen by the database URL: `postgres://…` (or
+//! `postgresql://…`) for PostgreSQL, anything else a SQLite file
+//! (`sqlite://PATH`, or just a path). Both apply the same schema from their
+//! own migrations (`migrations/sqlite`, `migrations/postgres`), and the rest
+//! of the server sees only [`Store`]. Nothing another server process needs
+//! lives only in one process's memory: every state is in the database.
+
+mod postgres;
+mod sqlite;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A storage failure. Never carries the database URL (it may hold a
+/// password) nor a row's content.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database URL is not one this server understands.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(&'static str),
+    /// The database failed or refused an operation.
+    #[error("database error while {op}: {message}")]
+    Database {
+        /// What the server was doing.
+        op: &'static str,
+        /// The driver's message.
+        message: String,
+    },
+    /// The setup token is unknown, used, or replaced by a newer one.
+    #[error("invalid setup token")]
+    InvalidSetupToken,
+    /// The server already has its first organization.
+    #[error("the server is already set up")]
+    AlreadyBootstrapped,
+    /// A name is taken.
+    #[error("{0} already exists")]
+    Exists(&'static str),
+}
+
+pub(crate) fn db_error(op: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreError {
+    move |e| StoreError::Database {
+        op,
+        message: e.to_string(),
+    }
+}
+
+/// What bootstrapping created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bootstrapped {
+    /// The first organization.
+    pub organization_id: i64,
+    /// Its owner.
+    pub user_id: i64,
+}
+
+/// The first organization and its owner, as the setup request names them.
+#[derive(Debug, Clone)]
+pub struct NewOwner {
+    /// Name of the organization.
+    pub organization: String,
+    /// The owner's user name.
+    pub owner: String,
+    /// The owner's password hash (Argon2id, PHC string): never the password.
+    pub password_hash: String,
+}
+
+/// The server's storage.
+#[derive(Clone)]
+pub enum Store {
+    /// An embedded SQLite file.
+    Sqlite(sqlite::SqliteStore),
+    /// A PostgreSQL server.
+    Postgres(postgres::PostgresStore),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: show the backend only.
+        write!(f, "Store({})", self.backend())
+    }
+}
+
+pub(crate) fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Connects to the database `url` names and brings its schema up to
+    /// date (several server processes may do this at once).
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let store = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Store::Postgres(postgres::PostgresStore::connect(url).await?)
+        } else {
+            let path = url.strip_prefix("sqlite://").unwrap_or(url);
+            if path.is_empty() {
+                return Err(StoreError::InvalidUrl("no SQLite file path"));
+            }
+            Store::Sqlite(sqlite::SqliteStore::open(path.into()).await?)
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// "sqlite" or "postgres".
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.migrate().await,
+            Store::Postgres(s) => s.migrate().await,
+        }
+    }
+
+    /// The schema version in place.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.schema_version().await,
+            Store::Postgres(s) => s.schema_version().await,
+        }
+    }
+
+    /// A trivial round trip: the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.schema_version().await.map(|_| ())
+    }
+
+    /// Whether the first organization exists.
+    pub async fn is_bootstrapped(&self) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.is_bootstrapped().await,
+            Store::Postgres(s) => s.is_bootstrapped().await,
+        }
+    }
+
+    /// On a server not yet set up, replaces any pending setup token with
+    /// the one whose SHA-256 hash is `token_hash`; returns false (and stores
+    /// nothing) once the server is set up.
+    pub async fn replace_setup_token(&self, token_hash: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.replace_setup_token(token_hash).await,
+            Store::Postgres(s) => s.replace_setup_token(token_hash).await,
+        }
+    }
+
+    /// Spends the setup token and creates the first organization and its
+    /// owner, all in one transaction.
+    pub async fn bootstrap(
+        &self,
+        token_hash: &str,
+        owner: &NewOwner,
+    ) -> Result<Bootstrapped, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.bootstrap(token_hash, owner).await,
+            Store::Postgres(s) => s.bootstrap(token_hash, owner).await,
+        }
+    }
+}
+
+/// The migrations of one backend, in order: (version, SQL).
+pub(crate) type Migrations = &'static [(i64, &'static str)];

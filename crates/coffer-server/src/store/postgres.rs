@@ -1,0 +1,189 @@
+//! The PostgreSQL backend: a deadpool of tokio-postgres connections. Every
+//! state is in the database, so several server processes can share it.
+
+use std::str::FromStr;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use super::{db_error, now_unix, Bootstrapped, Migrations, NewOwner, StoreError};
+
+const MIGRATIONS: Migrations = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+
+/// Serializes migrations across server processes (an arbitrary constant).
+const MIGRATION_LOCK: i64 = 0x636f_6666_6572;
+
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl PostgresStore {
+    pub(super) async fn connect(url: &str) -> Result<Self, StoreError> {
+        let config = tokio_postgres::Config::from_str(url)
+            .map_err(|_| StoreError::InvalidUrl("not a valid postgres:// URL"))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .build()
+            .map_err(|e| db_error("connecting")(&e))?;
+        // Fail at start, not at the first request, if the server is unreachable.
+        drop(pool.get().await.map_err(|e| db_error("connecting")(&e))?);
+        Ok(PostgresStore { pool })
+    }
+
+    async fn client(&self, op: &'static str) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| db_error(op)(&e))
+    }
+
+    pub(super) async fn migrate(&self) -> Result<(), StoreError> {
+        let op = "migrating";
+        let e = db_error(op);
+        let mut client = self.client(op).await?;
+        let tx = client.transaction().await.map_err(|x| e(&x))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(|x| e(&x))?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version BIGINT PRIMARY KEY,
+                 applied_at BIGINT NOT NULL
+             );",
+        )
+        .await
+        .map_err(|x| e(&x))?;
+        let current: i64 = tx
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await
+            .map_err(|x| e(&x))?
+            .get(0);
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            tx.batch_execute(sql).await.map_err(|x| e(&x))?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                &[version, &now_unix()],
+            )
+            .await
+            .map_err(|x| e(&x))?;
+        }
+        tx.commit().await.map_err(|x| e(&x))
+    }
+
+    pub(super) async fn schema_version(&self) -> Result<i64, StoreError> {
+        let op = "reading the schema version";
+        let client = self.client(op).await?;
+        let row = client
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await
+            .map_err(|x| db_error(op)(&x))?;
+        Ok(row.get(0))
+    }
+
+    pub(super) async fn is_bootstrapped(&self) -> Result<bool, StoreError> {
+        let op = "counting organizations";
+        let client = self.client(op).await?;
+        let row = client
+            .query_one("SELECT EXISTS (SELECT 1 FROM organizations)", &[])
+            .await
+            .map_err(|x| db_error(op)(&x))?;
+        Ok(row.get(0))
+    }
+
+    pub(super) async fn replace_setup_token(&self, token_hash: &str) -> Result<bool, StoreError> {
+        let op = "storing the setup token";
+        let e = db_error(op);
+        let mut client = self.client(op).await?;
+        let tx = client.transaction().await.map_err(|x| e(&x))?;
+        let set_up: bool = tx
+            .query_one("SELECT EXISTS (SELECT 1 FROM organizations)", &[])
+            .await
+            .map_err(|x| e(&x))?
+            .get(0);
+        if set_up {
+            return Ok(false);
+        }
+        tx.execute("DELETE FROM setup_tokens WHERE used_at IS NULL", &[])
+            .await
+            .map_err(|x| e(&x))?;
+        tx.execute(
+            "INSERT INTO setup_tokens (token_hash, created_at) VALUES ($1, $2)",
+            &[&token_hash, &now_unix()],
+        )
+        .await
+        .map_err(|x| e(&x))?;
+        tx.commit().await.map_err(|x| e(&x))?;
+        Ok(true)
+    }
+
+    pub(super) async fn bootstrap(
+        &self,
+        token_hash: &str,
+        owner: &NewOwner,
+    ) -> Result<Bootstrapped, StoreError> {
+        let op = "setting up the server";
+        let e = db_error(op);
+        let mut client = self.client(op).await?;
+        let tx = client.transaction().await.map_err(|x| e(&x))?;
+        let now = now_unix();
+        // The token row is locked by the update: of two concurrent setups
+        // (through two server processes), one spends it, the other finds it
+        // spent.
+        let spent = tx
+            .execute(
+                "UPDATE setup_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL",
+                &[&token_hash, &now],
+            )
+            .await
+            .map_err(|x| e(&x))?;
+        let set_up: bool = tx
+            .query_one("SELECT EXISTS (SELECT 1 FROM organizations)", &[])
+            .await
+            .map_err(|x| e(&x))?
+            .get(0);
+        if set_up {
+            return Err(StoreError::AlreadyBootstrapped);
+        }
+        if spent != 1 {
+            return Err(StoreError::InvalidSetupToken);
+        }
+        let organization_id: i64 = tx
+            .query_one(
+                "INSERT INTO organizations (name, created_at) VALUES ($1, $2) RETURNING id",
+                &[&owner.organization, &now],
+            )
+            .await
+            .map_err(|x| e(&x))?
+            .get(0);
+        let user_id: i64 = tx
+            .query_one(
+                "INSERT INTO users (name, password_hash, created_at) VALUES ($1, $2, $3) RETURNING id",
+                &[&owner.owner, &owner.password_hash, &now],
+            )
+            .await
+            .map_err(|x| e(&x))?
+            .get(0);
+        tx.execute(
+            "INSERT INTO memberships (org_id, user_id, role) VALUES ($1, $2, 'owner')",
+            &[&organization_id, &user_id],
+        )
+        .await
+        .map_err(|x| e(&x))?;
+        tx.commit().await.map_err(|x| e(&x))?;
+        Ok(Bootstrapped {
+            organization_id,
+            user_id,
+        })
+    }
+}

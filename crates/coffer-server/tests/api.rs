@@ -1,0 +1,164 @@
+//! The API suite, run against SQLite and against a real PostgreSQL.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use support::postgres::Postgres;
+use support::Running;
+
+async fn error_code(response: reqwest::Response) -> String {
+    let body: Value = response.json().await.unwrap();
+    body["error"]["code"].as_str().unwrap().to_owned()
+}
+
+/// Everything the server does so far, on the database `url`.
+async fn suite(url: &str, backend: &str) {
+    let server = Running::start(url).await;
+    assert_eq!(server.backend, backend);
+    let http = reqwest::Client::new();
+
+    let health: Value = http
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health, json!({"status": "ok", "storage": backend}));
+
+    let token = server
+        .setup_token
+        .clone()
+        .expect("an empty server issues a setup token");
+    let setup = |body: Value| http.post(server.url("/v1/setup")).json(&body).send();
+    let good = json!({
+        "setup_token": token,
+        "organization": "Acme Relief",
+        "owner": "alice",
+        "password": "correct horse battery",
+    });
+
+    // Bad input: typed 4xx, nothing created.
+    let mut wrong = good.clone();
+    wrong["setup_token"] = json!("0".repeat(48));
+    let r = setup(wrong).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(r).await, "invalid_setup_token");
+
+    let mut weak = good.clone();
+    weak["password"] = json!("short");
+    let r = setup(weak).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error_code(r).await, "weak_password");
+
+    let r = http
+        .post(server.url("/v1/setup"))
+        .header("content-type", "application/json")
+        .body("{\"setup_token\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(r).await, "malformed_json");
+
+    let r = http
+        .post(server.url("/v1/setup"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 200 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_code(r).await, "body_too_large");
+
+    let r = http
+        .get(server.url(&format!("/healthz?token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(r).await, "credential_in_query");
+
+    let r = http.get(server.url("/nowhere")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r).await, "not_found");
+
+    // The real thing, once.
+    let r = setup(good.clone()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let created: Value = r.json().await.unwrap();
+    assert!(created["organization_id"].as_i64().unwrap() > 0);
+    let r = setup(good.clone()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(error_code(r).await, "already_set_up");
+    server.stop().await;
+
+    // A restart of a set-up server issues no token.
+    let again = Running::start(url).await;
+    assert!(again.setup_token.is_none());
+    again.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("server.db").display());
+    suite(&url, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_on_postgres() {
+    let pg = Postgres::start();
+    let url = pg.database("suite").await;
+    suite(&url, "postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_share_one_postgres() {
+    let pg = Postgres::start();
+    let url = pg.database("shared").await;
+    // Both migrate the same database at once.
+    let (a, b) = tokio::join!(Running::start(&url), Running::start(&url));
+    // The later start replaced the earlier's token: exactly one works.
+    let http = reqwest::Client::new();
+    let mut created = 0;
+    for (server, token) in [(&a, a.setup_token.clone()), (&b, b.setup_token.clone())] {
+        let r = http
+            .post(server.url("/v1/setup"))
+            .json(&json!({
+                "setup_token": token.unwrap(),
+                "organization": "Acme",
+                "owner": "alice",
+                "password": "correct horse battery",
+            }))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::CREATED {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 1);
+    // What one process did, the other sees at once: the other server now
+    // refuses a second setup.
+    for server in [&a, &b] {
+        let r = http
+            .post(server.url("/v1/setup"))
+            .json(&json!({
+                "setup_token": "x",
+                "organization": "Other",
+                "owner": "bob",
+                "password": "correct horse battery",
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+    }
+    a.stop().await;
+    b.stop().await;
+}
