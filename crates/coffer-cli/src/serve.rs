@@ -47,6 +47,7 @@ pub fn run(
             listen,
             database_url,
             force_plain,
+            session_ttl: coffer_server::DEFAULT_SESSION_TTL,
         })
         .await
         .map_err(|e| CliError::usage(format!("cannot start the server: {e}")))?;

@@ -36,7 +36,15 @@ const CREDENTIAL_PARAMS: [&str; 5] = [
 pub struct AppState {
     /// The storage.
     pub store: Store,
+    /// How long a login session lasts.
+    pub session_ttl: std::time::Duration,
+    /// A hash checked when a login names no user, so that unknown and known
+    /// users take the same time to refuse.
+    pub decoy_hash: std::sync::Arc<String>,
 }
+
+/// The header that carries session and device tokens.
+pub const AUTH_HEADER: &str = "x-auth-token";
 
 /// An error answer: status, stable code, message for people.
 #[derive(Debug)]
@@ -148,6 +156,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/setup", post(setup))
+        .route("/v1/login", post(login))
+        .route("/v1/logout", post(logout))
+        .route("/v1/me", get(me))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(refuse_credentials_in_query))
@@ -310,4 +321,152 @@ async fn setup(
             "user_id": created.user_id,
         })),
     ))
+}
+
+/// A logged-in user, from the `X-Auth-Token` header.
+pub struct Principal {
+    /// The user.
+    pub user_id: i64,
+    /// The user's name.
+    pub user: String,
+    token_hash: String,
+}
+
+impl axum::extract::FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let unauthorized = |code: &'static str, message: &str| {
+            ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+        };
+        let token = parts
+            .headers
+            .get(AUTH_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                unauthorized("unauthenticated", "send a session token in X-Auth-Token")
+            })?;
+        let token_hash = token_hash(token);
+        let Some(session) = state.store.session(&token_hash).await? else {
+            return Err(unauthorized("invalid_token", "the token is not valid"));
+        };
+        if session.revoked || session.disabled {
+            return Err(unauthorized("invalid_token", "the token is not valid"));
+        }
+        if crate::store::now_unix() >= session.expires_at {
+            return Err(unauthorized(
+                "token_expired",
+                "the session has expired: log in again",
+            ));
+        }
+        Ok(Principal {
+            user_id: session.user_id,
+            user: session.user,
+            token_hash,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    user: String,
+    password: String,
+}
+
+fn verify_password(hash: &str, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash)
+        .map(|parsed| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// `POST /v1/login`: a user name and password for a session token (random,
+/// stored only as its SHA-256, valid for the session TTL, revocable).
+async fn login(
+    State(state): State<AppState>,
+    Body(request): Body<LoginRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let LoginRequest { user, password } = request;
+    let password = zeroize::Zeroizing::new(password);
+    let record = state.store.login_record(&user).await?;
+    let hash = match &record {
+        Some(r) => r.password_hash.clone(),
+        None => state.decoy_hash.as_ref().clone(),
+    };
+    let matches = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "hashing failed",
+            )
+        })?;
+    let user_id = match record {
+        Some(r) if matches && !r.disabled => r.user_id,
+        _ => {
+            tracing::info!(user = %user, "login refused");
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "wrong user name or password",
+            ));
+        }
+    };
+    let token = new_token()?;
+    let expires_at = crate::store::now_unix()
+        .saturating_add(i64::try_from(state.session_ttl.as_secs()).unwrap_or(i64::MAX));
+    state
+        .store
+        .create_session(&token_hash(&token), user_id, expires_at)
+        .await?;
+    tracing::info!(user = %user, "login");
+    Ok(Json(
+        json!({"token": token.as_str(), "expires_at": expires_at}),
+    ))
+}
+
+/// A fresh random token (192 bits, hex).
+pub fn new_token() -> Result<zeroize::Zeroizing<String>, ApiError> {
+    use rand_core::RngCore;
+    let mut bytes = [0u8; 24];
+    rand_core::OsRng.try_fill_bytes(&mut bytes).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "no randomness",
+        )
+    })?;
+    Ok(zeroize::Zeroizing::new(hex::encode(bytes)))
+}
+
+/// `POST /v1/logout`: revokes the session that sends it.
+async fn logout(State(state): State<AppState>, who: Principal) -> Result<StatusCode, ApiError> {
+    state.store.revoke_session(&who.token_hash).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/me`: who the token belongs to, and their organizations.
+async fn me(
+    State(state): State<AppState>,
+    who: Principal,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let memberships = state.store.memberships(who.user_id).await?;
+    Ok(Json(json!({
+        "user_id": who.user_id,
+        "user": who.user,
+        "organizations": memberships.iter().map(|m| json!({
+            "id": m.organization_id,
+            "name": m.organization,
+            "role": m.role,
+        })).collect::<Vec<_>>(),
+    })))
 }

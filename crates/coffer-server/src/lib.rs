@@ -16,5 +16,5 @@ pub mod serve;
 pub mod store;
 
 pub use listen::{check_listen, ListenError, Transport};
-pub use serve::{ServeConfig, Server};
+pub use serve::{ServeConfig, Server, DEFAULT_SESSION_TTL};
 pub use store::{Store, StoreError};

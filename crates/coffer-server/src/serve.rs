@@ -21,7 +21,12 @@ pub struct ServeConfig {
     pub database_url: String,
     /// Serve plain HTTP off loopback (behind a TLS-terminating proxy only).
     pub force_plain: bool,
+    /// How long a login session lasts.
+    pub session_ttl: std::time::Duration,
 }
+
+/// The default session lifetime: a working day.
+pub const DEFAULT_SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
@@ -78,9 +83,18 @@ impl Server {
             }
         };
         let listener = TcpListener::bind(config.listen).await?;
+        let decoy = api::new_token().map_err(|_| std::io::Error::other("no randomness"))?;
+        let decoy_hash = tokio::task::spawn_blocking(move || api::hash_password(&decoy))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .map_err(|_| std::io::Error::other("cannot hash"))?;
         Ok(Server {
             listener,
-            state: AppState { store },
+            state: AppState {
+                store,
+                session_ttl: config.session_ttl,
+                decoy_hash: std::sync::Arc::new(decoy_hash),
+            },
             setup_token,
         })
     }

@@ -100,7 +100,106 @@ async fn suite(url: &str, backend: &str) {
     // A restart of a set-up server issues no token.
     let again = Running::start(url).await;
     assert!(again.setup_token.is_none());
+    sessions(&again, &http).await;
     again.stop().await;
+
+    // An expired session is refused, and says so.
+    let short = Running::start_with_ttl(url, std::time::Duration::from_secs(1)).await;
+    let token = login(&short, &http, "alice", "correct horse battery")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let r = http
+        .get(short.url("/v1/me"))
+        .header("x-auth-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(r).await, "token_expired");
+    short.stop().await;
+}
+
+/// Logs in; the token, or the error code.
+async fn login(
+    server: &Running,
+    http: &reqwest::Client,
+    user: &str,
+    password: &str,
+) -> Result<String, String> {
+    let r = http
+        .post(server.url("/v1/login"))
+        .json(&json!({"user": user, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    if r.status() == StatusCode::OK {
+        let body: Value = r.json().await.unwrap();
+        Ok(body["token"].as_str().unwrap().to_owned())
+    } else {
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        Err(error_code(r).await)
+    }
+}
+
+async fn sessions(server: &Running, http: &reqwest::Client) {
+    assert_eq!(
+        login(server, http, "alice", "wrong password!").await,
+        Err("invalid_credentials".into())
+    );
+    assert_eq!(
+        login(server, http, "nobody", "correct horse battery").await,
+        Err("invalid_credentials".into())
+    );
+    let token = login(server, http, "alice", "correct horse battery")
+        .await
+        .unwrap();
+    assert_eq!(token.len(), 48);
+    let me: Value = http
+        .get(server.url("/v1/me"))
+        .header("x-auth-token", &token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["user"], "alice");
+    assert_eq!(me["organizations"][0]["name"], "Acme Relief");
+    assert_eq!(me["organizations"][0]["role"], "owner");
+
+    let r = http.get(server.url("/v1/me")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(r).await, "unauthenticated");
+    let r = http
+        .get(server.url("/v1/me"))
+        .header("x-auth-token", "f".repeat(48))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, "invalid_token");
+    let r = http
+        .get(server.url(&format!("/v1/me?token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    let r = http
+        .post(server.url("/v1/logout"))
+        .header("x-auth-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = http
+        .get(server.url("/v1/me"))
+        .header("x-auth-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(r).await, "invalid_token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,6 +258,32 @@ async fn two_servers_share_one_postgres() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::CONFLICT);
     }
+    // A session made through one process is honoured by the other, and a
+    // logout through one is refused by the other at once.
+    let token = login(&a, &http, "alice", "correct horse battery")
+        .await
+        .unwrap();
+    let r = http
+        .get(b.url("/v1/me"))
+        .header("x-auth-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http
+        .post(a.url("/v1/logout"))
+        .header("x-auth-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = http
+        .get(b.url("/v1/me"))
+        .header("x-auth-token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     a.stop().await;
     b.stop().await;
 }

@@ -166,5 +166,91 @@ impl Store {
     }
 }
 
+/// What a login checks.
+pub struct LoginRecord {
+    /// The user.
+    pub user_id: i64,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// A disabled user cannot log in.
+    pub disabled: bool,
+}
+
+impl std::fmt::Debug for LoginRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRecord")
+            .field("user_id", &self.user_id)
+            .field("disabled", &self.disabled)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A session as stored (found by its token's hash).
+#[derive(Debug, Clone)]
+pub struct SessionRecord {
+    /// Whose session.
+    pub user_id: i64,
+    /// The user's name.
+    pub user: String,
+    /// Unix seconds after which it no longer counts.
+    pub expires_at: i64,
+    /// Logged out or revoked.
+    pub revoked: bool,
+    /// The user has been disabled since.
+    pub disabled: bool,
+}
+
+/// A user's role in one organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// The organization.
+    pub organization_id: i64,
+    /// Its name.
+    pub organization: String,
+    /// owner, admin, member or auditor.
+    pub role: String,
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($s) => $call,
+            Store::Postgres($s) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// The password hash of the user `name`, for a login.
+    pub async fn login_record(&self, name: &str) -> Result<Option<LoginRecord>, StoreError> {
+        dispatch!(self, s => s.login_record(name).await)
+    }
+
+    /// Records a new session under its token's hash.
+    pub async fn create_session(
+        &self,
+        token_hash: &str,
+        user_id: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.create_session(token_hash, user_id, expires_at).await)
+    }
+
+    /// The session whose token hashes to `token_hash`, if any.
+    pub async fn session(&self, token_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        dispatch!(self, s => s.session(token_hash).await)
+    }
+
+    /// Revokes a session (logout): refused at once by every server process.
+    pub async fn revoke_session(&self, token_hash: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.revoke_session(token_hash).await)
+    }
+
+    /// The organizations a user belongs to, with their role.
+    pub async fn memberships(&self, user_id: i64) -> Result<Vec<Membership>, StoreError> {
+        dispatch!(self, s => s.memberships(user_id).await)
+    }
+}
+
 /// The migrations of one backend, in order: (version, SQL).
 pub(crate) type Migrations = &'static [(i64, &'static str)];

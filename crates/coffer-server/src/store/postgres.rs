@@ -6,9 +6,18 @@ use std::str::FromStr;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use super::{db_error, now_unix, Bootstrapped, Migrations, NewOwner, StoreError};
+use super::{
+    db_error, now_unix, Bootstrapped, LoginRecord, Membership, Migrations, NewOwner, SessionRecord,
+    StoreError,
+};
 
-const MIGRATIONS: Migrations = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: Migrations = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_sessions.sql"),
+    ),
+];
 
 /// Serializes migrations across server processes (an arbitrary constant).
 const MIGRATION_LOCK: i64 = 0x636f_6666_6572;
@@ -185,5 +194,97 @@ impl PostgresStore {
             organization_id,
             user_id,
         })
+    }
+
+    pub(super) async fn login_record(&self, name: &str) -> Result<Option<LoginRecord>, StoreError> {
+        let op = "reading a user";
+        let client = self.client(op).await?;
+        let row = client
+            .query_opt(
+                "SELECT id, password_hash, disabled FROM users WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .map_err(|x| db_error(op)(&x))?;
+        Ok(row.map(|r| LoginRecord {
+            user_id: r.get(0),
+            password_hash: r.get(1),
+            disabled: r.get(2),
+        }))
+    }
+
+    pub(super) async fn create_session(
+        &self,
+        token_hash: &str,
+        user_id: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let op = "creating a session";
+        let client = self.client(op).await?;
+        client
+            .execute(
+                "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+                &[&token_hash, &user_id, &now_unix(), &expires_at],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|x| db_error(op)(&x))
+    }
+
+    pub(super) async fn session(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let op = "reading a session";
+        let client = self.client(op).await?;
+        let row = client
+            .query_opt(
+                "SELECT s.user_id, u.name, s.expires_at, s.revoked_at IS NOT NULL, u.disabled
+                 FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1",
+                &[&token_hash],
+            )
+            .await
+            .map_err(|x| db_error(op)(&x))?;
+        Ok(row.map(|r| SessionRecord {
+            user_id: r.get(0),
+            user: r.get(1),
+            expires_at: r.get(2),
+            revoked: r.get(3),
+            disabled: r.get(4),
+        }))
+    }
+
+    pub(super) async fn revoke_session(&self, token_hash: &str) -> Result<(), StoreError> {
+        let op = "revoking a session";
+        let client = self.client(op).await?;
+        client
+            .execute(
+                "UPDATE sessions SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL",
+                &[&token_hash, &now_unix()],
+            )
+            .await
+            .map(|_| ())
+            .map_err(|x| db_error(op)(&x))
+    }
+
+    pub(super) async fn memberships(&self, user_id: i64) -> Result<Vec<Membership>, StoreError> {
+        let op = "listing memberships";
+        let client = self.client(op).await?;
+        let rows = client
+            .query(
+                "SELECT o.id, o.name, m.role FROM memberships m JOIN organizations o ON o.id = m.org_id
+                 WHERE m.user_id = $1 ORDER BY o.name",
+                &[&user_id],
+            )
+            .await
+            .map_err(|x| db_error(op)(&x))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Membership {
+                organization_id: r.get(0),
+                organization: r.get(1),
+                role: r.get(2),
+            })
+            .collect())
     }
 }

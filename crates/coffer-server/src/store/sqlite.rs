@@ -5,11 +5,17 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{db_error, now_unix, Bootstrapped, Migrations, NewOwner, StoreError};
+use super::{
+    db_error, now_unix, Bootstrapped, LoginRecord, Membership, Migrations, NewOwner, SessionRecord,
+    StoreError,
+};
 
-const MIGRATIONS: Migrations = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: Migrations = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_sessions.sql")),
+];
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -184,6 +190,106 @@ impl SqliteStore {
                 organization_id,
                 user_id,
             })
+        })
+        .await
+    }
+
+    pub(super) async fn login_record(&self, name: &str) -> Result<Option<LoginRecord>, StoreError> {
+        let name = name.to_owned();
+        self.with("reading a user", move |conn| {
+            conn.query_row(
+                "SELECT id, password_hash, disabled FROM users WHERE name = ?1",
+                [name],
+                |r| {
+                    Ok(LoginRecord {
+                        user_id: r.get(0)?,
+                        password_hash: r.get(1)?,
+                        disabled: r.get::<_, i64>(2)? != 0,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| db_error("reading a user")(&e))
+        })
+        .await
+    }
+
+    pub(super) async fn create_session(
+        &self,
+        token_hash: &str,
+        user_id: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let token_hash = token_hash.to_owned();
+        self.with("creating a session", move |conn| {
+            conn.execute(
+                "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![token_hash, user_id, now_unix(), expires_at],
+            )
+            .map(|_| ())
+            .map_err(|e| db_error("creating a session")(&e))
+        })
+        .await
+    }
+
+    pub(super) async fn session(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let token_hash = token_hash.to_owned();
+        self.with("reading a session", move |conn| {
+            conn.query_row(
+                "SELECT s.user_id, u.name, s.expires_at, s.revoked_at IS NOT NULL, u.disabled
+                 FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?1",
+                [token_hash],
+                |r| {
+                    Ok(SessionRecord {
+                        user_id: r.get(0)?,
+                        user: r.get(1)?,
+                        expires_at: r.get(2)?,
+                        revoked: r.get(3)?,
+                        disabled: r.get::<_, i64>(4)? != 0,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| db_error("reading a session")(&e))
+        })
+        .await
+    }
+
+    pub(super) async fn revoke_session(&self, token_hash: &str) -> Result<(), StoreError> {
+        let token_hash = token_hash.to_owned();
+        self.with("revoking a session", move |conn| {
+            conn.execute(
+                "UPDATE sessions SET revoked_at = ?2 WHERE token_hash = ?1 AND revoked_at IS NULL",
+                params![token_hash, now_unix()],
+            )
+            .map(|_| ())
+            .map_err(|e| db_error("revoking a session")(&e))
+        })
+        .await
+    }
+
+    pub(super) async fn memberships(&self, user_id: i64) -> Result<Vec<Membership>, StoreError> {
+        self.with("listing memberships", move |conn| {
+            let e = db_error("listing memberships");
+            let mut stmt = conn
+                .prepare(
+                    "SELECT o.id, o.name, m.role FROM memberships m JOIN organizations o ON o.id = m.org_id
+                     WHERE m.user_id = ?1 ORDER BY o.name",
+                )
+                .map_err(|x| e(&x))?;
+            let rows = stmt
+                .query_map([user_id], |r| {
+                    Ok(Membership {
+                        organization_id: r.get(0)?,
+                        organization: r.get(1)?,
+                        role: r.get(2)?,
+                    })
+                })
+                .map_err(|x| e(&x))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|x| e(&x))
         })
         .await
     }

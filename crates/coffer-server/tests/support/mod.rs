@@ -18,10 +18,15 @@ pub struct Running {
 
 impl Running {
     pub async fn start(database_url: &str) -> Running {
+        Self::start_with_ttl(database_url, coffer_server::DEFAULT_SESSION_TTL).await
+    }
+
+    pub async fn start_with_ttl(database_url: &str, session_ttl: std::time::Duration) -> Running {
         let server = Server::bind(&ServeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: database_url.to_owned(),
             force_plain: false,
+            session_ttl,
         })
         .await
         .unwrap();
