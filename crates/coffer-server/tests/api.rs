@@ -118,6 +118,15 @@ async fn suite(url: &str, backend: &str) {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(error_code(r).await, "token_expired");
     short.stop().await;
+
+    // Not one secret of this suite reached the server's logs.
+    let setup_token = good["setup_token"].as_str().unwrap().to_owned();
+    support::assert_logs_free_of(&[
+        &setup_token,
+        "correct horse battery",
+        "wrong password!",
+        &token,
+    ]);
 }
 
 /// Logs in; the token, or the error code.

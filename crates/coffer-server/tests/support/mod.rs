@@ -4,6 +4,50 @@
 
 pub mod postgres;
 
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Every log line any server of this test process writes, at debug level.
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = Capture(Arc::clone(&buffer));
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .init();
+        buffer
+    })
+    .clone()
+}
+
+/// Fails if any of `secrets` appears in the logs captured so far (and
+/// checks that something was logged at all, so the scan means something).
+pub fn assert_logs_free_of(secrets: &[&str]) {
+    let logs = String::from_utf8_lossy(&capture_logs().lock().unwrap()).into_owned();
+    assert!(logs.contains("login"), "the capture saw the server's logs");
+    for secret in secrets {
+        assert!(!secret.is_empty());
+        assert!(!logs.contains(secret), "a secret reached the logs");
+    }
+}
+
 use coffer_server::{ServeConfig, Server};
 use tokio::sync::oneshot;
 
@@ -22,6 +66,7 @@ impl Running {
     }
 
     pub async fn start_with_ttl(database_url: &str, session_ttl: std::time::Duration) -> Running {
+        capture_logs();
         let server = Server::bind(&ServeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: database_url.to_owned(),
