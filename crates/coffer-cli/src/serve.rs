@@ -48,6 +48,7 @@ pub fn run(
             database_url,
             force_plain,
             session_ttl: coffer_server::DEFAULT_SESSION_TTL,
+            login_limits: coffer_server::LoginLimits::default(),
         })
         .await
         .map_err(|e| CliError::usage(format!("cannot start the server: {e}")))?;

@@ -41,6 +41,8 @@ pub struct AppState {
     /// A hash checked when a login names no user, so that unknown and known
     /// users take the same time to refuse.
     pub decoy_hash: std::sync::Arc<String>,
+    /// Brute-force limits on login.
+    pub login_limits: LoginLimits,
 }
 
 /// The header that carries session and device tokens.
@@ -52,6 +54,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after: Option<i64>,
 }
 
 impl ApiError {
@@ -60,6 +63,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -67,7 +71,37 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            if let Ok(value) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+/// How many login attempts a window allows.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginLimits {
+    /// Attempts per user name.
+    pub per_account: i64,
+    /// Attempts per client address.
+    pub per_address: i64,
+    /// The window.
+    pub window: std::time::Duration,
+}
+
+impl Default for LoginLimits {
+    /// 10 attempts per account and 50 per address in 15 minutes.
+    fn default() -> Self {
+        LoginLimits {
+            per_account: 10,
+            per_address: 50,
+            window: std::time::Duration::from_secs(15 * 60),
+        }
     }
 }
 
@@ -392,10 +426,34 @@ fn verify_password(hash: &str, password: &str) -> bool {
 /// stored only as its SHA-256, valid for the session TTL, revocable).
 async fn login(
     State(state): State<AppState>,
+    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<std::net::SocketAddr>,
     Body(request): Body<LoginRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let LoginRequest { user, password } = request;
     let password = zeroize::Zeroizing::new(password);
+    // Every attempt counts, before any hashing: parallel guesses too.
+    let limits = state.login_limits;
+    let window = i64::try_from(limits.window.as_secs())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    let now = crate::store::now_unix();
+    let window_start = now - now.rem_euclid(window);
+    let account_key = format!("login-user:{user}");
+    let by_account = state.store.hit(&account_key, window_start).await?;
+    let by_address = state
+        .store
+        .hit(&format!("login-addr:{}", client.ip()), window_start)
+        .await?;
+    if by_account > limits.per_account || by_address > limits.per_address {
+        tracing::warn!(user = %user, client = %client.ip(), "login rate limit reached");
+        let mut refused = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many login attempts: wait and try again (see Retry-After)",
+        );
+        refused.retry_after = Some(window_start + window - now);
+        return Err(refused);
+    }
     let record = state.store.login_record(&user).await?;
     let hash = match &record {
         Some(r) => r.password_hash.clone(),
@@ -421,6 +479,7 @@ async fn login(
             ));
         }
     };
+    state.store.clear_hits(&account_key).await?;
     let token = new_token()?;
     let expires_at = crate::store::now_unix()
         .saturating_add(i64::try_from(state.session_ttl.as_secs()).unwrap_or(i64::MAX));

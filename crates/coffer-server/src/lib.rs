@@ -15,6 +15,7 @@ pub mod listen;
 pub mod serve;
 pub mod store;
 
+pub use api::LoginLimits;
 pub use listen::{check_listen, ListenError, Transport};
 pub use serve::{ServeConfig, Server, DEFAULT_SESSION_TTL};
 pub use store::{Store, StoreError};

@@ -23,6 +23,8 @@ pub struct ServeConfig {
     pub force_plain: bool,
     /// How long a login session lasts.
     pub session_ttl: std::time::Duration,
+    /// Brute-force limits on login.
+    pub login_limits: crate::api::LoginLimits,
 }
 
 /// The default session lifetime: a working day.
@@ -94,6 +96,7 @@ impl Server {
                 store,
                 session_ttl: config.session_ttl,
                 decoy_hash: std::sync::Arc::new(decoy_hash),
+                login_limits: config.login_limits,
             },
             setup_token,
         })
@@ -120,9 +123,12 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let app = api::router(self.state);
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await?;
         Ok(())
     }
 }

@@ -296,3 +296,83 @@ async fn two_servers_share_one_postgres() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Brute force through the login reaches the limit, per account and per
+/// client address, with a clear 429; even the right password waits.
+async fn rate_limits(url: &str) {
+    let server = Running::start_with(
+        url,
+        coffer_server::DEFAULT_SESSION_TTL,
+        coffer_server::LoginLimits {
+            per_account: 4,
+            per_address: 7,
+            window: std::time::Duration::from_secs(3600),
+        },
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(server.url("/v1/setup"))
+        .json(&json!({
+            "setup_token": server.setup_token.clone().unwrap(),
+            "organization": "Acme",
+            "owner": "alice",
+            "password": "correct horse battery",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    for _ in 0..4 {
+        assert_eq!(
+            login(&server, &http, "alice", "guess").await,
+            Err("invalid_credentials".into())
+        );
+    }
+    let r = http
+        .post(server.url("/v1/login"))
+        .json(&json!({"user": "alice", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: i64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=3600).contains(&retry));
+    assert_eq!(error_code(r).await, "rate_limited");
+    // Other accounts from the same address: the address limit (7) comes next.
+    for name in ["bob", "carol"] {
+        assert_eq!(
+            login(&server, &http, name, "guess").await,
+            Err("invalid_credentials".into())
+        );
+    }
+    let r = http
+        .post(server.url("/v1/login"))
+        .json(&json!({"user": "dave", "password": "guess"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_rate_limits_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    rate_limits(&format!(
+        "sqlite://{}",
+        dir.path().join("server.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_rate_limits_on_postgres() {
+    let pg = Postgres::start();
+    let url = pg.database("limits").await;
+    rate_limits(&url).await;
+}

@@ -246,6 +246,18 @@ impl Store {
         dispatch!(self, s => s.revoke_session(token_hash).await)
     }
 
+    /// Counts one attempt under `key` in the window starting at
+    /// `window_start`; returns the attempts in that window so far (this one
+    /// included). Atomic across server processes.
+    pub async fn hit(&self, key: &str, window_start: i64) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.hit(key, window_start).await)
+    }
+
+    /// Forgets the attempts under `key` (a successful login).
+    pub async fn clear_hits(&self, key: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.clear_hits(key).await)
+    }
+
     /// The organizations a user belongs to, with their role.
     pub async fn memberships(&self, user_id: i64) -> Result<Vec<Membership>, StoreError> {
         dispatch!(self, s => s.memberships(user_id).await)
@@ -254,3 +266,30 @@ impl Store {
 
 /// The migrations of one backend, in order: (version, SQL).
 pub(crate) type Migrations = &'static [(i64, &'static str)];
+
+#[cfg(test)]
+mod tests {
+    /// One schema: both backends apply the same versions, every migration
+    /// file of each backend is applied, and none is left out.
+    #[test]
+    fn the_backends_migrate_in_step() {
+        let versions = |m: super::Migrations| m.iter().map(|(v, _)| *v).collect::<Vec<_>>();
+        assert_eq!(
+            versions(super::sqlite::MIGRATIONS),
+            versions(super::postgres::MIGRATIONS)
+        );
+        let expected: Vec<i64> = (1..=super::sqlite::MIGRATIONS.len() as i64).collect();
+        assert_eq!(versions(super::sqlite::MIGRATIONS), expected);
+        for backend in ["sqlite", "postgres"] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(backend);
+            let files = std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+            assert_eq!(
+                files,
+                expected.len(),
+                "{backend}: a migration file is not applied"
+            );
+        }
+    }
+}

@@ -7,17 +7,38 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 use super::{
-    db_error, now_unix, Bootstrapped, LoginRecord, Membership, Migrations, NewOwner, SessionRecord,
-    StoreError,
+    db_error as generic_error, now_unix, Bootstrapped, LoginRecord, Membership, Migrations,
+    NewOwner, SessionRecord, StoreError,
 };
 
-const MIGRATIONS: Migrations = &[
+pub(super) const MIGRATIONS: Migrations = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (
         2,
         include_str!("../../migrations/postgres/0002_sessions.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_rate_limits.sql"),
+    ),
 ];
+
+/// A storage error from a PostgreSQL failure, with the server's own message
+/// (tokio-postgres shows only "db error" by itself). Messages name tables
+/// and constraints, never values.
+fn db_error(op: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreError {
+    generic_error(op)
+}
+
+fn pg(op: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+    move |e| {
+        let message = match e.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => e.to_string(),
+        };
+        StoreError::Database { op, message }
+    }
+}
 
 /// Serializes migrations across server processes (an arbitrary constant).
 const MIGRATION_LOCK: i64 = 0x636f_6666_6572;
@@ -53,12 +74,11 @@ impl PostgresStore {
 
     pub(super) async fn migrate(&self) -> Result<(), StoreError> {
         let op = "migrating";
-        let e = db_error(op);
         let mut client = self.client(op).await?;
-        let tx = client.transaction().await.map_err(|x| e(&x))?;
+        let tx = client.transaction().await.map_err(pg(op))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
-            .map_err(|x| e(&x))?;
+            .map_err(pg(op))?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                  version BIGINT PRIMARY KEY,
@@ -66,25 +86,25 @@ impl PostgresStore {
              );",
         )
         .await
-        .map_err(|x| e(&x))?;
+        .map_err(pg(op))?;
         let current: i64 = tx
             .query_one(
                 "SELECT coalesce(max(version), 0) FROM schema_migrations",
                 &[],
             )
             .await
-            .map_err(|x| e(&x))?
+            .map_err(pg(op))?
             .get(0);
         for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
-            tx.batch_execute(sql).await.map_err(|x| e(&x))?;
+            tx.batch_execute(sql).await.map_err(pg(op))?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
                 &[version, &now_unix()],
             )
             .await
-            .map_err(|x| e(&x))?;
+            .map_err(pg(op))?;
         }
-        tx.commit().await.map_err(|x| e(&x))
+        tx.commit().await.map_err(pg(op))
     }
 
     pub(super) async fn schema_version(&self) -> Result<i64, StoreError> {
@@ -96,7 +116,7 @@ impl PostgresStore {
                 &[],
             )
             .await
-            .map_err(|x| db_error(op)(&x))?;
+            .map_err(pg(op))?;
         Ok(row.get(0))
     }
 
@@ -106,33 +126,32 @@ impl PostgresStore {
         let row = client
             .query_one("SELECT EXISTS (SELECT 1 FROM organizations)", &[])
             .await
-            .map_err(|x| db_error(op)(&x))?;
+            .map_err(pg(op))?;
         Ok(row.get(0))
     }
 
     pub(super) async fn replace_setup_token(&self, token_hash: &str) -> Result<bool, StoreError> {
         let op = "storing the setup token";
-        let e = db_error(op);
         let mut client = self.client(op).await?;
-        let tx = client.transaction().await.map_err(|x| e(&x))?;
+        let tx = client.transaction().await.map_err(pg(op))?;
         let set_up: bool = tx
             .query_one("SELECT EXISTS (SELECT 1 FROM organizations)", &[])
             .await
-            .map_err(|x| e(&x))?
+            .map_err(pg(op))?
             .get(0);
         if set_up {
             return Ok(false);
         }
         tx.execute("DELETE FROM setup_tokens WHERE used_at IS NULL", &[])
             .await
-            .map_err(|x| e(&x))?;
+            .map_err(pg(op))?;
         tx.execute(
             "INSERT INTO setup_tokens (token_hash, created_at) VALUES ($1, $2)",
             &[&token_hash, &now_unix()],
         )
         .await
-        .map_err(|x| e(&x))?;
-        tx.commit().await.map_err(|x| e(&x))?;
+        .map_err(pg(op))?;
+        tx.commit().await.map_err(pg(op))?;
         Ok(true)
     }
 
@@ -142,9 +161,8 @@ impl PostgresStore {
         owner: &NewOwner,
     ) -> Result<Bootstrapped, StoreError> {
         let op = "setting up the server";
-        let e = db_error(op);
         let mut client = self.client(op).await?;
-        let tx = client.transaction().await.map_err(|x| e(&x))?;
+        let tx = client.transaction().await.map_err(pg(op))?;
         let now = now_unix();
         // The token row is locked by the update: of two concurrent setups
         // (through two server processes), one spends it, the other finds it
@@ -155,11 +173,11 @@ impl PostgresStore {
                 &[&token_hash, &now],
             )
             .await
-            .map_err(|x| e(&x))?;
+            .map_err(pg(op))?;
         let set_up: bool = tx
             .query_one("SELECT EXISTS (SELECT 1 FROM organizations)", &[])
             .await
-            .map_err(|x| e(&x))?
+            .map_err(pg(op))?
             .get(0);
         if set_up {
             return Err(StoreError::AlreadyBootstrapped);
@@ -173,7 +191,7 @@ impl PostgresStore {
                 &[&owner.organization, &now],
             )
             .await
-            .map_err(|x| e(&x))?
+            .map_err(pg(op))?
             .get(0);
         let user_id: i64 = tx
             .query_one(
@@ -181,15 +199,15 @@ impl PostgresStore {
                 &[&owner.owner, &owner.password_hash, &now],
             )
             .await
-            .map_err(|x| e(&x))?
+            .map_err(pg(op))?
             .get(0);
         tx.execute(
             "INSERT INTO memberships (org_id, user_id, role) VALUES ($1, $2, 'owner')",
             &[&organization_id, &user_id],
         )
         .await
-        .map_err(|x| e(&x))?;
-        tx.commit().await.map_err(|x| e(&x))?;
+        .map_err(pg(op))?;
+        tx.commit().await.map_err(pg(op))?;
         Ok(Bootstrapped {
             organization_id,
             user_id,
@@ -205,7 +223,7 @@ impl PostgresStore {
                 &[&name],
             )
             .await
-            .map_err(|x| db_error(op)(&x))?;
+            .map_err(pg(op))?;
         Ok(row.map(|r| LoginRecord {
             user_id: r.get(0),
             password_hash: r.get(1),
@@ -228,7 +246,7 @@ impl PostgresStore {
             )
             .await
             .map(|_| ())
-            .map_err(|x| db_error(op)(&x))
+            .map_err(pg(op))
     }
 
     pub(super) async fn session(
@@ -244,7 +262,7 @@ impl PostgresStore {
                 &[&token_hash],
             )
             .await
-            .map_err(|x| db_error(op)(&x))?;
+            .map_err(pg(op))?;
         Ok(row.map(|r| SessionRecord {
             user_id: r.get(0),
             user: r.get(1),
@@ -264,7 +282,7 @@ impl PostgresStore {
             )
             .await
             .map(|_| ())
-            .map_err(|x| db_error(op)(&x))
+            .map_err(pg(op))
     }
 
     pub(super) async fn memberships(&self, user_id: i64) -> Result<Vec<Membership>, StoreError> {
@@ -277,7 +295,7 @@ impl PostgresStore {
                 &[&user_id],
             )
             .await
-            .map_err(|x| db_error(op)(&x))?;
+            .map_err(pg(op))?;
         Ok(rows
             .into_iter()
             .map(|r| Membership {
@@ -286,5 +304,33 @@ impl PostgresStore {
                 role: r.get(2),
             })
             .collect())
+    }
+
+    pub(super) async fn hit(&self, key: &str, window_start: i64) -> Result<i64, StoreError> {
+        let op = "counting an attempt";
+        let client = self.client(op).await?;
+        let row = client
+            .query_one(
+                "INSERT INTO rate_limits (key, window_start, count) VALUES ($1, $2, 1)
+                 ON CONFLICT (key) DO UPDATE SET
+                     count = CASE WHEN rate_limits.window_start = excluded.window_start
+                                  THEN rate_limits.count + 1 ELSE 1 END,
+                     window_start = excluded.window_start
+                 RETURNING count",
+                &[&key, &window_start],
+            )
+            .await
+            .map_err(pg(op))?;
+        Ok(row.get(0))
+    }
+
+    pub(super) async fn clear_hits(&self, key: &str) -> Result<(), StoreError> {
+        let op = "clearing attempts";
+        let client = self.client(op).await?;
+        client
+            .execute("DELETE FROM rate_limits WHERE key = $1", &[&key])
+            .await
+            .map(|_| ())
+            .map_err(pg(op))
     }
 }

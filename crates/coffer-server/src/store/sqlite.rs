@@ -12,9 +12,13 @@ use super::{
     StoreError,
 };
 
-const MIGRATIONS: Migrations = &[
+pub(super) const MIGRATIONS: Migrations = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_sessions.sql")),
+    (
+        3,
+        include_str!("../../migrations/sqlite/0003_rate_limits.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -290,6 +294,34 @@ impl SqliteStore {
                 })
                 .map_err(|x| e(&x))?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|x| e(&x))
+        })
+        .await
+    }
+
+    pub(super) async fn hit(&self, key: &str, window_start: i64) -> Result<i64, StoreError> {
+        let key = key.to_owned();
+        self.with("counting an attempt", move |conn| {
+            conn.query_row(
+                "INSERT INTO rate_limits (key, window_start, count) VALUES (?1, ?2, 1)
+                 ON CONFLICT (key) DO UPDATE SET
+                     count = CASE WHEN rate_limits.window_start = excluded.window_start
+                                  THEN rate_limits.count + 1 ELSE 1 END,
+                     window_start = excluded.window_start
+                 RETURNING count",
+                params![key, window_start],
+                |r| r.get(0),
+            )
+            .map_err(|e| db_error("counting an attempt")(&e))
+        })
+        .await
+    }
+
+    pub(super) async fn clear_hits(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_owned();
+        self.with("clearing attempts", move |conn| {
+            conn.execute("DELETE FROM rate_limits WHERE key = ?1", [key])
+                .map(|_| ())
+                .map_err(|e| db_error("clearing attempts")(&e))
         })
         .await
     }

@@ -66,12 +66,26 @@ impl Running {
     }
 
     pub async fn start_with_ttl(database_url: &str, session_ttl: std::time::Duration) -> Running {
+        Self::start_with(
+            database_url,
+            session_ttl,
+            coffer_server::LoginLimits::default(),
+        )
+        .await
+    }
+
+    pub async fn start_with(
+        database_url: &str,
+        session_ttl: std::time::Duration,
+        login_limits: coffer_server::LoginLimits,
+    ) -> Running {
         capture_logs();
         let server = Server::bind(&ServeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: database_url.to_owned(),
             force_plain: false,
             session_ttl,
+            login_limits,
         })
         .await
         .unwrap();
