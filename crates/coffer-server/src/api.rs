@@ -193,6 +193,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/login", post(login))
         .route("/v1/logout", post(logout))
         .route("/v1/me", get(me))
+        .route("/v1/audit/verify", get(audit_verify))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(refuse_credentials_in_query))
@@ -348,6 +349,14 @@ async fn setup(
         user_id = created.user_id,
         "server set up: first organization and owner created"
     );
+    record(
+        &state,
+        Some(created.organization_id),
+        "setup".into(),
+        "setup",
+        json!({"owner_id": created.user_id}),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -446,6 +455,14 @@ async fn login(
         .await?;
     if by_account > limits.per_account || by_address > limits.per_address {
         tracing::warn!(user = %user, client = %client.ip(), "login rate limit reached");
+        record(
+            &state,
+            None,
+            format!("anonymous@{}", client.ip()),
+            "login_rate_limited",
+            json!({"user": user}),
+        )
+        .await?;
         let mut refused = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -454,8 +471,8 @@ async fn login(
         refused.retry_after = Some(window_start + window - now);
         return Err(refused);
     }
-    let record = state.store.login_record(&user).await?;
-    let hash = match &record {
+    let stored = state.store.login_record(&user).await?;
+    let hash = match &stored {
         Some(r) => r.password_hash.clone(),
         None => state.decoy_hash.as_ref().clone(),
     };
@@ -468,10 +485,18 @@ async fn login(
                 "hashing failed",
             )
         })?;
-    let user_id = match record {
+    let user_id = match stored {
         Some(r) if matches && !r.disabled => r.user_id,
         _ => {
             tracing::info!(user = %user, "login refused");
+            record(
+                &state,
+                None,
+                format!("anonymous@{}", client.ip()),
+                "login_failed",
+                json!({"user": user}),
+            )
+            .await?;
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_credentials",
@@ -488,6 +513,14 @@ async fn login(
         .create_session(&token_hash(&token), user_id, expires_at)
         .await?;
     tracing::info!(user = %user, "login");
+    record(
+        &state,
+        None,
+        format!("user:{user}"),
+        "login",
+        json!({"client": client.ip().to_string()}),
+    )
+    .await?;
     Ok(Json(
         json!({"token": token.as_str(), "expires_at": expires_at}),
     ))
@@ -510,6 +543,14 @@ pub fn new_token() -> Result<zeroize::Zeroizing<String>, ApiError> {
 /// `POST /v1/logout`: revokes the session that sends it.
 async fn logout(State(state): State<AppState>, who: Principal) -> Result<StatusCode, ApiError> {
     state.store.revoke_session(&who.token_hash).await?;
+    record(
+        &state,
+        None,
+        format!("user:{}", who.user),
+        "logout",
+        json!({}),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -527,5 +568,54 @@ async fn me(
             "name": m.organization,
             "role": m.role,
         })).collect::<Vec<_>>(),
+    })))
+}
+
+/// Appends to the audit trail.
+async fn record(
+    state: &AppState,
+    org_id: Option<i64>,
+    actor: String,
+    action: &str,
+    details: serde_json::Value,
+) -> Result<(), ApiError> {
+    state
+        .store
+        .append_audit(crate::audit::AuditEvent {
+            org_id,
+            actor,
+            action: action.to_owned(),
+            details: details.to_string(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// `GET /v1/audit/verify`: checks the whole chain. For owners, admins and
+/// auditors (of any organization: the trail is the server's).
+async fn audit_verify(
+    State(state): State<AppState>,
+    who: Principal,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let allowed = state
+        .store
+        .memberships(who.user_id)
+        .await?
+        .iter()
+        .any(|m| matches!(m.role.as_str(), "owner" | "admin" | "auditor"));
+    if !allowed {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only owners, admins and auditors may check the audit trail",
+        ));
+    }
+    let rows = state.store.audit_rows().await?;
+    let report = crate::audit::check_chain(&rows);
+    Ok(Json(json!({
+        "intact": report.broken_at.is_none(),
+        "rows": report.rows,
+        "broken_at": report.broken_at,
+        "problem": report.problem,
     })))
 }

@@ -11,6 +11,7 @@
 //! tokens, policies, escrow, audit, accounting.
 
 pub mod api;
+pub mod audit;
 pub mod listen;
 pub mod serve;
 pub mod store;

@@ -376,3 +376,128 @@ async fn login_rate_limits_on_postgres() {
     let url = pg.database("limits").await;
     rate_limits(&url).await;
 }
+
+/// The audit trail records setup and logins, and its check finds an edited,
+/// a deleted and an inserted row.
+async fn audit_trail(url: &str) {
+    let server = Running::start(url).await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(server.url("/v1/setup"))
+        .json(&json!({
+            "setup_token": server.setup_token.clone().unwrap(),
+            "organization": "Acme",
+            "owner": "alice",
+            "password": "correct horse battery",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let _ = login(&server, &http, "alice", "wrong one").await;
+    let token = login(&server, &http, "alice", "correct horse battery")
+        .await
+        .unwrap();
+    let verify = || async {
+        let r = http
+            .get(server.url("/v1/audit/verify"))
+            .header("x-auth-token", &token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        r.json::<Value>().await.unwrap()
+    };
+    let report = verify().await;
+    assert_eq!(report["intact"], true, "{report}");
+    assert!(report["rows"].as_u64().unwrap() >= 3);
+
+    // The attacker has write access to the database.
+    let db = coffer_server::Store::open(url).await.unwrap();
+    let rows = db.audit_rows().await.unwrap();
+    let actions: Vec<_> = rows.iter().map(|r| r.event.action.as_str()).collect();
+    assert_eq!(actions[..3], ["setup", "login_failed", "login"]);
+    let second = rows[1].id;
+
+    // Edited: the failed login made to look like someone else's.
+    db.execute_for_tests(&format!(
+        "UPDATE audit_events SET details = '{{\"user\":\"mallory\"}}' WHERE id = {second}"
+    ))
+    .await
+    .unwrap();
+    let report = verify().await;
+    assert_eq!(report["intact"], false);
+    assert_eq!(report["broken_at"], second);
+    assert!(report["problem"].as_str().unwrap().contains("edited"));
+    db.execute_for_tests(&format!(
+        "UPDATE audit_events SET details = '{}' WHERE id = {second}",
+        rows[1].event.details
+    ))
+    .await
+    .unwrap();
+    assert_eq!(verify().await["intact"], true);
+
+    // Deleted.
+    db.execute_for_tests(&format!("DELETE FROM audit_events WHERE id = {second}"))
+        .await
+        .unwrap();
+    let report = verify().await;
+    assert_eq!(report["intact"], false);
+    assert!(report["problem"]
+        .as_str()
+        .unwrap()
+        .contains("deleted or inserted"));
+    let r = &rows[1];
+    db.execute_for_tests(&format!(
+        "INSERT INTO audit_events (id, at, org_id, actor, action, details, prev_hash, hash) VALUES ({}, {}, NULL, '{}', '{}', '{}', '{}', '{}')",
+        r.id, r.at, r.event.actor, r.event.action, r.event.details, r.prev_hash, r.hash
+    ))
+    .await
+    .unwrap();
+    assert_eq!(verify().await["intact"], true);
+
+    // Inserted: a forged row between the first two, with a well-formed hash
+    // of its own.
+    let forged = coffer_server::audit::AuditEvent {
+        org_id: None,
+        actor: "user:alice".into(),
+        action: "logout".into(),
+        details: "{}".into(),
+    };
+    let hash = coffer_server::audit::chain_hash(&rows[0].hash, rows[0].at, &forged);
+    db.execute_for_tests(&format!(
+        "UPDATE audit_events SET id = id + 1000 WHERE id > {}; \
+         INSERT INTO audit_events (id, at, org_id, actor, action, details, prev_hash, hash) \
+         VALUES ({}, {}, NULL, 'user:alice', 'logout', '{{}}', '{}', '{hash}')",
+        rows[0].id,
+        rows[0].id + 1,
+        rows[0].at,
+        rows[0].hash
+    ))
+    .await
+    .unwrap();
+    let report = verify().await;
+    assert_eq!(report["intact"], false, "{report}");
+    assert!(report["problem"]
+        .as_str()
+        .unwrap()
+        .contains("deleted or inserted"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_trail_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    audit_trail(&format!(
+        "sqlite://{}",
+        dir.path().join("server.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_trail_on_postgres() {
+    let pg = Postgres::start();
+    let url = pg.database("trail").await;
+    audit_trail(&url).await;
+}

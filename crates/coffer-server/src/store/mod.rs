@@ -258,6 +258,23 @@ impl Store {
         dispatch!(self, s => s.clear_hits(key).await)
     }
 
+    /// Appends an event to the audit trail, chained to the last one.
+    pub async fn append_audit(&self, event: crate::audit::AuditEvent) -> Result<(), StoreError> {
+        dispatch!(self, s => s.append_audit(event).await)
+    }
+
+    /// Every row of the audit trail, in order.
+    pub async fn audit_rows(&self) -> Result<Vec<crate::audit::AuditRow>, StoreError> {
+        dispatch!(self, s => s.audit_rows().await)
+    }
+
+    /// Runs raw SQL against the database: for tests that play the attacker
+    /// with write access to it. Not used by the server.
+    #[doc(hidden)]
+    pub async fn execute_for_tests(&self, sql: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.execute_for_tests(sql).await)
+    }
+
     /// The organizations a user belongs to, with their role.
     pub async fn memberships(&self, user_id: i64) -> Result<Vec<Membership>, StoreError> {
         dispatch!(self, s => s.memberships(user_id).await)

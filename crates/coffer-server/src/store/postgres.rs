@@ -6,6 +6,8 @@ use std::str::FromStr;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
+use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
+
 use super::{
     db_error as generic_error, now_unix, Bootstrapped, LoginRecord, Membership, Migrations,
     NewOwner, SessionRecord, StoreError,
@@ -21,7 +23,11 @@ pub(super) const MIGRATIONS: Migrations = &[
         3,
         include_str!("../../migrations/postgres/0003_rate_limits.sql"),
     ),
+    (4, include_str!("../../migrations/postgres/0004_audit.sql")),
 ];
+
+/// Serializes audit appends across server processes: one chain, one order.
+const AUDIT_LOCK: i64 = 0x6175_6469_7400;
 
 /// A storage error from a PostgreSQL failure, with the server's own message
 /// (tokio-postgres shows only "db error" by itself). Messages name tables
@@ -332,5 +338,77 @@ impl PostgresStore {
             .await
             .map(|_| ())
             .map_err(pg(op))
+    }
+
+    pub(super) async fn append_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        let op = "recording an audit event";
+        let mut client = self.client(op).await?;
+        let tx = client.transaction().await.map_err(pg(op))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+            .await
+            .map_err(pg(op))?;
+        let prev: String = tx
+            .query_opt(
+                "SELECT hash FROM audit_events ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .map_err(pg(op))?
+            .map(|r| r.get(0))
+            .unwrap_or_else(|| GENESIS.to_owned());
+        let at = now_unix();
+        let hash = chain_hash(&prev, at, &event);
+        tx.execute(
+            "INSERT INTO audit_events (at, org_id, actor, action, details, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &at,
+                &event.org_id,
+                &event.actor,
+                &event.action,
+                &event.details,
+                &prev,
+                &hash,
+            ],
+        )
+        .await
+        .map_err(pg(op))?;
+        tx.commit().await.map_err(pg(op))
+    }
+
+    pub(super) async fn audit_rows(&self) -> Result<Vec<AuditRow>, StoreError> {
+        let op = "reading the audit trail";
+        let client = self.client(op).await?;
+        let rows = client
+            .query(
+                "SELECT id, at, org_id, actor, action, details, prev_hash, hash
+                 FROM audit_events ORDER BY id",
+                &[],
+            )
+            .await
+            .map_err(pg(op))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AuditRow {
+                id: r.get(0),
+                at: r.get(1),
+                event: AuditEvent {
+                    org_id: r.get(2),
+                    actor: r.get(3),
+                    action: r.get(4),
+                    details: r.get(5),
+                },
+                prev_hash: r.get(6),
+                hash: r.get(7),
+            })
+            .collect())
+    }
+
+    /// Runs raw SQL: tests use it to tamper with the trail.
+    #[doc(hidden)]
+    pub async fn execute_for_tests(&self, sql: &str) -> Result<(), StoreError> {
+        let op = "tampering";
+        let client = self.client(op).await?;
+        client.batch_execute(sql).await.map_err(pg(op))
     }
 }

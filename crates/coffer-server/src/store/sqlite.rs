@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
+
 use super::{
     db_error, now_unix, Bootstrapped, LoginRecord, Membership, Migrations, NewOwner, SessionRecord,
     StoreError,
@@ -19,6 +21,7 @@ pub(super) const MIGRATIONS: Migrations = &[
         3,
         include_str!("../../migrations/sqlite/0003_rate_limits.sql"),
     ),
+    (4, include_str!("../../migrations/sqlite/0004_audit.sql")),
 ];
 
 #[derive(Clone)]
@@ -322,6 +325,84 @@ impl SqliteStore {
             conn.execute("DELETE FROM rate_limits WHERE key = ?1", [key])
                 .map(|_| ())
                 .map_err(|e| db_error("clearing attempts")(&e))
+        })
+        .await
+    }
+
+    pub(super) async fn append_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+        self.with("recording an audit event", move |conn| {
+            let e = db_error("recording an audit event");
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|x| e(&x))?;
+            let prev: String = tx
+                .query_row(
+                    "SELECT hash FROM audit_events ORDER BY id DESC LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|x| e(&x))?
+                .unwrap_or_else(|| GENESIS.to_owned());
+            let at = now_unix();
+            let hash = chain_hash(&prev, at, &event);
+            tx.execute(
+                "INSERT INTO audit_events (at, org_id, actor, action, details, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    at,
+                    event.org_id,
+                    event.actor,
+                    event.action,
+                    event.details,
+                    prev,
+                    hash
+                ],
+            )
+            .map_err(|x| e(&x))?;
+            tx.commit().map_err(|x| e(&x))
+        })
+        .await
+    }
+
+    pub(super) async fn audit_rows(&self) -> Result<Vec<AuditRow>, StoreError> {
+        self.with("reading the audit trail", |conn| {
+            let e = db_error("reading the audit trail");
+            let mut stmt = conn
+                .prepare(
+                    "SELECT id, at, org_id, actor, action, details, prev_hash, hash
+                     FROM audit_events ORDER BY id",
+                )
+                .map_err(|x| e(&x))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(AuditRow {
+                        id: r.get(0)?,
+                        at: r.get(1)?,
+                        event: AuditEvent {
+                            org_id: r.get(2)?,
+                            actor: r.get(3)?,
+                            action: r.get(4)?,
+                            details: r.get(5)?,
+                        },
+                        prev_hash: r.get(6)?,
+                        hash: r.get(7)?,
+                    })
+                })
+                .map_err(|x| e(&x))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|x| e(&x))
+        })
+        .await
+    }
+
+    /// Runs raw SQL: tests use it to tamper with the trail.
+    #[doc(hidden)]
+    pub async fn execute_for_tests(&self, sql: &str) -> Result<(), StoreError> {
+        let sql = sql.to_owned();
+        self.with("tampering", move |conn| {
+            conn.execute_batch(&sql)
+                .map_err(|e| db_error("tampering")(&e))
         })
         .await
     }
