@@ -118,6 +118,11 @@ impl From<StoreError> for ApiError {
                 "already_set_up",
                 "the server is already set up",
             ),
+            StoreError::InvalidCode => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_code",
+                "the enrollment code is wrong, used or expired: ask an admin for a new one",
+            ),
             StoreError::Exists(what) => {
                 ApiError::new(StatusCode::CONFLICT, "exists", format!("{what} already exists"))
             }
@@ -194,6 +199,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/logout", post(logout))
         .route("/v1/me", get(me))
         .route("/v1/audit/verify", get(audit_verify))
+        .route(
+            "/v1/orgs/{org_id}/enrollment-codes",
+            post(create_enrollment_code),
+        )
+        .route("/v1/orgs/{org_id}/devices", get(list_devices))
+        .route(
+            "/v1/orgs/{org_id}/devices/{device_id}/revoke",
+            post(revoke_device),
+        )
+        .route("/v1/enroll", post(enroll))
+        .route("/v1/device", get(device_whoami))
+        .route("/v1/device/token", post(rotate_device_token))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(refuse_credentials_in_query))
@@ -618,4 +635,267 @@ async fn audit_verify(
         "broken_at": report.broken_at,
         "problem": report.problem,
     })))
+}
+
+/// The answer for a resource of another organization and for one that does
+/// not exist: the same, so that ids cannot be probed.
+fn not_found_here() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+}
+
+/// Checks that `who` has one of `roles` in `org_id`: 404 if they are not a
+/// member at all (not theirs, or not there), 403 if their role is too low.
+async fn require_role(
+    state: &AppState,
+    who: &Principal,
+    org_id: i64,
+    roles: &[&str],
+) -> Result<(), ApiError> {
+    let memberships = state.store.memberships(who.user_id).await?;
+    match memberships.iter().find(|m| m.organization_id == org_id) {
+        None => Err(not_found_here()),
+        Some(m) if roles.contains(&m.role.as_str()) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this needs the role {} in the organization",
+                roles.join(" or ")
+            ),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCodeRequest {
+    #[serde(default)]
+    valid_for_secs: Option<i64>,
+}
+
+/// Longest an enrollment code may stay valid.
+const MAX_CODE_VALIDITY: i64 = 7 * 24 * 3600;
+
+/// `POST /v1/orgs/{org_id}/enrollment-codes` (owners, admins): a one-time
+/// code that enrolls one device into the organization.
+async fn create_enrollment_code(
+    State(state): State<AppState>,
+    axum::extract::Path(org_id): axum::extract::Path<i64>,
+    who: Principal,
+    Body(request): Body<NewCodeRequest>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    require_role(&state, &who, org_id, &["owner", "admin"]).await?;
+    let valid_for = request.valid_for_secs.unwrap_or(24 * 3600);
+    if !(1..=MAX_CODE_VALIDITY).contains(&valid_for) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("valid_for_secs must be 1 to {MAX_CODE_VALIDITY}"),
+        ));
+    }
+    let code = new_token()?;
+    let expires_at = crate::store::now_unix().saturating_add(valid_for);
+    state
+        .store
+        .add_enrollment_code(&token_hash(&code), org_id, who.user_id, expires_at)
+        .await?;
+    record(
+        &state,
+        Some(org_id),
+        format!("user:{}", who.user),
+        "enrollment_code_created",
+        json!({"expires_at": expires_at}),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"code": code.as_str(), "expires_at": expires_at})),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollRequest {
+    code: String,
+    name: String,
+}
+
+/// `POST /v1/enroll`: a device spends a code and receives its token.
+async fn enroll(
+    State(state): State<AppState>,
+    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    Body(request): Body<EnrollRequest>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let limits = state.login_limits;
+    let window = i64::try_from(limits.window.as_secs())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    let now = crate::store::now_unix();
+    let window_start = now - now.rem_euclid(window);
+    let attempts = state
+        .store
+        .hit(&format!("enroll-addr:{}", client.ip()), window_start)
+        .await?;
+    if attempts > limits.per_address {
+        let mut refused = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many enrollment attempts: wait and try again (see Retry-After)",
+        );
+        refused.retry_after = Some(window_start + window - now);
+        return Err(refused);
+    }
+    check_name("the device's name", &request.name)?;
+    let token = new_token()?;
+    let enrolled = match state
+        .store
+        .enroll(
+            &token_hash(&request.code),
+            &request.name,
+            &token_hash(&token),
+        )
+        .await
+    {
+        Ok(enrolled) => enrolled,
+        Err(e) => {
+            record(
+                &state,
+                None,
+                format!("anonymous@{}", client.ip()),
+                "enrollment_failed",
+                json!({"name": request.name}),
+            )
+            .await?;
+            return Err(e.into());
+        }
+    };
+    record(
+        &state,
+        Some(enrolled.org_id),
+        format!("device:{}", enrolled.device_id),
+        "device_enrolled",
+        json!({"name": request.name}),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "device_id": enrolled.device_id,
+            "organization_id": enrolled.org_id,
+            "device_token": token.as_str(),
+        })),
+    ))
+}
+
+/// An enrolled device, from the `X-Auth-Token` header.
+pub struct DevicePrincipal {
+    /// The device.
+    pub device: crate::store::DeviceRecord,
+    token_hash: String,
+}
+
+impl axum::extract::FromRequestParts<AppState> for DevicePrincipal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(AUTH_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "send the device token in X-Auth-Token",
+                )
+            })?;
+        let token_hash = token_hash(token);
+        match state.store.device_by_token(&token_hash).await? {
+            Some(device) if !device.revoked => Ok(DevicePrincipal { device, token_hash }),
+            _ => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the token is not valid",
+            )),
+        }
+    }
+}
+
+/// `GET /v1/device`: the device the token belongs to.
+async fn device_whoami(device: DevicePrincipal) -> Json<serde_json::Value> {
+    Json(json!({
+        "device_id": device.device.id,
+        "organization_id": device.device.org_id,
+        "name": device.device.name,
+    }))
+}
+
+/// `POST /v1/device/token`: a new token for this device; the old one stops
+/// working at once, on every server process.
+async fn rotate_device_token(
+    State(state): State<AppState>,
+    device: DevicePrincipal,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let token = new_token()?;
+    if !state
+        .store
+        .rotate_device_token(device.device.id, &device.token_hash, &token_hash(&token))
+        .await?
+    {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "the token is not valid",
+        ));
+    }
+    record(
+        &state,
+        Some(device.device.org_id),
+        format!("device:{}", device.device.id),
+        "device_token_rotated",
+        json!({}),
+    )
+    .await?;
+    Ok(Json(json!({"device_token": token.as_str()})))
+}
+
+/// `GET /v1/orgs/{org_id}/devices` (owners, admins, auditors).
+async fn list_devices(
+    State(state): State<AppState>,
+    axum::extract::Path(org_id): axum::extract::Path<i64>,
+    who: Principal,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
+    let devices = state.store.devices(org_id).await?;
+    Ok(Json(json!({
+        "devices": devices.iter().map(|d| json!({
+            "id": d.id,
+            "name": d.name,
+            "revoked": d.revoked,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// `POST /v1/orgs/{org_id}/devices/{device_id}/revoke` (owners, admins).
+async fn revoke_device(
+    State(state): State<AppState>,
+    axum::extract::Path((org_id, device_id)): axum::extract::Path<(i64, i64)>,
+    who: Principal,
+) -> Result<StatusCode, ApiError> {
+    require_role(&state, &who, org_id, &["owner", "admin"]).await?;
+    if !state.store.revoke_device(org_id, device_id).await? {
+        return Err(not_found_here());
+    }
+    record(
+        &state,
+        Some(org_id),
+        format!("user:{}", who.user),
+        "device_revoked",
+        json!({"device_id": device_id}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

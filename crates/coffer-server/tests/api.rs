@@ -293,6 +293,59 @@ async fn two_servers_share_one_postgres() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // A device enrolled through one is served by the other; revoked through
+    // one, it is refused by the other at once.
+    let session = login(&a, &http, "alice", "correct horse battery")
+        .await
+        .unwrap();
+    let me: Value = get(&http, a.url("/v1/me"), &session)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let org = me["organizations"][0]["id"].as_i64().unwrap();
+    let code: Value = post(
+        &http,
+        a.url(&format!("/v1/orgs/{org}/enrollment-codes")),
+        &session,
+        json!({}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let enrolled: Value = http
+        .post(a.url("/v1/enroll"))
+        .json(&json!({"code": code["code"], "name": "tablet"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let device_token = enrolled["device_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        get(&http, b.url("/v1/device"), &device_token)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let device = enrolled["device_id"].as_i64().unwrap();
+    let r = post(
+        &http,
+        a.url(&format!("/v1/orgs/{org}/devices/{device}/revoke")),
+        &session,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        get(&http, b.url("/v1/device"), &device_token)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -500,4 +553,252 @@ async fn audit_trail_on_postgres() {
     let pg = Postgres::start();
     let url = pg.database("trail").await;
     audit_trail(&url).await;
+}
+
+/// Adds an organization with an owner, and a member of `org`, straight in
+/// the database (inviting users is a later step of issue 5).
+async fn add_people(url: &str, acme: i64) {
+    let db = coffer_server::Store::open(url).await.unwrap();
+    let hash = coffer_server::api::hash_password("correct horse battery").unwrap();
+    db.execute_for_tests(&format!(
+        "INSERT INTO organizations (name, created_at) VALUES ('Other Org', 0);
+         INSERT INTO users (name, password_hash, created_at) VALUES ('bob', '{hash}', 0);
+         INSERT INTO users (name, password_hash, created_at) VALUES ('carol', '{hash}', 0);
+         INSERT INTO memberships (org_id, user_id, role)
+             SELECT o.id, u.id, 'owner' FROM organizations o, users u WHERE o.name = 'Other Org' AND u.name = 'bob';
+         INSERT INTO memberships (org_id, user_id, role)
+             SELECT {acme}, u.id, 'member' FROM users u WHERE u.name = 'carol';"
+    ))
+    .await
+    .unwrap();
+}
+
+async fn post(http: &reqwest::Client, url: String, token: &str, body: Value) -> reqwest::Response {
+    http.post(url)
+        .header("x-auth-token", token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get(http: &reqwest::Client, url: String, token: &str) -> reqwest::Response {
+    http.get(url)
+        .header("x-auth-token", token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Enrollment codes, device tokens, rotation, revocation, and the
+/// organization boundary for every device endpoint.
+async fn devices(url: &str) {
+    let server = Running::start(url).await;
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(server.url("/v1/setup"))
+        .json(&json!({
+            "setup_token": server.setup_token.clone().unwrap(),
+            "organization": "Acme",
+            "owner": "alice",
+            "password": "correct horse battery",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let acme = created["organization_id"].as_i64().unwrap();
+    add_people(url, acme).await;
+    let alice = login(&server, &http, "alice", "correct horse battery")
+        .await
+        .unwrap();
+    let bob = login(&server, &http, "bob", "correct horse battery")
+        .await
+        .unwrap();
+    let carol = login(&server, &http, "carol", "correct horse battery")
+        .await
+        .unwrap();
+    let bobs: Value = get(&http, server.url("/v1/me"), &bob)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let other = bobs["organizations"][0]["id"].as_i64().unwrap();
+    assert_ne!(other, acme);
+
+    let codes = server.url(&format!("/v1/orgs/{acme}/enrollment-codes"));
+    let r = post(&http, codes.clone(), &alice, json!({})).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let code = r.json::<Value>().await.unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let enroll = |code: String, name: &'static str| {
+        http.post(server.url("/v1/enroll"))
+            .json(&json!({"code": code, "name": name}))
+            .send()
+    };
+    let r = enroll(code.clone(), "tablet-1").await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let enrolled: Value = r.json().await.unwrap();
+    assert_eq!(enrolled["organization_id"], acme);
+    let device_id = enrolled["device_id"].as_i64().unwrap();
+    let token = enrolled["device_token"].as_str().unwrap().to_owned();
+    let whoami: Value = get(&http, server.url("/v1/device"), &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(whoami["name"], "tablet-1");
+
+    // A code works once.
+    let r = enroll(code.clone(), "tablet-2").await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(r).await, "invalid_code");
+    // An expired code does not work.
+    let r = post(&http, codes.clone(), &alice, json!({"valid_for_secs": 1})).await;
+    let short = r.json::<Value>().await.unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let r = enroll(short, "tablet-3").await.unwrap();
+    assert_eq!(error_code(r).await, "invalid_code");
+
+    // Tokens are not interchangeable.
+    let r = get(&http, server.url("/v1/device"), &alice).await;
+    assert_eq!(error_code(r).await, "invalid_token");
+    let r = get(&http, server.url("/v1/me"), &token).await;
+    assert_eq!(error_code(r).await, "invalid_token");
+
+    // Rotation: the old token stops at once.
+    let r = post(&http, server.url("/v1/device/token"), &token, json!({})).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let rotated = r.json::<Value>().await.unwrap()["device_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        error_code(get(&http, server.url("/v1/device"), &token).await).await,
+        "invalid_token"
+    );
+    assert_eq!(
+        get(&http, server.url("/v1/device"), &rotated)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    // The organization boundary: bob (another organization's owner) gets the
+    // same answer for Acme's resources as for an organization that does not
+    // exist, and never data.
+    for org in [acme, 999_999] {
+        for r in [
+            post(
+                &http,
+                server.url(&format!("/v1/orgs/{org}/enrollment-codes")),
+                &bob,
+                json!({}),
+            )
+            .await,
+            get(&http, server.url(&format!("/v1/orgs/{org}/devices")), &bob).await,
+            post(
+                &http,
+                server.url(&format!("/v1/orgs/{org}/devices/{device_id}/revoke")),
+                &bob,
+                json!({}),
+            )
+            .await,
+        ] {
+            assert_eq!(r.status(), StatusCode::NOT_FOUND);
+            assert_eq!(error_code(r).await, "not_found");
+        }
+    }
+    // Bob's own organization does not hold Acme's device either.
+    let r = post(
+        &http,
+        server.url(&format!("/v1/orgs/{other}/devices/{device_id}/revoke")),
+        &bob,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let listed: Value = get(
+        &http,
+        server.url(&format!("/v1/orgs/{other}/devices")),
+        &bob,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(listed["devices"], json!([]));
+
+    // A member calling admin endpoints: 403.
+    for r in [
+        post(&http, codes.clone(), &carol, json!({})).await,
+        get(
+            &http,
+            server.url(&format!("/v1/orgs/{acme}/devices")),
+            &carol,
+        )
+        .await,
+        post(
+            &http,
+            server.url(&format!("/v1/orgs/{acme}/devices/{device_id}/revoke")),
+            &carol,
+            json!({}),
+        )
+        .await,
+    ] {
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(error_code(r).await, "forbidden");
+    }
+
+    // Revocation: the device's token is refused at once.
+    let listed: Value = get(
+        &http,
+        server.url(&format!("/v1/orgs/{acme}/devices")),
+        &alice,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(listed["devices"][0]["name"], "tablet-1");
+    let r = post(
+        &http,
+        server.url(&format!("/v1/orgs/{acme}/devices/{device_id}/revoke")),
+        &alice,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        error_code(get(&http, server.url("/v1/device"), &rotated).await).await,
+        "invalid_token"
+    );
+
+    server.stop().await;
+    support::assert_logs_free_of(&[&code, &token, &rotated, &alice, &bob, &carol]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    devices(&format!(
+        "sqlite://{}",
+        dir.path().join("server.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_on_postgres() {
+    let pg = Postgres::start();
+    let url = pg.database("devices").await;
+    devices(&url).await;
 }

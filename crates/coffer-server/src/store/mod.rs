@@ -34,6 +34,9 @@ pub enum StoreError {
     /// The server already has its first organization.
     #[error("the server is already set up")]
     AlreadyBootstrapped,
+    /// The enrollment code is unknown, used or expired.
+    #[error("invalid enrollment code")]
+    InvalidCode,
     /// A name is taken.
     #[error("{0} already exists")]
     Exists(&'static str),
@@ -166,6 +169,28 @@ impl Store {
     }
 }
 
+/// A device, as the server knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The device.
+    pub id: i64,
+    /// Its organization.
+    pub org_id: i64,
+    /// The name it enrolled with.
+    pub name: String,
+    /// Revoked: its token is refused.
+    pub revoked: bool,
+}
+
+/// What an enrollment created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enrolled {
+    /// The new device.
+    pub device_id: i64,
+    /// Its organization (the code's).
+    pub org_id: i64,
+}
+
 /// What a login checks.
 pub struct LoginRecord {
     /// The user.
@@ -256,6 +281,56 @@ impl Store {
     /// Forgets the attempts under `key` (a successful login).
     pub async fn clear_hits(&self, key: &str) -> Result<(), StoreError> {
         dispatch!(self, s => s.clear_hits(key).await)
+    }
+
+    /// Stores a one-time enrollment code (by hash) for `org_id`.
+    pub async fn add_enrollment_code(
+        &self,
+        code_hash: &str,
+        org_id: i64,
+        created_by: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.add_enrollment_code(code_hash, org_id, created_by, expires_at).await)
+    }
+
+    /// Spends an enrollment code (once, before it expires) and creates the
+    /// device with the token whose hash is `token_hash`.
+    pub async fn enroll(
+        &self,
+        code_hash: &str,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<Enrolled, StoreError> {
+        dispatch!(self, s => s.enroll(code_hash, name, token_hash).await)
+    }
+
+    /// The device whose token hashes to `token_hash`.
+    pub async fn device_by_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        dispatch!(self, s => s.device_by_token(token_hash).await)
+    }
+
+    /// Replaces a device's token; false if the old one no longer holds.
+    pub async fn rotate_device_token(
+        &self,
+        device_id: i64,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.rotate_device_token(device_id, old_hash, new_hash).await)
+    }
+
+    /// The devices of an organization.
+    pub async fn devices(&self, org_id: i64) -> Result<Vec<DeviceRecord>, StoreError> {
+        dispatch!(self, s => s.devices(org_id).await)
+    }
+
+    /// Revokes a device of `org_id`; false if there is no such device there.
+    pub async fn revoke_device(&self, org_id: i64, device_id: i64) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.revoke_device(org_id, device_id).await)
     }
 
     /// Appends an event to the audit trail, chained to the last one.

@@ -9,8 +9,8 @@ use tokio_postgres::NoTls;
 use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
 
 use super::{
-    db_error as generic_error, now_unix, Bootstrapped, LoginRecord, Membership, Migrations,
-    NewOwner, SessionRecord, StoreError,
+    db_error as generic_error, now_unix, Bootstrapped, DeviceRecord, Enrolled, LoginRecord,
+    Membership, Migrations, NewOwner, SessionRecord, StoreError,
 };
 
 pub(super) const MIGRATIONS: Migrations = &[
@@ -24,6 +24,10 @@ pub(super) const MIGRATIONS: Migrations = &[
         include_str!("../../migrations/postgres/0003_rate_limits.sql"),
     ),
     (4, include_str!("../../migrations/postgres/0004_audit.sql")),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_devices.sql"),
+    ),
 ];
 
 /// Serializes audit appends across server processes: one chain, one order.
@@ -410,5 +414,138 @@ impl PostgresStore {
         let op = "tampering";
         let client = self.client(op).await?;
         client.batch_execute(sql).await.map_err(pg(op))
+    }
+
+    pub(super) async fn add_enrollment_code(
+        &self,
+        code_hash: &str,
+        org_id: i64,
+        created_by: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let op = "storing an enrollment code";
+        let client = self.client(op).await?;
+        client
+            .execute(
+                "INSERT INTO enrollment_codes (code_hash, org_id, created_by, created_at, expires_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&code_hash, &org_id, &created_by, &now_unix(), &expires_at],
+            )
+            .await
+            .map(|_| ())
+            .map_err(pg(op))
+    }
+
+    pub(super) async fn enroll(
+        &self,
+        code_hash: &str,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<Enrolled, StoreError> {
+        let op = "enrolling a device";
+        let mut client = self.client(op).await?;
+        let tx = client.transaction().await.map_err(pg(op))?;
+        let now = now_unix();
+        // The row lock makes a code single-use across server processes.
+        let org_id: Option<i64> = tx
+            .query_opt(
+                "UPDATE enrollment_codes SET used_at = $2
+                 WHERE code_hash = $1 AND used_at IS NULL AND expires_at > $2
+                 RETURNING org_id",
+                &[&code_hash, &now],
+            )
+            .await
+            .map_err(pg(op))?
+            .map(|r| r.get(0));
+        let Some(org_id) = org_id else {
+            return Err(StoreError::InvalidCode);
+        };
+        let device_id: i64 = tx
+            .query_one(
+                "INSERT INTO devices (org_id, name, token_hash, enrolled_at) VALUES ($1, $2, $3, $4) RETURNING id",
+                &[&org_id, &name, &token_hash, &now],
+            )
+            .await
+            .map_err(pg(op))?
+            .get(0);
+        tx.commit().await.map_err(pg(op))?;
+        Ok(Enrolled { device_id, org_id })
+    }
+
+    pub(super) async fn device_by_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let op = "reading a device";
+        let client = self.client(op).await?;
+        let row = client
+            .query_opt(
+                "SELECT id, org_id, name, revoked_at IS NOT NULL FROM devices WHERE token_hash = $1",
+                &[&token_hash],
+            )
+            .await
+            .map_err(pg(op))?;
+        Ok(row.map(|r| DeviceRecord {
+            id: r.get(0),
+            org_id: r.get(1),
+            name: r.get(2),
+            revoked: r.get(3),
+        }))
+    }
+
+    pub(super) async fn rotate_device_token(
+        &self,
+        device_id: i64,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let op = "rotating a device token";
+        let client = self.client(op).await?;
+        client
+            .execute(
+                "UPDATE devices SET token_hash = $3 WHERE id = $1 AND token_hash = $2 AND revoked_at IS NULL",
+                &[&device_id, &old_hash, &new_hash],
+            )
+            .await
+            .map(|n| n == 1)
+            .map_err(pg(op))
+    }
+
+    pub(super) async fn devices(&self, org_id: i64) -> Result<Vec<DeviceRecord>, StoreError> {
+        let op = "listing devices";
+        let client = self.client(op).await?;
+        let rows = client
+            .query(
+                "SELECT id, org_id, name, revoked_at IS NOT NULL FROM devices WHERE org_id = $1 ORDER BY id",
+                &[&org_id],
+            )
+            .await
+            .map_err(pg(op))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DeviceRecord {
+                id: r.get(0),
+                org_id: r.get(1),
+                name: r.get(2),
+                revoked: r.get(3),
+            })
+            .collect())
+    }
+
+    pub(super) async fn revoke_device(
+        &self,
+        org_id: i64,
+        device_id: i64,
+    ) -> Result<bool, StoreError> {
+        let op = "revoking a device";
+        let client = self.client(op).await?;
+        client
+            .execute(
+                "UPDATE devices SET revoked_at = $3 WHERE id = $2 AND org_id = $1 AND revoked_at IS NULL",
+                &[&org_id, &device_id, &now_unix()],
+            )
+            .await
+            .map(|n| n == 1)
+            .map_err(pg(op))
     }
 }

@@ -10,8 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
 
 use super::{
-    db_error, now_unix, Bootstrapped, LoginRecord, Membership, Migrations, NewOwner, SessionRecord,
-    StoreError,
+    db_error, now_unix, Bootstrapped, DeviceRecord, Enrolled, LoginRecord, Membership, Migrations,
+    NewOwner, SessionRecord, StoreError,
 };
 
 pub(super) const MIGRATIONS: Migrations = &[
@@ -22,6 +22,7 @@ pub(super) const MIGRATIONS: Migrations = &[
         include_str!("../../migrations/sqlite/0003_rate_limits.sql"),
     ),
     (4, include_str!("../../migrations/sqlite/0004_audit.sql")),
+    (5, include_str!("../../migrations/sqlite/0005_devices.sql")),
 ];
 
 #[derive(Clone)]
@@ -403,6 +404,130 @@ impl SqliteStore {
         self.with("tampering", move |conn| {
             conn.execute_batch(&sql)
                 .map_err(|e| db_error("tampering")(&e))
+        })
+        .await
+    }
+
+    pub(super) async fn add_enrollment_code(
+        &self,
+        code_hash: &str,
+        org_id: i64,
+        created_by: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let code_hash = code_hash.to_owned();
+        self.with("storing an enrollment code", move |conn| {
+            conn.execute(
+                "INSERT INTO enrollment_codes (code_hash, org_id, created_by, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![code_hash, org_id, created_by, now_unix(), expires_at],
+            )
+            .map(|_| ())
+            .map_err(|e| db_error("storing an enrollment code")(&e))
+        })
+        .await
+    }
+
+    pub(super) async fn enroll(
+        &self,
+        code_hash: &str,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<Enrolled, StoreError> {
+        let (code_hash, name, token_hash) =
+            (code_hash.to_owned(), name.to_owned(), token_hash.to_owned());
+        self.with("enrolling a device", move |conn| {
+            let e = db_error("enrolling a device");
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|x| e(&x))?;
+            let now = now_unix();
+            let org_id: Option<i64> = tx
+                .query_row(
+                    "UPDATE enrollment_codes SET used_at = ?2
+                     WHERE code_hash = ?1 AND used_at IS NULL AND expires_at > ?2
+                     RETURNING org_id",
+                    params![code_hash, now],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|x| e(&x))?;
+            let Some(org_id) = org_id else {
+                return Err(StoreError::InvalidCode);
+            };
+            tx.execute(
+                "INSERT INTO devices (org_id, name, token_hash, enrolled_at) VALUES (?1, ?2, ?3, ?4)",
+                params![org_id, name, token_hash, now],
+            )
+            .map_err(|x| e(&x))?;
+            let device_id = tx.last_insert_rowid();
+            tx.commit().map_err(|x| e(&x))?;
+            Ok(Enrolled { device_id, org_id })
+        })
+        .await
+    }
+
+    pub(super) async fn device_by_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<DeviceRecord>, StoreError> {
+        let token_hash = token_hash.to_owned();
+        self.with("reading a device", move |conn| {
+            conn.query_row(
+                "SELECT id, org_id, name, revoked_at IS NOT NULL FROM devices WHERE token_hash = ?1",
+                [token_hash],
+                |r| Ok(DeviceRecord { id: r.get(0)?, org_id: r.get(1)?, name: r.get(2)?, revoked: r.get(3)? }),
+            )
+            .optional()
+            .map_err(|e| db_error("reading a device")(&e))
+        })
+        .await
+    }
+
+    pub(super) async fn rotate_device_token(
+        &self,
+        device_id: i64,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let (old_hash, new_hash) = (old_hash.to_owned(), new_hash.to_owned());
+        self.with("rotating a device token", move |conn| {
+            conn.execute(
+                "UPDATE devices SET token_hash = ?3 WHERE id = ?1 AND token_hash = ?2 AND revoked_at IS NULL",
+                params![device_id, old_hash, new_hash],
+            )
+            .map(|n| n == 1)
+            .map_err(|e| db_error("rotating a device token")(&e))
+        })
+        .await
+    }
+
+    pub(super) async fn devices(&self, org_id: i64) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.with("listing devices", move |conn| {
+            let e = db_error("listing devices");
+            let mut stmt = conn
+                .prepare("SELECT id, org_id, name, revoked_at IS NOT NULL FROM devices WHERE org_id = ?1 ORDER BY id")
+                .map_err(|x| e(&x))?;
+            let rows = stmt
+                .query_map([org_id], |r| Ok(DeviceRecord { id: r.get(0)?, org_id: r.get(1)?, name: r.get(2)?, revoked: r.get(3)? }))
+                .map_err(|x| e(&x))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|x| e(&x))
+        })
+        .await
+    }
+
+    pub(super) async fn revoke_device(
+        &self,
+        org_id: i64,
+        device_id: i64,
+    ) -> Result<bool, StoreError> {
+        self.with("revoking a device", move |conn| {
+            conn.execute(
+                "UPDATE devices SET revoked_at = ?3 WHERE id = ?2 AND org_id = ?1 AND revoked_at IS NULL",
+                params![org_id, device_id, now_unix()],
+            )
+            .map(|n| n == 1)
+            .map_err(|e| db_error("revoking a device")(&e))
         })
         .await
     }
