@@ -180,7 +180,8 @@ pub enum Command {
     ///
     /// On its first start with an empty database it prints a one-time setup
     /// token: POST it to /v1/setup with the first organization, its owner and
-    /// a password. Plain HTTP only on loopback (TLS comes with a later step).
+    /// a password. Plain HTTP only on loopback: elsewhere give --tls-cert and
+    /// --tls-key, or --dev-tls.
     Serve {
         /// Address to listen on
         #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR")]
@@ -190,8 +191,24 @@ pub enum Command {
         #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
         database_url: Option<String>,
         /// Serve plain HTTP on a non-loopback address (only behind a TLS proxy)
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["tls_cert", "dev_tls"])]
         force_plain: bool,
+        /// TLS certificate chain (PEM), with --tls-key
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "tls_key",
+            conflicts_with = "dev_tls"
+        )]
+        tls_cert: Option<std::path::PathBuf>,
+        /// TLS private key (PEM), with --tls-cert
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<std::path::PathBuf>,
+        /// TLS with a self-signed development certificate (made once, kept
+        /// beside the default database); prints its SHA-256 fingerprint for
+        /// clients to pin
+        #[arg(long)]
+        dev_tls: bool,
     },
     /// The vault's local audit log: list it, or verify its chain
     ///

@@ -39,7 +39,17 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
             listen,
             database_url,
             force_plain,
-        } => serve::run(g, *listen, database_url.as_deref(), *force_plain),
+            tls_cert,
+            tls_key,
+            dev_tls,
+        } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => serve::Tls::Files(cert.clone(), key.clone()),
+                _ if *dev_tls => serve::Tls::Dev,
+                _ => serve::Tls::Off,
+            };
+            serve::run(g, *listen, database_url.as_deref(), *force_plain, tls)
+        }
         Command::Audit(command) => commands::audit(g, command),
         Command::Rotate {
             new_recovery_key,

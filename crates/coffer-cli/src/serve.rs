@@ -8,7 +8,16 @@ use crate::cli::Global;
 use crate::commands::Report;
 use crate::exit::CliError;
 
-fn default_database_url() -> Result<String, CliError> {
+/// The TLS the command line asked for.
+pub enum Tls {
+    Off,
+    Files(std::path::PathBuf, std::path::PathBuf),
+    Dev,
+}
+
+/// The server's own directory: the default database, the development
+/// certificate.
+fn server_dir() -> Result<std::path::PathBuf, CliError> {
     let dir = dirs::data_dir()
         .map(|d| d.join("coffer-server"))
         .ok_or_else(|| {
@@ -16,7 +25,14 @@ fn default_database_url() -> Result<String, CliError> {
         })?;
     std::fs::create_dir_all(&dir)
         .map_err(|e| CliError::other(format!("cannot create {}: {e}", dir.display())))?;
-    Ok(format!("sqlite://{}", dir.join("server.db").display()))
+    Ok(dir)
+}
+
+fn default_database_url() -> Result<String, CliError> {
+    Ok(format!(
+        "sqlite://{}",
+        server_dir()?.join("server.db").display()
+    ))
 }
 
 pub fn run(
@@ -24,6 +40,7 @@ pub fn run(
     listen: SocketAddr,
     database_url: Option<&str>,
     force_plain: bool,
+    tls: Tls,
 ) -> Result<Report, CliError> {
     // Logs on stderr; COFFER_LOG=debug for more. Requests are never logged
     // with their query strings or headers (they could carry credentials).
@@ -38,6 +55,11 @@ pub fn run(
         Some(url) => url.to_owned(),
         None => default_database_url()?,
     };
+    let tls = match tls {
+        Tls::Off => coffer_server::TlsSetting::Off,
+        Tls::Files(cert, key) => coffer_server::TlsSetting::Files { cert, key },
+        Tls::Dev => coffer_server::TlsSetting::Dev { dir: server_dir()? },
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -49,28 +71,34 @@ pub fn run(
             force_plain,
             session_ttl: coffer_server::DEFAULT_SESSION_TTL,
             login_limits: coffer_server::LoginLimits::default(),
+            tls,
         })
         .await
         .map_err(|e| CliError::usage(format!("cannot start the server: {e}")))?;
         let addr = server
             .local_addr()
             .map_err(|e| CliError::other(e.to_string()))?;
+        let scheme = if server.tls_fingerprint().is_some() { "https" } else { "http" };
         if global.json {
             println!(
                 "{}",
                 serde_json::json!({
-                    "listening": format!("http://{addr}"),
+                    "listening": format!("{scheme}://{addr}"),
                     "storage": server.backend(),
+                    "tls_sha256": server.tls_fingerprint(),
                     "setup_token": server.setup_token(),
                 })
             );
         } else {
-            println!("coffer serve: listening on http://{addr} (storage: {})", server.backend());
+            println!("coffer serve: listening on {scheme}://{addr} (storage: {})", server.backend());
+            if let Some(fingerprint) = server.tls_fingerprint() {
+                println!("TLS certificate SHA-256 (pin it in clients): {fingerprint}");
+            }
             if let Some(token) = server.setup_token() {
                 println!(
                     "\nThis server has no organization yet. One-time setup token (shown once; a restart replaces it):\n\n    {token}\n\n\
                      Set up the first organization and its owner:\n\n    \
-                     curl -s http://{addr}/v1/setup -H 'content-type: application/json' \\\n      \
+                     curl -s {scheme}://{addr}/v1/setup -H 'content-type: application/json' \\\n      \
                      -d '{{\"setup_token\": \"{token}\", \"organization\": \"Acme\", \"owner\": \"alice\", \"password\": \"…at least 12 characters…\"}}'\n"
                 );
             }

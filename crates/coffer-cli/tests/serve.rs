@@ -66,3 +66,39 @@ fn serve_refuses_plain_http_off_loopback() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only loopback"));
 }
+
+#[test]
+fn serve_with_dev_tls_prints_the_fingerprint_to_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("server.db").display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args([
+            "--json",
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--dev-tls",
+            "--database-url",
+            &db,
+        ])
+        .env("XDG_DATA_HOME", dir.path())
+        .env("HOME", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let started: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert!(started["listening"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://"));
+    let fingerprint = started["tls_sha256"].as_str().unwrap();
+    assert_eq!(fingerprint.len(), 95, "{fingerprint}");
+    assert!(dir.path().join("coffer-server/dev-tls-cert.pem").is_file());
+}

@@ -15,8 +15,10 @@ pub mod audit;
 pub mod listen;
 pub mod serve;
 pub mod store;
+pub mod tls;
 
 pub use api::LoginLimits;
 pub use listen::{check_listen, ListenError, Transport};
 pub use serve::{ServeConfig, Server, DEFAULT_SESSION_TTL};
 pub use store::{Store, StoreError};
+pub use tls::{TlsError, TlsSetting};

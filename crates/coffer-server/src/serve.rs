@@ -25,6 +25,8 @@ pub struct ServeConfig {
     pub session_ttl: std::time::Duration,
     /// Brute-force limits on login.
     pub login_limits: crate::api::LoginLimits,
+    /// TLS: off (loopback only), certificate files, or a development certificate.
+    pub tls: crate::tls::TlsSetting,
 }
 
 /// The default session lifetime: a working day.
@@ -40,6 +42,9 @@ pub enum ServeError {
     /// The storage could not be opened or migrated.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The address could not be bound, or serving failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -50,6 +55,7 @@ pub struct Server {
     listener: TcpListener,
     state: AppState,
     setup_token: Option<Zeroizing<String>>,
+    tls: Option<crate::tls::Tls>,
 }
 
 impl std::fmt::Debug for Server {
@@ -66,9 +72,13 @@ impl Server {
     /// organization yet, draws a new one-time setup token (replacing any
     /// earlier one) for [`Server::setup_token`] to show once.
     pub async fn bind(config: &ServeConfig) -> Result<Server, ServeError> {
-        // TLS arrives with its own issue step; until then only plain HTTP,
-        // so the loopback rule decides.
-        check_listen(config.listen, Transport::Plain, config.force_plain)?;
+        let tls = crate::tls::load(&config.tls)?;
+        let transport = if tls.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Plain
+        };
+        check_listen(config.listen, transport, config.force_plain)?;
         let store = Store::open(&config.database_url).await?;
         let setup_token = if store.is_bootstrapped().await? {
             None
@@ -99,6 +109,7 @@ impl Server {
                 login_limits: config.login_limits,
             },
             setup_token,
+            tls,
         })
     }
 
@@ -112,6 +123,12 @@ impl Server {
         self.setup_token.as_deref().map(String::as_str)
     }
 
+    /// The SHA-256 fingerprint of the TLS certificate (what clients pin),
+    /// when serving TLS.
+    pub fn tls_fingerprint(&self) -> Option<&str> {
+        self.tls.as_ref().map(|t| t.fingerprint.as_str())
+    }
+
     /// The storage backend in use.
     pub fn backend(&self) -> &'static str {
         self.state.store.backend()
@@ -123,12 +140,52 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let app = api::router(self.state);
-        axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await?;
-        Ok(())
+        let Some(tls) = self.tls else {
+            axum::serve(
+                self.listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .await?;
+            return Ok(());
+        };
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                },
+                () = &mut shutdown => return Ok(()),
+            };
+            let acceptor = tls.acceptor.clone();
+            let app = app.clone();
+            tokio::spawn(async move {
+                // A failed handshake (a client that does not trust or pin
+                // this certificate, say) ends that connection only.
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        let app = app.clone();
+                        async move {
+                            use tower::ServiceExt;
+                            app.oneshot(req.map(axum::body::Body::new)).await
+                        }
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
     }
 }

@@ -86,6 +86,7 @@ impl Running {
             force_plain: false,
             session_ttl,
             login_limits,
+            tls: coffer_server::TlsSetting::Off,
         })
         .await
         .unwrap();
