@@ -208,6 +208,16 @@ pub fn router(state: AppState) -> Router {
             "/v1/orgs/{org_id}/devices/{device_id}/revoke",
             post(revoke_device),
         )
+        .route("/v1/orgs/{org_id}/users", post(add_user))
+        .route(
+            "/v1/orgs/{org_id}/users/{user_id}",
+            axum::routing::delete(remove_user),
+        )
+        .route(
+            "/v1/orgs/{org_id}/users/{user_id}/role",
+            axum::routing::put(change_role),
+        )
+        .route("/v1/me/password", post(change_password))
         .route("/v1/enroll", post(enroll))
         .route("/v1/device", get(device_whoami))
         .route("/v1/device/token", post(rotate_device_token))
@@ -333,13 +343,7 @@ async fn setup(
     let password = zeroize::Zeroizing::new(password);
     check_name("the organization's name", &organization)?;
     check_name("the owner's name", &owner)?;
-    if password.chars().count() < MIN_PASSWORD_LEN {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "weak_password",
-            format!("the password must have at least {MIN_PASSWORD_LEN} characters"),
-        ));
-    }
+    check_password(&password)?;
     // Argon2 is slow on purpose: keep it off the async workers.
     let hashed = tokio::task::spawn_blocking(move || hash_password(&password))
         .await
@@ -895,6 +899,227 @@ async fn revoke_device(
         format!("user:{}", who.user),
         "device_revoked",
         json!({"device_id": device_id}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+const ROLES: [&str; 4] = ["owner", "admin", "member", "auditor"];
+
+/// The permission table (docs/server.md): owners manage every role, admins
+/// manage members and auditors.
+fn may_manage(actor_role: &str, role: &str) -> bool {
+    match actor_role {
+        "owner" => true,
+        "admin" => matches!(role, "member" | "auditor"),
+        _ => false,
+    }
+}
+
+/// The caller's role in `org_id`: 404 if not a member (as for a missing
+/// organization), else the role.
+async fn caller_role(state: &AppState, who: &Principal, org_id: i64) -> Result<String, ApiError> {
+    state
+        .store
+        .member_role(org_id, who.user_id)
+        .await?
+        .ok_or_else(not_found_here)
+}
+
+fn forbidden(message: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+}
+
+fn check_role(role: &str) -> Result<(), ApiError> {
+    if ROLES.contains(&role) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_role",
+            "role must be owner, admin, member or auditor",
+        ))
+    }
+}
+
+fn check_password(password: &str) -> Result<(), ApiError> {
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "weak_password",
+            format!("the password must have at least {MIN_PASSWORD_LEN} characters"),
+        ));
+    }
+    Ok(())
+}
+
+async fn hash_off_thread(password: zeroize::Zeroizing<String>) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "hashing failed",
+            )
+        })?
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddUserRequest {
+    user: String,
+    password: String,
+    role: String,
+}
+
+/// `POST /v1/orgs/{org_id}/users`: creates a user in the organization with
+/// an initial password (given to them out of band; they change it).
+async fn add_user(
+    State(state): State<AppState>,
+    axum::extract::Path(org_id): axum::extract::Path<i64>,
+    who: Principal,
+    Body(request): Body<AddUserRequest>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let actor = caller_role(&state, &who, org_id).await?;
+    check_role(&request.role)?;
+    if !may_manage(&actor, &request.role) {
+        return Err(forbidden("your role cannot grant that role"));
+    }
+    check_name("the user's name", &request.user)?;
+    let password = zeroize::Zeroizing::new(request.password);
+    check_password(&password)?;
+    let hashed = hash_off_thread(password).await?;
+    let user_id = state
+        .store
+        .add_member(org_id, &request.user, &hashed, &request.role)
+        .await?;
+    record(
+        &state,
+        Some(org_id),
+        format!("user:{}", who.user),
+        "user_added",
+        json!({"user": request.user, "user_id": user_id, "role": request.role}),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!({"user_id": user_id}))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleRequest {
+    role: String,
+}
+
+/// `PUT /v1/orgs/{org_id}/users/{user_id}/role`.
+async fn change_role(
+    State(state): State<AppState>,
+    axum::extract::Path((org_id, user_id)): axum::extract::Path<(i64, i64)>,
+    who: Principal,
+    Body(request): Body<RoleRequest>,
+) -> Result<StatusCode, ApiError> {
+    let actor = caller_role(&state, &who, org_id).await?;
+    check_role(&request.role)?;
+    let current = state
+        .store
+        .member_role(org_id, user_id)
+        .await?
+        .ok_or_else(not_found_here)?;
+    if user_id == who.user_id {
+        return Err(forbidden("you cannot change your own role"));
+    }
+    if !may_manage(&actor, &current) || !may_manage(&actor, &request.role) {
+        return Err(forbidden("your role cannot change that role"));
+    }
+    state.store.set_role(org_id, user_id, &request.role).await?;
+    record(
+        &state,
+        Some(org_id),
+        format!("user:{}", who.user),
+        "role_changed",
+        json!({"user_id": user_id, "from": current, "to": request.role}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/orgs/{org_id}/users/{user_id}`: removes the user from the
+/// organization (a user left in none is disabled, their sessions ended).
+async fn remove_user(
+    State(state): State<AppState>,
+    axum::extract::Path((org_id, user_id)): axum::extract::Path<(i64, i64)>,
+    who: Principal,
+) -> Result<StatusCode, ApiError> {
+    let actor = caller_role(&state, &who, org_id).await?;
+    let current = state
+        .store
+        .member_role(org_id, user_id)
+        .await?
+        .ok_or_else(not_found_here)?;
+    if user_id == who.user_id {
+        return Err(forbidden("you cannot remove yourself"));
+    }
+    if !may_manage(&actor, &current) {
+        return Err(forbidden("your role cannot remove that user"));
+    }
+    state.store.remove_member(org_id, user_id).await?;
+    record(
+        &state,
+        Some(org_id),
+        format!("user:{}", who.user),
+        "user_removed",
+        json!({"user_id": user_id, "role": current}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordRequest {
+    old_password: String,
+    new_password: String,
+}
+
+/// `POST /v1/me/password`: a user sets their own password (the old one
+/// required).
+async fn change_password(
+    State(state): State<AppState>,
+    who: Principal,
+    Body(request): Body<PasswordRequest>,
+) -> Result<StatusCode, ApiError> {
+    let old = zeroize::Zeroizing::new(request.old_password);
+    let new = zeroize::Zeroizing::new(request.new_password);
+    check_password(&new)?;
+    let stored = state
+        .store
+        .password_hash(who.user_id)
+        .await?
+        .ok_or_else(not_found_here)?;
+    let matches = tokio::task::spawn_blocking(move || verify_password(&stored, &old))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "hashing failed",
+            )
+        })?;
+    if !matches {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "the old password is wrong",
+        ));
+    }
+    let hashed = hash_off_thread(new).await?;
+    state.store.set_password(who.user_id, &hashed).await?;
+    record(
+        &state,
+        None,
+        format!("user:{}", who.user),
+        "password_changed",
+        json!({}),
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)

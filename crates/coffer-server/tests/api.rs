@@ -802,3 +802,183 @@ async fn devices_on_postgres() {
     let url = pg.database("devices").await;
     devices(&url).await;
 }
+
+/// Users and roles: the permission table, the organization boundary, and
+/// a user's own password.
+async fn users(url: &str) {
+    let server = Running::start(url).await;
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(server.url("/v1/setup"))
+        .json(&json!({
+            "setup_token": server.setup_token.clone().unwrap(),
+            "organization": "Acme",
+            "owner": "alice",
+            "password": "correct horse battery",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let acme = created["organization_id"].as_i64().unwrap();
+    add_people(url, acme).await;
+    let pw = "correct horse battery";
+    let alice = login(&server, &http, "alice", pw).await.unwrap();
+    let bob = login(&server, &http, "bob", pw).await.unwrap();
+    let users = server.url(&format!("/v1/orgs/{acme}/users"));
+    let add = |token: String, user: &'static str, role: &'static str| {
+        let users = users.clone();
+        let http = http.clone();
+        async move {
+            post(
+                &http,
+                users,
+                &token,
+                json!({"user": user, "password": pw, "role": role}),
+            )
+            .await
+        }
+    };
+    let user_id = |r: Value| r["user_id"].as_i64().unwrap();
+
+    let r = add(alice.clone(), "dan", "admin").await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = add(alice.clone(), "erin", "member").await;
+    let erin_id = user_id(r.json().await.unwrap());
+    let dan = login(&server, &http, "dan", pw).await.unwrap();
+    let erin = login(&server, &http, "erin", pw).await.unwrap();
+
+    // An admin adds auditors and members, not admins; a member adds nobody.
+    assert_eq!(
+        add(dan.clone(), "frank", "auditor").await.status(),
+        StatusCode::CREATED
+    );
+    let r = add(dan.clone(), "gina", "admin").await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_code(r).await, "forbidden");
+    assert_eq!(
+        add(erin.clone(), "hal", "member").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let r = add(alice.clone(), "dan", "member").await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let r = add(alice.clone(), "ivy", "emperor").await;
+    assert_eq!(error_code(r).await, "invalid_role");
+
+    // Roles change within the table; nobody changes their own.
+    let role_url = |id: i64| server.url(&format!("/v1/orgs/{acme}/users/{id}/role"));
+    let put = |token: &str, id: i64, role: &str| {
+        http.put(role_url(id))
+            .header("x-auth-token", token)
+            .json(&json!({"role": role}))
+            .send()
+    };
+    assert_eq!(
+        put(&dan, erin_id, "auditor").await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        put(&dan, erin_id, "admin").await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let me: Value = get(&http, server.url("/v1/me"), &alice)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let alice_id = me["user_id"].as_i64().unwrap();
+    assert_eq!(
+        put(&dan, alice_id, "member").await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        put(&alice, alice_id, "member").await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+
+    // Another organization's owner: 404 for all of it, as for a user or an
+    // organization that does not exist.
+    for r in [
+        add(bob.clone(), "mallory", "member").await,
+        put(&bob, erin_id, "owner").await.unwrap(),
+        http.delete(server.url(&format!("/v1/orgs/{acme}/users/{erin_id}")))
+            .header("x-auth-token", &bob)
+            .send()
+            .await
+            .unwrap(),
+        put(&alice, 999_999, "member").await.unwrap(),
+    ] {
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(error_code(r).await, "not_found");
+    }
+
+    // One's own password, with the old one.
+    let change = |old: &str, new: &str| {
+        post(
+            &http,
+            server.url("/v1/me/password"),
+            &erin,
+            json!({"old_password": old, "new_password": new}),
+        )
+    };
+    assert_eq!(
+        change("wrong old one", "a new long password")
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        change(pw, "short").await.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        change(pw, "a new long password").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        login(&server, &http, "erin", pw).await,
+        Err("invalid_credentials".into())
+    );
+    let erin = login(&server, &http, "erin", "a new long password")
+        .await
+        .unwrap();
+
+    // Removing her (now an auditor, so the admin may): her sessions end and
+    // she can no longer log in.
+    let r = http
+        .delete(server.url(&format!("/v1/orgs/{acme}/users/{erin_id}")))
+        .header("x-auth-token", &dan)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        get(&http, server.url("/v1/me"), &erin).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login(&server, &http, "erin", "a new long password").await,
+        Err("invalid_credentials".into())
+    );
+    server.stop().await;
+    support::assert_logs_free_of(&[pw, "a new long password", &alice, &bob, &dan, &erin]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    users(&format!(
+        "sqlite://{}",
+        dir.path().join("server.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_on_postgres() {
+    let pg = Postgres::start();
+    let url = pg.database("users").await;
+    users(&url).await;
+}

@@ -333,6 +333,47 @@ impl Store {
         dispatch!(self, s => s.revoke_device(org_id, device_id).await)
     }
 
+    /// Creates the user `name` as a member of `org_id` with `role`.
+    pub async fn add_member(
+        &self,
+        org_id: i64,
+        name: &str,
+        password_hash: &str,
+        role: &str,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.add_member(org_id, name, password_hash, role).await)
+    }
+
+    /// The role of `user_id` in `org_id`, if a member.
+    pub async fn member_role(
+        &self,
+        org_id: i64,
+        user_id: i64,
+    ) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.member_role(org_id, user_id).await)
+    }
+
+    /// Changes a member's role.
+    pub async fn set_role(&self, org_id: i64, user_id: i64, role: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_role(org_id, user_id, role).await)
+    }
+
+    /// Removes a member; a user left in no organization is disabled and
+    /// their sessions revoked.
+    pub async fn remove_member(&self, org_id: i64, user_id: i64) -> Result<(), StoreError> {
+        dispatch!(self, s => s.remove_member(org_id, user_id).await)
+    }
+
+    /// Replaces a user's password hash.
+    pub async fn set_password(&self, user_id: i64, password_hash: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_password(user_id, password_hash).await)
+    }
+
+    /// A user's password hash.
+    pub async fn password_hash(&self, user_id: i64) -> Result<Option<String>, StoreError> {
+        dispatch!(self, s => s.password_hash(user_id).await)
+    }
+
     /// Appends an event to the audit trail, chained to the last one.
     pub async fn append_audit(&self, event: crate::audit::AuditEvent) -> Result<(), StoreError> {
         dispatch!(self, s => s.append_audit(event).await)

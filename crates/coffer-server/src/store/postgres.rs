@@ -548,4 +548,135 @@ impl PostgresStore {
             .map(|n| n == 1)
             .map_err(pg(op))
     }
+
+    pub(super) async fn add_member(
+        &self,
+        org_id: i64,
+        name: &str,
+        password_hash: &str,
+        role: &str,
+    ) -> Result<i64, StoreError> {
+        let op = "adding a user";
+        let mut client = self.client(op).await?;
+        let tx = client.transaction().await.map_err(pg(op))?;
+        let user_id: Option<i64> = tx
+            .query_opt(
+                "INSERT INTO users (name, password_hash, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO NOTHING RETURNING id",
+                &[&name, &password_hash, &now_unix()],
+            )
+            .await
+            .map_err(pg(op))?
+            .map(|r| r.get(0));
+        let Some(user_id) = user_id else {
+            return Err(StoreError::Exists("a user of that name"));
+        };
+        tx.execute(
+            "INSERT INTO memberships (org_id, user_id, role) VALUES ($1, $2, $3)",
+            &[&org_id, &user_id, &role],
+        )
+        .await
+        .map_err(pg(op))?;
+        tx.commit().await.map_err(pg(op))?;
+        Ok(user_id)
+    }
+
+    pub(super) async fn member_role(
+        &self,
+        org_id: i64,
+        user_id: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let op = "reading a membership";
+        let client = self.client(op).await?;
+        let row = client
+            .query_opt(
+                "SELECT role FROM memberships WHERE org_id = $1 AND user_id = $2",
+                &[&org_id, &user_id],
+            )
+            .await
+            .map_err(pg(op))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub(super) async fn set_role(
+        &self,
+        org_id: i64,
+        user_id: i64,
+        role: &str,
+    ) -> Result<(), StoreError> {
+        let op = "changing a role";
+        let client = self.client(op).await?;
+        client
+            .execute(
+                "UPDATE memberships SET role = $3 WHERE org_id = $1 AND user_id = $2",
+                &[&org_id, &user_id, &role],
+            )
+            .await
+            .map(|_| ())
+            .map_err(pg(op))
+    }
+
+    pub(super) async fn remove_member(&self, org_id: i64, user_id: i64) -> Result<(), StoreError> {
+        let op = "removing a user";
+        let mut client = self.client(op).await?;
+        let tx = client.transaction().await.map_err(pg(op))?;
+        tx.execute(
+            "DELETE FROM memberships WHERE org_id = $1 AND user_id = $2",
+            &[&org_id, &user_id],
+        )
+        .await
+        .map_err(pg(op))?;
+        // A user left in no organization can no longer do anything: end
+        // their sessions and disable them.
+        let orphan: bool = tx
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM memberships WHERE user_id = $1)",
+                &[&user_id],
+            )
+            .await
+            .map_err(pg(op))?
+            .get(0);
+        if orphan {
+            tx.execute(
+                "UPDATE users SET disabled = TRUE WHERE id = $1",
+                &[&user_id],
+            )
+            .await
+            .map_err(pg(op))?;
+            tx.execute(
+                "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+                &[&user_id, &now_unix()],
+            )
+            .await
+            .map_err(pg(op))?;
+        }
+        tx.commit().await.map_err(pg(op))
+    }
+
+    pub(super) async fn set_password(
+        &self,
+        user_id: i64,
+        password_hash: &str,
+    ) -> Result<(), StoreError> {
+        let op = "setting a password";
+        let client = self.client(op).await?;
+        client
+            .execute(
+                "UPDATE users SET password_hash = $2 WHERE id = $1",
+                &[&user_id, &password_hash],
+            )
+            .await
+            .map(|_| ())
+            .map_err(pg(op))
+    }
+
+    pub(super) async fn password_hash(&self, user_id: i64) -> Result<Option<String>, StoreError> {
+        let op = "reading a user";
+        let client = self.client(op).await?;
+        let row = client
+            .query_opt("SELECT password_hash FROM users WHERE id = $1", &[&user_id])
+            .await
+            .map_err(pg(op))?;
+        Ok(row.map(|r| r.get(0)))
+    }
 }

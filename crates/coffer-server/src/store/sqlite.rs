@@ -531,4 +531,144 @@ impl SqliteStore {
         })
         .await
     }
+
+    pub(super) async fn add_member(
+        &self,
+        org_id: i64,
+        name: &str,
+        password_hash: &str,
+        role: &str,
+    ) -> Result<i64, StoreError> {
+        let (name, password_hash, role) =
+            (name.to_owned(), password_hash.to_owned(), role.to_owned());
+        self.with("adding a user", move |conn| {
+            let e = db_error("adding a user");
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|x| e(&x))?;
+            let taken: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM users WHERE name = ?1)",
+                    [&name],
+                    |r| r.get(0),
+                )
+                .map_err(|x| e(&x))?;
+            if taken {
+                return Err(StoreError::Exists("a user of that name"));
+            }
+            tx.execute(
+                "INSERT INTO users (name, password_hash, created_at) VALUES (?1, ?2, ?3)",
+                params![name, password_hash, now_unix()],
+            )
+            .map_err(|x| e(&x))?;
+            let user_id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO memberships (org_id, user_id, role) VALUES (?1, ?2, ?3)",
+                params![org_id, user_id, role],
+            )
+            .map_err(|x| e(&x))?;
+            tx.commit().map_err(|x| e(&x))?;
+            Ok(user_id)
+        })
+        .await
+    }
+
+    pub(super) async fn member_role(
+        &self,
+        org_id: i64,
+        user_id: i64,
+    ) -> Result<Option<String>, StoreError> {
+        self.with("reading a membership", move |conn| {
+            conn.query_row(
+                "SELECT role FROM memberships WHERE org_id = ?1 AND user_id = ?2",
+                params![org_id, user_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| db_error("reading a membership")(&e))
+        })
+        .await
+    }
+
+    pub(super) async fn set_role(
+        &self,
+        org_id: i64,
+        user_id: i64,
+        role: &str,
+    ) -> Result<(), StoreError> {
+        let role = role.to_owned();
+        self.with("changing a role", move |conn| {
+            conn.execute(
+                "UPDATE memberships SET role = ?3 WHERE org_id = ?1 AND user_id = ?2",
+                params![org_id, user_id, role],
+            )
+            .map(|_| ())
+            .map_err(|e| db_error("changing a role")(&e))
+        })
+        .await
+    }
+
+    pub(super) async fn remove_member(&self, org_id: i64, user_id: i64) -> Result<(), StoreError> {
+        self.with("removing a user", move |conn| {
+            let e = db_error("removing a user");
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|x| e(&x))?;
+            tx.execute(
+                "DELETE FROM memberships WHERE org_id = ?1 AND user_id = ?2",
+                params![org_id, user_id],
+            )
+            .map_err(|x| e(&x))?;
+            // A user left in no organization can no longer do anything:
+            // end their sessions and disable them.
+            let orphan: bool = tx
+                .query_row(
+                    "SELECT NOT EXISTS (SELECT 1 FROM memberships WHERE user_id = ?1)",
+                    [user_id],
+                    |r| r.get(0),
+                )
+                .map_err(|x| e(&x))?;
+            if orphan {
+                tx.execute("UPDATE users SET disabled = 1 WHERE id = ?1", [user_id])
+                    .map_err(|x| e(&x))?;
+                tx.execute(
+                    "UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
+                    params![user_id, now_unix()],
+                )
+                .map_err(|x| e(&x))?;
+            }
+            tx.commit().map_err(|x| e(&x))
+        })
+        .await
+    }
+
+    pub(super) async fn set_password(
+        &self,
+        user_id: i64,
+        password_hash: &str,
+    ) -> Result<(), StoreError> {
+        let password_hash = password_hash.to_owned();
+        self.with("setting a password", move |conn| {
+            conn.execute(
+                "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+                params![user_id, password_hash],
+            )
+            .map(|_| ())
+            .map_err(|e| db_error("setting a password")(&e))
+        })
+        .await
+    }
+
+    pub(super) async fn password_hash(&self, user_id: i64) -> Result<Option<String>, StoreError> {
+        self.with("reading a user", move |conn| {
+            conn.query_row(
+                "SELECT password_hash FROM users WHERE id = ?1",
+                [user_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| db_error("reading a user")(&e))
+        })
+        .await
+    }
 }
