@@ -43,6 +43,8 @@ pub struct AppState {
     pub decoy_hash: std::sync::Arc<String>,
     /// Brute-force limits on login.
     pub login_limits: LoginLimits,
+    /// This process's request counters.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The header that carries session and device tokens.
@@ -194,6 +196,8 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
         .route("/v1/setup", post(setup))
         .route("/v1/login", post(login))
         .route("/v1/logout", post(logout))
@@ -223,6 +227,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/device/token", post(rotate_device_token))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::count,
+        ))
         .layer(middleware::from_fn(refuse_credentials_in_query))
         .with_state(state)
 }
@@ -1123,4 +1131,18 @@ async fn change_password(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
 }

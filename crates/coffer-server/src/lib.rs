@@ -13,6 +13,8 @@
 pub mod api;
 pub mod audit;
 pub mod listen;
+pub mod metrics;
+pub mod openapi;
 pub mod serve;
 pub mod store;
 pub mod tls;

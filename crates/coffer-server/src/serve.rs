@@ -107,6 +107,7 @@ impl Server {
                 session_ttl: config.session_ttl,
                 decoy_hash: std::sync::Arc::new(decoy_hash),
                 login_limits: config.login_limits,
+                metrics: crate::metrics::Metrics::default(),
             },
             setup_token,
             tls,

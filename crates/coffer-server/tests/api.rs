@@ -982,3 +982,72 @@ async fn users_on_postgres() {
     let url = pg.database("users").await;
     users(&url).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_endpoint_exists_and_metrics_count_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::start(&format!(
+        "sqlite://{}",
+        dir.path().join("server.db").display()
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let doc: Value = http
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    assert_eq!(
+        paths
+            .values()
+            .map(|m| m.as_object().unwrap().len())
+            .sum::<usize>(),
+        coffer_server::openapi::ENDPOINTS.len()
+    );
+    for (path, methods) in paths {
+        let concrete = path
+            .replace("{org_id}", "1")
+            .replace("{user_id}", "1")
+            .replace("{device_id}", "1");
+        for method in methods.as_object().unwrap().keys() {
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let r = http
+                .request(method.clone(), server.url(&concrete))
+                .send()
+                .await
+                .unwrap();
+            // Whatever the answer (401 without a token, 415 without a
+            // body…), it is not the fallback's "no such endpoint".
+            let status = r.status();
+            let body = r.text().await.unwrap();
+            assert!(
+                !(status == StatusCode::NOT_FOUND && body.contains("no such endpoint")),
+                "{method} {path} is documented but not served"
+            );
+        }
+    }
+    let metrics = http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "coffer_http_requests_total{method=\"GET\",route=\"/openapi.json\",status=\"2xx\"} 2"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("route=\"/v1/orgs/{org_id}/devices\",status=\"4xx\""),
+        "{metrics}"
+    );
+    server.stop().await;
+}

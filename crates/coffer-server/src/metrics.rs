@@ -1,0 +1,76 @@
+//! Prometheus metrics of this server process, at `/metrics`: requests by
+//! route template and status class, and their total duration. Route
+//! templates (`/v1/orgs/{org_id}/devices`), never raw paths or queries, so
+//! no id or credential reaches a metric.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+
+#[derive(Default)]
+struct Counts {
+    requests: u64,
+    seconds: f64,
+}
+
+/// (method, route template, status class).
+type Series = (String, String, String);
+
+/// The counters, shared by every request of this process.
+#[derive(Clone, Default)]
+pub struct Metrics(Arc<Mutex<BTreeMap<Series, Counts>>>);
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = String::from(
+            "# HELP coffer_http_requests_total HTTP requests served, by route and status class.\n\
+             # TYPE coffer_http_requests_total counter\n",
+        );
+        for ((method, route, status), c) in counts.iter() {
+            out.push_str(&format!(
+                "coffer_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {}\n",
+                c.requests
+            ));
+        }
+        out.push_str(
+            "# HELP coffer_http_request_seconds_total Time spent serving them.\n\
+             # TYPE coffer_http_request_seconds_total counter\n",
+        );
+        for ((method, route, status), c) in counts.iter() {
+            out.push_str(&format!(
+                "coffer_http_request_seconds_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {:.6}\n",
+                c.seconds
+            ));
+        }
+        out
+    }
+}
+
+/// Counts every request after it is served.
+pub async fn count(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = format!("{}xx", response.status().as_u16() / 100);
+    let mut counts = metrics.0.lock().unwrap_or_else(PoisonError::into_inner);
+    let entry = counts.entry((method, route, status)).or_default();
+    entry.requests += 1;
+    entry.seconds += started.elapsed().as_secs_f64();
+    response
+}

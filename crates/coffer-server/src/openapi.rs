@@ -1,0 +1,164 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`: every endpoint, who
+//! may call it, and the error shape. Kept next to the routes in one list;
+//! the test `every_documented_endpoint_exists` calls each one.
+
+use serde_json::{json, Map, Value};
+
+/// (method, path, summary, who may call it: "none", "session", "device",
+/// "setup token" or "enrollment code").
+pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
+    ("get", "/healthz", "Liveness and storage round trip", "none"),
+    ("get", "/openapi.json", "This document", "none"),
+    (
+        "get",
+        "/metrics",
+        "Prometheus metrics of this process",
+        "none",
+    ),
+    (
+        "post",
+        "/v1/setup",
+        "Create the first organization and its owner, once",
+        "setup token",
+    ),
+    (
+        "post",
+        "/v1/login",
+        "Exchange a user name and password for a session token",
+        "none",
+    ),
+    (
+        "post",
+        "/v1/logout",
+        "Revoke the calling session",
+        "session",
+    ),
+    (
+        "get",
+        "/v1/me",
+        "The calling user and their organizations",
+        "session",
+    ),
+    (
+        "post",
+        "/v1/me/password",
+        "Change one's own password (the old one required)",
+        "session",
+    ),
+    (
+        "get",
+        "/v1/audit/verify",
+        "Check the audit trail's chain (owners, admins, auditors)",
+        "session",
+    ),
+    (
+        "post",
+        "/v1/orgs/{org_id}/users",
+        "Add a user with a role (owners; admins for members and auditors)",
+        "session",
+    ),
+    (
+        "put",
+        "/v1/orgs/{org_id}/users/{user_id}/role",
+        "Change a user's role",
+        "session",
+    ),
+    (
+        "delete",
+        "/v1/orgs/{org_id}/users/{user_id}",
+        "Remove a user from the organization",
+        "session",
+    ),
+    (
+        "post",
+        "/v1/orgs/{org_id}/enrollment-codes",
+        "A one-time device enrollment code (owners, admins)",
+        "session",
+    ),
+    (
+        "get",
+        "/v1/orgs/{org_id}/devices",
+        "The organization's devices (owners, admins, auditors)",
+        "session",
+    ),
+    (
+        "post",
+        "/v1/orgs/{org_id}/devices/{device_id}/revoke",
+        "Revoke a device's token (owners, admins)",
+        "session",
+    ),
+    (
+        "post",
+        "/v1/enroll",
+        "Enroll a device with a code; returns its token",
+        "enrollment code",
+    ),
+    ("get", "/v1/device", "The calling device", "device"),
+    (
+        "post",
+        "/v1/device/token",
+        "Rotate the calling device's token",
+        "device",
+    ),
+];
+
+/// The document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    for (method, path, summary, auth) in ENDPOINTS {
+        let security = match *auth {
+            "session" | "device" => json!([{"token": []}]),
+            _ => json!([]),
+        };
+        let parameters: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "integer"}}))
+            .collect();
+        let operation = json!({
+            "summary": summary,
+            "x-caller": auth,
+            "security": security,
+            "parameters": parameters,
+            "responses": {
+                "2XX": {"description": "success (JSON, or no content)"},
+                "4XX": {"description": "refused", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "5XX": {"description": "server failure (cause in the server's log)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            },
+        });
+        let entry = paths
+            .entry(path.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(methods) = entry {
+            methods.insert(method.to_string(), operation);
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "coffer control plane",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "docs/server.md describes every endpoint, the roles and the limits.",
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "token": {"type": "apiKey", "in": "header", "name": "X-Auth-Token"},
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "properties": {
+                            "code": {"type": "string", "description": "stable, for programs"},
+                            "message": {"type": "string", "description": "for people"},
+                        },
+                    }},
+                },
+            },
+        },
+    })
+}
