@@ -225,12 +225,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/enroll", post(enroll))
         .route("/v1/device", get(device_whoami))
         .route("/v1/device/token", post(rotate_device_token))
+        .route("/v1/orgs/{org_id}/usage", get(usage))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             crate::metrics::count,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), account))
         .layer(middleware::from_fn(refuse_credentials_in_query))
         .with_state(state)
 }
@@ -434,6 +436,7 @@ impl axum::extract::FromRequestParts<AppState> for Principal {
                 "the session has expired: log in again",
             ));
         }
+        note_caller(parts, |c| c.user_id = Some(session.user_id));
         Ok(Principal {
             user_id: session.user_id,
             user: session.user,
@@ -826,7 +829,13 @@ impl axum::extract::FromRequestParts<AppState> for DevicePrincipal {
             })?;
         let token_hash = token_hash(token);
         match state.store.device_by_token(&token_hash).await? {
-            Some(device) if !device.revoked => Ok(DevicePrincipal { device, token_hash }),
+            Some(device) if !device.revoked => {
+                note_caller(parts, |c| {
+                    c.device_id = Some(device.id);
+                    c.org_id = Some(device.org_id);
+                });
+                Ok(DevicePrincipal { device, token_hash })
+            }
             _ => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
@@ -1145,4 +1154,151 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.metrics.render(),
     )
+}
+
+/// Who a request turned out to be from, filled in by the token extractors
+/// for the accounting middleware.
+#[derive(Debug, Clone, Default)]
+struct Caller {
+    user_id: Option<i64>,
+    device_id: Option<i64>,
+    org_id: Option<i64>,
+}
+
+type CallerCell = std::sync::Arc<std::sync::Mutex<Caller>>;
+
+fn note_caller(parts: &axum::http::request::Parts, note: impl FnOnce(&mut Caller)) {
+    if let Some(cell) = parts.extensions.get::<CallerCell>() {
+        note(
+            &mut cell
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+    }
+}
+
+/// Accounting: records every request — who (user or device), which
+/// organization, which route (its template), the status, the bytes in and
+/// out, and the time — in the database, where every process's requests
+/// add up.
+async fn account(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let cell = CallerCell::default();
+    req.extensions_mut().insert(cell.clone());
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let path_org = route
+        .starts_with("/v1/orgs/{org_id}")
+        .then(|| req.uri().path().split('/').nth(3)?.parse::<i64>().ok())
+        .flatten();
+    let bytes_in = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
+        .unwrap_or(0);
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    let bytes_out = axum::body::HttpBody::size_hint(response.body())
+        .exact()
+        .and_then(|n| i64::try_from(n).ok())
+        .unwrap_or(0);
+    let caller = cell
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let record = crate::store::UsageRecord {
+        at: crate::store::now_unix(),
+        org_id: caller.org_id.or(path_org),
+        user_id: caller.user_id,
+        device_id: caller.device_id,
+        method,
+        route,
+        status: i32::from(response.status().as_u16()),
+        bytes_in,
+        bytes_out,
+        micros: i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX),
+    };
+    if let Err(e) = state.store.record_usage(record).await {
+        tracing::warn!(error = %e, "could not record usage");
+    }
+    response
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    #[serde(default)]
+    from: Option<i64>,
+    #[serde(default)]
+    to: Option<i64>,
+    #[serde(default)]
+    by: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// `GET /v1/orgs/{org_id}/usage?from=&to=&by=org|user|device&format=json|csv`
+/// (owners, admins, auditors): requests, bytes and time over `[from, to)`
+/// (Unix seconds; default: all time).
+async fn usage(
+    State(state): State<AppState>,
+    axum::extract::Path(org_id): axum::extract::Path<i64>,
+    who: Principal,
+    query: Result<axum::extract::Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
+    let axum::extract::Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let by = match q.by.as_deref().unwrap_or("org") {
+        "org" => crate::store::UsageKey::Organization,
+        "user" => crate::store::UsageKey::User,
+        "device" => crate::store::UsageKey::Device,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "by must be org, user or device",
+            ))
+        }
+    };
+    let from = q.from.unwrap_or(0);
+    let to = q.to.unwrap_or(i64::MAX);
+    let rows = state.store.usage(org_id, from, to, by).await?;
+    match q.format.as_deref().unwrap_or("json") {
+        "json" => Ok(Json(json!({
+            "organization_id": org_id,
+            "from": from,
+            "to": to,
+            "by": q.by.as_deref().unwrap_or("org"),
+            "rows": rows.iter().map(|r| json!({
+                "id": r.key,
+                "requests": r.requests,
+                "bytes_in": r.bytes_in,
+                "bytes_out": r.bytes_out,
+                "micros": r.micros,
+            })).collect::<Vec<_>>(),
+        }))
+        .into_response()),
+        "csv" => {
+            let mut csv = String::from("id,requests,bytes_in,bytes_out,micros\n");
+            for r in &rows {
+                csv.push_str(&format!(
+                    "{},{},{},{},{}\n",
+                    r.key.map(|k| k.to_string()).unwrap_or_default(),
+                    r.requests,
+                    r.bytes_in,
+                    r.bytes_out,
+                    r.micros
+                ));
+            }
+            Ok(([(axum::http::header::CONTENT_TYPE, "text/csv")], csv).into_response())
+        }
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "format must be json or csv",
+        )),
+    }
 }

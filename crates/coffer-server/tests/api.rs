@@ -1051,3 +1051,119 @@ async fn every_documented_endpoint_exists_and_metrics_count_them() {
     );
     server.stop().await;
 }
+
+/// Accounting: every request is recorded with its caller, organization,
+/// status and bytes; summaries per organization, user and device, as JSON
+/// and CSV, for the organization's owners, admins and auditors only.
+async fn accounting(url: &str) {
+    let server = Running::start(url).await;
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(server.url("/v1/setup"))
+        .json(&json!({
+            "setup_token": server.setup_token.clone().unwrap(),
+            "organization": "Acme",
+            "owner": "alice",
+            "password": "correct horse battery",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let acme = created["organization_id"].as_i64().unwrap();
+    add_people(url, acme).await;
+    let alice = login(&server, &http, "alice", "correct horse battery")
+        .await
+        .unwrap();
+    let bob = login(&server, &http, "bob", "correct horse battery")
+        .await
+        .unwrap();
+    let carol = login(&server, &http, "carol", "correct horse battery")
+        .await
+        .unwrap();
+    let code: Value = post(
+        &http,
+        server.url(&format!("/v1/orgs/{acme}/enrollment-codes")),
+        &alice,
+        json!({}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let enrolled: Value = http
+        .post(server.url("/v1/enroll"))
+        .json(&json!({"code": code["code"], "name": "tablet"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let device = enrolled["device_id"].as_i64().unwrap();
+    let token = enrolled["device_token"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        get(&http, server.url("/v1/device"), &token).await;
+    }
+    let usage = |query: &str, who: &str| {
+        let url = server.url(&format!("/v1/orgs/{acme}/usage?{query}"));
+        let (http, who) = (http.clone(), who.to_owned());
+        async move { get(&http, url, &who).await }
+    };
+
+    let by_device: Value = usage("by=device", &alice).await.json().await.unwrap();
+    let row = by_device["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == device)
+        .unwrap()
+        .clone();
+    assert_eq!(row["requests"], 3);
+    assert!(row["bytes_out"].as_i64().unwrap() > 0);
+    let by_user: Value = usage("by=user", &alice).await.json().await.unwrap();
+    assert!(by_user["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["requests"].as_i64().unwrap() >= 1));
+    let r = usage("by=org&format=csv", &alice).await;
+    assert_eq!(r.headers()["content-type"], "text/csv");
+    let csv = r.text().await.unwrap();
+    assert!(
+        csv.starts_with("id,requests,bytes_in,bytes_out,micros\n"),
+        "{csv}"
+    );
+    assert!(csv.contains(&format!("\n{acme},")), "{csv}");
+    // A time range in the future holds nothing.
+    let later: Value = usage("from=4000000000", &alice).await.json().await.unwrap();
+    assert_eq!(later["rows"], json!([]));
+    let r = usage("by=planet", &alice).await;
+    assert_eq!(error_code(r).await, "invalid_query");
+
+    // Not another organization's owner (404), not a member (403).
+    let r = usage("by=org", &bob).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = usage("by=org", &carol).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounting_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    accounting(&format!(
+        "sqlite://{}",
+        dir.path().join("server.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounting_on_postgres() {
+    let pg = Postgres::start();
+    let url = pg.database("accounting").await;
+    accounting(&url).await;
+}

@@ -191,6 +191,67 @@ pub struct Enrolled {
     pub org_id: i64,
 }
 
+/// One request, as accounting records it.
+#[derive(Debug, Clone, Default)]
+pub struct UsageRecord {
+    /// Unix seconds.
+    pub at: i64,
+    /// The organization concerned, if known.
+    pub org_id: Option<i64>,
+    /// The calling user, if a session.
+    pub user_id: Option<i64>,
+    /// The calling device, if a device token.
+    pub device_id: Option<i64>,
+    /// HTTP method.
+    pub method: String,
+    /// Route template (never the raw path).
+    pub route: String,
+    /// HTTP status.
+    pub status: i32,
+    /// Request body bytes.
+    pub bytes_in: i64,
+    /// Response body bytes.
+    pub bytes_out: i64,
+    /// Time to serve, in microseconds.
+    pub micros: i64,
+}
+
+/// What a usage summary groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageKey {
+    /// The whole organization (one row).
+    Organization,
+    /// Per user.
+    User,
+    /// Per device.
+    Device,
+}
+
+impl UsageKey {
+    fn column(self) -> &'static str {
+        match self {
+            UsageKey::Organization => "org_id",
+            UsageKey::User => "user_id",
+            UsageKey::Device => "device_id",
+        }
+    }
+}
+
+/// One group of a usage summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    /// The organization, user or device id (none: requests without one).
+    pub key: Option<i64>,
+    /// Requests.
+    pub requests: i64,
+    /// Request bytes.
+    pub bytes_in: i64,
+    /// Response bytes.
+    pub bytes_out: i64,
+    /// Total serving time, microseconds.
+    pub micros: i64,
+}
+
 /// What a login checks.
 pub struct LoginRecord {
     /// The user.
@@ -372,6 +433,22 @@ impl Store {
     /// A user's password hash.
     pub async fn password_hash(&self, user_id: i64) -> Result<Option<String>, StoreError> {
         dispatch!(self, s => s.password_hash(user_id).await)
+    }
+
+    /// Records one request.
+    pub async fn record_usage(&self, record: UsageRecord) -> Result<(), StoreError> {
+        dispatch!(self, s => s.record_usage(record).await)
+    }
+
+    /// Usage of `org_id` in `[from, to)`, grouped by `by`.
+    pub async fn usage(
+        &self,
+        org_id: i64,
+        from: i64,
+        to: i64,
+        by: UsageKey,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        dispatch!(self, s => s.usage(org_id, from, to, by).await)
     }
 
     /// Appends an event to the audit trail, chained to the last one.

@@ -10,7 +10,7 @@ use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
 
 use super::{
     db_error as generic_error, now_unix, Bootstrapped, DeviceRecord, Enrolled, LoginRecord,
-    Membership, Migrations, NewOwner, SessionRecord, StoreError,
+    Membership, Migrations, NewOwner, SessionRecord, StoreError, UsageKey, UsageRecord, UsageRow,
 };
 
 pub(super) const MIGRATIONS: Migrations = &[
@@ -28,6 +28,7 @@ pub(super) const MIGRATIONS: Migrations = &[
         5,
         include_str!("../../migrations/postgres/0005_devices.sql"),
     ),
+    (6, include_str!("../../migrations/postgres/0006_usage.sql")),
 ];
 
 /// Serializes audit appends across server processes: one chain, one order.
@@ -678,5 +679,50 @@ impl PostgresStore {
             .await
             .map_err(pg(op))?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    pub(super) async fn record_usage(&self, u: UsageRecord) -> Result<(), StoreError> {
+        let op = "recording usage";
+        let client = self.client(op).await?;
+        client
+            .execute(
+                "INSERT INTO usage_records (at, org_id, user_id, device_id, method, route, status, bytes_in, bytes_out, micros)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                &[&u.at, &u.org_id, &u.user_id, &u.device_id, &u.method, &u.route, &u.status, &u.bytes_in, &u.bytes_out, &u.micros],
+            )
+            .await
+            .map(|_| ())
+            .map_err(pg(op))
+    }
+
+    pub(super) async fn usage(
+        &self,
+        org_id: i64,
+        from: i64,
+        to: i64,
+        by: UsageKey,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let op = "summing usage";
+        let client = self.client(op).await?;
+        let sql = format!(
+            "SELECT {key}, count(*)::BIGINT, coalesce(sum(bytes_in), 0)::BIGINT, coalesce(sum(bytes_out), 0)::BIGINT, coalesce(sum(micros), 0)::BIGINT
+             FROM usage_records WHERE org_id = $1 AND at >= $2 AND at < $3
+             GROUP BY 1 ORDER BY 1",
+            key = by.column()
+        );
+        let rows = client
+            .query(&sql, &[&org_id, &from, &to])
+            .await
+            .map_err(pg(op))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| UsageRow {
+                key: r.get(0),
+                requests: r.get(1),
+                bytes_in: r.get(2),
+                bytes_out: r.get(3),
+                micros: r.get(4),
+            })
+            .collect())
     }
 }

@@ -11,7 +11,7 @@ use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
 
 use super::{
     db_error, now_unix, Bootstrapped, DeviceRecord, Enrolled, LoginRecord, Membership, Migrations,
-    NewOwner, SessionRecord, StoreError,
+    NewOwner, SessionRecord, StoreError, UsageKey, UsageRecord, UsageRow,
 };
 
 pub(super) const MIGRATIONS: Migrations = &[
@@ -23,6 +23,7 @@ pub(super) const MIGRATIONS: Migrations = &[
     ),
     (4, include_str!("../../migrations/sqlite/0004_audit.sql")),
     (5, include_str!("../../migrations/sqlite/0005_devices.sql")),
+    (6, include_str!("../../migrations/sqlite/0006_usage.sql")),
 ];
 
 #[derive(Clone)]
@@ -668,6 +669,51 @@ impl SqliteStore {
             )
             .optional()
             .map_err(|e| db_error("reading a user")(&e))
+        })
+        .await
+    }
+
+    pub(super) async fn record_usage(&self, u: UsageRecord) -> Result<(), StoreError> {
+        self.with("recording usage", move |conn| {
+            conn.execute(
+                "INSERT INTO usage_records (at, org_id, user_id, device_id, method, route, status, bytes_in, bytes_out, micros)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![u.at, u.org_id, u.user_id, u.device_id, u.method, u.route, u.status, u.bytes_in, u.bytes_out, u.micros],
+            )
+            .map(|_| ())
+            .map_err(|e| db_error("recording usage")(&e))
+        })
+        .await
+    }
+
+    pub(super) async fn usage(
+        &self,
+        org_id: i64,
+        from: i64,
+        to: i64,
+        by: UsageKey,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        self.with("summing usage", move |conn| {
+            let e = db_error("summing usage");
+            let sql = format!(
+                "SELECT {key}, count(*), coalesce(sum(bytes_in), 0), coalesce(sum(bytes_out), 0), coalesce(sum(micros), 0)
+                 FROM usage_records WHERE org_id = ?1 AND at >= ?2 AND at < ?3
+                 GROUP BY 1 ORDER BY 1",
+                key = by.column()
+            );
+            let mut stmt = conn.prepare(&sql).map_err(|x| e(&x))?;
+            let rows = stmt
+                .query_map(params![org_id, from, to], |r| {
+                    Ok(UsageRow {
+                        key: r.get(0)?,
+                        requests: r.get(1)?,
+                        bytes_in: r.get(2)?,
+                        bytes_out: r.get(3)?,
+                        micros: r.get(4)?,
+                    })
+                })
+                .map_err(|x| e(&x))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|x| e(&x))
         })
         .await
     }
