@@ -210,6 +210,13 @@ pub enum Command {
         #[arg(long)]
         dev_tls: bool,
     },
+    /// Administer a control plane over its API (coffer serve)
+    ///
+    /// `coffer admin login` keeps the session token in a file readable only
+    /// by you (coffer-admin/session under your data directory) until
+    /// `coffer admin logout`. The password comes from COFFER_ADMIN_PASSWORD
+    /// or a no-echo prompt.
+    Admin(AdminArgs),
     /// The vault's local audit log: list it, or verify its chain
     ///
     /// Every security event (unlocks and failed attempts, slot and
@@ -475,4 +482,124 @@ pub enum AuditCommand {
     },
     /// Check the whole chain; exit code 15 if anything was tampered with
     Verify,
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// The server's URL
+    #[arg(
+        long,
+        env = "COFFER_SERVER",
+        default_value = "http://127.0.0.1:8443",
+        value_name = "URL"
+    )]
+    pub server: String,
+    /// Trust this PEM certificate for TLS (e.g. the server's --dev-tls one)
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Set up an empty server: the first organization and its owner, with
+    /// the setup token the server printed (COFFER_SETUP_TOKEN or a prompt)
+    /// and the owner's password (COFFER_ADMIN_PASSWORD or a prompt)
+    Setup {
+        /// The first organization's name
+        #[arg(long)]
+        organization: String,
+        /// The owner's user name
+        #[arg(long)]
+        owner: String,
+    },
+    /// Log in (the session is kept for the next commands)
+    Login {
+        /// Your user name
+        #[arg(long)]
+        user: String,
+    },
+    /// End the session
+    Logout,
+    /// Who you are, and your organizations and roles
+    Me,
+    /// Add a user to an organization (the initial password from
+    /// COFFER_NEW_PASSPHRASE or a prompt)
+    AddUser {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// The new user's name
+        #[arg(long)]
+        user: String,
+        /// owner, admin, member or auditor
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+    /// Change a user's role
+    SetRole {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// The user's id
+        #[arg(long)]
+        user_id: i64,
+        /// owner, admin, member or auditor
+        #[arg(long)]
+        role: String,
+    },
+    /// Remove a user from an organization
+    RemoveUser {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// The user's id
+        #[arg(long)]
+        user_id: i64,
+    },
+    /// A one-time enrollment code for a device
+    EnrollCode {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// How long it stays valid, e.g. 1h, 2d (at most 7 days)
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        valid_for: std::time::Duration,
+    },
+    /// The organization's devices
+    Devices {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+    },
+    /// Revoke a device's token
+    RevokeDevice {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// The device's id
+        #[arg(long)]
+        device: i64,
+    },
+    /// Usage over a time range, per organization, user or device
+    Usage {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// org, user or device
+        #[arg(long, default_value = "org")]
+        by: String,
+        /// From (Unix seconds)
+        #[arg(long)]
+        from: Option<i64>,
+        /// To (Unix seconds, exclusive)
+        #[arg(long)]
+        to: Option<i64>,
+        /// Print CSV instead of a table
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Check the server's audit trail (exit 15 if the chain is broken)
+    AuditVerify,
 }

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod cli;
 mod commands;
 mod demo;
@@ -51,6 +52,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
             serve::run(g, *listen, database_url.as_deref(), *force_plain, tls)
         }
         Command::Audit(command) => commands::audit(g, command),
+        Command::Admin(args) => admin::run(g, args),
         Command::Rotate {
             new_recovery_key,
             reset_keys,
