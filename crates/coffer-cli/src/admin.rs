@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use crate::cli::{AdminArgs, AdminCommand, Global};
+use crate::cli::{AdminArgs, AdminAuditCommand, AdminCommand, Global};
 use crate::commands::Report;
 use crate::exit::{CliError, ExitCode};
 
@@ -221,7 +221,21 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
                     .send(),
             )?
         }
-        AdminCommand::AuditVerify => {
+        AdminCommand::DisableUser { org, user_id } => answer(
+            authed(
+                reqwest::Method::POST,
+                &format!("/v1/orgs/{org}/users/{user_id}/disable"),
+            )?
+            .send(),
+        )?,
+        AdminCommand::EnableUser { org, user_id } => answer(
+            authed(
+                reqwest::Method::POST,
+                &format!("/v1/orgs/{org}/users/{user_id}/enable"),
+            )?
+            .send(),
+        )?,
+        AdminCommand::Audit(AdminAuditCommand::Verify) => {
             let report = answer(authed(reqwest::Method::GET, "/v1/audit/verify")?.send())?;
             if report["intact"] != json!(true) {
                 return Err(CliError {

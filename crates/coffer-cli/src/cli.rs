@@ -600,6 +600,31 @@ pub enum AdminCommand {
         #[arg(long)]
         csv: bool,
     },
-    /// Check the server's audit trail (exit 15 if the chain is broken)
-    AuditVerify,
+    /// Disable a user of one organization (their sessions end)
+    DisableUser {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// The user's id
+        #[arg(long)]
+        user_id: i64,
+    },
+    /// Enable a disabled user again
+    EnableUser {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// The user's id
+        #[arg(long)]
+        user_id: i64,
+    },
+    /// The server's audit trail
+    #[command(subcommand)]
+    Audit(AdminAuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminAuditCommand {
+    /// Check the chain (exit 15 if an edited, deleted or inserted row breaks it)
+    Verify,
 }

@@ -183,7 +183,7 @@ fn admin_commands_drive_a_real_server() {
         serde_json::json!([])
     );
     assert!(json(admin(&["usage", "--org", &org, "--by", "user"]))["rows"].is_array());
-    assert_eq!(json(admin(&["audit-verify"]))["intact"], true);
+    assert_eq!(json(admin(&["audit", "verify"]))["intact"], true);
     // Another organization's id: not found (exit 9).
     assert_eq!(admin(&["devices", "--org", "999"]).status.code(), Some(9));
     json(admin(&["logout"]));

@@ -159,6 +159,27 @@ where
     }
 }
 
+/// Ids in the path, or a typed 404 (a malformed id names nothing).
+struct Ids<T>(T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Ids<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Ids(value)),
+            Err(_) => Err(not_found_here()),
+        }
+    }
+}
+
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
@@ -220,6 +241,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/orgs/{org_id}/users/{user_id}/role",
             axum::routing::put(change_role),
+        )
+        .route(
+            "/v1/orgs/{org_id}/users/{user_id}/disable",
+            post(disable_user),
+        )
+        .route(
+            "/v1/orgs/{org_id}/users/{user_id}/enable",
+            post(enable_user),
         )
         .route("/v1/me/password", post(change_password))
         .route("/v1/enroll", post(enroll))
@@ -695,7 +724,7 @@ const MAX_CODE_VALIDITY: i64 = 7 * 24 * 3600;
 /// code that enrolls one device into the organization.
 async fn create_enrollment_code(
     State(state): State<AppState>,
-    axum::extract::Path(org_id): axum::extract::Path<i64>,
+    Ids(org_id): Ids<i64>,
     who: Principal,
     Body(request): Body<NewCodeRequest>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
@@ -886,7 +915,7 @@ async fn rotate_device_token(
 /// `GET /v1/orgs/{org_id}/devices` (owners, admins, auditors).
 async fn list_devices(
     State(state): State<AppState>,
-    axum::extract::Path(org_id): axum::extract::Path<i64>,
+    Ids(org_id): Ids<i64>,
     who: Principal,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
@@ -903,7 +932,7 @@ async fn list_devices(
 /// `POST /v1/orgs/{org_id}/devices/{device_id}/revoke` (owners, admins).
 async fn revoke_device(
     State(state): State<AppState>,
-    axum::extract::Path((org_id, device_id)): axum::extract::Path<(i64, i64)>,
+    Ids((org_id, device_id)): Ids<(i64, i64)>,
     who: Principal,
 ) -> Result<StatusCode, ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin"]).await?;
@@ -994,7 +1023,7 @@ struct AddUserRequest {
 /// an initial password (given to them out of band; they change it).
 async fn add_user(
     State(state): State<AppState>,
-    axum::extract::Path(org_id): axum::extract::Path<i64>,
+    Ids(org_id): Ids<i64>,
     who: Principal,
     Body(request): Body<AddUserRequest>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
@@ -1031,7 +1060,7 @@ struct RoleRequest {
 /// `PUT /v1/orgs/{org_id}/users/{user_id}/role`.
 async fn change_role(
     State(state): State<AppState>,
-    axum::extract::Path((org_id, user_id)): axum::extract::Path<(i64, i64)>,
+    Ids((org_id, user_id)): Ids<(i64, i64)>,
     who: Principal,
     Body(request): Body<RoleRequest>,
 ) -> Result<StatusCode, ApiError> {
@@ -1064,7 +1093,7 @@ async fn change_role(
 /// organization (a user left in none is disabled, their sessions ended).
 async fn remove_user(
     State(state): State<AppState>,
-    axum::extract::Path((org_id, user_id)): axum::extract::Path<(i64, i64)>,
+    Ids((org_id, user_id)): Ids<(i64, i64)>,
     who: Principal,
 ) -> Result<StatusCode, ApiError> {
     let actor = caller_role(&state, &who, org_id).await?;
@@ -1244,7 +1273,7 @@ struct UsageQuery {
 /// (Unix seconds; default: all time).
 async fn usage(
     State(state): State<AppState>,
-    axum::extract::Path(org_id): axum::extract::Path<i64>,
+    Ids(org_id): Ids<i64>,
     who: Principal,
     query: Result<axum::extract::Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -1301,4 +1330,72 @@ async fn usage(
             "format must be json or csv",
         )),
     }
+}
+
+/// `POST /v1/orgs/{org_id}/users/{user_id}/disable` and `…/enable`: a
+/// disabled user cannot log in and their sessions end. Only for a user who
+/// belongs to this organization alone (disabling is account-wide, and one
+/// organization must not lock a user out of another).
+async fn set_disabled(
+    state: &AppState,
+    who: &Principal,
+    org_id: i64,
+    user_id: i64,
+    disabled: bool,
+) -> Result<StatusCode, ApiError> {
+    let actor = caller_role(state, who, org_id).await?;
+    let current = state
+        .store
+        .member_role(org_id, user_id)
+        .await?
+        .ok_or_else(not_found_here)?;
+    if user_id == who.user_id {
+        return Err(forbidden("you cannot disable yourself"));
+    }
+    if !may_manage(&actor, &current) {
+        return Err(forbidden("your role cannot manage that user"));
+    }
+    let elsewhere = state
+        .store
+        .memberships(user_id)
+        .await?
+        .iter()
+        .any(|m| m.organization_id != org_id);
+    if elsewhere {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "member_elsewhere",
+            "the user belongs to other organizations too: remove them from this one instead",
+        ));
+    }
+    state.store.set_disabled(user_id, disabled).await?;
+    record(
+        state,
+        Some(org_id),
+        format!("user:{}", who.user),
+        if disabled {
+            "user_disabled"
+        } else {
+            "user_enabled"
+        },
+        json!({"user_id": user_id}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn disable_user(
+    State(state): State<AppState>,
+    Ids((org_id, user_id)): Ids<(i64, i64)>,
+    who: Principal,
+) -> Result<StatusCode, ApiError> {
+    set_disabled(&state, &who, org_id, user_id, true).await
+}
+
+async fn enable_user(
+    State(state): State<AppState>,
+    Ids((org_id, user_id)): Ids<(i64, i64)>,
+    who: Principal,
+) -> Result<StatusCode, ApiError> {
+    set_disabled(&state, &who, org_id, user_id, false).await
 }

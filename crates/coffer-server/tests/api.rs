@@ -914,6 +914,66 @@ async fn users(url: &str) {
         assert_eq!(error_code(r).await, "not_found");
     }
 
+    // Disable and enable: frank (an auditor of Acme only).
+    let frank = login(&server, &http, "frank", pw).await.unwrap();
+    let frank_id = get(&http, server.url("/v1/me"), &frank)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["user_id"]
+        .as_i64()
+        .unwrap();
+    let toggle = |who: &str, id: i64, what: &str| {
+        let url = server.url(&format!("/v1/orgs/{acme}/users/{id}/{what}"));
+        let (http, who) = (http.clone(), who.to_owned());
+        async move { post(&http, url, &who, json!({})).await }
+    };
+    assert_eq!(
+        toggle(&bob, frank_id, "disable").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        toggle(&dan, frank_id, "disable").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        get(&http, server.url("/v1/me"), &frank).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login(&server, &http, "frank", pw).await,
+        Err("invalid_credentials".into())
+    );
+    assert_eq!(
+        toggle(&dan, frank_id, "enable").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    login(&server, &http, "frank", pw).await.unwrap();
+    // Carol belongs to another organization too: Acme cannot disable her
+    // account (only remove her from Acme).
+    let db = coffer_server::Store::open(url).await.unwrap();
+    db.execute_for_tests(
+        "INSERT INTO memberships (org_id, user_id, role)
+         SELECT o.id, u.id, 'member' FROM organizations o, users u WHERE o.name = 'Other Org' AND u.name = 'carol'",
+    )
+    .await
+    .unwrap();
+    let carol = login(&server, &http, "carol", pw).await.unwrap();
+    let carol_id = get(&http, server.url("/v1/me"), &carol)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["user_id"]
+        .as_i64()
+        .unwrap();
+    let r = toggle(&alice, carol_id, "disable").await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(error_code(r).await, "member_elsewhere");
+    // A malformed id is a typed 404 too.
+    let r = get(&http, server.url("/v1/orgs/not-a-number/devices"), &alice).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r).await, "not_found");
+
     // One's own password, with the old one.
     let change = |old: &str, new: &str| {
         post(

@@ -425,6 +425,11 @@ impl Store {
         dispatch!(self, s => s.remove_member(org_id, user_id).await)
     }
 
+    /// Disables (ending their sessions) or enables a user account.
+    pub async fn set_disabled(&self, user_id: i64, disabled: bool) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_disabled(user_id, disabled).await)
+    }
+
     /// Replaces a user's password hash.
     pub async fn set_password(&self, user_id: i64, password_hash: &str) -> Result<(), StoreError> {
         dispatch!(self, s => s.set_password(user_id, password_hash).await)

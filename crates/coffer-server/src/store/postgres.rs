@@ -725,4 +725,29 @@ impl PostgresStore {
             })
             .collect())
     }
+
+    pub(super) async fn set_disabled(
+        &self,
+        user_id: i64,
+        disabled: bool,
+    ) -> Result<(), StoreError> {
+        let op = "disabling a user";
+        let mut client = self.client(op).await?;
+        let tx = client.transaction().await.map_err(pg(op))?;
+        tx.execute(
+            "UPDATE users SET disabled = $2 WHERE id = $1",
+            &[&user_id, &disabled],
+        )
+        .await
+        .map_err(pg(op))?;
+        if disabled {
+            tx.execute(
+                "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
+                &[&user_id, &now_unix()],
+            )
+            .await
+            .map_err(pg(op))?;
+        }
+        tx.commit().await.map_err(pg(op))
+    }
 }

@@ -717,4 +717,31 @@ impl SqliteStore {
         })
         .await
     }
+
+    pub(super) async fn set_disabled(
+        &self,
+        user_id: i64,
+        disabled: bool,
+    ) -> Result<(), StoreError> {
+        self.with("disabling a user", move |conn| {
+            let e = db_error("disabling a user");
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|x| e(&x))?;
+            tx.execute(
+                "UPDATE users SET disabled = ?2 WHERE id = ?1",
+                params![user_id, i64::from(disabled)],
+            )
+            .map_err(|x| e(&x))?;
+            if disabled {
+                tx.execute(
+                    "UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
+                    params![user_id, now_unix()],
+                )
+                .map_err(|x| e(&x))?;
+            }
+            tx.commit().map_err(|x| e(&x))
+        })
+        .await
+    }
 }
