@@ -18,6 +18,7 @@
 mod files;
 mod lifecycle;
 mod measure;
+mod server;
 mod sql;
 
 use std::path::PathBuf;
@@ -37,7 +38,7 @@ struct Args {
     /// Seconds, with tiny data: checks that every row runs (CI), numbers meaningless
     #[arg(long, conflicts_with = "quick")]
     smoke: bool,
-    /// Run only these parts (sql, files, lifecycle), e.g. under a profiler
+    /// Run only these parts (sql, files, lifecycle, server), e.g. under a profiler
     #[arg(long, value_delimiter = ',', value_name = "PARTS")]
     only: Vec<String>,
     /// SQL rows: run only this configuration (plain, sqlcipher, coffer), to
@@ -57,6 +58,7 @@ pub(crate) struct Scale {
     pub(crate) file_bytes: u64,
     pub(crate) random_reads: u32,
     pub(crate) rounds: usize,
+    pub(crate) server_requests: usize,
 }
 
 /// One part of the report.
@@ -93,6 +95,7 @@ fn main() {
             file_bytes: 4 << 20,
             random_reads: 200,
             rounds: 1,
+            server_requests: 300,
         }
     } else if args.quick {
         Scale {
@@ -101,6 +104,7 @@ fn main() {
             file_bytes: 256 << 20,
             random_reads: 5_000,
             rounds: 3,
+            server_requests: 5_000,
         }
     } else {
         Scale {
@@ -109,6 +113,7 @@ fn main() {
             file_bytes: 1 << 30,
             random_reads: 20_000,
             rounds: 5,
+            server_requests: 20_000,
         }
     };
     let wanted = |part: &str| args.only.is_empty() || args.only.iter().any(|o| o == part);
@@ -124,6 +129,10 @@ fn main() {
     if wanted("lifecycle") {
         eprintln!("unlock and rotation…");
         sections.extend(lifecycle::run(&scale));
+    }
+    if wanted("server") {
+        eprintln!("server…");
+        sections.extend(server::run(&scale));
     }
 
     let command = match scale.name {
@@ -144,7 +153,6 @@ fn main() {
         }
         report.push('\n');
     }
-    report.push_str("## Server\n\nNot measured yet: `coffer serve` does not exist yet (issue 5); its row comes with it.\n\n");
     report.push_str("## What limits the rows that miss a goal\n\nFrom profiles (perf) of these runs: [benchmark-analysis.md](benchmark-analysis.md).\n");
     print!("{report}");
     if args.out.as_os_str() != "-" {

@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod openapi;
 pub mod serve;
 pub mod store;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod tls;
 
 pub use api::LoginLimits;

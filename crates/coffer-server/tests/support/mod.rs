@@ -2,7 +2,9 @@
 
 #![allow(dead_code)]
 
-pub mod postgres;
+pub mod postgres {
+    pub use coffer_server::testing::Postgres;
+}
 
 use std::sync::{Arc, Mutex, OnceLock};
 

@@ -1,17 +1,22 @@
-//! A throwaway PostgreSQL server from Debian's packages, in a temporary
-//! directory on a free loopback port, stopped when dropped. PostgreSQL
+//! Test support (feature `test-support`): a throwaway PostgreSQL server
+//! from Debian's packages, in a temporary directory on a free loopback
+//! port, stopped when dropped. Used by the server's tests and the
+//! benchmark. PostgreSQL
 //! refuses to run as root, so under root its tools run as `postgres`
 //! through runuser. Missing binaries fail the test: CI installs them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A running throwaway PostgreSQL server.
 pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
+    /// Its port on 127.0.0.1.
     pub port: u16,
 }
 
+#[allow(clippy::expect_used)]
 fn binaries() -> PathBuf {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
@@ -33,6 +38,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+#[allow(clippy::unwrap_used)]
 fn run(tool: &Path, args: &[&str]) {
     let mut command = if is_root() {
         let mut c = Command::new("runuser");
@@ -51,6 +57,8 @@ fn run(tool: &Path, args: &[&str]) {
 }
 
 impl Postgres {
+    /// Starts one (panics with a clear message when the binaries are missing).
+    #[allow(clippy::unwrap_used, clippy::expect_used)]
     pub fn start() -> Postgres {
         let bin = binaries();
         let dir = tempfile::tempdir().unwrap();
@@ -103,6 +111,7 @@ impl Postgres {
     }
 
     /// A new, empty database; returns its URL.
+    #[allow(clippy::unwrap_used)]
     pub async fn database(&self, name: &str) -> String {
         let (client, connection) = tokio_postgres::connect(
             &format!(
