@@ -85,6 +85,37 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The fixed rate-limit window a request falls in.
+struct Window {
+    start: i64,
+    ends_in: i64,
+}
+
+impl Window {
+    fn now(limits: &LoginLimits) -> Window {
+        let length = i64::try_from(limits.window.as_secs())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let now = crate::store::now_unix();
+        let start = now - now.rem_euclid(length);
+        Window {
+            start,
+            ends_in: start + length - now,
+        }
+    }
+
+    /// The 429 answer, with Retry-After at the window's end.
+    fn refusal(&self, what: &str) -> ApiError {
+        let mut refused = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many {what} attempts: wait and try again (see Retry-After)"),
+        );
+        refused.retry_after = Some(self.ends_in);
+        refused
+    }
+}
+
 /// How many login attempts a window allows.
 #[derive(Debug, Clone, Copy)]
 pub struct LoginLimits {
@@ -503,16 +534,12 @@ async fn login(
     let password = zeroize::Zeroizing::new(password);
     // Every attempt counts, before any hashing: parallel guesses too.
     let limits = state.login_limits;
-    let window = i64::try_from(limits.window.as_secs())
-        .unwrap_or(i64::MAX)
-        .max(1);
-    let now = crate::store::now_unix();
-    let window_start = now - now.rem_euclid(window);
     let account_key = format!("login-user:{user}");
-    let by_account = state.store.hit(&account_key, window_start).await?;
+    let window = Window::now(&limits);
+    let by_account = state.store.hit(&account_key, window.start).await?;
     let by_address = state
         .store
-        .hit(&format!("login-addr:{}", client.ip()), window_start)
+        .hit(&format!("login-addr:{}", client.ip()), window.start)
         .await?;
     if by_account > limits.per_account || by_address > limits.per_address {
         tracing::warn!(user = %user, client = %client.ip(), "login rate limit reached");
@@ -524,13 +551,7 @@ async fn login(
             json!({"user": user}),
         )
         .await?;
-        let mut refused = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many login attempts: wait and try again (see Retry-After)",
-        );
-        refused.retry_after = Some(window_start + window - now);
-        return Err(refused);
+        return Err(window.refusal("login"));
     }
     let stored = state.store.login_record(&user).await?;
     let hash = match &stored {
@@ -771,23 +792,13 @@ async fn enroll(
     Body(request): Body<EnrollRequest>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let limits = state.login_limits;
-    let window = i64::try_from(limits.window.as_secs())
-        .unwrap_or(i64::MAX)
-        .max(1);
-    let now = crate::store::now_unix();
-    let window_start = now - now.rem_euclid(window);
+    let window = Window::now(&limits);
     let attempts = state
         .store
-        .hit(&format!("enroll-addr:{}", client.ip()), window_start)
+        .hit(&format!("enroll-addr:{}", client.ip()), window.start)
         .await?;
     if attempts > limits.per_address {
-        let mut refused = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many enrollment attempts: wait and try again (see Retry-After)",
-        );
-        refused.retry_after = Some(window_start + window - now);
-        return Err(refused);
+        return Err(window.refusal("enrollment"));
     }
     check_name("the device's name", &request.name)?;
     let token = new_token()?;

@@ -595,21 +595,7 @@ async fn get(http: &reqwest::Client, url: String, token: &str) -> reqwest::Respo
 async fn devices(url: &str) {
     let server = Running::start(url).await;
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(server.url("/v1/setup"))
-        .json(&json!({
-            "setup_token": server.setup_token.clone().unwrap(),
-            "organization": "Acme",
-            "owner": "alice",
-            "password": "correct horse battery",
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let acme = created["organization_id"].as_i64().unwrap();
+    let acme = set_up(&server, &http).await;
     add_people(url, acme).await;
     let alice = login(&server, &http, "alice", "correct horse battery")
         .await
@@ -808,21 +794,7 @@ async fn devices_on_postgres() {
 async fn users(url: &str) {
     let server = Running::start(url).await;
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(server.url("/v1/setup"))
-        .json(&json!({
-            "setup_token": server.setup_token.clone().unwrap(),
-            "organization": "Acme",
-            "owner": "alice",
-            "password": "correct horse battery",
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let acme = created["organization_id"].as_i64().unwrap();
+    let acme = set_up(&server, &http).await;
     add_people(url, acme).await;
     let pw = "correct horse battery";
     let alice = login(&server, &http, "alice", pw).await.unwrap();
@@ -1118,21 +1090,7 @@ async fn every_documented_endpoint_exists_and_metrics_count_them() {
 async fn accounting(url: &str) {
     let server = Running::start(url).await;
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(server.url("/v1/setup"))
-        .json(&json!({
-            "setup_token": server.setup_token.clone().unwrap(),
-            "organization": "Acme",
-            "owner": "alice",
-            "password": "correct horse battery",
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let acme = created["organization_id"].as_i64().unwrap();
+    let acme = set_up(&server, &http).await;
     add_people(url, acme).await;
     let alice = login(&server, &http, "alice", "correct horse battery")
         .await
@@ -1226,4 +1184,23 @@ async fn accounting_on_postgres() {
     let pg = Postgres::start();
     let url = pg.database("accounting").await;
     accounting(&url).await;
+}
+
+/// Sets the server up: organization "Acme", owner alice; returns its id.
+async fn set_up(server: &Running, http: &reqwest::Client) -> i64 {
+    let r = http
+        .post(server.url("/v1/setup"))
+        .json(&json!({
+            "setup_token": server.setup_token.clone().unwrap(),
+            "organization": "Acme",
+            "owner": "alice",
+            "password": "correct horse battery",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.unwrap()["organization_id"]
+        .as_i64()
+        .unwrap()
 }
