@@ -166,8 +166,13 @@ impl Server {
             let app = app.clone();
             tokio::spawn(async move {
                 // A failed handshake (a client that does not trust or pin
-                // this certificate, say) ends that connection only.
-                let Ok(stream) = acceptor.accept(tcp).await else {
+                // this certificate, say) ends that connection only; so does
+                // one that does not finish in time (a slow-handshake attack
+                // must not hold tasks forever).
+                let handshake = acceptor.accept(tcp);
+                let Ok(Ok(stream)) =
+                    tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await
+                else {
                     return;
                 };
                 let service = hyper::service::service_fn(

@@ -468,7 +468,7 @@ impl Store {
 
     /// Runs raw SQL against the database: for tests that play the attacker
     /// with write access to it. Not used by the server.
-    #[doc(hidden)]
+    #[cfg(feature = "test-support")]
     pub async fn execute_for_tests(&self, sql: &str) -> Result<(), StoreError> {
         dispatch!(self, s => s.execute_for_tests(sql).await)
     }

@@ -410,7 +410,7 @@ impl PostgresStore {
     }
 
     /// Runs raw SQL: tests use it to tamper with the trail.
-    #[doc(hidden)]
+    #[cfg(feature = "test-support")]
     pub async fn execute_for_tests(&self, sql: &str) -> Result<(), StoreError> {
         let op = "tampering";
         let client = self.client(op).await?;

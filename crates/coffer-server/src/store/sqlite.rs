@@ -399,7 +399,7 @@ impl SqliteStore {
     }
 
     /// Runs raw SQL: tests use it to tamper with the trail.
-    #[doc(hidden)]
+    #[cfg(feature = "test-support")]
     pub async fn execute_for_tests(&self, sql: &str) -> Result<(), StoreError> {
         let sql = sql.to_owned();
         self.with("tampering", move |conn| {
