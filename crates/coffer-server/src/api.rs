@@ -306,10 +306,12 @@ async fn not_found() -> ApiError {
 async fn refuse_credentials_in_query(req: Request, next: Next) -> Response {
     let carries_credential = req.uri().query().is_some_and(|q| {
         q.split('&').any(|pair| {
-            let name = pair.split('=').next().unwrap_or("");
+            // Names are compared decoded: `%74oken` is `token` to the
+            // application that would read it.
+            let name = percent_decode(pair.split('=').next().unwrap_or(""));
             CREDENTIAL_PARAMS
                 .iter()
-                .any(|c| c.eq_ignore_ascii_case(name))
+                .any(|c| c.eq_ignore_ascii_case(name.trim()))
         })
     });
     if carries_credential {
@@ -321,6 +323,31 @@ async fn refuse_credentials_in_query(req: Request, next: Next) -> Response {
         .into_response();
     }
     next.run(req).await
+}
+
+/// Decodes `%XX` escapes and `+` (a query's form encoding); invalid
+/// escapes stay as they are.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -1409,4 +1436,21 @@ async fn enable_user(
     who: Principal,
 ) -> Result<StatusCode, ApiError> {
     set_disabled(&state, &who, org_id, user_id, false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn query_names_are_compared_decoded() {
+        assert_eq!(percent_decode("%74oken"), "token");
+        assert_eq!(percent_decode("x-auth%2Dtoken"), "x-auth-token");
+        assert_eq!(percent_decode("a+b"), "a b");
+        // Broken escapes stay as they are, and never panic.
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(percent_decode("%7"), "%7");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("ab%"), "ab%");
+    }
 }

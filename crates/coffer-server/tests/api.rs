@@ -83,6 +83,13 @@ async fn suite(url: &str, backend: &str) {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "credential_in_query");
 
+    let r = http
+        .get(server.url("/healthz?x=1&%74oken=abc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, "credential_in_query");
+
     let r = http.get(server.url("/nowhere")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(r).await, "not_found");
