@@ -114,6 +114,13 @@ pub enum AuditProblem {
     /// at the vault's creation.
     #[error("the audit log was deleted (or replaced by a new one)")]
     Deleted,
+    /// More entries follow the anchor than a crash leaves (one): an older
+    /// anchor may have been put back to hide entries cut off the end.
+    #[error("{count} entries follow the anchor (a crash leaves at most one): an older anchor may hide a cut")]
+    Unanchored {
+        /// Entries past the anchor.
+        count: u64,
+    },
     /// The anchor was altered or removed, or disagrees with the log.
     #[error("the log's anchor (audit.head) is missing, altered or does not match the log")]
     Anchor,
@@ -357,7 +364,13 @@ pub(crate) fn append(dir: &Path, keys: &AuditKeys, event: &str, details: Value) 
         }
         if len > end {
             let remainder = len - end;
+            // The anchored (or adopted) entry must really end here: its mac
+            // is the last 32 bytes before `end`. Else bytes were inserted
+            // before it, and cutting would destroy real entries.
+            let chain_ends_here = end >= FILE_HEADER_LEN + MAC_LEN
+                && bytes.get(end - MAC_LEN..end) == Some(&prev[..]);
             if anchor.is_some()
+                && chain_ends_here
                 && parse_entry(bytes, end).is_none()
                 && remainder < ENTRY_FIXED_LEN + MAX_ENTRY_LEN
             {
@@ -537,7 +550,13 @@ pub(crate) fn check(log: Option<&[u8]>, head: Option<&[u8]>, keys: &AuditKeys) -
                 Some((mac, end))
                     if bool::from(mac.ct_eq(&a.last_mac)) && *end as u64 == a.log_len =>
                 {
-                    None
+                    if expected > a.count + 1 {
+                        Some(AuditProblem::Unanchored {
+                            count: expected - a.count,
+                        })
+                    } else {
+                        None
+                    }
                 }
                 _ => Some(AuditProblem::Anchor),
             }
@@ -619,9 +638,27 @@ pub(crate) fn reencrypt(
         if let Some(bytes) = read_log(&dir.join(LOG_FILE))?.filter(|b| b.len() <= MAX_LOG_LEN) {
             let mut offset = FILE_HEADER_LEN;
             let mut index = 0;
-            while let Some(entry) = parse_entry(&bytes, offset) {
+            while offset < bytes.len() {
+                let Some(entry) = parse_entry(&bytes, offset) else {
+                    // Bytes that are no entry (inserted, or damaged): skip to
+                    // the next place where an entry parses and its own tag
+                    // opens, and say how much was skipped.
+                    let resume = (offset + 1..bytes.len())
+                        .find(|&o| {
+                            parse_entry(&bytes, o).is_some_and(|e| open_entry(old, &e).is_some())
+                        })
+                        .unwrap_or(bytes.len());
+                    events.push(json!({
+                        "at": now_unix(),
+                        "event": "audit_bytes_unreadable",
+                        "offset": offset,
+                        "len": resume - offset,
+                    }));
+                    offset = resume;
+                    continue;
+                };
                 if index >= trail.entries.len() {
-                    events.push(match open_entry(old, &entry) {
+                    let carried = match open_entry(old, &entry) {
                         Some(mut event) => {
                             if let Value::Object(map) = &mut event {
                                 map.insert("salvaged".into(), json!(true));
@@ -634,6 +671,16 @@ pub(crate) fn reencrypt(
                             "event": "audit_entry_unreadable",
                             "original_seq": entry.seq,
                         }),
+                    };
+                    // Never past the entry size limit: the new log must read.
+                    events.push(if carried.to_string().len() + TAG_LEN > MAX_ENTRY_LEN {
+                        json!({
+                            "at": now_unix(),
+                            "event": "audit_entry_too_large_to_carry",
+                            "original_seq": entry.seq,
+                        })
+                    } else {
+                        carried
                     });
                 }
                 index += 1;

@@ -270,31 +270,35 @@ impl Vault {
                     opened_single_use: opened.is_some_and(|o| o.1),
                 };
                 vault.after_unlock(now_secs)?;
+                // The attempts are reset first, and a failed audit append does
+                // not fail the unlock: a log made unwritable (padded past its
+                // limit, say) must not lock its users out. Its check then
+                // reports what is wrong with it.
+                if is_passphrase || before.failures > 0 {
+                    Attempts::reset(&self.dir)?;
+                }
                 if before.failures > 0 {
-                    vault.record(
+                    let _ = vault.record(
                         "unlock_failed",
                         json!({
                             "failures": before.failures,
                             "last_at": before.last_failure,
                             "locked_out": before.reached(sealed.lockout),
                         }),
-                    )?;
-                }
-                if is_passphrase || before.failures > 0 {
-                    Attempts::reset(&self.dir)?;
+                    );
                 }
                 let slot = vault.opened_slot_name();
-                if vault.opened_by == SlotKind::Temporary {
+                let _ = if vault.opened_by == SlotKind::Temporary {
                     vault.record(
                         "temporary_key_used",
                         json!({"slot": slot, "single_use": vault.opened_single_use}),
-                    )?;
+                    )
                 } else {
                     vault.record(
                         "unlock",
                         json!({"slot": slot, "kind": vault.opened_by.name()}),
-                    )?;
-                }
+                    )
+                };
                 return Ok(vault);
             }
         }
@@ -1057,7 +1061,8 @@ impl UnlockedVault {
         // The commit point.
         let committed = dir.join(rotate::COMMITTED_DIR);
         fs::rename(&staging, &committed).map_err(|e| Error::io("rotating", &committed, e))?;
-        fsio::sync_dir(dir)?;
+        // Committed by the rename: a failed sync must not hide the report.
+        let _ = fsio::sync_dir(dir);
         // Committed: from here on the rotation has happened, whatever fails,
         // and the report (the only copy of any new recovery or reset key)
         // must reach the caller. What is left is finished by the next access.
@@ -1087,7 +1092,9 @@ impl UnlockedVault {
             _ => {}
         }
         if rotate::roll_forward(dir, usize::MAX).is_err() {
-            // The next access to the vault finishes it.
+            // The next access to the vault finishes it. This session, with
+            // the new key over files not all in place, must not go on.
+            self.session.lock();
             return Ok(report);
         }
         let _ = self.record(

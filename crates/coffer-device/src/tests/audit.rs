@@ -353,7 +353,7 @@ fn an_unreadable_entry_is_carried_as_a_stand_in() {
 }
 
 #[test]
-fn several_crashes_between_append_and_anchor_are_not_tampering() {
+fn several_unanchored_entries_are_reported_until_the_next_append() {
     let (_d, space) = with_history();
     let head = space.root().join("acme").join(HEAD_FILE);
     let v = open(&space, "pw").unwrap();
@@ -361,14 +361,79 @@ fn several_crashes_between_append_and_anchor_are_not_tampering() {
     for i in 0..3 {
         v.record(&format!("event_{i}"), serde_json::json!({}))
             .unwrap();
-        // Each time the process dies before the new anchor is in place.
+        // As if each anchor write were lost, or an older anchor put back.
         std::fs::write(&head, &stale_head).unwrap();
     }
-    assert_eq!(v.audit().unwrap().problem, None);
+    // One entry past the anchor is a crash; more could be an older anchor
+    // hiding a cut, and is said so.
+    assert_eq!(
+        v.audit().unwrap().problem,
+        Some(AuditProblem::Unanchored { count: 3 })
+    );
+    // The next append adopts them (they chain: a key holder wrote them).
     v.record("after", serde_json::json!({})).unwrap();
     let trail = v.audit().unwrap();
     assert_eq!(trail.problem, None);
     assert_eq!(trail.entries.last().unwrap().event, "after");
+}
+
+#[test]
+fn bytes_inserted_before_the_anchored_end_are_never_cut() {
+    let (_d, space) = with_history();
+    let v = open(&space, "pw").unwrap();
+    let path = log_path(&space);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let e = entries(&bytes)[1].clone();
+    // Forty bytes slipped in after entry 1: past the anchor's length, they
+    // look like a torn append; they are not one.
+    let tampered: Vec<u8> = bytes[..e.end]
+        .iter()
+        .chain([0x55u8; 40].iter())
+        .chain(bytes[e.end..].iter())
+        .copied()
+        .collect();
+    std::fs::write(&path, &tampered).unwrap();
+    v.record("after", serde_json::json!({})).unwrap();
+    let after = std::fs::read(&path).unwrap();
+    assert_eq!(&after[..tampered.len()], &tampered[..], "nothing was cut");
+    assert!(v.audit().unwrap().problem.is_some());
+    bytes.clear();
+}
+
+#[test]
+fn rotation_salvages_the_entries_after_inserted_bytes() {
+    let (_d, space) = with_history();
+    let mut v = open(&space, "pw").unwrap();
+    let path = log_path(&space);
+    let bytes = std::fs::read(&path).unwrap();
+    let all = entries(&bytes);
+    let total = all.len();
+    let e = all[1].clone();
+    let tampered: Vec<u8> = bytes[..e.end]
+        .iter()
+        .chain([0x55u8; 3].iter())
+        .chain(bytes[e.end..].iter())
+        .copied()
+        .collect();
+    std::fs::write(&path, &tampered).unwrap();
+    let p = pass("pw");
+    v.rotate(
+        &[("alice", Credential::Passphrase(&p))],
+        &RotateOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let trail = v.audit().unwrap();
+    assert_eq!(trail.problem, None);
+    let names: Vec<_> = trail.entries.iter().map(|e| e.event.as_str()).collect();
+    assert!(names.contains(&"audit_bytes_unreadable"), "{names:?}");
+    // Every genuine entry after the inserted bytes is carried.
+    let salvaged = trail
+        .entries
+        .iter()
+        .filter(|e| e.details["salvaged"] == true)
+        .count();
+    assert!(salvaged >= total - 2, "{names:?}");
 }
 
 #[test]
