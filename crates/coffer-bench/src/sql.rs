@@ -18,17 +18,26 @@ const PASSPHRASE_KEY: &str = "PRAGMA key = 'correct horse battery staple';";
 enum Kind {
     Coffer,
     Plain,
+    PlainCofferSettings,
     SqlCipherDefaults,
 }
 
-const KINDS: [(Kind, &str); 3] = [
-    (Kind::Plain, "plain SQLite (no encryption)"),
+const KINDS: [(Kind, &str); 4] = [
+    (Kind::Plain, "plain SQLite (no encryption, its defaults)"),
+    (
+        Kind::PlainCofferSettings,
+        "plain SQLite with coffer's settings (WAL, synchronous = FULL, secure_delete)",
+    ),
     (
         Kind::SqlCipherDefaults,
         "SQLCipher defaults (passphrase key)",
     ),
     (Kind::Coffer, "coffer app database"),
 ];
+
+/// The settings of coffer's databases (store/database.rs), without the key.
+const COFFER_SETTINGS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+    PRAGMA temp_store = MEMORY; PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON;";
 
 #[derive(Default, Clone)]
 struct Times {
@@ -54,12 +63,15 @@ impl Bench {
                 let app = self.vault.app(name).unwrap();
                 time(|| app.database().unwrap())
             }
-            Kind::Plain | Kind::SqlCipherDefaults => {
+            Kind::Plain | Kind::PlainCofferSettings | Kind::SqlCipherDefaults => {
                 let path = self.dir.join(format!("{name}.db"));
                 time(|| {
                     let c = Connection::open(&path).unwrap();
                     if kind == Kind::SqlCipherDefaults {
                         c.execute_batch(PASSPHRASE_KEY).unwrap();
+                    }
+                    if kind == Kind::PlainCofferSettings {
+                        c.execute_batch(COFFER_SETTINGS).unwrap();
                     }
                     c.execute_batch("PRAGMA cache_size = -2048;").unwrap();
                     c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
@@ -154,6 +166,7 @@ pub(crate) fn run(scale: &Scale, only: Option<&str>) -> Vec<Section> {
         for (i, (kind, _)) in KINDS.iter().enumerate() {
             let label = match kind {
                 Kind::Plain => "plain",
+                Kind::PlainCofferSettings => "plain-settings",
                 Kind::SqlCipherDefaults => "sqlcipher",
                 Kind::Coffer => "coffer",
             };
@@ -179,7 +192,7 @@ pub(crate) fn run(scale: &Scale, only: Option<&str>) -> Vec<Section> {
             cell(&t.scan, &base.scan)
         ));
     }
-    let coffer = &times[2];
+    let coffer = &times[3];
     let insert_ratio = coffer.insert.median() / base.insert.median();
     let read_ratio = coffer.point.median() / base.point.median();
     let sql = Section {
@@ -197,7 +210,7 @@ pub(crate) fn run(scale: &Scale, only: Option<&str>) -> Vec<Section> {
     };
 
     let mut table = "| open | time | ratio |\n|---|---|---|\n".to_owned();
-    let sqlcipher = &times[1].open;
+    let sqlcipher = &times[2].open;
     table.push_str(&format!(
         "| SQLCipher with its passphrase key (PBKDF2, 256 000 iterations) | {} | 1.00× |\n",
         sqlcipher.seconds()

@@ -7,7 +7,13 @@ use serde_json::{json, Map, Value};
 /// (method, path, summary, who may call it: "none", "session", "device",
 /// "setup token" or "enrollment code").
 pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
-    ("get", "/healthz", "Liveness and storage round trip", "none"),
+    (
+        "get",
+        "/healthz",
+        "Liveness of the process (no database work)",
+        "none",
+    ),
+    ("get", "/readyz", "Readiness: the database answers", "none"),
     ("get", "/openapi.json", "This document", "none"),
     (
         "get",

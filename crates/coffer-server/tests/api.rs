@@ -29,6 +29,15 @@ async fn suite(url: &str, backend: &str) {
         .await
         .unwrap();
     assert_eq!(health, json!({"status": "ok", "storage": backend}));
+    let ready: Value = http
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready, json!({"status": "ready", "storage": backend}));
 
     let token = server
         .setup_token
