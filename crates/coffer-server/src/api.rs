@@ -751,18 +751,18 @@ async fn require_role(
     org_id: i64,
     roles: &[&str],
 ) -> Result<(), ApiError> {
-    let memberships = state.store.memberships(who.user_id).await?;
-    match memberships.iter().find(|m| m.organization_id == org_id) {
-        None => Err(not_found_here()),
-        Some(m) if roles.contains(&m.role.as_str()) => Ok(()),
-        Some(_) => Err(ApiError::new(
+    let role = caller_role(state, who, org_id).await?;
+    if roles.contains(&role.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!(
                 "this needs the role {} in the organization",
                 roles.join(" or ")
             ),
-        )),
+        ))
     }
 }
 
@@ -1018,6 +1018,31 @@ async fn caller_role(state: &AppState, who: &Principal, org_id: i64) -> Result<S
         .ok_or_else(not_found_here)
 }
 
+/// The checks before changing another member of `org_id`: the caller is a
+/// member (else 404), the target is a member (else 404), it is not the
+/// caller, and the caller's role may manage the target's. Returns (the
+/// caller's role, the target's role).
+async fn managed_member(
+    state: &AppState,
+    who: &Principal,
+    org_id: i64,
+    user_id: i64,
+) -> Result<(String, String), ApiError> {
+    let actor = caller_role(state, who, org_id).await?;
+    let current = state
+        .store
+        .member_role(org_id, user_id)
+        .await?
+        .ok_or_else(not_found_here)?;
+    if user_id == who.user_id {
+        return Err(forbidden("you cannot change your own membership"));
+    }
+    if !may_manage(&actor, &current) {
+        return Err(forbidden("your role cannot manage that user"));
+    }
+    Ok((actor, current))
+}
+
 fn forbidden(message: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
 }
@@ -1110,18 +1135,10 @@ async fn change_role(
     who: Principal,
     Body(request): Body<RoleRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let actor = caller_role(&state, &who, org_id).await?;
     check_role(&request.role)?;
-    let current = state
-        .store
-        .member_role(org_id, user_id)
-        .await?
-        .ok_or_else(not_found_here)?;
-    if user_id == who.user_id {
-        return Err(forbidden("you cannot change your own role"));
-    }
-    if !may_manage(&actor, &current) || !may_manage(&actor, &request.role) {
-        return Err(forbidden("your role cannot change that role"));
+    let (actor, current) = managed_member(&state, &who, org_id, user_id).await?;
+    if !may_manage(&actor, &request.role) {
+        return Err(forbidden("your role cannot grant that role"));
     }
     state.store.set_role(org_id, user_id, &request.role).await?;
     record(
@@ -1142,18 +1159,7 @@ async fn remove_user(
     Ids((org_id, user_id)): Ids<(i64, i64)>,
     who: Principal,
 ) -> Result<StatusCode, ApiError> {
-    let actor = caller_role(&state, &who, org_id).await?;
-    let current = state
-        .store
-        .member_role(org_id, user_id)
-        .await?
-        .ok_or_else(not_found_here)?;
-    if user_id == who.user_id {
-        return Err(forbidden("you cannot remove yourself"));
-    }
-    if !may_manage(&actor, &current) {
-        return Err(forbidden("your role cannot remove that user"));
-    }
+    let (_, current) = managed_member(&state, &who, org_id, user_id).await?;
     state.store.remove_member(org_id, user_id).await?;
     record(
         &state,
@@ -1393,18 +1399,7 @@ async fn set_disabled(
     user_id: i64,
     disabled: bool,
 ) -> Result<StatusCode, ApiError> {
-    let actor = caller_role(state, who, org_id).await?;
-    let current = state
-        .store
-        .member_role(org_id, user_id)
-        .await?
-        .ok_or_else(not_found_here)?;
-    if user_id == who.user_id {
-        return Err(forbidden("you cannot disable yourself"));
-    }
-    if !may_manage(&actor, &current) {
-        return Err(forbidden("your role cannot manage that user"));
-    }
+    managed_member(state, who, org_id, user_id).await?;
     let elsewhere = state
         .store
         .memberships(user_id)
