@@ -70,6 +70,7 @@ async fn one_backend(url: &str, scale: &Scale) -> (Vec<Load>, Vec<Load>) {
         session_ttl: DEFAULT_SESSION_TTL,
         login_limits: LoginLimits::default(),
         tls: TlsSetting::Off,
+        keys: coffer_server::testing::keyring(),
     })
     .await
     .unwrap();

@@ -7,7 +7,10 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
-use crate::cli::{AdminArgs, AdminAuditCommand, AdminCommand, Global};
+use crate::cli::{
+    AdminArgs, AdminAuditCommand, AdminCommand, AdminDataCommand, AdminDeviceCommand,
+    AdminPolicyCommand, DataFilter, Global,
+};
 use crate::commands::Report;
 use crate::exit::{CliError, ExitCode};
 
@@ -188,16 +191,9 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
             .json(&json!({"valid_for_secs": valid_for.as_secs()}))
             .send(),
         )?,
-        AdminCommand::Devices { org } => {
-            answer(authed(reqwest::Method::GET, &format!("/v1/orgs/{org}/devices"))?.send())?
-        }
-        AdminCommand::RevokeDevice { org, device } => answer(
-            authed(
-                reqwest::Method::POST,
-                &format!("/v1/orgs/{org}/devices/{device}/revoke"),
-            )?
-            .send(),
-        )?,
+        AdminCommand::Device(command) => device(command, &authed)?,
+        AdminCommand::Policy(command) => policy(command, &authed)?,
+        AdminCommand::Data(command) => data(command, &authed)?,
         AdminCommand::Usage {
             org,
             by,
@@ -257,4 +253,173 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
     };
     let _ = global;
     Ok(Report { json: value, text })
+}
+
+/// Builds an authenticated request to the server.
+type Authed<'a> =
+    dyn Fn(reqwest::Method, &str) -> Result<reqwest::blocking::RequestBuilder, CliError> + 'a;
+
+fn device(command: &AdminDeviceCommand, authed: &Authed<'_>) -> Result<Value, CliError> {
+    use reqwest::Method;
+    match command {
+        AdminDeviceCommand::List { org } => {
+            answer(authed(Method::GET, &format!("/v1/orgs/{org}/devices"))?.send())
+        }
+        AdminDeviceCommand::Revoke { org, device } => answer(
+            authed(
+                Method::POST,
+                &format!("/v1/orgs/{org}/devices/{device}/revoke"),
+            )?
+            .send(),
+        )
+        .map(|_| json!({"revoked": device})),
+        AdminDeviceCommand::Wipe { org, device, user } => answer(
+            authed(
+                Method::POST,
+                &format!("/v1/orgs/{org}/devices/{device}/wipe"),
+            )?
+            .json(&json!({"user": user}))
+            .send(),
+        ),
+        AdminDeviceCommand::Wipes { org, device } => answer(
+            authed(
+                Method::GET,
+                &format!("/v1/orgs/{org}/devices/{device}/wipes"),
+            )?
+            .send(),
+        ),
+        AdminDeviceCommand::CancelWipe { org, device, order } => answer(
+            authed(
+                Method::POST,
+                &format!("/v1/orgs/{org}/devices/{device}/wipes/{order}/cancel"),
+            )?
+            .send(),
+        )
+        .map(|_| json!({"cancelled": order})),
+    }
+}
+
+fn policy(command: &AdminPolicyCommand, authed: &Authed<'_>) -> Result<Value, CliError> {
+    use reqwest::Method;
+    match command {
+        AdminPolicyCommand::Publish { org, version, file } => {
+            let text = if file.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .map_err(|e| CliError::usage(format!("cannot read standard input: {e}")))?;
+                text
+            } else {
+                std::fs::read_to_string(file)
+                    .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?
+            };
+            let rules: Value = serde_json::from_str(&text)
+                .map_err(|e| CliError::usage(format!("the rules are not valid JSON: {e}")))?;
+            let published = answer(
+                authed(Method::POST, &format!("/v1/orgs/{org}/policies"))?
+                    .json(&json!({"version": version, "rules": rules}))
+                    .send(),
+            )?;
+            Ok(json!({"published": version, "signature": published["signature"]}))
+        }
+        AdminPolicyCommand::Show { org } => {
+            let key = answer(authed(Method::GET, &format!("/v1/orgs/{org}/policy-key"))?.send())?;
+            let latest =
+                answer(authed(Method::GET, &format!("/v1/orgs/{org}/policies/latest"))?.send())?;
+            let document = latest["document"].as_str().unwrap_or_default();
+            let valid = match (
+                hex::decode(key["public_key"].as_str().unwrap_or_default()),
+                hex::decode(latest["signature"].as_str().unwrap_or_default()),
+            ) {
+                (Ok(key), Ok(signature)) => {
+                    coffer_server::policy::verify(&key, document.as_bytes(), &signature)
+                }
+                _ => false,
+            };
+            if !valid {
+                return Err(CliError {
+                    exit: ExitCode::Corrupt,
+                    code: "bad_signature",
+                    message:
+                        "the latest policy's signature does not verify with the organization's key"
+                            .into(),
+                });
+            }
+            let parsed: Value = serde_json::from_str(document).unwrap_or(Value::Null);
+            Ok(json!({
+                "version": latest["version"],
+                "signature_valid": true,
+                "public_key": key["public_key"],
+                "published_at": latest["published_at"],
+                "rules": parsed["rules"],
+            }))
+        }
+    }
+}
+
+fn data_query(filter: &DataFilter, after: i64, limit: i64) -> Vec<(&'static str, String)> {
+    let mut query = vec![("after", after.to_string()), ("limit", limit.to_string())];
+    let optional = [
+        ("device", filter.device.map(|d| d.to_string())),
+        ("from", filter.from.map(|t| t.to_string())),
+        ("to", filter.to.map(|t| t.to_string())),
+        ("name", filter.name.clone()),
+    ];
+    query.extend(
+        optional
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value?))),
+    );
+    query
+}
+
+fn data(command: &AdminDataCommand, authed: &Authed<'_>) -> Result<Value, CliError> {
+    use reqwest::Method;
+    let page = |filter: &DataFilter, after: i64, limit: i64| {
+        answer(
+            authed(Method::GET, &format!("/v1/orgs/{}/data", filter.org))?
+                .query(&data_query(filter, after, limit))
+                .send(),
+        )
+    };
+    match command {
+        AdminDataCommand::Query {
+            filter,
+            after,
+            limit,
+        } => page(filter, *after, *limit),
+        AdminDataCommand::Export {
+            filter,
+            format,
+            out,
+        } => {
+            let mut readings: Vec<coffer_server::data::StoredReading> = Vec::new();
+            let mut after = 0;
+            loop {
+                let body = page(filter, after, coffer_server::api::MAX_QUERY_ROWS)?;
+                let rows: Vec<coffer_server::data::StoredReading> =
+                    serde_json::from_value(body["readings"].clone()).map_err(|e| {
+                        CliError::other(format!("the server's answer is not readings: {e}"))
+                    })?;
+                readings.extend(rows);
+                match body["next_after"].as_i64() {
+                    Some(next) => after = next,
+                    None => break,
+                }
+            }
+            let text = if format == "csv" {
+                coffer_server::data::to_csv(&readings)
+            } else {
+                serde_json::to_string_pretty(&readings).unwrap_or_default() + "\n"
+            };
+            match out {
+                Some(path) => {
+                    std::fs::write(path, text).map_err(|e| {
+                        CliError::other(format!("cannot write {}: {e}", path.display()))
+                    })?;
+                    Ok(json!({"exported": readings.len(), "to": path.display().to_string()}))
+                }
+                None => Ok(Value::String(text)),
+            }
+        }
+    }
 }

@@ -209,6 +209,18 @@ pub enum Command {
         /// clients to pin
         #[arg(long)]
         dev_tls: bool,
+        /// The master key file (64 hex digits, mode 0600): seals the
+        /// organizations' signing keys and the devices' escrow keys at rest.
+        /// Keep it off the database's disk and back it up: without it they
+        /// are lost. [default: master.key under coffer-server in your data
+        /// directory, made on first start; or the hex key itself in
+        /// COFFER_MASTER_KEY]
+        #[arg(long, env = "COFFER_MASTER_KEY_FILE", value_name = "FILE")]
+        master_key_file: Option<std::path::PathBuf>,
+        /// Rotating the master key: the key file before, whose values are
+        /// re-sealed under --master-key-file at start
+        #[arg(long, value_name = "FILE")]
+        previous_master_key_file: Option<std::path::PathBuf>,
     },
     /// Administer a control plane over its API (coffer serve)
     ///
@@ -567,21 +579,15 @@ pub enum AdminCommand {
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         valid_for: std::time::Duration,
     },
-    /// The organization's devices
-    Devices {
-        /// The organization's id
-        #[arg(long)]
-        org: i64,
-    },
-    /// Revoke a device's token
-    RevokeDevice {
-        /// The organization's id
-        #[arg(long)]
-        org: i64,
-        /// The device's id
-        #[arg(long)]
-        device: i64,
-    },
+    /// Devices: list, revoke, order or cancel a remote wipe
+    #[command(subcommand)]
+    Device(AdminDeviceCommand),
+    /// Signed policies: publish a new version, show the latest
+    #[command(subcommand)]
+    Policy(AdminPolicyCommand),
+    /// Data the devices delivered: query, or export as CSV or JSON
+    #[command(subcommand)]
+    Data(AdminDataCommand),
     /// Usage over a time range, per organization, user or device
     Usage {
         /// The organization's id
@@ -621,6 +627,125 @@ pub enum AdminCommand {
     /// The server's audit trail
     #[command(subcommand)]
     Audit(AdminAuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminDeviceCommand {
+    /// The organization's devices: last check-in, escrow, pending wipes
+    List {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+    },
+    /// Revoke a device's token (its escrow key is deleted)
+    Revoke {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// The device's id
+        device: i64,
+    },
+    /// Order a remote wipe: the whole device (its escrow key is deleted at
+    /// once), or only one user's slot with --user; carried out at the
+    /// device's next check-in
+    Wipe {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// The device's id
+        device: i64,
+        /// Only this user's slot
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// A device's wipe orders: pending, acknowledged or cancelled
+    Wipes {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// The device's id
+        device: i64,
+    },
+    /// Cancel a pending wipe order
+    CancelWipe {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// The device's id
+        device: i64,
+        /// The order's id
+        order: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminPolicyCommand {
+    /// Sign and publish a policy version (above every published one)
+    ///
+    /// FILE holds the rules as JSON (docs/formats/policy.md); fields left
+    /// out take their defaults, and the signed document holds them all.
+    Publish {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// The new version
+        #[arg(long)]
+        version: i64,
+        /// The rules (JSON), or - for standard input
+        file: PathBuf,
+    },
+    /// The latest policy, its signature checked against the organization's
+    /// key
+    Show {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DataFilter {
+    /// The organization's id
+    #[arg(long)]
+    pub org: i64,
+    /// Only this device
+    #[arg(long)]
+    pub device: Option<i64>,
+    /// Readings taken at or after (Unix seconds)
+    #[arg(long)]
+    pub from: Option<i64>,
+    /// Readings taken before (Unix seconds)
+    #[arg(long)]
+    pub to: Option<i64>,
+    /// Only this reading name
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminDataCommand {
+    /// One page of readings (use --after with the printed next_after)
+    Query {
+        #[command(flatten)]
+        filter: DataFilter,
+        /// Rows after this id
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// At most this many rows
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Every matching reading, paged through, as CSV or JSON
+    Export {
+        #[command(flatten)]
+        filter: DataFilter,
+        /// csv or json
+        #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
+        format: String,
+        /// Write here instead of standard output
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -43,13 +43,25 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
             tls_cert,
             tls_key,
             dev_tls,
+            master_key_file,
+            previous_master_key_file,
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => serve::Tls::Files(cert.clone(), key.clone()),
                 _ if *dev_tls => serve::Tls::Dev,
                 _ => serve::Tls::Off,
             };
-            serve::run(g, *listen, database_url.as_deref(), *force_plain, tls)
+            serve::run(
+                g,
+                serve::Options {
+                    listen: *listen,
+                    database_url: database_url.as_deref(),
+                    force_plain: *force_plain,
+                    tls,
+                    master_key_file: master_key_file.as_deref(),
+                    previous_master_key_file: previous_master_key_file.as_deref(),
+                },
+            )
         }
         Command::Audit(command) => commands::audit(g, command),
         Command::Admin(args) => admin::run(g, args),

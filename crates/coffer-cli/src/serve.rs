@@ -35,13 +35,48 @@ fn default_database_url() -> Result<String, CliError> {
     ))
 }
 
-pub fn run(
-    global: &Global,
-    listen: SocketAddr,
-    database_url: Option<&str>,
-    force_plain: bool,
-    tls: Tls,
-) -> Result<Report, CliError> {
+/// What `coffer serve` was asked for.
+pub struct Options<'a> {
+    pub listen: SocketAddr,
+    pub database_url: Option<&'a str>,
+    pub force_plain: bool,
+    pub tls: Tls,
+    pub master_key_file: Option<&'a std::path::Path>,
+    pub previous_master_key_file: Option<&'a std::path::Path>,
+}
+
+/// The master key (made on first start at the default path), and the
+/// previous one while rotating.
+fn keyring(options: &Options<'_>) -> Result<coffer_server::keys::Keyring, CliError> {
+    use coffer_server::keys::{Keyring, MasterKey};
+    let failed = |e: coffer_server::keys::KeyError| CliError::usage(e.to_string());
+    let from_env = std::env::var("COFFER_MASTER_KEY")
+        .ok()
+        .map(zeroize::Zeroizing::new);
+    let current = match (options.master_key_file, from_env) {
+        (Some(path), _) => MasterKey::load(path).map_err(failed)?,
+        (None, Some(text)) => MasterKey::from_hex(&text).map_err(failed)?,
+        (None, None) => {
+            let path = server_dir()?.join("master.key");
+            let (key, created) = MasterKey::load_or_create(&path).map_err(failed)?;
+            if created {
+                eprintln!(
+                    "coffer serve: made a new master key in {} (back it up, away from the database)",
+                    path.display()
+                );
+            }
+            key
+        }
+    };
+    let previous = options
+        .previous_master_key_file
+        .map(MasterKey::load)
+        .transpose()
+        .map_err(failed)?;
+    Ok(Keyring::new(current, previous))
+}
+
+pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
     // Logs on stderr; COFFER_LOG=debug for more. Requests are never logged
     // with their query strings or headers (they could carry credentials).
     let _ = tracing_subscriber::fmt()
@@ -51,6 +86,14 @@ pub fn run(
         )
         .with_writer(std::io::stderr)
         .try_init();
+    let keys = std::sync::Arc::new(keyring(&options)?);
+    let Options {
+        listen,
+        database_url,
+        force_plain,
+        tls,
+        ..
+    } = options;
     let database_url = match database_url {
         Some(url) => url.to_owned(),
         None => default_database_url()?,
@@ -72,6 +115,7 @@ pub fn run(
             session_ttl: coffer_server::DEFAULT_SESSION_TTL,
             login_limits: coffer_server::LoginLimits::default(),
             tls,
+            keys,
         })
         .await
         .map_err(|e| CliError::usage(format!("cannot start the server: {e}")))?;

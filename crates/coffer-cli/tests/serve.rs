@@ -32,6 +32,8 @@ fn serve_starts_with_a_setup_token_and_answers_health_checks() {
             "--database-url",
             &db,
         ])
+        .env("XDG_DATA_HOME", dir.path())
+        .env("HOME", dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -50,6 +52,17 @@ fn serve_starts_with_a_setup_token_and_answers_health_checks() {
         .to_owned();
     let health = get(&addr, "/healthz");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    // The first start made the master key, readable by its owner only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = dir.path().join("coffer-server/master.key");
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(std::fs::read_to_string(&key).unwrap().trim().len(), 64);
+    }
     assert!(health.contains("\"storage\":\"sqlite\""), "{health}");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -81,6 +94,8 @@ fn serve_with_dev_tls_prints_the_fingerprint_to_pin() {
             "--database-url",
             &db,
         ])
+        .env("XDG_DATA_HOME", dir.path())
+        .env("HOME", dir.path())
         .env("XDG_DATA_HOME", dir.path())
         .env("HOME", dir.path())
         .stdout(Stdio::piped())
@@ -118,6 +133,8 @@ fn admin_commands_drive_a_real_server() {
             "--database-url",
             &db,
         ])
+        .env("XDG_DATA_HOME", dir.path())
+        .env("HOME", dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -179,16 +196,130 @@ fn admin_commands_drive_a_real_server() {
     let code = json(admin(&["enroll-code", "--org", &org, "--valid-for", "1h"]));
     assert_eq!(code["code"].as_str().unwrap().len(), 48);
     assert_eq!(
-        json(admin(&["devices", "--org", &org]))["devices"],
+        json(admin(&["device", "list", "--org", &org]))["devices"],
         serde_json::json!([])
     );
+    device_admin(&admin, &json, &base, &org, dir.path());
     assert!(json(admin(&["usage", "--org", &org, "--by", "user"]))["rows"].is_array());
     assert_eq!(json(admin(&["audit", "verify"]))["intact"], true);
     // Another organization's id: not found (exit 9).
-    assert_eq!(admin(&["devices", "--org", "999"]).status.code(), Some(9));
+    assert_eq!(
+        admin(&["device", "list", "--org", "999"]).status.code(),
+        Some(9)
+    );
     json(admin(&["logout"]));
     assert!(!dir.path().join("coffer-admin/session").exists());
     server.kill().unwrap();
     server.wait().unwrap();
     assert!(!session.is_empty());
+}
+
+/// Policies, device wipes and data export through `coffer admin`, with a
+/// device enrolled and delivering over the API.
+fn device_admin(
+    admin: &dyn Fn(&[&str]) -> std::process::Output,
+    json: &dyn Fn(std::process::Output) -> serde_json::Value,
+    base: &str,
+    org: &str,
+    dir: &std::path::Path,
+) {
+    use serde_json::json;
+    let rules = dir.join("rules.json");
+    std::fs::write(
+        &rules,
+        r#"{"passphrase": {"min_length": 12}, "refuse_debugger": true}"#,
+    )
+    .unwrap();
+    let rules_path = rules.to_str().unwrap();
+    let published = json(admin(&[
+        "policy",
+        "publish",
+        "--org",
+        org,
+        "--version",
+        "1",
+        rules_path,
+    ]));
+    assert_eq!(published["published"], 1);
+    // Versions only go up: a conflict (exit 11).
+    let again = admin(&[
+        "policy",
+        "publish",
+        "--org",
+        org,
+        "--version",
+        "1",
+        rules_path,
+    ]);
+    assert_eq!(again.status.code(), Some(11));
+    let shown = json(admin(&["policy", "show", "--org", org]));
+    assert_eq!(shown["signature_valid"], true);
+    assert_eq!(shown["rules"]["passphrase"]["min_length"], 12);
+    assert_eq!(shown["rules"]["refuse_debugger"], true);
+
+    let http = reqwest::blocking::Client::new();
+    let code = json(admin(&["enroll-code", "--org", org]))["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let enrolled: serde_json::Value = http
+        .post(format!("{base}/v1/enroll"))
+        .json(&json!({"code": code, "name": "tablet"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let device = enrolled["device_id"].as_i64().unwrap().to_string();
+    let token = enrolled["device_token"].as_str().unwrap();
+    let r = http
+        .post(format!("{base}/v1/device/data"))
+        .header("x-auth-token", token)
+        .json(&json!({"batch_id": "cli-batch-1", "readings": [
+            {"at": 1_700_000_000, "name": "temp.c", "value": 21},
+            {"at": 1_700_000_060, "name": "temp.c", "value": 22}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+
+    let ordered = json(admin(&[
+        "device", "wipe", "--org", org, &device, "--user", "bob",
+    ]));
+    assert_eq!(ordered["scope"], "user");
+    let order = ordered["id"].as_i64().unwrap().to_string();
+    let wipes = json(admin(&["device", "wipes", "--org", org, &device]));
+    assert_eq!(wipes["orders"][0]["state"], "pending");
+    json(admin(&[
+        "device",
+        "cancel-wipe",
+        "--org",
+        org,
+        &device,
+        &order,
+    ]));
+    let wipes = json(admin(&["device", "wipes", "--org", org, &device]));
+    assert_eq!(wipes["orders"][0]["state"], "cancelled");
+    let listed = json(admin(&["device", "list", "--org", org]));
+    assert_eq!(listed["devices"][0]["pending_wipes"], 0);
+
+    let page = json(admin(&["data", "query", "--org", org, "--limit", "1"]));
+    assert_eq!(page["readings"].as_array().unwrap().len(), 1);
+    assert!(page["next_after"].is_i64());
+    let csv = dir.join("export.csv");
+    let exported = json(admin(&[
+        "data",
+        "export",
+        "--org",
+        org,
+        "--device",
+        &device,
+        "--out",
+        csv.to_str().unwrap(),
+    ]));
+    assert_eq!(exported["exported"], 2);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("id,device_id,at,name,value,received_at\n"));
+    assert_eq!(text.lines().count(), 3);
+    json(admin(&["device", "revoke", "--org", org, &device]));
+    let listed = json(admin(&["device", "list", "--org", org]));
+    assert_eq!(listed["devices"][0]["revoked"], true);
 }

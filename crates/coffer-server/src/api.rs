@@ -23,11 +23,12 @@ use crate::store::{NewOwner, Store, StoreError};
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// Query parameter names that would carry a credential.
-const CREDENTIAL_PARAMS: [&str; 5] = [
+const CREDENTIAL_PARAMS: [&str; 6] = [
     "token",
     "access_token",
     "auth",
     "x-auth-token",
+    "x-user-token",
     "setup_token",
 ];
 
@@ -45,10 +46,22 @@ pub struct AppState {
     pub login_limits: LoginLimits,
     /// This process's request counters.
     pub metrics: crate::metrics::Metrics,
+    /// The master key (and the previous one during a rotation): seals
+    /// signing and escrow keys at rest.
+    pub keys: std::sync::Arc<crate::keys::Keyring>,
 }
 
 /// The header that carries session and device tokens.
 pub const AUTH_HEADER: &str = "x-auth-token";
+
+/// The header that carries a user's session token beside a device token
+/// (escrow release).
+pub const USER_HEADER: &str = "x-user-token";
+
+mod control;
+mod delivery;
+
+pub use delivery::MAX_QUERY_ROWS;
 
 /// An error answer: status, stable code, message for people.
 #[derive(Debug)]
@@ -156,6 +169,16 @@ impl From<StoreError> for ApiError {
                 "invalid_code",
                 "the enrollment code is wrong, used or expired: ask an admin for a new one",
             ),
+            StoreError::VersionNotNewer { current } => ApiError::new(
+                StatusCode::CONFLICT,
+                "version_not_newer",
+                format!("policy version {current} is already published: versions only go up"),
+            ),
+            StoreError::WipePending => ApiError::new(
+                StatusCode::CONFLICT,
+                "wipe_pending",
+                "a wipe of this device is pending: check in and carry it out",
+            ),
             StoreError::Exists(what) => {
                 ApiError::new(StatusCode::CONFLICT, "exists", format!("{what} already exists"))
             }
@@ -246,7 +269,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 
 /// The router of the whole API.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
@@ -286,7 +309,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/enroll", post(enroll))
         .route("/v1/device", get(device_whoami))
         .route("/v1/device/token", post(rotate_device_token))
-        .route("/v1/orgs/{org_id}/usage", get(usage))
+        .route("/v1/orgs/{org_id}/usage", get(usage));
+    let router = control::routes(router);
+    delivery::routes(router)
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(
@@ -470,6 +495,7 @@ async fn setup(
             },
         )
         .await?;
+    control::signing_key_record(&state, created.organization_id).await?;
     tracing::info!(
         organization_id = created.organization_id,
         user_id = created.user_id,
@@ -501,6 +527,52 @@ pub struct Principal {
     token_hash: String,
 }
 
+impl Principal {
+    /// The user whose session token is in the header `header`.
+    async fn from_headers(
+        headers: &axum::http::HeaderMap,
+        state: &AppState,
+        header: &str,
+    ) -> Result<Principal, ApiError> {
+        let unauthorized = |code: &'static str, message: String| {
+            ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+        };
+        let token = headers
+            .get(header)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                unauthorized(
+                    "unauthenticated",
+                    format!("send a session token in {header}"),
+                )
+            })?;
+        let token_hash = token_hash(token);
+        let Some(session) = state.store.session(&token_hash).await? else {
+            return Err(unauthorized(
+                "invalid_token",
+                "the token is not valid".into(),
+            ));
+        };
+        if session.revoked || session.disabled {
+            return Err(unauthorized(
+                "invalid_token",
+                "the token is not valid".into(),
+            ));
+        }
+        if crate::store::now_unix() >= session.expires_at {
+            return Err(unauthorized(
+                "token_expired",
+                "the session has expired: log in again".into(),
+            ));
+        }
+        Ok(Principal {
+            user_id: session.user_id,
+            user: session.user,
+            token_hash,
+        })
+    }
+}
+
 impl axum::extract::FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
@@ -508,35 +580,9 @@ impl axum::extract::FromRequestParts<AppState> for Principal {
         parts: &mut axum::http::request::Parts,
         state: &AppState,
     ) -> Result<Self, ApiError> {
-        let unauthorized = |code: &'static str, message: &str| {
-            ApiError::new(StatusCode::UNAUTHORIZED, code, message)
-        };
-        let token = parts
-            .headers
-            .get(AUTH_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                unauthorized("unauthenticated", "send a session token in X-Auth-Token")
-            })?;
-        let token_hash = token_hash(token);
-        let Some(session) = state.store.session(&token_hash).await? else {
-            return Err(unauthorized("invalid_token", "the token is not valid"));
-        };
-        if session.revoked || session.disabled {
-            return Err(unauthorized("invalid_token", "the token is not valid"));
-        }
-        if crate::store::now_unix() >= session.expires_at {
-            return Err(unauthorized(
-                "token_expired",
-                "the session has expired: log in again",
-            ));
-        }
-        note_caller(parts, |c| c.user_id = Some(session.user_id));
-        Ok(Principal {
-            user_id: session.user_id,
-            user: session.user,
-            token_hash,
-        })
+        let principal = Principal::from_headers(&parts.headers, state, AUTH_HEADER).await?;
+        note_caller(parts, |c| c.user_id = Some(principal.user_id));
+        Ok(principal)
     }
 }
 
@@ -867,12 +913,14 @@ async fn enroll(
         json!({"name": request.name}),
     )
     .await?;
+    let policy_key = control::signing_key_record(&state, enrolled.org_id).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({
             "device_id": enrolled.device_id,
             "organization_id": enrolled.org_id,
             "device_token": token.as_str(),
+            "policy_public_key": policy_key.public_key,
         })),
     ))
 }
@@ -884,13 +932,19 @@ pub struct DevicePrincipal {
     token_hash: String,
 }
 
-impl axum::extract::FromRequestParts<AppState> for DevicePrincipal {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
+impl DevicePrincipal {
+    /// The device of the token in `X-Auth-Token`, revoked or not.
+    async fn from_parts(
+        parts: &axum::http::request::Parts,
         state: &AppState,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<DevicePrincipal, ApiError> {
+        let invalid = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the token is not valid",
+            )
+        };
         let token = parts
             .headers
             .get(AUTH_HEADER)
@@ -903,20 +957,52 @@ impl axum::extract::FromRequestParts<AppState> for DevicePrincipal {
                 )
             })?;
         let token_hash = token_hash(token);
-        match state.store.device_by_token(&token_hash).await? {
-            Some(device) if !device.revoked => {
-                note_caller(parts, |c| {
-                    c.device_id = Some(device.id);
-                    c.org_id = Some(device.org_id);
-                });
-                Ok(DevicePrincipal { device, token_hash })
-            }
-            _ => Err(ApiError::new(
+        let device = state
+            .store
+            .device_by_token(&token_hash)
+            .await?
+            .ok_or_else(invalid)?;
+        note_caller(parts, |c| {
+            c.device_id = Some(device.id);
+            c.org_id = Some(device.org_id);
+        });
+        Ok(DevicePrincipal { device, token_hash })
+    }
+}
+
+impl axum::extract::FromRequestParts<AppState> for DevicePrincipal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let device = DevicePrincipal::from_parts(parts, state).await?;
+        if device.device.revoked {
+            return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
                 "the token is not valid",
-            )),
+            ));
         }
+        Ok(device)
+    }
+}
+
+/// A device, revoked or not: for check-in and wipe acknowledgement only,
+/// so that a wipe ordered before a revocation still reaches the device.
+pub struct AnyDevice(pub DevicePrincipal);
+
+impl axum::extract::FromRequestParts<AppState> for AnyDevice {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        DevicePrincipal::from_parts(parts, state)
+            .await
+            .map(AnyDevice)
     }
 }
 
@@ -966,12 +1052,20 @@ async fn list_devices(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
     let devices = state.store.devices(org_id).await?;
+    let activity = state.store.device_activity(org_id).await?;
     Ok(Json(json!({
-        "devices": devices.iter().map(|d| json!({
-            "id": d.id,
-            "name": d.name,
-            "revoked": d.revoked,
-        })).collect::<Vec<_>>(),
+        "devices": devices.iter().map(|d| {
+            let seen = activity.iter().find(|a| a.device_id == d.id);
+            json!({
+                "id": d.id,
+                "name": d.name,
+                "revoked": d.revoked,
+                "last_seen_at": seen.and_then(|a| a.last_seen_at),
+                "last_seen_address": seen.and_then(|a| a.last_seen_address.clone()),
+                "escrow": seen.is_some_and(|a| a.escrow),
+                "pending_wipes": seen.map_or(0, |a| a.pending_wipes),
+            })
+        }).collect::<Vec<_>>(),
     })))
 }
 

@@ -12,9 +12,12 @@
 
 pub mod api;
 pub mod audit;
+pub mod data;
+pub mod keys;
 pub mod listen;
 pub mod metrics;
 pub mod openapi;
+pub mod policy;
 pub mod serve;
 pub mod store;
 #[cfg(feature = "test-support")]

@@ -5,7 +5,7 @@
 use serde_json::{json, Map, Value};
 
 /// (method, path, summary, who may call it: "none", "session", "device",
-/// "setup token" or "enrollment code").
+/// "device and session", "setup token" or "enrollment code").
 pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
     (
         "get",
@@ -106,6 +106,84 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
         "Rotate the calling device's token",
         "device",
     ),
+    (
+        "get",
+        "/v1/orgs/{org_id}/policy-key",
+        "The organization's Ed25519 policy key (any member)",
+        "session",
+    ),
+    (
+        "post",
+        "/v1/orgs/{org_id}/policies",
+        "Sign and publish a policy version above every published one (owners, admins)",
+        "session",
+    ),
+    (
+        "get",
+        "/v1/orgs/{org_id}/policies/latest",
+        "The latest signed policy (any member)",
+        "session",
+    ),
+    (
+        "post",
+        "/v1/orgs/{org_id}/devices/{device_id}/wipe",
+        "Order a wipe of a device, or of one user's slot on it (owners, admins)",
+        "session",
+    ),
+    (
+        "get",
+        "/v1/orgs/{org_id}/devices/{device_id}/wipes",
+        "A device's wipe orders and their state (owners, admins, auditors)",
+        "session",
+    ),
+    (
+        "post",
+        "/v1/orgs/{org_id}/devices/{device_id}/wipes/{order_id}/cancel",
+        "Cancel a pending wipe order (owners, admins)",
+        "session",
+    ),
+    (
+        "get",
+        "/v1/orgs/{org_id}/data",
+        "Query or export (format=csv) device readings (owners, admins, auditors)",
+        "session",
+    ),
+    (
+        "get",
+        "/v1/device/policy",
+        "The latest signed policy of the device's organization",
+        "device",
+    ),
+    (
+        "put",
+        "/v1/device/escrow",
+        "Deposit or replace the device's escrow key",
+        "device",
+    ),
+    (
+        "post",
+        "/v1/device/escrow/release",
+        "Release the device's escrow key to a member of its organization (session in X-User-Token)",
+        "device and session",
+    ),
+    (
+        "post",
+        "/v1/device/check-in",
+        "Check in: wipe orders, policy version, server time (also for a revoked device)",
+        "device",
+    ),
+    (
+        "post",
+        "/v1/device/wipes/{order_id}/ack",
+        "Acknowledge a wipe carried out (also for a revoked device)",
+        "device",
+    ),
+    (
+        "post",
+        "/v1/device/data",
+        "Deliver a batch of readings (application/json or application/cbor)",
+        "device",
+    ),
 ];
 
 /// The document.
@@ -114,6 +192,7 @@ pub fn document() -> Value {
     for (method, path, summary, auth) in ENDPOINTS {
         let security = match *auth {
             "session" | "device" => json!([{"token": []}]),
+            "device and session" => json!([{"token": [], "userToken": []}]),
             _ => json!([]),
         };
         let parameters: Vec<Value> = path
@@ -150,6 +229,7 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": {
                 "token": {"type": "apiKey", "in": "header", "name": "X-Auth-Token"},
+                "userToken": {"type": "apiKey", "in": "header", "name": "X-User-Token"},
             },
             "schemas": {
                 "Error": {

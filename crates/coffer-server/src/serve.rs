@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use zeroize::Zeroizing;
 
 use crate::api::{self, AppState};
+use crate::keys::{KeyError, Keyring, CHECK_CONTEXT, CHECK_PLAINTEXT};
 use crate::listen::{check_listen, ListenError, Transport};
 use crate::store::{Store, StoreError};
 
@@ -27,6 +28,8 @@ pub struct ServeConfig {
     pub login_limits: crate::api::LoginLimits,
     /// TLS: off (loopback only), certificate files, or a development certificate.
     pub tls: crate::tls::TlsSetting,
+    /// The master key (and, while rotating, the previous one).
+    pub keys: std::sync::Arc<crate::keys::Keyring>,
 }
 
 /// The default session lifetime: a working day.
@@ -45,9 +48,54 @@ pub enum ServeError {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The master key does not open this database's sealed values.
+    #[error("master key: {0}")]
+    MasterKey(#[from] crate::keys::KeyError),
     /// The address could not be bound, or serving failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Checks that the database is under this server's master key, recording
+/// it on a new database; under the previous key of a rotation, re-seals
+/// every value under the new key in one transaction.
+async fn adopt_master_key(store: &Store, keys: &Keyring) -> Result<(), ServeError> {
+    let check = match store.master_key_check().await? {
+        Some(check) => check,
+        None => {
+            let sealed = keys.seal(CHECK_CONTEXT, CHECK_PLAINTEXT)?;
+            if store.init_master_key_check(&sealed).await? {
+                tracing::info!(key_id = %keys.current().id(), "database put under this master key");
+                return Ok(());
+            }
+            // Another process was first: check its key like any other.
+            store.master_key_check().await?.ok_or(KeyError::Tampered)?
+        }
+    };
+    keys.open(CHECK_CONTEXT, &check)?;
+    if keys.is_current(&check) {
+        return Ok(());
+    }
+    let mut resealed = Vec::new();
+    for value in store.sealed_values().await? {
+        if keys.is_current(&value.sealed) {
+            continue;
+        }
+        let context = value.kind.context(value.id);
+        let plain = keys.open(&context, &value.sealed)?;
+        let new = keys.seal(&context, &plain)?;
+        resealed.push((value, new));
+    }
+    let count = resealed.len();
+    store
+        .reseal(resealed, &keys.seal(CHECK_CONTEXT, CHECK_PLAINTEXT)?)
+        .await?;
+    tracing::info!(
+        key_id = %keys.current().id(),
+        values = count,
+        "master key rotated: every sealed value re-sealed under the new key"
+    );
+    Ok(())
 }
 
 /// A server, bound and ready to run.
@@ -80,6 +128,7 @@ impl Server {
         };
         check_listen(config.listen, transport, config.force_plain)?;
         let store = Store::open(&config.database_url).await?;
+        adopt_master_key(&store, &config.keys).await?;
         let setup_token = if store.is_bootstrapped().await? {
             None
         } else {
@@ -108,6 +157,7 @@ impl Server {
                 decoy_hash: std::sync::Arc::new(decoy_hash),
                 login_limits: config.login_limits,
                 metrics: crate::metrics::Metrics::default(),
+                keys: std::sync::Arc::clone(&config.keys),
             },
             setup_token,
             tls,

@@ -110,6 +110,11 @@ impl Postgres {
         Postgres { dir, bin, port }
     }
 
+    /// The server's data directory (tests read its raw files).
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// A new, empty database; returns its URL.
     #[allow(clippy::unwrap_used)]
     pub async fn database(&self, name: &str) -> String {
@@ -153,4 +158,19 @@ impl Drop for Postgres {
             ])
             .output();
     }
+}
+
+/// The master key every test server of this process uses (tests that
+/// restart a server on one database need the same key each time).
+pub fn keyring() -> std::sync::Arc<crate::keys::Keyring> {
+    static KEYRING: std::sync::OnceLock<std::sync::Arc<crate::keys::Keyring>> =
+        std::sync::OnceLock::new();
+    KEYRING
+        .get_or_init(|| {
+            std::sync::Arc::new(crate::keys::Keyring::new(
+                crate::keys::MasterKey::from_bytes(&[0x42; 32]),
+                None,
+            ))
+        })
+        .clone()
 }

@@ -7,12 +7,7 @@ mod support;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::postgres::Postgres;
-use support::Running;
-
-async fn error_code(response: reqwest::Response) -> String {
-    let body: Value = response.json().await.unwrap();
-    body["error"]["code"].as_str().unwrap().to_owned()
-}
+use support::{add_people, error_code, get, login, post, set_up, Running};
 
 /// Everything the server does so far, on the database `url`.
 async fn suite(url: &str, backend: &str) {
@@ -146,27 +141,6 @@ async fn suite(url: &str, backend: &str) {
 }
 
 /// Logs in; the token, or the error code.
-async fn login(
-    server: &Running,
-    http: &reqwest::Client,
-    user: &str,
-    password: &str,
-) -> Result<String, String> {
-    let r = http
-        .post(server.url("/v1/login"))
-        .json(&json!({"user": user, "password": password}))
-        .send()
-        .await
-        .unwrap();
-    if r.status() == StatusCode::OK {
-        let body: Value = r.json().await.unwrap();
-        Ok(body["token"].as_str().unwrap().to_owned())
-    } else {
-        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-        Err(error_code(r).await)
-    }
-}
-
 async fn sessions(server: &Running, http: &reqwest::Client) {
     assert_eq!(
         login(server, http, "alice", "wrong password!").await,
@@ -573,39 +547,6 @@ async fn audit_trail_on_postgres() {
 
 /// Adds an organization with an owner, and a member of `org`, straight in
 /// the database (inviting users is a later step of issue 5).
-async fn add_people(url: &str, acme: i64) {
-    let db = coffer_server::Store::open(url).await.unwrap();
-    let hash = coffer_server::api::hash_password("correct horse battery").unwrap();
-    db.execute_for_tests(&format!(
-        "INSERT INTO organizations (name, created_at) VALUES ('Other Org', 0);
-         INSERT INTO users (name, password_hash, created_at) VALUES ('bob', '{hash}', 0);
-         INSERT INTO users (name, password_hash, created_at) VALUES ('carol', '{hash}', 0);
-         INSERT INTO memberships (org_id, user_id, role)
-             SELECT o.id, u.id, 'owner' FROM organizations o, users u WHERE o.name = 'Other Org' AND u.name = 'bob';
-         INSERT INTO memberships (org_id, user_id, role)
-             SELECT {acme}, u.id, 'member' FROM users u WHERE u.name = 'carol';"
-    ))
-    .await
-    .unwrap();
-}
-
-async fn post(http: &reqwest::Client, url: String, token: &str, body: Value) -> reqwest::Response {
-    http.post(url)
-        .header("x-auth-token", token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn get(http: &reqwest::Client, url: String, token: &str) -> reqwest::Response {
-    http.get(url)
-        .header("x-auth-token", token)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// Enrollment codes, device tokens, rotation, revocation, and the
 /// organization boundary for every device endpoint.
 async fn devices(url: &str) {
@@ -1061,7 +1002,8 @@ async fn every_documented_endpoint_exists_and_metrics_count_them() {
         let concrete = path
             .replace("{org_id}", "1")
             .replace("{user_id}", "1")
-            .replace("{device_id}", "1");
+            .replace("{device_id}", "1")
+            .replace("{order_id}", "1");
         for method in methods.as_object().unwrap().keys() {
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let r = http
@@ -1200,23 +1142,4 @@ async fn accounting_on_postgres() {
     let pg = Postgres::start();
     let url = pg.database("accounting").await;
     accounting(&url).await;
-}
-
-/// Sets the server up: organization "Acme", owner alice; returns its id.
-async fn set_up(server: &Running, http: &reqwest::Client) -> i64 {
-    let r = http
-        .post(server.url("/v1/setup"))
-        .json(&json!({
-            "setup_token": server.setup_token.clone().unwrap(),
-            "organization": "Acme",
-            "owner": "alice",
-            "password": "correct horse battery",
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    r.json::<Value>().await.unwrap()["organization_id"]
-        .as_i64()
-        .unwrap()
 }

@@ -18,6 +18,7 @@ async fn start(
         tls: TlsSetting::Dev {
             dir: dir.join("tls"),
         },
+        keys: coffer_server::testing::keyring(),
     })
     .await
     .unwrap();

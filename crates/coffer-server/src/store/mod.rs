@@ -7,8 +7,14 @@
 //! of the server sees only [`Store`]. Nothing another server process needs
 //! lives only in one process's memory: every state is in the database.
 
+mod control;
 mod postgres;
 mod sqlite;
+
+pub use control::{
+    BatchStored, CheckIn, DeviceActivity, NewBatch, NewPolicy, PolicyRecord, ReadingQuery,
+    SealedKind, SealedValue, SigningKeyRecord, WipeEnd, WipeEnded, WipeOrder,
+};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -40,6 +46,15 @@ pub enum StoreError {
     /// A name is taken.
     #[error("{0} already exists")]
     Exists(&'static str),
+    /// A policy version is not above the latest published one.
+    #[error("policy version {current} is already published: publish a higher one")]
+    VersionNotNewer {
+        /// The latest published version.
+        current: i64,
+    },
+    /// A whole-device wipe is pending: the device must carry it out first.
+    #[error("a wipe of this device is pending")]
+    WipePending,
 }
 
 pub(crate) fn db_error(op: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreError {

@@ -6,6 +6,8 @@ use std::str::FromStr;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
+mod control;
+
 use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
 
 use super::{
@@ -29,6 +31,10 @@ pub(super) const MIGRATIONS: Migrations = &[
         include_str!("../../migrations/postgres/0005_devices.sql"),
     ),
     (6, include_str!("../../migrations/postgres/0006_usage.sql")),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_control.sql"),
+    ),
 ];
 
 /// Serializes audit appends across server processes: one chain, one order.
@@ -539,15 +545,27 @@ impl PostgresStore {
         device_id: i64,
     ) -> Result<bool, StoreError> {
         let op = "revoking a device";
-        let client = self.client(op).await?;
-        client
+        let mut client = self.client(op).await?;
+        let tx = client.transaction().await.map_err(pg(op))?;
+        let revoked = tx
             .execute(
                 "UPDATE devices SET revoked_at = $3 WHERE id = $2 AND org_id = $1 AND revoked_at IS NULL",
                 &[&org_id, &device_id, &now_unix()],
             )
             .await
-            .map(|n| n == 1)
-            .map_err(pg(op))
+            .map_err(pg(op))?
+            == 1;
+        // A revoked device's escrow key can never be released: delete it.
+        if revoked {
+            tx.execute(
+                "DELETE FROM escrow_keys WHERE device_id = $1",
+                &[&device_id],
+            )
+            .await
+            .map_err(pg(op))?;
+        }
+        tx.commit().await.map_err(pg(op))?;
+        Ok(revoked)
     }
 
     pub(super) async fn add_member(

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+mod control;
+
 use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
 
 use super::{
@@ -24,6 +26,7 @@ pub(super) const MIGRATIONS: Migrations = &[
     (4, include_str!("../../migrations/sqlite/0004_audit.sql")),
     (5, include_str!("../../migrations/sqlite/0005_devices.sql")),
     (6, include_str!("../../migrations/sqlite/0006_usage.sql")),
+    (7, include_str!("../../migrations/sqlite/0007_control.sql")),
 ];
 
 #[derive(Clone)]
@@ -523,12 +526,24 @@ impl SqliteStore {
         device_id: i64,
     ) -> Result<bool, StoreError> {
         self.with("revoking a device", move |conn| {
-            conn.execute(
-                "UPDATE devices SET revoked_at = ?3 WHERE id = ?2 AND org_id = ?1 AND revoked_at IS NULL",
-                params![org_id, device_id, now_unix()],
-            )
-            .map(|n| n == 1)
-            .map_err(|e| db_error("revoking a device")(&e))
+            let e = db_error("revoking a device");
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|x| e(&x))?;
+            let revoked = tx
+                .execute(
+                    "UPDATE devices SET revoked_at = ?3 WHERE id = ?2 AND org_id = ?1 AND revoked_at IS NULL",
+                    params![org_id, device_id, now_unix()],
+                )
+                .map_err(|x| e(&x))?
+                == 1;
+            // A revoked device's escrow key can never be released: delete it.
+            if revoked {
+                tx.execute("DELETE FROM escrow_keys WHERE device_id = ?1", [device_id])
+                    .map_err(|x| e(&x))?;
+            }
+            tx.commit().map_err(|x| e(&x))?;
+            Ok(revoked)
         })
         .await
     }

@@ -81,6 +81,36 @@ impl Running {
         session_ttl: std::time::Duration,
         login_limits: coffer_server::LoginLimits,
     ) -> Running {
+        Self::try_start(
+            database_url,
+            session_ttl,
+            login_limits,
+            coffer_server::testing::keyring(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// A server under the master key(s) `keys`, or why it did not start.
+    pub async fn with_keys(
+        database_url: &str,
+        keys: std::sync::Arc<coffer_server::keys::Keyring>,
+    ) -> Result<Running, coffer_server::serve::ServeError> {
+        Self::try_start(
+            database_url,
+            coffer_server::DEFAULT_SESSION_TTL,
+            coffer_server::LoginLimits::default(),
+            keys,
+        )
+        .await
+    }
+
+    async fn try_start(
+        database_url: &str,
+        session_ttl: std::time::Duration,
+        login_limits: coffer_server::LoginLimits,
+        keys: std::sync::Arc<coffer_server::keys::Keyring>,
+    ) -> Result<Running, coffer_server::serve::ServeError> {
         capture_logs();
         let server = Server::bind(&ServeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -89,9 +119,9 @@ impl Running {
             session_ttl,
             login_limits,
             tls: coffer_server::TlsSetting::Off,
+            keys,
         })
-        .await
-        .unwrap();
+        .await?;
         let base = format!("http://{}", server.local_addr().unwrap());
         let setup_token = server.setup_token().map(str::to_owned);
         let backend = server.backend();
@@ -104,13 +134,13 @@ impl Running {
                 .await
                 .unwrap();
         });
-        Running {
+        Ok(Running {
             base,
             setup_token,
             backend,
             stop: Some(stop),
             task: Some(task),
-        }
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -125,4 +155,91 @@ impl Running {
             task.await.unwrap();
         }
     }
+}
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// The `code` of an error answer.
+pub async fn error_code(response: reqwest::Response) -> String {
+    let body: Value = response.json().await.unwrap();
+    body["error"]["code"].as_str().unwrap().to_owned()
+}
+
+pub async fn login(
+    server: &Running,
+    http: &reqwest::Client,
+    user: &str,
+    password: &str,
+) -> Result<String, String> {
+    let r = http
+        .post(server.url("/v1/login"))
+        .json(&json!({"user": user, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    if r.status() == StatusCode::OK {
+        let body: Value = r.json().await.unwrap();
+        Ok(body["token"].as_str().unwrap().to_owned())
+    } else {
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        Err(error_code(r).await)
+    }
+}
+
+pub async fn add_people(url: &str, acme: i64) {
+    let db = coffer_server::Store::open(url).await.unwrap();
+    let hash = coffer_server::api::hash_password("correct horse battery").unwrap();
+    db.execute_for_tests(&format!(
+        "INSERT INTO organizations (name, created_at) VALUES ('Other Org', 0);
+         INSERT INTO users (name, password_hash, created_at) VALUES ('bob', '{hash}', 0);
+         INSERT INTO users (name, password_hash, created_at) VALUES ('carol', '{hash}', 0);
+         INSERT INTO memberships (org_id, user_id, role)
+             SELECT o.id, u.id, 'owner' FROM organizations o, users u WHERE o.name = 'Other Org' AND u.name = 'bob';
+         INSERT INTO memberships (org_id, user_id, role)
+             SELECT {acme}, u.id, 'member' FROM users u WHERE u.name = 'carol';"
+    ))
+    .await
+    .unwrap();
+}
+
+pub async fn post(
+    http: &reqwest::Client,
+    url: String,
+    token: &str,
+    body: Value,
+) -> reqwest::Response {
+    http.post(url)
+        .header("x-auth-token", token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+pub async fn get(http: &reqwest::Client, url: String, token: &str) -> reqwest::Response {
+    http.get(url)
+        .header("x-auth-token", token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Sets the server up: organization "Acme", owner alice; returns its id.
+pub async fn set_up(server: &Running, http: &reqwest::Client) -> i64 {
+    let r = http
+        .post(server.url("/v1/setup"))
+        .json(&json!({
+            "setup_token": server.setup_token.clone().unwrap(),
+            "organization": "Acme",
+            "owner": "alice",
+            "password": "correct horse battery",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json::<Value>().await.unwrap()["organization_id"]
+        .as_i64()
+        .unwrap()
 }

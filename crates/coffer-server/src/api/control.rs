@@ -1,0 +1,520 @@
+//! The device-facing control: signed policies, key escrow, remote wipe
+//! and check-in (docs/protocol.md). Admins act through their sessions;
+//! devices through their tokens.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::{
+    check_name, not_found_here, record, require_role, AnyDevice, ApiError, AppState, Body,
+    DevicePrincipal, Ids, Principal, USER_HEADER,
+};
+use crate::policy::{Document, Rules, SigningKey, FORMAT};
+use crate::store::{NewPolicy, PolicyRecord, SealedKind, SigningKeyRecord, WipeEnd, WipeEnded};
+
+/// Every role of an organization.
+const ANY_MEMBER: &[&str] = &["owner", "admin", "member", "auditor"];
+
+pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
+    router
+        .route("/v1/orgs/{org_id}/policy-key", get(policy_key))
+        .route("/v1/orgs/{org_id}/policies", post(publish_policy))
+        .route("/v1/orgs/{org_id}/policies/latest", get(latest_policy))
+        .route(
+            "/v1/orgs/{org_id}/devices/{device_id}/wipe",
+            post(order_wipe),
+        )
+        .route(
+            "/v1/orgs/{org_id}/devices/{device_id}/wipes",
+            get(list_wipes),
+        )
+        .route(
+            "/v1/orgs/{org_id}/devices/{device_id}/wipes/{order_id}/cancel",
+            post(cancel_wipe),
+        )
+        .route("/v1/device/policy", get(device_policy))
+        .route("/v1/device/escrow", put(deposit_escrow))
+        .route("/v1/device/escrow/release", post(release_escrow))
+        .route("/v1/device/check-in", post(check_in))
+        .route("/v1/device/wipes/{order_id}/ack", post(acknowledge_wipe))
+}
+
+fn internal(what: &str) -> ApiError {
+    tracing::error!(what, "key handling failed");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the server failed; the cause is in its log",
+    )
+}
+
+fn sealing_failed(e: crate::keys::KeyError) -> ApiError {
+    // The key id in the message is safe to log; key material never is in it.
+    tracing::error!(error = %e, "a sealed value could not be opened or made");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the server failed; the cause is in its log",
+    )
+}
+
+/// The organization's signing key record, made (and sealed) on first use:
+/// at setup, or for an organization that predates signed policies.
+pub(super) async fn signing_key_record(
+    state: &AppState,
+    org_id: i64,
+) -> Result<SigningKeyRecord, ApiError> {
+    if let Some(key) = state.store.org_signing_key(org_id).await? {
+        return Ok(key);
+    }
+    let key = SigningKey::generate().map_err(|_| internal("randomness"))?;
+    let record = SigningKeyRecord {
+        public_key: hex::encode(key.public_key()),
+        sealed_seed: state
+            .keys
+            .seal(&SealedKind::OrgSigningKey.context(org_id), key.seed())
+            .map_err(sealing_failed)?,
+    };
+    state.store.add_org_signing_key(org_id, &record).await?;
+    // Another process may have been first: what is stored wins.
+    state
+        .store
+        .org_signing_key(org_id)
+        .await?
+        .ok_or_else(|| internal("signing key vanished"))
+}
+
+async fn signing_key(state: &AppState, org_id: i64) -> Result<SigningKey, ApiError> {
+    let record = signing_key_record(state, org_id).await?;
+    let seed = state
+        .keys
+        .open(
+            &SealedKind::OrgSigningKey.context(org_id),
+            &record.sealed_seed,
+        )
+        .map_err(sealing_failed)?;
+    SigningKey::from_seed(&seed).ok_or_else(|| internal("signing key seed length"))
+}
+
+/// `GET /v1/orgs/{org_id}/policy-key` (any member): the key devices pin.
+async fn policy_key(
+    State(state): State<AppState>,
+    Ids(org_id): Ids<i64>,
+    who: Principal,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_role(&state, &who, org_id, ANY_MEMBER).await?;
+    let record = signing_key_record(&state, org_id).await?;
+    Ok(Json(json!({
+        "organization_id": org_id,
+        "algorithm": "ed25519",
+        "public_key": record.public_key,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    version: i64,
+    #[serde(default)]
+    rules: Rules,
+}
+
+fn signed_policy(policy: &PolicyRecord, public_key: &str) -> serde_json::Value {
+    json!({
+        "version": policy.version,
+        "document": policy.document,
+        "signature": policy.signature,
+        "public_key": public_key,
+        "published_at": policy.published_at,
+    })
+}
+
+/// `POST /v1/orgs/{org_id}/policies` (owners, admins): signs and
+/// publishes a policy version above every published one.
+async fn publish_policy(
+    State(state): State<AppState>,
+    Ids(org_id): Ids<i64>,
+    who: Principal,
+    Body(request): Body<PublishRequest>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    require_role(&state, &who, org_id, &["owner", "admin"]).await?;
+    if request.version < 1 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "version must be 1 or more",
+        ));
+    }
+    request
+        .rules
+        .check()
+        .map_err(|why| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_policy", why))?;
+    let key = signing_key(&state, org_id).await?;
+    let document = Document {
+        format: FORMAT.to_owned(),
+        organization_id: org_id,
+        version: request.version,
+        issued_at: crate::store::now_unix(),
+        rules: request.rules,
+    }
+    .to_canonical()
+    .map_err(|_| internal("canonical encoding"))?;
+    let signature = hex::encode(key.sign(&document));
+    let document = String::from_utf8(document).map_err(|_| internal("utf-8"))?;
+    state
+        .store
+        .publish_policy(&NewPolicy {
+            org_id,
+            version: request.version,
+            document: document.clone(),
+            signature: signature.clone(),
+            published_by: who.user_id,
+        })
+        .await?;
+    record(
+        &state,
+        Some(org_id),
+        format!("user:{}", who.user),
+        "policy_published",
+        json!({"version": request.version}),
+    )
+    .await?;
+    let public_key = hex::encode(key.public_key());
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "version": request.version,
+            "document": document,
+            "signature": signature,
+            "public_key": public_key,
+        })),
+    ))
+}
+
+async fn latest(state: &AppState, org_id: i64) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(policy) = state.store.latest_policy(org_id).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_policy",
+            "no policy has been published for this organization",
+        ));
+    };
+    let key = signing_key_record(state, org_id).await?;
+    Ok(Json(signed_policy(&policy, &key.public_key)))
+}
+
+/// `GET /v1/orgs/{org_id}/policies/latest` (any member).
+async fn latest_policy(
+    State(state): State<AppState>,
+    Ids(org_id): Ids<i64>,
+    who: Principal,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_role(&state, &who, org_id, ANY_MEMBER).await?;
+    latest(&state, org_id).await
+}
+
+/// `GET /v1/device/policy`: the latest signed policy of the device's
+/// organization. The device verifies it against the key it pinned, not
+/// the `public_key` returned beside it.
+async fn device_policy(
+    State(state): State<AppState>,
+    device: DevicePrincipal,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    latest(&state, device.device.org_id).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EscrowDeposit {
+    escrow_key: String,
+}
+
+/// The 32-byte escrow key from its hex form.
+fn escrow_bytes(text: &str) -> Result<Zeroizing<[u8; 32]>, ApiError> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    if text.len() != 64 || hex::decode_to_slice(text, key.as_mut_slice()).is_err() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_escrow_key",
+            "escrow_key must be 64 hex digits (32 bytes)",
+        ));
+    }
+    Ok(key)
+}
+
+/// `PUT /v1/device/escrow`: the device deposits (or replaces) the key of
+/// its escrow slot. Refused while a whole-device wipe is pending.
+async fn deposit_escrow(
+    State(state): State<AppState>,
+    device: DevicePrincipal,
+    Body(request): Body<EscrowDeposit>,
+) -> Result<StatusCode, ApiError> {
+    let text = Zeroizing::new(request.escrow_key);
+    let key = escrow_bytes(&text)?;
+    let id = device.device.id;
+    let sealed = state
+        .keys
+        .seal(&SealedKind::Escrow.context(id), key.as_slice())
+        .map_err(sealing_failed)?;
+    state.store.deposit_escrow(id, &sealed).await?;
+    record(
+        &state,
+        Some(device.device.org_id),
+        format!("device:{id}"),
+        "escrow_deposited",
+        json!({}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/device/escrow/release`: with the device's token and a user's
+/// session (`X-User-Token`), releases the device's escrow key if the user
+/// belongs to the device's organization. Every release and refusal is
+/// audited.
+async fn release_escrow(
+    State(state): State<AppState>,
+    device: DevicePrincipal,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let user = Principal::from_headers(&headers, &state, USER_HEADER).await?;
+    let org_id = device.device.org_id;
+    let device_id = device.device.id;
+    let actor = format!("user:{}", user.user);
+    if state
+        .store
+        .member_role(org_id, user.user_id)
+        .await?
+        .is_none()
+    {
+        record(
+            &state,
+            Some(org_id),
+            actor,
+            "escrow_release_refused",
+            json!({"device_id": device_id, "reason": "not a member"}),
+        )
+        .await?;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_in_organization",
+            "this user does not belong to the device's organization",
+        ));
+    }
+    let Some(sealed) = state.store.escrow(device_id).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_escrow",
+            "the server holds no escrow key for this device (never deposited, or deleted by a wipe order or revocation)",
+        ));
+    };
+    let key = state
+        .keys
+        .open(&SealedKind::Escrow.context(device_id), &sealed)
+        .map_err(sealing_failed)?;
+    record(
+        &state,
+        Some(org_id),
+        actor,
+        "escrow_released",
+        json!({"device_id": device_id, "user_id": user.user_id}),
+    )
+    .await?;
+    let text = Zeroizing::new(hex::encode(&*key));
+    Ok(Json(json!({
+        "escrow_key": text.as_str(),
+        "user_id": user.user_id,
+        "user": user.user,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WipeRequest {
+    /// Only this user's slot; absent: the whole device.
+    #[serde(default)]
+    user: Option<String>,
+}
+
+/// `POST /v1/orgs/{org_id}/devices/{device_id}/wipe` (owners, admins):
+/// orders a wipe of the whole device (its escrow key is deleted at once)
+/// or of one user's slot on it.
+async fn order_wipe(
+    State(state): State<AppState>,
+    Ids((org_id, device_id)): Ids<(i64, i64)>,
+    who: Principal,
+    Body(request): Body<WipeRequest>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    require_role(&state, &who, org_id, &["owner", "admin"]).await?;
+    if let Some(user) = &request.user {
+        check_name("the user's name", user)?;
+    }
+    let Some(id) = state
+        .store
+        .order_wipe(org_id, device_id, request.user.as_deref(), who.user_id)
+        .await?
+    else {
+        return Err(not_found_here());
+    };
+    let scope = if request.user.is_some() {
+        "user"
+    } else {
+        "device"
+    };
+    record(
+        &state,
+        Some(org_id),
+        format!("user:{}", who.user),
+        "wipe_ordered",
+        json!({"order_id": id, "device_id": device_id, "scope": scope, "user": request.user}),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": id, "device_id": device_id, "scope": scope, "user": request.user})),
+    ))
+}
+
+fn order_json(order: &crate::store::WipeOrder) -> serde_json::Value {
+    let state = match (order.acknowledged_at, order.cancelled_at) {
+        (Some(_), _) => "acknowledged",
+        (None, Some(_)) => "cancelled",
+        (None, None) => "pending",
+    };
+    json!({
+        "id": order.id,
+        "device_id": order.device_id,
+        "scope": if order.user.is_some() { "user" } else { "device" },
+        "user": order.user,
+        "state": state,
+        "ordered_by": order.ordered_by,
+        "ordered_at": order.ordered_at,
+        "acknowledged_at": order.acknowledged_at,
+        "cancelled_at": order.cancelled_at,
+    })
+}
+
+/// `GET /v1/orgs/{org_id}/devices/{device_id}/wipes` (owners, admins,
+/// auditors): every wipe order of the device and its state.
+async fn list_wipes(
+    State(state): State<AppState>,
+    Ids((org_id, device_id)): Ids<(i64, i64)>,
+    who: Principal,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
+    let orders = state
+        .store
+        .wipe_orders(org_id, device_id)
+        .await?
+        .ok_or_else(not_found_here)?;
+    Ok(Json(
+        json!({"orders": orders.iter().map(order_json).collect::<Vec<_>>()}),
+    ))
+}
+
+fn wipe_end_error(ended: WipeEnded) -> Option<ApiError> {
+    match ended {
+        WipeEnded::Ended => None,
+        WipeEnded::NotFound => Some(not_found_here()),
+        WipeEnded::AlreadyAcknowledged => Some(ApiError::new(
+            StatusCode::CONFLICT,
+            "wipe_acknowledged",
+            "the device has already carried out this wipe",
+        )),
+        WipeEnded::AlreadyCancelled => Some(ApiError::new(
+            StatusCode::CONFLICT,
+            "wipe_cancelled",
+            "this wipe order was cancelled",
+        )),
+    }
+}
+
+/// `POST /v1/orgs/{org_id}/devices/{device_id}/wipes/{order_id}/cancel`
+/// (owners, admins): calls off a pending order. A cancelled whole-device
+/// order does not bring the escrow key back: the device deposits a new one
+/// at its next check-in.
+async fn cancel_wipe(
+    State(state): State<AppState>,
+    Ids((org_id, device_id, order_id)): Ids<(i64, i64, i64)>,
+    who: Principal,
+) -> Result<StatusCode, ApiError> {
+    require_role(&state, &who, org_id, &["owner", "admin"]).await?;
+    // The order must be of a device of this organization.
+    if state.store.wipe_orders(org_id, device_id).await?.is_none() {
+        return Err(not_found_here());
+    }
+    let ended = state
+        .store
+        .end_wipe(device_id, order_id, WipeEnd::Cancel)
+        .await?;
+    if let Some(error) = wipe_end_error(ended) {
+        return Err(error);
+    }
+    record(
+        &state,
+        Some(org_id),
+        format!("user:{}", who.user),
+        "wipe_cancelled",
+        json!({"order_id": order_id, "device_id": device_id}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/device/check-in`: records the device as seen and answers with
+/// its pending wipe orders, the latest policy version and the server time.
+/// A revoked device may still check in, so that a wipe ordered before the
+/// revocation reaches it.
+async fn check_in(
+    State(state): State<AppState>,
+    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    AnyDevice(device): AnyDevice,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let checked = state
+        .store
+        .check_in(device.device.id, &client.ip().to_string())
+        .await?;
+    Ok(Json(json!({
+        "server_time": crate::store::now_unix(),
+        "device_id": device.device.id,
+        "revoked": device.device.revoked,
+        "policy_version": checked.policy_version,
+        "escrow_present": checked.escrow_present,
+        "wipe_orders": checked.wipe_orders.iter().map(|o| json!({
+            "id": o.id,
+            "scope": if o.user.is_some() { "user" } else { "device" },
+            "user": o.user,
+            "ordered_at": o.ordered_at,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// `POST /v1/device/wipes/{order_id}/ack`: the device reports a wipe
+/// carried out (a retry is answered the same way).
+async fn acknowledge_wipe(
+    State(state): State<AppState>,
+    Ids(order_id): Ids<i64>,
+    AnyDevice(device): AnyDevice,
+) -> Result<StatusCode, ApiError> {
+    let ended = state
+        .store
+        .end_wipe(device.device.id, order_id, WipeEnd::Acknowledge)
+        .await?;
+    if let Some(error) = wipe_end_error(ended) {
+        return Err(error);
+    }
+    record(
+        &state,
+        Some(device.device.org_id),
+        format!("device:{}", device.device.id),
+        "wipe_acknowledged",
+        json!({"order_id": order_id}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

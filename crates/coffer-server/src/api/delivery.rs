@@ -1,0 +1,193 @@
+//! Device data delivery: devices post batches of readings (JSON or CBOR,
+//! docs/formats/data-batch.md); admins query and export them.
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{record, require_role, ApiError, AppState, DevicePrincipal, Ids, Principal, MAX_BODY};
+use crate::data::{Batch, BatchError};
+use crate::store::{BatchStored, NewBatch, ReadingQuery};
+
+/// Most rows one query returns; export pages through more.
+pub const MAX_QUERY_ROWS: i64 = 10_000;
+
+pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
+    router
+        .route("/v1/device/data", post(deliver))
+        .route("/v1/orgs/{org_id}/data", get(query))
+}
+
+/// `POST /v1/device/data`: one batch, `application/json` or
+/// `application/cbor`. 201 when stored, 200 with `duplicate: true` for a
+/// retry of a stored batch, 409 for another batch reusing its id.
+async fn deliver(
+    State(state): State<AppState>,
+    device: DevicePrincipal,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let body = body.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request bodies are limited to {MAX_BODY} bytes"),
+        )
+    })?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
+        .unwrap_or_default();
+    let decoded = match content_type {
+        "application/json" => Batch::from_json(&body),
+        "application/cbor" => Batch::from_cbor(&body),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the batch as application/json or application/cbor",
+            ))
+        }
+    };
+    let batch = decoded
+        .and_then(|b| b.check().map(|()| b))
+        .map_err(|e| match e {
+            BatchError::Malformed(..) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "malformed_batch", e.to_string())
+            }
+            BatchError::Invalid(..) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_batch",
+                e.to_string(),
+            ),
+        })?;
+    let digest = batch.digest();
+    let outcome = state
+        .store
+        .store_batch(NewBatch {
+            org_id: device.device.org_id,
+            device_id: device.device.id,
+            batch_id: batch.batch_id.clone(),
+            digest,
+            bytes: i64::try_from(body.len()).unwrap_or(i64::MAX),
+            readings: batch
+                .readings
+                .iter()
+                .map(|r| (r.at, r.name.clone(), r.value.to_string()))
+                .collect(),
+        })
+        .await?;
+    match outcome {
+        BatchStored::Stored(n) => Ok((
+            StatusCode::CREATED,
+            Json(json!({"batch_id": batch.batch_id, "stored": n, "duplicate": false})),
+        )),
+        BatchStored::Duplicate => Ok((
+            StatusCode::OK,
+            Json(json!({"batch_id": batch.batch_id, "stored": 0, "duplicate": true})),
+        )),
+        BatchStored::Conflict => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "batch_conflict",
+            "another batch with different readings was stored under this batch_id",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataQuery {
+    device: Option<i64>,
+    from: Option<i64>,
+    to: Option<i64>,
+    name: Option<String>,
+    #[serde(default)]
+    after: i64,
+    limit: Option<i64>,
+    format: Option<String>,
+}
+
+/// `GET /v1/orgs/{org_id}/data` (owners, admins, auditors): readings by
+/// device, time range (`from` inclusive, `to` exclusive, on the reading's
+/// time) and name, in id order; `after` and `next_after` page through.
+/// `format=csv` answers CSV.
+async fn query(
+    State(state): State<AppState>,
+    Ids(org_id): Ids<i64>,
+    who: Principal,
+    params: Result<Query<DataQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
+    let Query(q) = params.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("bad query parameters: {}", e.body_text()),
+        )
+    })?;
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=MAX_QUERY_ROWS).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must be 1 to {MAX_QUERY_ROWS}"),
+        ));
+    }
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "format must be json or csv",
+            ))
+        }
+    };
+    let rows = state
+        .store
+        .readings(
+            org_id,
+            ReadingQuery {
+                device_id: q.device,
+                from: q.from,
+                to: q.to,
+                name: q.name,
+                after: q.after,
+                limit,
+            },
+        )
+        .await?;
+    record(
+        &state,
+        Some(org_id),
+        format!("user:{}", who.user),
+        "data_queried",
+        json!({"device": q.device, "from": q.from, "to": q.to, "rows": rows.len()}),
+    )
+    .await?;
+    let next_after = (i64::try_from(rows.len()).unwrap_or(i64::MAX) == limit)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    if csv {
+        let mut response = (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            crate::data::to_csv(&rows),
+        )
+            .into_response();
+        if let Some(next) = next_after {
+            if let Ok(value) = axum::http::HeaderValue::from_str(&next.to_string()) {
+                response.headers_mut().insert("x-next-after", value);
+            }
+        }
+        return Ok(response);
+    }
+    Ok(Json(json!({"readings": rows, "next_after": next_after})).into_response())
+}
