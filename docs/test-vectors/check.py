@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Checks the test vectors against an independent implementation of the specs
-(docs/formats/vault-header.md, docs/formats/file-stream.md and
-docs/formats/audit-log.md), written from
+(docs/formats/vault-header.md, docs/formats/file-stream.md,
+docs/formats/audit-log.md, and the control plane's server-seal.md, policy.md
+and data-batch.md), written from
 the documents with Python's `cryptography` and `hashlib`, not from the Rust.
 
 Argon2id slots are skipped (no Argon2 in the standard library); the Rust test
@@ -13,7 +14,10 @@ import json
 import pathlib
 import sys
 
+import struct
+
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -109,8 +113,96 @@ def check_audit():
     print("audit-log-v1.json: OK")
 
 
+def cbor_decode(data):
+    """A CBOR (RFC 8949) decoder for the data model of a batch: unsigned and
+    negative integers, text, arrays, maps, false/true/null and floats."""
+
+    def item(at):
+        head = data[at]
+        major, info = head >> 5, head & 0x1F
+        at += 1
+        if major == 7:
+            simple = {20: False, 21: True, 22: None}
+            if info in simple:
+                return simple[info], at
+            size = {25: 2, 26: 4, 27: 8}[info]
+            fmt = {2: ">e", 4: ">f", 8: ">d"}[size]
+            return struct.unpack(fmt, data[at : at + size])[0], at + size
+        if info < 24:
+            arg = info
+        else:
+            size = {24: 1, 25: 2, 26: 4, 27: 8}[info]
+            arg = int.from_bytes(data[at : at + size], "big")
+            at += size
+        if major == 0:
+            return arg, at
+        if major == 1:
+            return -1 - arg, at
+        if major == 3:
+            return data[at : at + arg].decode("utf-8"), at + arg
+        if major == 4:
+            out = []
+            for _ in range(arg):
+                value, at = item(at)
+                out.append(value)
+            return out, at
+        if major == 5:
+            out = {}
+            for _ in range(arg):
+                key, at = item(at)
+                value, at = item(at)
+                out[key] = value
+            return out, at
+        raise ValueError(f"CBOR major type {major} is not part of a batch")
+
+    value, end = item(0)
+    assert end == len(data), "trailing CBOR bytes"
+    return value
+
+
+def canonical_json(value):
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def check_control_plane():
+    v = json.loads((HERE / "control-plane-v1.json").read_text())
+    # Sealed value: HKDF-SHA256 keys, then AES-256-GCM with the row context.
+    s = v["seal"]
+    master = bytes.fromhex(s["master_key"])
+    key_id = HKDF(algorithm=hashes.SHA256(), length=8, salt=None, info=b"coffer-server key id v1").derive(master)
+    seal_key = hkdf(master, None, b"coffer-server seal key v1")
+    assert key_id.hex() == s["key_id"], "key id"
+    sealed = bytes.fromhex(s["sealed"])
+    assert sealed[0] == 1 and sealed[1:9] == key_id, "seal header"
+    nonce = sealed[9:21]
+    assert nonce.hex() == s["nonce"], "seal nonce"
+    aad = b"coffer-server-seal/1\0" + key_id + s["context"].encode()
+    assert AESGCM(seal_key).decrypt(nonce, sealed[21:], aad).hex() == s["plaintext"], "sealed value"
+    # Policy: Ed25519 over the canonical document's exact bytes.
+    p = v["policy"]
+    signer = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(p["seed"]))
+    public = signer.public_key().public_bytes_raw()
+    assert public.hex() == p["public_key"], "policy public key"
+    document = p["document"].encode()
+    Ed25519PublicKey.from_public_bytes(public).verify(bytes.fromhex(p["signature"]), document)
+    assert signer.sign(document).hex() == p["signature"], "policy signature"
+    parsed = json.loads(document)
+    assert canonical_json(parsed) == document, "policy document is canonical"
+    assert parsed["format"] == "coffer-policy/1", "policy format"
+    # Batch: the CBOR and the JSON carry the same batch; the digest is over
+    # the readings in canonical JSON.
+    b = v["batch"]
+    from_cbor = cbor_decode(bytes.fromhex(b["cbor"]))
+    from_json = json.loads(b["json"])
+    assert from_cbor == from_json, "CBOR and JSON batches differ"
+    digest = hashlib.sha256(canonical_json(from_json["readings"])).hexdigest()
+    assert digest == b["digest"], "batch digest"
+    print("control-plane-v1.json: OK")
+
+
 if __name__ == "__main__":
     check_header()
     check_file()
     check_audit()
+    check_control_plane()
     sys.exit(0)

@@ -206,8 +206,9 @@ pub struct Document {
 pub struct EncodeError(&'static str);
 
 /// Canonical JSON (docs/formats/policy.md): object keys sorted by their
-/// UTF-8 bytes, no insignificant white space, integers only, strings with
-/// serde_json's escaping (only `"`, `\` and control characters escaped).
+/// UTF-8 bytes, no insignificant white space, strings with serde_json's
+/// escaping (only `"`, `\` and control characters escaped), numbers as
+/// serde_json writes them (a policy document holds integers only).
 pub fn canonical_json(value: &serde_json::Value) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::new();
     write_canonical(value, &mut out)?;
@@ -219,12 +220,7 @@ fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) -> Result<(), E
     match value {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Value::Number(n) => {
-            if n.is_f64() {
-                return Err(EncodeError("floating-point number"));
-            }
-            out.extend_from_slice(n.to_string().as_bytes());
-        }
+        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
         Value::String(s) => {
             let quoted = serde_json::to_string(s).map_err(|_| EncodeError("string"))?;
             out.extend_from_slice(quoted.as_bytes());
@@ -334,13 +330,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn canonical_json_sorts_keys_and_refuses_floats() {
+    fn canonical_json_sorts_keys() {
         let v = serde_json::json!({"b": [1, {"z": true, "a": null}], "a": "é\"\n"});
         assert_eq!(
             String::from_utf8(canonical_json(&v).unwrap()).unwrap(),
             "{\"a\":\"é\\\"\\n\",\"b\":[1,{\"a\":null,\"z\":true}]}"
         );
-        assert!(canonical_json(&serde_json::json!({"x": 1.5})).is_err());
+        assert_eq!(
+            canonical_json(&serde_json::json!({"x": 1.5})).unwrap(),
+            b"{\"x\":1.5}"
+        );
     }
 
     #[test]

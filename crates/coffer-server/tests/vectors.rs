@@ -1,0 +1,147 @@
+//! Test vectors for the control plane's formats, kept in
+//! docs/test-vectors/control-plane-v1.json: a sealed value
+//! (docs/formats/server-seal.md), a signed policy (docs/formats/policy.md)
+//! and a data batch in JSON and CBOR (docs/formats/data-batch.md).
+//!
+//! `vectors_match_the_spec` decodes the file (opens the sealed value,
+//! verifies the signature, decodes the CBOR) and checks that this code,
+//! from the same inputs, writes exactly that file. docs/test-vectors/check.py
+//! checks the same file from the specs alone. To rewrite it after a
+//! deliberate format change: `cargo test -p coffer-server --test vectors --
+//! --ignored regenerate`.
+
+#![allow(clippy::unwrap_used)]
+
+use coffer_server::data::Batch;
+use coffer_server::keys::{Keyring, MasterKey};
+use coffer_server::policy::{self, Document, FailedAction, Rules, SigningKey, FORMAT};
+use serde_json::{json, Value};
+
+fn path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs/test-vectors/control-plane-v1.json")
+}
+
+fn counting(from: u8) -> [u8; 32] {
+    std::array::from_fn(|i| from.wrapping_add(i as u8))
+}
+
+fn generate() -> Value {
+    let master = counting(0x00);
+    let key = MasterKey::from_bytes(&master);
+    let context = "escrow:17";
+    let plaintext = counting(0xa0);
+    let nonce: [u8; 12] = std::array::from_fn(|i| 0x10 + i as u8);
+    let sealed = key.seal_with_nonce(context, &plaintext, nonce);
+
+    let seed = counting(0x20);
+    let signer = SigningKey::from_seed(&seed).unwrap();
+    let mut rules = Rules {
+        max_failed_attempts: 5,
+        on_max_failed: FailedAction::Wipe,
+        refuse_debugger: true,
+        ..Rules::default()
+    };
+    rules.passphrase.min_length = 12;
+    rules.passphrase.min_classes = 3;
+    rules
+        .apps
+        .insert("survey".into(), vec!["sql".into(), "files".into()]);
+    let document = Document {
+        format: FORMAT.into(),
+        organization_id: 1,
+        version: 3,
+        issued_at: 1_795_000_000,
+        rules,
+    }
+    .to_canonical()
+    .unwrap();
+    let signature = signer.sign(&document);
+
+    let batch = json!({
+        "batch_id": "tablet-7-000042",
+        "readings": [
+            {"at": 1_795_000_000, "name": "temp.c", "value": 21},
+            {"at": 1_795_000_060, "name": "temp.c", "value": 23.5},
+            {"at": 1_795_000_120, "name": "visit/notes", "value": {"text": "door open", "ok": true, "tags": ["a", "b"]}},
+            {"at": 1_795_000_180, "name": "gps.fix", "value": null},
+        ],
+    });
+    let mut cbor = Vec::new();
+    ciborium::ser::into_writer(&batch, &mut cbor).unwrap();
+    let batch_json = serde_json::to_string(&batch).unwrap();
+    let digest = Batch::from_json(batch_json.as_bytes()).unwrap().digest();
+
+    json!({
+        "seal": {
+            "master_key": hex::encode(master),
+            "key_id": key.id(),
+            "context": context,
+            "plaintext": hex::encode(plaintext),
+            "nonce": hex::encode(nonce),
+            "sealed": sealed,
+        },
+        "policy": {
+            "seed": hex::encode(seed),
+            "public_key": hex::encode(signer.public_key()),
+            "document": String::from_utf8(document).unwrap(),
+            "signature": hex::encode(signature),
+        },
+        "batch": {
+            "json": batch_json,
+            "cbor": hex::encode(cbor),
+            "digest": digest,
+        },
+    })
+}
+
+#[test]
+fn vectors_match_the_spec() {
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(path()).unwrap()).unwrap();
+
+    // Decoding, from the file's own fields.
+    let seal = &file["seal"];
+    let master: [u8; 32] = hex::decode(seal["master_key"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let ring = Keyring::new(MasterKey::from_bytes(&master), None);
+    let opened = ring
+        .open(
+            seal["context"].as_str().unwrap(),
+            seal["sealed"].as_str().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(hex::encode(&*opened), seal["plaintext"]);
+
+    let p = &file["policy"];
+    let document = p["document"].as_str().unwrap().as_bytes();
+    assert!(policy::verify(
+        &hex::decode(p["public_key"].as_str().unwrap()).unwrap(),
+        document,
+        &hex::decode(p["signature"].as_str().unwrap()).unwrap(),
+    ));
+    let parsed: Document = serde_json::from_slice(document).unwrap();
+    assert_eq!(parsed.to_canonical().unwrap(), document);
+
+    let b = &file["batch"];
+    let from_cbor = Batch::from_cbor(&hex::decode(b["cbor"].as_str().unwrap()).unwrap()).unwrap();
+    let from_json = Batch::from_json(b["json"].as_str().unwrap().as_bytes()).unwrap();
+    assert_eq!(from_cbor, from_json);
+    assert!(from_cbor.check().is_ok());
+    assert_eq!(from_cbor.digest(), b["digest"].as_str().unwrap());
+
+    // Encoding: the same inputs give the same bytes.
+    assert_eq!(
+        generate(),
+        file,
+        "the encoders changed: if deliberate, regenerate the vectors"
+    );
+}
+
+#[test]
+#[ignore = "rewrites docs/test-vectors/control-plane-v1.json"]
+fn regenerate() {
+    let text = serde_json::to_string_pretty(&generate()).unwrap() + "\n";
+    std::fs::write(path(), text).unwrap();
+}
