@@ -178,6 +178,9 @@ def check_control_plane():
     assert nonce.hex() == s["nonce"], "seal nonce"
     aad = b"coffer-server-seal/1\0" + key_id + s["context"].encode()
     assert AESGCM(seal_key).decrypt(nonce, sealed[21:], aad).hex() == s["plaintext"], "sealed value"
+    audit_key = hkdf(master, None, b"coffer-server audit key v1")
+    tag = hmac.new(audit_key, b"coffer-server audit mac v1\0" + s["audit_row_hash"].encode(), hashlib.sha256)
+    assert s["audit_mac"] == key_id.hex() + ":" + tag.hexdigest(), "audit MAC"
     # Policy: Ed25519 over the canonical document's exact bytes.
     p = v["policy"]
     signer = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(p["seed"]))

@@ -744,12 +744,15 @@ async fn record(
 ) -> Result<(), ApiError> {
     state
         .store
-        .append_audit(crate::audit::AuditEvent {
-            org_id,
-            actor,
-            action: action.to_owned(),
-            details: details.to_string(),
-        })
+        .append_audit(
+            crate::audit::AuditEvent {
+                org_id,
+                actor,
+                action: action.to_owned(),
+                details: details.to_string(),
+            },
+            std::sync::Arc::clone(&state.keys),
+        )
         .await?;
     Ok(())
 }
@@ -774,7 +777,7 @@ async fn audit_verify(
         ));
     }
     let rows = state.store.audit_rows().await?;
-    let report = crate::audit::check_chain(&rows);
+    let report = crate::audit::check_chain(&rows, &state.keys);
     Ok(Json(json!({
         "intact": report.broken_at.is_none(),
         "rows": report.rows,

@@ -3,7 +3,9 @@
 //!
 //! `hash = SHA-256("coffer/v1/audit-trail" ‖ prev_hash ‖ at ‖ org ‖ actor ‖
 //! action ‖ details)`, each field length-prefixed, `prev_hash` the previous
-//! row's hash (64 zeros for the first). Appends are serialized across
+//! row's hash (64 zeros for the first), and each row's hash is MACed under a
+//! key derived from the master key ([`crate::keys::Keyring::audit_mac`]), so
+//! that recomputing the hashes after an edit needs that key. Appends are serialized across
 //! server processes (an advisory lock on PostgreSQL, an immediate
 //! transaction on SQLite), so the chain has one order.
 
@@ -35,6 +37,8 @@ pub struct AuditRow {
     pub prev_hash: String,
     /// This row's hash, as stored.
     pub hash: String,
+    /// `<key id>:<HMAC-SHA256 of the hash>` under the master key.
+    pub mac: Option<String>,
 }
 
 /// The hash before the first row.
@@ -71,25 +75,29 @@ pub struct ChainReport {
     pub problem: Option<String>,
 }
 
-/// Walks `rows` (in id order) and checks every hash and link.
-pub fn check_chain(rows: &[AuditRow]) -> ChainReport {
+/// Walks `rows` (in id order) and checks every hash, link and MAC.
+pub fn check_chain(rows: &[AuditRow], keys: &crate::keys::Keyring) -> ChainReport {
     let mut prev = GENESIS.to_owned();
     for row in rows {
+        let broken = |problem: &str| ChainReport {
+            rows: rows.len() as u64,
+            broken_at: Some(row.id),
+            problem: Some(problem.to_owned()),
+        };
         if row.prev_hash != prev {
-            return ChainReport {
-                rows: rows.len() as u64,
-                broken_at: Some(row.id),
-                problem: Some(
-                    "its link does not match the row before: rows were deleted or inserted".into(),
-                ),
-            };
+            return broken("its link does not match the row before: rows were deleted or inserted");
         }
         if chain_hash(&prev, row.at, &row.event) != row.hash {
-            return ChainReport {
-                rows: rows.len() as u64,
-                broken_at: Some(row.id),
-                problem: Some("its content does not match its hash: the row was edited".into()),
-            };
+            return broken("its content does not match its hash: the row was edited");
+        }
+        if !row
+            .mac
+            .as_deref()
+            .is_some_and(|mac| keys.audit_mac_valid(&row.hash, mac))
+        {
+            return broken(
+                "its MAC does not verify under the server's key: the chain was rewritten from this row on",
+            );
         }
         prev = row.hash.clone();
     }

@@ -18,8 +18,10 @@
 
 use std::path::Path;
 
+use hmac::{Hmac, Mac};
 use rand_core::RngCore;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
 /// The version byte of a sealed value.
@@ -68,6 +70,7 @@ pub enum KeyError {
 /// One master key and what is derived from it.
 pub struct MasterKey {
     seal: Zeroizing<[u8; 32]>,
+    audit: Zeroizing<[u8; 32]>,
     id: [u8; KEY_ID_LEN],
 }
 
@@ -82,11 +85,13 @@ impl MasterKey {
     pub fn from_bytes(bytes: &[u8; 32]) -> MasterKey {
         let hk = hkdf::Hkdf::<sha2::Sha256>::new(None, bytes);
         let mut seal = Zeroizing::new([0u8; 32]);
+        let mut audit = Zeroizing::new([0u8; 32]);
         let mut id = [0u8; KEY_ID_LEN];
-        // Both lengths are far below HKDF-SHA256's limit: expand cannot fail.
+        // The lengths are far below HKDF-SHA256's limit: expand cannot fail.
         let _ = hk.expand(b"coffer-server seal key v1", seal.as_mut_slice());
+        let _ = hk.expand(b"coffer-server audit key v1", audit.as_mut_slice());
         let _ = hk.expand(b"coffer-server key id v1", &mut id);
-        MasterKey { seal, id }
+        MasterKey { seal, audit, id }
     }
 
     /// The key from 64 hex digits (surrounding white space ignored).
@@ -147,6 +152,21 @@ impl MasterKey {
     /// The key id, 16 hex digits: safe to show and log.
     pub fn id(&self) -> String {
         hex::encode(self.id)
+    }
+
+    /// HMAC-SHA256 of an audit row's hash, hex.
+    fn audit_tag(&self, hash: &str) -> String {
+        hex::encode(self.audit_hmac(hash).finalize().into_bytes())
+    }
+
+    fn audit_hmac(&self, hash: &str) -> Hmac<Sha256> {
+        // HMAC takes keys of any length.
+        #[allow(clippy::expect_used)]
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(self.audit.as_slice()).expect("any key length");
+        mac.update(AUDIT_LABEL);
+        mac.update(hash.as_bytes());
+        mac
     }
 
     fn aead(&self) -> LessSafeKey {
@@ -262,6 +282,36 @@ impl Keyring {
         key.open(context, &bytes)
     }
 
+    /// The MAC of an audit row whose hash is `hash`: `<key id>:<HMAC-SHA256
+    /// hex>` under the current key. It proves the row was written by a
+    /// server holding the master key.
+    pub fn audit_mac(&self, hash: &str) -> String {
+        format!("{}:{}", self.current.id(), self.current.audit_tag(hash))
+    }
+
+    /// The key (current or previous) `mac` is under, if it verifies.
+    fn audit_key_of(&self, hash: &str, mac: &str) -> Option<&MasterKey> {
+        let (id, tag) = mac.split_once(':')?;
+        let tag = hex::decode(tag).ok()?;
+        let key = [Some(&self.current), self.previous.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|k| k.id() == id)?;
+        key.audit_hmac(hash).verify_slice(&tag).ok().map(|()| key)
+    }
+
+    /// Whether `mac` is a valid audit MAC of `hash` (under either key).
+    pub fn audit_mac_valid(&self, hash: &str, mac: &str) -> bool {
+        self.audit_key_of(hash, mac).is_some()
+    }
+
+    /// For a rotation: the MAC under the current key, if `mac` is valid
+    /// under the previous one (an invalid MAC stays invalid).
+    pub fn audit_remac(&self, hash: &str, mac: &str) -> Option<String> {
+        let key = self.audit_key_of(hash, mac)?;
+        (key.id != self.current.id).then(|| self.audit_mac(hash))
+    }
+
     /// Whether `sealed` is under the current key (a rotation skips it).
     pub fn is_current(&self, sealed: &str) -> bool {
         parse(sealed).is_ok_and(|(_, id)| id == self.current.id)
@@ -279,8 +329,11 @@ impl Keyring {
 
 /// The context of the value that proves which key a database is under.
 pub const CHECK_CONTEXT: &str = "master-key-check";
-/// What that value seals.
+/// What that value seals: the database is under this key, and every audit
+/// row carries a MAC.
 pub const CHECK_PLAINTEXT: &[u8] = b"coffer master key check v1";
+
+const AUDIT_LABEL: &[u8] = b"coffer-server audit mac v1\0";
 
 #[cfg(unix)]
 fn exposed(meta: &std::fs::Metadata) -> bool {
@@ -353,6 +406,25 @@ mod tests {
             old.open("c", &sealed_new),
             Err(KeyError::UnknownKey { .. })
         ));
+    }
+
+    #[test]
+    fn audit_macs_verify_under_either_key_and_move_to_the_new_one() {
+        let old = Keyring::new(key(1), None);
+        let mac = old.audit_mac("abc");
+        assert!(old.audit_mac_valid("abc", &mac));
+        assert!(!old.audit_mac_valid("abd", &mac));
+        assert!(!old.audit_mac_valid("abc", "nonsense"));
+        assert!(old.audit_remac("abc", &mac).is_none(), "already current");
+        let ring = Keyring::new(key(2), Some(key(1)));
+        assert!(ring.audit_mac_valid("abc", &mac));
+        let moved = ring.audit_remac("abc", &mac).unwrap();
+        assert!(Keyring::new(key(2), None).audit_mac_valid("abc", &moved));
+        assert!(!Keyring::new(key(2), None).audit_mac_valid("abc", &mac));
+        assert!(
+            ring.audit_remac("abd", &mac).is_none(),
+            "a bad MAC stays bad"
+        );
     }
 
     #[test]

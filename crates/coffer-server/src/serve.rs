@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 use crate::api::{self, AppState};
 use crate::keys::{KeyError, Keyring, CHECK_CONTEXT, CHECK_PLAINTEXT};
 use crate::listen::{check_listen, ListenError, Transport};
-use crate::store::{Store, StoreError};
+use crate::store::{AuditMac, Store, StoreError};
 
 /// How to run the server.
 #[derive(Debug, Clone)]
@@ -56,44 +56,76 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Checks that the database is under this server's master key, recording
-/// it on a new database; under the previous key of a rotation, re-seals
-/// every value under the new key in one transaction.
+/// Checks that the database is under this server's master key and puts a
+/// new one (or one from before the master key) under it, giving every audit
+/// row its MAC. Under the previous key of a rotation, re-seals every value
+/// and re-MACs every valid audit row under the new key, in one transaction.
 async fn adopt_master_key(store: &Store, keys: &Keyring) -> Result<(), ServeError> {
-    let check = match store.master_key_check().await? {
-        Some(check) => check,
-        None => {
-            let sealed = keys.seal(CHECK_CONTEXT, CHECK_PLAINTEXT)?;
-            if store.init_master_key_check(&sealed).await? {
-                tracing::info!(key_id = %keys.current().id(), "database put under this master key");
+    let check = store.master_key_check().await?;
+    let rows = store.audit_rows().await?;
+    let (mut resealed, mut macs) = (Vec::new(), Vec::new());
+    match &check {
+        Some(check) => {
+            if *keys.open(CHECK_CONTEXT, check)? != *CHECK_PLAINTEXT {
+                return Err(KeyError::Tampered.into());
+            }
+            if keys.is_current(check) {
                 return Ok(());
             }
-            // Another process was first: check its key like any other.
-            store.master_key_check().await?.ok_or(KeyError::Tampered)?
+            for value in store.sealed_values().await? {
+                if keys.is_current(&value.sealed) {
+                    continue;
+                }
+                let context = value.kind.context(value.id);
+                let plain = keys.open(&context, &value.sealed)?;
+                let new = keys.seal(&context, &plain)?;
+                resealed.push((value, new));
+            }
+            for row in rows {
+                if let Some(new) = row
+                    .mac
+                    .as_deref()
+                    .and_then(|mac| keys.audit_remac(&row.hash, mac))
+                {
+                    macs.push(AuditMac {
+                        id: row.id,
+                        old: row.mac,
+                        new,
+                    });
+                }
+            }
         }
-    };
-    keys.open(CHECK_CONTEXT, &check)?;
-    if keys.is_current(&check) {
-        return Ok(());
-    }
-    let mut resealed = Vec::new();
-    for value in store.sealed_values().await? {
-        if keys.is_current(&value.sealed) {
-            continue;
+        None => {
+            // Never under a key: a new database, or one from before the
+            // master key. A database that holds sealed values or MACs but no
+            // check has had its check deleted: adopting it would launder
+            // whatever was done to the trail.
+            if !store.sealed_values().await?.is_empty() || rows.iter().any(|r| r.mac.is_some()) {
+                return Err(KeyError::Tampered.into());
+            }
+            macs = rows
+                .iter()
+                .map(|row| AuditMac {
+                    id: row.id,
+                    old: None,
+                    new: keys.audit_mac(&row.hash),
+                })
+                .collect();
         }
-        let context = value.kind.context(value.id);
-        let plain = keys.open(&context, &value.sealed)?;
-        let new = keys.seal(&context, &plain)?;
-        resealed.push((value, new));
     }
-    let count = resealed.len();
+    let (values, rows) = (resealed.len(), macs.len());
     store
-        .reseal(resealed, &keys.seal(CHECK_CONTEXT, CHECK_PLAINTEXT)?)
+        .reseal(resealed, macs, &keys.seal(CHECK_CONTEXT, CHECK_PLAINTEXT)?)
         .await?;
+    // Two processes with different keys may have raced on a new database:
+    // the stored check decides.
+    let stored = store.master_key_check().await?.ok_or(KeyError::Tampered)?;
+    keys.open(CHECK_CONTEXT, &stored)?;
     tracing::info!(
         key_id = %keys.current().id(),
-        values = count,
-        "master key rotated: every sealed value re-sealed under the new key"
+        values,
+        audit_rows = rows,
+        "database put under this master key"
     );
     Ok(())
 }

@@ -492,11 +492,56 @@ async fn audit_trail(url: &str) {
         .contains("deleted or inserted"));
     let r = &rows[1];
     db.execute_for_tests(&format!(
-        "INSERT INTO audit_events (id, at, org_id, actor, action, details, prev_hash, hash) VALUES ({}, {}, NULL, '{}', '{}', '{}', '{}', '{}')",
-        r.id, r.at, r.event.actor, r.event.action, r.event.details, r.prev_hash, r.hash
+        "INSERT INTO audit_events (id, at, org_id, actor, action, details, prev_hash, hash, mac) VALUES ({}, {}, NULL, '{}', '{}', '{}', '{}', '{}', '{}')",
+        r.id, r.at, r.event.actor, r.event.action, r.event.details, r.prev_hash, r.hash, r.mac.as_deref().unwrap()
     ))
     .await
     .unwrap();
+    assert_eq!(verify().await["intact"], true);
+
+    // Rewritten: the failed login edited, and every hash from there on
+    // recomputed, so that every link and hash holds. Without the master
+    // key the MACs cannot follow.
+    let mut prev = rows[0].hash.clone();
+    let mut rewrite = String::new();
+    for (i, row) in rows.iter().enumerate().skip(1) {
+        let mut event = row.event.clone();
+        if i == 1 {
+            event.details = "{\"user\":\"mallory\"}".into();
+        }
+        let hash = coffer_server::audit::chain_hash(&prev, row.at, &event);
+        rewrite.push_str(&format!(
+            "UPDATE audit_events SET details = '{}', prev_hash = '{prev}', hash = '{hash}' WHERE id = {};",
+            event.details, row.id
+        ));
+        prev = hash;
+    }
+    db.execute_for_tests(&rewrite).await.unwrap();
+    let report = verify().await;
+    assert_eq!(report["intact"], false, "{report}");
+    assert_eq!(report["broken_at"], second);
+    assert!(
+        report["problem"].as_str().unwrap().contains("MAC"),
+        "{report}"
+    );
+    // Removing the MACs does not help either.
+    db.execute_for_tests("UPDATE audit_events SET mac = NULL")
+        .await
+        .unwrap();
+    let report = verify().await;
+    assert_eq!(report["broken_at"], rows[0].id);
+    let mut restore = String::new();
+    for row in &rows {
+        restore.push_str(&format!(
+            "UPDATE audit_events SET details = '{}', prev_hash = '{}', hash = '{}', mac = '{}' WHERE id = {};",
+            row.event.details,
+            row.prev_hash,
+            row.hash,
+            row.mac.as_deref().unwrap(),
+            row.id
+        ));
+    }
+    db.execute_for_tests(&restore).await.unwrap();
     assert_eq!(verify().await["intact"], true);
 
     // Inserted: a forged row between the first two, with a well-formed hash
@@ -519,13 +564,41 @@ async fn audit_trail(url: &str) {
     ))
     .await
     .unwrap();
+    // Its link and hash hold; its missing MAC gives it away.
     let report = verify().await;
     assert_eq!(report["intact"], false, "{report}");
-    assert!(report["problem"]
-        .as_str()
-        .unwrap()
-        .contains("deleted or inserted"));
+    assert_eq!(report["broken_at"], rows[0].id + 1);
+    assert!(report["problem"].as_str().unwrap().contains("MAC"));
     server.stop().await;
+
+    // A database from before the master key (no check, no sealed value, no
+    // MAC) is adopted at the next start: every row gets its MAC.
+    db.execute_for_tests(&format!(
+        "DELETE FROM audit_events WHERE id = {}; UPDATE audit_events SET id = id - 1000 WHERE id > 1000;
+         UPDATE audit_events SET mac = NULL; DELETE FROM master_key_check; DELETE FROM org_signing_keys;",
+        rows[0].id + 1
+    ))
+    .await
+    .unwrap();
+    let server = Running::start(url).await;
+    let token = login(&server, &http, "alice", "correct horse battery")
+        .await
+        .unwrap();
+    let report: Value = get(&http, server.url("/v1/audit/verify"), &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["intact"], true, "{report}");
+    server.stop().await;
+    // But a check deleted from a database that has MACs is tampering: the
+    // server refuses to start rather than launder the trail.
+    db.execute_for_tests("DELETE FROM master_key_check")
+        .await
+        .unwrap();
+    assert!(Running::with_keys(url, coffer_server::testing::keyring())
+        .await
+        .is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

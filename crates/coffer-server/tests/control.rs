@@ -781,6 +781,13 @@ async fn master_key(url: &str, d2_token: &str, d2_escrow: &str) {
     )
     .await;
     assert_eq!(r.status(), StatusCode::CREATED);
+    // The audit trail moved to the new key with everything else.
+    let report: Value = get(&http, after.url("/v1/audit/verify"), &alice)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["intact"], true, "{report}");
     after.stop().await;
 }
 

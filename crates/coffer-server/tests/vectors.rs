@@ -1,6 +1,6 @@
 //! Test vectors for the control plane's formats, kept in
-//! docs/test-vectors/control-plane-v1.json: a sealed value
-//! (docs/formats/server-seal.md), a signed policy (docs/formats/policy.md)
+//! docs/test-vectors/control-plane-v1.json: a sealed value and an audit
+//! row's MAC (docs/formats/server-seal.md, docs/server.md), a signed policy (docs/formats/policy.md)
 //! and a data batch in JSON and CBOR (docs/formats/data-batch.md).
 //!
 //! `vectors_match_the_spec` decodes the file (opens the sealed value,
@@ -25,6 +25,9 @@ fn path() -> std::path::PathBuf {
 fn counting(from: u8) -> [u8; 32] {
     std::array::from_fn(|i| from.wrapping_add(i as u8))
 }
+
+/// The hash of an audit row, as the vector's MAC input.
+const AUDIT_HASH: &str = "7d5c0a3b0e3b4b8f9e1d2c3b4a5968778695a4b3c2d1e0f0a1b2c3d4e5f60718";
 
 fn generate() -> Value {
     let master = counting(0x00);
@@ -80,6 +83,8 @@ fn generate() -> Value {
             "plaintext": hex::encode(plaintext),
             "nonce": hex::encode(nonce),
             "sealed": sealed,
+            "audit_row_hash": AUDIT_HASH,
+            "audit_mac": Keyring::new(key, None).audit_mac(AUDIT_HASH),
         },
         "policy": {
             "seed": hex::encode(seed),
@@ -113,6 +118,10 @@ fn vectors_match_the_spec() {
         )
         .unwrap();
     assert_eq!(hex::encode(&*opened), seal["plaintext"]);
+    assert!(ring.audit_mac_valid(
+        seal["audit_row_hash"].as_str().unwrap(),
+        seal["audit_mac"].as_str().unwrap()
+    ));
 
     let p = &file["policy"];
     let document = p["document"].as_str().unwrap().as_bytes();

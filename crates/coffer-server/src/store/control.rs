@@ -35,6 +35,17 @@ pub struct SealedValue {
     pub sealed: String,
 }
 
+/// A new MAC for an audit row.
+#[derive(Debug, Clone)]
+pub struct AuditMac {
+    /// The row.
+    pub id: i64,
+    /// Its MAC as read (none on rows older than MACs).
+    pub old: Option<String>,
+    /// Its MAC under the current key.
+    pub new: String,
+}
+
 /// An organization's signing key as stored.
 #[derive(Debug, Clone)]
 pub struct SigningKeyRecord {
@@ -219,26 +230,22 @@ impl Store {
         dispatch!(self, s => s.master_key_check().await)
     }
 
-    /// Records the master key check of a database not yet under a key;
-    /// false if another process recorded one first.
-    pub async fn init_master_key_check(&self, sealed: &str) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.init_master_key_check(sealed).await)
-    }
-
     /// Every sealed value in the database.
     pub async fn sealed_values(&self) -> Result<Vec<SealedValue>, StoreError> {
         dispatch!(self, s => s.sealed_values().await)
     }
 
-    /// Replaces sealed values and the master key check in one transaction
-    /// (a master key rotation). Each value is replaced only if it still
-    /// holds `old`, so a value changed meanwhile is left alone.
+    /// Replaces sealed values, audit MACs and the master key check in one
+    /// transaction (a master key rotation, or the first MACs of an older
+    /// trail). Each value and MAC is replaced only if it still holds what
+    /// was read, so one changed meanwhile is left alone.
     pub async fn reseal(
         &self,
         values: Vec<(SealedValue, String)>,
+        audit_macs: Vec<AuditMac>,
         check: &str,
     ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.reseal(values, check).await)
+        dispatch!(self, s => s.reseal(values, audit_macs, check).await)
     }
 
     /// An organization's signing key.

@@ -12,8 +12,8 @@ mod postgres;
 mod sqlite;
 
 pub use control::{
-    BatchStored, CheckIn, DeviceActivity, NewBatch, NewPolicy, PolicyRecord, ReadingQuery,
-    SealedKind, SealedValue, SigningKeyRecord, WipeEnd, WipeEnded, WipeOrder,
+    AuditMac, BatchStored, CheckIn, DeviceActivity, NewBatch, NewPolicy, PolicyRecord,
+    ReadingQuery, SealedKind, SealedValue, SigningKeyRecord, WipeEnd, WipeEnded, WipeOrder,
 };
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -472,8 +472,13 @@ impl Store {
     }
 
     /// Appends an event to the audit trail, chained to the last one.
-    pub async fn append_audit(&self, event: crate::audit::AuditEvent) -> Result<(), StoreError> {
-        dispatch!(self, s => s.append_audit(event).await)
+    /// The row's hash is MACed under the master key (`keys`).
+    pub async fn append_audit(
+        &self,
+        event: crate::audit::AuditEvent,
+        keys: std::sync::Arc<crate::keys::Keyring>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.append_audit(event, keys).await)
     }
 
     /// Every row of the audit trail, in order.

@@ -35,6 +35,10 @@ pub(super) const MIGRATIONS: Migrations = &[
         7,
         include_str!("../../migrations/postgres/0007_control.sql"),
     ),
+    (
+        8,
+        include_str!("../../migrations/postgres/0008_audit_mac.sql"),
+    ),
 ];
 
 /// Serializes audit appends across server processes: one chain, one order.
@@ -351,7 +355,11 @@ impl PostgresStore {
             .map_err(pg(op))
     }
 
-    pub(super) async fn append_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+    pub(super) async fn append_audit(
+        &self,
+        event: AuditEvent,
+        keys: std::sync::Arc<crate::keys::Keyring>,
+    ) -> Result<(), StoreError> {
         let op = "recording an audit event";
         let mut client = self.client(op).await?;
         let tx = client.transaction().await.map_err(pg(op))?;
@@ -369,9 +377,10 @@ impl PostgresStore {
             .unwrap_or_else(|| GENESIS.to_owned());
         let at = now_unix();
         let hash = chain_hash(&prev, at, &event);
+        let mac = keys.audit_mac(&hash);
         tx.execute(
-            "INSERT INTO audit_events (at, org_id, actor, action, details, prev_hash, hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO audit_events (at, org_id, actor, action, details, prev_hash, hash, mac)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
                 &at,
                 &event.org_id,
@@ -380,6 +389,7 @@ impl PostgresStore {
                 &event.details,
                 &prev,
                 &hash,
+                &mac,
             ],
         )
         .await
@@ -392,7 +402,7 @@ impl PostgresStore {
         let client = self.client(op).await?;
         let rows = client
             .query(
-                "SELECT id, at, org_id, actor, action, details, prev_hash, hash
+                "SELECT id, at, org_id, actor, action, details, prev_hash, hash, mac
                  FROM audit_events ORDER BY id",
                 &[],
             )
@@ -411,6 +421,7 @@ impl PostgresStore {
                 },
                 prev_hash: r.get(6),
                 hash: r.get(7),
+                mac: r.get(8),
             })
             .collect())
     }

@@ -27,6 +27,10 @@ pub(super) const MIGRATIONS: Migrations = &[
     (5, include_str!("../../migrations/sqlite/0005_devices.sql")),
     (6, include_str!("../../migrations/sqlite/0006_usage.sql")),
     (7, include_str!("../../migrations/sqlite/0007_control.sql")),
+    (
+        8,
+        include_str!("../../migrations/sqlite/0008_audit_mac.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -334,7 +338,11 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn append_audit(&self, event: AuditEvent) -> Result<(), StoreError> {
+    pub(super) async fn append_audit(
+        &self,
+        event: AuditEvent,
+        keys: std::sync::Arc<crate::keys::Keyring>,
+    ) -> Result<(), StoreError> {
         self.with("recording an audit event", move |conn| {
             let e = db_error("recording an audit event");
             let tx = conn
@@ -351,9 +359,10 @@ impl SqliteStore {
                 .unwrap_or_else(|| GENESIS.to_owned());
             let at = now_unix();
             let hash = chain_hash(&prev, at, &event);
+            let mac = keys.audit_mac(&hash);
             tx.execute(
-                "INSERT INTO audit_events (at, org_id, actor, action, details, prev_hash, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO audit_events (at, org_id, actor, action, details, prev_hash, hash, mac)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     at,
                     event.org_id,
@@ -361,7 +370,8 @@ impl SqliteStore {
                     event.action,
                     event.details,
                     prev,
-                    hash
+                    hash,
+                    mac
                 ],
             )
             .map_err(|x| e(&x))?;
@@ -375,7 +385,7 @@ impl SqliteStore {
             let e = db_error("reading the audit trail");
             let mut stmt = conn
                 .prepare(
-                    "SELECT id, at, org_id, actor, action, details, prev_hash, hash
+                    "SELECT id, at, org_id, actor, action, details, prev_hash, hash, mac
                      FROM audit_events ORDER BY id",
                 )
                 .map_err(|x| e(&x))?;
@@ -392,6 +402,7 @@ impl SqliteStore {
                         },
                         prev_hash: r.get(6)?,
                         hash: r.get(7)?,
+                        mac: r.get(8)?,
                     })
                 })
                 .map_err(|x| e(&x))?;

@@ -5,8 +5,8 @@
 use super::{pg, PostgresStore};
 use crate::data::StoredReading;
 use crate::store::control::{
-    BatchStored, CheckIn, DeviceActivity, NewBatch, NewPolicy, PolicyRecord, ReadingQuery,
-    SealedKind, SealedValue, SigningKeyRecord, WipeEnd, WipeEnded, WipeOrder,
+    AuditMac, BatchStored, CheckIn, DeviceActivity, NewBatch, NewPolicy, PolicyRecord,
+    ReadingQuery, SealedKind, SealedValue, SigningKeyRecord, WipeEnd, WipeEnded, WipeOrder,
 };
 use crate::store::{now_unix, StoreError};
 
@@ -34,22 +34,6 @@ impl PostgresStore {
             .await
             .map_err(pg(op))?
             .map(|r| r.get(0)))
-    }
-
-    pub(in crate::store) async fn init_master_key_check(
-        &self,
-        sealed: &str,
-    ) -> Result<bool, StoreError> {
-        let op = "recording the master key check";
-        let client = self.client(op).await?;
-        client
-            .execute(
-                "INSERT INTO master_key_check (id, sealed) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
-                &[&sealed],
-            )
-            .await
-            .map(|n| n == 1)
-            .map_err(pg(op))
     }
 
     pub(in crate::store) async fn sealed_values(&self) -> Result<Vec<SealedValue>, StoreError> {
@@ -80,6 +64,7 @@ impl PostgresStore {
     pub(in crate::store) async fn reseal(
         &self,
         values: Vec<(SealedValue, String)>,
+        audit_macs: Vec<AuditMac>,
         check: &str,
     ) -> Result<(), StoreError> {
         let op = "re-sealing under the new master key";
@@ -97,6 +82,14 @@ impl PostgresStore {
             tx.execute(sql, &[&old.id, &old.sealed, &new])
                 .await
                 .map_err(pg(op))?;
+        }
+        for mac in audit_macs {
+            tx.execute(
+                "UPDATE audit_events SET mac = $3 WHERE id = $1 AND mac IS NOT DISTINCT FROM $2",
+                &[&mac.id, &mac.old, &mac.new],
+            )
+            .await
+            .map_err(pg(op))?;
         }
         tx.execute(
             "INSERT INTO master_key_check (id, sealed) VALUES (1, $1)

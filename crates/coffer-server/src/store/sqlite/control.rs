@@ -5,8 +5,8 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use super::SqliteStore;
 use crate::data::StoredReading;
 use crate::store::control::{
-    BatchStored, CheckIn, DeviceActivity, NewBatch, NewPolicy, PolicyRecord, ReadingQuery,
-    SealedKind, SealedValue, SigningKeyRecord, WipeEnd, WipeEnded, WipeOrder,
+    AuditMac, BatchStored, CheckIn, DeviceActivity, NewBatch, NewPolicy, PolicyRecord,
+    ReadingQuery, SealedKind, SealedValue, SigningKeyRecord, WipeEnd, WipeEnded, WipeOrder,
 };
 use crate::store::{db_error, now_unix, StoreError};
 
@@ -35,23 +35,6 @@ impl SqliteStore {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(|e| db_error(op)(&e))
-        })
-        .await
-    }
-
-    pub(in crate::store) async fn init_master_key_check(
-        &self,
-        sealed: &str,
-    ) -> Result<bool, StoreError> {
-        let op = "recording the master key check";
-        let sealed = sealed.to_owned();
-        self.with(op, move |conn| {
-            conn.execute(
-                "INSERT INTO master_key_check (id, sealed) VALUES (1, ?1) ON CONFLICT (id) DO NOTHING",
-                [sealed],
-            )
-            .map(|n| n == 1)
             .map_err(|e| db_error(op)(&e))
         })
         .await
@@ -94,6 +77,7 @@ impl SqliteStore {
     pub(in crate::store) async fn reseal(
         &self,
         values: Vec<(SealedValue, String)>,
+        audit_macs: Vec<AuditMac>,
         check: &str,
     ) -> Result<(), StoreError> {
         let op = "re-sealing under the new master key";
@@ -114,6 +98,13 @@ impl SqliteStore {
                 };
                 tx.execute(sql, params![old.id, old.sealed, new])
                     .map_err(|x| e(&x))?;
+            }
+            for mac in audit_macs {
+                tx.execute(
+                    "UPDATE audit_events SET mac = ?3 WHERE id = ?1 AND mac IS ?2",
+                    params![mac.id, mac.old, mac.new],
+                )
+                .map_err(|x| e(&x))?;
             }
             tx.execute(
                 "INSERT INTO master_key_check (id, sealed) VALUES (1, ?1)

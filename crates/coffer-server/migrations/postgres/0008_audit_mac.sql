@@ -1,0 +1,5 @@
+-- Every audit row carries an HMAC of its hash under a key derived from the
+-- server's master key ("<key id>:<hex>"), so that a chain recomputed by
+-- someone with write access to the database but without the key is
+-- detected. Rows written before this migration get theirs at the next start.
+ALTER TABLE audit_events ADD COLUMN mac TEXT;
