@@ -369,37 +369,26 @@ impl PostgresStore {
     ) -> Result<CheckIn, StoreError> {
         let op = "checking a device in";
         let client = self.client(op).await?;
-        client
-            .execute(
-                "UPDATE devices SET last_seen_at = $2, last_seen_address = $3 WHERE id = $1",
-                &[&device_id, &now_unix(), &address],
-            )
-            .await
-            .map_err(pg(op))?;
-        let wipe_orders = client
-            .query(
-                &format!(
-                    "SELECT {WIPE_COLUMNS} FROM wipe_orders WHERE device_id = $1
-                     AND acknowledged_at IS NULL AND cancelled_at IS NULL ORDER BY id"
-                ),
-                &[&device_id],
-            )
-            .await
-            .map_err(pg(op))?
-            .iter()
-            .map(wipe_order)
-            .collect();
-        let row = client
-            .query_one(
-                "SELECT (SELECT max(p.version) FROM policies p JOIN devices d ON d.org_id = p.org_id
-                         WHERE d.id = $1),
-                        EXISTS (SELECT 1 FROM escrow_keys WHERE device_id = $1)",
-                &[&device_id],
-            )
-            .await
-            .map_err(pg(op))?;
+        // Two statements sent together (tokio-postgres pipelines them on
+        // one connection): one round trip.
+        let now = now_unix();
+        let seen_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+            [&device_id, &now, &address];
+        let wipes_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&device_id];
+        let seen = client.query_one(
+            "UPDATE devices d SET last_seen_at = $2, last_seen_address = $3 WHERE id = $1
+             RETURNING (SELECT max(p.version) FROM policies p WHERE p.org_id = d.org_id),
+                       EXISTS (SELECT 1 FROM escrow_keys WHERE device_id = $1)",
+            &seen_params,
+        );
+        let wipes_sql = format!(
+            "SELECT {WIPE_COLUMNS} FROM wipe_orders WHERE device_id = $1
+             AND acknowledged_at IS NULL AND cancelled_at IS NULL ORDER BY id"
+        );
+        let wipes = client.query(&wipes_sql, &wipes_params);
+        let (row, wipes) = tokio::try_join!(seen, wipes).map_err(pg(op))?;
         Ok(CheckIn {
-            wipe_orders,
+            wipe_orders: wipes.iter().map(wipe_order).collect(),
             policy_version: row.get(0),
             escrow_present: row.get(1),
         })
