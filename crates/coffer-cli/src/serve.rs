@@ -46,13 +46,16 @@ pub struct Options<'a> {
 }
 
 /// The master key (made on first start at the default path), and the
-/// previous one while rotating.
-fn keyring(options: &Options<'_>) -> Result<coffer_server::keys::Keyring, CliError> {
+/// previous one while rotating; and the key file if it was made now.
+fn keyring(
+    options: &Options<'_>,
+) -> Result<(coffer_server::keys::Keyring, Option<std::path::PathBuf>), CliError> {
     use coffer_server::keys::{Keyring, MasterKey};
     let failed = |e: coffer_server::keys::KeyError| CliError::usage(e.to_string());
     let from_env = std::env::var("COFFER_MASTER_KEY")
         .ok()
         .map(zeroize::Zeroizing::new);
+    let mut made = None;
     let current = match (options.master_key_file, from_env) {
         (Some(path), _) => MasterKey::load(path).map_err(failed)?,
         (None, Some(text)) => MasterKey::from_hex(&text).map_err(failed)?,
@@ -61,10 +64,14 @@ fn keyring(options: &Options<'_>) -> Result<coffer_server::keys::Keyring, CliErr
             let (key, created) = MasterKey::load_or_create(&path).map_err(failed)?;
             if created {
                 eprintln!(
-                    "coffer serve: made a new master key in {} (back it up, away from the database)",
+                    "coffer serve: made a new master key in {} (back it up)",
                     path.display()
                 );
+                made = Some(path);
             }
+            eprintln!(
+                "coffer serve: the master key is in the default place, beside the default database: a copy of that directory holds both. For production, keep it elsewhere (--master-key-file)."
+            );
             key
         }
     };
@@ -73,7 +80,7 @@ fn keyring(options: &Options<'_>) -> Result<coffer_server::keys::Keyring, CliErr
         .map(MasterKey::load)
         .transpose()
         .map_err(failed)?;
-    Ok(Keyring::new(current, previous))
+    Ok((Keyring::new(current, previous), made))
 }
 
 pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
@@ -86,7 +93,8 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let keys = std::sync::Arc::new(keyring(&options)?);
+    let (keys, made_key) = keyring(&options)?;
+    let keys = std::sync::Arc::new(keys);
     let Options {
         listen,
         database_url,
@@ -118,7 +126,14 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
             keys,
         })
         .await
-        .map_err(|e| CliError::usage(format!("cannot start the server: {e}")))?;
+        .map_err(|e| {
+            // A key made for a database that turned out to be under another
+            // one is of no use: do not leave it behind to confuse.
+            if let Some(path) = &made_key {
+                let _ = std::fs::remove_file(path);
+            }
+            CliError::usage(format!("cannot start the server: {e}"))
+        })?;
         let addr = server
             .local_addr()
             .map_err(|e| CliError::other(e.to_string()))?;

@@ -323,3 +323,46 @@ fn device_admin(
     let listed = json(admin(&["device", "list", "--org", org]));
     assert_eq!(listed["devices"][0]["revoked"], true);
 }
+
+/// A database under one master key refuses a server with another: a key
+/// file lost and remade by default is refused, and not left behind.
+#[test]
+fn serve_refuses_a_database_under_another_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("server.db").display());
+    let serve = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_coffer"));
+        c.args([
+            "--json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db,
+        ])
+        .env("XDG_DATA_HOME", dir.path())
+        .env("HOME", dir.path())
+        .env_remove("COFFER_MASTER_KEY")
+        .env_remove("COFFER_MASTER_KEY_FILE");
+        c
+    };
+    let mut first = serve()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(first.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let key = dir.path().join("coffer-server/master.key");
+    std::fs::remove_file(&key).unwrap();
+    let out = serve().output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("master key"), "{stderr}");
+    assert!(!key.exists(), "the useless new key is removed");
+}

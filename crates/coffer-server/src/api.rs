@@ -174,6 +174,11 @@ impl From<StoreError> for ApiError {
                 "version_not_newer",
                 format!("policy version {current} is already published: versions only go up"),
             ),
+            StoreError::DeviceRevoked => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the token is not valid",
+            ),
             StoreError::WipePending => ApiError::new(
                 StatusCode::CONFLICT,
                 "wipe_pending",
@@ -885,6 +890,15 @@ async fn enroll(
         return Err(window.refusal("enrollment"));
     }
     check_name("the device's name", &request.name)?;
+    // The organization's key must exist before the code is spent: a device
+    // is never enrolled without the key it is to pin.
+    if let Some(org_id) = state
+        .store
+        .enrollment_code_org(&token_hash(&request.code))
+        .await?
+    {
+        control::signing_key_record(&state, org_id).await?;
+    }
     let token = new_token()?;
     let enrolled = match state
         .store
@@ -1341,6 +1355,9 @@ struct Caller {
     user_id: Option<i64>,
     device_id: Option<i64>,
     org_id: Option<i64>,
+    /// The body bytes a handler actually read (a body sent without
+    /// `Content-Length`, chunked or over HTTP/2, is counted too).
+    bytes_in: Option<i64>,
 }
 
 type CallerCell = std::sync::Arc<std::sync::Mutex<Caller>>;
@@ -1398,7 +1415,7 @@ async fn account(State(state): State<AppState>, mut req: Request, next: Next) ->
         method,
         route,
         status: i32::from(response.status().as_u16()),
-        bytes_in,
+        bytes_in: caller.bytes_in.unwrap_or(bytes_in),
         bytes_out,
         micros: i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX),
     };

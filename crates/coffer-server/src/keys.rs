@@ -58,6 +58,10 @@ pub enum KeyError {
         /// The ids this server holds.
         have: String,
     },
+    /// Values remain under a master key this server no longer has as its
+    /// previous one.
+    #[error("values are still sealed under the previous master key: start once more with --previous-master-key-file before dropping it")]
+    Stale,
     /// A sealed value does not authenticate: altered, truncated, or moved
     /// to another row.
     #[error("a sealed value does not authenticate (altered, truncated or moved)")]
@@ -263,6 +267,11 @@ impl Keyring {
         &self.current
     }
 
+    /// Whether a previous key is held (a rotation is under way).
+    pub fn has_previous(&self) -> bool {
+        self.previous.is_some()
+    }
+
     /// Seals under the current key.
     pub fn seal(&self, context: &str, plaintext: &[u8]) -> Result<String, KeyError> {
         self.current.seal(context, plaintext)
@@ -358,7 +367,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(bytes)?;
     file.write_all(b"\n")?;
-    file.sync_all()
+    file.sync_all()?;
+    // The new name must survive a crash too.
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

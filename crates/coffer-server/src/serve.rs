@@ -56,21 +56,48 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Checks that the database is under this server's master key and puts a
-/// new one (or one from before the master key) under it, giving every audit
-/// row its MAC. Under the previous key of a rotation, re-seals every value
-/// and re-MACs every valid audit row under the new key, in one transaction.
+/// Checks that the database is under this server's master key, and puts
+/// it there: a new database (or one from before the master key) gets its
+/// check and every audit row its MAC; with a previous key (a rotation),
+/// every value and audit MAC still under the previous key moves to the new
+/// one, at every such start, so that what processes still running with the
+/// old key wrote meanwhile is moved too. Without a previous key, a database
+/// holding anything under another key is refused: destroying the old key
+/// too early loses nothing. The check is compared and swapped, so two
+/// processes with different keys cannot both adopt a database.
 async fn adopt_master_key(store: &Store, keys: &Keyring) -> Result<(), ServeError> {
+    for _ in 0..5 {
+        if adopt_once(store, keys).await? {
+            return Ok(());
+        }
+    }
+    Err(ServeError::Io(std::io::Error::other(
+        "the master key check keeps changing under this server: another process is adopting the database with another key",
+    )))
+}
+
+/// One attempt; false if another process changed the check meanwhile.
+async fn adopt_once(store: &Store, keys: &Keyring) -> Result<bool, ServeError> {
     let check = store.master_key_check().await?;
-    let rows = store.audit_rows().await?;
     let (mut resealed, mut macs) = (Vec::new(), Vec::new());
     match &check {
         Some(check) => {
             if *keys.open(CHECK_CONTEXT, check)? != *CHECK_PLAINTEXT {
                 return Err(KeyError::Tampered.into());
             }
-            if keys.is_current(check) {
-                return Ok(());
+            if !keys.has_previous() {
+                // Nothing may be left under another key.
+                let current = keys.current().id();
+                let foreign = store
+                    .sealed_values()
+                    .await?
+                    .iter()
+                    .any(|v| !keys.is_current(&v.sealed))
+                    || store.foreign_audit_macs(&format!("{current}:")).await? > 0;
+                if foreign {
+                    return Err(KeyError::Stale.into());
+                }
+                return Ok(true);
             }
             for value in store.sealed_values().await? {
                 if keys.is_current(&value.sealed) {
@@ -81,7 +108,7 @@ async fn adopt_master_key(store: &Store, keys: &Keyring) -> Result<(), ServeErro
                 let new = keys.seal(&context, &plain)?;
                 resealed.push((value, new));
             }
-            for row in rows {
+            for row in store.audit_rows().await? {
                 if let Some(new) = row
                     .mac
                     .as_deref()
@@ -94,12 +121,16 @@ async fn adopt_master_key(store: &Store, keys: &Keyring) -> Result<(), ServeErro
                     });
                 }
             }
+            if resealed.is_empty() && macs.is_empty() && keys.is_current(check) {
+                return Ok(true);
+            }
         }
         None => {
             // Never under a key: a new database, or one from before the
             // master key. A database that holds sealed values or MACs but no
             // check has had its check deleted: adopting it would launder
             // whatever was done to the trail.
+            let rows = store.audit_rows().await?;
             if !store.sealed_values().await?.is_empty() || rows.iter().any(|r| r.mac.is_some()) {
                 return Err(KeyError::Tampered.into());
             }
@@ -114,20 +145,20 @@ async fn adopt_master_key(store: &Store, keys: &Keyring) -> Result<(), ServeErro
         }
     }
     let (values, rows) = (resealed.len(), macs.len());
-    store
-        .reseal(resealed, macs, &keys.seal(CHECK_CONTEXT, CHECK_PLAINTEXT)?)
-        .await?;
-    // Two processes with different keys may have raced on a new database:
-    // the stored check decides.
-    let stored = store.master_key_check().await?.ok_or(KeyError::Tampered)?;
-    keys.open(CHECK_CONTEXT, &stored)?;
+    let new_check = keys.seal(CHECK_CONTEXT, CHECK_PLAINTEXT)?;
+    if !store
+        .reseal(resealed, macs, check.as_deref(), &new_check)
+        .await?
+    {
+        return Ok(false);
+    }
     tracing::info!(
         key_id = %keys.current().id(),
         values,
         audit_rows = rows,
         "database put under this master key"
     );
-    Ok(())
+    Ok(true)
 }
 
 /// A server, bound and ready to run.

@@ -390,6 +390,25 @@ async fn policies(
     );
     // Check-in reports the latest version.
     assert_eq!(check_in(server, http, device).await["policy_version"], 3);
+    // Eight admins publishing version 4 at once: one wins, the others are
+    // told it exists.
+    let answers = support::join_all((0..8).map(|_| {
+        let (http, url, alice) = (http.clone(), publish.clone(), alice.to_owned());
+        async move { post(&http, url, &alice, json!({"version": 4})).await }
+    }))
+    .await;
+    let statuses: Vec<_> = answers.iter().map(|r| r.status()).collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(statuses
+        .iter()
+        .all(|s| matches!(*s, StatusCode::CREATED | StatusCode::CONFLICT)));
 }
 
 /// Remote wipe orders, check-in and acknowledgement; revocation.
@@ -423,8 +442,9 @@ async fn wipes(
         StatusCode::NOT_FOUND
     );
 
-    // One user's slot: the escrow key stays.
-    let r = post(http, wipe(d1), alice, json!({"user": "carol"})).await;
+    // One user's slot: the escrow key stays, but that user gets nothing
+    // from it until the device has carried the wipe out.
+    let r = post(http, wipe(d1), alice, json!({"user": "alice"})).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let order: Value = r.json().await.unwrap();
     assert_eq!(order["scope"], "user");
@@ -438,7 +458,7 @@ async fn wipes(
         let seen = check_in(server, http, d1_token).await;
         assert_eq!(seen["wipe_orders"].as_array().unwrap().len(), 1);
         assert_eq!(seen["wipe_orders"][0]["id"], order_id);
-        assert_eq!(seen["wipe_orders"][0]["user"], "carol");
+        assert_eq!(seen["wipe_orders"][0]["user"], "alice");
         assert_eq!(seen["escrow_present"], true);
         assert!((seen["server_time"].as_i64().unwrap() - before).abs() < 60);
     }
@@ -458,6 +478,9 @@ async fn wipes(
     assert_eq!(listed["last_seen_address"], "127.0.0.1");
     assert!(listed["last_seen_at"].as_i64().unwrap() >= before);
     assert_eq!(listed["escrow"], true);
+    let r = release(server, http, d1_token, Some(alice)).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(error_code(r).await, "wipe_pending");
     // Only this device may acknowledge its order.
     assert_eq!(
         post(http, ack(order_id), d2_token, json!({}))
@@ -478,6 +501,10 @@ async fn wipes(
         .as_array()
         .unwrap()
         .is_empty());
+    assert_eq!(
+        release(server, http, d1_token, Some(alice)).await.status(),
+        StatusCode::OK
+    );
     let shown: Value = get(http, orders(d1), alice).await.json().await.unwrap();
     assert_eq!(shown["orders"][0]["state"], "acknowledged");
     assert!(shown["orders"][0]["acknowledged_at"].is_i64());
@@ -494,7 +521,7 @@ async fn wipes(
     let r = post(http, wipe(d1), alice, json!({})).await;
     let whole = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
     let r = release(server, http, d1_token, Some(alice)).await;
-    assert_eq!(error_code(r).await, "no_escrow");
+    assert_eq!(error_code(r).await, "wipe_pending");
     let r = deposit(server, http, d1_token, &random_key()).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     assert_eq!(error_code(r).await, "wipe_pending");
@@ -545,6 +572,17 @@ async fn wipes(
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let seen = check_in(server, http, d1_token).await;
     assert_eq!(seen["revoked"], true);
+    // It cannot deposit a new key either, and revoking again is harmless.
+    let r = deposit(server, http, d1_token, &random_key()).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = post(
+        http,
+        server.url(&format!("/v1/orgs/{acme}/devices/{d1}/revoke")),
+        alice,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(seen["escrow_present"], false);
 }
 
@@ -575,6 +613,24 @@ async fn delivery(
         ],
     });
     let json_body = serde_json::to_vec(&batch).unwrap();
+    let device_bytes = || async {
+        let usage: Value = get(
+            http,
+            server.url(&format!("/v1/orgs/{acme}/usage?by=device")),
+            alice,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        usage["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == d2)
+            .map_or(0, |r| r["bytes_in"].as_i64().unwrap())
+    };
+    let bytes_before = device_bytes().await;
     let r = send(json_body.clone(), "application/json").await;
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(r.json::<Value>().await.unwrap()["stored"], 2);
@@ -602,6 +658,12 @@ async fn delivery(
     ciborium::ser::into_writer(&second, &mut second_cbor).unwrap();
     let r = send(second_cbor.clone(), "application/cbor").await;
     assert_eq!(r.status(), StatusCode::CREATED);
+    // Accounting counted exactly the bytes of these five deliveries.
+    let sent = 2 * json_body.len()
+        + cbor.len()
+        + serde_json::to_vec(&reused).unwrap().len()
+        + second_cbor.len();
+    assert_eq!(device_bytes().await - bytes_before, sent as i64);
 
     // Bad input: a clear 4xx each, nothing stored.
     let cases: Vec<(Vec<u8>, &'static str, StatusCode, &str)> = vec![
@@ -704,28 +766,21 @@ async fn delivery(
         StatusCode::UNAUTHORIZED
     );
 
-    // Accounting counts the bytes each device delivered.
-    let usage: Value = get(
-        http,
-        server.url(&format!("/v1/orgs/{acme}/usage?by=device")),
-        alice,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let row = usage["rows"]
-        .as_array()
-        .unwrap()
+    // Concurrent retries of one batch: stored once.
+    let racing = json!({
+        "batch_id": "batch-race",
+        "readings": [{"at": 1_700_000_500, "name": "temp.c", "value": 30}],
+    });
+    let body = serde_json::to_vec(&racing).unwrap();
+    let answers = support::join_all((0..8).map(|_| send(body.clone(), "application/json"))).await;
+    let created = answers
         .iter()
-        .find(|r| r["id"] == d2)
-        .unwrap()
-        .clone();
-    let delivered = 2 * json_body.len() + cbor.len() + second_cbor.len();
-    assert!(
-        row["bytes_in"].as_i64().unwrap() >= delivered as i64,
-        "{row}"
-    );
+        .filter(|r| r.status() == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1);
+    assert!(answers
+        .iter()
+        .all(|r| matches!(r.status(), StatusCode::CREATED | StatusCode::OK)));
 }
 
 /// The master key: a database refuses a server with another key; a
@@ -759,6 +814,40 @@ async fn master_key(url: &str, d2_token: &str, d2_escrow: &str) {
             .is_err(),
         "the old key alone no longer opens the database"
     );
+    // A rolling rotation: a process still running with the old key wrote a
+    // value under it after the first restart. A start with the new key
+    // alone refuses (destroying the old key now would lose that value); a
+    // start with both moves it.
+    let d2: i64 = {
+        let running = Running::with_keys(url, Arc::new(Keyring::new(new(), None)))
+            .await
+            .unwrap();
+        let me: Value = get(&http, running.url("/v1/device"), d2_token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        running.stop().await;
+        me["device_id"].as_i64().unwrap()
+    };
+    let late = Keyring::new(old(), None)
+        .seal(&format!("escrow:{d2}"), &hex::decode(d2_escrow).unwrap())
+        .unwrap();
+    db.execute_for_tests(&format!(
+        "UPDATE escrow_keys SET sealed_key = '{late}' WHERE device_id = {d2}"
+    ))
+    .await
+    .unwrap();
+    let err = Running::with_keys(url, Arc::new(Keyring::new(new(), None)))
+        .await
+        .err()
+        .expect("a value under the old key is left");
+    assert!(err.to_string().contains("previous"), "{err}");
+    Running::with_keys(url, Arc::new(Keyring::new(new(), Some(old()))))
+        .await
+        .unwrap()
+        .stop()
+        .await;
     let after = Running::with_keys(url, Arc::new(Keyring::new(new(), None)))
         .await
         .unwrap();

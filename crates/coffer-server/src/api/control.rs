@@ -275,16 +275,40 @@ async fn deposit_escrow(
 
 /// `POST /v1/device/escrow/release`: with the device's token and a user's
 /// session (`X-User-Token`), releases the device's escrow key if the user
-/// belongs to the device's organization. Every release and refusal is
-/// audited.
+/// belongs to the device's organization and no wipe of their slot on this
+/// device is pending. Every release and every refusal is audited.
 async fn release_escrow(
     State(state): State<AppState>,
     device: DevicePrincipal,
     headers: axum::http::HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let user = Principal::from_headers(&headers, &state, USER_HEADER).await?;
     let org_id = device.device.org_id;
     let device_id = device.device.id;
+    let refused = |actor: String, reason: &'static str, error: ApiError| {
+        let state = state.clone();
+        async move {
+            record(
+                &state,
+                Some(org_id),
+                actor,
+                "escrow_release_refused",
+                json!({"device_id": device_id, "reason": reason}),
+            )
+            .await?;
+            Err::<Json<serde_json::Value>, ApiError>(error)
+        }
+    };
+    let user = match Principal::from_headers(&headers, &state, USER_HEADER).await {
+        Ok(user) => user,
+        Err(error) => {
+            return refused(
+                format!("device:{device_id}"),
+                "no valid user session",
+                error,
+            )
+            .await
+        }
+    };
     let actor = format!("user:{}", user.user);
     if state
         .store
@@ -292,26 +316,36 @@ async fn release_escrow(
         .await?
         .is_none()
     {
-        record(
-            &state,
-            Some(org_id),
-            actor,
-            "escrow_release_refused",
-            json!({"device_id": device_id, "reason": "not a member"}),
-        )
-        .await?;
-        return Err(ApiError::new(
+        let error = ApiError::new(
             StatusCode::FORBIDDEN,
             "not_in_organization",
             "this user does not belong to the device's organization",
-        ));
+        );
+        return refused(actor, "not a member", error).await;
+    }
+    let orders = state
+        .store
+        .wipe_orders(org_id, device_id)
+        .await?
+        .unwrap_or_default();
+    if orders
+        .iter()
+        .any(|o| o.is_pending() && o.user.as_deref().is_none_or(|u| u == user.user))
+    {
+        let error = ApiError::new(
+            StatusCode::CONFLICT,
+            "wipe_pending",
+            "a wipe of this device or of this user's slot on it is pending: the device must carry it out first",
+        );
+        return refused(actor, "wipe pending", error).await;
     }
     let Some(sealed) = state.store.escrow(device_id).await? else {
-        return Err(ApiError::new(
+        let error = ApiError::new(
             StatusCode::NOT_FOUND,
             "no_escrow",
             "the server holds no escrow key for this device (never deposited, or deleted by a wipe order or revocation)",
-        ));
+        );
+        return refused(actor, "no escrow key", error).await;
     };
     let key = state
         .keys

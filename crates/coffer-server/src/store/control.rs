@@ -238,14 +238,30 @@ impl Store {
     /// Replaces sealed values, audit MACs and the master key check in one
     /// transaction (a master key rotation, or the first MACs of an older
     /// trail). Each value and MAC is replaced only if it still holds what
-    /// was read, so one changed meanwhile is left alone.
+    /// was read, so one changed meanwhile is left alone. The check is
+    /// compared and swapped: written only if it is still `old_check` (or,
+    /// with `None`, if there is none yet); returns false, changing nothing,
+    /// if another process changed it first.
     pub async fn reseal(
         &self,
         values: Vec<(SealedValue, String)>,
         audit_macs: Vec<AuditMac>,
-        check: &str,
-    ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.reseal(values, audit_macs, check).await)
+        old_check: Option<&str>,
+        new_check: &str,
+    ) -> Result<bool, StoreError> {
+        let old_check = old_check.map(str::to_owned);
+        dispatch!(self, s => s.reseal(values, audit_macs, old_check, new_check).await)
+    }
+
+    /// How many audit rows carry a MAC that does not start with `prefix`
+    /// (`<key id>:`): rows MACed under another master key.
+    pub async fn foreign_audit_macs(&self, prefix: &str) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.foreign_audit_macs(prefix).await)
+    }
+
+    /// The organization an unspent enrollment code belongs to, if any.
+    pub async fn enrollment_code_org(&self, code_hash: &str) -> Result<Option<i64>, StoreError> {
+        dispatch!(self, s => s.enrollment_code_org(code_hash).await)
     }
 
     /// An organization's signing key.
@@ -278,7 +294,9 @@ impl Store {
     }
 
     /// Stores (or replaces) a device's sealed escrow key;
-    /// [`StoreError::WipePending`] while a whole-device wipe is pending.
+    /// [`StoreError::WipePending`] while a whole-device wipe is pending,
+    /// [`StoreError::DeviceRevoked`] once the device is revoked (checked in
+    /// the same transaction, so a revocation cannot be overtaken).
     pub async fn deposit_escrow(&self, device_id: i64, sealed: &str) -> Result<(), StoreError> {
         dispatch!(self, s => s.deposit_escrow(device_id, sealed).await)
     }

@@ -55,6 +55,9 @@ pub enum StoreError {
     /// A whole-device wipe is pending: the device must carry it out first.
     #[error("a wipe of this device is pending")]
     WipePending,
+    /// The device has been revoked.
+    #[error("the device has been revoked")]
+    DeviceRevoked,
 }
 
 pub(crate) fn db_error(op: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreError {
@@ -404,7 +407,8 @@ impl Store {
         dispatch!(self, s => s.devices(org_id).await)
     }
 
-    /// Revokes a device of `org_id`; false if there is no such device there.
+    /// Revokes a device of `org_id` (again: a no-op) and deletes its escrow
+    /// key; false if there is no such device there.
     pub async fn revoke_device(&self, org_id: i64, device_id: i64) -> Result<bool, StoreError> {
         dispatch!(self, s => s.revoke_device(org_id, device_id).await)
     }

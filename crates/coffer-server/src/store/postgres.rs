@@ -558,25 +558,32 @@ impl PostgresStore {
         let op = "revoking a device";
         let mut client = self.client(op).await?;
         let tx = client.transaction().await.map_err(pg(op))?;
-        let revoked = tx
-            .execute(
-                "UPDATE devices SET revoked_at = $3 WHERE id = $2 AND org_id = $1 AND revoked_at IS NULL",
-                &[&org_id, &device_id, &now_unix()],
+        let exists = tx
+            .query_opt(
+                "SELECT 1 FROM devices WHERE id = $2 AND org_id = $1 FOR UPDATE",
+                &[&org_id, &device_id],
             )
             .await
             .map_err(pg(op))?
-            == 1;
-        // A revoked device's escrow key can never be released: delete it.
-        if revoked {
-            tx.execute(
-                "DELETE FROM escrow_keys WHERE device_id = $1",
-                &[&device_id],
-            )
-            .await
-            .map_err(pg(op))?;
+            .is_some();
+        if !exists {
+            return Ok(false);
         }
+        tx.execute(
+            "UPDATE devices SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+            &[&device_id, &now_unix()],
+        )
+        .await
+        .map_err(pg(op))?;
+        // A revoked device's escrow key can never be released: delete it.
+        tx.execute(
+            "DELETE FROM escrow_keys WHERE device_id = $1",
+            &[&device_id],
+        )
+        .await
+        .map_err(pg(op))?;
         tx.commit().await.map_err(pg(op))?;
-        Ok(revoked)
+        Ok(true)
     }
 
     pub(super) async fn add_member(

@@ -541,20 +541,26 @@ impl SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|x| e(&x))?;
-            let revoked = tx
-                .execute(
-                    "UPDATE devices SET revoked_at = ?3 WHERE id = ?2 AND org_id = ?1 AND revoked_at IS NULL",
-                    params![org_id, device_id, now_unix()],
+            let exists: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM devices WHERE id = ?2 AND org_id = ?1)",
+                    params![org_id, device_id],
+                    |r| r.get(0),
                 )
-                .map_err(|x| e(&x))?
-                == 1;
-            // A revoked device's escrow key can never be released: delete it.
-            if revoked {
-                tx.execute("DELETE FROM escrow_keys WHERE device_id = ?1", [device_id])
-                    .map_err(|x| e(&x))?;
+                .map_err(|x| e(&x))?;
+            if !exists {
+                return Ok(false);
             }
+            tx.execute(
+                "UPDATE devices SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![device_id, now_unix()],
+            )
+            .map_err(|x| e(&x))?;
+            // A revoked device's escrow key can never be released: delete it.
+            tx.execute("DELETE FROM escrow_keys WHERE device_id = ?1", [device_id])
+                .map_err(|x| e(&x))?;
             tx.commit().map_err(|x| e(&x))?;
-            Ok(revoked)
+            Ok(true)
         })
         .await
     }

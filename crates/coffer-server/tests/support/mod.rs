@@ -243,3 +243,18 @@ pub async fn set_up(server: &Running, http: &reqwest::Client) -> i64 {
         .as_i64()
         .unwrap()
 }
+
+/// Runs the futures concurrently (each on its own task) and returns their
+/// outputs in order.
+pub async fn join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let tasks: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    out
+}

@@ -65,8 +65,9 @@ impl PostgresStore {
         &self,
         values: Vec<(SealedValue, String)>,
         audit_macs: Vec<AuditMac>,
-        check: &str,
-    ) -> Result<(), StoreError> {
+        old_check: Option<String>,
+        new_check: &str,
+    ) -> Result<bool, StoreError> {
         let op = "re-sealing under the new master key";
         let mut client = self.client(op).await?;
         let tx = client.transaction().await.map_err(pg(op))?;
@@ -91,14 +92,61 @@ impl PostgresStore {
             .await
             .map_err(pg(op))?;
         }
-        tx.execute(
-            "INSERT INTO master_key_check (id, sealed) VALUES (1, $1)
-             ON CONFLICT (id) DO UPDATE SET sealed = excluded.sealed",
-            &[&check],
-        )
-        .await
-        .map_err(pg(op))?;
-        tx.commit().await.map_err(pg(op))
+        let swapped = match old_check {
+            None => {
+                tx.execute(
+                    "INSERT INTO master_key_check (id, sealed) VALUES (1, $1)
+                     ON CONFLICT (id) DO NOTHING",
+                    &[&new_check],
+                )
+                .await
+            }
+            Some(old) => {
+                tx.execute(
+                    "UPDATE master_key_check SET sealed = $2 WHERE id = 1 AND sealed = $1",
+                    &[&old, &new_check],
+                )
+                .await
+            }
+        }
+        .map_err(pg(op))?
+            == 1;
+        if swapped {
+            tx.commit().await.map_err(pg(op))?;
+        }
+        Ok(swapped)
+    }
+
+    pub(in crate::store) async fn foreign_audit_macs(
+        &self,
+        prefix: &str,
+    ) -> Result<i64, StoreError> {
+        let op = "counting audit MACs";
+        let client = self.client(op).await?;
+        Ok(client
+            .query_one(
+                "SELECT count(*) FROM audit_events WHERE mac IS NOT NULL AND substr(mac, 1, length($1)) <> $1",
+                &[&prefix],
+            )
+            .await
+            .map_err(pg(op))?
+            .get(0))
+    }
+
+    pub(in crate::store) async fn enrollment_code_org(
+        &self,
+        code_hash: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let op = "reading an enrollment code";
+        let client = self.client(op).await?;
+        Ok(client
+            .query_opt(
+                "SELECT org_id FROM enrollment_codes WHERE code_hash = $1 AND used_at IS NULL",
+                &[&code_hash],
+            )
+            .await
+            .map_err(pg(op))?
+            .map(|r| r.get(0)))
     }
 
     pub(in crate::store) async fn org_signing_key(
@@ -207,13 +255,19 @@ impl PostgresStore {
         let op = "storing an escrow key";
         let mut client = self.client(op).await?;
         let tx = client.transaction().await.map_err(pg(op))?;
-        // The device's row serializes this with a wipe order.
-        tx.execute(
-            "SELECT 1 FROM devices WHERE id = $1 FOR UPDATE",
-            &[&device_id],
-        )
-        .await
-        .map_err(pg(op))?;
+        // The device's row serializes this with a wipe order and a
+        // revocation.
+        let revoked: bool = tx
+            .query_one(
+                "SELECT revoked_at IS NOT NULL FROM devices WHERE id = $1 FOR UPDATE",
+                &[&device_id],
+            )
+            .await
+            .map_err(pg(op))?
+            .get(0);
+        if revoked {
+            return Err(StoreError::DeviceRevoked);
+        }
         let wipe_pending: bool = tx
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM wipe_orders WHERE device_id = $1 AND user_name IS NULL
@@ -430,6 +484,15 @@ impl PostgresStore {
         let op = "storing a batch";
         let mut client = self.client(op).await?;
         let tx = client.transaction().await.map_err(pg(op))?;
+        // One batch at a time per organization, so that reading ids commit
+        // in their order and paging by id (`after`) never skips a row that
+        // commits late.
+        tx.execute(
+            "SELECT 1 FROM organizations WHERE id = $1 FOR NO KEY UPDATE",
+            &[&batch.org_id],
+        )
+        .await
+        .map_err(pg(op))?;
         let now = now_unix();
         let count = i64::try_from(batch.readings.len()).unwrap_or(i64::MAX);
         // The primary key decides between two processes storing one batch.

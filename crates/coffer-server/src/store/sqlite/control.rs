@@ -78,10 +78,11 @@ impl SqliteStore {
         &self,
         values: Vec<(SealedValue, String)>,
         audit_macs: Vec<AuditMac>,
-        check: &str,
-    ) -> Result<(), StoreError> {
+        old_check: Option<String>,
+        new_check: &str,
+    ) -> Result<bool, StoreError> {
         let op = "re-sealing under the new master key";
-        let check = check.to_owned();
+        let new_check = new_check.to_owned();
         self.with(op, move |conn| {
             let e = db_error(op);
             let tx = conn
@@ -106,13 +107,58 @@ impl SqliteStore {
                 )
                 .map_err(|x| e(&x))?;
             }
-            tx.execute(
-                "INSERT INTO master_key_check (id, sealed) VALUES (1, ?1)
-                 ON CONFLICT (id) DO UPDATE SET sealed = excluded.sealed",
-                [check],
+            let swapped = match old_check {
+                None => tx.execute(
+                    "INSERT INTO master_key_check (id, sealed) VALUES (1, ?1)
+                     ON CONFLICT (id) DO NOTHING",
+                    [new_check],
+                ),
+                Some(old) => tx.execute(
+                    "UPDATE master_key_check SET sealed = ?2 WHERE id = 1 AND sealed = ?1",
+                    [old, new_check],
+                ),
+            }
+            .map_err(|x| e(&x))?
+                == 1;
+            if swapped {
+                tx.commit().map_err(|x| e(&x))?;
+            }
+            Ok(swapped)
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn foreign_audit_macs(
+        &self,
+        prefix: &str,
+    ) -> Result<i64, StoreError> {
+        let op = "counting audit MACs";
+        let prefix = prefix.to_owned();
+        self.with(op, move |conn| {
+            conn.query_row(
+                "SELECT count(*) FROM audit_events WHERE mac IS NOT NULL AND substr(mac, 1, length(?1)) <> ?1",
+                [prefix],
+                |r| r.get(0),
             )
-            .map_err(|x| e(&x))?;
-            tx.commit().map_err(|x| e(&x))
+            .map_err(|e| db_error(op)(&e))
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn enrollment_code_org(
+        &self,
+        code_hash: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let op = "reading an enrollment code";
+        let code_hash = code_hash.to_owned();
+        self.with(op, move |conn| {
+            conn.query_row(
+                "SELECT org_id FROM enrollment_codes WHERE code_hash = ?1 AND used_at IS NULL",
+                [code_hash],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| db_error(op)(&e))
         })
         .await
     }
@@ -225,14 +271,19 @@ impl SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|x| e(&x))?;
-            let wipe_pending: bool = tx
+            let (revoked, wipe_pending): (bool, bool) = tx
                 .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM wipe_orders WHERE device_id = ?1 AND user_name IS NULL
-                     AND acknowledged_at IS NULL AND cancelled_at IS NULL)",
+                    "SELECT revoked_at IS NOT NULL,
+                            EXISTS (SELECT 1 FROM wipe_orders WHERE device_id = ?1 AND user_name IS NULL
+                                    AND acknowledged_at IS NULL AND cancelled_at IS NULL)
+                     FROM devices WHERE id = ?1",
                     [device_id],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .map_err(|x| e(&x))?;
+            if revoked {
+                return Err(StoreError::DeviceRevoked);
+            }
             if wipe_pending {
                 return Err(StoreError::WipePending);
             }
