@@ -202,11 +202,10 @@ mod tests {
             Batch::from_cbor(&[0xff, 0x00]),
             Err(BatchError::Malformed(..))
         ));
-        // A byte string and a tag have no JSON equivalent:
         // {"batch_id": "batch-01", "readings": [{"at": 1, "name": "x",
-        // "value": <each>}]}.
-        for value in [&[0x41u8, 0x00][..], &[0xc1, 0x01]] {
-            let body = [
+        // "value": <value>}]} in CBOR.
+        let with_value = |value: &[u8]| {
+            [
                 &[0xa2, 0x68][..],
                 b"batch_id",
                 &[0x68],
@@ -221,27 +220,14 @@ mod tests {
                 b"value",
                 value,
             ]
-            .concat();
-            assert!(Batch::from_cbor(&body).is_err(), "{value:?}");
+            .concat()
+        };
+        // A byte string and a tag have no JSON equivalent.
+        for value in [&[0x41u8, 0x00][..], &[0xc1, 0x01]] {
+            assert!(Batch::from_cbor(&with_value(value)).is_err(), "{value:?}");
         }
-        let fine = [
-            &[0xa2, 0x68][..],
-            b"batch_id",
-            &[0x68],
-            b"batch-01",
-            &[0x68],
-            b"readings",
-            &[0x81, 0xa3, 0x62],
-            b"at",
-            &[0x01, 0x64],
-            b"name",
-            &[0x61, b'x', 0x65],
-            b"value",
-            &[0xf7],
-        ]
-        .concat();
         // `undefined` reads as null.
-        let fine = Batch::from_cbor(&fine).unwrap();
+        let fine = Batch::from_cbor(&with_value(&[0xf7])).unwrap();
         assert_eq!(fine.readings[0].value, serde_json::Value::Null);
         // Nesting deeper than the limit.
         let deep = [vec![0x81u8; 100], vec![0x00]].concat();

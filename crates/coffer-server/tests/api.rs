@@ -354,18 +354,7 @@ async fn rate_limits(url: &str) {
     )
     .await;
     let http = reqwest::Client::new();
-    let r = http
-        .post(server.url("/v1/setup"))
-        .json(&json!({
-            "setup_token": server.setup_token.clone().unwrap(),
-            "organization": "Acme",
-            "owner": "alice",
-            "password": "correct horse battery",
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    set_up(&server, &http).await;
     for _ in 0..4 {
         assert_eq!(
             login(&server, &http, "alice", "guess").await,
@@ -425,18 +414,7 @@ async fn login_rate_limits_on_postgres() {
 async fn audit_trail(url: &str) {
     let server = Running::start(url).await;
     let http = reqwest::Client::new();
-    let r = http
-        .post(server.url("/v1/setup"))
-        .json(&json!({
-            "setup_token": server.setup_token.clone().unwrap(),
-            "organization": "Acme",
-            "owner": "alice",
-            "password": "correct horse battery",
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    set_up(&server, &http).await;
     let _ = login(&server, &http, "alice", "wrong one").await;
     let token = login(&server, &http, "alice", "correct horse battery")
         .await

@@ -26,14 +26,28 @@ fn wipe_order(r: &tokio_postgres::Row) -> WipeOrder {
 }
 
 impl PostgresStore {
-    pub(in crate::store) async fn master_key_check(&self) -> Result<Option<String>, StoreError> {
-        let op = "reading the master key check";
+    /// The first column of the row `sql` finds, if any.
+    async fn one_value<T>(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<T>, StoreError>
+    where
+        T: for<'a> tokio_postgres::types::FromSql<'a>,
+    {
         let client = self.client(op).await?;
         Ok(client
-            .query_opt("SELECT sealed FROM master_key_check WHERE id = 1", &[])
+            .query_opt(sql, params)
             .await
             .map_err(pg(op))?
             .map(|r| r.get(0)))
+    }
+
+    pub(in crate::store) async fn master_key_check(&self) -> Result<Option<String>, StoreError> {
+        let sql = "SELECT sealed FROM master_key_check WHERE id = 1";
+        self.one_value("reading the master key check", sql, &[])
+            .await
     }
 
     pub(in crate::store) async fn sealed_values(&self) -> Result<Vec<SealedValue>, StoreError> {
@@ -137,16 +151,9 @@ impl PostgresStore {
         &self,
         code_hash: &str,
     ) -> Result<Option<i64>, StoreError> {
-        let op = "reading an enrollment code";
-        let client = self.client(op).await?;
-        Ok(client
-            .query_opt(
-                "SELECT org_id FROM enrollment_codes WHERE code_hash = $1 AND used_at IS NULL",
-                &[&code_hash],
-            )
+        let sql = "SELECT org_id FROM enrollment_codes WHERE code_hash = $1 AND used_at IS NULL";
+        self.one_value("reading an enrollment code", sql, &[&code_hash])
             .await
-            .map_err(pg(op))?
-            .map(|r| r.get(0)))
     }
 
     pub(in crate::store) async fn org_signing_key(
@@ -295,16 +302,9 @@ impl PostgresStore {
         &self,
         device_id: i64,
     ) -> Result<Option<String>, StoreError> {
-        let op = "reading an escrow key";
-        let client = self.client(op).await?;
-        Ok(client
-            .query_opt(
-                "SELECT sealed_key FROM escrow_keys WHERE device_id = $1",
-                &[&device_id],
-            )
+        let sql = "SELECT sealed_key FROM escrow_keys WHERE device_id = $1";
+        self.one_value("reading an escrow key", sql, &[&device_id])
             .await
-            .map_err(pg(op))?
-            .map(|r| r.get(0)))
     }
 
     pub(in crate::store) async fn order_wipe(

@@ -26,18 +26,29 @@ fn wipe_order(r: &rusqlite::Row<'_>) -> rusqlite::Result<WipeOrder> {
 }
 
 impl SqliteStore {
-    pub(in crate::store) async fn master_key_check(&self) -> Result<Option<String>, StoreError> {
-        let op = "reading the master key check";
+    /// The first column of the row `sql` finds, if any.
+    async fn one_value<T, P>(
+        &self,
+        op: &'static str,
+        sql: &'static str,
+        params: P,
+    ) -> Result<Option<T>, StoreError>
+    where
+        T: rusqlite::types::FromSql + Send + 'static,
+        P: rusqlite::Params + Send + 'static,
+    {
         self.with(op, move |conn| {
-            conn.query_row(
-                "SELECT sealed FROM master_key_check WHERE id = 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| db_error(op)(&e))
+            conn.query_row(sql, params, |r| r.get(0))
+                .optional()
+                .map_err(|e| db_error(op)(&e))
         })
         .await
+    }
+
+    pub(in crate::store) async fn master_key_check(&self) -> Result<Option<String>, StoreError> {
+        let sql = "SELECT sealed FROM master_key_check WHERE id = 1";
+        self.one_value("reading the master key check", sql, [])
+            .await
     }
 
     pub(in crate::store) async fn sealed_values(&self) -> Result<Vec<SealedValue>, StoreError> {
@@ -149,18 +160,9 @@ impl SqliteStore {
         &self,
         code_hash: &str,
     ) -> Result<Option<i64>, StoreError> {
-        let op = "reading an enrollment code";
-        let code_hash = code_hash.to_owned();
-        self.with(op, move |conn| {
-            conn.query_row(
-                "SELECT org_id FROM enrollment_codes WHERE code_hash = ?1 AND used_at IS NULL",
-                [code_hash],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| db_error(op)(&e))
-        })
-        .await
+        let sql = "SELECT org_id FROM enrollment_codes WHERE code_hash = ?1 AND used_at IS NULL";
+        self.one_value("reading an enrollment code", sql, [code_hash.to_owned()])
+            .await
     }
 
     pub(in crate::store) async fn org_signing_key(
@@ -303,17 +305,9 @@ impl SqliteStore {
         &self,
         device_id: i64,
     ) -> Result<Option<String>, StoreError> {
-        let op = "reading an escrow key";
-        self.with(op, move |conn| {
-            conn.query_row(
-                "SELECT sealed_key FROM escrow_keys WHERE device_id = ?1",
-                [device_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| db_error(op)(&e))
-        })
-        .await
+        let sql = "SELECT sealed_key FROM escrow_keys WHERE device_id = ?1";
+        self.one_value("reading an escrow key", sql, [device_id])
+            .await
     }
 
     pub(in crate::store) async fn order_wipe(
