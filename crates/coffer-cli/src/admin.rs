@@ -193,7 +193,7 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
         )?,
         AdminCommand::Device(command) => device(command, &authed)?,
         AdminCommand::Policy(command) => policy(command, &authed)?,
-        AdminCommand::Data(command) => data(command, &authed)?,
+        AdminCommand::Data(command) => data(global, command, &authed)?,
         AdminCommand::Usage {
             org,
             by,
@@ -251,7 +251,6 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
         Value::String(s) => s.clone(),
         other => serde_json::to_string_pretty(other).unwrap_or_default(),
     };
-    let _ = global;
     Ok(Report { json: value, text })
 }
 
@@ -372,7 +371,11 @@ fn data_query(filter: &DataFilter, after: i64, limit: i64) -> Vec<(&'static str,
     query
 }
 
-fn data(command: &AdminDataCommand, authed: &Authed<'_>) -> Result<Value, CliError> {
+fn data(
+    global: &Global,
+    command: &AdminDataCommand,
+    authed: &Authed<'_>,
+) -> Result<Value, CliError> {
     use reqwest::Method;
     let page = |filter: &DataFilter, after: i64, limit: i64| {
         answer(
@@ -394,6 +397,7 @@ fn data(command: &AdminDataCommand, authed: &Authed<'_>) -> Result<Value, CliErr
         } => {
             let mut readings: Vec<coffer_server::data::StoredReading> = Vec::new();
             let mut after = 0;
+            let progress = crate::commands::spinner(global, "exporting readings");
             loop {
                 let body = page(filter, after, coffer_server::api::MAX_QUERY_ROWS)?;
                 let rows: Vec<coffer_server::data::StoredReading> =
@@ -401,11 +405,13 @@ fn data(command: &AdminDataCommand, authed: &Authed<'_>) -> Result<Value, CliErr
                         CliError::other(format!("the server's answer is not readings: {e}"))
                     })?;
                 readings.extend(rows);
+                progress.set_message(format!("exporting readings: {}", readings.len()));
                 match body["next_after"].as_i64() {
                     Some(next) => after = next,
                     None => break,
                 }
             }
+            progress.finish_and_clear();
             let text = if format == "csv" {
                 coffer_server::data::to_csv(&readings)
             } else {
