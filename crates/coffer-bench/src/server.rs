@@ -83,6 +83,7 @@ async fn one_backend(url: &str, scale: &Scale) -> (Vec<Load>, Vec<Load>) {
         },
         tls: TlsSetting::Off,
         keys: coffer_server::testing::keyring(),
+        adopt_unkeyed_audit: false,
     })
     .await
     .unwrap();

@@ -221,6 +221,11 @@ pub enum Command {
         /// re-sealed under --master-key-file at start
         #[arg(long, value_name = "FILE")]
         previous_master_key_file: Option<std::path::PathBuf>,
+        /// Put the audit trail of a database from before the master key
+        /// under it as it stands (once, after an upgrade: without MACs, its
+        /// rows could have been changed by anyone with database access)
+        #[arg(long)]
+        adopt_unkeyed_audit_trail: bool,
     },
     /// Administer a control plane over its API (coffer serve)
     ///

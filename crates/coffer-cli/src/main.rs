@@ -45,6 +45,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
             dev_tls,
             master_key_file,
             previous_master_key_file,
+            adopt_unkeyed_audit_trail,
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => serve::Tls::Files(cert.clone(), key.clone()),
@@ -60,6 +61,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
                     tls,
                     master_key_file: master_key_file.as_deref(),
                     previous_master_key_file: previous_master_key_file.as_deref(),
+                    adopt_unkeyed_audit: *adopt_unkeyed_audit_trail,
                 },
             )
         }

@@ -43,6 +43,7 @@ pub struct Options<'a> {
     pub tls: Tls,
     pub master_key_file: Option<&'a std::path::Path>,
     pub previous_master_key_file: Option<&'a std::path::Path>,
+    pub adopt_unkeyed_audit: bool,
 }
 
 /// The master key (made on first start at the default path), and the
@@ -100,6 +101,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
         database_url,
         force_plain,
         tls,
+        adopt_unkeyed_audit,
         ..
     } = options;
     let database_url = match database_url {
@@ -124,13 +126,19 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
             login_limits: coffer_server::LoginLimits::default(),
             tls,
             keys,
+            adopt_unkeyed_audit,
         })
         .await
         .map_err(|e| {
             // A key made for a database that turned out to be under another
             // one is of no use: do not leave it behind to confuse.
-            if let Some(path) = &made_key {
-                let _ = std::fs::remove_file(path);
+            // Only when the key was refused: once the database has been
+            // put under it (a later step failed: the port, say), it is the
+            // database's key and must stay.
+            if matches!(e, coffer_server::serve::ServeError::MasterKey(_)) {
+                if let Some(path) = &made_key {
+                    let _ = std::fs::remove_file(path);
+                }
             }
             CliError::usage(format!("cannot start the server: {e}"))
         })?;

@@ -366,3 +366,39 @@ fn serve_refuses_a_database_under_another_master_key() {
     assert!(stderr.contains("master key"), "{stderr}");
     assert!(!key.exists(), "the useless new key is removed");
 }
+
+/// A first start that fails after the database was put under its new key
+/// (the port is taken) keeps the key: the next start serves.
+#[test]
+fn a_key_made_for_a_database_is_kept_when_a_later_step_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("server.db").display());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let serve = |listen: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_coffer"));
+        c.args(["--json", "serve", "--listen", listen, "--database-url", &db])
+            .env("XDG_DATA_HOME", dir.path())
+            .env("HOME", dir.path())
+            .env_remove("COFFER_MASTER_KEY")
+            .env_remove("COFFER_MASTER_KEY_FILE");
+        c
+    };
+    let out = serve(&port).output().unwrap();
+    assert!(!out.status.success());
+    let key = dir.path().join("coffer-server/master.key");
+    assert!(key.exists(), "the database is under this key now");
+    drop(taken);
+    let mut second = serve("127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(second.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    second.kill().unwrap();
+    second.wait().unwrap();
+}

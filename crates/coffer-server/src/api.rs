@@ -890,15 +890,16 @@ async fn enroll(
         return Err(window.refusal("enrollment"));
     }
     check_name("the device's name", &request.name)?;
-    // The organization's key must exist before the code is spent: a device
-    // is never enrolled without the key it is to pin.
-    if let Some(org_id) = state
+    // The organization's key is made (or read) before the code is spent:
+    // once it is spent, nothing may fail before the device has its token.
+    let policy_key = match state
         .store
         .enrollment_code_org(&token_hash(&request.code))
         .await?
     {
-        control::signing_key_record(&state, org_id).await?;
-    }
+        Some(org_id) => Some((org_id, control::signing_key_record(&state, org_id).await?)),
+        None => None,
+    };
     let token = new_token()?;
     let enrolled = match state
         .store
@@ -922,15 +923,25 @@ async fn enroll(
             return Err(e.into());
         }
     };
-    record(
+    // The code is spent: a failure to audit is logged, not answered, so
+    // that the device still gets the token it paid for.
+    if let Err(e) = record(
         &state,
         Some(enrolled.org_id),
         format!("device:{}", enrolled.device_id),
         "device_enrolled",
         json!({"name": request.name}),
     )
-    .await?;
-    let policy_key = control::signing_key_record(&state, enrolled.org_id).await?;
+    .await
+    {
+        tracing::error!(error = ?e, device_id = enrolled.device_id, "enrollment not audited");
+    }
+    let policy_key = match policy_key {
+        Some((org_id, key)) if org_id == enrolled.org_id => key,
+        // The code was made between the two reads (it cannot change
+        // organization): read the key now.
+        _ => control::signing_key_record(&state, enrolled.org_id).await?,
+    };
     Ok((
         StatusCode::CREATED,
         Json(json!({
@@ -1355,9 +1366,6 @@ struct Caller {
     user_id: Option<i64>,
     device_id: Option<i64>,
     org_id: Option<i64>,
-    /// The body bytes a handler actually read (a body sent without
-    /// `Content-Length`, chunked or over HTTP/2, is counted too).
-    bytes_in: Option<i64>,
 }
 
 type CallerCell = std::sync::Arc<std::sync::Mutex<Caller>>;
@@ -1388,11 +1396,24 @@ async fn account(State(state): State<AppState>, mut req: Request, next: Next) ->
         .starts_with("/v1/orgs/{org_id}")
         .then(|| req.uri().path().split('/').nth(3)?.parse::<i64>().ok())
         .flatten();
-    let bytes_in = req
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<i64>().ok())
-        .unwrap_or(0);
+    // Request bytes as the server reads them (not as a client's
+    // Content-Length claims): a body never read counts nothing, one sent
+    // chunked or over HTTP/2 counts all it carried.
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let req = {
+        let read = std::sync::Arc::clone(&read);
+        let (parts, body) = req.into_parts();
+        let counted = http_body_util::BodyExt::map_frame(body, move |frame| {
+            if let Some(data) = frame.data_ref() {
+                read.fetch_add(
+                    i64::try_from(data.len()).unwrap_or(i64::MAX),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+            frame
+        });
+        Request::from_parts(parts, axum::body::Body::new(counted))
+    };
     if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics") {
         // Probes and scrapes are the infrastructure's, not an organization's.
         return next.run(req).await;
@@ -1415,7 +1436,7 @@ async fn account(State(state): State<AppState>, mut req: Request, next: Next) ->
         method,
         route,
         status: i32::from(response.status().as_u16()),
-        bytes_in: caller.bytes_in.unwrap_or(bytes_in),
+        bytes_in: read.load(std::sync::atomic::Ordering::Relaxed),
         bytes_out,
         micros: i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX),
     };

@@ -90,14 +90,25 @@ pub fn check_chain(rows: &[AuditRow], keys: &crate::keys::Keyring) -> ChainRepor
         if chain_hash(&prev, row.at, &row.event) != row.hash {
             return broken("its content does not match its hash: the row was edited");
         }
-        if !row
-            .mac
-            .as_deref()
-            .is_some_and(|mac| keys.audit_mac_valid(&row.hash, mac))
-        {
-            return broken(
-                "its MAC does not verify under the server's key: the chain was rewritten from this row on",
-            );
+        match row.mac.as_deref() {
+            Some(mac) if keys.audit_mac_valid(&row.hash, mac) => {}
+            Some(mac) => match mac.split_once(':') {
+                Some((id, _)) if !keys.holds(id) => {
+                    return broken(&format!(
+                        "its MAC is under master key {id}, which this server does not hold: a rotation not finished, or a forged row"
+                    ))
+                }
+                _ => {
+                    return broken(
+                        "its MAC does not verify under the server's key: the chain was rewritten from this row on",
+                    )
+                }
+            },
+            None => {
+                return broken(
+                    "it has no MAC: it was written by someone without the server's key",
+                )
+            }
         }
         prev = row.hash.clone();
     }

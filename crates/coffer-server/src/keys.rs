@@ -58,6 +58,12 @@ pub enum KeyError {
         /// The ids this server holds.
         have: String,
     },
+    /// The database's audit trail predates the master key.
+    #[error("the audit trail's {rows} rows predate the master key and carry no MAC: anyone with write access to the database could have changed them. Start once with --adopt-unkeyed-audit-trail to put them under the key as they stand")]
+    UnkeyedAudit {
+        /// Rows without a MAC.
+        rows: usize,
+    },
     /// Values remain under a master key this server no longer has as its
     /// previous one.
     #[error("values are still sealed under the previous master key: start once more with --previous-master-key-file before dropping it")]
@@ -265,6 +271,11 @@ impl Keyring {
     /// The key new values are sealed under.
     pub fn current(&self) -> &MasterKey {
         &self.current
+    }
+
+    /// Whether the key with this id (16 hex digits) is held.
+    pub fn holds(&self, id: &str) -> bool {
+        self.current.id() == id || self.previous.as_ref().is_some_and(|k| k.id() == id)
     }
 
     /// Whether a previous key is held (a rotation is under way).

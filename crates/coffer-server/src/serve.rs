@@ -30,6 +30,11 @@ pub struct ServeConfig {
     pub tls: crate::tls::TlsSetting,
     /// The master key (and, while rotating, the previous one).
     pub keys: std::sync::Arc<crate::keys::Keyring>,
+    /// Put the audit trail of a database from before the master key under
+    /// it as it stands (MAC every row). Only on the operator's word: a
+    /// trail without MACs could have been rewritten by anyone with write
+    /// access to the database, and adopting it would vouch for that.
+    pub adopt_unkeyed_audit: bool,
 }
 
 /// The default session lifetime: a working day.
@@ -65,9 +70,13 @@ pub enum ServeError {
 /// holding anything under another key is refused: destroying the old key
 /// too early loses nothing. The check is compared and swapped, so two
 /// processes with different keys cannot both adopt a database.
-async fn adopt_master_key(store: &Store, keys: &Keyring) -> Result<(), ServeError> {
+async fn adopt_master_key(
+    store: &Store,
+    keys: &Keyring,
+    adopt_unkeyed_audit: bool,
+) -> Result<(), ServeError> {
     for _ in 0..5 {
-        if adopt_once(store, keys).await? {
+        if adopt_once(store, keys, adopt_unkeyed_audit).await? {
             return Ok(());
         }
     }
@@ -77,7 +86,11 @@ async fn adopt_master_key(store: &Store, keys: &Keyring) -> Result<(), ServeErro
 }
 
 /// One attempt; false if another process changed the check meanwhile.
-async fn adopt_once(store: &Store, keys: &Keyring) -> Result<bool, ServeError> {
+async fn adopt_once(
+    store: &Store,
+    keys: &Keyring,
+    adopt_unkeyed_audit: bool,
+) -> Result<bool, ServeError> {
     let check = store.master_key_check().await?;
     let (mut resealed, mut macs) = (Vec::new(), Vec::new());
     match &check {
@@ -86,16 +99,26 @@ async fn adopt_once(store: &Store, keys: &Keyring) -> Result<bool, ServeError> {
                 return Err(KeyError::Tampered.into());
             }
             if !keys.has_previous() {
-                // Nothing may be left under another key.
-                let current = keys.current().id();
-                let foreign = store
+                // No sealed value may be left under another key: it would
+                // be lost. Audit MACs under another key (rows an old
+                // process wrote, or forged ones) are only reported: the
+                // trail's check shows them, and refusing to start on them
+                // would let anyone who can write one row stop the server.
+                if store
                     .sealed_values()
                     .await?
                     .iter()
                     .any(|v| !keys.is_current(&v.sealed))
-                    || store.foreign_audit_macs(&format!("{current}:")).await? > 0;
-                if foreign {
+                {
                     return Err(KeyError::Stale.into());
+                }
+                let current = keys.current().id();
+                let foreign = store.foreign_audit_macs(&format!("{current}:")).await?;
+                if foreign > 0 {
+                    tracing::warn!(
+                        rows = foreign,
+                        "audit rows carry a MAC under another master key: if a rotation is not finished, start once more with the previous key; otherwise they were forged"
+                    );
                 }
                 return Ok(true);
             }
@@ -129,10 +152,14 @@ async fn adopt_once(store: &Store, keys: &Keyring) -> Result<bool, ServeError> {
             // Never under a key: a new database, or one from before the
             // master key. A database that holds sealed values or MACs but no
             // check has had its check deleted: adopting it would launder
-            // whatever was done to the trail.
+            // whatever was done to the trail. A trail without MACs is
+            // adopted only on the operator's word.
             let rows = store.audit_rows().await?;
             if !store.sealed_values().await?.is_empty() || rows.iter().any(|r| r.mac.is_some()) {
                 return Err(KeyError::Tampered.into());
+            }
+            if !rows.is_empty() && !adopt_unkeyed_audit {
+                return Err(KeyError::UnkeyedAudit { rows: rows.len() }.into());
             }
             macs = rows
                 .iter()
@@ -191,7 +218,7 @@ impl Server {
         };
         check_listen(config.listen, transport, config.force_plain)?;
         let store = Store::open(&config.database_url).await?;
-        adopt_master_key(&store, &config.keys).await?;
+        adopt_master_key(&store, &config.keys, config.adopt_unkeyed_audit).await?;
         let setup_token = if store.is_bootstrapped().await? {
             None
         } else {

@@ -550,7 +550,9 @@ async fn audit_trail(url: &str) {
     server.stop().await;
 
     // A database from before the master key (no check, no sealed value, no
-    // MAC) is adopted at the next start: every row gets its MAC.
+    // MAC) is adopted only on the operator's word — the same state is what
+    // someone with write access would make to launder a rewritten trail —
+    // and then every row gets its MAC.
     db.execute_for_tests(&format!(
         "DELETE FROM audit_events WHERE id = {}; UPDATE audit_events SET id = id - 1000 WHERE id > 1000;
          UPDATE audit_events SET mac = NULL; DELETE FROM master_key_check; DELETE FROM org_signing_keys;",
@@ -558,7 +560,15 @@ async fn audit_trail(url: &str) {
     ))
     .await
     .unwrap();
-    let server = Running::start(url).await;
+    let refused = Running::with_keys(url, coffer_server::testing::keyring())
+        .await
+        .err()
+        .expect("an unkeyed trail is not adopted silently");
+    assert!(
+        refused.to_string().contains("--adopt-unkeyed-audit-trail"),
+        "{refused}"
+    );
+    let server = Running::adopting_unkeyed_audit(url).await.unwrap();
     let token = login(&server, &http, "alice", "correct horse battery")
         .await
         .unwrap();

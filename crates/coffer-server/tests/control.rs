@@ -89,6 +89,37 @@ async fn check_in(server: &Running, http: &reqwest::Client, device: &str) -> Val
     r.json().await.unwrap()
 }
 
+/// Sends `head` (and nothing more) over a raw connection; the answer.
+async fn raw_request(base: &str, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Delivers `body` with `Transfer-Encoding: chunked` (no Content-Length).
+async fn send_chunked(base: &str, token: &str, body: &[u8]) -> String {
+    let (first, second) = body.split_at(body.len() / 2);
+    let head = format!(
+        "POST /v1/device/data HTTP/1.1\r\nHost: x\r\nx-auth-token: {token}\r\n\
+         content-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n\
+         {:x}\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+        first.len(),
+        String::from_utf8_lossy(first),
+        second.len(),
+        String::from_utf8_lossy(second),
+    );
+    raw_request(base, &head).await
+}
+
 fn random_key() -> String {
     use rand_core::RngCore;
     let mut bytes = [0u8; 32];
@@ -247,6 +278,17 @@ async fn suite(url: &str, raw: Vec<PathBuf>, checkpoint: impl AsyncFn()) {
         (d2, &d2_token),
     )
     .await;
+    // The store itself refuses a deposit for a revoked device, in the
+    // transaction that would write it (a deposit that authenticated just
+    // before the revocation cannot bring a key back).
+    let sealed = coffer_server::testing::keyring()
+        .seal(&format!("escrow:{d1}"), &[7; 32])
+        .unwrap();
+    assert!(matches!(
+        db.deposit_escrow(d1, &sealed).await,
+        Err(coffer_server::StoreError::DeviceRevoked)
+    ));
+    assert_eq!(db.escrow(d1).await.unwrap(), None);
     delivery(&server, &http, acme, &alice, &bob, &carol, (d2, &d2_token)).await;
 
     // At rest: the escrow key appears in no file of the database, in any
@@ -658,12 +700,47 @@ async fn delivery(
     ciborium::ser::into_writer(&second, &mut second_cbor).unwrap();
     let r = send(second_cbor.clone(), "application/cbor").await;
     assert_eq!(r.status(), StatusCode::CREATED);
-    // Accounting counted exactly the bytes of these five deliveries.
+    // A batch sent chunked, with no Content-Length: counted all the same.
+    let chunked = serde_json::to_vec(&json!({
+        "batch_id": "batch-chunked",
+        "readings": [{"at": 1_700_000_180, "name": "temp.c", "value": 24}],
+    }))
+    .unwrap();
+    let answer = send_chunked(&server.base, d2_token, &chunked).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    // Accounting counted exactly the bytes of these six deliveries.
     let sent = 2 * json_body.len()
         + cbor.len()
         + serde_json::to_vec(&reused).unwrap().len()
-        + second_cbor.len();
+        + second_cbor.len()
+        + chunked.len();
     assert_eq!(device_bytes().await - bytes_before, sent as i64);
+    // A body the server never reads (refused before) counts nothing,
+    // whatever its Content-Length claims.
+    let claimed = raw_request(
+        &server.base,
+        "POST /v1/device/data HTTP/1.1\r\nHost: x\r\nx-auth-token: not-a-token\r\n\
+         content-type: application/json\r\ncontent-length: 9000000\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(claimed.starts_with("HTTP/1.1 401"), "{claimed}");
+    let unclaimed: Value = get(
+        http,
+        server.url(&format!("/v1/orgs/{acme}/usage?by=org")),
+        alice,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert!(
+        unclaimed["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["bytes_in"].as_i64().unwrap() < 9_000_000),
+        "{unclaimed}"
+    );
 
     // Bad input: a clear 4xx each, nothing stored.
     let cases: Vec<(Vec<u8>, &'static str, StatusCode, &str)> = vec![
@@ -730,7 +807,7 @@ async fn delivery(
         .await
         .unwrap();
     let readings = all["readings"].as_array().unwrap();
-    assert_eq!(readings.len(), 3, "{all}");
+    assert_eq!(readings.len(), 4, "{all}");
     assert_eq!(readings[1]["value"], json!({"text": "door, \"open\""}));
     assert_eq!(all["next_after"], Value::Null);
     let ranged: Value = data("from=1700000060&to=1700000120", alice)
@@ -747,13 +824,13 @@ async fn delivery(
         .json()
         .await
         .unwrap();
-    assert_eq!(rest["readings"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["readings"].as_array().unwrap().len(), 2);
     let r = data("format=csv&name=temp.c", alice).await;
     assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
     let csv = r.text().await.unwrap();
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines[0], "id,device_id,at,name,value,received_at");
-    assert_eq!(lines.len(), 3, "{csv}");
+    assert_eq!(lines.len(), 4, "{csv}");
     assert!(lines[2].contains(&format!(",{d2},1700000120,temp.c,23.5,")));
     let r = data("limit=0", alice).await;
     assert_eq!(error_code(r).await, "invalid_query");
@@ -878,6 +955,44 @@ async fn master_key(url: &str, d2_token: &str, d2_escrow: &str) {
         .unwrap();
     assert_eq!(report["intact"], true, "{report}");
     after.stop().await;
+}
+
+/// Two servers with different master keys start on one new database at
+/// once: exactly one adopts it; the other refuses to start.
+async fn adoption_race(url: &str) {
+    let a = Running::with_keys(
+        url,
+        Arc::new(Keyring::new(MasterKey::from_bytes(&[1; 32]), None)),
+    );
+    let b = Running::with_keys(
+        url,
+        Arc::new(Keyring::new(MasterKey::from_bytes(&[2; 32]), None)),
+    );
+    let (a, b) = tokio::join!(a, b);
+    assert!(a.is_ok() != b.is_ok(), "exactly one adopts the database");
+    for started in [a, b].into_iter().flatten() {
+        started.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_keys_racing_for_a_new_database_on_sqlite() {
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        adoption_race(&format!(
+            "sqlite://{}",
+            dir.path().join("server.db").display()
+        ))
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_keys_racing_for_a_new_database_on_postgres() {
+    let pg = Postgres::start();
+    for i in 0..3 {
+        adoption_race(&pg.database(&format!("race{i}")).await).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

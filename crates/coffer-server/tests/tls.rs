@@ -19,6 +19,7 @@ async fn start(
             dir: dir.join("tls"),
         },
         keys: coffer_server::testing::keyring(),
+        adopt_unkeyed_audit: false,
     })
     .await
     .unwrap();

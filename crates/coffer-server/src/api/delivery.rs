@@ -30,7 +30,6 @@ async fn deliver(
     State(state): State<AppState>,
     device: DevicePrincipal,
     headers: HeaderMap,
-    caller: Option<axum::Extension<super::CallerCell>>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let body = body.map_err(|_| {
@@ -40,12 +39,6 @@ async fn deliver(
             format!("request bodies are limited to {MAX_BODY} bytes"),
         )
     })?;
-    // Accounting counts the bytes read, with or without Content-Length.
-    if let Some(axum::Extension(cell)) = caller {
-        cell.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .bytes_in = i64::try_from(body.len()).ok();
-    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -86,6 +86,7 @@ impl Running {
             session_ttl,
             login_limits,
             coffer_server::testing::keyring(),
+            false,
         )
         .await
         .unwrap()
@@ -101,6 +102,21 @@ impl Running {
             coffer_server::DEFAULT_SESSION_TTL,
             coffer_server::LoginLimits::default(),
             keys,
+            false,
+        )
+        .await
+    }
+
+    /// A server that adopts an audit trail from before the master key.
+    pub async fn adopting_unkeyed_audit(
+        database_url: &str,
+    ) -> Result<Running, coffer_server::serve::ServeError> {
+        Self::try_start(
+            database_url,
+            coffer_server::DEFAULT_SESSION_TTL,
+            coffer_server::LoginLimits::default(),
+            coffer_server::testing::keyring(),
+            true,
         )
         .await
     }
@@ -110,6 +126,7 @@ impl Running {
         session_ttl: std::time::Duration,
         login_limits: coffer_server::LoginLimits,
         keys: std::sync::Arc<coffer_server::keys::Keyring>,
+        adopt_unkeyed_audit: bool,
     ) -> Result<Running, coffer_server::serve::ServeError> {
         capture_logs();
         let server = Server::bind(&ServeConfig {
@@ -120,6 +137,7 @@ impl Running {
             login_limits,
             tls: coffer_server::TlsSetting::Off,
             keys,
+            adopt_unkeyed_audit,
         })
         .await?;
         let base = format!("http://{}", server.local_addr().unwrap());
