@@ -553,6 +553,17 @@ impl UnlockedVault {
         Ok(info)
     }
 
+    /// A setting of the vault itself (its enrollment with a control plane,
+    /// say), kept encrypted in its catalog: never in a plain file.
+    pub fn setting(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.catalog()?.setting(key)
+    }
+
+    /// Sets a setting of the vault (`None` removes it).
+    pub fn set_setting(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
+        self.catalog()?.set_setting(key, value)
+    }
+
     /// Every app of the vault, by name.
     pub fn apps(&self) -> Result<Vec<AppInfo>> {
         self.catalog()?.list()

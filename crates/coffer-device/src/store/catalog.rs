@@ -18,7 +18,13 @@ use crate::store::database;
 pub(crate) const CATALOG_FILE: &str = "catalog.db";
 /// Directory of the apps' database files inside the vault directory.
 pub(crate) const DATA_DIR: &str = "data";
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2: the vault's own settings (enrollment with a control plane).
+const SETTINGS_TABLE: &str = "CREATE TABLE settings (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) STRICT;";
 
 pub(crate) struct Catalog {
     conn: Connection,
@@ -55,10 +61,19 @@ impl Catalog {
                      capabilities INTEGER NOT NULL,
                      created_at INTEGER NOT NULL
                  ) STRICT;
+                 {SETTINGS_TABLE}
                  PRAGMA user_version = {SCHEMA_VERSION};
                  COMMIT;"
             ))
             .map_err(|e| Error::database("creating the catalog", e))?;
+        } else if version == 1 {
+            conn.execute_batch(&format!(
+                "BEGIN;
+                 {SETTINGS_TABLE}
+                 PRAGMA user_version = {SCHEMA_VERSION};
+                 COMMIT;"
+            ))
+            .map_err(|e| Error::database("upgrading the catalog", e))?;
         } else if version != SCHEMA_VERSION {
             return Err(Error::UnsupportedStoreVersion {
                 store: "catalog",
@@ -180,6 +195,34 @@ impl Catalog {
             return Err(Error::NoSuchApp { name: name.into() });
         }
         Ok(())
+    }
+}
+
+impl Catalog {
+    /// A setting of the vault.
+    pub(crate) fn setting(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| Error::database("reading a setting", e))
+    }
+
+    /// Sets (or, with `None`, removes) a setting of the vault.
+    pub(crate) fn set_setting(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
+        match value {
+            Some(value) => self.conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            ),
+            None => self
+                .conn
+                .execute("DELETE FROM settings WHERE key = ?1", [key]),
+        }
+        .map(|_| ())
+        .map_err(|e| Error::database("writing a setting", e))
     }
 }
 

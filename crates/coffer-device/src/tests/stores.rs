@@ -630,3 +630,64 @@ fn a_negative_stored_version_is_corruption_not_a_panic() {
         })
     ));
 }
+
+#[test]
+fn vault_settings_are_kept_encrypted_and_survive_an_upgraded_catalog() {
+    let (dir, space, v) = vault();
+    assert_eq!(v.setting("control.device_token").unwrap(), None);
+    v.set_setting("control.device_token", Some(b"marker-token-7f3a"))
+        .unwrap();
+    v.set_setting("control.server", Some(b"https://example.invalid"))
+        .unwrap();
+    assert_eq!(
+        v.setting("control.device_token").unwrap().as_deref(),
+        Some(&b"marker-token-7f3a"[..])
+    );
+    v.set_setting("control.server", None).unwrap();
+    assert_eq!(v.setting("control.server").unwrap(), None);
+    // Never on disk in the clear.
+    scan(dir.path(), &mut |path, bytes| {
+        assert!(
+            !bytes
+                .windows(b"marker-token-7f3a".len())
+                .any(|w| w == b"marker-token-7f3a"),
+            "{} holds the setting in the clear",
+            path.display()
+        );
+    });
+    // A catalog made before settings (version 1) gets them at its next
+    // open, keeping its apps.
+    v.add_app("notes", Capabilities::all()).unwrap();
+    {
+        let key = v.subkey(crate::subkey::Purpose::Catalog).unwrap();
+        let conn = crate::store::database::open(
+            &space.vault("acme").unwrap().path().join("catalog.db"),
+            &key,
+            false,
+        )
+        .unwrap();
+        conn.execute_batch("DROP TABLE settings; PRAGMA user_version = 1;")
+            .unwrap();
+    }
+    assert_eq!(v.setting("control.device_token").unwrap(), None);
+    v.set_setting("control.device_token", Some(b"again"))
+        .unwrap();
+    assert_eq!(v.apps().unwrap().len(), 1);
+}
+
+#[test]
+fn vault_settings_survive_a_rotation() {
+    let (_dir, _space, mut v) = vault();
+    v.set_setting("control.device_token", Some(b"kept"))
+        .unwrap();
+    v.rotate(
+        &[("alice", Credential::Passphrase(&pass("pw")))],
+        &crate::rotate::RotateOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        v.setting("control.device_token").unwrap().as_deref(),
+        Some(&b"kept"[..])
+    );
+}
