@@ -183,8 +183,10 @@ async fn suite(url: &str, raw: Vec<PathBuf>, checkpoint: impl AsyncFn()) {
 
     // Escrow.
     let escrow_key = random_key();
-    let r = deposit(&server, &http, &d1_token, "nothex").await;
-    assert_eq!(error_code(r).await, "invalid_escrow_key");
+    for bad in ["nothex".to_owned(), "00".repeat(15), "00".repeat(65)] {
+        let r = deposit(&server, &http, &d1_token, &bad).await;
+        assert_eq!(error_code(r).await, "invalid_escrow_key");
+    }
     assert_eq!(
         deposit(&server, &http, &d1_token, &escrow_key)
             .await

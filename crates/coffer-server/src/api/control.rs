@@ -234,14 +234,18 @@ struct EscrowDeposit {
     escrow_key: String,
 }
 
-/// The 32-byte escrow key from its hex form.
-fn escrow_bytes(text: &str) -> Result<Zeroizing<[u8; 32]>, ApiError> {
-    let mut key = Zeroizing::new([0u8; 32]);
-    if text.len() != 64 || hex::decode_to_slice(text, key.as_mut_slice()).is_err() {
+/// Shortest and longest escrow key, bytes.
+const ESCROW_KEY_LEN: std::ops::RangeInclusive<usize> = 16..=64;
+
+/// The escrow key from its hex form: 16 to 64 bytes (the device's escrow
+/// slot decides its form; coffer's is a recovery key's text).
+fn escrow_bytes(text: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    let key = Zeroizing::new(hex::decode(text).unwrap_or_default());
+    if !ESCROW_KEY_LEN.contains(&key.len()) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_escrow_key",
-            "escrow_key must be 64 hex digits (32 bytes)",
+            "escrow_key must be 16 to 64 bytes in hex (32 to 128 hex digits)",
         ));
     }
     Ok(key)
