@@ -67,7 +67,7 @@ fn client(args: &AdminArgs) -> Result<Client, CliError> {
 }
 
 /// The server's answer, or its typed error as a CLI error.
-fn answer(response: reqwest::Result<Response>) -> Result<Value, CliError> {
+pub(crate) fn answer(response: reqwest::Result<Response>) -> Result<Value, CliError> {
     let response = response
         .map_err(|e| CliError::other(format!("cannot reach the server: {}", e.without_url())))?;
     let status = response.status();
@@ -98,7 +98,8 @@ fn answer(response: reqwest::Result<Response>) -> Result<Value, CliError> {
     })
 }
 
-fn password(prompt: &str, env: &str) -> Result<Zeroizing<String>, CliError> {
+/// A secret from `env`, else a no-echo prompt on a terminal.
+pub(crate) fn password(prompt: &str, env: &str) -> Result<Zeroizing<String>, CliError> {
     if let Ok(p) = std::env::var(env) {
         return Ok(Zeroizing::new(p));
     }

@@ -25,6 +25,8 @@ Exit codes:
  14  too soon after failed attempts: wait and try again
  15  the audit log fails its check (entries edited, deleted, reordered, cut)
  16  refused: a debugger is tracing coffer and --refuse-debugger is set
+ 17  the control plane's certificate is not the one pinned (or not signed by
+     the given CA): nothing was sent to it
 
 Secrets for scripts:
   COFFER_PASSPHRASE        passphrase that opens the vault (init: the new vault's)
@@ -300,6 +302,34 @@ pub enum Command {
         /// Name of the new app [default: the name in the archive]
         #[arg(long = "as", value_name = "NAME")]
         rename: Option<String>,
+    },
+    /// Enroll this vault with an organization's control plane
+    ///
+    /// Unlocks the vault (its data stays), spends a one-time enrollment code
+    /// (--code, COFFER_ENROLL_CODE or a prompt) and keeps the device token,
+    /// the server's URL and certificate pin and the organization's policy
+    /// key in the vault's encrypted settings; adds an escrow slot whose key
+    /// only the server keeps. Trust a self-signed server by the SHA-256
+    /// fingerprint `coffer serve --dev-tls` prints (--pin-sha256), or a CA
+    /// (--ca-cert).
+    Enroll {
+        /// The control plane's URL
+        #[arg(long, env = "COFFER_SERVER", value_name = "URL")]
+        server: String,
+        /// The one-time enrollment code [default: COFFER_ENROLL_CODE, or a
+        /// prompt]
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
+        /// The device's name on the server [default: VAULT@HOSTNAME]
+        #[arg(long)]
+        name: Option<String>,
+        /// Trust only the certificate with this SHA-256 (64 hex digits,
+        /// colons allowed)
+        #[arg(long, value_name = "FINGERPRINT", conflicts_with = "ca_cert")]
+        pin_sha256: Option<String>,
+        /// Trust this PEM certificate (a CA, or the server's own)
+        #[arg(long, value_name = "FILE")]
+        ca_cert: Option<std::path::PathBuf>,
     },
     /// A guided walk through a throwaway space: create a vault, add a second
     /// user and a recovery key, unlock with each, and see tampering caught

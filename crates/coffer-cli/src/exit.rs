@@ -23,6 +23,7 @@ pub enum ExitCode {
     BackOff = 14,
     AuditTampered = 15,
     Debugger = 16,
+    Untrusted = 17,
 }
 
 /// An error on its way to the user: what to print and how to exit.

@@ -6,6 +6,7 @@
 mod admin;
 mod cli;
 mod commands;
+mod control;
 mod demo;
 mod exit;
 mod input;
@@ -36,6 +37,22 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         } => commands::temp_key(g, name, *expires, *single_use),
         Command::Passwd { slot, kdf } => commands::passwd(g, slot.as_deref(), kdf),
         Command::Verify => commands::verify(g),
+        Command::Enroll {
+            server,
+            code,
+            name,
+            pin_sha256,
+            ca_cert,
+        } => {
+            let trust = match (pin_sha256, ca_cert) {
+                (Some(pin), _) => control::Trust::Pin(control::parse_pin(pin)?),
+                (None, Some(path)) => control::Trust::Ca(std::fs::read(path).map_err(|e| {
+                    exit::CliError::usage(format!("cannot read {}: {e}", path.display()))
+                })?),
+                (None, None) => control::Trust::System,
+            };
+            control::enroll(g, server, code.as_deref(), name.as_deref(), trust)
+        }
         Command::Serve {
             listen,
             database_url,

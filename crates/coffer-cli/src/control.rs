@@ -1,0 +1,274 @@
+//! The device's side of the control plane (docs/protocol.md): a client that
+//! trusts the server by a pinned certificate fingerprint (`--pin-sha256`)
+//! or a CA file (`--ca-cert`), and `coffer enroll`.
+//!
+//! The device's enrollment lives in the vault's encrypted settings
+//! (`control.*`): the server's URL and how it is trusted, the device's id
+//! and organization, the device token, and the organization's policy key.
+//! Nothing of it is written to a plain file.
+
+use std::sync::Arc;
+
+use reqwest::blocking::{Client, Response};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::cli::Global;
+use crate::commands::Report;
+use crate::exit::{CliError, ExitCode};
+
+/// Setting keys of the vault's enrollment.
+mod key {
+    pub const SERVER: &str = "control.server";
+    pub const PIN_SHA256: &str = "control.pin_sha256";
+    pub const CA_CERT: &str = "control.ca_cert";
+    pub const DEVICE_ID: &str = "control.device_id";
+    pub const ORGANIZATION_ID: &str = "control.organization_id";
+    pub const DEVICE_TOKEN: &str = "control.device_token";
+    pub const POLICY_KEY: &str = "control.policy_key";
+}
+
+/// The name of the escrow slot `coffer enroll` adds.
+pub const ESCROW_SLOT: &str = "escrow";
+
+/// How the device trusts the server's certificate.
+#[derive(Clone)]
+pub enum Trust {
+    /// The SHA-256 of the server's certificate (DER), as `coffer serve
+    /// --dev-tls` prints it.
+    Pin([u8; 32]),
+    /// A CA (or the server's own) certificate, PEM.
+    Ca(Vec<u8>),
+    /// The system's roots (plain HTTP only on loopback).
+    System,
+}
+
+/// Parses a fingerprint: 64 hex digits, with or without colons.
+pub fn parse_pin(text: &str) -> Result<[u8; 32], CliError> {
+    let digits: String = text.chars().filter(|c| *c != ':').collect();
+    let mut pin = [0u8; 32];
+    hex::decode_to_slice(digits.trim(), &mut pin).map_err(|_| {
+        CliError::usage(
+            "--pin-sha256 takes the certificate's SHA-256: 64 hex digits, colons allowed",
+        )
+    })?;
+    Ok(pin)
+}
+
+/// Trusts exactly the certificate whose SHA-256 is pinned (still checking
+/// the handshake's signature with its key): for self-signed servers.
+#[derive(Debug)]
+struct PinnedCertificate {
+    pin: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let seen: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if subtle::ConstantTimeEq::ct_eq(&seen[..], &self.pin[..]).into() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// An HTTP client that trusts the server as `trust` says.
+pub fn client(trust: &Trust) -> Result<Client, CliError> {
+    let failed = |e: &dyn std::fmt::Display| CliError::other(format!("cannot set up TLS: {e}"));
+    let builder = Client::builder().timeout(std::time::Duration::from_secs(30));
+    let builder = match trust {
+        Trust::Pin(pin) => {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| failed(&e))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
+                    pin: *pin,
+                    provider,
+                }))
+                .with_no_client_auth();
+            builder.use_preconfigured_tls(config)
+        }
+        Trust::Ca(pem) => {
+            let cert = reqwest::Certificate::from_pem(pem)
+                .map_err(|_| CliError::usage("--ca-cert is not a PEM certificate"))?;
+            builder
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(cert)
+        }
+        Trust::System => builder,
+    };
+    builder.build().map_err(|e| failed(&e))
+}
+
+/// The server's answer as JSON, or a typed error: an untrusted certificate
+/// is its own exit code.
+pub fn answer(response: reqwest::Result<Response>) -> Result<Value, CliError> {
+    let response = response.map_err(|e| {
+        let text = format!("{e:?}");
+        if text.contains("InvalidCertificate") || text.contains("UnknownIssuer") {
+            CliError {
+                exit: ExitCode::Untrusted,
+                code: "untrusted_server",
+                message: "the server's certificate is not the one pinned (or not signed by the given CA): refusing to talk to it".into(),
+            }
+        } else {
+            CliError::other(format!("cannot reach the server: {}", e.without_url()))
+        }
+    })?;
+    crate::admin::answer(Ok(response))
+}
+
+/// `coffer enroll`: turns this vault into its organization's, keeping all
+/// its data: spends the enrollment code, keeps the device token and the
+/// organization's policy key in the vault's encrypted settings, adds an
+/// escrow slot and deposits its key.
+pub fn enroll(
+    global: &Global,
+    server: &str,
+    code: Option<&str>,
+    name: Option<&str>,
+    trust: Trust,
+) -> Result<Report, CliError> {
+    let mut vault = crate::commands::unlock(global)?;
+    let setting = |key: &str| vault.setting(key).map_err(CliError::from);
+    if setting(key::DEVICE_TOKEN)?.is_some() {
+        return Err(CliError {
+            exit: ExitCode::VaultExists,
+            code: "already_enrolled",
+            message: "this vault is already enrolled with a control plane".into(),
+        });
+    }
+    let code = match code {
+        Some(code) => Zeroizing::new(code.to_owned()),
+        None => crate::admin::password("Enrollment code: ", "COFFER_ENROLL_CODE")?,
+    };
+    let name = name.map_or_else(
+        || format!("{}@{}", vault.vault().name(), hostname()),
+        str::to_owned,
+    );
+    let http = client(&trust)?;
+    let url = |path: &str| format!("{}{path}", server.trim_end_matches('/'));
+    let enrolled = answer(
+        http.post(url("/v1/enroll"))
+            .json(&json!({"code": code.as_str(), "name": name}))
+            .send(),
+    )?;
+    let token = Zeroizing::new(
+        enrolled["device_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    );
+    let policy_key = enrolled["policy_public_key"].as_str().unwrap_or_default();
+    if token.is_empty() || hex::decode(policy_key).map(|k| k.len()) != Ok(32) {
+        return Err(CliError::other(
+            "the server's enrollment answer lacks the device token or the policy key",
+        ));
+    }
+    let device_id = enrolled["device_id"].as_i64().unwrap_or_default();
+    let org_id = enrolled["organization_id"].as_i64().unwrap_or_default();
+    let (pin, ca) = match &trust {
+        Trust::Pin(pin) => (Some(hex::encode(pin)), None),
+        Trust::Ca(pem) => (None, Some(pem.clone())),
+        Trust::System => (None, None),
+    };
+    for (key, value) in [
+        (
+            key::SERVER,
+            Some(server.trim_end_matches('/').as_bytes().to_vec()),
+        ),
+        (key::PIN_SHA256, pin.map(String::into_bytes)),
+        (key::CA_CERT, ca),
+        (key::DEVICE_ID, Some(device_id.to_string().into_bytes())),
+        (key::ORGANIZATION_ID, Some(org_id.to_string().into_bytes())),
+        (key::POLICY_KEY, Some(policy_key.as_bytes().to_vec())),
+        (key::DEVICE_TOKEN, Some(token.as_bytes().to_vec())),
+    ] {
+        vault.set_setting(key, value.as_deref())?;
+    }
+    // The escrow slot: a recovery key only the server keeps.
+    if vault.slots().iter().any(|s| s.name == ESCROW_SLOT) {
+        vault.remove_slot(ESCROW_SLOT)?;
+    }
+    let (_, escrow) = vault.add_recovery_slot(ESCROW_SLOT)?;
+    let escrow_text = escrow.display();
+    let escrow_hex = Zeroizing::new(hex::encode(
+        secrecy::ExposeSecret::expose_secret(&escrow_text).as_bytes(),
+    ));
+    answer(
+        http.put(url("/v1/device/escrow"))
+            .header("X-Auth-Token", token.as_str())
+            .json(&json!({"escrow_key": escrow_hex.as_str()}))
+            .send(),
+    )?;
+    Ok(Report {
+        json: json!({
+            "enrolled": true,
+            "server": server,
+            "device_id": device_id,
+            "organization_id": org_id,
+            "policy_key": policy_key,
+            "escrow_slot": ESCROW_SLOT,
+        }),
+        text: format!(
+            "Enrolled as device {device_id} of organization {org_id} at {server}.\n\
+             The organization's policy key is pinned; the server holds this vault's escrow key (slot \"{ESCROW_SLOT}\")."
+        ),
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "device".into())
+}

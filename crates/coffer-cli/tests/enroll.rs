@@ -1,0 +1,240 @@
+//! `coffer enroll` against a real `coffer serve --dev-tls` process: a vault
+//! made offline keeps its data through enrollment; the server is trusted
+//! only by the pinned certificate fingerprint; the escrow slot's key, as
+//! the server releases it, opens the vault.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{json, Value};
+
+const PASSPHRASE: &str = "alice's long passphrase";
+
+struct Server {
+    child: std::process::Child,
+    base: String,
+    fingerprint: String,
+    setup_token: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &std::path::Path) -> Server {
+    let db = format!("sqlite://{}", dir.join("server.db").display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["--json", "serve", "--listen", "127.0.0.1:0", "--dev-tls"])
+        .args(["--database-url", &db])
+        .env("XDG_DATA_HOME", dir)
+        .env("HOME", dir)
+        .env_remove("COFFER_MASTER_KEY")
+        .env_remove("COFFER_MASTER_KEY_FILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let started: Value = serde_json::from_str(&line).unwrap();
+    Server {
+        base: started["listening"].as_str().unwrap().to_owned(),
+        fingerprint: started["tls_sha256"].as_str().unwrap().to_owned(),
+        setup_token: started["setup_token"].as_str().unwrap().to_owned(),
+        child,
+    }
+}
+
+fn ok(out: Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+#[test]
+fn enrollment_pins_the_server_keeps_the_data_and_escrows_a_working_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_dir = dir.path().join("server");
+    std::fs::create_dir_all(&server_dir).unwrap();
+    let server = serve(&server_dir);
+    let ca = server_dir.join("coffer-server/dev-tls-cert.pem");
+    let admin_home = dir.path().join("admin");
+    let admin = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .args(["--json", "admin", "--server", &server.base])
+            .args(["--ca-cert", ca.to_str().unwrap()])
+            .args(args)
+            .env("XDG_DATA_HOME", &admin_home)
+            .env("HOME", &admin_home)
+            .env("COFFER_SETUP_TOKEN", &server.setup_token)
+            .env("COFFER_ADMIN_PASSWORD", "correct horse battery")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let org = ok(admin(&[
+        "setup",
+        "--organization",
+        "Acme",
+        "--owner",
+        "alice",
+    ]))["organization_id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    ok(admin(&["login", "--user", "alice"]));
+    let code = ok(admin(&["enroll-code", "--org", &org]))["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A vault made offline, with data, before enrollment.
+    let space = dir.path().join("space");
+    let coffer = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .arg("--json")
+            .args(args)
+            .env("COFFER_SPACE", &space)
+            .env("COFFER_PASSPHRASE", PASSPHRASE)
+            .env_remove("COFFER_RECOVERY_KEY")
+            .env_remove("COFFER_ENROLL_CODE")
+            .env_remove("COFFER_SERVER")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    ok(coffer(&["init", "--name", "alice", "--kdf-time-ms", "0"]));
+    ok(coffer(&["app", "add", "notes"]));
+    ok(coffer(&["kv", "put", "notes", "greeting", "hello"]));
+
+    // A wrong pin: refused before anything is sent (the code is not spent).
+    let wrong = coffer(&[
+        "enroll",
+        "--server",
+        &server.base,
+        "--code",
+        &code,
+        "--pin-sha256",
+        &"00".repeat(32),
+    ]);
+    assert_eq!(
+        wrong.status.code(),
+        Some(17),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    // No trust given at all: the self-signed certificate is refused too.
+    let unpinned = coffer(&["enroll", "--server", &server.base, "--code", &code]);
+    assert_eq!(unpinned.status.code(), Some(17));
+
+    let enrolled = ok(coffer(&[
+        "enroll",
+        "--server",
+        &server.base,
+        "--code",
+        &code,
+        "--pin-sha256",
+        &server.fingerprint,
+    ]));
+    assert_eq!(enrolled["enrolled"], true);
+    assert_eq!(
+        enrolled["organization_id"].as_i64().unwrap().to_string(),
+        org
+    );
+    let device = enrolled["device_id"].as_i64().unwrap();
+    // Enrolling twice is refused.
+    let again = coffer(&[
+        "enroll",
+        "--server",
+        &server.base,
+        "--code",
+        &code,
+        "--pin-sha256",
+        &server.fingerprint,
+    ]);
+    assert_eq!(again.status.code(), Some(6));
+
+    // The data is still there; the escrow slot is there; the server holds
+    // the escrow key; the pinned policy key is the organization's.
+    assert_eq!(
+        ok(coffer(&["kv", "get", "notes", "greeting"])),
+        json!({"key": "greeting", "text": "hello"})
+    );
+    let slots = ok(coffer(&["slot", "list"]));
+    assert!(slots.to_string().contains("\"escrow\""), "{slots}");
+    let devices = ok(admin(&["device", "list", "--org", &org]));
+    assert_eq!(devices["devices"][0]["id"], device);
+    assert_eq!(devices["devices"][0]["escrow"], true);
+
+    // The device's settings (read here through the library, as the device
+    // half will) hold a working token: with a member's session it gets the
+    // escrow key back, and that key opens the vault.
+    let vault = coffer_device::Space::new(&space).vault("default").unwrap();
+    let unlocked = vault
+        .unlock(&coffer_device::Credential::Passphrase(
+            &coffer_device::Passphrase::new(PASSPHRASE.to_owned()).unwrap(),
+        ))
+        .unwrap();
+    let token =
+        String::from_utf8(unlocked.setting("control.device_token").unwrap().unwrap()).unwrap();
+    let policy_key =
+        String::from_utf8(unlocked.setting("control.policy_key").unwrap().unwrap()).unwrap();
+    assert_eq!(policy_key, enrolled["policy_key"]);
+    drop(unlocked);
+    let http = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap())
+        .build()
+        .unwrap();
+    let session: Value = http
+        .post(format!("{}/v1/login", server.base))
+        .json(&json!({"user": "alice", "password": "correct horse battery"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let released: Value = http
+        .post(format!("{}/v1/device/escrow/release", server.base))
+        .header("x-auth-token", &token)
+        .header("x-user-token", session["token"].as_str().unwrap())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let escrow =
+        String::from_utf8(hex::decode(released["escrow_key"].as_str().unwrap()).unwrap()).unwrap();
+    let opened = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["--json", "--recovery", "verify"])
+        .env("COFFER_SPACE", &space)
+        .env("COFFER_RECOVERY_KEY", &escrow)
+        .env_remove("COFFER_PASSPHRASE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    ok(opened);
+    // Nothing of the enrollment is in a plain file of the space.
+    let mut stack = vec![space.clone()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            for secret in [token.as_bytes(), escrow.as_bytes(), server.base.as_bytes()] {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret),
+                    "{} holds the enrollment in the clear",
+                    path.display()
+                );
+            }
+        }
+    }
+}
