@@ -331,6 +331,15 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         ca_cert: Option<std::path::PathBuf>,
     },
+    /// Check in with the control plane and do what it says
+    ///
+    /// Wipe orders first: a whole-device order crypto-erases the vault
+    /// (exit 12), a one-user order removes that user's slot; each is then
+    /// acknowledged. Then a newer signed policy is fetched and verified
+    /// against the organization key pinned at enrollment: a bad signature, a
+    /// policy for another organization or a downgrade is refused and the
+    /// last good policy kept.
+    CheckIn,
     /// A guided walk through a throwaway space: create a vault, add a second
     /// user and a recovery key, unlock with each, and see tampering caught
     Demo {

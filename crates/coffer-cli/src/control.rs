@@ -272,3 +272,196 @@ fn hostname() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "device".into())
 }
+
+/// Setting keys of what check-ins learn.
+mod learned {
+    pub const LAST_CHECK_IN: &str = "control.last_check_in";
+    pub const POLICY_VERSION: &str = "control.policy_version";
+    pub const POLICY_DOCUMENT: &str = "control.policy_document";
+    pub const POLICY_SIGNATURE: &str = "control.policy_signature";
+}
+
+/// The enrollment read back from the vault's settings.
+struct Enrollment {
+    server: String,
+    trust: Trust,
+    token: Zeroizing<String>,
+    organization_id: i64,
+    policy_key: Vec<u8>,
+}
+
+fn text_setting(
+    vault: &coffer_device::UnlockedVault,
+    key: &str,
+) -> Result<Option<String>, CliError> {
+    Ok(vault
+        .setting(key)?
+        .map(|v| String::from_utf8_lossy(&v).into_owned()))
+}
+
+fn enrollment(vault: &coffer_device::UnlockedVault) -> Result<Enrollment, CliError> {
+    let missing = || CliError::usage("this vault is not enrolled: run 'coffer enroll' first");
+    let server = text_setting(vault, key::SERVER)?.ok_or_else(missing)?;
+    let token = Zeroizing::new(text_setting(vault, key::DEVICE_TOKEN)?.ok_or_else(missing)?);
+    let trust = match (
+        text_setting(vault, key::PIN_SHA256)?,
+        vault.setting(key::CA_CERT)?,
+    ) {
+        (Some(pin), _) => Trust::Pin(parse_pin(&pin)?),
+        (None, Some(pem)) => Trust::Ca(pem),
+        (None, None) => Trust::System,
+    };
+    let organization_id = text_setting(vault, key::ORGANIZATION_ID)?
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(missing)?;
+    let policy_key = hex::decode(text_setting(vault, key::POLICY_KEY)?.ok_or_else(missing)?)
+        .map_err(|_| CliError::other("the pinned policy key is not hex"))?;
+    Ok(Enrollment {
+        server,
+        trust,
+        token,
+        organization_id,
+        policy_key,
+    })
+}
+
+/// Why a fetched policy is refused (the last good one is kept).
+fn check_policy(
+    enrolled: &Enrollment,
+    held: Option<i64>,
+    answer: &Value,
+) -> Result<coffer_server::policy::Document, String> {
+    let document = answer["document"].as_str().unwrap_or_default();
+    let signature = hex::decode(answer["signature"].as_str().unwrap_or_default())
+        .map_err(|_| "the signature is not hex".to_owned())?;
+    if !coffer_server::policy::verify(&enrolled.policy_key, document.as_bytes(), &signature) {
+        return Err("its signature does not verify with the pinned organization key".into());
+    }
+    let parsed: coffer_server::policy::Document =
+        serde_json::from_str(document).map_err(|e| format!("it is not a policy document: {e}"))?;
+    if parsed.format != coffer_server::policy::FORMAT {
+        return Err(format!("its format {:?} is unknown", parsed.format));
+    }
+    if parsed.organization_id != enrolled.organization_id {
+        return Err("it is another organization's".into());
+    }
+    if Some(parsed.version) != answer["version"].as_i64() {
+        return Err("its version is not the one the server announced".into());
+    }
+    if held.is_some_and(|held| parsed.version <= held) {
+        return Err(format!(
+            "version {} is not above the version held ({}): a downgrade",
+            parsed.version,
+            held.unwrap_or_default()
+        ));
+    }
+    Ok(parsed)
+}
+
+/// `coffer check-in`: reports to the control plane and does what it says —
+/// wipe orders first (a whole-device wipe is a crypto-erase, then the
+/// acknowledgement; a one-user wipe removes that user's slot), then a newer
+/// signed policy, verified against the pinned key (a bad signature or a
+/// downgrade is refused and the last good policy kept).
+pub fn check_in(global: &Global) -> Result<Report, CliError> {
+    let mut vault = crate::commands::unlock(global)?;
+    let enrolled = enrollment(&vault)?;
+    let http = client(&enrolled.trust)?;
+    let url = |path: &str| format!("{}{path}", enrolled.server.trim_end_matches('/'));
+    let post = |path: &str| {
+        http.post(url(path))
+            .header("X-Auth-Token", enrolled.token.as_str())
+            .send()
+    };
+    let seen = answer(post("/v1/device/check-in"))?;
+    let server_time = seen["server_time"].as_i64().unwrap_or_default();
+    vault.set_setting(
+        learned::LAST_CHECK_IN,
+        Some(server_time.to_string().as_bytes()),
+    )?;
+    let orders = seen["wipe_orders"].as_array().cloned().unwrap_or_default();
+    if orders.iter().any(|o| o["scope"] == "device") {
+        // The whole vault: crypto-erase first, then tell the server (the
+        // token is still in memory). Every order is answered: the slots
+        // the others named are gone with the vault.
+        let handle = vault.vault().clone();
+        drop(vault);
+        handle.wipe()?;
+        for order in &orders {
+            let id = order["id"].as_i64().unwrap_or_default();
+            answer(post(&format!("/v1/device/wipes/{id}/ack")))?;
+        }
+        return Err(CliError {
+            exit: ExitCode::Wiped,
+            code: "wiped_by_order",
+            message: format!(
+                "the control plane ordered vault '{}' wiped: it is crypto-erased, and the server told",
+                global.vault
+            ),
+        });
+    }
+    let mut removed = Vec::new();
+    for order in &orders {
+        let user = order["user"].as_str().unwrap_or_default();
+        if vault.slots().iter().any(|s| s.name == user) {
+            vault.remove_slot(user)?;
+            removed.push(user.to_owned());
+        }
+        let id = order["id"].as_i64().unwrap_or_default();
+        answer(post(&format!("/v1/device/wipes/{id}/ack")))?;
+    }
+    let held = text_setting(&vault, learned::POLICY_VERSION)?.and_then(|v| v.parse::<i64>().ok());
+    let announced = seen["policy_version"].as_i64();
+    let mut policy = json!({"version": held, "updated": false});
+    if announced.is_some_and(|v| held.is_none_or(|h| v > h)) {
+        let fetched = answer(
+            http.get(url("/v1/device/policy"))
+                .header("X-Auth-Token", enrolled.token.as_str())
+                .send(),
+        )?;
+        match check_policy(&enrolled, held, &fetched) {
+            Ok(document) => {
+                for (key, value) in [
+                    (learned::POLICY_VERSION, document.version.to_string()),
+                    (
+                        learned::POLICY_DOCUMENT,
+                        fetched["document"].as_str().unwrap_or_default().to_owned(),
+                    ),
+                    (
+                        learned::POLICY_SIGNATURE,
+                        fetched["signature"].as_str().unwrap_or_default().to_owned(),
+                    ),
+                ] {
+                    vault.set_setting(key, Some(value.as_bytes()))?;
+                }
+                policy = json!({"version": document.version, "updated": true});
+            }
+            Err(why) => {
+                policy = json!({"version": held, "updated": false, "refused": why});
+            }
+        }
+    }
+    let text = format!(
+        "Checked in at server time {server_time}{}{}; policy version {}.",
+        if removed.is_empty() {
+            String::new()
+        } else {
+            format!("; removed the slots of {} as ordered", removed.join(", "))
+        },
+        policy["refused"]
+            .as_str()
+            .map_or_else(String::new, |why| format!(
+                "; a new policy was refused: {why}"
+            )),
+        policy["version"]
+    );
+    Ok(Report {
+        json: json!({
+            "server_time": server_time,
+            "revoked": seen["revoked"],
+            "removed_slots": removed,
+            "policy": policy,
+        }),
+        text,
+    })
+}

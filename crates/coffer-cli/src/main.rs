@@ -37,6 +37,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         } => commands::temp_key(g, name, *expires, *single_use),
         Command::Passwd { slot, kdf } => commands::passwd(g, slot.as_deref(), kdf),
         Command::Verify => commands::verify(g),
+        Command::CheckIn => control::check_in(g),
         Command::Enroll {
             server,
             code,

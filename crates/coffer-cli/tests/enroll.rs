@@ -52,6 +52,108 @@ fn serve(dir: &std::path::Path) -> Server {
     }
 }
 
+/// Check-in: a signed policy verified and kept, a tampered or replayed one
+/// refused; a one-user wipe removes that slot; a whole-device wipe
+/// crypto-erases the vault; every order acknowledged on the server.
+fn check_in_and_wipe(
+    admin: &dyn Fn(&[&str]) -> Output,
+    coffer: &dyn Fn(&[&str]) -> Output,
+    org: &str,
+    server_dir: &std::path::Path,
+    space: &std::path::Path,
+) {
+    let rules = server_dir.join("rules.json");
+    std::fs::write(&rules, r#"{"passphrase": {"min_length": 12}}"#).unwrap();
+    let rules = rules.to_str().unwrap();
+    ok(admin(&[
+        "policy",
+        "publish",
+        "--org",
+        org,
+        "--version",
+        "1",
+        rules,
+    ]));
+    let checked = ok(coffer(&["check-in"]));
+    assert_eq!(checked["policy"], json!({"version": 1, "updated": true}));
+    assert_eq!(checked["revoked"], false);
+
+    // The server's database edited: a changed document fails the pinned
+    // key's signature; an old document announced as a new version is a
+    // downgrade. Each time the last good policy stays.
+    ok(admin(&[
+        "policy",
+        "publish",
+        "--org",
+        org,
+        "--version",
+        "2",
+        rules,
+    ]));
+    let db = rusqlite::Connection::open(server_dir.join("server.db")).unwrap();
+    db.execute(
+        "UPDATE policies SET document = replace(document, '\"min_length\":12', '\"min_length\":4') WHERE version = 2",
+        [],
+    )
+    .unwrap();
+    let checked = ok(coffer(&["check-in"]));
+    assert_eq!(checked["policy"]["version"], 1);
+    assert!(
+        checked["policy"]["refused"]
+            .as_str()
+            .unwrap()
+            .contains("signature"),
+        "{checked}"
+    );
+    db.execute_batch("DELETE FROM policies WHERE version = 2; UPDATE policies SET version = 9 WHERE version = 1;")
+        .unwrap();
+    let checked = ok(coffer(&["check-in"]));
+    assert_eq!(checked["policy"]["version"], 1);
+    assert!(checked["policy"]["refused"].is_string(), "{checked}");
+
+    // One user's slot.
+    let added = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["slot", "add", "bob", "--kdf-time-ms", "0"])
+        .env("COFFER_SPACE", space)
+        .env("COFFER_PASSPHRASE", PASSPHRASE)
+        .env("COFFER_NEW_PASSPHRASE", "bob's long passphrase")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let device = ok(admin(&["device", "list", "--org", org]))["devices"][0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    ok(admin(&[
+        "device", "wipe", "--org", org, &device, "--user", "bob",
+    ]));
+    let checked = ok(coffer(&["check-in"]));
+    assert_eq!(checked["removed_slots"], json!(["bob"]));
+    assert!(!ok(coffer(&["slot", "list"]))
+        .to_string()
+        .contains("\"bob\""));
+    let orders = ok(admin(&["device", "wipes", "--org", org, &device]));
+    assert_eq!(orders["orders"][0]["state"], "acknowledged");
+
+    // The whole device.
+    ok(admin(&["device", "wipe", "--org", org, &device]));
+    let wiped = coffer(&["check-in"]);
+    assert_eq!(
+        wiped.status.code(),
+        Some(12),
+        "{}",
+        String::from_utf8_lossy(&wiped.stderr)
+    );
+    assert_eq!(coffer(&["verify"]).status.code(), Some(12));
+    let orders = ok(admin(&["device", "wipes", "--org", org, &device]));
+    assert_eq!(orders["orders"][1]["state"], "acknowledged");
+}
+
 fn ok(out: Output) -> Value {
     assert!(
         out.status.success(),
@@ -62,7 +164,7 @@ fn ok(out: Output) -> Value {
 }
 
 #[test]
-fn enrollment_pins_the_server_keeps_the_data_and_escrows_a_working_key() {
+fn enroll_check_in_policy_and_remote_wipe_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let server_dir = dir.path().join("server");
     std::fs::create_dir_all(&server_dir).unwrap();
@@ -237,4 +339,5 @@ fn enrollment_pins_the_server_keeps_the_data_and_escrows_a_working_key() {
             }
         }
     }
+    check_in_and_wipe(&admin, &coffer, &org, &server_dir, &space);
 }
