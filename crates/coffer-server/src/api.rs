@@ -901,12 +901,14 @@ async fn enroll(
         None => None,
     };
     let token = new_token()?;
+    let release_token = new_token()?;
     let enrolled = match state
         .store
         .enroll(
             &token_hash(&request.code),
             &request.name,
             &token_hash(&token),
+            &token_hash(&release_token),
         )
         .await
     {
@@ -948,6 +950,7 @@ async fn enroll(
             "device_id": enrolled.device_id,
             "organization_id": enrolled.org_id,
             "device_token": token.as_str(),
+            "release_token": release_token.as_str(),
             "policy_public_key": policy_key.public_key,
         })),
     ))
@@ -957,6 +960,9 @@ async fn enroll(
 pub struct DevicePrincipal {
     /// The device.
     pub device: crate::store::DeviceRecord,
+    /// Authenticated by its release token: good for escrow release,
+    /// check-in and wipe acknowledgement only.
+    pub release_only: bool,
     token_hash: String,
 }
 
@@ -985,16 +991,26 @@ impl DevicePrincipal {
                 )
             })?;
         let token_hash = token_hash(token);
-        let device = state
-            .store
-            .device_by_token(&token_hash)
-            .await?
-            .ok_or_else(invalid)?;
+        let (device, release_only) = match state.store.device_by_token(&token_hash).await? {
+            Some(device) => (device, false),
+            None => (
+                state
+                    .store
+                    .device_by_release_token(&token_hash)
+                    .await?
+                    .ok_or_else(invalid)?,
+                true,
+            ),
+        };
         note_caller(parts, |c| {
             c.device_id = Some(device.id);
             c.org_id = Some(device.org_id);
         });
-        Ok(DevicePrincipal { device, token_hash })
+        Ok(DevicePrincipal {
+            device,
+            release_only,
+            token_hash,
+        })
     }
 }
 
@@ -1006,7 +1022,7 @@ impl axum::extract::FromRequestParts<AppState> for DevicePrincipal {
         state: &AppState,
     ) -> Result<Self, ApiError> {
         let device = DevicePrincipal::from_parts(parts, state).await?;
-        if device.device.revoked {
+        if device.device.revoked || device.release_only {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_token",
@@ -1017,8 +1033,10 @@ impl axum::extract::FromRequestParts<AppState> for DevicePrincipal {
     }
 }
 
-/// A device, revoked or not: for check-in and wipe acknowledgement only,
-/// so that a wipe ordered before a revocation still reaches the device.
+/// A device, revoked or not, by its device token or its release token: for
+/// check-in and wipe acknowledgement (so that a wipe ordered before a
+/// revocation, or for a locked device, still reaches it) and escrow release
+/// (which refuses a revoked device itself).
 pub struct AnyDevice(pub DevicePrincipal);
 
 impl axum::extract::FromRequestParts<AppState> for AnyDevice {

@@ -220,6 +220,8 @@ async fn suite(url: &str, raw: Vec<PathBuf>, checkpoint: impl AsyncFn()) {
     deposit(&server, &http, &d3_token, &random_key()).await;
     let r = release(&server, &http, &d3_token, Some(&alice)).await;
     assert_eq!(error_code(r).await, "not_in_organization");
+    release_tokens(&server, &http, acme, &alice).await;
+
     // A disabled user: their sessions end, so release is refused.
     let carol_id = get(&http, server.url("/v1/me"), &carol)
         .await
@@ -245,7 +247,7 @@ async fn suite(url: &str, raw: Vec<PathBuf>, checkpoint: impl AsyncFn()) {
         .iter()
         .filter(|r| r.event.action == "escrow_released")
         .collect();
-    assert_eq!(released.len(), 2);
+    assert_eq!(released.len(), 3);
     assert_eq!(released[0].event.actor, "user:alice");
     assert!(released[0]
         .event
@@ -324,6 +326,71 @@ async fn suite(url: &str, raw: Vec<PathBuf>, checkpoint: impl AsyncFn()) {
         &d2_token,
         &d3_token,
     ]);
+}
+
+/// The release token: a locked device's credential, good for escrow
+/// release, check-in and wipe acknowledgement, and nothing else.
+async fn release_tokens(server: &Running, http: &reqwest::Client, acme: i64, alice: &str) {
+    let code = post(
+        http,
+        server.url(&format!("/v1/orgs/{acme}/enrollment-codes")),
+        alice,
+        json!({}),
+    )
+    .await
+    .json::<Value>()
+    .await
+    .unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let enrolled: Value = http
+        .post(server.url("/v1/enroll"))
+        .json(&json!({"code": code, "name": "locked-tablet"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let device = enrolled["device_id"].as_i64().unwrap();
+    let token = enrolled["device_token"].as_str().unwrap();
+    let release = enrolled["release_token"].as_str().unwrap();
+    assert_ne!(token, release);
+    let key = random_key();
+    deposit(server, http, token, &key).await;
+    let r = release_with(server, http, release, alice).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["escrow_key"], key);
+    assert_eq!(check_in(server, http, release).await["device_id"], device);
+    // Nothing else.
+    for r in [
+        get(http, server.url("/v1/device/policy"), release).await,
+        get(http, server.url("/v1/device"), release).await,
+        post(http, server.url("/v1/device/token"), release, json!({})).await,
+        deposit(server, http, release, &random_key()).await,
+    ] {
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Revoked: the release token releases nothing.
+    post(
+        http,
+        server.url(&format!("/v1/orgs/{acme}/devices/{device}/revoke")),
+        alice,
+        json!({}),
+    )
+    .await;
+    let r = release_with(server, http, release, alice).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+}
+
+async fn release_with(
+    server: &Running,
+    http: &reqwest::Client,
+    device: &str,
+    user: &str,
+) -> reqwest::Response {
+    release(server, http, device, Some(user)).await
 }
 
 /// Publishing and fetching signed policies.

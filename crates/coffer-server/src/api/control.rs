@@ -283,9 +283,18 @@ async fn deposit_escrow(
 /// device is pending. Every release and every refusal is audited.
 async fn release_escrow(
     State(state): State<AppState>,
-    device: DevicePrincipal,
+    AnyDevice(device): AnyDevice,
     headers: axum::http::HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    // By its device token or its release token (a locked device has only
+    // the latter), but never for a revoked device.
+    if device.device.revoked {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "the token is not valid",
+        ));
+    }
     let org_id = device.device.org_id;
     let device_id = device.device.id;
     let refused = |actor: String, reason: &'static str, error: ApiError| {

@@ -259,6 +259,14 @@ impl Store {
         dispatch!(self, s => s.foreign_audit_macs(prefix).await)
     }
 
+    /// The device whose release token hashes to `token_hash`.
+    pub async fn device_by_release_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<super::DeviceRecord>, StoreError> {
+        dispatch!(self, s => s.device_by_release_token(token_hash).await)
+    }
+
     /// The organization an unspent enrollment code belongs to, if any.
     pub async fn enrollment_code_org(&self, code_hash: &str) -> Result<Option<i64>, StoreError> {
         dispatch!(self, s => s.enrollment_code_org(code_hash).await)

@@ -374,14 +374,16 @@ impl Store {
     }
 
     /// Spends an enrollment code (once, before it expires) and creates the
-    /// device with the token whose hash is `token_hash`.
+    /// device with the token whose hash is `token_hash` and the release
+    /// token whose hash is `release_hash`.
     pub async fn enroll(
         &self,
         code_hash: &str,
         name: &str,
         token_hash: &str,
+        release_hash: &str,
     ) -> Result<Enrolled, StoreError> {
-        dispatch!(self, s => s.enroll(code_hash, name, token_hash).await)
+        dispatch!(self, s => s.enroll(code_hash, name, token_hash, release_hash).await)
     }
 
     /// The device whose token hashes to `token_hash`.

@@ -39,6 +39,10 @@ pub(super) const MIGRATIONS: Migrations = &[
         8,
         include_str!("../../migrations/postgres/0008_audit_mac.sql"),
     ),
+    (
+        9,
+        include_str!("../../migrations/postgres/0009_release_tokens.sql"),
+    ),
 ];
 
 /// Serializes audit appends across server processes: one chain, one order.
@@ -459,6 +463,7 @@ impl PostgresStore {
         code_hash: &str,
         name: &str,
         token_hash: &str,
+        release_hash: &str,
     ) -> Result<Enrolled, StoreError> {
         let op = "enrolling a device";
         let mut client = self.client(op).await?;
@@ -486,6 +491,12 @@ impl PostgresStore {
             .await
             .map_err(pg(op))?
             .get(0);
+        tx.execute(
+            "INSERT INTO device_release_tokens (device_id, token_hash) VALUES ($1, $2)",
+            &[&device_id, &release_hash],
+        )
+        .await
+        .map_err(pg(op))?;
         tx.commit().await.map_err(pg(op))?;
         Ok(Enrolled { device_id, org_id })
     }

@@ -31,6 +31,10 @@ pub(super) const MIGRATIONS: Migrations = &[
         8,
         include_str!("../../migrations/sqlite/0008_audit_mac.sql"),
     ),
+    (
+        9,
+        include_str!("../../migrations/sqlite/0009_release_tokens.sql"),
+    ),
 ];
 
 #[derive(Clone)]
@@ -448,9 +452,14 @@ impl SqliteStore {
         code_hash: &str,
         name: &str,
         token_hash: &str,
+        release_hash: &str,
     ) -> Result<Enrolled, StoreError> {
-        let (code_hash, name, token_hash) =
-            (code_hash.to_owned(), name.to_owned(), token_hash.to_owned());
+        let (code_hash, name, token_hash, release_hash) = (
+            code_hash.to_owned(),
+            name.to_owned(),
+            token_hash.to_owned(),
+            release_hash.to_owned(),
+        );
         self.with("enrolling a device", move |conn| {
             let e = db_error("enrolling a device");
             let tx = conn
@@ -476,6 +485,11 @@ impl SqliteStore {
             )
             .map_err(|x| e(&x))?;
             let device_id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO device_release_tokens (device_id, token_hash) VALUES (?1, ?2)",
+                params![device_id, release_hash],
+            )
+            .map_err(|x| e(&x))?;
             tx.commit().map_err(|x| e(&x))?;
             Ok(Enrolled { device_id, org_id })
         })

@@ -156,6 +156,32 @@ impl SqliteStore {
         .await
     }
 
+    pub(in crate::store) async fn device_by_release_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<crate::store::DeviceRecord>, StoreError> {
+        let op = "reading a device";
+        let token_hash = token_hash.to_owned();
+        self.with(op, move |conn| {
+            conn.query_row(
+                "SELECT d.id, d.org_id, d.name, d.revoked_at IS NOT NULL FROM devices d
+                 JOIN device_release_tokens t ON t.device_id = d.id WHERE t.token_hash = ?1",
+                [token_hash],
+                |r| {
+                    Ok(crate::store::DeviceRecord {
+                        id: r.get(0)?,
+                        org_id: r.get(1)?,
+                        name: r.get(2)?,
+                        revoked: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| db_error(op)(&e))
+        })
+        .await
+    }
+
     pub(in crate::store) async fn enrollment_code_org(
         &self,
         code_hash: &str,
