@@ -331,6 +331,25 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         ca_cert: Option<std::path::PathBuf>,
     },
+    /// Log in on a shared device: online through the server, or offline
+    ///
+    /// Online (an enrolled vault, the server reachable): checks in first (a
+    /// whole-device wipe order is carried out before anything else), then
+    /// the server checks NAME's server password (COFFER_SERVER_PASSWORD or a
+    /// prompt) and that NAME belongs to the device's organization, and
+    /// releases the vault's escrow key; the vault opens through its escrow
+    /// slot and NAME's own passphrase slot is added or renewed (the new
+    /// passphrase from COFFER_NEW_PASSPHRASE or asked twice; the
+    /// organization's policy rules apply). Offline: NAME's own slot opens
+    /// the vault with their passphrase; without one, it needs one online
+    /// login first.
+    Login {
+        /// The user (their name on the server, and their slot's name)
+        #[arg(long)]
+        user: String,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
     /// Check in with the control plane and do what it says
     ///
     /// Wipe orders first: a whole-device order crypto-erases the vault

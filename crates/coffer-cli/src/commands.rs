@@ -66,7 +66,7 @@ pub fn unlock(global: &Global) -> Result<UnlockedVault, CliError> {
     Ok(result?)
 }
 
-fn calibrate(global: &Global, args: &KdfArgs) -> Result<KdfParams, CliError> {
+pub fn calibrate(global: &Global, args: &KdfArgs) -> Result<KdfParams, CliError> {
     let algorithm: KdfAlgorithm = args.kdf.parse()?;
     let bar = spinner(
         global,

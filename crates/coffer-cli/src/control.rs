@@ -207,6 +207,10 @@ pub fn enroll(
             .unwrap_or_default()
             .to_owned(),
     );
+    let release_token = enrolled["release_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let policy_key = enrolled["policy_public_key"].as_str().unwrap_or_default();
     if token.is_empty() || hex::decode(policy_key).map(|k| k.len()) != Ok(32) {
         return Err(CliError::other(
@@ -234,6 +238,23 @@ pub fn enroll(
     ] {
         vault.set_setting(key, value.as_deref())?;
     }
+    write_release_file(
+        vault.vault().path(),
+        &ReleaseFile {
+            format: RELEASE_FORMAT.into(),
+            server: server.trim_end_matches('/').to_owned(),
+            pin_sha256: match &trust {
+                Trust::Pin(pin) => Some(hex::encode(pin)),
+                _ => None,
+            },
+            ca_cert: match &trust {
+                Trust::Ca(pem) => Some(String::from_utf8_lossy(pem).into_owned()),
+                _ => None,
+            },
+            device_id,
+            release_token,
+        },
+    )?;
     // The escrow slot: a recovery key only the server keeps.
     if vault.slots().iter().any(|s| s.name == ESCROW_SLOT) {
         vault.remove_slot(ESCROW_SLOT)?;
@@ -464,4 +485,241 @@ pub fn check_in(global: &Global) -> Result<Report, CliError> {
         }),
         text,
     })
+}
+
+/// The device's credential before unlock (docs/protocol.md, "The release
+/// token"): a file only its user can read, beside the vault's files, that a
+/// wipe deletes with them.
+pub const RELEASE_FILE: &str = "control.json";
+const RELEASE_FORMAT: &str = "coffer-device-release/1";
+
+/// What the release file holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ReleaseFile {
+    format: String,
+    server: String,
+    pin_sha256: Option<String>,
+    ca_cert: Option<String>,
+    device_id: i64,
+    release_token: String,
+}
+
+impl Drop for ReleaseFile {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.release_token);
+    }
+}
+
+impl ReleaseFile {
+    fn trust(&self) -> Result<Trust, CliError> {
+        Ok(match (&self.pin_sha256, &self.ca_cert) {
+            (Some(pin), _) => Trust::Pin(parse_pin(pin)?),
+            (None, Some(pem)) => Trust::Ca(pem.clone().into_bytes()),
+            (None, None) => Trust::System,
+        })
+    }
+}
+
+fn write_release_file(dir: &std::path::Path, file: &ReleaseFile) -> Result<(), CliError> {
+    use std::io::Write;
+    let failed = |e: std::io::Error| CliError::other(format!("cannot write {RELEASE_FILE}: {e}"));
+    let text = Zeroizing::new(serde_json::to_vec(file).unwrap_or_default());
+    let temp = dir.join(format!("{RELEASE_FILE}.tmp"));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut out = options.open(&temp).map_err(failed)?;
+    out.write_all(&text).map_err(failed)?;
+    out.sync_all().map_err(failed)?;
+    std::fs::rename(&temp, dir.join(RELEASE_FILE)).map_err(failed)
+}
+
+fn read_release_file(dir: &std::path::Path) -> Result<Option<ReleaseFile>, CliError> {
+    let text = match std::fs::read(dir.join(RELEASE_FILE)) {
+        Ok(text) => Zeroizing::new(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(CliError::other(format!("cannot read {RELEASE_FILE}: {e}"))),
+    };
+    let file: ReleaseFile = serde_json::from_slice(&text)
+        .map_err(|_| CliError::other(format!("{RELEASE_FILE} is damaged: enroll again")))?;
+    if file.format != RELEASE_FORMAT {
+        return Err(CliError::other(format!(
+            "{RELEASE_FILE} has the unknown format {:?}",
+            file.format
+        )));
+    }
+    Ok(Some(file))
+}
+
+/// Whether a passphrase meets the verified policy's rules (none held: any).
+fn check_passphrase_rules(
+    vault: &coffer_device::UnlockedVault,
+    passphrase: &coffer_device::Passphrase,
+) -> Result<(), CliError> {
+    let Some(document) = vault.setting(learned::POLICY_DOCUMENT)? else {
+        return Ok(());
+    };
+    let Ok(policy) = serde_json::from_slice::<coffer_server::policy::Document>(&document) else {
+        return Ok(());
+    };
+    let text = passphrase.expose_secret();
+    let rules = &policy.rules.passphrase;
+    let classes = [
+        text.chars().any(char::is_lowercase),
+        text.chars().any(char::is_uppercase),
+        text.chars().any(|c| c.is_ascii_digit()),
+        text.chars().any(|c| !c.is_alphanumeric()),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if text.chars().count() < rules.min_length as usize || classes < rules.min_classes as usize {
+        return Err(CliError {
+            exit: ExitCode::SlotRefused,
+            code: "passphrase_too_weak",
+            message: format!(
+                "the organization's policy (version {}) asks for at least {} characters of at least {} kinds (lower case, upper case, digits, other)",
+                policy.version, rules.min_length, rules.min_classes
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Whether an error means the server could not be reached at all (the
+/// device is offline), as opposed to a refusal.
+fn unreachable(e: &CliError) -> bool {
+    e.exit == ExitCode::Other && e.message.starts_with("cannot reach the server")
+}
+
+/// `coffer login --user NAME`: online, with the user's server password,
+/// the server releases the vault's escrow key to a member of its
+/// organization; the vault opens through its escrow slot and the user's own
+/// passphrase slot is added (or renewed), so that they can log in offline
+/// later. Offline, the user's own slot opens it.
+pub fn login(global: &Global, user: &str, kdf: &crate::cli::KdfArgs) -> Result<Report, CliError> {
+    let vault = crate::commands::space(global)?.vault(&global.vault)?;
+    let Some(release) = read_release_file(vault.path())? else {
+        return offline_login(global, user, "this vault is not enrolled");
+    };
+    let http = client(&release.trust()?)?;
+    let url = |path: &str| format!("{}{path}", release.server.trim_end_matches('/'));
+    // Check in first, with the release token: a whole-device wipe is
+    // carried out before anyone logs in.
+    let seen = match answer(
+        http.post(url("/v1/device/check-in"))
+            .header("X-Auth-Token", release.release_token.as_str())
+            .send(),
+    ) {
+        Ok(seen) => seen,
+        Err(e) if unreachable(&e) => {
+            return offline_login(global, user, "the control plane cannot be reached")
+        }
+        Err(e) => return Err(e),
+    };
+    let orders = seen["wipe_orders"].as_array().cloned().unwrap_or_default();
+    if orders.iter().any(|o| o["scope"] == "device") {
+        vault.wipe()?;
+        for order in &orders {
+            let id = order["id"].as_i64().unwrap_or_default();
+            answer(
+                http.post(url(&format!("/v1/device/wipes/{id}/ack")))
+                    .header("X-Auth-Token", release.release_token.as_str())
+                    .send(),
+            )?;
+        }
+        return Err(CliError {
+            exit: ExitCode::Wiped,
+            code: "wiped_by_order",
+            message: format!(
+                "the control plane ordered vault '{}' wiped: it is crypto-erased, and the server told",
+                global.vault
+            ),
+        });
+    }
+    let password = crate::admin::password(
+        &format!("Server password for {user}: "),
+        "COFFER_SERVER_PASSWORD",
+    )?;
+    let session = answer(
+        http.post(url("/v1/login"))
+            .json(&json!({"user": user, "password": password.as_str()}))
+            .send(),
+    )?;
+    let session = Zeroizing::new(session["token"].as_str().unwrap_or_default().to_owned());
+    let released = answer(
+        http.post(url("/v1/device/escrow/release"))
+            .header("X-Auth-Token", release.release_token.as_str())
+            .header("X-User-Token", session.as_str())
+            .send(),
+    );
+    // The session has served its purpose either way.
+    let _ = http
+        .post(url("/v1/logout"))
+        .header("X-Auth-Token", session.as_str())
+        .send();
+    let released = released?;
+    let escrow_text = Zeroizing::new(
+        String::from_utf8(
+            hex::decode(released["escrow_key"].as_str().unwrap_or_default()).unwrap_or_default(),
+        )
+        .unwrap_or_default(),
+    );
+    let escrow = coffer_device::RecoveryKey::parse(&escrow_text)
+        .map_err(|_| CliError::other("the escrow key the server released is not this vault's"))?;
+    let mut unlocked = vault.unlock(&coffer_device::Credential::RecoveryKey(&escrow))?;
+    let passphrase = crate::input::new_passphrase(global, user)?;
+    check_passphrase_rules(&unlocked, &passphrase)?;
+    let params = crate::commands::calibrate(global, kdf)?;
+    let renewed = unlocked.slots().iter().any(|s| s.name == user);
+    if renewed {
+        unlocked.change_passphrase(Some(user), &passphrase, &params)?;
+    } else {
+        unlocked.add_passphrase_slot(user, &passphrase, &params)?;
+    }
+    Ok(Report {
+        json: json!({"user": user, "online": true, "slot": if renewed { "renewed" } else { "added" }}),
+        text: format!(
+            "Logged in online as {user}; {} your own slot on this device, so you can log in offline next time.",
+            if renewed { "renewed" } else { "added" }
+        ),
+    })
+}
+
+fn offline_login(global: &Global, user: &str, why: &str) -> Result<Report, CliError> {
+    match crate::commands::unlock(global) {
+        Ok(unlocked) => {
+            let opened = unlocked
+                .slots()
+                .into_iter()
+                .find(|s| s.index == unlocked.opened_slot())
+                .map(|s| s.name)
+                .unwrap_or_default();
+            if opened != user {
+                return Err(CliError {
+                    exit: ExitCode::WrongSecret,
+                    code: "needs_online_login",
+                    message: format!(
+                        "{why}, and that passphrase is not {user}'s: {user} has no slot on this device yet (that needs one online login)"
+                    ),
+                });
+            }
+            Ok(Report {
+                json: json!({"user": user, "online": false}),
+                text: format!("Logged in offline ({why})."),
+            })
+        }
+        Err(e) if e.exit == ExitCode::WrongSecret => Err(CliError {
+            exit: ExitCode::WrongSecret,
+            code: "needs_online_login",
+            message: format!(
+                "{why}, and the passphrase opens no slot of this vault: wrong passphrase, or {user} has no slot on this device yet (that needs one online login)"
+            ),
+        }),
+        Err(e) => Err(e),
+    }
 }

@@ -65,39 +65,34 @@ fn check_in_and_wipe(
     let rules = server_dir.join("rules.json");
     std::fs::write(&rules, r#"{"passphrase": {"min_length": 12}}"#).unwrap();
     let rules = rules.to_str().unwrap();
-    ok(admin(&[
-        "policy",
-        "publish",
-        "--org",
-        org,
-        "--version",
-        "1",
-        rules,
-    ]));
+    let publish = |version: &str| {
+        ok(admin(&[
+            "policy",
+            "publish",
+            "--org",
+            org,
+            "--version",
+            version,
+            rules,
+        ]))
+    };
+    publish("2");
     let checked = ok(coffer(&["check-in"]));
-    assert_eq!(checked["policy"], json!({"version": 1, "updated": true}));
+    assert_eq!(checked["policy"], json!({"version": 2, "updated": true}));
     assert_eq!(checked["revoked"], false);
 
     // The server's database edited: a changed document fails the pinned
     // key's signature; an old document announced as a new version is a
     // downgrade. Each time the last good policy stays.
-    ok(admin(&[
-        "policy",
-        "publish",
-        "--org",
-        org,
-        "--version",
-        "2",
-        rules,
-    ]));
+    publish("3");
     let db = rusqlite::Connection::open(server_dir.join("server.db")).unwrap();
     db.execute(
-        "UPDATE policies SET document = replace(document, '\"min_length\":12', '\"min_length\":4') WHERE version = 2",
+        "UPDATE policies SET document = replace(document, '\"min_length\":12', '\"min_length\":4') WHERE version = 3",
         [],
     )
     .unwrap();
     let checked = ok(coffer(&["check-in"]));
-    assert_eq!(checked["policy"]["version"], 1);
+    assert_eq!(checked["policy"]["version"], 2);
     assert!(
         checked["policy"]["refused"]
             .as_str()
@@ -105,10 +100,12 @@ fn check_in_and_wipe(
             .contains("signature"),
         "{checked}"
     );
-    db.execute_batch("DELETE FROM policies WHERE version = 2; UPDATE policies SET version = 9 WHERE version = 1;")
-        .unwrap();
+    db.execute_batch(
+        "DELETE FROM policies WHERE version = 3; UPDATE policies SET version = 9 WHERE version = 2;",
+    )
+    .unwrap();
     let checked = ok(coffer(&["check-in"]));
-    assert_eq!(checked["policy"]["version"], 1);
+    assert_eq!(checked["policy"]["version"], 2);
     assert!(checked["policy"]["refused"].is_string(), "{checked}");
 
     // One user's slot.
@@ -330,7 +327,9 @@ fn enroll_check_in_policy_and_remote_wipe_end_to_end() {
             stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
         } else {
             let bytes = std::fs::read(&path).unwrap();
-            for secret in [token.as_bytes(), escrow.as_bytes(), server.base.as_bytes()] {
+            // (The release file holds the server's URL and the release
+            // token, by design: docs/protocol.md.)
+            for secret in [token.as_bytes(), escrow.as_bytes()] {
                 assert!(
                     !bytes.windows(secret.len()).any(|w| w == secret),
                     "{} holds the enrollment in the clear",
@@ -339,5 +338,124 @@ fn enroll_check_in_policy_and_remote_wipe_end_to_end() {
             }
         }
     }
+    logins(&admin, &org, &server_dir, &space);
     check_in_and_wipe(&admin, &coffer, &org, &server_dir, &space);
+}
+
+/// `coffer login` on the shared device: a member with no slot logs in
+/// online (their slot is added, under the policy's rules), then offline; a
+/// user of another organization is refused; without the network, a user
+/// with no slot is told they need one online login.
+fn logins(
+    admin: &dyn Fn(&[&str]) -> Output,
+    org: &str,
+    server_dir: &std::path::Path,
+    space: &std::path::Path,
+) {
+    let login = |user: &str, server_password: &str, device_passphrase: &str| {
+        Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .args(["--json", "login", "--user", user, "--kdf-time-ms", "0"])
+            .env("COFFER_SPACE", space)
+            .env("COFFER_SERVER_PASSWORD", server_password)
+            .env("COFFER_NEW_PASSPHRASE", device_passphrase)
+            .env("COFFER_PASSPHRASE", device_passphrase)
+            .env_remove("COFFER_RECOVERY_KEY")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // Carol, a member of the organization, and Mallory of another one.
+    let db = rusqlite::Connection::open(server_dir.join("server.db")).unwrap();
+    let hash = coffer_server::api::hash_password("carol's server password").unwrap();
+    db.execute_batch(&format!(
+        "INSERT INTO users (name, password_hash, created_at) VALUES ('carol', '{hash}', 0);
+         INSERT INTO memberships (org_id, user_id, role) SELECT {org}, id, 'member' FROM users WHERE name = 'carol';
+         INSERT INTO organizations (name, created_at) VALUES ('Other Org', 0);
+         INSERT INTO users (name, password_hash, created_at) VALUES ('mallory', '{hash}', 0);
+         INSERT INTO memberships (org_id, user_id, role)
+             SELECT o.id, u.id, 'owner' FROM organizations o, users u WHERE o.name = 'Other Org' AND u.name = 'mallory';"
+    ))
+    .unwrap();
+
+    // The organization's policy asks for 12 characters; the device learns
+    // it at check-in.
+    let rules = server_dir.join("login-rules.json");
+    std::fs::write(&rules, r#"{"passphrase": {"min_length": 12}}"#).unwrap();
+    ok(admin(&[
+        "policy",
+        "publish",
+        "--org",
+        org,
+        "--version",
+        "1",
+        rules.to_str().unwrap(),
+    ]));
+    let checked = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["--json", "check-in"])
+        .env("COFFER_SPACE", space)
+        .env("COFFER_PASSPHRASE", PASSPHRASE)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(ok(checked)["policy"]["version"], 1);
+
+    // Offline before any online login: carol has no slot.
+    let release_file = space.join("default").join("control.json");
+    let online = std::fs::read_to_string(&release_file).unwrap();
+    let offline = online.replace(
+        &serde_json::from_str::<Value>(&online).unwrap()["server"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        "https://127.0.0.1:9",
+    );
+    std::fs::write(&release_file, &offline).unwrap();
+    let r = login(
+        "carol",
+        "carol's server password",
+        "carol's device passphrase",
+    );
+    assert_eq!(r.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("online login"));
+    std::fs::write(&release_file, &online).unwrap();
+
+    // Online: a passphrase too short for the policy is refused; then her
+    // slot is added.
+    let r = login("carol", "carol's server password", "short");
+    assert_eq!(
+        r.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let r = ok(login(
+        "carol",
+        "carol's server password",
+        "carol's device passphrase",
+    ));
+    assert_eq!(r["online"], true);
+    assert_eq!(r["slot"], "added");
+    // A wrong server password, and a user of another organization: refused.
+    let r = login("carol", "not her password", "carol's device passphrase");
+    assert_eq!(r.status.code(), Some(3));
+    let r = login(
+        "mallory",
+        "carol's server password",
+        "mallory's device pass",
+    );
+    assert_eq!(
+        r.status.code(),
+        Some(10),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+
+    // Offline now: her own passphrase opens the vault.
+    std::fs::write(&release_file, &offline).unwrap();
+    let r = ok(login("carol", "unused", "carol's device passphrase"));
+    assert_eq!(r["online"], false);
+    // Another user's passphrase is not hers.
+    let r = login("carol", "unused", PASSPHRASE);
+    assert_eq!(r.status.code(), Some(3));
+    std::fs::write(&release_file, &online).unwrap();
 }
