@@ -27,6 +27,8 @@ Exit codes:
  16  refused: a debugger is tracing coffer and --refuse-debugger is set
  17  the control plane's certificate is not the one pinned (or not signed by
      the given CA): nothing was sent to it
+ 18  the organization's policy needs a check-in first (offline too long):
+     run 'coffer check-in'
 
 Secrets for scripts:
   COFFER_PASSPHRASE        passphrase that opens the vault (init: the new vault's)

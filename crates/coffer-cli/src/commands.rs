@@ -54,16 +54,26 @@ fn vault(global: &Global) -> Result<Vault, CliError> {
         .refuse_under_debugger(global.refuse_debugger))
 }
 
+/// Unlocks the vault, then enforces its organization's policy if it is
+/// enrolled (offline grace, the KDF floor: docs/protocol.md).
 pub fn unlock(global: &Global) -> Result<UnlockedVault, CliError> {
+    let (vault, offered) = unlock_as_is(global)?;
+    crate::control::enforce(global, vault, &offered)
+}
+
+/// Unlocks the vault without enforcing a policy: for `coffer check-in`,
+/// the way out of an offline grace block.
+pub fn unlock_as_is(global: &Global) -> Result<(UnlockedVault, Offered), CliError> {
     let vault = vault(global)?;
     let offered = input::unlock_secret(global)?;
     let bar = spinner(global, "Unlocking");
+    let now = crate::control::now();
     let result = match &offered {
-        Offered::Passphrase(p) => vault.unlock(&Credential::Passphrase(p)),
-        Offered::RecoveryKey(k) => vault.unlock(&Credential::RecoveryKey(k)),
+        Offered::Passphrase(p) => vault.unlock_at(&Credential::Passphrase(p), now),
+        Offered::RecoveryKey(k) => vault.unlock_at(&Credential::RecoveryKey(k), now),
     };
     bar.finish_and_clear();
-    Ok(result?)
+    Ok((result?, offered))
 }
 
 pub fn calibrate(global: &Global, args: &KdfArgs) -> Result<KdfParams, CliError> {

@@ -260,9 +260,9 @@ pub fn enroll(
         vault.remove_slot(ESCROW_SLOT)?;
     }
     let (_, escrow) = vault.add_recovery_slot(ESCROW_SLOT)?;
-    let escrow_text = escrow.display();
+    let escrowed = escrow.display();
     let escrow_hex = Zeroizing::new(hex::encode(
-        secrecy::ExposeSecret::expose_secret(&escrow_text).as_bytes(),
+        secrecy::ExposeSecret::expose_secret(&escrowed).as_bytes(),
     ));
     answer(
         http.put(url("/v1/device/escrow"))
@@ -270,8 +270,12 @@ pub fn enroll(
             .json(&json!({"escrow_key": escrow_hex.as_str()}))
             .send(),
     )?;
+    // A first check-in: the server's time (the offline grace counts from
+    // it) and the organization's policy, if one is published.
+    let checked = check_in_unlocked(global, vault)?;
     Ok(Report {
         json: json!({
+            "policy_version": checked.json["policy"]["version"],
             "enrolled": true,
             "server": server,
             "device_id": device_id,
@@ -385,7 +389,16 @@ fn check_policy(
 /// signed policy, verified against the pinned key (a bad signature or a
 /// downgrade is refused and the last good policy kept).
 pub fn check_in(global: &Global) -> Result<Report, CliError> {
-    let mut vault = crate::commands::unlock(global)?;
+    let (vault, offered) = crate::commands::unlock_as_is(global)?;
+    // A check-in is the way out of the grace's block, not of its wipe.
+    let vault = enforce_as(global, vault, &offered, Grace::WipeOnly)?;
+    check_in_unlocked(global, vault)
+}
+
+fn check_in_unlocked(
+    global: &Global,
+    mut vault: coffer_device::UnlockedVault,
+) -> Result<Report, CliError> {
     let enrolled = enrollment(&vault)?;
     let http = client(&enrolled.trust)?;
     let url = |path: &str| format!("{}{path}", enrolled.server.trim_end_matches('/'));
@@ -396,10 +409,7 @@ pub fn check_in(global: &Global) -> Result<Report, CliError> {
     };
     let seen = answer(post("/v1/device/check-in"))?;
     let server_time = seen["server_time"].as_i64().unwrap_or_default();
-    vault.set_setting(
-        learned::LAST_CHECK_IN,
-        Some(server_time.to_string().as_bytes()),
-    )?;
+    record_check_in(&vault, server_time)?;
     let orders = seen["wipe_orders"].as_array().cloned().unwrap_or_default();
     if orders.iter().any(|o| o["scope"] == "device") {
         // The whole vault: crypto-erase first, then tell the server (the
@@ -442,6 +452,7 @@ pub fn check_in(global: &Global) -> Result<Report, CliError> {
         )?;
         match check_policy(&enrolled, held, &fetched) {
             Ok(document) => {
+                apply_policy(&mut vault, &document.rules)?;
                 for (key, value) in [
                     (learned::POLICY_VERSION, document.version.to_string()),
                     (
@@ -671,7 +682,9 @@ pub fn login(global: &Global, user: &str, kdf: &crate::cli::KdfArgs) -> Result<R
     );
     let escrow = coffer_device::RecoveryKey::parse(&escrow_text)
         .map_err(|_| CliError::other("the escrow key the server released is not this vault's"))?;
-    let mut unlocked = vault.unlock(&coffer_device::Credential::RecoveryKey(&escrow))?;
+    let mut unlocked = vault.unlock_at(&coffer_device::Credential::RecoveryKey(&escrow), now())?;
+    // The check-in above was successful: the grace counts from it.
+    record_check_in(&unlocked, seen["server_time"].as_i64().unwrap_or_default())?;
     let passphrase = crate::input::new_passphrase(global, user)?;
     check_passphrase_rules(&unlocked, &passphrase)?;
     let params = crate::commands::calibrate(global, kdf)?;
@@ -722,4 +735,177 @@ fn offline_login(global: &Global, user: &str, why: &str) -> Result<Report, CliEr
         }),
         Err(e) => Err(e),
     }
+}
+
+/// The time now: the system clock (in debug builds, `COFFER_TEST_NOW`, Unix
+/// seconds, for tests of the offline grace; the vault's latest time seen
+/// keeps a clock set back from helping).
+pub fn now() -> std::time::SystemTime {
+    #[cfg(debug_assertions)]
+    if let Some(secs) = std::env::var("COFFER_TEST_NOW")
+        .ok()
+        .and_then(|t| t.parse::<u64>().ok())
+    {
+        return std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    }
+    std::time::SystemTime::now()
+}
+
+fn unix(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The verified policy the vault holds, if any.
+fn held_policy(
+    vault: &coffer_device::UnlockedVault,
+) -> Result<Option<coffer_server::policy::Document>, CliError> {
+    Ok(vault
+        .setting(learned::POLICY_DOCUMENT)?
+        .and_then(|d| serde_json::from_slice(&d).ok()))
+}
+
+/// What a verified policy sets in the vault itself: the failed-attempt
+/// limit and its action, and each app's capabilities.
+fn apply_policy(
+    vault: &mut coffer_device::UnlockedVault,
+    rules: &coffer_server::policy::Rules,
+) -> Result<(), CliError> {
+    use coffer_device::{Capabilities, Capability, Lockout};
+    let limit = u16::try_from(rules.max_failed_attempts).unwrap_or(u16::MAX);
+    let lockout = match (limit, rules.on_max_failed) {
+        (0, _) => Lockout::Off,
+        (n, coffer_server::policy::FailedAction::Lock) => Lockout::Lock(n),
+        (n, coffer_server::policy::FailedAction::Wipe) => Lockout::Wipe(n),
+    };
+    vault.set_lockout(lockout)?;
+    for app in vault.apps()? {
+        let names = rules
+            .apps
+            .get(&app.name)
+            .or_else(|| rules.apps.get("*"))
+            .cloned()
+            .unwrap_or_default();
+        let mut capabilities = Capabilities::none();
+        for (name, capability) in [
+            ("sql", Capability::Sql),
+            ("kv", Capability::Kv),
+            ("records", Capability::Records),
+            ("files", Capability::Files),
+            ("export", Capability::Export),
+        ] {
+            if names.iter().any(|n| n == name) {
+                capabilities = capabilities.with(capability);
+            }
+        }
+        vault.set_app_capabilities(&app.name, capabilities)?;
+    }
+    Ok(())
+}
+
+/// The organization's policy, enforced at every unlock of an enrolled
+/// vault (but `coffer check-in`'s): past the offline grace's days without a
+/// check-in the vault wipes itself, past its hours it refuses until the
+/// device checks in; a passphrase slot below the policy's KDF floor is
+/// re-derived with the floor.
+pub fn enforce(
+    global: &Global,
+    vault: coffer_device::UnlockedVault,
+    offered: &crate::input::Offered,
+) -> Result<coffer_device::UnlockedVault, CliError> {
+    enforce_as(global, vault, offered, Grace::Full)
+}
+
+/// How much of the offline grace a command is held to.
+#[derive(PartialEq)]
+enum Grace {
+    /// Block, and wipe.
+    Full,
+    /// Wipe only: a check-in is how a blocked device gets back.
+    WipeOnly,
+}
+
+/// Records a successful check-in: the grace counts from the later of the
+/// server's time and the latest time the vault has seen (a device clock
+/// once set ahead must not block it right after it checked in).
+fn record_check_in(vault: &coffer_device::UnlockedVault, server_time: i64) -> Result<(), CliError> {
+    let at = server_time
+        .max(unix(vault.latest_time_seen()))
+        .max(unix(now()));
+    vault.set_setting(learned::LAST_CHECK_IN, Some(at.to_string().as_bytes()))?;
+    Ok(())
+}
+
+fn enforce_as(
+    global: &Global,
+    mut vault: coffer_device::UnlockedVault,
+    offered: &crate::input::Offered,
+    grace: Grace,
+) -> Result<coffer_device::UnlockedVault, CliError> {
+    let Some(policy) = held_policy(&vault)? else {
+        return Ok(vault);
+    };
+    let last = text_setting(&vault, learned::LAST_CHECK_IN)?
+        .and_then(|t| t.parse::<i64>().ok())
+        .unwrap_or(0);
+    let now = unix(now()).max(unix(vault.latest_time_seen()));
+    let elapsed = now.saturating_sub(last);
+    let offline = &policy.rules.offline;
+    if offline.wipe_after_days > 0 && elapsed > i64::from(offline.wipe_after_days) * 86_400 {
+        let handle = vault.vault().clone();
+        drop(vault);
+        handle.wipe()?;
+        return Err(CliError {
+            exit: ExitCode::Wiped,
+            code: "wiped_offline_too_long",
+            message: format!(
+                "vault '{}' went {} days without a check-in (the policy allows {}): it has wiped itself",
+                global.vault,
+                elapsed / 86_400,
+                offline.wipe_after_days
+            ),
+        });
+    }
+    if grace == Grace::Full
+        && offline.block_after_hours > 0
+        && elapsed > i64::from(offline.block_after_hours) * 3600
+    {
+        return Err(CliError {
+            exit: ExitCode::CheckInRequired,
+            code: "check_in_required",
+            message: format!(
+                "no check-in for {} hours (the policy allows {}): run 'coffer check-in' with the network",
+                elapsed / 3600,
+                offline.block_after_hours
+            ),
+        });
+    }
+    if let crate::input::Offered::Passphrase(passphrase) = offered {
+        let floor = &policy.rules.min_kdf;
+        let opened = vault
+            .slots()
+            .into_iter()
+            .find(|s| s.index == vault.opened_slot());
+        if let Some(slot) = opened {
+            let weak = match slot.kind {
+                coffer_device::SlotKind::Passphrase(coffer_device::KdfParams::Argon2id {
+                    memory_kib,
+                    iterations,
+                    parallelism: _,
+                }) => memory_kib < floor.memory_kib || iterations < floor.iterations,
+                coffer_device::SlotKind::Passphrase(_) => true,
+                _ => false,
+            };
+            if weak {
+                let stronger = coffer_device::KdfParams::Argon2id {
+                    memory_kib: floor.memory_kib,
+                    iterations: floor.iterations,
+                    parallelism: floor.parallelism,
+                };
+                vault.change_passphrase(Some(&slot.name), passphrase, &stronger)?;
+            }
+        }
+    }
+    Ok(vault)
 }

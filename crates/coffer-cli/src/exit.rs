@@ -24,6 +24,7 @@ pub enum ExitCode {
     AuditTampered = 15,
     Debugger = 16,
     Untrusted = 17,
+    CheckInRequired = 18,
 }
 
 /// An error on its way to the user: what to print and how to exit.

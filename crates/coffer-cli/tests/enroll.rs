@@ -340,6 +340,99 @@ fn enroll_check_in_policy_and_remote_wipe_end_to_end() {
     }
     logins(&admin, &org, &server_dir, &space);
     check_in_and_wipe(&admin, &coffer, &org, &server_dir, &space);
+    offline_grace(&admin, &org, &server, &server_dir, &space);
+}
+
+/// The offline grace, with a controlled clock (`COFFER_TEST_NOW`, debug
+/// builds): past the policy's hours without a check-in the vault refuses
+/// to unlock (setting the clock back does not help) until it checks in;
+/// past its days it wipes itself.
+fn offline_grace(
+    admin: &dyn Fn(&[&str]) -> Output,
+    org: &str,
+    server: &Server,
+    server_dir: &std::path::Path,
+    space: &std::path::Path,
+) {
+    let rules = server_dir.join("grace.json");
+    std::fs::write(
+        &rules,
+        r#"{"offline": {"block_after_hours": 1, "wipe_after_days": 2}}"#,
+    )
+    .unwrap();
+    ok(admin(&[
+        "policy",
+        "publish",
+        "--org",
+        org,
+        "--version",
+        "10",
+        rules.to_str().unwrap(),
+    ]));
+    let at = |offset: Option<u64>, args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_coffer"));
+        c.arg("--json")
+            .args(args)
+            .env("COFFER_SPACE", space)
+            .env("COFFER_VAULT", "field2")
+            .env("COFFER_PASSPHRASE", PASSPHRASE)
+            .env_remove("COFFER_RECOVERY_KEY")
+            .stdin(Stdio::null());
+        match offset {
+            Some(secs) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                c.env("COFFER_TEST_NOW", (now + secs).to_string());
+            }
+            None => {
+                c.env_remove("COFFER_TEST_NOW");
+            }
+        }
+        c.output().unwrap()
+    };
+    ok(at(None, &["init", "--name", "alice", "--kdf-time-ms", "0"]));
+    let code = ok(admin(&["enroll-code", "--org", org]))["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let enrolled = ok(at(
+        None,
+        &[
+            "enroll",
+            "--server",
+            &server.base,
+            "--code",
+            &code,
+            "--pin-sha256",
+            &server.fingerprint,
+        ],
+    ));
+    assert_eq!(enrolled["policy_version"], 10);
+    ok(at(None, &["app", "ls"]));
+    // Two hours later: blocked until a check-in.
+    let blocked = at(Some(2 * 3600), &["app", "ls"]);
+    assert_eq!(
+        blocked.status.code(),
+        Some(18),
+        "{}",
+        String::from_utf8_lossy(&blocked.stderr)
+    );
+    // Setting the clock back does not help.
+    assert_eq!(at(None, &["app", "ls"]).status.code(), Some(18));
+    // A check-in does.
+    ok(at(None, &["check-in"]));
+    ok(at(None, &["app", "ls"]));
+    // Three days without one: it wipes itself.
+    let wiped = at(Some(3 * 86_400), &["app", "ls"]);
+    assert_eq!(
+        wiped.status.code(),
+        Some(12),
+        "{}",
+        String::from_utf8_lossy(&wiped.stderr)
+    );
+    assert_eq!(at(None, &["app", "ls"]).status.code(), Some(12));
 }
 
 /// `coffer login` on the shared device: a member with no slot logs in

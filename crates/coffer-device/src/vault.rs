@@ -431,6 +431,13 @@ impl UnlockedVault {
         unix_to_system_time(self.header.created_at)
     }
 
+    /// The latest time any unlock of this vault has seen (kept in the
+    /// encrypted header; it never goes back): a clock set back cannot
+    /// stretch a deadline measured against it.
+    pub fn latest_time_seen(&self) -> SystemTime {
+        unix_to_system_time(self.header.latest_seen)
+    }
+
     /// Every used slot, in header order.
     pub fn slots(&self) -> Vec<SlotInfo> {
         self.header
