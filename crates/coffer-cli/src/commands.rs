@@ -251,6 +251,7 @@ pub fn slot(global: &Global, command: &SlotCommand) -> Result<Report, CliError> 
         SlotCommand::Add { name, kdf } => {
             let mut vault = unlock(global)?;
             let passphrase = input::new_passphrase(global, name)?;
+            crate::control::check_passphrase_rules(&vault, &passphrase)?;
             let params = calibrate(global, kdf)?;
             let slot = vault.add_passphrase_slot(name, &passphrase, &params)?;
             Ok(Report {
@@ -424,6 +425,7 @@ pub fn passwd(global: &Global, slot: Option<&str>, kdf: &KdfArgs) -> Result<Repo
         .unwrap_or_default();
     let who = slot.unwrap_or(&opened).to_owned();
     let passphrase = input::new_passphrase(global, &who)?;
+    crate::control::check_passphrase_rules(&vault, &passphrase)?;
     let params = calibrate(global, kdf)?;
     let changed = vault.change_passphrase(slot, &passphrase, &params)?;
     Ok(Report {

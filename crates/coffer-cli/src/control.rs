@@ -567,7 +567,7 @@ fn read_release_file(dir: &std::path::Path) -> Result<Option<ReleaseFile>, CliEr
 }
 
 /// Whether a passphrase meets the verified policy's rules (none held: any).
-fn check_passphrase_rules(
+pub fn check_passphrase_rules(
     vault: &coffer_device::UnlockedVault,
     passphrase: &coffer_device::Passphrase,
 ) -> Result<(), CliError> {

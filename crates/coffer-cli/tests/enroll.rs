@@ -492,6 +492,17 @@ fn logins(
         .unwrap();
     assert_eq!(ok(checked)["policy"]["version"], 1);
 
+    // The same rules for a slot added on the device itself.
+    let weak = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["slot", "add", "dave", "--kdf-time-ms", "0"])
+        .env("COFFER_SPACE", space)
+        .env("COFFER_PASSPHRASE", PASSPHRASE)
+        .env("COFFER_NEW_PASSPHRASE", "short")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(weak.status.code(), Some(7));
+
     // Offline before any online login: carol has no slot.
     let release_file = space.join("default").join("control.json");
     let online = std::fs::read_to_string(&release_file).unwrap();
