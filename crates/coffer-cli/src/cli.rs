@@ -352,6 +352,22 @@ pub enum Command {
         #[command(flatten)]
         kdf: KdfArgs,
     },
+    /// Deliver readings to the control plane, queued in the vault if offline
+    ///
+    /// FILE (or - for standard input) holds a JSON array of readings, a
+    /// {"readings": [...]} object, or one reading per line, each
+    /// {"at": UNIX_SECONDS, "name": "temp.c", "value": ANY}. They are
+    /// queued as one batch in the vault's encrypted settings, then every
+    /// queued batch is sent, oldest first; a lost connection is retried,
+    /// and what cannot be sent waits for the next 'coffer deliver' (with no
+    /// FILE, it only sends the queue). A retried batch is stored once.
+    Deliver {
+        /// The readings (JSON), or - for standard input
+        file: Option<std::path::PathBuf>,
+        /// Attempts per batch after a lost connection
+        #[arg(long, default_value_t = 3)]
+        retries: u32,
+    },
     /// Check in with the control plane and do what it says
     ///
     /// Wipe orders first: a whole-device order crypto-erases the vault

@@ -397,8 +397,16 @@ pub fn check_in(global: &Global) -> Result<Report, CliError> {
 
 fn check_in_unlocked(
     global: &Global,
-    mut vault: coffer_device::UnlockedVault,
+    vault: coffer_device::UnlockedVault,
 ) -> Result<Report, CliError> {
+    check_in_keeping(global, vault).map(|(report, _)| report)
+}
+
+/// A check-in that hands the vault back (unless a wipe order took it).
+fn check_in_keeping(
+    global: &Global,
+    mut vault: coffer_device::UnlockedVault,
+) -> Result<(Report, coffer_device::UnlockedVault), CliError> {
     let enrolled = enrollment(&vault)?;
     let http = client(&enrolled.trust)?;
     let url = |path: &str| format!("{}{path}", enrolled.server.trim_end_matches('/'));
@@ -487,15 +495,18 @@ fn check_in_unlocked(
             )),
         policy["version"]
     );
-    Ok(Report {
-        json: json!({
-            "server_time": server_time,
-            "revoked": seen["revoked"],
-            "removed_slots": removed,
-            "policy": policy,
-        }),
-        text,
-    })
+    Ok((
+        Report {
+            json: json!({
+                "server_time": server_time,
+                "revoked": seen["revoked"],
+                "removed_slots": removed,
+                "policy": policy,
+            }),
+            text,
+        },
+        vault,
+    ))
 }
 
 /// The device's credential before unlock (docs/protocol.md, "The release
@@ -908,4 +919,152 @@ fn enforce_as(
         }
     }
     Ok(vault)
+}
+
+/// The prefix of queued batches in the vault's settings.
+const QUEUE: &str = "control.queue.";
+
+/// Readings from `text`: a JSON array of readings, a batch object with
+/// `readings`, or one reading object per line.
+fn parse_readings(text: &str) -> Result<Vec<Value>, CliError> {
+    let bad = |e: &dyn std::fmt::Display| {
+        CliError::usage(format!(
+            "the readings are not JSON (an array, {{\"readings\": [...]}}, or one object per line): {e}"
+        ))
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Array(items)) => Ok(items),
+        Ok(Value::Object(batch)) if batch.contains_key("readings") => Ok(batch
+            .get("readings")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()),
+        Ok(one @ Value::Object(_)) => Ok(vec![one]),
+        Ok(_) => Err(CliError::usage("the readings must be JSON objects")),
+        Err(_) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).map_err(|e| bad(&e)))
+            .collect(),
+    }
+}
+
+/// `coffer deliver [FILE|-]`: queues the readings as one batch in the
+/// vault's encrypted settings, then sends every queued batch, oldest first,
+/// each with its own batch id (so a retry is stored once), retrying a lost
+/// connection; offline, the batches wait for the next delivery.
+pub fn deliver(
+    global: &Global,
+    input: Option<&std::path::Path>,
+    retries: u32,
+) -> Result<Report, CliError> {
+    let vault = crate::commands::unlock(global)?;
+    let text = match input {
+        None => String::new(),
+        Some(path) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|e| CliError::usage(format!("cannot read standard input: {e}")))?;
+            text
+        }
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?,
+    };
+    let readings = parse_readings(&text)?;
+    if readings.len() > coffer_server::data::MAX_READINGS {
+        return Err(CliError::usage(format!(
+            "at most {} readings per delivery",
+            coffer_server::data::MAX_READINGS
+        )));
+    }
+    if !readings.is_empty() {
+        // Queued first, durably: a crash or a lost connection loses nothing.
+        let mut id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        let batch_id = format!("{:020}-{}", unix(now()), hex::encode(id));
+        let batch = json!({"batch_id": batch_id, "readings": readings});
+        vault.set_setting(
+            &format!("{QUEUE}{batch_id}"),
+            Some(batch.to_string().as_bytes()),
+        )?;
+    }
+    // Check in first, as every command that talks to the server does (a
+    // wipe order is carried out before anything is sent); offline, the
+    // batches stay queued.
+    let queued = vault.setting_keys(QUEUE)?.len();
+    let vault = match check_in_keeping(global, vault) {
+        Ok((_, vault)) => vault,
+        Err(e) if unreachable(&e) => return Ok(queue_report(0, queued)),
+        Err(e) => return Err(e),
+    };
+
+    let enrolled = enrollment(&vault)?;
+    let http = client(&enrolled.trust)?;
+    let url = format!("{}/v1/device/data", enrolled.server.trim_end_matches('/'));
+    let mut delivered = 0;
+    let mut rejected = Vec::new();
+    for key in vault.setting_keys(QUEUE)? {
+        let Some(batch) = vault.setting(&key)? else {
+            continue;
+        };
+        let mut attempt = 0;
+        let sent = loop {
+            let result = answer(
+                http.post(&url)
+                    .header("X-Auth-Token", enrolled.token.as_str())
+                    .header("content-type", "application/json")
+                    .body(batch.clone())
+                    .send(),
+            );
+            match result {
+                Err(e) if unreachable(&e) && attempt < retries => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(250 << attempt.min(4)));
+                }
+                other => break other,
+            }
+        };
+        match sent {
+            Ok(_) => {
+                vault.set_setting(&key, None)?;
+                delivered += 1;
+            }
+            Err(e) if unreachable(&e) => break,
+            Err(e) if e.exit == ExitCode::Usage || e.exit == ExitCode::Conflict => {
+                // The server will never take this batch: keep it out of
+                // the queue, and say so.
+                vault.set_setting(&key, None)?;
+                rejected.push(e.message);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut report = queue_report(delivered, vault.setting_keys(QUEUE)?.len());
+    if !rejected.is_empty() {
+        report.json["rejected"] = json!(rejected);
+        report.text.push_str(&format!(
+            "\n{} batch(es) refused by the server: {}",
+            rejected.len(),
+            rejected.join("; ")
+        ));
+    }
+    Ok(report)
+}
+
+fn queue_report(delivered: usize, queued: usize) -> Report {
+    Report {
+        json: json!({"delivered": delivered, "queued": queued}),
+        text: format!(
+            "Delivered {delivered} batch(es); {queued} waiting in the vault's queue{}.",
+            if queued > 0 {
+                " for the next delivery"
+            } else {
+                ""
+            }
+        ),
+    }
 }

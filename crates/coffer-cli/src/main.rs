@@ -38,6 +38,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         Command::Passwd { slot, kdf } => commands::passwd(g, slot.as_deref(), kdf),
         Command::Verify => commands::verify(g),
         Command::CheckIn => control::check_in(g),
+        Command::Deliver { file, retries } => control::deliver(g, file.as_deref(), *retries),
         Command::Login { user, kdf } => control::login(g, user, kdf),
         Command::Enroll {
             server,

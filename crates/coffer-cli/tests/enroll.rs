@@ -13,23 +13,44 @@ use serde_json::{json, Value};
 const PASSPHRASE: &str = "alice's long passphrase";
 
 struct Server {
-    child: std::process::Child,
+    child: std::cell::RefCell<std::process::Child>,
+    dir: std::path::PathBuf,
     base: String,
     fingerprint: String,
     setup_token: String,
 }
 
+impl Server {
+    /// Stops the server: the device is offline.
+    fn stop(&self) {
+        let mut child = self.child.borrow_mut();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts it again on the same address, certificate and database.
+    fn restart(&self) {
+        let listen = self.base.trim_start_matches("https://").to_owned();
+        let again = serve_on(&self.dir, &listen);
+        let placeholder = Command::new("true").spawn().unwrap();
+        let _ = self.child.replace(again.child.replace(placeholder));
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
 fn serve(dir: &std::path::Path) -> Server {
+    serve_on(dir, "127.0.0.1:0")
+}
+
+fn serve_on(dir: &std::path::Path, listen: &str) -> Server {
     let db = format!("sqlite://{}", dir.join("server.db").display());
     let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .args(["--json", "serve", "--listen", "127.0.0.1:0", "--dev-tls"])
+        .args(["--json", "serve", "--listen", listen, "--dev-tls"])
         .args(["--database-url", &db])
         .env("XDG_DATA_HOME", dir)
         .env("HOME", dir)
@@ -47,8 +68,12 @@ fn serve(dir: &std::path::Path) -> Server {
     Server {
         base: started["listening"].as_str().unwrap().to_owned(),
         fingerprint: started["tls_sha256"].as_str().unwrap().to_owned(),
-        setup_token: started["setup_token"].as_str().unwrap().to_owned(),
-        child,
+        setup_token: started["setup_token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        child: std::cell::RefCell::new(child),
+        dir: dir.to_owned(),
     }
 }
 
@@ -339,6 +364,7 @@ fn enroll_check_in_policy_and_remote_wipe_end_to_end() {
         }
     }
     logins(&admin, &org, &server_dir, &space);
+    deliveries(&admin, &org, &server, &space);
     check_in_and_wipe(&admin, &coffer, &org, &server_dir, &space);
     offline_grace(&admin, &org, &server, &server_dir, &space);
 }
@@ -562,4 +588,62 @@ fn logins(
     let r = login("carol", "unused", PASSPHRASE);
     assert_eq!(r.status.code(), Some(3));
     std::fs::write(&release_file, &online).unwrap();
+}
+
+/// `coffer deliver`: online at once; offline queued in the vault; sent
+/// once, later, when the server is back.
+fn deliveries(
+    admin: &dyn Fn(&[&str]) -> Output,
+    org: &str,
+    server: &Server,
+    space: &std::path::Path,
+) {
+    let deliver = |input: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_coffer"));
+        c.args(["--json", "deliver", "--retries", "1"])
+            .env("COFFER_SPACE", space)
+            .env("COFFER_PASSPHRASE", PASSPHRASE);
+        match input {
+            Some(text) => {
+                c.arg("-");
+                let mut child = c
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes())
+                    .unwrap();
+                child.wait_with_output().unwrap()
+            }
+            None => c.stdin(Stdio::null()).output().unwrap(),
+        }
+    };
+    let stored = || {
+        ok(admin(&["data", "query", "--org", org, "--name", "temp.c"]))["readings"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let r = ok(deliver(Some(
+        r#"[{"at": 1795000000, "name": "temp.c", "value": 21}]"#,
+    )));
+    assert_eq!(r, json!({"delivered": 1, "queued": 0}));
+    assert_eq!(stored(), 1);
+
+    // Offline: queued in the vault.
+    server.stop();
+    let r = ok(deliver(Some(
+        "{\"at\": 1795000060, \"name\": \"temp.c\", \"value\": 22}\n{\"at\": 1795000120, \"name\": \"temp.c\", \"value\": 23}\n",
+    )));
+    assert_eq!(r, json!({"delivered": 0, "queued": 1}));
+    // Back online: sent, once.
+    server.restart();
+    let r = ok(deliver(None));
+    assert_eq!(r, json!({"delivered": 1, "queued": 0}));
+    let r = ok(deliver(None));
+    assert_eq!(r, json!({"delivered": 0, "queued": 0}));
+    assert_eq!(stored(), 3);
+    // Bad input: a clear usage error.
+    assert_eq!(deliver(Some("not json")).status.code(), Some(2));
 }

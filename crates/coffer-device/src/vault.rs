@@ -566,6 +566,11 @@ impl UnlockedVault {
         self.catalog()?.setting(key)
     }
 
+    /// The keys of the vault's settings that start with `prefix`, in order.
+    pub fn setting_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        self.catalog()?.setting_keys(prefix)
+    }
+
     /// Sets a setting of the vault (`None` removes it).
     pub fn set_setting(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
         self.catalog()?.set_setting(key, value)

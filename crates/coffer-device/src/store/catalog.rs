@@ -209,6 +209,19 @@ impl Catalog {
             .map_err(|e| Error::database("reading a setting", e))
     }
 
+    /// The keys of the settings starting with `prefix`, in order.
+    pub(crate) fn setting_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key FROM settings WHERE substr(key, 1, length(?1)) = ?1 ORDER BY key")
+            .map_err(|e| Error::database("listing settings", e))?;
+        let rows = stmt
+            .query_map([prefix], |r| r.get(0))
+            .map_err(|e| Error::database("listing settings", e))?;
+        rows.map(|r| r.map_err(|e| Error::database("listing settings", e)))
+            .collect()
+    }
+
     /// Sets (or, with `None`, removes) a setting of the vault.
     pub(crate) fn set_setting(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
         match value {
