@@ -32,8 +32,13 @@ impl Server {
     fn restart(&self) {
         let listen = self.base.trim_start_matches("https://").to_owned();
         let again = serve_on(&self.dir, &listen);
+        // `again` keeps (and, dropped, reaps) a placeholder; this server
+        // takes its process.
         let placeholder = Command::new("true").spawn().unwrap();
-        let _ = self.child.replace(again.child.replace(placeholder));
+        let fresh = again.child.replace(placeholder);
+        let mut old = self.child.replace(fresh);
+        let _ = old.kill();
+        let _ = old.wait();
     }
 }
 
