@@ -15,6 +15,7 @@ const PASSPHRASE: &str = "alice's long passphrase";
 struct Server {
     child: std::cell::RefCell<std::process::Child>,
     dir: std::path::PathBuf,
+    database_url: String,
     base: String,
     fingerprint: String,
     setup_token: String,
@@ -31,7 +32,7 @@ impl Server {
     /// Starts it again on the same address, certificate and database.
     fn restart(&self) {
         let listen = self.base.trim_start_matches("https://").to_owned();
-        let again = serve_on(&self.dir, &listen);
+        let again = serve_on(&self.dir, &listen, &self.database_url);
         // `again` keeps (and, dropped, reaps) a placeholder; this server
         // takes its process.
         let placeholder = Command::new("true").spawn().unwrap();
@@ -48,12 +49,25 @@ impl Drop for Server {
     }
 }
 
-fn serve(dir: &std::path::Path) -> Server {
-    serve_on(dir, "127.0.0.1:0")
+/// Runs SQL against the server's database, as someone with write access
+/// to it would (both backends).
+fn run_sql(database_url: &str, statements: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        coffer_server::Store::open(database_url)
+            .await
+            .unwrap()
+            .execute_for_tests(statements)
+            .await
+            .unwrap();
+    });
 }
 
-fn serve_on(dir: &std::path::Path, listen: &str) -> Server {
-    let db = format!("sqlite://{}", dir.join("server.db").display());
+fn serve_on(dir: &std::path::Path, listen: &str, database_url: &str) -> Server {
+    let db = database_url.to_owned();
     let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
         .args(["--json", "serve", "--listen", listen, "--dev-tls"])
         .args(["--database-url", &db])
@@ -79,6 +93,7 @@ fn serve_on(dir: &std::path::Path, listen: &str) -> Server {
             .to_owned(),
         child: std::cell::RefCell::new(child),
         dir: dir.to_owned(),
+        database_url: database_url.to_owned(),
     }
 }
 
@@ -87,6 +102,7 @@ fn serve_on(dir: &std::path::Path, listen: &str) -> Server {
 /// crypto-erases the vault; every order acknowledged on the server.
 fn check_in_and_wipe(
     admin: &dyn Fn(&[&str]) -> Output,
+    sql: &dyn Fn(&str),
     coffer: &dyn Fn(&[&str]) -> Output,
     org: &str,
     server_dir: &std::path::Path,
@@ -115,12 +131,7 @@ fn check_in_and_wipe(
     // key's signature; an old document announced as a new version is a
     // downgrade. Each time the last good policy stays.
     publish("3");
-    let db = rusqlite::Connection::open(server_dir.join("server.db")).unwrap();
-    db.execute(
-        "UPDATE policies SET document = replace(document, '\"min_length\":12', '\"min_length\":4') WHERE version = 3",
-        [],
-    )
-    .unwrap();
+    sql("UPDATE policies SET document = replace(document, '\"min_length\":12', '\"min_length\":4') WHERE version = 3");
     let checked = ok(coffer(&["check-in"]));
     assert_eq!(checked["policy"]["version"], 2);
     assert!(
@@ -130,10 +141,7 @@ fn check_in_and_wipe(
             .contains("signature"),
         "{checked}"
     );
-    db.execute_batch(
-        "DELETE FROM policies WHERE version = 3; UPDATE policies SET version = 9 WHERE version = 2;",
-    )
-    .unwrap();
+    sql("DELETE FROM policies WHERE version = 3; UPDATE policies SET version = 9 WHERE version = 2;");
     let checked = ok(coffer(&["check-in"]));
     assert_eq!(checked["policy"]["version"], 2);
     assert!(checked["policy"]["refused"].is_string(), "{checked}");
@@ -193,9 +201,27 @@ fn ok(out: Output) -> Value {
 #[test]
 fn enroll_check_in_policy_and_remote_wipe_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("server.db").display());
+    end_to_end(dir, &url);
+}
+
+#[test]
+fn enroll_check_in_policy_and_remote_wipe_end_to_end_on_postgres() {
+    let pg = coffer_server::testing::Postgres::start();
+    let url = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(pg.database("device_e2e"));
+    end_to_end(tempfile::tempdir().unwrap(), &url);
+}
+
+/// The device's whole story against a real `coffer serve` on `url`.
+fn end_to_end(dir: tempfile::TempDir, url: &str) {
     let server_dir = dir.path().join("server");
     std::fs::create_dir_all(&server_dir).unwrap();
-    let server = serve(&server_dir);
+    let server = serve_on(&server_dir, "127.0.0.1:0", url);
+    let sql = |statements: &str| run_sql(url, statements);
     let ca = server_dir.join("coffer-server/dev-tls-cert.pem");
     let admin_home = dir.path().join("admin");
     let admin = |args: &[&str]| {
@@ -368,9 +394,9 @@ fn enroll_check_in_policy_and_remote_wipe_end_to_end() {
             }
         }
     }
-    logins(&admin, &org, &server_dir, &space);
+    logins(&admin, &sql, &org, &server_dir, &space);
     deliveries(&admin, &org, &server, &space);
-    check_in_and_wipe(&admin, &coffer, &org, &server_dir, &space);
+    check_in_and_wipe(&admin, &sql, &coffer, &org, &server_dir, &space);
     offline_grace(&admin, &org, &server, &server_dir, &space);
 }
 
@@ -455,6 +481,25 @@ fn offline_grace(
     // A check-in does.
     ok(at(None, &["check-in"]));
     ok(at(None, &["app", "ls"]));
+    // Revoked: an online login gets no escrow key from the server.
+    let device = enrolled["device_id"].as_i64().unwrap().to_string();
+    ok(admin(&["device", "revoke", "--org", org, &device]));
+    let refused = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["--json", "login", "--user", "carol", "--kdf-time-ms", "0"])
+        .env("COFFER_SPACE", space)
+        .env("COFFER_VAULT", "field2")
+        .env("COFFER_SERVER_PASSWORD", "carol's server password")
+        .env("COFFER_NEW_PASSPHRASE", "carol's device passphrase")
+        .env_remove("COFFER_TEST_NOW")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        refused.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     // Three days without one: it wipes itself.
     let wiped = at(Some(3 * 86_400), &["app", "ls"]);
     assert_eq!(
@@ -472,6 +517,7 @@ fn offline_grace(
 /// with no slot is told they need one online login.
 fn logins(
     admin: &dyn Fn(&[&str]) -> Output,
+    sql: &dyn Fn(&str),
     org: &str,
     server_dir: &std::path::Path,
     space: &std::path::Path,
@@ -489,17 +535,15 @@ fn logins(
             .unwrap()
     };
     // Carol, a member of the organization, and Mallory of another one.
-    let db = rusqlite::Connection::open(server_dir.join("server.db")).unwrap();
     let hash = coffer_server::api::hash_password("carol's server password").unwrap();
-    db.execute_batch(&format!(
+    sql(&format!(
         "INSERT INTO users (name, password_hash, created_at) VALUES ('carol', '{hash}', 0);
          INSERT INTO memberships (org_id, user_id, role) SELECT {org}, id, 'member' FROM users WHERE name = 'carol';
          INSERT INTO organizations (name, created_at) VALUES ('Other Org', 0);
          INSERT INTO users (name, password_hash, created_at) VALUES ('mallory', '{hash}', 0);
          INSERT INTO memberships (org_id, user_id, role)
              SELECT o.id, u.id, 'owner' FROM organizations o, users u WHERE o.name = 'Other Org' AND u.name = 'mallory';"
-    ))
-    .unwrap();
+    ));
 
     // The organization's policy asks for 12 characters; the device learns
     // it at check-in.
