@@ -234,6 +234,14 @@ pub fn run(global: &Global, keep: bool) -> Result<Report, CliError> {
         files.join(", "),
     );
 
+    crate::demo_control::tour(
+        dir.path(),
+        space.root(),
+        crate::demo_control::Steps {
+            step: &mut |what, outcome| tour.step(what, outcome),
+        },
+    )?;
+
     let kept = if keep {
         let path = dir.keep();
         tour.text.push_str(&format!(

@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod control;
 mod demo;
+mod demo_control;
 mod exit;
 mod input;
 mod serve;

@@ -432,7 +432,15 @@ fn demo_runs_and_explains() {
                 .and(predicate::str::contains("opened by slot 2"))
                 .and(predicate::str::contains("checksum mismatch"))
                 .and(predicate::str::contains("retired: recovery"))
-                .and(predicate::str::contains("entry 0 was altered")),
+                .and(predicate::str::contains("entry 0 was altered"))
+                .and(predicate::str::contains("refused before anything is sent (exit 17)"))
+                .and(predicate::str::contains("policy version 1 verified (exit 0)"))
+                .and(predicate::str::contains("refused by the policy (exit 7)"))
+                .and(predicate::str::contains("her own slot is added"))
+                .and(predicate::str::contains(r#"{"delivered":1,"queued":0}"#))
+                .and(predicate::str::contains(
+                    "crypto-erased at the check-in (exit 12), acknowledged on the server (acknowledged); the vault now reports itself wiped (exit 12)",
+                )),
         );
 }
 
