@@ -109,7 +109,12 @@ fn check_in_and_wipe(
     space: &std::path::Path,
 ) {
     let rules = server_dir.join("rules.json");
-    std::fs::write(&rules, r#"{"passphrase": {"min_length": 12}}"#).unwrap();
+    std::fs::write(
+        &rules,
+        r#"{"passphrase": {"min_length": 12}, "max_failed_attempts": 5, "on_max_failed": "wipe",
+            "apps": {"*": ["kv"]}, "min_kdf": {"memory_kib": 20480, "iterations": 2, "parallelism": 1}}"#,
+    )
+    .unwrap();
     let rules = rules.to_str().unwrap();
     let publish = |version: &str| {
         ok(admin(&[
@@ -126,6 +131,22 @@ fn check_in_and_wipe(
     let checked = ok(coffer(&["check-in"]));
     assert_eq!(checked["policy"], json!({"version": 2, "updated": true}));
     assert_eq!(checked["revoked"], false);
+    // Enforced: the apps' capabilities (kv only: SQL is denied, exit 10),
+    // the failed-attempt limit and its action, and the KDF floor (alice's
+    // slot, weaker, is re-derived at her next unlock).
+    assert_eq!(
+        coffer(&["sql", "notes", "SELECT 1"]).status.code(),
+        Some(10)
+    );
+    assert_eq!(
+        ok(coffer(&["kv", "get", "notes", "greeting"]))["text"],
+        "hello"
+    );
+    let info = ok(coffer(&["info"]));
+    assert!(info["lockout"].to_string().contains("wipe"), "{info}");
+    assert!(info["lockout"].to_string().contains('5'), "{info}");
+    let slots = ok(coffer(&["slot", "list"])).to_string();
+    assert!(slots.contains("20480"), "{slots}");
 
     // The server's database edited: a changed document fails the pinned
     // key's signature; an old document announced as a new version is a
