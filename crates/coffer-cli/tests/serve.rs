@@ -346,18 +346,7 @@ fn serve_refuses_a_database_under_another_master_key() {
         .env_remove("COFFER_MASTER_KEY_FILE");
         c
     };
-    let mut first = serve()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(first.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening"), "{line}");
-    first.kill().unwrap();
-    first.wait().unwrap();
+    starts_and_stops(serve());
     let key = dir.path().join("coffer-server/master.key");
     std::fs::remove_file(&key).unwrap();
     let out = serve().output().unwrap();
@@ -389,16 +378,21 @@ fn a_key_made_for_a_database_is_kept_when_a_later_step_fails() {
     let key = dir.path().join("coffer-server/master.key");
     assert!(key.exists(), "the database is under this key now");
     drop(taken);
-    let mut second = serve("127.0.0.1:0")
+    starts_and_stops(serve("127.0.0.1:0"));
+}
+
+/// Starts `serve`, waits until it listens, stops it.
+fn starts_and_stops(mut serve: Command) {
+    let mut child = serve
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(second.stdout.take().unwrap())
+    BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     assert!(line.contains("listening"), "{line}");
-    second.kill().unwrap();
-    second.wait().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

@@ -26,6 +26,23 @@ async fn enroll(
     admin: &str,
     name: &str,
 ) -> (i64, String, String) {
+    let body = enrollment(server, http, org, admin, name).await;
+    (
+        body["device_id"].as_i64().unwrap(),
+        body["device_token"].as_str().unwrap().to_owned(),
+        body["policy_public_key"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The whole enrollment answer for a device enrolled into `org` with a
+/// code from `admin`.
+async fn enrollment(
+    server: &Running,
+    http: &reqwest::Client,
+    org: i64,
+    admin: &str,
+    name: &str,
+) -> Value {
     let code = post(
         http,
         server.url(&format!("/v1/orgs/{org}/enrollment-codes")),
@@ -46,12 +63,7 @@ async fn enroll(
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let body: Value = r.json().await.unwrap();
-    (
-        body["device_id"].as_i64().unwrap(),
-        body["device_token"].as_str().unwrap().to_owned(),
-        body["policy_public_key"].as_str().unwrap().to_owned(),
-    )
+    r.json().await.unwrap()
 }
 
 async fn release(
@@ -331,28 +343,7 @@ async fn suite(url: &str, raw: Vec<PathBuf>, checkpoint: impl AsyncFn()) {
 /// The release token: a locked device's credential, good for escrow
 /// release, check-in and wipe acknowledgement, and nothing else.
 async fn release_tokens(server: &Running, http: &reqwest::Client, acme: i64, alice: &str) {
-    let code = post(
-        http,
-        server.url(&format!("/v1/orgs/{acme}/enrollment-codes")),
-        alice,
-        json!({}),
-    )
-    .await
-    .json::<Value>()
-    .await
-    .unwrap()["code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let enrolled: Value = http
-        .post(server.url("/v1/enroll"))
-        .json(&json!({"code": code, "name": "locked-tablet"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let enrolled = enrollment(server, http, acme, alice, "locked-tablet").await;
     let device = enrolled["device_id"].as_i64().unwrap();
     let token = enrolled["device_token"].as_str().unwrap();
     let release = enrolled["release_token"].as_str().unwrap();
