@@ -255,21 +255,15 @@ pub fn enroll(
             release_token,
         },
     )?;
-    // The escrow slot: a recovery key only the server keeps.
-    if vault.slots().iter().any(|s| s.name == ESCROW_SLOT) {
-        vault.remove_slot(ESCROW_SLOT)?;
-    }
-    let (_, escrow) = vault.add_recovery_slot(ESCROW_SLOT)?;
-    let escrowed = escrow.display();
-    let escrow_hex = Zeroizing::new(hex::encode(
-        secrecy::ExposeSecret::expose_secret(&escrowed).as_bytes(),
-    ));
-    answer(
-        http.put(url("/v1/device/escrow"))
-            .header("X-Auth-Token", token.as_str())
-            .json(&json!({"escrow_key": escrow_hex.as_str()}))
-            .send(),
-    )?;
+    deposit_new_escrow(&mut vault, |escrow_hex| {
+        answer(
+            http.put(url("/v1/device/escrow"))
+                .header("X-Auth-Token", token.as_str())
+                .json(&json!({"escrow_key": escrow_hex}))
+                .send(),
+        )
+        .map(|_| ())
+    })?;
     // A first check-in: the server's time (the offline grace counts from
     // it) and the organization's policy, if one is published.
     let checked = check_in_unlocked(global, vault)?;
@@ -288,6 +282,23 @@ pub fn enroll(
              The organization's policy key is pinned; the server holds this vault's escrow key (slot \"{ESCROW_SLOT}\")."
         ),
     })
+}
+
+/// A new escrow slot (a recovery key only the server keeps, replacing any
+/// earlier one), its key handed to `deposit` as hex of its text.
+fn deposit_new_escrow(
+    vault: &mut coffer_device::UnlockedVault,
+    deposit: impl FnOnce(&str) -> Result<(), CliError>,
+) -> Result<(), CliError> {
+    if vault.slots().iter().any(|s| s.name == ESCROW_SLOT) {
+        vault.remove_slot(ESCROW_SLOT)?;
+    }
+    let (_, escrow) = vault.add_recovery_slot(ESCROW_SLOT)?;
+    let text = escrow.display();
+    let escrow_hex = Zeroizing::new(hex::encode(
+        secrecy::ExposeSecret::expose_secret(&text).as_bytes(),
+    ));
+    deposit(escrow_hex.as_str())
 }
 
 fn hostname() -> String {
@@ -449,6 +460,23 @@ fn check_in_keeping(
         let id = order["id"].as_i64().unwrap_or_default();
         answer(post(&format!("/v1/device/wipes/{id}/ack")))?;
     }
+    // The server lost this device's escrow key (a deposit that failed at
+    // enrollment, or a whole-device wipe order that was then cancelled):
+    // a new escrow slot, and its key deposited.
+    let mut escrow_renewed = false;
+    if seen["escrow_present"] == false && seen["revoked"] == false {
+        let http = &http;
+        deposit_new_escrow(&mut vault, |escrow_hex| {
+            answer(
+                http.put(url("/v1/device/escrow"))
+                    .header("X-Auth-Token", enrolled.token.as_str())
+                    .json(&json!({"escrow_key": escrow_hex}))
+                    .send(),
+            )
+            .map(|_| ())
+        })?;
+        escrow_renewed = true;
+    }
     let held = text_setting(&vault, learned::POLICY_VERSION)?.and_then(|v| v.parse::<i64>().ok());
     let announced = seen["policy_version"].as_i64();
     let mut policy = json!({"version": held, "updated": false});
@@ -501,6 +529,7 @@ fn check_in_keeping(
                 "server_time": server_time,
                 "revoked": seen["revoked"],
                 "removed_slots": removed,
+                "escrow_renewed": escrow_renewed,
                 "policy": policy,
             }),
             text,

@@ -196,6 +196,31 @@ fn check_in_and_wipe(
     let orders = ok(admin(&["device", "wipes", "--org", org, &device]));
     assert_eq!(orders["orders"][0]["state"], "acknowledged");
 
+    // A whole-device order cancelled before the device saw it: the server
+    // deleted the escrow key at the order; the next check-in deposits a
+    // new one.
+    let order = ok(admin(&["device", "wipe", "--org", org, &device]))["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    ok(admin(&[
+        "device",
+        "cancel-wipe",
+        "--org",
+        org,
+        &device,
+        &order,
+    ]));
+    assert_eq!(
+        ok(admin(&["device", "list", "--org", org]))["devices"][0]["escrow"],
+        false
+    );
+    assert_eq!(ok(coffer(&["check-in"]))["escrow_renewed"], true);
+    assert_eq!(
+        ok(admin(&["device", "list", "--org", org]))["devices"][0]["escrow"],
+        true
+    );
+
     // The whole device.
     ok(admin(&["device", "wipe", "--org", org, &device]));
     let wiped = coffer(&["check-in"]);
@@ -207,7 +232,8 @@ fn check_in_and_wipe(
     );
     assert_eq!(coffer(&["verify"]).status.code(), Some(12));
     let orders = ok(admin(&["device", "wipes", "--org", org, &device]));
-    assert_eq!(orders["orders"][1]["state"], "acknowledged");
+    assert_eq!(orders["orders"][1]["state"], "cancelled");
+    assert_eq!(orders["orders"][2]["state"], "acknowledged");
 }
 
 fn ok(out: Output) -> Value {
