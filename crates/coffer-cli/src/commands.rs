@@ -48,7 +48,8 @@ pub fn spinner(global: &Global, message: &str) -> ProgressBar {
     bar
 }
 
-fn vault(global: &Global) -> Result<Vault, CliError> {
+/// The vault the command line names, refusing a debugger if asked to.
+pub fn vault(global: &Global) -> Result<Vault, CliError> {
     Ok(space(global)?
         .vault(&global.vault)?
         .refuse_under_debugger(global.refuse_debugger))
@@ -509,9 +510,10 @@ pub fn rotate(
         Offered::RecoveryKey(k) => Credential::RecoveryKey(k),
     };
     let bar = spinner(global, "Unlocking");
-    let unlocked = vault.unlock(&credential);
+    let unlocked = vault.unlock_at(&credential, crate::control::now());
     bar.finish_and_clear();
-    let mut vault = unlocked?;
+    // An enrolled vault's policy holds here too (offline grace, KDF floor).
+    let mut vault = crate::control::enforce(global, unlocked?, &offered)?;
     let opener = vault
         .slots()
         .into_iter()
@@ -570,6 +572,12 @@ pub fn rotate(
             key.expose_secret()
         ));
     }
+    // An enrolled vault's escrow slot was retired with the rest: a new one,
+    // deposited (or, offline, at the next check-in).
+    let escrow = crate::control::after_rotation(global, &mut vault)?;
+    if let Some(note) = &escrow {
+        text.push_str(&format!("\n{note}"));
+    }
     if !resets.is_empty() {
         text.push_str("\nSingle-use reset keys — hand each to its user, who runs 'coffer --recovery slot add NAME':\n");
         for (name, key) in &resets {
@@ -585,6 +593,7 @@ pub fn rotate(
             "databases": report.databases,
             "files": report.files,
             "bytes": report.bytes,
+            "escrow": escrow,
             "recovery_key": recovery.as_ref().map(|(name, key)| json!({"slot": name, "key": key.expose_secret()})),
             "reset_keys": resets.iter().map(|(name, key)| json!({"slot": name, "key": key.expose_secret()})).collect::<Vec<_>>(),
         }),

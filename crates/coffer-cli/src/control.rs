@@ -118,10 +118,30 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
     }
 }
 
-/// An HTTP client that trusts the server as `trust` says.
+/// Checks a control plane's URL: HTTPS, or plain HTTP to this machine only
+/// (where `coffer serve` serves it without TLS). Elsewhere a pin would
+/// protect nothing and every token would travel in clear.
+pub fn check_server_url(url: &str) -> Result<(), CliError> {
+    let refused = || {
+        CliError::usage(format!(
+            "the control plane's URL must be https:// (plain http:// only to 127.0.0.1, ::1 or localhost): {url}"
+        ))
+    };
+    let parsed = reqwest::Url::parse(url).map_err(|_| refused())?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")) => Ok(()),
+        _ => Err(refused()),
+    }
+}
+
+/// An HTTP client that trusts the server as `trust` says, and follows no
+/// redirect (a redirect would carry the device's token elsewhere).
 pub fn client(trust: &Trust) -> Result<Client, CliError> {
     let failed = |e: &dyn std::fmt::Display| CliError::other(format!("cannot set up TLS: {e}"));
-    let builder = Client::builder().timeout(std::time::Duration::from_secs(30));
+    let builder = Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none());
     let builder = match trust {
         Trust::Pin(pin) => {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -190,6 +210,7 @@ pub fn enroll(
         Some(code) => Zeroizing::new(code.to_owned()),
         None => crate::admin::password("Enrollment code: ", "COFFER_ENROLL_CODE")?,
     };
+    check_server_url(server)?;
     let name = name.map_or_else(
         || format!("{}@{}", vault.vault().name(), hostname()),
         str::to_owned,
@@ -284,6 +305,45 @@ pub fn enroll(
     })
 }
 
+/// After a rotation of an enrolled vault (which retired its escrow slot): a
+/// new escrow slot and its key deposited; offline, marked for the next
+/// check-in. What happened, for the report.
+pub fn after_rotation(
+    _global: &Global,
+    vault: &mut coffer_device::UnlockedVault,
+) -> Result<Option<String>, CliError> {
+    if vault.setting(key::DEVICE_TOKEN)?.is_none() {
+        return Ok(None);
+    }
+    let enrolled = enrollment(vault)?;
+    let http = client(&enrolled.trust)?;
+    let url = format!("{}/v1/device/escrow", enrolled.server.trim_end_matches('/'));
+    let deposited = deposit_new_escrow(vault, |escrow_hex| {
+        answer(
+            http.put(&url)
+                .header("X-Auth-Token", enrolled.token.as_str())
+                .json(&json!({"escrow_key": escrow_hex}))
+                .send(),
+        )
+        .map(|_| ())
+    });
+    match deposited {
+        Ok(()) => {
+            vault.set_setting(learned::ESCROW_STALE, None)?;
+            Ok(Some(
+                "A new escrow slot's key is deposited with the control plane.".into(),
+            ))
+        }
+        Err(e) => {
+            vault.set_setting(learned::ESCROW_STALE, Some(b"1"))?;
+            Ok(Some(format!(
+                "The new escrow slot's key could not be deposited ({}): the next check-in does it.",
+                e.message
+            )))
+        }
+    }
+}
+
 /// A new escrow slot (a recovery key only the server keeps, replacing any
 /// earlier one), its key handed to `deposit` as hex of its text.
 fn deposit_new_escrow(
@@ -301,6 +361,60 @@ fn deposit_new_escrow(
     deposit(escrow_hex.as_str())
 }
 
+/// Carries out a whole-device wipe order: crypto-erase, then every order
+/// acknowledged (the slots the others named went with the vault). The
+/// answer is "wiped" (exit 12) whatever the acknowledgements did: one that
+/// failed is named, and the server keeps the order pending.
+fn wipe_as_ordered(
+    global: &Global,
+    vault: &coffer_device::Vault,
+    orders: &[Value],
+    ack: &dyn Fn(i64) -> Result<(), CliError>,
+) -> CliError {
+    if let Err(e) = vault.wipe() {
+        return e.into();
+    }
+    let unacknowledged: Vec<String> = orders
+        .iter()
+        .filter_map(|order| {
+            let id = order["id"].as_i64().unwrap_or_default();
+            (0..3)
+                .find_map(|_| ack(id).ok())
+                .is_none()
+                .then(|| id.to_string())
+        })
+        .collect();
+    CliError {
+        exit: ExitCode::Wiped,
+        code: "wiped_by_order",
+        message: format!(
+            "the control plane ordered vault '{}' wiped: it is crypto-erased{}",
+            global.vault,
+            if unacknowledged.is_empty() {
+                ", and the server told".to_owned()
+            } else {
+                format!(
+                    "; the server could not be told (orders {} stay pending there)",
+                    unacknowledged.join(", ")
+                )
+            }
+        ),
+    }
+}
+
+/// Carries out a one-user wipe order: that user's slot removed, if there.
+fn remove_ordered_slot(
+    vault: &mut coffer_device::UnlockedVault,
+    order: &Value,
+) -> Result<Option<String>, CliError> {
+    let user = order["user"].as_str().unwrap_or_default();
+    if !user.is_empty() && vault.slots().iter().any(|s| s.name == user) {
+        vault.remove_slot(user)?;
+        return Ok(Some(user.to_owned()));
+    }
+    Ok(None)
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
@@ -315,6 +429,8 @@ mod learned {
     pub const POLICY_VERSION: &str = "control.policy_version";
     pub const POLICY_DOCUMENT: &str = "control.policy_document";
     pub const POLICY_SIGNATURE: &str = "control.policy_signature";
+    /// The server holds an escrow key that no longer opens the vault.
+    pub const ESCROW_STALE: &str = "control.escrow_stale";
 }
 
 /// The enrollment read back from the vault's settings.
@@ -338,6 +454,7 @@ fn text_setting(
 fn enrollment(vault: &coffer_device::UnlockedVault) -> Result<Enrollment, CliError> {
     let missing = || CliError::usage("this vault is not enrolled: run 'coffer enroll' first");
     let server = text_setting(vault, key::SERVER)?.ok_or_else(missing)?;
+    check_server_url(&server)?;
     let token = Zeroizing::new(text_setting(vault, key::DEVICE_TOKEN)?.ok_or_else(missing)?);
     let trust = match (
         text_setting(vault, key::PIN_SHA256)?,
@@ -428,7 +545,7 @@ fn check_in_keeping(
     };
     let seen = answer(post("/v1/device/check-in"))?;
     let server_time = seen["server_time"].as_i64().unwrap_or_default();
-    record_check_in(&vault, server_time)?;
+    record_check_in(&mut vault, server_time)?;
     let orders = seen["wipe_orders"].as_array().cloned().unwrap_or_default();
     if orders.iter().any(|o| o["scope"] == "device") {
         // The whole vault: crypto-erase first, then tell the server (the
@@ -436,26 +553,14 @@ fn check_in_keeping(
         // the others named are gone with the vault.
         let handle = vault.vault().clone();
         drop(vault);
-        handle.wipe()?;
-        for order in &orders {
-            let id = order["id"].as_i64().unwrap_or_default();
-            answer(post(&format!("/v1/device/wipes/{id}/ack")))?;
-        }
-        return Err(CliError {
-            exit: ExitCode::Wiped,
-            code: "wiped_by_order",
-            message: format!(
-                "the control plane ordered vault '{}' wiped: it is crypto-erased, and the server told",
-                global.vault
-            ),
-        });
+        return Err(wipe_as_ordered(global, &handle, &orders, &|id| {
+            answer(post(&format!("/v1/device/wipes/{id}/ack"))).map(|_| ())
+        }));
     }
     let mut removed = Vec::new();
     for order in &orders {
-        let user = order["user"].as_str().unwrap_or_default();
-        if vault.slots().iter().any(|s| s.name == user) {
-            vault.remove_slot(user)?;
-            removed.push(user.to_owned());
+        if let Some(user) = remove_ordered_slot(&mut vault, order)? {
+            removed.push(user);
         }
         let id = order["id"].as_i64().unwrap_or_default();
         answer(post(&format!("/v1/device/wipes/{id}/ack")))?;
@@ -464,7 +569,8 @@ fn check_in_keeping(
     // enrollment, or a whole-device wipe order that was then cancelled):
     // a new escrow slot, and its key deposited.
     let mut escrow_renewed = false;
-    if seen["escrow_present"] == false && seen["revoked"] == false {
+    let stale = vault.setting(learned::ESCROW_STALE)?.is_some();
+    if (seen["escrow_present"] == false || stale) && seen["revoked"] == false {
         let http = &http;
         deposit_new_escrow(&mut vault, |escrow_hex| {
             answer(
@@ -475,6 +581,7 @@ fn check_in_keeping(
             )
             .map(|_| ())
         })?;
+        vault.set_setting(learned::ESCROW_STALE, None)?;
         escrow_renewed = true;
     }
     let held = text_setting(&vault, learned::POLICY_VERSION)?.and_then(|v| v.parse::<i64>().ok());
@@ -489,8 +596,9 @@ fn check_in_keeping(
         match check_policy(&enrolled, held, &fetched) {
             Ok(document) => {
                 apply_policy(&mut vault, &document.rules)?;
+                // The version last: a crash in between leaves the old
+                // version, so the next check-in fetches again.
                 for (key, value) in [
-                    (learned::POLICY_VERSION, document.version.to_string()),
                     (
                         learned::POLICY_DOCUMENT,
                         fetched["document"].as_str().unwrap_or_default().to_owned(),
@@ -499,6 +607,7 @@ fn check_in_keeping(
                         learned::POLICY_SIGNATURE,
                         fetched["signature"].as_str().unwrap_or_default().to_owned(),
                     ),
+                    (learned::POLICY_VERSION, document.version.to_string()),
                 ] {
                     vault.set_setting(key, Some(value.as_bytes()))?;
                 }
@@ -597,6 +706,7 @@ fn read_release_file(dir: &std::path::Path) -> Result<Option<ReleaseFile>, CliEr
     };
     let file: ReleaseFile = serde_json::from_slice(&text)
         .map_err(|_| CliError::other(format!("{RELEASE_FILE} is damaged: enroll again")))?;
+    check_server_url(&file.server)?;
     if file.format != RELEASE_FORMAT {
         return Err(CliError::other(format!(
             "{RELEASE_FILE} has the unknown format {:?}",
@@ -653,9 +763,18 @@ fn unreachable(e: &CliError) -> bool {
 /// passphrase slot is added (or renewed), so that they can log in offline
 /// later. Offline, the user's own slot opens it.
 pub fn login(global: &Global, user: &str, kdf: &crate::cli::KdfArgs) -> Result<Report, CliError> {
-    let vault = crate::commands::space(global)?.vault(&global.vault)?;
-    let Some(release) = read_release_file(vault.path())? else {
-        return offline_login(global, user, "this vault is not enrolled");
+    let vault = crate::commands::vault(global)?;
+    let release = match read_release_file(vault.path()) {
+        Ok(Some(release)) => release,
+        Ok(None) => return offline_login(global, user, "this vault is not enrolled"),
+        // A damaged release file must not keep users with a slot out.
+        Err(e) => {
+            return offline_login(
+                global,
+                user,
+                &format!("the device's release file is unusable ({})", e.message),
+            )
+        }
     };
     let http = client(&release.trust()?)?;
     let url = |path: &str| format!("{}{path}", release.server.trim_end_matches('/'));
@@ -673,24 +792,16 @@ pub fn login(global: &Global, user: &str, kdf: &crate::cli::KdfArgs) -> Result<R
         Err(e) => return Err(e),
     };
     let orders = seen["wipe_orders"].as_array().cloned().unwrap_or_default();
+    let ack = |id: i64| {
+        answer(
+            http.post(url(&format!("/v1/device/wipes/{id}/ack")))
+                .header("X-Auth-Token", release.release_token.as_str())
+                .send(),
+        )
+        .map(|_| ())
+    };
     if orders.iter().any(|o| o["scope"] == "device") {
-        vault.wipe()?;
-        for order in &orders {
-            let id = order["id"].as_i64().unwrap_or_default();
-            answer(
-                http.post(url(&format!("/v1/device/wipes/{id}/ack")))
-                    .header("X-Auth-Token", release.release_token.as_str())
-                    .send(),
-            )?;
-        }
-        return Err(CliError {
-            exit: ExitCode::Wiped,
-            code: "wiped_by_order",
-            message: format!(
-                "the control plane ordered vault '{}' wiped: it is crypto-erased, and the server told",
-                global.vault
-            ),
-        });
+        return Err(wipe_as_ordered(global, &vault, &orders, &ack));
     }
     let password = crate::admin::password(
         &format!("Server password for {user}: "),
@@ -723,8 +834,17 @@ pub fn login(global: &Global, user: &str, kdf: &crate::cli::KdfArgs) -> Result<R
     let escrow = coffer_device::RecoveryKey::parse(&escrow_text)
         .map_err(|_| CliError::other("the escrow key the server released is not this vault's"))?;
     let mut unlocked = vault.unlock_at(&coffer_device::Credential::RecoveryKey(&escrow), now())?;
-    // The check-in above was successful: the grace counts from it.
-    record_check_in(&unlocked, seen["server_time"].as_i64().unwrap_or_default())?;
+    // The check-in above was successful: the grace counts from it. Its
+    // one-user wipe orders are carried out now that the vault is open (the
+    // server released nothing to a user whose own wipe is pending).
+    record_check_in(
+        &mut unlocked,
+        seen["server_time"].as_i64().unwrap_or_default(),
+    )?;
+    for order in &orders {
+        remove_ordered_slot(&mut unlocked, order)?;
+        ack(order["id"].as_i64().unwrap_or_default())?;
+    }
     let passphrase = crate::input::new_passphrase(global, user)?;
     check_passphrase_rules(&unlocked, &passphrase)?;
     let params = crate::commands::calibrate(global, kdf)?;
@@ -819,7 +939,9 @@ fn apply_policy(
         (n, coffer_server::policy::FailedAction::Lock) => Lockout::Lock(n),
         (n, coffer_server::policy::FailedAction::Wipe) => Lockout::Wipe(n),
     };
-    vault.set_lockout(lockout)?;
+    if vault.lockout() != lockout {
+        vault.set_lockout(lockout)?;
+    }
     for app in vault.apps()? {
         let names = rules
             .apps
@@ -839,7 +961,9 @@ fn apply_policy(
                 capabilities = capabilities.with(capability);
             }
         }
-        vault.set_app_capabilities(&app.name, capabilities)?;
+        if app.capabilities != capabilities {
+            vault.set_app_capabilities(&app.name, capabilities)?;
+        }
     }
     Ok(())
 }
@@ -866,14 +990,21 @@ enum Grace {
     WipeOnly,
 }
 
-/// Records a successful check-in: the grace counts from the later of the
-/// server's time and the latest time the vault has seen (a device clock
-/// once set ahead must not block it right after it checked in).
-fn record_check_in(vault: &coffer_device::UnlockedVault, server_time: i64) -> Result<(), CliError> {
-    let at = server_time
-        .max(unix(vault.latest_time_seen()))
-        .max(unix(now()));
-    vault.set_setting(learned::LAST_CHECK_IN, Some(at.to_string().as_bytes()))?;
+/// Records a successful check-in: the grace counts from the server's time,
+/// which also becomes the vault's latest time seen (so a device clock that
+/// ran ahead, set so on purpose or not, neither stretches the grace nor
+/// blocks the device once it has checked in).
+fn record_check_in(
+    vault: &mut coffer_device::UnlockedVault,
+    server_time: i64,
+) -> Result<(), CliError> {
+    vault.set_setting(
+        learned::LAST_CHECK_IN,
+        Some(server_time.to_string().as_bytes()),
+    )?;
+    let trusted = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(u64::try_from(server_time).unwrap_or(0));
+    vault.set_trusted_time(trusted)?;
     Ok(())
 }
 
@@ -921,6 +1052,11 @@ fn enforce_as(
             ),
         });
     }
+    // The policy's lockout and capabilities hold at every unlock: a local
+    // change (`coffer lockout --off`, an app added with more) does not
+    // outlive the next one. Best effort: a vault opened by a temporary key
+    // may not change them, and is not refused for it.
+    let _ = apply_policy(&mut vault, &policy.rules);
     if let crate::input::Offered::Passphrase(passphrase) = offered {
         let floor = &policy.rules.min_kdf;
         let opened = vault
@@ -928,22 +1064,23 @@ fn enforce_as(
             .into_iter()
             .find(|s| s.index == vault.opened_slot());
         if let Some(slot) = opened {
-            let weak = match slot.kind {
-                coffer_device::SlotKind::Passphrase(coffer_device::KdfParams::Argon2id {
-                    memory_kib,
-                    iterations,
-                    parallelism: _,
-                }) => memory_kib < floor.memory_kib || iterations < floor.iterations,
-                coffer_device::SlotKind::Passphrase(_) => true,
-                _ => false,
-            };
-            if weak {
-                let stronger = coffer_device::KdfParams::Argon2id {
-                    memory_kib: floor.memory_kib,
-                    iterations: floor.iterations,
-                    parallelism: floor.parallelism,
-                };
-                vault.change_passphrase(Some(&slot.name), passphrase, &stronger)?;
+            // Each parameter raised to the floor, none lowered. PBKDF2 and
+            // scrypt slots (kept for compliance) are left as they are: the
+            // floor is Argon2id's.
+            if let coffer_device::SlotKind::Passphrase(coffer_device::KdfParams::Argon2id {
+                memory_kib,
+                iterations,
+                parallelism,
+            }) = slot.kind
+            {
+                if memory_kib < floor.memory_kib || iterations < floor.iterations {
+                    let stronger = coffer_device::KdfParams::Argon2id {
+                        memory_kib: memory_kib.max(floor.memory_kib),
+                        iterations: iterations.max(floor.iterations),
+                        parallelism: parallelism.max(floor.parallelism),
+                    };
+                    vault.change_passphrase(Some(&slot.name), passphrase, &stronger)?;
+                }
             }
         }
     }
@@ -1015,11 +1152,20 @@ pub fn deliver(
         let mut id = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
         let batch_id = format!("{:020}-{}", unix(now()), hex::encode(id));
-        let batch = json!({"batch_id": batch_id, "readings": readings});
-        vault.set_setting(
-            &format!("{QUEUE}{batch_id}"),
-            Some(batch.to_string().as_bytes()),
-        )?;
+        let batch = json!({"batch_id": batch_id, "readings": readings}).to_string();
+        // Only what the server will take is queued: a batch it refuses
+        // would otherwise wait (or be dropped) after the input is gone.
+        coffer_server::data::Batch::from_json(batch.as_bytes())
+            .and_then(|b| b.check())
+            .map_err(|e| CliError::usage(format!("the readings are refused: {e}")))?;
+        if batch.len() > coffer_server::api::MAX_BODY {
+            return Err(CliError::usage(format!(
+                "the readings come to {} bytes, over the server's {} per batch: deliver them in smaller parts",
+                batch.len(),
+                coffer_server::api::MAX_BODY
+            )));
+        }
+        vault.set_setting(&format!("{QUEUE}{batch_id}"), Some(batch.as_bytes()))?;
     }
     // Check in first, as every command that talks to the server does (a
     // wipe order is carried out before anything is sent); offline, the

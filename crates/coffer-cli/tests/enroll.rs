@@ -221,6 +221,23 @@ fn check_in_and_wipe(
         true
     );
 
+    // A rotation retires the escrow slot with the others: a new one is
+    // deposited, and an online login still opens the vault through it.
+    let rotated = ok(coffer(&["rotate"]));
+    assert!(
+        rotated["escrow"].as_str().unwrap().contains("deposited"),
+        "{rotated}"
+    );
+    let relogin = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["--json", "login", "--user", "carol", "--kdf-time-ms", "0"])
+        .env("COFFER_SPACE", space)
+        .env("COFFER_SERVER_PASSWORD", "carol's server password")
+        .env("COFFER_NEW_PASSPHRASE", "carol's device passphrase")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(ok(relogin)["online"], true);
+
     // The whole device.
     ok(admin(&["device", "wipe", "--org", org, &device]));
     let wiped = coffer(&["check-in"]);
@@ -319,6 +336,15 @@ fn end_to_end(dir: tempfile::TempDir, url: &str) {
     ok(coffer(&["app", "add", "notes"]));
     ok(coffer(&["kv", "put", "notes", "greeting", "hello"]));
 
+    // Plain HTTP to another machine: refused (a pin would protect nothing).
+    let plain = coffer(&[
+        "enroll",
+        "--server",
+        "http://cp.example:8443",
+        "--code",
+        &code,
+    ]);
+    assert_eq!(plain.status.code(), Some(2));
     // A wrong pin: refused before anything is sent (the code is not spent).
     let wrong = coffer(&[
         "enroll",
@@ -526,6 +552,15 @@ fn offline_grace(
     // Setting the clock back does not help.
     assert_eq!(at(None, &["app", "ls"]).status.code(), Some(18));
     // A check-in does.
+    ok(at(None, &["check-in"]));
+    ok(at(None, &["app", "ls"]));
+    // A clock set a day ahead for a check-in does not buy a day: the grace
+    // counts from the server's time.
+    ok(at(Some(86_400), &["check-in"]));
+    assert_eq!(
+        at(Some(86_400 + 1800), &["app", "ls"]).status.code(),
+        Some(18)
+    );
     ok(at(None, &["check-in"]));
     ok(at(None, &["app", "ls"]));
     // Revoked: an online login gets no escrow key from the server.
@@ -740,6 +775,13 @@ fn deliveries(
     let r = ok(deliver(None));
     assert_eq!(r, json!({"delivered": 0, "queued": 0}));
     assert_eq!(stored(), 3);
-    // Bad input: a clear usage error.
+    // Bad input: a clear usage error, nothing queued.
     assert_eq!(deliver(Some("not json")).status.code(), Some(2));
+    assert_eq!(
+        deliver(Some(r#"[{"at": 1, "name": "=cmd()", "value": 1}]"#))
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(ok(deliver(None)), json!({"delivered": 0, "queued": 0}));
 }

@@ -438,6 +438,20 @@ impl UnlockedVault {
         unix_to_system_time(self.header.latest_seen)
     }
 
+    /// Sets the latest time seen to `trusted` (a pinned server's time at a
+    /// check-in), down as well as up: a device clock that once ran ahead no
+    /// longer counts.
+    pub fn set_trusted_time(&mut self, trusted: SystemTime) -> Result<()> {
+        let trusted = system_time_to_unix(trusted);
+        if trusted == self.header.latest_seen {
+            return Ok(());
+        }
+        self.update_header(|header| {
+            header.latest_seen = trusted;
+            Ok(())
+        })
+    }
+
     /// Every used slot, in header order.
     pub fn slots(&self) -> Vec<SlotInfo> {
         self.header
