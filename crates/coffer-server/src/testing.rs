@@ -40,6 +40,14 @@ fn is_root() -> bool {
 
 #[allow(clippy::unwrap_used)]
 fn run(tool: &Path, args: &[&str]) {
+    if let Err(e) = try_run(tool, args) {
+        panic!("{e}");
+    }
+}
+
+/// Runs a PostgreSQL tool (as `postgres` when root); the failure as text.
+#[allow(clippy::unwrap_used)]
+fn try_run(tool: &Path, args: &[&str]) -> Result<(), String> {
     let mut command = if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(tool);
@@ -47,13 +55,17 @@ fn run(tool: &Path, args: &[&str]) {
     } else {
         Command::new(tool)
     };
-    let out = command.args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{} failed: {}",
-        tool.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The postgres user may not enter the caller's directory.
+    let out = command.current_dir("/").args(args).output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} failed: {}",
+            tool.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
 impl Postgres {
@@ -68,11 +80,7 @@ impl Postgres {
             // The postgres user must reach its data directory inside.
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+
         let data = dir.path().join("data");
         let data_s = data.to_str().unwrap();
         run(
@@ -89,25 +97,42 @@ impl Postgres {
                 "--no-sync",
             ],
         );
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            dir.path().display()
-        );
         let log = dir.path().join("postgres.log");
-        run(
-            &bin.join("pg_ctl"),
-            &[
-                "-D",
-                data_s,
-                "-l",
-                log.to_str().unwrap(),
-                "-o",
-                &options,
-                "-w",
-                "start",
-            ],
+        // A free port can be taken by another test between our look and
+        // the server's bind: try another one.
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let options = format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                dir.path().display()
+            );
+            match try_run(
+                &bin.join("pg_ctl"),
+                &[
+                    "-D",
+                    data_s,
+                    "-l",
+                    log.to_str().unwrap(),
+                    "-o",
+                    &options,
+                    "-w",
+                    "start",
+                ],
+            ) {
+                Ok(()) => return Postgres { dir, bin, port },
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!(
+            "PostgreSQL did not start: {}\n{}",
+            failures.join("\n"),
+            std::fs::read_to_string(&log).unwrap_or_default()
         );
-        Postgres { dir, bin, port }
     }
 
     /// The server's data directory (tests read its raw files).
