@@ -48,11 +48,12 @@ pub fn spinner(global: &Global, message: &str) -> ProgressBar {
     bar
 }
 
-/// The vault the command line names, refusing a debugger if asked to.
+/// The vault the command line names, refusing a debugger if asked to (by
+/// --refuse-debugger, or by the organization's policy).
 pub fn vault(global: &Global) -> Result<Vault, CliError> {
-    Ok(space(global)?
-        .vault(&global.vault)?
-        .refuse_under_debugger(global.refuse_debugger))
+    let vault = space(global)?.vault(&global.vault)?;
+    let refuse = global.refuse_debugger || crate::control::refuses_debugger(vault.path());
+    Ok(vault.refuse_under_debugger(refuse))
 }
 
 /// Unlocks the vault, then enforces its organization's policy if it is

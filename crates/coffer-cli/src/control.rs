@@ -274,6 +274,7 @@ pub fn enroll(
             },
             device_id,
             release_token,
+            refuse_debugger: false,
         },
     )?;
     deposit_new_escrow(&mut vault, |escrow_hex| {
@@ -596,6 +597,7 @@ fn check_in_keeping(
         match check_policy(&enrolled, held, &fetched) {
             Ok(document) => {
                 apply_policy(&mut vault, &document.rules)?;
+                set_debugger_hint(vault.vault().path(), document.rules.refuse_debugger);
                 // The version last: a crash in between leaves the old
                 // version, so the next check-in fetches again.
                 for (key, value) in [
@@ -662,6 +664,11 @@ struct ReleaseFile {
     ca_cert: Option<String>,
     device_id: i64,
     release_token: String,
+    /// The held policy refuses debuggers: refused before the next unlock
+    /// runs its KDF, not only after it (a hint: the policy itself is
+    /// checked after every unlock anyway).
+    #[serde(default)]
+    refuse_debugger: bool,
 }
 
 impl Drop for ReleaseFile {
@@ -714,6 +721,21 @@ fn read_release_file(dir: &std::path::Path) -> Result<Option<ReleaseFile>, CliEr
         )));
     }
     Ok(Some(file))
+}
+
+/// Records in the release file whether the held policy refuses debuggers.
+fn set_debugger_hint(dir: &std::path::Path, refuse: bool) {
+    if let Ok(Some(mut file)) = read_release_file(dir) {
+        if file.refuse_debugger != refuse {
+            file.refuse_debugger = refuse;
+            let _ = write_release_file(dir, &file);
+        }
+    }
+}
+
+/// Whether the release file says the held policy refuses debuggers.
+pub fn refuses_debugger(dir: &std::path::Path) -> bool {
+    matches!(read_release_file(dir), Ok(Some(file)) if file.refuse_debugger)
 }
 
 /// Whether a passphrase meets the verified policy's rules (none held: any).
@@ -1051,6 +1073,19 @@ fn enforce_as(
                 offline.block_after_hours
             ),
         });
+    }
+    // A debugger: refused, the key forgotten (the release file's hint
+    // refuses it before the KDF from then on).
+    if policy.rules.refuse_debugger {
+        if let Some(pid) = coffer_device::hardening::status().tracer_pid {
+            drop(vault);
+            return Err(coffer_device::Error::DebuggerAttached { pid }.into());
+        }
+    }
+    if policy.rules.idle_lock_secs > 0 {
+        vault.set_idle_timeout(Some(std::time::Duration::from_secs(u64::from(
+            policy.rules.idle_lock_secs,
+        ))));
     }
     // The policy's lockout and capabilities hold at every unlock: a local
     // change (`coffer lockout --off`, an app added with more) does not

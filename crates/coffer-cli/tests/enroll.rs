@@ -563,6 +563,38 @@ fn offline_grace(
     );
     ok(at(None, &["check-in"]));
     ok(at(None, &["app", "ls"]));
+    // A policy that refuses debuggers: under a real tracer (strace, which
+    // .ci/run installs) the vault does not open (exit 16).
+    let strict = server_dir.join("strict.json");
+    std::fs::write(
+        &strict,
+        r#"{"offline": {"block_after_hours": 1, "wipe_after_days": 2}, "refuse_debugger": true}"#,
+    )
+    .unwrap();
+    ok(admin(&[
+        "policy",
+        "publish",
+        "--org",
+        org,
+        "--version",
+        "11",
+        strict.to_str().unwrap(),
+    ]));
+    assert_eq!(ok(at(None, &["check-in"]))["policy"]["version"], 11);
+    let traced = Command::new("strace")
+        .args(["-f", "-o", "/dev/null"])
+        .arg(env!("CARGO_BIN_EXE_coffer"))
+        .args(["--json", "app", "ls"])
+        .env("COFFER_SPACE", space)
+        .env("COFFER_VAULT", "field2")
+        .env("COFFER_PASSPHRASE", PASSPHRASE)
+        .env_remove("COFFER_TEST_NOW")
+        .stdin(Stdio::null())
+        .output()
+        .expect("strace is installed (.ci/run installs it)");
+    assert_eq!(traced.status.code(), Some(16), "{traced:?}");
+    ok(at(None, &["app", "ls"]));
+
     // Revoked: an online login gets no escrow key from the server.
     let device = enrolled["device_id"].as_i64().unwrap().to_string();
     ok(admin(&["device", "revoke", "--org", org, &device]));
