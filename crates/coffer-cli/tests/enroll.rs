@@ -11,6 +11,11 @@ use std::process::{Command, Output, Stdio};
 use serde_json::{json, Value};
 
 const PASSPHRASE: &str = "alice's long passphrase";
+const CAROL_LOGIN: [&str; 5] = ["login", "--user", "carol", "--kdf-time-ms", "0"];
+const CAROL_ONLINE: [(&str, &str); 2] = [
+    ("COFFER_SERVER_PASSWORD", "carol's server password"),
+    ("COFFER_NEW_PASSPHRASE", "carol's device passphrase"),
+];
 
 struct Server {
     child: std::cell::RefCell<std::process::Child>,
@@ -168,14 +173,15 @@ fn check_in_and_wipe(
     assert!(checked["policy"]["refused"].is_string(), "{checked}");
 
     // One user's slot.
-    let added = Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .args(["slot", "add", "bob", "--kdf-time-ms", "0"])
-        .env("COFFER_SPACE", space)
-        .env("COFFER_PASSPHRASE", PASSPHRASE)
-        .env("COFFER_NEW_PASSPHRASE", "bob's long passphrase")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let added = run(
+        space,
+        "default",
+        &["slot", "add", "bob", "--kdf-time-ms", "0"],
+        &[
+            ("COFFER_PASSPHRASE", PASSPHRASE),
+            ("COFFER_NEW_PASSPHRASE", "bob's long passphrase"),
+        ],
+    );
     assert!(
         added.status.success(),
         "{}",
@@ -228,14 +234,7 @@ fn check_in_and_wipe(
         rotated["escrow"].as_str().unwrap().contains("deposited"),
         "{rotated}"
     );
-    let relogin = Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .args(["--json", "login", "--user", "carol", "--kdf-time-ms", "0"])
-        .env("COFFER_SPACE", space)
-        .env("COFFER_SERVER_PASSWORD", "carol's server password")
-        .env("COFFER_NEW_PASSPHRASE", "carol's device passphrase")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let relogin = run(space, "default", &CAROL_LOGIN, &CAROL_ONLINE);
     assert_eq!(ok(relogin)["online"], true);
 
     // The whole device.
@@ -251,6 +250,25 @@ fn check_in_and_wipe(
     let orders = ok(admin(&["device", "wipes", "--org", org, &device]));
     assert_eq!(orders["orders"][1]["state"], "cancelled");
     assert_eq!(orders["orders"][2]["state"], "acknowledged");
+}
+
+/// Runs `coffer` on vault `vault` of `space` with exactly the secrets in
+/// `env` (nothing from the caller's environment).
+fn run(space: &std::path::Path, vault: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_coffer"));
+    c.arg("--json")
+        .args(args)
+        .env("COFFER_SPACE", space)
+        .env("COFFER_VAULT", vault)
+        .env_remove("COFFER_PASSPHRASE")
+        .env_remove("COFFER_NEW_PASSPHRASE")
+        .env_remove("COFFER_RECOVERY_KEY")
+        .env_remove("COFFER_TEST_NOW")
+        .stdin(Stdio::null());
+    for (key, value) in env {
+        c.env(key, value);
+    }
+    c.output().unwrap()
 }
 
 fn ok(out: Output) -> Value {
@@ -598,16 +616,7 @@ fn offline_grace(
     // Revoked: an online login gets no escrow key from the server.
     let device = enrolled["device_id"].as_i64().unwrap().to_string();
     ok(admin(&["device", "revoke", "--org", org, &device]));
-    let refused = Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .args(["--json", "login", "--user", "carol", "--kdf-time-ms", "0"])
-        .env("COFFER_SPACE", space)
-        .env("COFFER_VAULT", "field2")
-        .env("COFFER_SERVER_PASSWORD", "carol's server password")
-        .env("COFFER_NEW_PASSPHRASE", "carol's device passphrase")
-        .env_remove("COFFER_TEST_NOW")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let refused = run(space, "field2", &CAROL_LOGIN, &CAROL_ONLINE);
     assert_eq!(
         refused.status.code(),
         Some(3),
@@ -637,16 +646,16 @@ fn logins(
     space: &std::path::Path,
 ) {
     let login = |user: &str, server_password: &str, device_passphrase: &str| {
-        Command::new(env!("CARGO_BIN_EXE_coffer"))
-            .args(["--json", "login", "--user", user, "--kdf-time-ms", "0"])
-            .env("COFFER_SPACE", space)
-            .env("COFFER_SERVER_PASSWORD", server_password)
-            .env("COFFER_NEW_PASSPHRASE", device_passphrase)
-            .env("COFFER_PASSPHRASE", device_passphrase)
-            .env_remove("COFFER_RECOVERY_KEY")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        run(
+            space,
+            "default",
+            &["login", "--user", user, "--kdf-time-ms", "0"],
+            &[
+                ("COFFER_SERVER_PASSWORD", server_password),
+                ("COFFER_NEW_PASSPHRASE", device_passphrase),
+                ("COFFER_PASSPHRASE", device_passphrase),
+            ],
+        )
     };
     // Carol, a member of the organization, and Mallory of another one.
     let hash = coffer_server::api::hash_password("carol's server password").unwrap();
@@ -672,24 +681,24 @@ fn logins(
         "1",
         rules.to_str().unwrap(),
     ]));
-    let checked = Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .args(["--json", "check-in"])
-        .env("COFFER_SPACE", space)
-        .env("COFFER_PASSPHRASE", PASSPHRASE)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let checked = run(
+        space,
+        "default",
+        &["check-in"],
+        &[("COFFER_PASSPHRASE", PASSPHRASE)],
+    );
     assert_eq!(ok(checked)["policy"]["version"], 1);
 
     // The same rules for a slot added on the device itself.
-    let weak = Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .args(["slot", "add", "dave", "--kdf-time-ms", "0"])
-        .env("COFFER_SPACE", space)
-        .env("COFFER_PASSPHRASE", PASSPHRASE)
-        .env("COFFER_NEW_PASSPHRASE", "short")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let weak = run(
+        space,
+        "default",
+        &["slot", "add", "dave", "--kdf-time-ms", "0"],
+        &[
+            ("COFFER_PASSPHRASE", PASSPHRASE),
+            ("COFFER_NEW_PASSPHRASE", "short"),
+        ],
+    );
     assert_eq!(weak.status.code(), Some(7));
 
     // Offline before any online login: carol has no slot.
