@@ -584,9 +584,12 @@ async fn audit_trail(url: &str) {
     db.execute_for_tests("DELETE FROM master_key_check")
         .await
         .unwrap();
-    assert!(Running::with_keys(url, coffer_server::testing::keyring())
-        .await
-        .is_err());
+    assert!(matches!(
+        Running::with_keys(url, coffer_server::testing::keyring()).await,
+        Err(coffer_server::serve::ServeError::MasterKey(
+            coffer_server::keys::KeyError::Tampered
+        ))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,8 @@ mod support;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use coffer_server::keys::{Keyring, MasterKey};
+use coffer_server::keys::{KeyError, Keyring, MasterKey};
+use coffer_server::serve::ServeError;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::postgres::Postgres;
@@ -946,9 +947,10 @@ async fn master_key(url: &str, d2_token: &str, d2_escrow: &str) {
     assert!(sealed.iter().all(|v| keys.is_current(&v.sealed)));
 
     assert!(
-        Running::with_keys(url, Arc::new(Keyring::new(old(), None)))
-            .await
-            .is_err(),
+        matches!(
+            Running::with_keys(url, Arc::new(Keyring::new(old(), None))).await,
+            Err(ServeError::MasterKey(KeyError::UnknownKey { .. }))
+        ),
         "the old key alone no longer opens the database"
     );
     // A rolling rotation: a process still running with the old key wrote a
@@ -1029,10 +1031,16 @@ async fn adoption_race(url: &str) {
         Arc::new(Keyring::new(MasterKey::from_bytes(&[2; 32]), None)),
     );
     let (a, b) = tokio::join!(a, b);
-    assert!(a.is_ok() != b.is_ok(), "exactly one adopts the database");
-    for started in [a, b].into_iter().flatten() {
-        started.stop().await;
-    }
+    let (started, refused) = match (a, b) {
+        (Ok(started), Err(refused)) | (Err(refused), Ok(started)) => (started, refused),
+        _ => panic!("exactly one adopts the database"),
+    };
+    // The loser found the database under the winner's key.
+    assert!(
+        matches!(refused, ServeError::MasterKey(KeyError::UnknownKey { .. })),
+        "{refused}"
+    );
+    started.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
