@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use coffer_device::rotate::RotateOptions;
 use coffer_device::{
-    Credential, KdfAlgorithm, KdfParams, Lockout, SlotInfo, SlotKind, Space, UnlockedVault, Vault,
+    KdfAlgorithm, KdfParams, Lockout, SlotInfo, SlotKind, Space, UnlockedVault, Vault,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::ExposeSecret;
@@ -52,28 +52,22 @@ pub fn spinner(global: &Global, message: &str) -> ProgressBar {
 /// --refuse-debugger, or by the organization's policy).
 pub fn vault(global: &Global) -> Result<Vault, CliError> {
     let vault = space(global)?.vault(&global.vault)?;
-    let refuse = global.refuse_debugger || crate::control::refuses_debugger(vault.path());
+    let refuse = global.refuse_debugger || crate::control::refuses_debugger(&vault);
     Ok(vault.refuse_under_debugger(refuse))
 }
 
 /// Unlocks the vault, then enforces its organization's policy if it is
 /// enrolled (offline grace, the KDF floor: docs/protocol.md).
 pub fn unlock(global: &Global) -> Result<UnlockedVault, CliError> {
-    let (vault, offered) = unlock_as_is(global)?;
-    crate::control::enforce(global, vault, &offered)
+    Ok(unlock_offered(global)?.0)
 }
 
-/// Unlocks the vault without enforcing a policy: for `coffer check-in`,
-/// the way out of an offline grace block.
-pub fn unlock_as_is(global: &Global) -> Result<(UnlockedVault, Offered), CliError> {
+/// [`unlock`], also handing back the secret that opened it.
+pub fn unlock_offered(global: &Global) -> Result<(UnlockedVault, Offered), CliError> {
     let vault = vault(global)?;
     let offered = input::unlock_secret(global)?;
     let bar = spinner(global, "Unlocking");
-    let now = crate::control::now();
-    let result = match &offered {
-        Offered::Passphrase(p) => vault.unlock_at(&Credential::Passphrase(p), now),
-        Offered::RecoveryKey(k) => vault.unlock_at(&Credential::RecoveryKey(k), now),
-    };
+    let result = crate::control::agent().unlock(&vault, &offered);
     bar.finish_and_clear();
     Ok((result?, offered))
 }
@@ -504,17 +498,9 @@ pub fn rotate(
     new_recovery_key: Option<&str>,
     reset_keys: Option<Duration>,
 ) -> Result<Report, CliError> {
-    let vault = vault(global)?;
-    let offered = input::unlock_secret(global)?;
-    let credential = match &offered {
-        Offered::Passphrase(p) => Credential::Passphrase(p),
-        Offered::RecoveryKey(k) => Credential::RecoveryKey(k),
-    };
-    let bar = spinner(global, "Unlocking");
-    let unlocked = vault.unlock_at(&credential, crate::control::now());
-    bar.finish_and_clear();
     // An enrolled vault's policy holds here too (offline grace, KDF floor).
-    let mut vault = crate::control::enforce(global, unlocked?, &offered)?;
+    let (mut vault, offered) = unlock_offered(global)?;
+    let credential = offered.credential();
     let opener = vault
         .slots()
         .into_iter()
@@ -575,7 +561,7 @@ pub fn rotate(
     }
     // An enrolled vault's escrow slot was retired with the rest: a new one,
     // deposited (or, offline, at the next check-in).
-    let escrow = crate::control::after_rotation(global, &mut vault)?;
+    let escrow = crate::control::after_rotation(&mut vault)?;
     if let Some(note) = &escrow {
         text.push_str(&format!("\n{note}"));
     }

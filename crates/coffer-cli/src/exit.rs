@@ -142,6 +142,7 @@ impl From<Error> for CliError {
             Error::AppExists { .. } => (ExitCode::VaultExists, "app_exists", ""),
             Error::CapabilityDenied { .. } => (ExitCode::Denied, "capability_denied", ""),
             Error::NotPermitted(_) => (ExitCode::Denied, "not_permitted", ""),
+            Error::ManagedVault { .. } => (ExitCode::Denied, "managed_vault", ""),
             Error::VersionConflict { .. } => (
                 ExitCode::Conflict,
                 "version_conflict",
@@ -173,6 +174,64 @@ impl From<Error> for CliError {
                 (ExitCode::Corrupt, "unsupported_version", "; upgrade coffer")
             }
             _ => (ExitCode::Other, "error", ""),
+        };
+        CliError {
+            exit,
+            code,
+            message: format!("{e}{hint}"),
+        }
+    }
+}
+
+impl From<coffer_agent::Error> for CliError {
+    fn from(e: coffer_agent::Error) -> Self {
+        use coffer_agent::{Error as Agent, TransportError};
+        let e = match e {
+            Agent::Device(inner) => return CliError::from(inner),
+            other => other,
+        };
+        let (exit, code) = match &e {
+            Agent::Transport(TransportError::Untrusted) => {
+                (ExitCode::Untrusted, "untrusted_server")
+            }
+            Agent::Transport(_) => (ExitCode::Other, "unreachable"),
+            Agent::Refused { status, .. } => (
+                match status {
+                    401 => ExitCode::WrongSecret,
+                    403 => ExitCode::Denied,
+                    404 => ExitCode::NotFound,
+                    409 => ExitCode::Conflict,
+                    429 => ExitCode::BackOff,
+                    400..=499 => ExitCode::Usage,
+                    _ => ExitCode::Other,
+                },
+                "server_refused",
+            ),
+            Agent::BadAnswer { .. } => (ExitCode::Other, "bad_answer"),
+            Agent::InvalidServerUrl { .. } | Agent::InvalidPin | Agent::InvalidCaCert => {
+                (ExitCode::Usage, "usage")
+            }
+            Agent::NotEnrolled => (ExitCode::Usage, "not_enrolled"),
+            Agent::AlreadyEnrolled => (ExitCode::VaultExists, "already_enrolled"),
+            Agent::Wiped(wiped) => (
+                ExitCode::Wiped,
+                match wiped.cause {
+                    coffer_agent::WipeCause::OfflineTooLong { .. } => "wiped_offline_too_long",
+                    _ => "wiped_by_order",
+                },
+            ),
+            Agent::CheckInRequired { .. } => (ExitCode::CheckInRequired, "check_in_required"),
+            Agent::PassphraseTooWeak { .. } => (ExitCode::SlotRefused, "passphrase_too_weak"),
+            Agent::NeedsOnlineLogin { .. } => (ExitCode::WrongSecret, "needs_online_login"),
+            Agent::InvalidReadings(_) => (ExitCode::Usage, "invalid_readings"),
+            Agent::Cancelled(_) => (ExitCode::Usage, "usage"),
+            _ => (ExitCode::Other, "error"),
+        };
+        let hint = match &e {
+            Agent::Transport(TransportError::Untrusted) => ": refusing to talk to it",
+            Agent::NotEnrolled => ": run 'coffer enroll' first",
+            Agent::CheckInRequired { .. } => ": run 'coffer check-in' with the network",
+            _ => "",
         };
         CliError {
             exit,

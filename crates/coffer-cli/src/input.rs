@@ -16,10 +16,7 @@ const NEW_PASSPHRASE_ENV: &str = "COFFER_NEW_PASSPHRASE";
 const RECOVERY_KEY_ENV: &str = "COFFER_RECOVERY_KEY";
 
 /// A secret the user offered to open a vault.
-pub enum Offered {
-    Passphrase(Passphrase),
-    RecoveryKey(RecoveryKey),
-}
+pub use coffer_agent::UnlockSecret as Offered;
 
 fn read_first_line(path: &Path) -> Result<String, CliError> {
     let mut text = std::fs::read_to_string(path)

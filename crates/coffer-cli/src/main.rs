@@ -48,13 +48,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
             pin_sha256,
             ca_cert,
         } => {
-            let trust = match (pin_sha256, ca_cert) {
-                (Some(pin), _) => control::Trust::Pin(control::parse_pin(pin)?),
-                (None, Some(path)) => control::Trust::Ca(std::fs::read(path).map_err(|e| {
-                    exit::CliError::usage(format!("cannot read {}: {e}", path.display()))
-                })?),
-                (None, None) => control::Trust::System,
-            };
+            let trust = control::trust(pin_sha256.as_deref(), ca_cert.as_deref())?;
             control::enroll(g, server, code.as_deref(), name.as_deref(), trust)
         }
         Command::Serve {

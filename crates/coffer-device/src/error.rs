@@ -33,6 +33,15 @@ pub enum Error {
     /// The operation is not allowed to the secret that opened the vault.
     #[error("not permitted: {0}")]
     NotPermitted(&'static str),
+    /// The vault is enrolled with its organization's control plane: a plain
+    /// unlock would skip the organization's policy (offline grace, lockout,
+    /// capabilities, debugger refusal), so it goes through the device agent
+    /// (`coffer_agent::Agent::unlock`), which enforces it.
+    #[error("vault {name:?} is managed by its organization's control plane: open it through the device agent, which enforces the organization's policy")]
+    ManagedVault {
+        /// The vault.
+        name: String,
+    },
     /// Too many failed passphrase attempts: passphrase slots refuse to open
     /// until a recovery or temporary key unlocks the vault.
     #[error("locked out after too many failed attempts: open with a recovery or temporary key")]

@@ -32,6 +32,11 @@ use crate::store::catalog::{Catalog, DATA_DIR};
 use crate::subkey::{self, Purpose};
 use crate::wipe;
 
+/// The prefix of the settings that hold a vault's enrollment with a control
+/// plane (docs/formats/stores.md): a vault with any of them is managed, and
+/// [`Vault::unlock_at`] refuses it.
+pub const MANAGED_SETTINGS_PREFIX: &str = "control.";
+
 /// A vault, locked.
 #[derive(Debug, Clone)]
 pub struct Vault {
@@ -222,7 +227,33 @@ impl Vault {
     /// of this vault has seen (kept in the encrypted header): setting the
     /// clock back does not revive an expired temporary key. A single-use
     /// temporary key's slot is removed before the vault is handed out.
+    ///
+    /// A vault enrolled with a control plane is refused here with
+    /// [`Error::ManagedVault`] (after the secret was checked, and with the
+    /// key forgotten): its organization's policy must be applied first,
+    /// which the device agent does through [`Vault::unlock_managed_at`].
     pub fn unlock_at(&self, credential: &Credential<'_>, now: SystemTime) -> Result<UnlockedVault> {
+        let vault = self.unlock_managed_at(credential, now)?;
+        if vault.is_managed()? {
+            return Err(Error::ManagedVault {
+                name: self.name.clone(),
+            });
+        }
+        Ok(vault)
+    }
+
+    /// Unlocks a vault whether or not a control plane manages it: the door
+    /// of the device agent (`coffer-agent`), which applies the
+    /// organization's policy to what this returns before handing it on.
+    ///
+    /// An app that calls this itself on an enrolled vault skips that
+    /// policy; it is public only because the agent is another crate
+    /// (docs/threat-model.md, "The policy through the library").
+    pub fn unlock_managed_at(
+        &self,
+        credential: &Credential<'_>,
+        now: SystemTime,
+    ) -> Result<UnlockedVault> {
         crate::hardening::before_unlock(self.refuse_tracer)?;
         // The data lock first: no rotation can then commit between reading
         // the header and handing out its key (which would be the old one).
@@ -583,6 +614,12 @@ impl UnlockedVault {
     /// The keys of the vault's settings that start with `prefix`, in order.
     pub fn setting_keys(&self, prefix: &str) -> Result<Vec<String>> {
         self.catalog()?.setting_keys(prefix)
+    }
+
+    /// Whether a control plane manages the vault: its catalog holds an
+    /// enrollment (settings under [`MANAGED_SETTINGS_PREFIX`]).
+    pub fn is_managed(&self) -> Result<bool> {
+        Ok(!self.setting_keys(MANAGED_SETTINGS_PREFIX)?.is_empty())
     }
 
     /// Sets a setting of the vault (`None` removes it).

@@ -13,14 +13,18 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use coffer_protocol::device::{DeviceTokenRotated, Enroll, EnrollAnswer, RotateDeviceToken};
+use coffer_protocol::session::{Login, LoginAnswer, Logout};
+use coffer_protocol::{Endpoint, ErrorBody, ErrorCode, WireSecret};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::store::{NewOwner, Store, StoreError};
 
-/// Largest request body accepted, in bytes.
-pub const MAX_BODY: usize = 64 * 1024;
+/// Largest request body accepted, in bytes (the protocol's limit).
+pub const MAX_BODY: usize = coffer_protocol::MAX_REQUEST_BODY;
 
 /// Query parameter names that would carry a credential.
 const CREDENTIAL_PARAMS: [&str; 6] = [
@@ -51,12 +55,7 @@ pub struct AppState {
     pub keys: std::sync::Arc<crate::keys::Keyring>,
 }
 
-/// The header that carries session and device tokens.
-pub const AUTH_HEADER: &str = "x-auth-token";
-
-/// The header that carries a user's session token beside a device token
-/// (escrow release).
-pub const USER_HEADER: &str = "x-user-token";
+pub use coffer_protocol::{AUTH_HEADER, USER_HEADER};
 
 mod control;
 mod delivery;
@@ -67,13 +66,13 @@ pub use delivery::MAX_QUERY_ROWS;
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     retry_after: Option<i64>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -85,7 +84,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody::new(self.code, self.message);
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             if let Ok(value) = axum::http::HeaderValue::from_str(&secs.to_string()) {
@@ -121,7 +120,7 @@ impl Window {
     fn refusal(&self, what: &str) -> ApiError {
         let mut refused = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            ErrorCode::RateLimited,
             format!("too many {what} attempts: wait and try again (see Retry-After)"),
         );
         refused.retry_after = Some(self.ends_in);
@@ -156,43 +155,43 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::InvalidSetupToken => ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "invalid_setup_token",
+                ErrorCode::InvalidSetupToken,
                 "the setup token is wrong, spent, or replaced by a newer one (restart the server for a new one)",
             ),
             StoreError::AlreadyBootstrapped => ApiError::new(
                 StatusCode::CONFLICT,
-                "already_set_up",
+                ErrorCode::AlreadySetUp,
                 "the server is already set up",
             ),
             StoreError::InvalidCode => ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "invalid_code",
+                ErrorCode::InvalidCode,
                 "the enrollment code is wrong, used or expired: ask an admin for a new one",
             ),
             StoreError::VersionNotNewer { current } => ApiError::new(
                 StatusCode::CONFLICT,
-                "version_not_newer",
+                ErrorCode::VersionNotNewer,
                 format!("policy version {current} is already published: versions only go up"),
             ),
             StoreError::DeviceRevoked => ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "invalid_token",
+                ErrorCode::InvalidToken,
                 "the token is not valid",
             ),
             StoreError::WipePending => ApiError::new(
                 StatusCode::CONFLICT,
-                "wipe_pending",
+                ErrorCode::WipePending,
                 "a wipe of this device is pending: check in and carry it out",
             ),
             StoreError::Exists(what) => {
-                ApiError::new(StatusCode::CONFLICT, "exists", format!("{what} already exists"))
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::Exists, format!("{what} already exists"))
             }
             other => {
                 // The cause goes to the log; the client learns only that it failed.
                 tracing::error!(error = %other, "storage failure");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
+                    ErrorCode::Internal,
                     "the server failed; the cause is in its log",
                 )
             }
@@ -243,17 +242,17 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "not_json",
+            ErrorCode::NotJson,
             "send the body as application/json",
         ),
         JsonRejection::JsonSyntaxError(_) => ApiError::new(
             StatusCode::BAD_REQUEST,
-            "malformed_json",
+            ErrorCode::MalformedJson,
             "the body is not valid JSON",
         ),
         JsonRejection::JsonDataError(e) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
+            ErrorCode::InvalidBody,
             format!(
                 "the body does not have the expected fields: {}",
                 e.body_text()
@@ -261,12 +260,12 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         ),
         JsonRejection::BytesRejection(_) => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("request bodies are limited to {MAX_BODY} bytes"),
         ),
         _ => ApiError::new(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            ErrorCode::BadRequest,
             "the request body was refused",
         ),
     }
@@ -280,8 +279,8 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .route("/v1/setup", post(setup))
-        .route("/v1/login", post(login))
-        .route("/v1/logout", post(logout))
+        .route(Login::PATH, post(login))
+        .route(Logout::PATH, post(logout))
         .route("/v1/me", get(me))
         .route("/v1/audit/verify", get(audit_verify))
         .route(
@@ -311,9 +310,9 @@ pub fn router(state: AppState) -> Router {
             post(enable_user),
         )
         .route("/v1/me/password", post(change_password))
-        .route("/v1/enroll", post(enroll))
+        .route(Enroll::PATH, post(enroll))
         .route("/v1/device", get(device_whoami))
-        .route("/v1/device/token", post(rotate_device_token))
+        .route(RotateDeviceToken::PATH, post(rotate_device_token))
         .route("/v1/orgs/{org_id}/usage", get(usage));
     let router = control::routes(router);
     delivery::routes(router)
@@ -329,7 +328,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "no such endpoint",
+    )
 }
 
 /// Refuses `?token=…` and its kin: a credential in a URL lands in proxy and
@@ -348,7 +351,7 @@ async fn refuse_credentials_in_query(req: Request, next: Next) -> Response {
     if carries_credential {
         return ApiError::new(
             StatusCode::BAD_REQUEST,
-            "credential_in_query",
+            ErrorCode::CredentialInQuery,
             "credentials go in headers (X-Auth-Token), never in the URL",
         )
         .into_response();
@@ -423,7 +426,7 @@ fn check_name(what: &'static str, name: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_name",
+            ErrorCode::InvalidName,
             format!("{what} must be 1 to 64 letters, digits, spaces or . _ - @"),
         ))
     }
@@ -438,16 +441,21 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
     rand_core::OsRng.try_fill_bytes(&mut salt).map_err(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "no randomness",
         )
     })?;
-    let salt = SaltString::encode_b64(&salt)
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "bad salt"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "bad salt",
+        )
+    })?;
     let params = argon2::Params::new(19 * 1024, 2, 1, None).map_err(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "bad parameters",
         )
     })?;
@@ -457,7 +465,7 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
         .map_err(|_| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorCode::Internal,
                 "hashing failed",
             )
         })
@@ -485,7 +493,7 @@ async fn setup(
         .map_err(|_| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorCode::Internal,
                 "hashing failed",
             )
         })??;
@@ -539,7 +547,7 @@ impl Principal {
         state: &AppState,
         header: &str,
     ) -> Result<Principal, ApiError> {
-        let unauthorized = |code: &'static str, message: String| {
+        let unauthorized = |code: ErrorCode, message: String| {
             ApiError::new(StatusCode::UNAUTHORIZED, code, message)
         };
         let token = headers
@@ -547,26 +555,26 @@ impl Principal {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| {
                 unauthorized(
-                    "unauthenticated",
+                    ErrorCode::Unauthenticated,
                     format!("send a session token in {header}"),
                 )
             })?;
         let token_hash = token_hash(token);
         let Some(session) = state.store.session(&token_hash).await? else {
             return Err(unauthorized(
-                "invalid_token",
+                ErrorCode::InvalidToken,
                 "the token is not valid".into(),
             ));
         };
         if session.revoked || session.disabled {
             return Err(unauthorized(
-                "invalid_token",
+                ErrorCode::InvalidToken,
                 "the token is not valid".into(),
             ));
         }
         if crate::store::now_unix() >= session.expires_at {
             return Err(unauthorized(
-                "token_expired",
+                ErrorCode::TokenExpired,
                 "the session has expired: log in again".into(),
             ));
         }
@@ -591,13 +599,6 @@ impl axum::extract::FromRequestParts<AppState> for Principal {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoginRequest {
-    user: String,
-    password: String,
-}
-
 fn verify_password(hash: &str, password: &str) -> bool {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
     PasswordHash::new(hash)
@@ -614,10 +615,9 @@ fn verify_password(hash: &str, password: &str) -> bool {
 async fn login(
     State(state): State<AppState>,
     axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<std::net::SocketAddr>,
-    Body(request): Body<LoginRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let LoginRequest { user, password } = request;
-    let password = zeroize::Zeroizing::new(password);
+    Body(request): Body<Login>,
+) -> Result<Json<LoginAnswer>, ApiError> {
+    let Login { user, password } = request;
     // Every attempt counts, before any hashing: parallel guesses too.
     let limits = state.login_limits;
     let account_key = format!("login-user:{user}");
@@ -644,15 +644,16 @@ async fn login(
         Some(r) => r.password_hash.clone(),
         None => state.decoy_hash.as_ref().clone(),
     };
-    let matches = tokio::task::spawn_blocking(move || verify_password(&hash, &password))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "hashing failed",
-            )
-        })?;
+    let matches =
+        tokio::task::spawn_blocking(move || verify_password(&hash, password.expose_secret()))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    "hashing failed",
+                )
+            })?;
     let user_id = match stored {
         Some(r) if matches && !r.disabled => r.user_id,
         _ => {
@@ -667,7 +668,7 @@ async fn login(
             .await?;
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "invalid_credentials",
+                ErrorCode::InvalidCredentials,
                 "wrong user name or password",
             ));
         }
@@ -689,9 +690,10 @@ async fn login(
         json!({"client": client.ip().to_string()}),
     )
     .await?;
-    Ok(Json(
-        json!({"token": token.as_str(), "expires_at": expires_at}),
-    ))
+    Ok(Json(LoginAnswer {
+        token: wire_secret(token),
+        expires_at,
+    }))
 }
 
 /// A fresh random token (192 bits, hex).
@@ -701,11 +703,17 @@ pub fn new_token() -> Result<zeroize::Zeroizing<String>, ApiError> {
     rand_core::OsRng.try_fill_bytes(&mut bytes).map_err(|_| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "no randomness",
         )
     })?;
     Ok(zeroize::Zeroizing::new(hex::encode(bytes)))
+}
+
+/// A token for an answer body: moved, not copied, into a `WireSecret`
+/// (which zeroizes on drop as the `Zeroizing` did).
+fn wire_secret(mut token: zeroize::Zeroizing<String>) -> WireSecret {
+    WireSecret::new(std::mem::take(&mut *token))
 }
 
 /// `POST /v1/logout`: revokes the session that sends it.
@@ -777,7 +785,7 @@ async fn audit_verify(
     if !allowed {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             "only owners, admins and auditors may check the audit trail",
         ));
     }
@@ -794,7 +802,11 @@ async fn audit_verify(
 /// The answer for a resource of another organization and for one that does
 /// not exist: the same, so that ids cannot be probed.
 fn not_found_here() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        "no such resource",
+    )
 }
 
 /// Checks that `who` has one of `roles` in `org_id`: 404 if they are not a
@@ -811,7 +823,7 @@ async fn require_role(
     } else {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             format!(
                 "this needs the role {} in the organization",
                 roles.join(" or ")
@@ -843,7 +855,7 @@ async fn create_enrollment_code(
     if !(1..=MAX_CODE_VALIDITY).contains(&valid_for) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
+            ErrorCode::InvalidBody,
             format!("valid_for_secs must be 1 to {MAX_CODE_VALIDITY}"),
         ));
     }
@@ -867,19 +879,12 @@ async fn create_enrollment_code(
     ))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EnrollRequest {
-    code: String,
-    name: String,
-}
-
 /// `POST /v1/enroll`: a device spends a code and receives its token.
 async fn enroll(
     State(state): State<AppState>,
     axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<std::net::SocketAddr>,
-    Body(request): Body<EnrollRequest>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    Body(request): Body<Enroll>,
+) -> Result<(StatusCode, Json<EnrollAnswer>), ApiError> {
     let limits = state.login_limits;
     let window = Window::now(&limits);
     let attempts = state
@@ -894,7 +899,7 @@ async fn enroll(
     // once it is spent, nothing may fail before the device has its token.
     let policy_key = match state
         .store
-        .enrollment_code_org(&token_hash(&request.code))
+        .enrollment_code_org(&token_hash(request.code.expose_secret()))
         .await?
     {
         Some(org_id) => Some((org_id, control::signing_key_record(&state, org_id).await?)),
@@ -905,7 +910,7 @@ async fn enroll(
     let enrolled = match state
         .store
         .enroll(
-            &token_hash(&request.code),
+            &token_hash(request.code.expose_secret()),
             &request.name,
             &token_hash(&token),
             &token_hash(&release_token),
@@ -946,13 +951,13 @@ async fn enroll(
     };
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "device_id": enrolled.device_id,
-            "organization_id": enrolled.org_id,
-            "device_token": token.as_str(),
-            "release_token": release_token.as_str(),
-            "policy_public_key": policy_key.public_key,
-        })),
+        Json(EnrollAnswer {
+            device_id: enrolled.device_id,
+            organization_id: enrolled.org_id,
+            device_token: wire_secret(token),
+            release_token: wire_secret(release_token),
+            policy_public_key: policy_key.public_key,
+        }),
     ))
 }
 
@@ -975,7 +980,7 @@ impl DevicePrincipal {
         let invalid = || {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "invalid_token",
+                ErrorCode::InvalidToken,
                 "the token is not valid",
             )
         };
@@ -986,7 +991,7 @@ impl DevicePrincipal {
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
+                    ErrorCode::Unauthenticated,
                     "send the device token in X-Auth-Token",
                 )
             })?;
@@ -1025,7 +1030,7 @@ impl axum::extract::FromRequestParts<AppState> for DevicePrincipal {
         if device.device.revoked || device.release_only {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "invalid_token",
+                ErrorCode::InvalidToken,
                 "the token is not valid",
             ));
         }
@@ -1066,7 +1071,7 @@ async fn device_whoami(device: DevicePrincipal) -> Json<serde_json::Value> {
 async fn rotate_device_token(
     State(state): State<AppState>,
     device: DevicePrincipal,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<DeviceTokenRotated>, ApiError> {
     let token = new_token()?;
     if !state
         .store
@@ -1075,7 +1080,7 @@ async fn rotate_device_token(
     {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "invalid_token",
+            ErrorCode::InvalidToken,
             "the token is not valid",
         ));
     }
@@ -1087,7 +1092,9 @@ async fn rotate_device_token(
         json!({}),
     )
     .await?;
-    Ok(Json(json!({"device_token": token.as_str()})))
+    Ok(Json(DeviceTokenRotated {
+        device_token: wire_secret(token),
+    }))
 }
 
 /// `GET /v1/orgs/{org_id}/devices` (owners, admins, auditors).
@@ -1184,7 +1191,7 @@ async fn managed_member(
 }
 
 fn forbidden(message: &str) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    ApiError::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
 }
 
 fn check_role(role: &str) -> Result<(), ApiError> {
@@ -1193,7 +1200,7 @@ fn check_role(role: &str) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_role",
+            ErrorCode::InvalidRole,
             "role must be owner, admin, member or auditor",
         ))
     }
@@ -1203,7 +1210,7 @@ fn check_password(password: &str) -> Result<(), ApiError> {
     if password.chars().count() < MIN_PASSWORD_LEN {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "weak_password",
+            ErrorCode::WeakPassword,
             format!("the password must have at least {MIN_PASSWORD_LEN} characters"),
         ));
     }
@@ -1216,7 +1223,7 @@ async fn hash_off_thread(password: zeroize::Zeroizing<String>) -> Result<String,
         .map_err(|_| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorCode::Internal,
                 "hashing failed",
             )
         })?
@@ -1339,14 +1346,14 @@ async fn change_password(
         .map_err(|_| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorCode::Internal,
                 "hashing failed",
             )
         })?;
     if !matches {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
+            ErrorCode::InvalidCredentials,
             "the old password is wrong",
         ));
     }
@@ -1487,8 +1494,13 @@ async fn usage(
     query: Result<axum::extract::Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
-    let axum::extract::Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let axum::extract::Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidQuery,
+            e.body_text(),
+        )
+    })?;
     let by = match q.by.as_deref().unwrap_or("org") {
         "org" => crate::store::UsageKey::Organization,
         "user" => crate::store::UsageKey::User,
@@ -1496,7 +1508,7 @@ async fn usage(
         _ => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_query",
+                ErrorCode::InvalidQuery,
                 "by must be org, user or device",
             ))
         }
@@ -1535,7 +1547,7 @@ async fn usage(
         }
         _ => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             "format must be json or csv",
         )),
     }
@@ -1562,7 +1574,7 @@ async fn set_disabled(
     if elsewhere {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "member_elsewhere",
+            ErrorCode::MemberElsewhere,
             "the user belongs to other organizations too: remove them from this one instead",
         ));
     }

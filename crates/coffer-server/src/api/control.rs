@@ -6,6 +6,13 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use coffer_protocol::device::{
+    AcknowledgeWipe, CheckIn, CheckInAnswer, DepositEscrow, DevicePolicy, EscrowReleased,
+    ReleaseEscrow, WipeOrder, WipeScope, ESCROW_KEY_LEN,
+};
+use coffer_protocol::policy::{PolicyKey, PublishRequest, SignedPolicy};
+use coffer_protocol::{Endpoint, ErrorCode, WireSecret};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -14,7 +21,7 @@ use super::{
     check_name, not_found_here, record, require_role, AnyDevice, ApiError, AppState, Body,
     DevicePrincipal, Ids, Principal, USER_HEADER,
 };
-use crate::policy::{Document, Rules, SigningKey, FORMAT};
+use crate::policy::{Document, SigningKey, FORMAT};
 use crate::store::{NewPolicy, PolicyRecord, SealedKind, SigningKeyRecord, WipeEnd, WipeEnded};
 
 /// Every role of an organization.
@@ -37,18 +44,18 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
             "/v1/orgs/{org_id}/devices/{device_id}/wipes/{order_id}/cancel",
             post(cancel_wipe),
         )
-        .route("/v1/device/policy", get(device_policy))
-        .route("/v1/device/escrow", put(deposit_escrow))
-        .route("/v1/device/escrow/release", post(release_escrow))
-        .route("/v1/device/check-in", post(check_in))
-        .route("/v1/device/wipes/{order_id}/ack", post(acknowledge_wipe))
+        .route(DevicePolicy::PATH, get(device_policy))
+        .route(DepositEscrow::PATH, put(deposit_escrow))
+        .route(ReleaseEscrow::PATH, post(release_escrow))
+        .route(CheckIn::PATH, post(check_in))
+        .route(AcknowledgeWipe::PATH, post(acknowledge_wipe))
 }
 
 fn internal(what: &str) -> ApiError {
     tracing::error!(what, "key handling failed");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
+        ErrorCode::Internal,
         "the server failed; the cause is in its log",
     )
 }
@@ -58,7 +65,7 @@ fn sealing_failed(e: crate::keys::KeyError) -> ApiError {
     tracing::error!(error = %e, "a sealed value could not be opened or made");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
+        ErrorCode::Internal,
         "the server failed; the cause is in its log",
     )
 }
@@ -106,32 +113,24 @@ async fn policy_key(
     State(state): State<AppState>,
     Ids(org_id): Ids<i64>,
     who: Principal,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PolicyKey>, ApiError> {
     require_role(&state, &who, org_id, ANY_MEMBER).await?;
     let record = signing_key_record(&state, org_id).await?;
-    Ok(Json(json!({
-        "organization_id": org_id,
-        "algorithm": "ed25519",
-        "public_key": record.public_key,
-    })))
+    Ok(Json(PolicyKey {
+        organization_id: org_id,
+        algorithm: "ed25519".to_owned(),
+        public_key: record.public_key,
+    }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublishRequest {
-    version: i64,
-    #[serde(default)]
-    rules: Rules,
-}
-
-fn signed_policy(policy: &PolicyRecord, public_key: &str) -> serde_json::Value {
-    json!({
-        "version": policy.version,
-        "document": policy.document,
-        "signature": policy.signature,
-        "public_key": public_key,
-        "published_at": policy.published_at,
-    })
+fn signed_policy(policy: PolicyRecord, public_key: String) -> SignedPolicy {
+    SignedPolicy {
+        version: policy.version,
+        document: policy.document,
+        signature: policy.signature,
+        public_key,
+        published_at: Some(policy.published_at),
+    }
 }
 
 /// `POST /v1/orgs/{org_id}/policies` (owners, admins): signs and
@@ -141,19 +140,22 @@ async fn publish_policy(
     Ids(org_id): Ids<i64>,
     who: Principal,
     Body(request): Body<PublishRequest>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<SignedPolicy>), ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin"]).await?;
     if request.version < 1 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
+            ErrorCode::InvalidBody,
             "version must be 1 or more",
         ));
     }
-    request
-        .rules
-        .check()
-        .map_err(|why| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_policy", why))?;
+    request.rules.check().map_err(|why| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidPolicy,
+            why,
+        )
+    })?;
     let key = signing_key(&state, org_id).await?;
     let document = Document {
         format: FORMAT.to_owned(),
@@ -184,28 +186,29 @@ async fn publish_policy(
         json!({"version": request.version}),
     )
     .await?;
-    let public_key = hex::encode(key.public_key());
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "version": request.version,
-            "document": document,
-            "signature": signature,
-            "public_key": public_key,
-        })),
+        Json(SignedPolicy {
+            version: request.version,
+            document,
+            signature,
+            public_key: hex::encode(key.public_key()),
+            // The store sets the time; the publisher has no use for it.
+            published_at: None,
+        }),
     ))
 }
 
-async fn latest(state: &AppState, org_id: i64) -> Result<Json<serde_json::Value>, ApiError> {
+async fn latest(state: &AppState, org_id: i64) -> Result<Json<SignedPolicy>, ApiError> {
     let Some(policy) = state.store.latest_policy(org_id).await? else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "no_policy",
+            ErrorCode::NoPolicy,
             "no policy has been published for this organization",
         ));
     };
     let key = signing_key_record(state, org_id).await?;
-    Ok(Json(signed_policy(&policy, &key.public_key)))
+    Ok(Json(signed_policy(policy, key.public_key)))
 }
 
 /// `GET /v1/orgs/{org_id}/policies/latest` (any member).
@@ -213,7 +216,7 @@ async fn latest_policy(
     State(state): State<AppState>,
     Ids(org_id): Ids<i64>,
     who: Principal,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SignedPolicy>, ApiError> {
     require_role(&state, &who, org_id, ANY_MEMBER).await?;
     latest(&state, org_id).await
 }
@@ -224,18 +227,9 @@ async fn latest_policy(
 async fn device_policy(
     State(state): State<AppState>,
     device: DevicePrincipal,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SignedPolicy>, ApiError> {
     latest(&state, device.device.org_id).await
 }
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EscrowDeposit {
-    escrow_key: String,
-}
-
-/// Shortest and longest escrow key, bytes.
-const ESCROW_KEY_LEN: std::ops::RangeInclusive<usize> = 16..=64;
 
 /// The escrow key from its hex form: 16 to 64 bytes (the device's escrow
 /// slot decides its form; coffer's is a recovery key's text).
@@ -244,7 +238,7 @@ fn escrow_bytes(text: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     if !ESCROW_KEY_LEN.contains(&key.len()) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_escrow_key",
+            ErrorCode::InvalidEscrowKey,
             "escrow_key must be 16 to 64 bytes in hex (32 to 128 hex digits)",
         ));
     }
@@ -256,10 +250,9 @@ fn escrow_bytes(text: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
 async fn deposit_escrow(
     State(state): State<AppState>,
     device: DevicePrincipal,
-    Body(request): Body<EscrowDeposit>,
+    Body(request): Body<DepositEscrow>,
 ) -> Result<StatusCode, ApiError> {
-    let text = Zeroizing::new(request.escrow_key);
-    let key = escrow_bytes(&text)?;
+    let key = escrow_bytes(request.escrow_key.expose_secret())?;
     let id = device.device.id;
     let sealed = state
         .keys
@@ -285,13 +278,13 @@ async fn release_escrow(
     State(state): State<AppState>,
     AnyDevice(device): AnyDevice,
     headers: axum::http::HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<EscrowReleased>, ApiError> {
     // By its device token or its release token (a locked device has only
     // the latter), but never for a revoked device.
     if device.device.revoked {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "invalid_token",
+            ErrorCode::InvalidToken,
             "the token is not valid",
         ));
     }
@@ -308,7 +301,7 @@ async fn release_escrow(
                 json!({"device_id": device_id, "reason": reason}),
             )
             .await?;
-            Err::<Json<serde_json::Value>, ApiError>(error)
+            Err::<Json<EscrowReleased>, ApiError>(error)
         }
     };
     let user = match Principal::from_headers(&headers, &state, USER_HEADER).await {
@@ -331,7 +324,7 @@ async fn release_escrow(
     {
         let error = ApiError::new(
             StatusCode::FORBIDDEN,
-            "not_in_organization",
+            ErrorCode::NotInOrganization,
             "this user does not belong to the device's organization",
         );
         return refused(actor, "not a member", error).await;
@@ -347,7 +340,7 @@ async fn release_escrow(
     {
         let error = ApiError::new(
             StatusCode::CONFLICT,
-            "wipe_pending",
+            ErrorCode::WipePending,
             "a wipe of this device or of this user's slot on it is pending: the device must carry it out first",
         );
         return refused(actor, "wipe pending", error).await;
@@ -355,7 +348,7 @@ async fn release_escrow(
     let Some(sealed) = state.store.escrow(device_id).await? else {
         let error = ApiError::new(
             StatusCode::NOT_FOUND,
-            "no_escrow",
+            ErrorCode::NoEscrow,
             "the server holds no escrow key for this device (never deposited, or deleted by a wipe order or revocation)",
         );
         return refused(actor, "no escrow key", error).await;
@@ -372,12 +365,11 @@ async fn release_escrow(
         json!({"device_id": device_id, "user_id": user.user_id}),
     )
     .await?;
-    let text = Zeroizing::new(hex::encode(&*key));
-    Ok(Json(json!({
-        "escrow_key": text.as_str(),
-        "user_id": user.user_id,
-        "user": user.user,
-    })))
+    Ok(Json(EscrowReleased {
+        escrow_key: WireSecret::new(hex::encode(&*key)),
+        user_id: user.user_id,
+        user: user.user,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -408,11 +400,7 @@ async fn order_wipe(
     else {
         return Err(not_found_here());
     };
-    let scope = if request.user.is_some() {
-        "user"
-    } else {
-        "device"
-    };
+    let scope = scope_of(request.user.as_deref());
     record(
         &state,
         Some(org_id),
@@ -427,6 +415,14 @@ async fn order_wipe(
     ))
 }
 
+/// What an order for `user` (none: the whole device) covers.
+fn scope_of(user: Option<&str>) -> WipeScope {
+    match user {
+        Some(_) => WipeScope::User,
+        None => WipeScope::Device,
+    }
+}
+
 fn order_json(order: &crate::store::WipeOrder) -> serde_json::Value {
     let state = match (order.acknowledged_at, order.cancelled_at) {
         (Some(_), _) => "acknowledged",
@@ -436,7 +432,7 @@ fn order_json(order: &crate::store::WipeOrder) -> serde_json::Value {
     json!({
         "id": order.id,
         "device_id": order.device_id,
-        "scope": if order.user.is_some() { "user" } else { "device" },
+        "scope": scope_of(order.user.as_deref()),
         "user": order.user,
         "state": state,
         "ordered_by": order.ordered_by,
@@ -470,12 +466,12 @@ fn wipe_end_error(ended: WipeEnded) -> Option<ApiError> {
         WipeEnded::NotFound => Some(not_found_here()),
         WipeEnded::AlreadyAcknowledged => Some(ApiError::new(
             StatusCode::CONFLICT,
-            "wipe_acknowledged",
+            ErrorCode::WipeAcknowledged,
             "the device has already carried out this wipe",
         )),
         WipeEnded::AlreadyCancelled => Some(ApiError::new(
             StatusCode::CONFLICT,
-            "wipe_cancelled",
+            ErrorCode::WipeCancelled,
             "this wipe order was cancelled",
         )),
     }
@@ -521,24 +517,28 @@ async fn check_in(
     State(state): State<AppState>,
     axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<std::net::SocketAddr>,
     AnyDevice(device): AnyDevice,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<CheckInAnswer>, ApiError> {
     let checked = state
         .store
         .check_in(device.device.id, &client.ip().to_string())
         .await?;
-    Ok(Json(json!({
-        "server_time": crate::store::now_unix(),
-        "device_id": device.device.id,
-        "revoked": device.device.revoked,
-        "policy_version": checked.policy_version,
-        "escrow_present": checked.escrow_present,
-        "wipe_orders": checked.wipe_orders.iter().map(|o| json!({
-            "id": o.id,
-            "scope": if o.user.is_some() { "user" } else { "device" },
-            "user": o.user,
-            "ordered_at": o.ordered_at,
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(Json(CheckInAnswer {
+        server_time: crate::store::now_unix(),
+        device_id: device.device.id,
+        revoked: device.device.revoked,
+        policy_version: checked.policy_version,
+        escrow_present: checked.escrow_present,
+        wipe_orders: checked
+            .wipe_orders
+            .into_iter()
+            .map(|o| WipeOrder {
+                id: o.id,
+                scope: scope_of(o.user.as_deref()),
+                user: o.user,
+                ordered_at: o.ordered_at,
+            })
+            .collect(),
+    }))
 }
 
 /// `POST /v1/device/wipes/{order_id}/ack`: the device reports a wipe

@@ -7,11 +7,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use coffer_protocol::device::Deliver;
+use coffer_protocol::{Endpoint, ErrorCode};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::{record, require_role, ApiError, AppState, DevicePrincipal, Ids, Principal, MAX_BODY};
-use crate::data::{Batch, BatchError};
+use crate::data::{Batch, BatchError, DeliveryAnswer, ReadingsPage};
 use crate::store::{BatchStored, NewBatch, ReadingQuery};
 
 /// Most rows one query returns; export pages through more.
@@ -19,7 +21,7 @@ pub const MAX_QUERY_ROWS: i64 = 10_000;
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     router
-        .route("/v1/device/data", post(deliver))
+        .route(Deliver::PATH, post(deliver))
         .route("/v1/orgs/{org_id}/data", get(query))
 }
 
@@ -31,11 +33,11 @@ async fn deliver(
     device: DevicePrincipal,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<DeliveryAnswer>), ApiError> {
     let body = body.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("request bodies are limited to {MAX_BODY} bytes"),
         )
     })?;
@@ -51,7 +53,7 @@ async fn deliver(
         _ => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "send the batch as application/json or application/cbor",
             ))
         }
@@ -59,12 +61,14 @@ async fn deliver(
     let batch = decoded
         .and_then(|b| b.check().map(|()| b))
         .map_err(|e| match e {
-            BatchError::Malformed(..) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "malformed_batch", e.to_string())
-            }
+            BatchError::Malformed(..) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::MalformedBatch,
+                e.to_string(),
+            ),
             BatchError::Invalid(..) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_batch",
+                ErrorCode::InvalidBatch,
                 e.to_string(),
             ),
         })?;
@@ -87,15 +91,24 @@ async fn deliver(
     match outcome {
         BatchStored::Stored(n) => Ok((
             StatusCode::CREATED,
-            Json(json!({"batch_id": batch.batch_id, "stored": n, "duplicate": false})),
+            Json(DeliveryAnswer {
+                batch_id: batch.batch_id,
+                // A count of rows: never negative.
+                stored: u64::try_from(n).unwrap_or(0),
+                duplicate: false,
+            }),
         )),
         BatchStored::Duplicate => Ok((
             StatusCode::OK,
-            Json(json!({"batch_id": batch.batch_id, "stored": 0, "duplicate": true})),
+            Json(DeliveryAnswer {
+                batch_id: batch.batch_id,
+                stored: 0,
+                duplicate: true,
+            }),
         )),
         BatchStored::Conflict => Err(ApiError::new(
             StatusCode::CONFLICT,
-            "batch_conflict",
+            ErrorCode::BatchConflict,
             "another batch with different readings was stored under this batch_id",
         )),
     }
@@ -128,7 +141,7 @@ async fn query(
     let Query(q) = params.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             format!("bad query parameters: {}", e.body_text()),
         )
     })?;
@@ -136,7 +149,7 @@ async fn query(
     if !(1..=MAX_QUERY_ROWS).contains(&limit) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             format!("limit must be 1 to {MAX_QUERY_ROWS}"),
         ));
     }
@@ -146,7 +159,7 @@ async fn query(
         Some(_) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_query",
+                ErrorCode::InvalidQuery,
                 "format must be json or csv",
             ))
         }
@@ -189,5 +202,9 @@ async fn query(
         }
         return Ok(response);
     }
-    Ok(Json(json!({"readings": rows, "next_after": next_after})).into_response())
+    Ok(Json(ReadingsPage {
+        readings: rows,
+        next_after,
+    })
+    .into_response())
 }

@@ -1,0 +1,221 @@
+//! The default transport: reqwest (blocking) over rustls. It trusts the
+//! server as [`Trust`] says (a pinned certificate, a CA file, or the
+//! system's roots), follows no redirect (one would carry the device's
+//! token elsewhere), reads at most the answer limit, and times out.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, TransportError};
+use crate::transport::{Connector, Server, Transport, Trust};
+
+/// Makes reqwest transports.
+#[derive(Debug, Clone)]
+pub struct ReqwestConnector {
+    timeout: Duration,
+}
+
+impl Default for ReqwestConnector {
+    fn default() -> Self {
+        ReqwestConnector {
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ReqwestConnector {
+    /// A connector whose requests give up after `timeout` in all (a server
+    /// that drips its answer byte by byte is cut off too).
+    pub fn with_timeout(timeout: Duration) -> Self {
+        ReqwestConnector { timeout }
+    }
+}
+
+/// Trusts exactly the certificate whose SHA-256 is pinned (still checking
+/// the handshake's signature with its key): for self-signed servers.
+#[derive(Debug)]
+struct PinnedCertificate {
+    pin: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let seen: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if subtle::ConstantTimeEq::ct_eq(&seen[..], &self.pin[..]).into() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+impl Connector for ReqwestConnector {
+    fn connect(&self, server: &Server) -> Result<Box<dyn Transport>, Error> {
+        let failed = |e: &dyn std::fmt::Display| Error::TlsSetup(e.to_string());
+        let builder = reqwest::blocking::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout.min(Duration::from_secs(10)))
+            .redirect(reqwest::redirect::Policy::none());
+        let builder = match server.trust() {
+            Trust::Pin(pin) => {
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| failed(&e))?
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
+                        pin: *pin,
+                        provider,
+                    }))
+                    .with_no_client_auth();
+                builder.use_preconfigured_tls(config)
+            }
+            Trust::Ca(pem) => {
+                let cert = reqwest::Certificate::from_pem(pem).map_err(|_| Error::InvalidCaCert)?;
+                builder
+                    .tls_built_in_root_certs(false)
+                    .add_root_certificate(cert)
+            }
+            Trust::System => builder,
+        };
+        Ok(Box::new(ReqwestTransport {
+            client: builder.build().map_err(|e| failed(&e))?,
+        }))
+    }
+}
+
+struct ReqwestTransport {
+    client: reqwest::blocking::Client,
+}
+
+fn transport_error(e: &reqwest::Error) -> TransportError {
+    let text = format!("{e:?}");
+    if text.contains("InvalidCertificate") || text.contains("UnknownIssuer") {
+        TransportError::Untrusted
+    } else if e.is_timeout() {
+        TransportError::TimedOut
+    } else {
+        // Without the URL: it is the user's own, but keeps messages short.
+        TransportError::Unreachable(crate::transport::bounded(
+            &e.without_url_ref().to_string(),
+            300,
+        ))
+    }
+}
+
+/// `reqwest::Error::without_url` consumes; this gives the text without it.
+trait WithoutUrlRef {
+    fn without_url_ref(&self) -> String;
+}
+
+impl WithoutUrlRef for reqwest::Error {
+    fn without_url_ref(&self) -> String {
+        let mut text = self.to_string();
+        if let Some(url) = self.url() {
+            text = text
+                .replace(&format!(" ({url})"), "")
+                .replace(url.as_str(), "");
+        }
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+}
+
+impl Transport for ReqwestTransport {
+    fn send(
+        &self,
+        request: http::Request<Vec<u8>>,
+        max_answer: usize,
+    ) -> Result<http::Response<Vec<u8>>, TransportError> {
+        let request = reqwest::blocking::Request::try_from(request)
+            .map_err(|e| TransportError::Unreachable(e.to_string()))?;
+        let mut response = self
+            .client
+            .execute(request)
+            .map_err(|e| transport_error(&e))?;
+        if response
+            .content_length()
+            .is_some_and(|n| n > max_answer as u64)
+        {
+            return Err(TransportError::TooLarge { limit: max_answer });
+        }
+        let mut answer = http::Response::builder().status(response.status());
+        for (name, value) in response.headers() {
+            answer = answer.header(name, value);
+        }
+        // Read one byte past the limit, never more: a 10 MB answer costs
+        // 1 MiB of memory and is refused.
+        let mut body = Vec::new();
+        let limit = u64::try_from(max_answer)
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        (&mut response)
+            .take(limit)
+            .read_to_end(&mut body)
+            .map_err(|e| {
+                if e.to_string().contains("timed out") {
+                    TransportError::TimedOut
+                } else {
+                    TransportError::Unreachable(format!("the answer was cut off: {e}"))
+                }
+            })?;
+        if body.len() > max_answer {
+            return Err(TransportError::TooLarge { limit: max_answer });
+        }
+        answer
+            .body(body)
+            .map_err(|e| TransportError::Unreachable(e.to_string()))
+    }
+}

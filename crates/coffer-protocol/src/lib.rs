@@ -1,0 +1,153 @@
+//! Every wire type of coffer's control plane (docs/protocol.md), defined
+//! once and used by both ends: `coffer serve` decodes requests and encodes
+//! answers with these types, the device agent (`coffer-agent`) the other
+//! way round. Nothing decodes protocol JSON by hand.
+//!
+//! Each endpoint is a type implementing [`Endpoint`]: its method, path,
+//! credential, body and answer, in one place ([`device`], [`session`]).
+//! The rules on unknown input follow the spec: request bodies are strict
+//! (`deny_unknown_fields`: the server refuses what it does not know);
+//! answers are lenient where a newer server may add fields (the device
+//! ignores them) and keep an `Unknown` variant for kinds it may add (the
+//! device then refuses to act); the signed policy is strict on purpose.
+//!
+//! ```
+//! use coffer_protocol::device::CheckInAnswer;
+//! use coffer_protocol::{Answer, Endpoint};
+//!
+//! let body = br#"{"server_time": 1795000000, "device_id": 7, "revoked": false,
+//!   "policy_version": 3, "escrow_present": true,
+//!   "wipe_orders": [{"id": 12, "scope": "user", "user": "carol", "ordered_at": 1794999000}]}"#;
+//! let answer = CheckInAnswer::decode(body).unwrap();
+//! assert_eq!(answer.wipe_orders[0].id, 12);
+//! // A wipe order without an id is an error, never order 0.
+//! assert!(CheckInAnswer::decode(br#"{"server_time": 1, "device_id": 7, "revoked": false,
+//!   "escrow_present": true, "wipe_orders": [{"scope": "device", "ordered_at": 1}]}"#).is_err());
+//! assert_eq!(coffer_protocol::device::CheckIn::PATH, "/v1/device/check-in");
+//! ```
+//!
+//! It depends on serde, CBOR, SHA-256 and Ed25519 verification only: no
+//! HTTP server, database driver or async runtime (checked in `.ci/run`).
+
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod policy;
+mod secret;
+pub mod session;
+
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use secret::WireSecret;
+
+/// The version of the protocol this crate speaks: the `/v1/` of every path.
+pub const VERSION: u32 = 1;
+
+/// The header that carries a device, release or session token.
+pub const AUTH_HEADER: &str = "x-auth-token";
+
+/// The header that carries a user's session beside a device's token
+/// (escrow release).
+pub const USER_HEADER: &str = "x-user-token";
+
+/// Largest request body the server accepts, bytes (docs/protocol.md).
+pub const MAX_REQUEST_BODY: usize = 64 * 1024;
+
+/// An HTTP method of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// GET
+    Get,
+    /// POST
+    Post,
+    /// PUT
+    Put,
+}
+
+impl Method {
+    /// The method's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+        }
+    }
+}
+
+/// Which credential an endpoint takes in [`AUTH_HEADER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// None (enrollment, login).
+    None,
+    /// A device token of a device not revoked.
+    Device,
+    /// A device token or the device's release token, even revoked (check-in,
+    /// wipe acknowledgement); for escrow release also a user's session in
+    /// [`USER_HEADER`].
+    DeviceOrRelease,
+    /// A user's session.
+    Session,
+}
+
+/// An answer body, decoded from the bytes the server sent.
+pub trait Answer: Sized {
+    /// Decodes `body`; an answer missing a field it needs, or with a wrong
+    /// type, is an error (never a default value).
+    fn decode(body: &[u8]) -> Result<Self, serde_json::Error>;
+}
+
+/// No body (`204 No Content`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NoContent;
+
+impl Answer for NoContent {
+    fn decode(_body: &[u8]) -> Result<Self, serde_json::Error> {
+        Ok(NoContent)
+    }
+}
+
+/// Implements [`Answer`] as JSON for answer types.
+macro_rules! json_answer {
+    ($($t:ty),* $(,)?) => {
+        $(impl $crate::Answer for $t {
+            fn decode(body: &[u8]) -> Result<Self, serde_json::Error> {
+                serde_json::from_slice(body)
+            }
+        })*
+    };
+}
+pub(crate) use json_answer;
+
+json_answer!(ErrorBody, policy::SignedPolicy, policy::PolicyKey);
+
+/// One endpoint: a request value that knows its method, path, credential
+/// and body, and the type of its answer. Server and device use the same
+/// constants.
+pub trait Endpoint {
+    /// The answer on success.
+    type Answer: Answer;
+    /// The method.
+    const METHOD: Method;
+    /// The path, with `{name}` for path parameters (as the router has it).
+    const PATH: &'static str;
+    /// The credential it takes.
+    const AUTH: Auth;
+    /// The path with this request's parameters filled in.
+    fn path(&self) -> String {
+        Self::PATH.to_owned()
+    }
+    /// The body and its content type, if any.
+    fn body(&self) -> Option<(Vec<u8>, &'static str)> {
+        None
+    }
+}
+
+/// A JSON body for [`Endpoint::body`].
+pub(crate) fn json_body<T: serde::Serialize>(value: &T) -> Option<(Vec<u8>, &'static str)> {
+    // Serializing these plain structs cannot fail (string keys, no maps
+    // with non-string keys); an empty body would be refused by the server.
+    Some((
+        serde_json::to_vec(value).unwrap_or_default(),
+        "application/json",
+    ))
+}
