@@ -431,11 +431,17 @@ fn end_to_end(dir: tempfile::TempDir, url: &str) {
     // The device's settings (read here through the library, as the device
     // half will) hold a working token: with a member's session it gets the
     // escrow key back, and that key opens the vault.
+    // A plain unlock of the enrolled vault is refused (it would skip the
+    // organization's policy); the agent's door opens it.
     let vault = coffer_device::Space::new(&space).vault("default").unwrap();
+    let passphrase = coffer_device::Passphrase::new(PASSPHRASE.to_owned()).unwrap();
+    let credential = coffer_device::Credential::Passphrase(&passphrase);
+    assert!(matches!(
+        vault.unlock(&credential),
+        Err(coffer_device::Error::ManagedVault { .. })
+    ));
     let unlocked = vault
-        .unlock(&coffer_device::Credential::Passphrase(
-            &coffer_device::Passphrase::new(PASSPHRASE.to_owned()).unwrap(),
-        ))
+        .unlock_managed_at(&credential, std::time::SystemTime::now())
         .unwrap();
     let token =
         String::from_utf8(unlocked.setting("control.device_token").unwrap().unwrap()).unwrap();
