@@ -127,12 +127,17 @@ impl Connector for ReqwestConnector {
         };
         Ok(Box::new(ReqwestTransport {
             client: builder.build().map_err(|e| failed(&e))?,
+            timeout: self.timeout,
         }))
     }
 }
 
 struct ReqwestTransport {
     client: reqwest::blocking::Client,
+    /// A deadline for the whole answer, body included (the client's own
+    /// timeout limits each read, which a drip of one byte at a time never
+    /// trips).
+    timeout: Duration,
 }
 
 fn transport_error(e: &reqwest::Error) -> TransportError {
@@ -179,8 +184,9 @@ impl Transport for ReqwestTransport {
         request: http::Request<Vec<u8>>,
         max_answer: usize,
     ) -> Result<http::Response<Vec<u8>>, TransportError> {
-        let request = reqwest::blocking::Request::try_from(request)
+        let mut request = reqwest::blocking::Request::try_from(request)
             .map_err(|e| TransportError::Unreachable(e.to_string()))?;
+        *request.timeout_mut() = Some(self.timeout);
         let mut response = self
             .client
             .execute(request)
@@ -205,7 +211,11 @@ impl Transport for ReqwestTransport {
             .take(limit)
             .read_to_end(&mut body)
             .map_err(|e| {
-                if e.to_string().contains("timed out") {
+                let timed_out = e.kind() == std::io::ErrorKind::TimedOut
+                    || e.get_ref()
+                        .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
+                        .is_some_and(reqwest::Error::is_timeout);
+                if timed_out {
                     TransportError::TimedOut
                 } else {
                     TransportError::Unreachable(format!("the answer was cut off: {e}"))

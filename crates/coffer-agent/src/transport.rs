@@ -194,7 +194,13 @@ impl Client {
             });
         }
         let (code, message) = match ErrorBody::decode(body) {
-            Ok(ErrorBody { error }) => (error.code, bounded(&error.message, 500)),
+            Ok(ErrorBody { error }) => (
+                match error.code {
+                    ErrorCode::Unknown(code) => ErrorCode::Unknown(bounded(&code, 64)),
+                    known => known,
+                },
+                bounded(&error.message, 500),
+            ),
             Err(_) => (
                 ErrorCode::Unknown(String::new()),
                 "(the error answer is not coffer's JSON)".to_owned(),
@@ -221,12 +227,19 @@ pub(crate) fn bounded(text: &str, max: usize) -> String {
     let mut out: String = text
         .chars()
         .take(max)
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .map(|c| if is_unsafe_to_show(c) { '\u{fffd}' } else { c })
         .collect();
     if text.chars().count() > max {
         out.push('…');
     }
     out
+}
+
+/// Control characters, and the characters that reorder or break text in a
+/// terminal or a log viewer (bidirectional overrides, line separators).
+fn is_unsafe_to_show(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
