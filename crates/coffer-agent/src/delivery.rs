@@ -8,9 +8,8 @@ use coffer_protocol::data::{Batch, Reading, MAX_READINGS};
 use coffer_protocol::device::Deliver;
 use coffer_protocol::{Endpoint, MAX_REQUEST_BODY};
 
-use crate::enrollment::{key, Enrollment};
+use crate::enrollment::{key, number_setting, Enrollment};
 use crate::error::{Error, Result};
-use crate::policy::unix;
 use crate::{Agent, CheckInReport, Credentials};
 
 /// What a delivery did.
@@ -79,10 +78,14 @@ impl Agent {
                 "at most {MAX_READINGS} readings per delivery"
             )));
         }
+        // Queue order is the order of a per-vault counter (not the clock,
+        // which may repeat a second or go back); the random part keeps ids
+        // unique across devices, so the server's dedupe never merges two.
+        let sequence = number_setting(vault, key::QUEUE_SEQUENCE)?.unwrap_or(0) + 1;
         let mut id = [0u8; 16];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
         let batch = Batch {
-            batch_id: format!("{:020}-{}", unix(self.now()).max(0), hex::encode(id)),
+            batch_id: format!("{sequence:020}-{}", hex::encode(id)),
             readings,
         };
         batch
@@ -95,6 +98,7 @@ impl Agent {
                 body.len()
             )));
         }
+        vault.set_setting(key::QUEUE_SEQUENCE, Some(sequence.to_string().as_bytes()))?;
         vault.set_setting(&format!("{}{}", key::QUEUE, batch.batch_id), Some(&body))?;
         Ok(Some(batch.batch_id))
     }

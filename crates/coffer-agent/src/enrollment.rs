@@ -33,6 +33,8 @@ pub(crate) mod key {
     pub const ESCROW_STALE: &str = "control.escrow_stale";
     /// The prefix of queued delivery batches.
     pub const QUEUE: &str = "control.queue.";
+    /// The last queued batch's number (queue order).
+    pub const QUEUE_SEQUENCE: &str = "control.queue_sequence";
 }
 
 /// The name of the escrow slot enrollment adds.
