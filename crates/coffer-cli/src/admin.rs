@@ -2,8 +2,18 @@
 
 use std::path::PathBuf;
 
+use coffer_protocol::admin::{
+    AddUser, AuditReport, Csv, DeviceList, EnrollmentCode, MeAnswer, NewEnrollmentCode, OrderWipe,
+    ReadingsQuery, SetRole, Setup, SetupAnswer, UsageQuery, UsageReport, UserAdded, WipeOrdered,
+    WipeOrders,
+};
+use coffer_protocol::data::{ReadingsPage, StoredReading};
+use coffer_protocol::policy::{Document, PolicyKey, PublishRequest, Rules, SignedPolicy};
+use coffer_protocol::session::{Login, LoginAnswer};
+use coffer_protocol::{Answer, ErrorBody, NoContent, WireSecret};
 use reqwest::blocking::{Client, Response};
 use reqwest::StatusCode;
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
@@ -66,22 +76,24 @@ fn client(args: &AdminArgs) -> Result<Client, CliError> {
         .map_err(|e| CliError::other(format!("cannot set up the HTTP client: {e}")))
 }
 
-/// The server's answer, or its typed error as a CLI error.
-pub(crate) fn answer(response: reqwest::Result<Response>) -> Result<Value, CliError> {
+/// The server's answer decoded as `T`, or its typed error (an
+/// [`ErrorBody`]) as a CLI error.
+pub(crate) fn answer<T: Answer>(response: reqwest::Result<Response>) -> Result<T, CliError> {
     let response = response
         .map_err(|e| CliError::other(format!("cannot reach the server: {}", e.without_url())))?;
     let status = response.status();
-    let text = response.text().unwrap_or_default();
+    let body = response.bytes().unwrap_or_default();
     if status.is_success() {
-        return Ok(if text.is_empty() {
-            json!({})
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        return T::decode(&body).map_err(|e| {
+            CliError::other(format!(
+                "the server's answer is not what this version understands: {e}"
+            ))
         });
     }
-    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    let code = body["error"]["code"].as_str().unwrap_or("error").to_owned();
-    let message = body["error"]["message"].as_str().unwrap_or("").to_owned();
+    let (code, message) = match ErrorBody::decode(&body) {
+        Ok(ErrorBody { error }) => (error.code.as_str().to_owned(), error.message),
+        Err(_) => ("error".to_owned(), String::new()),
+    };
     let exit = match status {
         StatusCode::UNAUTHORIZED => ExitCode::WrongSecret,
         StatusCode::FORBIDDEN => ExitCode::Denied,
@@ -96,6 +108,18 @@ pub(crate) fn answer(response: reqwest::Result<Response>) -> Result<Value, CliEr
         code: "server_refused",
         message: format!("the server refused ({status}, {code}): {message}"),
     })
+}
+
+/// An answer as the `--json` output shows it.
+fn shown<T: serde::Serialize>(answer: &T) -> Result<Value, CliError> {
+    serde_json::to_value(answer)
+        .map_err(|e| CliError::other(format!("cannot show the server's answer: {e}")))
+}
+
+/// A secret read from the environment or a prompt, for a request body
+/// (moved, not copied).
+fn wire(mut secret: Zeroizing<String>) -> WireSecret {
+    WireSecret::new(std::mem::take(&mut *secret))
 }
 
 /// A secret from `env`, else a no-echo prompt on a terminal.
@@ -120,7 +144,7 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
         let token = read_session()?;
         Ok(http
             .request(method, url(path))
-            .header("X-Auth-Token", token.as_str()))
+            .header(coffer_protocol::AUTH_HEADER, token.as_str()))
     };
     let value = match &args.command {
         AdminCommand::Setup {
@@ -129,69 +153,88 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
         } => {
             let token = password("Setup token: ", "COFFER_SETUP_TOKEN")?;
             let password = password(&format!("Password for {owner}: "), PASSWORD_ENV)?;
-            answer(
-                http.post(url("/v1/setup"))
-                    .json(&json!({
-                        "setup_token": token.as_str(),
-                        "organization": organization,
-                        "owner": owner,
-                        "password": password.as_str(),
-                    }))
-                    .send(),
-            )?
+            let request = Setup {
+                setup_token: wire(token),
+                organization: organization.clone(),
+                owner: owner.clone(),
+                password: wire(password),
+            };
+            let set_up: SetupAnswer = answer(http.post(url("/v1/setup")).json(&request).send())?;
+            shown(&set_up)?
         }
         AdminCommand::Login { user } => {
             let password = password(&format!("Password for {user}: "), PASSWORD_ENV)?;
-            let body = answer(
-                http.post(url("/v1/login"))
-                    .json(&json!({"user": user, "password": password.as_str()}))
-                    .send(),
-            )?;
-            let token = body["token"].as_str().unwrap_or_default();
-            write_session(token)?;
-            json!({"logged_in": user, "expires_at": body["expires_at"]})
+            let request = Login {
+                user: user.clone(),
+                password: wire(password),
+            };
+            let session: LoginAnswer = answer(http.post(url("/v1/login")).json(&request).send())?;
+            write_session(session.token.expose_secret())?;
+            json!({"logged_in": user, "expires_at": session.expires_at})
         }
         AdminCommand::Logout => {
-            let answered = answer(authed(reqwest::Method::POST, "/v1/logout")?.send());
+            let answered: Result<NoContent, _> =
+                answer(authed(reqwest::Method::POST, "/v1/logout")?.send());
             let _ = std::fs::remove_file(session_file()?);
             answered?;
             json!({"logged_out": true})
         }
-        AdminCommand::Me => answer(authed(reqwest::Method::GET, "/v1/me")?.send())?,
+        AdminCommand::Me => {
+            let me: MeAnswer = answer(authed(reqwest::Method::GET, "/v1/me")?.send())?;
+            shown(&me)?
+        }
         AdminCommand::AddUser { org, user, role } => {
             let initial = password(
                 &format!("Initial password for {user}: "),
                 "COFFER_NEW_PASSPHRASE",
             )?;
-            answer(
+            let request = AddUser {
+                user: user.clone(),
+                password: wire(initial),
+                role: role.clone(),
+            };
+            let added: UserAdded = answer(
                 authed(reqwest::Method::POST, &format!("/v1/orgs/{org}/users"))?
-                    .json(&json!({"user": user, "password": initial.as_str(), "role": role}))
+                    .json(&request)
                     .send(),
-            )?
+            )?;
+            shown(&added)?
         }
-        AdminCommand::SetRole { org, user_id, role } => answer(
-            authed(
-                reqwest::Method::PUT,
-                &format!("/v1/orgs/{org}/users/{user_id}/role"),
-            )?
-            .json(&json!({"role": role}))
-            .send(),
-        )?,
-        AdminCommand::RemoveUser { org, user_id } => answer(
-            authed(
-                reqwest::Method::DELETE,
-                &format!("/v1/orgs/{org}/users/{user_id}"),
-            )?
-            .send(),
-        )?,
-        AdminCommand::EnrollCode { org, valid_for } => answer(
-            authed(
-                reqwest::Method::POST,
-                &format!("/v1/orgs/{org}/enrollment-codes"),
-            )?
-            .json(&json!({"valid_for_secs": valid_for.as_secs()}))
-            .send(),
-        )?,
+        AdminCommand::SetRole { org, user_id, role } => {
+            let NoContent = answer(
+                authed(
+                    reqwest::Method::PUT,
+                    &format!("/v1/orgs/{org}/users/{user_id}/role"),
+                )?
+                .json(&SetRole { role: role.clone() })
+                .send(),
+            )?;
+            json!({})
+        }
+        AdminCommand::RemoveUser { org, user_id } => {
+            let NoContent = answer(
+                authed(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/orgs/{org}/users/{user_id}"),
+                )?
+                .send(),
+            )?;
+            json!({})
+        }
+        AdminCommand::EnrollCode { org, valid_for } => {
+            let request = NewEnrollmentCode {
+                valid_for_secs: Some(i64::try_from(valid_for.as_secs()).unwrap_or(i64::MAX)),
+            };
+            let code: EnrollmentCode = answer(
+                authed(
+                    reqwest::Method::POST,
+                    &format!("/v1/orgs/{org}/enrollment-codes"),
+                )?
+                .json(&request)
+                .send(),
+            )?;
+            json!({"code": code.code.expose_secret(), "expires_at": code.expires_at})
+        }
         AdminCommand::Device(command) => device(command, &authed)?,
         AdminCommand::Policy(command) => policy(command, &authed)?,
         AdminCommand::Data(command) => data(global, command, &authed)?,
@@ -202,50 +245,60 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
             to,
             csv,
         } => {
-            let mut query = vec![("by", by.clone())];
-            if let Some(from) = from {
-                query.push(("from", from.to_string()));
-            }
-            if let Some(to) = to {
-                query.push(("to", to.to_string()));
-            }
+            let query = UsageQuery {
+                from: *from,
+                to: *to,
+                by: Some(by.clone()),
+                format: csv.then(|| "csv".to_owned()),
+            };
+            let request = authed(reqwest::Method::GET, &format!("/v1/orgs/{org}/usage"))?
+                .query(&query)
+                .send();
             if *csv {
-                query.push(("format", "csv".into()));
+                let Csv(text) = answer(request)?;
+                Value::String(text)
+            } else {
+                let usage: UsageReport = answer(request)?;
+                shown(&usage)?
             }
-            answer(
-                authed(reqwest::Method::GET, &format!("/v1/orgs/{org}/usage"))?
-                    .query(&query)
-                    .send(),
-            )?
         }
-        AdminCommand::DisableUser { org, user_id } => answer(
-            authed(
-                reqwest::Method::POST,
-                &format!("/v1/orgs/{org}/users/{user_id}/disable"),
-            )?
-            .send(),
-        )?,
-        AdminCommand::EnableUser { org, user_id } => answer(
-            authed(
-                reqwest::Method::POST,
-                &format!("/v1/orgs/{org}/users/{user_id}/enable"),
-            )?
-            .send(),
-        )?,
+        AdminCommand::DisableUser { org, user_id } => {
+            let NoContent = answer(
+                authed(
+                    reqwest::Method::POST,
+                    &format!("/v1/orgs/{org}/users/{user_id}/disable"),
+                )?
+                .send(),
+            )?;
+            json!({})
+        }
+        AdminCommand::EnableUser { org, user_id } => {
+            let NoContent = answer(
+                authed(
+                    reqwest::Method::POST,
+                    &format!("/v1/orgs/{org}/users/{user_id}/enable"),
+                )?
+                .send(),
+            )?;
+            json!({})
+        }
         AdminCommand::Audit(AdminAuditCommand::Verify) => {
-            let report = answer(authed(reqwest::Method::GET, "/v1/audit/verify")?.send())?;
-            if report["intact"] != json!(true) {
+            let report: AuditReport =
+                answer(authed(reqwest::Method::GET, "/v1/audit/verify")?.send())?;
+            if !report.intact {
                 return Err(CliError {
                     exit: ExitCode::AuditTampered,
                     code: "audit_tampered",
                     message: format!(
                         "the server's audit trail is broken at row {}: {}",
-                        report["broken_at"],
-                        report["problem"].as_str().unwrap_or("")
+                        report
+                            .broken_at
+                            .map_or_else(|| "null".to_owned(), |row| row.to_string()),
+                        report.problem.as_deref().unwrap_or("")
                     ),
                 });
             }
-            report
+            shown(&report)?
         }
     };
     let text = match &value {
@@ -263,39 +316,51 @@ fn device(command: &AdminDeviceCommand, authed: &Authed<'_>) -> Result<Value, Cl
     use reqwest::Method;
     match command {
         AdminDeviceCommand::List { org } => {
-            answer(authed(Method::GET, &format!("/v1/orgs/{org}/devices"))?.send())
+            let devices: DeviceList =
+                answer(authed(Method::GET, &format!("/v1/orgs/{org}/devices"))?.send())?;
+            shown(&devices)
         }
-        AdminDeviceCommand::Revoke { org, device } => answer(
-            authed(
-                Method::POST,
-                &format!("/v1/orgs/{org}/devices/{device}/revoke"),
-            )?
-            .send(),
-        )
-        .map(|_| json!({"revoked": device})),
-        AdminDeviceCommand::Wipe { org, device, user } => answer(
-            authed(
-                Method::POST,
-                &format!("/v1/orgs/{org}/devices/{device}/wipe"),
-            )?
-            .json(&json!({"user": user}))
-            .send(),
-        ),
-        AdminDeviceCommand::Wipes { org, device } => answer(
-            authed(
-                Method::GET,
-                &format!("/v1/orgs/{org}/devices/{device}/wipes"),
-            )?
-            .send(),
-        ),
-        AdminDeviceCommand::CancelWipe { org, device, order } => answer(
-            authed(
-                Method::POST,
-                &format!("/v1/orgs/{org}/devices/{device}/wipes/{order}/cancel"),
-            )?
-            .send(),
-        )
-        .map(|_| json!({"cancelled": order})),
+        AdminDeviceCommand::Revoke { org, device } => {
+            let NoContent = answer(
+                authed(
+                    Method::POST,
+                    &format!("/v1/orgs/{org}/devices/{device}/revoke"),
+                )?
+                .send(),
+            )?;
+            Ok(json!({"revoked": device}))
+        }
+        AdminDeviceCommand::Wipe { org, device, user } => {
+            let ordered: WipeOrdered = answer(
+                authed(
+                    Method::POST,
+                    &format!("/v1/orgs/{org}/devices/{device}/wipe"),
+                )?
+                .json(&OrderWipe { user: user.clone() })
+                .send(),
+            )?;
+            shown(&ordered)
+        }
+        AdminDeviceCommand::Wipes { org, device } => {
+            let orders: WipeOrders = answer(
+                authed(
+                    Method::GET,
+                    &format!("/v1/orgs/{org}/devices/{device}/wipes"),
+                )?
+                .send(),
+            )?;
+            shown(&orders)
+        }
+        AdminDeviceCommand::CancelWipe { org, device, order } => {
+            let NoContent = answer(
+                authed(
+                    Method::POST,
+                    &format!("/v1/orgs/{org}/devices/{device}/wipes/{order}/cancel"),
+                )?
+                .send(),
+            )?;
+            Ok(json!({"cancelled": order}))
+        }
     }
 }
 
@@ -312,26 +377,34 @@ fn policy(command: &AdminPolicyCommand, authed: &Authed<'_>) -> Result<Value, Cl
                 std::fs::read_to_string(file)
                     .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?
             };
-            let rules: Value = serde_json::from_str(&text)
+            // Checked here as the server would: invalid JSON, and unknown or
+            // mistyped rules, are refused before anything is sent.
+            serde_json::from_str::<serde::de::IgnoredAny>(&text)
                 .map_err(|e| CliError::usage(format!("the rules are not valid JSON: {e}")))?;
-            let published = answer(
+            let rules: Rules = serde_json::from_str(&text).map_err(|e| {
+                CliError::usage(format!(
+                    "the rules are not a policy's rules (docs/formats/policy.md): {e}"
+                ))
+            })?;
+            let request = PublishRequest {
+                version: *version,
+                rules,
+            };
+            let published: SignedPolicy = answer(
                 authed(Method::POST, &format!("/v1/orgs/{org}/policies"))?
-                    .json(&json!({"version": version, "rules": rules}))
+                    .json(&request)
                     .send(),
             )?;
-            Ok(json!({"published": version, "signature": published["signature"]}))
+            Ok(json!({"published": version, "signature": published.signature}))
         }
         AdminPolicyCommand::Show { org } => {
-            let key = answer(authed(Method::GET, &format!("/v1/orgs/{org}/policy-key"))?.send())?;
-            let latest =
+            let key: PolicyKey =
+                answer(authed(Method::GET, &format!("/v1/orgs/{org}/policy-key"))?.send())?;
+            let latest: SignedPolicy =
                 answer(authed(Method::GET, &format!("/v1/orgs/{org}/policies/latest"))?.send())?;
-            let document = latest["document"].as_str().unwrap_or_default();
-            let valid = match (
-                hex::decode(key["public_key"].as_str().unwrap_or_default()),
-                hex::decode(latest["signature"].as_str().unwrap_or_default()),
-            ) {
+            let valid = match (hex::decode(&key.public_key), hex::decode(&latest.signature)) {
                 (Ok(key), Ok(signature)) => {
-                    coffer_server::policy::verify(&key, document.as_bytes(), &signature)
+                    coffer_protocol::policy::verify(&key, latest.document.as_bytes(), &signature)
                 }
                 _ => false,
             };
@@ -344,32 +417,32 @@ fn policy(command: &AdminPolicyCommand, authed: &Authed<'_>) -> Result<Value, Cl
                             .into(),
                 });
             }
-            let parsed: Value = serde_json::from_str(document).unwrap_or(Value::Null);
+            let parsed: Document = serde_json::from_str(&latest.document).map_err(|e| {
+                CliError::other(format!(
+                    "the latest policy is not a policy document this version understands: {e}"
+                ))
+            })?;
             Ok(json!({
-                "version": latest["version"],
+                "version": latest.version,
                 "signature_valid": true,
-                "public_key": key["public_key"],
-                "published_at": latest["published_at"],
-                "rules": parsed["rules"],
+                "public_key": key.public_key,
+                "published_at": latest.published_at,
+                "rules": shown(&parsed.rules)?,
             }))
         }
     }
 }
 
-fn data_query(filter: &DataFilter, after: i64, limit: i64) -> Vec<(&'static str, String)> {
-    let mut query = vec![("after", after.to_string()), ("limit", limit.to_string())];
-    let optional = [
-        ("device", filter.device.map(|d| d.to_string())),
-        ("from", filter.from.map(|t| t.to_string())),
-        ("to", filter.to.map(|t| t.to_string())),
-        ("name", filter.name.clone()),
-    ];
-    query.extend(
-        optional
-            .into_iter()
-            .filter_map(|(name, value)| Some((name, value?))),
-    );
-    query
+fn data_query(filter: &DataFilter, after: i64, limit: i64) -> ReadingsQuery {
+    ReadingsQuery {
+        device: filter.device,
+        from: filter.from,
+        to: filter.to,
+        name: filter.name.clone(),
+        after,
+        limit: Some(limit),
+        format: None,
+    }
 }
 
 fn data(
@@ -378,7 +451,7 @@ fn data(
     authed: &Authed<'_>,
 ) -> Result<Value, CliError> {
     use reqwest::Method;
-    let page = |filter: &DataFilter, after: i64, limit: i64| {
+    let page = |filter: &DataFilter, after: i64, limit: i64| -> Result<ReadingsPage, CliError> {
         answer(
             authed(Method::GET, &format!("/v1/orgs/{}/data", filter.org))?
                 .query(&data_query(filter, after, limit))
@@ -390,31 +463,30 @@ fn data(
             filter,
             after,
             limit,
-        } => page(filter, *after, *limit),
+        } => shown(&page(filter, *after, *limit)?),
         AdminDataCommand::Export {
             filter,
             format,
             out,
         } => {
-            let mut readings: Vec<coffer_server::data::StoredReading> = Vec::new();
+            let mut readings: Vec<StoredReading> = Vec::new();
             let mut after = 0;
             let progress = crate::commands::spinner(global, "exporting readings");
             loop {
-                let body = page(filter, after, coffer_server::api::MAX_QUERY_ROWS)?;
-                let rows: Vec<coffer_server::data::StoredReading> =
-                    serde_json::from_value(body["readings"].clone()).map_err(|e| {
-                        CliError::other(format!("the server's answer is not readings: {e}"))
-                    })?;
+                let ReadingsPage {
+                    readings: rows,
+                    next_after,
+                } = page(filter, after, coffer_server::api::MAX_QUERY_ROWS)?;
                 readings.extend(rows);
                 progress.set_message(format!("exporting readings: {}", readings.len()));
-                match body["next_after"].as_i64() {
+                match next_after {
                     Some(next) => after = next,
                     None => break,
                 }
             }
             progress.finish_and_clear();
             let text = if format == "csv" {
-                coffer_server::data::to_csv(&readings)
+                coffer_protocol::data::to_csv(&readings)
             } else {
                 serde_json::to_string_pretty(&readings).unwrap_or_default() + "\n"
             };

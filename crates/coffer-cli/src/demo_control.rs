@@ -6,7 +6,15 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use serde_json::{json, Value};
+use coffer_protocol::admin::{
+    AddUser, EnrollmentCode, NewEnrollmentCode, OrderWipe, Setup, SetupAnswer, UserAdded,
+    WipeOrdered, WipeOrders,
+};
+use coffer_protocol::policy::{OfflineRules, PassphraseRules, PublishRequest, Rules, SignedPolicy};
+use coffer_protocol::session::{Login, LoginAnswer};
+use coffer_protocol::Answer;
+use secrecy::ExposeSecret;
+use serde_json::Value;
 
 use crate::exit::CliError;
 
@@ -90,6 +98,19 @@ pub fn tour(dir: &Path, space: &Path, steps: Steps<'_>) -> Result<(), CliError> 
     result
 }
 
+/// Sends `request` to the demo's server, with a session `token` if given,
+/// and decodes the answer.
+fn call<T: Answer>(
+    request: reqwest::blocking::RequestBuilder,
+    token: Option<&str>,
+) -> Result<T, CliError> {
+    let request = match token {
+        Some(token) => request.header(coffer_protocol::AUTH_HEADER, token),
+        None => request,
+    };
+    crate::admin::answer(request.send())
+}
+
 fn device_story(
     base: &str,
     fingerprint: &str,
@@ -106,61 +127,55 @@ fn device_story(
         )
         .build()
         .map_err(|e| failed("client", e))?;
-    let api = |method: reqwest::Method,
-               path: &str,
-               token: Option<&str>,
-               body: Value|
-     -> Result<Value, CliError> {
-        let mut request = http.request(method, format!("{base}{path}")).json(&body);
-        if let Some(token) = token {
-            request = request.header("X-Auth-Token", token);
-        }
-        crate::admin::answer(request.send())
-    };
-    let post = reqwest::Method::POST;
-    let org = api(
-        post.clone(),
-        "/v1/setup",
+    let post = |path: &str| http.post(format!("{base}{path}"));
+    let set_up: SetupAnswer = call(
+        post("/v1/setup").json(&Setup {
+            setup_token: setup_token.into(),
+            organization: "Acme".into(),
+            owner: "admin".into(),
+            password: "admin's server password".into(),
+        }),
         None,
-        json!({
-        "setup_token": setup_token, "organization": "Acme", "owner": "admin",
-        "password": "admin's server password"}),
-    )?["organization_id"]
-        .as_i64()
-        .unwrap_or_default();
-    let admin = api(
-        post.clone(),
-        "/v1/login",
+    )?;
+    let org = set_up.organization_id;
+    let session: LoginAnswer = call(
+        post("/v1/login").json(&Login {
+            user: "admin".into(),
+            password: "admin's server password".into(),
+        }),
         None,
-        json!({"user": "admin", "password": "admin's server password"}),
-    )?["token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let admin = Some(admin.as_str());
-    api(
-        post.clone(),
-        &format!("/v1/orgs/{org}/users"),
-        admin,
-        json!({
-        "user": "carol", "password": "carol's server password", "role": "member"}),
     )?;
-    api(
-        post.clone(),
-        &format!("/v1/orgs/{org}/policies"),
+    let admin = Some(session.token.expose_secret());
+    let _: UserAdded = call(
+        post(&format!("/v1/orgs/{org}/users")).json(&AddUser {
+            user: "carol".into(),
+            password: "carol's server password".into(),
+            role: "member".into(),
+        }),
         admin,
-        json!({
-        "version": 1, "rules": {"passphrase": {"min_length": 12}, "offline": {"block_after_hours": 72, "wipe_after_days": 30}}}),
     )?;
-    let code = api(
-        post.clone(),
-        &format!("/v1/orgs/{org}/enrollment-codes"),
+    let _: SignedPolicy = call(
+        post(&format!("/v1/orgs/{org}/policies")).json(&PublishRequest {
+            version: 1,
+            rules: Rules {
+                passphrase: PassphraseRules {
+                    min_length: 12,
+                    ..PassphraseRules::default()
+                },
+                offline: OfflineRules {
+                    block_after_hours: 72,
+                    wipe_after_days: 30,
+                },
+                ..Rules::default()
+            },
+        }),
         admin,
-        json!({}),
-    )?["code"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    )?;
+    let code: EnrollmentCode = call(
+        post(&format!("/v1/orgs/{org}/enrollment-codes")).json(&NewEnrollmentCode::default()),
+        admin,
+    )?;
+    let code = code.code.expose_secret();
     step(
         "Set up organization Acme: an owner, a member (carol), a signed policy (12-character passphrases, 72 h offline grace) and an enrollment code",
         format!("organization {org}"),
@@ -181,7 +196,7 @@ fn device_story(
             "--server",
             base,
             "--code",
-            &code,
+            code,
             "--pin-sha256",
             &"00".repeat(32),
         ],
@@ -194,7 +209,7 @@ fn device_story(
             "--server",
             base,
             "--code",
-            &code,
+            code,
             "--pin-sha256",
             fingerprint,
         ],
@@ -248,18 +263,14 @@ fn device_story(
     step("Deliver a reading", format!("{delivered}"));
 
     let device = enrolled["device_id"].as_i64().unwrap_or_default();
-    api(
-        post,
-        &format!("/v1/orgs/{org}/devices/{device}/wipe"),
+    let _: WipeOrdered = call(
+        post(&format!("/v1/orgs/{org}/devices/{device}/wipe")).json(&OrderWipe::default()),
         admin,
-        json!({}),
     )?;
     let (status, _) = coffer(space, &["check-in"], &alice)?;
-    let orders = api(
-        reqwest::Method::GET,
-        &format!("/v1/orgs/{org}/devices/{device}/wipes"),
+    let orders: WipeOrders = call(
+        http.get(format!("{base}/v1/orgs/{org}/devices/{device}/wipes")),
         admin,
-        json!({}),
     )?;
     let (after, _) = coffer(space, &["verify"], &alice)?;
     step(
@@ -267,7 +278,10 @@ fn device_story(
         format!(
             "crypto-erased at the check-in (exit {}), acknowledged on the server ({}); the vault now reports itself wiped (exit {})",
             status.unwrap_or(-1),
-            orders["orders"][0]["state"].as_str().unwrap_or("?"),
+            orders
+                .orders
+                .first()
+                .map_or("?", |order| order.state.as_str()),
             after.unwrap_or(-1)
         ),
     );

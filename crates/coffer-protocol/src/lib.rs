@@ -29,6 +29,7 @@
 //! It depends on serde, CBOR, SHA-256 and Ed25519 verification only: no
 //! HTTP server, database driver or async runtime (checked in `.ci/run`).
 
+pub mod admin;
 pub mod data;
 pub mod device;
 pub mod error;

@@ -13,11 +13,15 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use coffer_protocol::admin::{
+    AddUser, AuditReport, ChangePassword, DeviceList, DeviceSummary, EnrollmentCode, MeAnswer,
+    Membership, NewEnrollmentCode, SetRole, Setup, SetupAnswer, UsageQuery, UsageReport, UsageRow,
+    UserAdded,
+};
 use coffer_protocol::device::{DeviceTokenRotated, Enroll, EnrollAnswer, RotateDeviceToken};
 use coffer_protocol::session::{Login, LoginAnswer, Logout};
 use coffer_protocol::{Endpoint, ErrorBody, ErrorCode, WireSecret};
 use secrecy::ExposeSecret;
-use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -398,15 +402,6 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     ))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SetupRequest {
-    setup_token: String,
-    organization: String,
-    owner: String,
-    password: String,
-}
-
 /// The SHA-256 of a token, hex: what the database keeps of it.
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -475,20 +470,19 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
 /// start, creating the first organization and its owner.
 async fn setup(
     State(state): State<AppState>,
-    Body(request): Body<SetupRequest>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let SetupRequest {
+    Body(request): Body<Setup>,
+) -> Result<(StatusCode, Json<SetupAnswer>), ApiError> {
+    let Setup {
         setup_token,
         organization,
         owner,
         password,
     } = request;
-    let password = zeroize::Zeroizing::new(password);
     check_name("the organization's name", &organization)?;
     check_name("the owner's name", &owner)?;
-    check_password(&password)?;
+    check_password(password.expose_secret())?;
     // Argon2 is slow on purpose: keep it off the async workers.
-    let hashed = tokio::task::spawn_blocking(move || hash_password(&password))
+    let hashed = tokio::task::spawn_blocking(move || hash_password(password.expose_secret()))
         .await
         .map_err(|_| {
             ApiError::new(
@@ -500,7 +494,7 @@ async fn setup(
     let created = state
         .store
         .bootstrap(
-            &token_hash(&setup_token),
+            &token_hash(setup_token.expose_secret()),
             &NewOwner {
                 organization,
                 owner,
@@ -524,10 +518,10 @@ async fn setup(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "organization_id": created.organization_id,
-            "user_id": created.user_id,
-        })),
+        Json(SetupAnswer {
+            organization_id: created.organization_id,
+            user_id: created.user_id,
+        }),
     ))
 }
 
@@ -731,20 +725,20 @@ async fn logout(State(state): State<AppState>, who: Principal) -> Result<StatusC
 }
 
 /// `GET /v1/me`: who the token belongs to, and their organizations.
-async fn me(
-    State(state): State<AppState>,
-    who: Principal,
-) -> Result<Json<serde_json::Value>, ApiError> {
+async fn me(State(state): State<AppState>, who: Principal) -> Result<Json<MeAnswer>, ApiError> {
     let memberships = state.store.memberships(who.user_id).await?;
-    Ok(Json(json!({
-        "user_id": who.user_id,
-        "user": who.user,
-        "organizations": memberships.iter().map(|m| json!({
-            "id": m.organization_id,
-            "name": m.organization,
-            "role": m.role,
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(Json(MeAnswer {
+        user_id: who.user_id,
+        user: who.user,
+        organizations: memberships
+            .into_iter()
+            .map(|m| Membership {
+                id: m.organization_id,
+                name: m.organization,
+                role: m.role,
+            })
+            .collect(),
+    }))
 }
 
 /// Appends to the audit trail.
@@ -775,7 +769,7 @@ async fn record(
 async fn audit_verify(
     State(state): State<AppState>,
     who: Principal,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<AuditReport>, ApiError> {
     let allowed = state
         .store
         .memberships(who.user_id)
@@ -791,12 +785,12 @@ async fn audit_verify(
     }
     let rows = state.store.audit_rows().await?;
     let report = crate::audit::check_chain(&rows, &state.keys);
-    Ok(Json(json!({
-        "intact": report.broken_at.is_none(),
-        "rows": report.rows,
-        "broken_at": report.broken_at,
-        "problem": report.problem,
-    })))
+    Ok(Json(AuditReport {
+        intact: report.broken_at.is_none(),
+        rows: report.rows,
+        broken_at: report.broken_at,
+        problem: report.problem,
+    }))
 }
 
 /// The answer for a resource of another organization and for one that does
@@ -832,13 +826,6 @@ async fn require_role(
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewCodeRequest {
-    #[serde(default)]
-    valid_for_secs: Option<i64>,
-}
-
 /// Longest an enrollment code may stay valid.
 const MAX_CODE_VALIDITY: i64 = 7 * 24 * 3600;
 
@@ -848,8 +835,8 @@ async fn create_enrollment_code(
     State(state): State<AppState>,
     Ids(org_id): Ids<i64>,
     who: Principal,
-    Body(request): Body<NewCodeRequest>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    Body(request): Body<NewEnrollmentCode>,
+) -> Result<(StatusCode, Json<EnrollmentCode>), ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin"]).await?;
     let valid_for = request.valid_for_secs.unwrap_or(24 * 3600);
     if !(1..=MAX_CODE_VALIDITY).contains(&valid_for) {
@@ -875,7 +862,10 @@ async fn create_enrollment_code(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"code": code.as_str(), "expires_at": expires_at})),
+        Json(EnrollmentCode {
+            code: wire_secret(code),
+            expires_at,
+        }),
     ))
 }
 
@@ -1102,24 +1092,27 @@ async fn list_devices(
     State(state): State<AppState>,
     Ids(org_id): Ids<i64>,
     who: Principal,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<DeviceList>, ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
     let devices = state.store.devices(org_id).await?;
     let activity = state.store.device_activity(org_id).await?;
-    Ok(Json(json!({
-        "devices": devices.iter().map(|d| {
-            let seen = activity.iter().find(|a| a.device_id == d.id);
-            json!({
-                "id": d.id,
-                "name": d.name,
-                "revoked": d.revoked,
-                "last_seen_at": seen.and_then(|a| a.last_seen_at),
-                "last_seen_address": seen.and_then(|a| a.last_seen_address.clone()),
-                "escrow": seen.is_some_and(|a| a.escrow),
-                "pending_wipes": seen.map_or(0, |a| a.pending_wipes),
+    Ok(Json(DeviceList {
+        devices: devices
+            .into_iter()
+            .map(|d| {
+                let seen = activity.iter().find(|a| a.device_id == d.id);
+                DeviceSummary {
+                    id: d.id,
+                    name: d.name,
+                    revoked: d.revoked,
+                    last_seen_at: seen.and_then(|a| a.last_seen_at),
+                    last_seen_address: seen.and_then(|a| a.last_seen_address.clone()),
+                    escrow: seen.is_some_and(|a| a.escrow),
+                    pending_wipes: seen.map_or(0, |a| a.pending_wipes),
+                }
             })
-        }).collect::<Vec<_>>(),
-    })))
+            .collect(),
+    }))
 }
 
 /// `POST /v1/orgs/{org_id}/devices/{device_id}/revoke` (owners, admins).
@@ -1217,8 +1210,8 @@ fn check_password(password: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn hash_off_thread(password: zeroize::Zeroizing<String>) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || hash_password(&password))
+async fn hash_off_thread(password: WireSecret) -> Result<String, ApiError> {
+    tokio::task::spawn_blocking(move || hash_password(password.expose_secret()))
         .await
         .map_err(|_| {
             ApiError::new(
@@ -1229,31 +1222,22 @@ async fn hash_off_thread(password: zeroize::Zeroizing<String>) -> Result<String,
         })?
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddUserRequest {
-    user: String,
-    password: String,
-    role: String,
-}
-
 /// `POST /v1/orgs/{org_id}/users`: creates a user in the organization with
 /// an initial password (given to them out of band; they change it).
 async fn add_user(
     State(state): State<AppState>,
     Ids(org_id): Ids<i64>,
     who: Principal,
-    Body(request): Body<AddUserRequest>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    Body(request): Body<AddUser>,
+) -> Result<(StatusCode, Json<UserAdded>), ApiError> {
     let actor = caller_role(&state, &who, org_id).await?;
     check_role(&request.role)?;
     if !may_manage(&actor, &request.role) {
         return Err(forbidden("your role cannot grant that role"));
     }
     check_name("the user's name", &request.user)?;
-    let password = zeroize::Zeroizing::new(request.password);
-    check_password(&password)?;
-    let hashed = hash_off_thread(password).await?;
+    check_password(request.password.expose_secret())?;
+    let hashed = hash_off_thread(request.password).await?;
     let user_id = state
         .store
         .add_member(org_id, &request.user, &hashed, &request.role)
@@ -1266,13 +1250,7 @@ async fn add_user(
         json!({"user": request.user, "user_id": user_id, "role": request.role}),
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(json!({"user_id": user_id}))))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RoleRequest {
-    role: String,
+    Ok((StatusCode::CREATED, Json(UserAdded { user_id })))
 }
 
 /// `PUT /v1/orgs/{org_id}/users/{user_id}/role`.
@@ -1280,7 +1258,7 @@ async fn change_role(
     State(state): State<AppState>,
     Ids((org_id, user_id)): Ids<(i64, i64)>,
     who: Principal,
-    Body(request): Body<RoleRequest>,
+    Body(request): Body<SetRole>,
 ) -> Result<StatusCode, ApiError> {
     check_role(&request.role)?;
     let (actor, current) = managed_member(&state, &who, org_id, user_id).await?;
@@ -1319,37 +1297,33 @@ async fn remove_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PasswordRequest {
-    old_password: String,
-    new_password: String,
-}
-
 /// `POST /v1/me/password`: a user sets their own password (the old one
 /// required).
 async fn change_password(
     State(state): State<AppState>,
     who: Principal,
-    Body(request): Body<PasswordRequest>,
+    Body(request): Body<ChangePassword>,
 ) -> Result<StatusCode, ApiError> {
-    let old = zeroize::Zeroizing::new(request.old_password);
-    let new = zeroize::Zeroizing::new(request.new_password);
-    check_password(&new)?;
+    let ChangePassword {
+        old_password: old,
+        new_password: new,
+    } = request;
+    check_password(new.expose_secret())?;
     let stored = state
         .store
         .password_hash(who.user_id)
         .await?
         .ok_or_else(not_found_here)?;
-    let matches = tokio::task::spawn_blocking(move || verify_password(&stored, &old))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                "hashing failed",
-            )
-        })?;
+    let matches =
+        tokio::task::spawn_blocking(move || verify_password(&stored, old.expose_secret()))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    "hashing failed",
+                )
+            })?;
     if !matches {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -1471,19 +1445,6 @@ async fn account(State(state): State<AppState>, mut req: Request, next: Next) ->
     response
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UsageQuery {
-    #[serde(default)]
-    from: Option<i64>,
-    #[serde(default)]
-    to: Option<i64>,
-    #[serde(default)]
-    by: Option<String>,
-    #[serde(default)]
-    format: Option<String>,
-}
-
 /// `GET /v1/orgs/{org_id}/usage?from=&to=&by=org|user|device&format=json|csv`
 /// (owners, admins, auditors): requests, bytes and time over `[from, to)`
 /// (Unix seconds; default: all time).
@@ -1517,19 +1478,22 @@ async fn usage(
     let to = q.to.unwrap_or(i64::MAX);
     let rows = state.store.usage(org_id, from, to, by).await?;
     match q.format.as_deref().unwrap_or("json") {
-        "json" => Ok(Json(json!({
-            "organization_id": org_id,
-            "from": from,
-            "to": to,
-            "by": q.by.as_deref().unwrap_or("org"),
-            "rows": rows.iter().map(|r| json!({
-                "id": r.key,
-                "requests": r.requests,
-                "bytes_in": r.bytes_in,
-                "bytes_out": r.bytes_out,
-                "micros": r.micros,
-            })).collect::<Vec<_>>(),
-        }))
+        "json" => Ok(Json(UsageReport {
+            organization_id: org_id,
+            from,
+            to,
+            by: q.by.as_deref().unwrap_or("org").to_owned(),
+            rows: rows
+                .iter()
+                .map(|r| UsageRow {
+                    id: r.key,
+                    requests: r.requests,
+                    bytes_in: r.bytes_in,
+                    bytes_out: r.bytes_out,
+                    micros: r.micros,
+                })
+                .collect(),
+        })
         .into_response()),
         "csv" => {
             let mut csv = String::from("id,requests,bytes_in,bytes_out,micros\n");

@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use coffer_protocol::admin::{OrderWipe, WipeOrderStatus, WipeOrdered, WipeOrders, WipeState};
 use coffer_protocol::device::{
     AcknowledgeWipe, CheckIn, CheckInAnswer, DepositEscrow, DevicePolicy, EscrowReleased,
     ReleaseEscrow, WipeOrder, WipeScope, ESCROW_KEY_LEN,
@@ -13,7 +14,6 @@ use coffer_protocol::device::{
 use coffer_protocol::policy::{PolicyKey, PublishRequest, SignedPolicy};
 use coffer_protocol::{Endpoint, ErrorCode, WireSecret};
 use secrecy::ExposeSecret;
-use serde::Deserialize;
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -372,14 +372,6 @@ async fn release_escrow(
     }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WipeRequest {
-    /// Only this user's slot; absent: the whole device.
-    #[serde(default)]
-    user: Option<String>,
-}
-
 /// `POST /v1/orgs/{org_id}/devices/{device_id}/wipe` (owners, admins):
 /// orders a wipe of the whole device (its escrow key is deleted at once)
 /// or of one user's slot on it.
@@ -387,8 +379,8 @@ async fn order_wipe(
     State(state): State<AppState>,
     Ids((org_id, device_id)): Ids<(i64, i64)>,
     who: Principal,
-    Body(request): Body<WipeRequest>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    Body(request): Body<OrderWipe>,
+) -> Result<(StatusCode, Json<WipeOrdered>), ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin"]).await?;
     if let Some(user) = &request.user {
         check_name("the user's name", user)?;
@@ -411,7 +403,12 @@ async fn order_wipe(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": id, "device_id": device_id, "scope": scope, "user": request.user})),
+        Json(WipeOrdered {
+            id,
+            device_id,
+            scope,
+            user: request.user,
+        }),
     ))
 }
 
@@ -423,23 +420,23 @@ fn scope_of(user: Option<&str>) -> WipeScope {
     }
 }
 
-fn order_json(order: &crate::store::WipeOrder) -> serde_json::Value {
+fn order_status(order: crate::store::WipeOrder) -> WipeOrderStatus {
     let state = match (order.acknowledged_at, order.cancelled_at) {
-        (Some(_), _) => "acknowledged",
-        (None, Some(_)) => "cancelled",
-        (None, None) => "pending",
+        (Some(_), _) => WipeState::Acknowledged,
+        (None, Some(_)) => WipeState::Cancelled,
+        (None, None) => WipeState::Pending,
     };
-    json!({
-        "id": order.id,
-        "device_id": order.device_id,
-        "scope": scope_of(order.user.as_deref()),
-        "user": order.user,
-        "state": state,
-        "ordered_by": order.ordered_by,
-        "ordered_at": order.ordered_at,
-        "acknowledged_at": order.acknowledged_at,
-        "cancelled_at": order.cancelled_at,
-    })
+    WipeOrderStatus {
+        id: order.id,
+        device_id: order.device_id,
+        scope: scope_of(order.user.as_deref()),
+        user: order.user,
+        state,
+        ordered_by: order.ordered_by,
+        ordered_at: order.ordered_at,
+        acknowledged_at: order.acknowledged_at,
+        cancelled_at: order.cancelled_at,
+    }
 }
 
 /// `GET /v1/orgs/{org_id}/devices/{device_id}/wipes` (owners, admins,
@@ -448,16 +445,16 @@ async fn list_wipes(
     State(state): State<AppState>,
     Ids((org_id, device_id)): Ids<(i64, i64)>,
     who: Principal,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<WipeOrders>, ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
     let orders = state
         .store
         .wipe_orders(org_id, device_id)
         .await?
         .ok_or_else(not_found_here)?;
-    Ok(Json(
-        json!({"orders": orders.iter().map(order_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(WipeOrders {
+        orders: orders.into_iter().map(order_status).collect(),
+    }))
 }
 
 fn wipe_end_error(ended: WipeEnded) -> Option<ApiError> {

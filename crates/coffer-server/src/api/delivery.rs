@@ -7,9 +7,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use coffer_protocol::admin::ReadingsQuery;
 use coffer_protocol::device::Deliver;
 use coffer_protocol::{Endpoint, ErrorCode};
-use serde::Deserialize;
 use serde_json::json;
 
 use super::{record, require_role, ApiError, AppState, DevicePrincipal, Ids, Principal, MAX_BODY};
@@ -114,19 +114,6 @@ async fn deliver(
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DataQuery {
-    device: Option<i64>,
-    from: Option<i64>,
-    to: Option<i64>,
-    name: Option<String>,
-    #[serde(default)]
-    after: i64,
-    limit: Option<i64>,
-    format: Option<String>,
-}
-
 /// `GET /v1/orgs/{org_id}/data` (owners, admins, auditors): readings by
 /// device, time range (`from` inclusive, `to` exclusive, on the reading's
 /// time) and name, in id order; `after` and `next_after` page through.
@@ -135,7 +122,7 @@ async fn query(
     State(state): State<AppState>,
     Ids(org_id): Ids<i64>,
     who: Principal,
-    params: Result<Query<DataQuery>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<ReadingsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
     let Query(q) = params.map_err(|e| {
