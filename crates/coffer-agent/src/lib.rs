@@ -167,6 +167,16 @@ impl Agent {
         matches!(ReleaseFile::read(vault.path()), Ok(Some(file)) if file.refuse_debugger)
     }
 
+    /// `vault`, refusing a debugger before any KDF runs if the held
+    /// policy's hint says so (a vault already set to refuse stays so).
+    fn guarded(&self, vault: &Vault) -> Vault {
+        if self.refuses_debugger(vault) {
+            vault.clone().refuse_under_debugger(true)
+        } else {
+            vault.clone()
+        }
+    }
+
     /// Unlocks `vault` and enforces its organization's policy, if it is
     /// enrolled: the offline grace (past its hours: [`Error::CheckInRequired`];
     /// past its days the vault wipes itself: [`Error::Wiped`]), debugger
@@ -184,11 +194,7 @@ impl Agent {
         secret: &UnlockSecret,
         grace: Grace,
     ) -> Result<UnlockedVault> {
-        let vault = if self.refuses_debugger(vault) {
-            vault.clone().refuse_under_debugger(true)
-        } else {
-            vault.clone()
-        };
+        let vault = self.guarded(vault);
         let now = self.now();
         let credential = secret.credential();
         let unlocked = vault.unlock_managed_at(&credential, now)?;

@@ -165,15 +165,18 @@ impl Agent {
         let escrow = RecoveryKey::parse(&escrow_text).map_err(|_| Error::EscrowMismatch)?;
         let credential = Credential::RecoveryKey(&escrow);
         let now = self.now();
-        let unlocked = match vault.unlock_managed_at(&credential, now) {
+        let mut unlocked = match self.guarded(vault).unlock_managed_at(&credential, now) {
             Err(coffer_device::Error::WrongRecoveryKey) => return Err(Error::EscrowMismatch),
             other => other?,
         };
-        let mut unlocked = policy::enforce(unlocked, &credential, now, Grace::WipeOnly)?;
-        // The check-in above was successful: the grace counts from it. Its
-        // one-user wipe orders are carried out now that the vault is open
-        // (the server released nothing to a user whose own wipe is pending).
+        // The check-in above was successful: the grace counts from it, so
+        // it is recorded before the policy is enforced (a device that was
+        // long offline is not wiped by the very login that reached the
+        // server). Its one-user wipe orders are carried out now that the
+        // vault is open (the server released nothing to a user whose own
+        // wipe is pending).
         policy::record_check_in(&mut unlocked, seen.server_time)?;
+        let mut unlocked = policy::enforce(unlocked, &credential, now, Grace::WipeOnly)?;
         for order in &seen.wipe_orders {
             remove_ordered_slot(&mut unlocked, order)?;
             acknowledge(&client, token, order.id)?;

@@ -1008,3 +1008,72 @@ fn past_the_offline_grace_days_an_enrolled_vault_wipes_itself() {
         "{plain:?}"
     );
 }
+
+/// The prompts of an online login: the server password, the new slot's
+/// passphrase and the test's tiny KDF.
+struct Prompts;
+
+impl coffer_agent::LoginPrompts for Prompts {
+    fn server_password(&mut self, _user: &str) -> Option<coffer_protocol::WireSecret> {
+        Some("carol's server password".into())
+    }
+    fn new_passphrase(&mut self, _user: &str) -> Option<Passphrase> {
+        Passphrase::new("carol's own passphrase".into()).ok()
+    }
+    fn new_slot_kdf(&mut self) -> coffer_device::Result<KdfParams> {
+        Ok(kdf())
+    }
+    fn offline_secret(&mut self, _user: &str) -> Option<UnlockSecret> {
+        None
+    }
+}
+
+#[test]
+fn an_online_login_after_a_long_time_offline_counts_the_grace_from_its_own_check_in() {
+    let server = Hostile::start();
+    let t0 = now_unix();
+    script_enrollment(&server, t0);
+    publish_grace_policy(&server, t0);
+    let agent = agent();
+    let enrolled = enroll(&server, &agent);
+    // The escrow key the device deposited, released as the server would.
+    let deposit: Value = serde_json::from_slice(&server.last_body("PUT", ESCROW).unwrap()).unwrap();
+    server.answer(
+        "POST",
+        "/v1/login",
+        Reply::json(
+            200,
+            &json!({"token": "5e".repeat(24), "expires_at": t0 + 40 * 86_400}),
+        ),
+    );
+    server.answer("POST", "/v1/logout", Reply::empty(204));
+    server.answer(
+        "POST",
+        "/v1/device/escrow/release",
+        Reply::json(
+            200,
+            &json!({"escrow_key": deposit["escrow_key"], "user_id": 3, "user": "carol"}),
+        ),
+    );
+    // 31 days later the device reaches the server again: the login's own
+    // check-in resets the grace before the policy is enforced.
+    let later = t0 + 31 * 86_400;
+    server.answer(
+        "POST",
+        CHECK_IN,
+        Reply::json(200, &check_in_answer(later, Some(1))),
+    );
+    let login = agent
+        .clone()
+        .with_clock(Arc::new(move || at(later)))
+        .login(&enrolled.vault(), "carol", &mut Prompts)
+        .unwrap();
+    match login {
+        coffer_agent::Login::Online { slot, vault } => {
+            assert_eq!(slot, coffer_agent::SlotChange::Added);
+            assert!(vault.slots().iter().any(|s| s.name == "carol"));
+        }
+        coffer_agent::Login::Offline { why, .. } => panic!("offline: {why}"),
+    }
+    enrolled.vault().info().unwrap();
+}

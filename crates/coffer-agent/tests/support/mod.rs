@@ -104,12 +104,14 @@ pub type Seen = (String, String);
 
 type Script = Arc<Mutex<HashMap<(String, String), Reply>>>;
 type Log = Arc<Mutex<Vec<Seen>>>;
+type Bodies = Arc<Mutex<HashMap<Seen, Vec<u8>>>>;
 
 /// The server, running in a thread until the test process ends.
 pub struct Hostile {
     addr: SocketAddr,
     script: Script,
     log: Log,
+    bodies: Bodies,
 }
 
 impl Hostile {
@@ -120,17 +122,23 @@ impl Hostile {
         let addr = listener.local_addr().expect("local address");
         let script: Script = Arc::default();
         let log: Log = Arc::default();
-        let (s, l) = (Arc::clone(&script), Arc::clone(&log));
+        let bodies: Bodies = Arc::default();
+        let (s, l, b) = (Arc::clone(&script), Arc::clone(&log), Arc::clone(&bodies));
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let (s, l) = (Arc::clone(&s), Arc::clone(&l));
+                let (s, l, b) = (Arc::clone(&s), Arc::clone(&l), Arc::clone(&b));
                 thread::spawn(move || {
-                    let _ = serve(stream, &s, &l);
+                    let _ = serve(stream, &s, &l, &b);
                 });
             }
         });
-        Hostile { addr, script, log }
+        Hostile {
+            addr,
+            script,
+            log,
+            bodies,
+        }
     }
 
     /// Its base URL.
@@ -144,6 +152,15 @@ impl Hostile {
             .lock()
             .expect("script lock")
             .insert((method.to_owned(), path.to_owned()), reply);
+    }
+
+    /// The body of the last `method path` request, if one came.
+    pub fn last_body(&self, method: &str, path: &str) -> Option<Vec<u8>> {
+        self.bodies
+            .lock()
+            .expect("bodies lock")
+            .get(&(method.to_owned(), path.to_owned()))
+            .cloned()
     }
 
     /// Every request seen so far, in order.
@@ -168,7 +185,7 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn serve(stream: TcpStream, script: &Script, log: &Log) -> std::io::Result<()> {
+fn serve(stream: TcpStream, script: &Script, log: &Log, bodies: &Bodies) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
@@ -191,6 +208,10 @@ fn serve(stream: TcpStream, script: &Script, log: &Log) -> std::io::Result<()> {
     }
     let mut body = vec![0; length.min(1 << 20)];
     reader.read_exact(&mut body)?;
+    bodies
+        .lock()
+        .expect("bodies lock")
+        .insert((method.clone(), path.clone()), body);
     log.lock()
         .expect("log lock")
         .push((method.clone(), path.clone()));
