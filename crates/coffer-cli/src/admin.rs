@@ -116,12 +116,6 @@ fn shown<T: serde::Serialize>(answer: &T) -> Result<Value, CliError> {
         .map_err(|e| CliError::other(format!("cannot show the server's answer: {e}")))
 }
 
-/// A secret read from the environment or a prompt, for a request body
-/// (moved, not copied).
-fn wire(mut secret: Zeroizing<String>) -> WireSecret {
-    WireSecret::new(std::mem::take(&mut *secret))
-}
-
 /// A secret from `env`, else a no-echo prompt on a terminal.
 pub(crate) fn password(prompt: &str, env: &str) -> Result<Zeroizing<String>, CliError> {
     if let Ok(p) = std::env::var(env) {
@@ -154,10 +148,10 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
             let token = password("Setup token: ", "COFFER_SETUP_TOKEN")?;
             let password = password(&format!("Password for {owner}: "), PASSWORD_ENV)?;
             let request = Setup {
-                setup_token: wire(token),
+                setup_token: WireSecret::from(token),
                 organization: organization.clone(),
                 owner: owner.clone(),
-                password: wire(password),
+                password: WireSecret::from(password),
             };
             let set_up: SetupAnswer = answer(http.post(url("/v1/setup")).json(&request).send())?;
             shown(&set_up)?
@@ -166,7 +160,7 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
             let password = password(&format!("Password for {user}: "), PASSWORD_ENV)?;
             let request = Login {
                 user: user.clone(),
-                password: wire(password),
+                password: WireSecret::from(password),
             };
             let session: LoginAnswer = answer(http.post(url("/v1/login")).json(&request).send())?;
             write_session(session.token.expose_secret())?;
@@ -190,7 +184,7 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
             )?;
             let request = AddUser {
                 user: user.clone(),
-                password: wire(initial),
+                password: WireSecret::from(initial),
                 role: role.clone(),
             };
             let added: UserAdded = answer(

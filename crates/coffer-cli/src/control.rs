@@ -81,9 +81,7 @@ pub fn enroll(
     }
     let code = match code {
         Some(code) => WireSecret::new(code.to_owned()),
-        None => WireSecret::new(
-            crate::admin::password("Enrollment code: ", "COFFER_ENROLL_CODE")?.to_string(),
-        ),
+        None => crate::admin::password("Enrollment code: ", "COFFER_ENROLL_CODE")?.into(),
     };
     let name = name.map_or_else(
         || format!("{}@{}", vault.vault().name(), hostname()),
@@ -200,7 +198,7 @@ impl LoginPrompts for Prompts<'_> {
             &format!("Server password for {user}: "),
             "COFFER_SERVER_PASSWORD",
         );
-        self.keep(password).map(|p| WireSecret::new(p.to_string()))
+        self.keep(password).map(WireSecret::from)
     }
 
     fn new_passphrase(&mut self, user: &str) -> Option<Passphrase> {

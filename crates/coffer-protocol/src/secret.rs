@@ -59,6 +59,14 @@ impl From<String> for WireSecret {
     }
 }
 
+/// Moves the text out of a `Zeroizing` string (no copy is left behind; the
+/// emptied original zeroizes nothing but its capacity).
+impl From<zeroize::Zeroizing<String>> for WireSecret {
+    fn from(mut text: zeroize::Zeroizing<String>) -> Self {
+        WireSecret::new(std::mem::take(&mut *text))
+    }
+}
+
 impl From<&str> for WireSecret {
     fn from(text: &str) -> Self {
         WireSecret::new(text.to_owned())

@@ -482,15 +482,7 @@ async fn setup(
     check_name("the owner's name", &owner)?;
     check_password(password.expose_secret())?;
     // Argon2 is slow on purpose: keep it off the async workers.
-    let hashed = tokio::task::spawn_blocking(move || hash_password(password.expose_secret()))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                "hashing failed",
-            )
-        })??;
+    let hashed = hash_off_thread(password).await?;
     let created = state
         .store
         .bootstrap(
@@ -638,16 +630,7 @@ async fn login(
         Some(r) => r.password_hash.clone(),
         None => state.decoy_hash.as_ref().clone(),
     };
-    let matches =
-        tokio::task::spawn_blocking(move || verify_password(&hash, password.expose_secret()))
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ErrorCode::Internal,
-                    "hashing failed",
-                )
-            })?;
+    let matches = verify_off_thread(hash, password).await?;
     let user_id = match stored {
         Some(r) if matches && !r.disabled => r.user_id,
         _ => {
@@ -685,7 +668,7 @@ async fn login(
     )
     .await?;
     Ok(Json(LoginAnswer {
-        token: wire_secret(token),
+        token: token.into(),
         expires_at,
     }))
 }
@@ -702,12 +685,6 @@ pub fn new_token() -> Result<zeroize::Zeroizing<String>, ApiError> {
         )
     })?;
     Ok(zeroize::Zeroizing::new(hex::encode(bytes)))
-}
-
-/// A token for an answer body: moved, not copied, into a `WireSecret`
-/// (which zeroizes on drop as the `Zeroizing` did).
-fn wire_secret(mut token: zeroize::Zeroizing<String>) -> WireSecret {
-    WireSecret::new(std::mem::take(&mut *token))
 }
 
 /// `POST /v1/logout`: revokes the session that sends it.
@@ -863,7 +840,7 @@ async fn create_enrollment_code(
     Ok((
         StatusCode::CREATED,
         Json(EnrollmentCode {
-            code: wire_secret(code),
+            code: code.into(),
             expires_at,
         }),
     ))
@@ -944,8 +921,8 @@ async fn enroll(
         Json(EnrollAnswer {
             device_id: enrolled.device_id,
             organization_id: enrolled.org_id,
-            device_token: wire_secret(token),
-            release_token: wire_secret(release_token),
+            device_token: token.into(),
+            release_token: release_token.into(),
             policy_public_key: policy_key.public_key,
         }),
     ))
@@ -1083,7 +1060,7 @@ async fn rotate_device_token(
     )
     .await?;
     Ok(Json(DeviceTokenRotated {
-        device_token: wire_secret(token),
+        device_token: token.into(),
     }))
 }
 
@@ -1210,6 +1187,21 @@ fn check_password(password: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Whether `password` matches the PHC `hash`, checked off the async
+/// workers (Argon2 is slow on purpose).
+async fn verify_off_thread(hash: String, password: WireSecret) -> Result<bool, ApiError> {
+    tokio::task::spawn_blocking(move || verify_password(&hash, password.expose_secret()))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "hashing failed",
+            )
+        })
+}
+
+/// `password` hashed off the async workers (Argon2 is slow on purpose).
 async fn hash_off_thread(password: WireSecret) -> Result<String, ApiError> {
     tokio::task::spawn_blocking(move || hash_password(password.expose_secret()))
         .await
@@ -1314,16 +1306,7 @@ async fn change_password(
         .password_hash(who.user_id)
         .await?
         .ok_or_else(not_found_here)?;
-    let matches =
-        tokio::task::spawn_blocking(move || verify_password(&stored, old.expose_secret()))
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    ErrorCode::Internal,
-                    "hashing failed",
-                )
-            })?;
+    let matches = verify_off_thread(stored, old).await?;
     if !matches {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
