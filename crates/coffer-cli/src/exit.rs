@@ -194,6 +194,9 @@ impl From<coffer_agent::Error> for CliError {
             Agent::Transport(TransportError::Untrusted) => {
                 (ExitCode::Untrusted, "untrusted_server")
             }
+            Agent::Transport(
+                TransportError::TooLarge { .. } | TransportError::Redirected { .. },
+            ) => (ExitCode::Other, "bad_answer"),
             Agent::Transport(_) => (ExitCode::Other, "unreachable"),
             Agent::Refused { status, .. } => (
                 match status {
