@@ -5,7 +5,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
@@ -72,23 +73,7 @@ fn run_sql(database_url: &str, statements: &str) {
 }
 
 fn serve_on(dir: &std::path::Path, listen: &str, database_url: &str) -> Server {
-    let db = database_url.to_owned();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .args(["--json", "serve", "--listen", listen, "--dev-tls"])
-        .args(["--database-url", &db])
-        .env("XDG_DATA_HOME", dir)
-        .env("HOME", dir)
-        .env_remove("COFFER_MASTER_KEY")
-        .env_remove("COFFER_MASTER_KEY_FILE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let started: Value = serde_json::from_str(&line).unwrap();
+    let (child, started) = support::spawn_dev_tls_serve(dir, listen, database_url);
     Server {
         base: started["listening"].as_str().unwrap().to_owned(),
         fingerprint: started["tls_sha256"].as_str().unwrap().to_owned(),

@@ -6,9 +6,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use coffer_agent::{Agent, Error, OfflineReason, PolicyOutcome, SlotChange, Trust, WipeCause};
 use coffer_protocol::data::Reading;
@@ -34,22 +35,7 @@ struct Serve {
 
 fn spawn(dir: &Path, listen: &str) -> (Child, Value) {
     let database_url = format!("sqlite://{}", dir.join("server.db").display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
-        .args(["--json", "serve", "--listen", listen, "--dev-tls"])
-        .args(["--database-url", &database_url])
-        .env("XDG_DATA_HOME", dir)
-        .env("HOME", dir)
-        .env_remove("COFFER_MASTER_KEY")
-        .env_remove("COFFER_MASTER_KEY_FILE")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (child, serde_json::from_str(&line).unwrap())
+    support::spawn_dev_tls_serve(dir, listen, &database_url)
 }
 
 impl Serve {
