@@ -16,6 +16,24 @@ use serde::{Deserialize, Serialize};
 /// The `format` field of every signed policy document.
 pub const FORMAT: &str = "coffer-policy/1";
 
+/// The highest policy version (2^31 − 1, `i32::MAX`); the lowest is 1.
+///
+/// Versions only go up, on the server and on every device, so a version at
+/// the top of `i64` would leave nothing above it to publish, for good. This
+/// bound leaves room for a publish a second for 68 years, is far from
+/// overflow in any arithmetic on versions, and is a safe integer in
+/// JavaScript (and an `int` in most languages). docs/formats/policy.md,
+/// "The document".
+pub const MAX_POLICY_VERSION: i64 = 2_147_483_647;
+
+// A safe integer in JavaScript (below 2^53), and far from overflow.
+const _: () = assert!(MAX_POLICY_VERSION < (1 << 53));
+
+/// Whether `version` is one a policy may have: 1 to [`MAX_POLICY_VERSION`].
+pub fn valid_version(version: i64) -> bool {
+    (1..=MAX_POLICY_VERSION).contains(&version)
+}
+
 /// What a device may do with an app's stores.
 pub const CAPABILITIES: [&str; 5] = ["sql", "kv", "records", "files", "export"];
 
@@ -190,7 +208,7 @@ pub struct Document {
     pub format: String,
     /// The organization the policy binds.
     pub organization_id: i64,
-    /// Only ever goes up.
+    /// Only ever goes up; 1 to [`MAX_POLICY_VERSION`].
     pub version: i64,
     /// When the server signed it, Unix seconds.
     pub issued_at: i64,
@@ -314,6 +332,13 @@ pub enum PolicyRefusal {
     /// The announced version is not the signed one.
     #[error("its version is not the one the server announced")]
     VersionMismatch,
+    /// A version outside 1 to [`MAX_POLICY_VERSION`]: holding it would
+    /// leave nothing above it to accept.
+    #[error("its version {found} is outside 1 to {MAX_POLICY_VERSION}")]
+    VersionOutOfRange {
+        /// The document's version.
+        found: i64,
+    },
     /// Not above the version held.
     #[error("version {found} is not above the version held ({held}): a downgrade")]
     Downgrade {
@@ -331,7 +356,8 @@ impl SignedPolicy {
     /// Verifies the policy as a device must (docs/protocol.md, "Policy"):
     /// the signature over the exact bytes of `document` under the key the
     /// device pinned, the format, the organization, the announced version,
-    /// and no downgrade below `held`. Only then is the document parsed
+    /// its range (1 to [`MAX_POLICY_VERSION`]) and no downgrade below
+    /// `held`. Only then is the document parsed
     /// and returned.
     pub fn verify(
         &self,
@@ -359,6 +385,11 @@ impl SignedPolicy {
         if parsed.version != self.version {
             return Err(PolicyRefusal::VersionMismatch);
         }
+        if !valid_version(parsed.version) {
+            return Err(PolicyRefusal::VersionOutOfRange {
+                found: parsed.version,
+            });
+        }
         if let Some(held) = held.filter(|held| parsed.version <= *held) {
             return Err(PolicyRefusal::Downgrade {
                 found: parsed.version,
@@ -374,11 +405,40 @@ impl SignedPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
-    /// Above every published version.
+    /// Above every published version, and at most [`MAX_POLICY_VERSION`].
     pub version: i64,
     /// The rules; every field has a default.
     #[serde(default)]
     pub rules: Rules,
+}
+
+/// Why a publish is refused before anything is signed or stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishRefusal {
+    /// A version outside 1 to [`MAX_POLICY_VERSION`].
+    #[error("version must be 1 to {MAX_POLICY_VERSION}")]
+    VersionOutOfRange {
+        /// The version asked for.
+        version: i64,
+    },
+    /// The rules break a rule of their own ([`Rules::check`]).
+    #[error("{0}")]
+    InvalidRules(String),
+}
+
+impl PublishRequest {
+    /// Checks what can be checked without the published versions: the
+    /// version's range, then the rules. (Whether the version is above every
+    /// published one is the server's to say.)
+    pub fn check(&self) -> Result<(), PublishRefusal> {
+        if !valid_version(self.version) {
+            return Err(PublishRefusal::VersionOutOfRange {
+                version: self.version,
+            });
+        }
+        self.rules.check().map_err(PublishRefusal::InvalidRules)
+    }
 }
 
 /// `GET /v1/orgs/{org}/policy-key`: the key devices pin.
@@ -451,6 +511,102 @@ mod tests {
         answer.published_at = Some(1_795_000_000);
         let text = serde_json::to_string(&answer).unwrap();
         assert!(text.contains(r#""published_at":1795000000"#), "{text}");
+    }
+
+    #[test]
+    fn the_version_bound_is_i32_max() {
+        assert_eq!(MAX_POLICY_VERSION, i64::from(i32::MAX));
+    }
+
+    #[test]
+    fn a_publish_outside_the_version_bound_is_refused() {
+        let request = |version| PublishRequest {
+            version,
+            rules: Rules::default(),
+        };
+        for version in [i64::MIN, -1, 0, MAX_POLICY_VERSION + 1, i64::MAX] {
+            assert_eq!(
+                request(version).check(),
+                Err(PublishRefusal::VersionOutOfRange { version }),
+                "{version}"
+            );
+        }
+        for version in [1, 2, MAX_POLICY_VERSION - 1, MAX_POLICY_VERSION] {
+            assert_eq!(request(version).check(), Ok(()), "{version}");
+        }
+        assert_eq!(
+            request(MAX_POLICY_VERSION + 1)
+                .check()
+                .unwrap_err()
+                .to_string(),
+            "version must be 1 to 2147483647"
+        );
+        // The version is checked before the rules.
+        let mut bad_rules = request(3);
+        bad_rules.rules.check_in_secs = 1;
+        assert!(matches!(
+            bad_rules.check(),
+            Err(PublishRefusal::InvalidRules(_))
+        ));
+        bad_rules.version = i64::MAX;
+        assert_eq!(
+            bad_rules.check(),
+            Err(PublishRefusal::VersionOutOfRange { version: i64::MAX })
+        );
+    }
+
+    /// A policy of organization 1 at `version`, signed by the key of seed
+    /// `[9; 32]`, and that key.
+    fn signed(version: i64) -> (SignedPolicy, Vec<u8>) {
+        use ring::signature::KeyPair;
+        let key = ring::signature::Ed25519KeyPair::from_seed_unchecked(&[9; 32]).unwrap();
+        let document = Document {
+            format: FORMAT.into(),
+            organization_id: 1,
+            version,
+            issued_at: 1_700_000_000,
+            rules: Rules::default(),
+        }
+        .to_canonical()
+        .unwrap();
+        let policy = SignedPolicy {
+            version,
+            signature: hex::encode(key.sign(&document)),
+            document: String::from_utf8(document).unwrap(),
+            public_key: hex::encode(key.public_key()),
+            published_at: None,
+        };
+        (policy, key.public_key().as_ref().to_vec())
+    }
+
+    #[test]
+    fn a_device_refuses_a_version_outside_the_bound() {
+        for found in [i64::MIN, 0, MAX_POLICY_VERSION + 1, i64::MAX] {
+            let (policy, key) = signed(found);
+            for held in [None, Some(1), Some(MAX_POLICY_VERSION)] {
+                assert_eq!(
+                    policy.verify(&key, 1, held),
+                    Err(PolicyRefusal::VersionOutOfRange { found }),
+                    "{found} {held:?}"
+                );
+            }
+        }
+        // The bound itself is a version like any other, and above it there
+        // is nothing: a device at the bound refuses only as a downgrade.
+        let (policy, key) = signed(MAX_POLICY_VERSION);
+        for held in [None, Some(1), Some(MAX_POLICY_VERSION - 1)] {
+            assert_eq!(
+                policy.verify(&key, 1, held).unwrap().version,
+                MAX_POLICY_VERSION
+            );
+        }
+        assert_eq!(
+            policy.verify(&key, 1, Some(MAX_POLICY_VERSION)),
+            Err(PolicyRefusal::Downgrade {
+                found: MAX_POLICY_VERSION,
+                held: MAX_POLICY_VERSION
+            })
+        );
     }
 
     #[test]

@@ -60,17 +60,15 @@ async fn deliver(
     };
     let batch = decoded
         .and_then(|b| b.check().map(|()| b))
-        .map_err(|e| match e {
-            BatchError::Malformed(..) => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::MalformedBatch,
-                e.to_string(),
-            ),
-            BatchError::Invalid(..) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ErrorCode::InvalidBatch,
-                e.to_string(),
-            ),
+        .map_err(|e: BatchError| {
+            // The message is the protocol crate's own, bounded and free of
+            // the body's bytes and of the parser's words.
+            let (status, code) = if e.is_malformed() {
+                (StatusCode::BAD_REQUEST, ErrorCode::MalformedBatch)
+            } else {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidBatch)
+            };
+            ApiError::new(status, code, e.to_string())
         })?;
     let digest = batch.digest();
     let outcome = state
