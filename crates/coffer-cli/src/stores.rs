@@ -399,16 +399,14 @@ pub fn files(global: &Global, command: &FilesCommand) -> Result<Report, CliError
                     .map(|p| p.as_path())
                     .unwrap_or(std::path::Path::new("-"));
                 // Written next to the target and renamed, so a failed
-                // decryption never leaves a partial file under the name.
-                let dir = path
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(std::path::Path::new("."));
-                let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| {
-                    CliError::other(format!("cannot write in {}: {e}", dir.display()))
+                // decryption never leaves a partial file under the name; and
+                // the partial file is removed on errors and signals, or
+                // swept by a later run (crate::partial).
+                let mut partial = crate::partial::PartialFile::beside(path).map_err(|e| {
+                    CliError::other(format!("cannot write beside {}: {e}", path.display()))
                 })?;
-                let n = copy_with_progress(&mut reader, tmp.as_file_mut(), &bar)?;
-                tmp.persist(path).map_err(|e| {
+                let n = copy_with_progress(&mut reader, partial.file_mut(), &bar)?;
+                partial.persist(path).map_err(|e| {
                     CliError::other(format!("cannot write {}: {e}", path.display()))
                 })?;
                 n
@@ -455,6 +453,19 @@ pub fn files(global: &Global, command: &FilesCommand) -> Result<Report, CliError
     }
 }
 
+/// In debug builds only, `COFFER_TEST_WRITE_DELAY_MS`: a pause after each
+/// block written, so that tests can interrupt a copy half way.
+fn test_write_delay() -> Option<std::time::Duration> {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var("COFFER_TEST_WRITE_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Some(std::time::Duration::from_millis(ms));
+    }
+    None
+}
+
 fn copy_with_progress(
     reader: &mut dyn Read,
     out: &mut dyn Write,
@@ -462,6 +473,7 @@ fn copy_with_progress(
 ) -> Result<u64, CliError> {
     let mut buf = zeroize::Zeroizing::new(vec![0u8; 256 * 1024]);
     let mut total = 0u64;
+    let delay = test_write_delay();
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
@@ -484,6 +496,9 @@ fn copy_with_progress(
             .map_err(|e| CliError::other(format!("cannot write: {e}")))?;
         total += n as u64;
         bar.set_position(total);
+        if let Some(delay) = delay {
+            std::thread::sleep(delay);
+        }
     }
     out.flush()
         .map_err(|e| CliError::other(format!("cannot write: {e}")))?;

@@ -23,6 +23,12 @@
 //!   disk in the clear.
 //! - `foreign_keys = ON`, `secure_delete = ON`: deleted content is
 //!   overwritten in the (encrypted) file.
+//! - `cipher_log_level = NONE`, before the key: SQLCipher otherwise writes
+//!   its own lines ("ERROR CORE sqlcipher_page_cipher: hmac check failed")
+//!   to the process's stderr, ahead of the caller's error (and inside a
+//!   `--json` error stream). The error itself still reaches the caller as
+//!   [`Error::Database`]. For diagnosis, `COFFER_SQLCIPHER_LOG=ERROR` (or
+//!   `WARN`, `INFO`, `DEBUG`, `TRACE`) turns the lines back on.
 
 use std::path::Path;
 
@@ -34,6 +40,28 @@ use crate::secret::Subkey;
 
 /// Page cache per connection: 2 MiB (negative values are KiB in SQLite).
 const CACHE_SIZE_KIB: i64 = 2048;
+
+/// Names SQLCipher's log level to turn its stderr log back on, for diagnosis.
+const LOG_LEVEL_VAR: &str = "COFFER_SQLCIPHER_LOG";
+
+/// Sets SQLCipher's log level: `NONE` unless [`LOG_LEVEL_VAR`] names one of
+/// SQLCipher's levels. The level is process-wide, and SQLCipher raises it to
+/// `WARN` when it first initializes, so every connection sets it before its
+/// key is used.
+fn set_sqlcipher_log_level(conn: &Connection) -> Result<()> {
+    const LEVELS: [&str; 5] = ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"];
+    // Only a fixed word reaches the statement, never the variable's text.
+    let level = std::env::var(LOG_LEVEL_VAR)
+        .ok()
+        .and_then(|v| {
+            LEVELS
+                .into_iter()
+                .find(|l| l.eq_ignore_ascii_case(v.trim()))
+        })
+        .unwrap_or("NONE");
+    conn.execute_batch(&format!("PRAGMA cipher_log_level = {level};"))
+        .map_err(|e| Error::database("configuring", e))
+}
 
 /// Opens (creating if `create`) the SQLCipher database at `path` with `key`,
 /// applies coffer's settings and checks that the key opens it.
@@ -47,6 +75,7 @@ pub(crate) fn open(path: &Path, key: &Subkey, create: bool) -> Result<Connection
     }
     let conn =
         Connection::open_with_flags(path, flags).map_err(|e| Error::database("opening", e))?;
+    set_sqlcipher_log_level(&conn)?;
     let hex = Zeroizing::new(hex_lower(key.expose_secret()));
     let pragma = Zeroizing::new(format!(
         "PRAGMA key = \"x'{}'\"; PRAGMA cipher_hmac_algorithm = HMAC_SHA256;",
@@ -131,6 +160,7 @@ pub(crate) fn rekey(path: &Path, old: &[u8; 32], new: &Subkey) -> Result<()> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| Error::database("opening", e))?;
+    set_sqlcipher_log_level(&conn)?;
     conn.execute_batch(&key_statement("key", old))
         .and_then(|()| conn.execute_batch("PRAGMA cipher_hmac_algorithm = HMAC_SHA256;"))
         .map_err(|_| keying_refused())?;
