@@ -269,8 +269,11 @@ impl SealedHeader {
                     return Err(KdfLimitError {
                         slot: index,
                         what: "total KDF work of all slots (% of one slot's cap)",
-                        value: (total_work * 100.0) as u64,
-                        limit: (limits.max_total_work * 100.0) as u64,
+                        // Rounded apart (the value up, the cap down), so that
+                        // a sum just over the cap never reads "800, above …
+                        // cap of 800".
+                        value: (total_work * 100.0).ceil() as u64,
+                        limit: (limits.max_total_work * 100.0).floor() as u64,
                     }
                     .into());
                 }

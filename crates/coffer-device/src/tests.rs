@@ -821,6 +821,37 @@ fn the_total_kdf_work_of_all_slots_is_capped_too() {
 }
 
 #[test]
+fn a_total_just_over_the_cap_reads_above_it() {
+    // Eight slots at exactly the Argon2id work cap and a ninth at almost
+    // nothing: the sum is 8.000002 caps. The message used to truncate both
+    // sides and read "800, above this coffer's cap of 800".
+    let (_d, space) = space();
+    let mut v = space
+        .create_vault("acme", "u0", &pass("pw"), &FAST)
+        .unwrap();
+    for i in 1..9 {
+        v.add_passphrase_slot(&format!("u{i}"), &pass("x"), &FAST)
+            .unwrap();
+    }
+    let mut bytes = read_header(&space);
+    for i in 0..9 {
+        let (memory_kib, passes): (u32, u32) = if i < 8 { (256 * 1024, 16) } else { (8, 1) };
+        let at = SLOT0 + i * SLOT_LEN + 4;
+        bytes[at..at + 4].copy_from_slice(&memory_kib.to_le_bytes());
+        bytes[at + 4..at + 8].copy_from_slice(&passes.to_le_bytes());
+    }
+    fix_checksum(&mut bytes);
+    std::fs::write(header_path(&space), &bytes).unwrap();
+    match unlock(&space, "pw") {
+        Err(Error::KdfLimit(e)) => {
+            assert_eq!(e.slot, 8);
+            assert_eq!((e.value, e.limit), (801, 800), "{e}");
+        }
+        other => panic!("{:?}", other.map(|_| "unlocked")),
+    }
+}
+
+#[test]
 fn garbage_and_foreign_files_are_not_headers() {
     let (_d, space) = two_user_vault();
     std::fs::write(header_path(&space), b"SQLite format 3\0 and more").unwrap();
