@@ -84,6 +84,8 @@ async fn one_backend(url: &str, scale: &Scale) -> (Vec<Load>, Vec<Load>) {
         tls: TlsSetting::Off,
         keys: coffer_server::testing::keyring(),
         adopt_unkeyed_audit: false,
+        trusted_proxies: Default::default(),
+        shutdown_grace: coffer_server::serve::DEFAULT_SHUTDOWN_GRACE,
     })
     .await
     .unwrap();

@@ -77,6 +77,8 @@ pub fn tour(dir: &Path, space: &Path, steps: Steps<'_>) -> Result<(), CliError> 
             },
             keys: std::sync::Arc::new(coffer_server::keys::Keyring::new(keys, None)),
             adopt_unkeyed_audit: false,
+            trusted_proxies: Default::default(),
+            shutdown_grace: coffer_server::serve::DEFAULT_SHUTDOWN_GRACE,
         }))
         .map_err(|e| failed("starting the server", e))?;
     let addr = server.local_addr().map_err(|e| failed("address", e))?;

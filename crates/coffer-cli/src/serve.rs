@@ -1,4 +1,6 @@
-//! `coffer serve`: the control plane in the foreground, until Ctrl-C.
+//! `coffer serve`: the control plane in the foreground, until SIGINT
+//! (Ctrl-C) or SIGTERM (systemd, container runtimes): then it drains the
+//! requests in flight and closes the database.
 
 use std::net::SocketAddr;
 
@@ -15,17 +17,52 @@ pub enum Tls {
     Dev,
 }
 
-/// The server's own directory: the default database, the development
-/// certificate.
+/// The server's own directory: the default database, the master key, the
+/// development certificate. Made readable by its owner only (0700); the
+/// server refuses database files in it that others can read.
 fn server_dir() -> Result<std::path::PathBuf, CliError> {
     let dir = dirs::data_dir()
         .map(|d| d.join("coffer-server"))
         .ok_or_else(|| {
             CliError::usage("no data directory known for this user: pass --database-url")
         })?;
-    std::fs::create_dir_all(&dir)
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(&dir)
         .map_err(|e| CliError::other(format!("cannot create {}: {e}", dir.display())))?;
     Ok(dir)
+}
+
+/// Completes at the first SIGINT or SIGTERM. The handlers are installed
+/// when this is called, not when it is first awaited: a signal that comes
+/// before the server runs must not kill the process the default way.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static, CliError> {
+    let failed = |e: std::io::Error| CliError::other(format!("cannot handle signals: {e}"));
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(failed)?;
+        let mut terminate = signal(SignalKind::terminate()).map_err(failed)?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = failed;
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }
 
 fn default_database_url() -> Result<String, CliError> {
@@ -44,6 +81,7 @@ pub struct Options<'a> {
     pub master_key_file: Option<&'a std::path::Path>,
     pub previous_master_key_file: Option<&'a std::path::Path>,
     pub adopt_unkeyed_audit: bool,
+    pub trusted_proxies: coffer_server::client_addr::TrustedProxies,
 }
 
 /// The master key (made on first start at the default path), and the
@@ -102,6 +140,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
         force_plain,
         tls,
         adopt_unkeyed_audit,
+        trusted_proxies,
         ..
     } = options;
     let database_url = match database_url {
@@ -118,6 +157,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
         .build()
         .map_err(|e| CliError::other(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
+        let stop = stop_signal()?;
         let server = Server::bind(&ServeConfig {
             listen,
             database_url,
@@ -127,6 +167,8 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
             tls,
             keys,
             adopt_unkeyed_audit,
+            trusted_proxies,
+            shutdown_grace: coffer_server::serve::DEFAULT_SHUTDOWN_GRACE,
         })
         .await
         .map_err(|e| {
@@ -171,9 +213,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
             }
         }
         server
-            .run(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
+            .run(stop)
             .await
             .map_err(|e| CliError::other(format!("the server stopped: {e}")))
     })?;

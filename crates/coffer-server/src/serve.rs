@@ -1,11 +1,14 @@
-//! `coffer serve`: open the storage, bring the schema up to date, issue the
-//! setup token of an empty server, bind the listener, serve.
+//! `coffer serve`: check that the database's files are private, open the
+//! storage, bring the schema up to date, issue the setup token of an empty
+//! server, bind the listener, serve; on shutdown, drain and close.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rand_core::RngCore;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use zeroize::Zeroizing;
 
 use crate::api::{self, AppState};
@@ -35,10 +38,24 @@ pub struct ServeConfig {
     /// trail without MACs could have been rewritten by anyone with write
     /// access to the database, and adopting it would vouch for that.
     pub adopt_unkeyed_audit: bool,
+    /// Proxies whose forwarding header names the client (`--trusted-proxy`);
+    /// none by default: every client is its TCP peer.
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
+    /// On shutdown, how long requests in flight may take to finish before
+    /// their connections are closed.
+    pub shutdown_grace: Duration,
 }
 
 /// The default session lifetime: a working day.
 pub const DEFAULT_SESSION_TTL: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
+/// The default shutdown grace period. `docker stop` waits 10 s before
+/// SIGKILL, systemd 90 s, Kubernetes 30 s: the drain fits the shortest.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+
+/// How long a TLS handshake may take: a slow-handshake attack must not
+/// hold tasks forever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +76,109 @@ pub enum ServeError {
     /// The address could not be bound, or serving failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A file of the SQLite database (the database, its `-wal`, `-shm` or
+    /// `-journal`) is readable or writable by other users of the host: they
+    /// could read the password hashes, the audit trail and the readings.
+    #[error(
+        "{path} is open to other users of this host (mode {mode:04o}); \
+         make it private (`chmod 600 {path}`; the database's -wal and -shm files too) and start again"
+    )]
+    DatabaseFileExposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The SQLite database's directory is writable by other users of the
+    /// host (and not sticky, as /tmp is): they could replace the database
+    /// or its -wal file.
+    #[error(
+        "other users of this host can write to {path} (mode {mode:04o}), \
+         the directory of the database, and so replace it; `chmod 700 {path}` (or keep the \
+         database in a directory of its own) and start again"
+    )]
+    DatabaseDirectoryExposed {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+}
+
+/// The SQLite file a database URL names (as [`Store::open`] reads it), or
+/// `None` for PostgreSQL, an in-memory database or a `file:` URI.
+fn sqlite_path(database_url: &str) -> Option<PathBuf> {
+    if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        return None;
+    }
+    let path = database_url
+        .strip_prefix("sqlite://")
+        .unwrap_or(database_url);
+    if path.is_empty() || path == ":memory:" || path.starts_with("file:") {
+        return None;
+    }
+    Some(PathBuf::from(path))
+}
+
+/// The files SQLite keeps beside a database.
+fn sqlite_companions(path: &Path) -> [PathBuf; 3] {
+    let with = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    [with("-wal"), with("-shm"), with("-journal")]
+}
+
+/// The rule for a SQLite database's files (docs/server.md, "Running it"):
+/// the database and its -wal, -shm and -journal files must give other
+/// users nothing (no group or other bits: refused otherwise, with the
+/// `chmod` that fixes it); its directory must not be writable by others
+/// unless sticky (refused otherwise), and is warned about if others can
+/// list it. What does not exist yet is made private by
+/// [`Store::open`]: the directory 0700, the file 0600 (SQLite gives its
+/// -wal and -shm files the database's mode).
+#[cfg(unix)]
+fn check_sqlite_permissions(path: &Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).ok().map(|m| m.permissions().mode());
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    if let Some(bits) = mode(&dir) {
+        let sticky = bits & 0o1000 != 0;
+        if bits & 0o022 != 0 && !sticky {
+            return Err(ServeError::DatabaseDirectoryExposed {
+                path: dir,
+                mode: bits & 0o7777,
+            });
+        }
+        if bits & 0o077 != 0 {
+            tracing::warn!(
+                directory = %dir.display(),
+                mode = format!("{:04o}", bits & 0o7777),
+                "other users of this host can list the database's directory (the files themselves are private); `chmod 700` it, or keep the database in a directory of its own"
+            );
+        }
+    }
+    let [wal, shm, journal] = sqlite_companions(path);
+    for file in [path.to_owned(), wal, shm, journal] {
+        if let Some(bits) = mode(&file) {
+            if bits & 0o077 != 0 {
+                return Err(ServeError::DatabaseFileExposed {
+                    path: file,
+                    mode: bits & 0o7777,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_sqlite_permissions(_path: &Path) -> Result<(), ServeError> {
+    Ok(())
 }
 
 /// Checks that the database is under this server's master key, and puts
@@ -194,6 +314,8 @@ pub struct Server {
     state: AppState,
     setup_token: Option<Zeroizing<String>>,
     tls: Option<crate::tls::Tls>,
+    shutdown_grace: Duration,
+    sqlite_path: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Server {
@@ -217,6 +339,10 @@ impl Server {
             Transport::Plain
         };
         check_listen(config.listen, transport, config.force_plain)?;
+        let sqlite_path = sqlite_path(&config.database_url);
+        if let Some(path) = &sqlite_path {
+            check_sqlite_permissions(path)?;
+        }
         let store = Store::open(&config.database_url).await?;
         adopt_master_key(&store, &config.keys, config.adopt_unkeyed_audit).await?;
         let setup_token = if store.is_bootstrapped().await? {
@@ -248,9 +374,12 @@ impl Server {
                 login_limits: config.login_limits,
                 metrics: crate::metrics::Metrics::default(),
                 keys: std::sync::Arc::clone(&config.keys),
+                trusted_proxies: config.trusted_proxies.clone(),
             },
             setup_token,
             tls,
+            shutdown_grace: config.shutdown_grace,
+            sqlite_path,
         })
     }
 
@@ -275,63 +404,160 @@ impl Server {
         self.state.store.backend()
     }
 
-    /// Serves until `shutdown` completes.
+    /// Serves until `shutdown` completes; then drains: stops accepting,
+    /// lets the requests in flight finish (for up to the shutdown grace
+    /// period; then their connections are closed), and closes the storage.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let app = api::router(self.state);
-        let Some(tls) = self.tls else {
-            axum::serve(
-                self.listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(shutdown)
-            .await?;
-            return Ok(());
-        };
+        let Server {
+            listener,
+            state,
+            tls,
+            shutdown_grace,
+            sqlite_path,
+            ..
+        } = self;
+        let store = state.store.clone();
+        let app = api::router(state);
+        let acceptor = tls.map(|t| t.acceptor);
+        let (draining, drain) = tokio::sync::watch::channel(false);
+        let mut connections = tokio::task::JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         loop {
-            let (tcp, peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
+            tokio::select! {
+                () = &mut shutdown => break,
+                // Finished connections are reaped as they end.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        connections.spawn(connection(
+                            tcp,
+                            peer,
+                            acceptor.clone(),
+                            app.clone(),
+                            drain.clone(),
+                        ));
+                    }
                     Err(e) => {
+                        // Out of file descriptors, say: wait rather than spin.
                         tracing::warn!(error = %e, "accept failed");
-                        continue;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                () = &mut shutdown => return Ok(()),
-            };
-            let acceptor = tls.acceptor.clone();
-            let app = app.clone();
-            tokio::spawn(async move {
-                // A failed handshake (a client that does not trust or pin
-                // this certificate, say) ends that connection only; so does
-                // one that does not finish in time (a slow-handshake attack
-                // must not hold tasks forever).
-                let handshake = acceptor.accept(tcp);
-                let Ok(Ok(stream)) =
-                    tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await
-                else {
-                    return;
-                };
-                let service = hyper::service::service_fn(
-                    move |mut req: hyper::Request<hyper::body::Incoming>| {
-                        req.extensions_mut()
-                            .insert(axum::extract::ConnectInfo(peer));
-                        let app = app.clone();
-                        async move {
-                            use tower::ServiceExt;
-                            app.oneshot(req.map(axum::body::Body::new)).await
-                        }
-                    },
-                );
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-            });
+            }
         }
+        drop(listener);
+        tracing::info!(
+            connections = connections.len(),
+            grace_secs = shutdown_grace.as_secs_f64(),
+            "shutting down: no new connections; draining the requests in flight"
+        );
+        // Every connection finishes the request it is in and closes.
+        let _ = draining.send(true);
+        let drained = tokio::time::timeout(shutdown_grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        if drained {
+            tracing::info!("drained: every request in flight has been answered");
+        } else {
+            tracing::warn!(
+                connections = connections.len(),
+                "the grace period is over: closing the connections still open"
+            );
+            connections.shutdown().await;
+        }
+        drop(app);
+        close_store(store, sqlite_path.as_deref()).await;
+        Ok(())
+    }
+}
+
+/// Anything a connection can run over: a TCP stream, or TLS over one.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Serves one connection (after its TLS handshake, if any) until it ends,
+/// or, once `drain` turns true, until it has finished the request it is in.
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    app: axum::Router,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) {
+    let stream: Box<dyn Io> = match acceptor {
+        None => Box::new(tcp),
+        Some(acceptor) => {
+            // A failed handshake (a client that does not trust or pin this
+            // certificate, say) ends that connection only; so does one that
+            // does not finish in time, or is not finished when draining.
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+            tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(stream)) => Box::new(stream),
+                    _ => return,
+                },
+                _ = drain.wait_for(|d| *d) => return,
+            }
+        }
+    };
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            let app = app.clone();
+            async move {
+                use tower::ServiceExt;
+                app.oneshot(req.map(axum::body::Body::new)).await
+            }
+        });
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    // With a timer, a client that is slow to send its request headers is
+    // dropped (after hyper's 30 s): it cannot hold a connection, or the
+    // drain, for ever.
+    builder.http1().timer(hyper_util::rt::TokioTimer::new());
+    let serving = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let mut serving = std::pin::pin!(serving);
+    tokio::select! {
+        _ = serving.as_mut() => return,
+        _ = drain.wait_for(|d| *d) => {}
+    }
+    // HTTP/1.1: the request in progress is answered, then the connection
+    // closes; HTTP/2: GOAWAY, the streams open are answered.
+    serving.as_mut().graceful_shutdown();
+    let _ = serving.await;
+}
+
+/// Closes the storage once every request is done: the last handle to the
+/// SQLite connection is dropped (on a blocking thread: closing checkpoints
+/// the WAL into the database and removes the -wal and -shm files), or the
+/// PostgreSQL pool's (its connections are closed).
+async fn close_store(store: Store, sqlite_path: Option<&Path>) {
+    let backend = store.backend();
+    if tokio::task::spawn_blocking(move || drop(store))
+        .await
+        .is_err()
+    {
+        tracing::warn!(backend, "closing the storage failed");
+        return;
+    }
+    // Let the PostgreSQL connection tasks see their clients go and say goodbye.
+    tokio::task::yield_now().await;
+    let wal_left = sqlite_path
+        .map(|p| sqlite_companions(p)[0].clone())
+        .and_then(|wal| std::fs::metadata(wal).ok())
+        .is_some_and(|m| m.len() > 0);
+    if wal_left {
+        // Another connection (another process, or a request cut at the end
+        // of the grace period and still finishing) holds the database:
+        // SQLite checkpoints the WAL when the last one closes.
+        tracing::info!(backend, "storage closed; the WAL is still in use elsewhere");
+    } else {
+        tracing::info!(backend, "storage closed");
     }
 }

@@ -53,6 +53,18 @@ pub enum TlsError {
     /// certificate could not be made.
     #[error("TLS setup failed: {0}")]
     Setup(String),
+    /// The development certificate's key is readable or writable by other
+    /// users of the host.
+    #[error(
+        "{path} is open to other users of this host (mode {mode:04o}); \
+         `chmod 600 {path}` and start again"
+    )]
+    KeyExposed {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
 }
 
 /// A ready TLS acceptor and the certificate's fingerprint.
@@ -126,6 +138,23 @@ const DEV_KEY: &str = "dev-tls-key.pem";
 fn dev_certificate(dir: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
     let (cert_path, key_path) = (dir.join(DEV_CERT), dir.join(DEV_KEY));
     if cert_path.is_file() && key_path.is_file() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&key_path)
+                .map_err(|source| TlsError::File {
+                    path: key_path.clone(),
+                    source,
+                })?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(TlsError::KeyExposed {
+                    path: key_path,
+                    mode: mode & 0o7777,
+                });
+            }
+        }
         return Ok((read(&cert_path)?, read(&key_path)?));
     }
     let names = vec![
@@ -141,10 +170,23 @@ fn dev_certificate(dir: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
         let path = path.to_owned();
         move |source| TlsError::File { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    create_private_dir(dir).map_err(io(dir))?;
     write_private(&key_path, &key).map_err(io(&key_path))?;
     std::fs::write(&cert_path, &cert).map_err(io(&cert_path))?;
     Ok((cert, key.to_vec()))
+}
+
+/// Makes `dir` (and its missing parents) readable by its owner only; an
+/// existing directory is left as it is.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

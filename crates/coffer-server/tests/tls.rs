@@ -20,6 +20,8 @@ async fn start(
         },
         keys: coffer_server::testing::keyring(),
         adopt_unkeyed_audit: false,
+        trusted_proxies: Default::default(),
+        shutdown_grace: coffer_server::serve::DEFAULT_SHUTDOWN_GRACE,
     })
     .await
     .unwrap();
