@@ -220,26 +220,13 @@ impl Client {
     }
 }
 
-/// At most `max` characters of a server's text, with control characters
-/// replaced: a hostile server's string is data, never a line of its own in
-/// the user's terminal or log.
+/// At most `max` characters of a server's text, escaped
+/// ([`coffer_protocol::untrusted`]): a hostile server's string is data,
+/// never a line of its own in the user's terminal or log.
 pub(crate) fn bounded(text: &str, max: usize) -> String {
-    let mut out: String = text
-        .chars()
-        .take(max)
-        .map(|c| if is_unsafe_to_show(c) { '\u{fffd}' } else { c })
-        .collect();
-    if text.chars().count() > max {
-        out.push('…');
-    }
-    out
-}
-
-/// Control characters, and the characters that reorder or break text in a
-/// terminal or a log viewer (bidirectional overrides, line separators).
-fn is_unsafe_to_show(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200e}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    coffer_protocol::untrusted::Untrusted::new(text)
+        .at_most(max)
+        .to_string()
 }
 
 #[cfg(test)]
@@ -282,7 +269,11 @@ mod tests {
         let text = format!("ok\nINFO forged\x1b[31m{}", "x".repeat(1000));
         let shown = bounded(&text, 50);
         assert!(!shown.chars().any(char::is_control), "{shown:?}");
-        assert!(shown.chars().count() <= 51);
+        assert!(
+            shown.starts_with("ok\\u{a}INFO forged\\u{1b}[31mxxx"),
+            "{shown}"
+        );
+        assert!(shown.ends_with(&format!("…(+{} bytes)", text.len() - 50)));
     }
 
     #[test]

@@ -3,13 +3,15 @@
 use std::path::PathBuf;
 
 use coffer_protocol::admin::{
-    AddUser, AuditReport, Csv, DeviceList, EnrollmentCode, MeAnswer, NewEnrollmentCode, OrderWipe,
+    AddUser, AuditReport, CreateOrganization, Csv, DeviceList, EnrollmentCode, MeAnswer,
+    NewEnrollmentCode, OrderWipe, OrganizationCreated, OrganizationList, OrganizationSummary,
     ReadingsQuery, SetRole, Setup, SetupAnswer, UsageQuery, UsageReport, UserAdded, WipeOrdered,
     WipeOrders,
 };
 use coffer_protocol::data::{ReadingsPage, StoredReading};
 use coffer_protocol::policy::{Document, PolicyKey, PublishRequest, Rules, SignedPolicy};
 use coffer_protocol::session::{Login, LoginAnswer};
+use coffer_protocol::untrusted::Untrusted;
 use coffer_protocol::{Answer, ErrorBody, NoContent, WireSecret};
 use reqwest::blocking::{Client, Response};
 use reqwest::StatusCode;
@@ -19,7 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::cli::{
     AdminArgs, AdminAuditCommand, AdminCommand, AdminDataCommand, AdminDeviceCommand,
-    AdminPolicyCommand, DataFilter, Global,
+    AdminOrgCommand, AdminPolicyCommand, DataFilter, Global,
 };
 use crate::commands::Report;
 use crate::exit::{CliError, ExitCode};
@@ -91,7 +93,12 @@ pub(crate) fn answer<T: Answer>(response: reqwest::Result<Response>) -> Result<T
         });
     }
     let (code, message) = match ErrorBody::decode(&body) {
-        Ok(ErrorBody { error }) => (error.code.as_str().to_owned(), error.message),
+        // The server's text is data: escaped and bounded before it reaches
+        // the terminal.
+        Ok(ErrorBody { error }) => (
+            Untrusted::new(error.code.as_str()).to_string(),
+            Untrusted::new(&error.message).at_most(500).to_string(),
+        ),
         Err(_) => ("error".to_owned(), String::new()),
     };
     let exit = match status {
@@ -276,30 +283,84 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
             )?;
             json!({})
         }
-        AdminCommand::Audit(AdminAuditCommand::Verify) => {
-            let report: AuditReport =
-                answer(authed(reqwest::Method::GET, "/v1/audit/verify")?.send())?;
+        AdminCommand::Audit(AdminAuditCommand::Verify { org }) => {
+            let path = match org {
+                Some(org) => format!("/v1/orgs/{org}/audit/verify"),
+                None => "/v1/audit/verify".to_owned(),
+            };
+            let report: AuditReport = answer(authed(reqwest::Method::GET, &path)?.send())?;
             if !report.intact {
+                let at = report
+                    .broken_at
+                    .map_or_else(String::new, |row| format!(" at row {row}"));
                 return Err(CliError {
                     exit: ExitCode::AuditTampered,
                     code: "audit_tampered",
                     message: format!(
-                        "the server's audit trail is broken at row {}: {}",
-                        report
-                            .broken_at
-                            .map_or_else(|| "null".to_owned(), |row| row.to_string()),
-                        report.problem.as_deref().unwrap_or("")
+                        "the server's audit trail is broken{at}: {}",
+                        Untrusted::new(report.problem.as_deref().unwrap_or(""))
                     ),
                 });
             }
             shown(&report)?
         }
+        AdminCommand::Org(command) => organization(command, &authed)?,
     };
     let text = match &value {
         Value::String(s) => s.clone(),
         other => serde_json::to_string_pretty(other).unwrap_or_default(),
     };
     Ok(Report { json: value, text })
+}
+
+/// `coffer admin org …`: the operators' commands.
+fn organization(command: &AdminOrgCommand, authed: &Authed<'_>) -> Result<Value, CliError> {
+    use reqwest::Method;
+    let show = |org: i64| -> Result<OrganizationSummary, CliError> {
+        answer(authed(Method::GET, &format!("/v1/orgs/{org}"))?.send())
+    };
+    Ok(match command {
+        AdminOrgCommand::Create { name, owner } => {
+            let initial = password(
+                &format!("Initial password for {owner}: "),
+                "COFFER_NEW_PASSPHRASE",
+            )?;
+            let request = CreateOrganization {
+                name: name.clone(),
+                owner: owner.clone(),
+                password: WireSecret::from(initial),
+            };
+            let created: OrganizationCreated =
+                answer(authed(Method::POST, "/v1/orgs")?.json(&request).send())?;
+            shown(&created)?
+        }
+        AdminOrgCommand::List => {
+            let listed: OrganizationList = answer(authed(Method::GET, "/v1/orgs")?.send())?;
+            shown(&listed)?
+        }
+        AdminOrgCommand::Show { org } => shown(&show(*org)?)?,
+        AdminOrgCommand::Suspend { org } | AdminOrgCommand::Resume { org } => {
+            let action = match command {
+                AdminOrgCommand::Suspend { .. } => "suspend",
+                _ => "resume",
+            };
+            let NoContent =
+                answer(authed(Method::POST, &format!("/v1/orgs/{org}/{action}"))?.send())?;
+            shown(&show(*org)?)?
+        }
+        AdminOrgCommand::Delete { org, confirm_name } => {
+            let found = show(*org)?;
+            if found.name != *confirm_name {
+                return Err(CliError::usage(format!(
+                    "organization {org} is named {:?}, not {:?}: nothing deleted",
+                    Untrusted::new(&found.name),
+                    Untrusted::new(confirm_name)
+                )));
+            }
+            let NoContent = answer(authed(Method::DELETE, &format!("/v1/orgs/{org}"))?.send())?;
+            json!({"deleted": org, "name": found.name})
+        }
+    })
 }
 
 /// Builds an authenticated request to the server.

@@ -29,6 +29,8 @@ Exit codes:
      the given CA): nothing was sent to it
  18  the organization's policy needs a check-in first (offline too long):
      run 'coffer check-in'
+ 130, 143, 129  stopped by SIGINT, SIGTERM or SIGHUP (after removing any
+     partial plaintext of 'files get --out')
 
 Secrets for scripts:
   COFFER_PASSPHRASE        passphrase that opens the vault (init: the new vault's)
@@ -230,6 +232,26 @@ pub enum Command {
         /// rows could have been changed by anyone with database access)
         #[arg(long)]
         adopt_unkeyed_audit_trail: bool,
+        /// A proxy (ADDR, or a network ADDR/PREFIX) whose forwarding header
+        /// names the client; repeat for each. Behind a TLS proxy on the same
+        /// host every client is the proxy's address, and one client's failed
+        /// logins would lock out everyone: name the proxy here. The header is
+        /// believed only from these addresses, and the client is the
+        /// right-most address in it that is not one of them; a malformed
+        /// header counts as the proxy's address. Nothing is trusted by
+        /// default
+        #[arg(long = "trusted-proxy", value_name = "ADDR[/PREFIX]")]
+        trusted_proxies: Vec<coffer_server::client_addr::ProxyNetwork>,
+        /// The header the trusted proxies write: x-forwarded-for (nginx,
+        /// HAProxy, Caddy, Traefik) or forwarded (RFC 7239); only that one is
+        /// read, since a proxy passes the other on from the client untouched
+        #[arg(
+            long,
+            value_name = "HEADER",
+            default_value = "x-forwarded-for",
+            requires = "trusted_proxies"
+        )]
+        trusted_proxy_header: coffer_server::client_addr::ForwardedHeader,
     },
     /// Administer a control plane over its API (coffer serve)
     ///
@@ -708,6 +730,51 @@ pub enum AdminCommand {
     /// The server's audit trail
     #[command(subcommand)]
     Audit(AdminAuditCommand),
+    /// Organizations (the server's operators): create, list, show,
+    /// suspend, resume, delete
+    #[command(subcommand)]
+    Org(AdminOrgCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminOrgCommand {
+    /// Create an organization and its first owner, a new user (the initial
+    /// password from COFFER_NEW_PASSPHRASE or a prompt)
+    Create {
+        /// The organization's name
+        #[arg(long)]
+        name: String,
+        /// The owner's user name
+        #[arg(long)]
+        owner: String,
+    },
+    /// Every organization: size and state, never contents
+    List,
+    /// One organization (operators, and its owners)
+    Show {
+        /// The organization's id
+        org: i64,
+    },
+    /// Suspend an organization: its users and devices are refused at once,
+    /// nothing is deleted
+    Suspend {
+        /// The organization's id
+        org: i64,
+    },
+    /// Resume a suspended organization
+    Resume {
+        /// The organization's id
+        org: i64,
+    },
+    /// Delete a suspended organization and everything of it (its devices,
+    /// keys, policies, data); its audit rows stay. Cannot be undone.
+    Delete {
+        /// The organization's id
+        org: i64,
+        /// The organization's name, typed again to confirm
+        #[arg(long, value_name = "NAME")]
+        confirm_name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -831,6 +898,12 @@ pub enum AdminDataCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AdminAuditCommand {
-    /// Check the chain (exit 15 if an edited, deleted or inserted row breaks it)
-    Verify,
+    /// Check the chain (exit 15 if an edited, deleted or inserted row breaks
+    /// it): the whole trail (the server's operators), or with --org as one
+    /// organization's owners, admins and auditors see it
+    Verify {
+        /// Report on this organization's rows
+        #[arg(long)]
+        org: Option<i64>,
+    },
 }

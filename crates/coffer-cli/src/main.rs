@@ -11,6 +11,7 @@ mod demo;
 mod demo_control;
 mod exit;
 mod input;
+mod partial;
 mod serve;
 mod stores;
 
@@ -61,6 +62,8 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
             master_key_file,
             previous_master_key_file,
             adopt_unkeyed_audit_trail,
+            trusted_proxies,
+            trusted_proxy_header,
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => serve::Tls::Files(cert.clone(), key.clone()),
@@ -77,6 +80,10 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
                     master_key_file: master_key_file.as_deref(),
                     previous_master_key_file: previous_master_key_file.as_deref(),
                     adopt_unkeyed_audit: *adopt_unkeyed_audit_trail,
+                    trusted_proxies: coffer_server::client_addr::TrustedProxies::new(
+                        trusted_proxies.iter().copied(),
+                        *trusted_proxy_header,
+                    ),
                 },
             )
         }

@@ -202,6 +202,24 @@ fn admin_commands_drive_a_real_server() {
     device_admin(&admin, &json, &base, &org, dir.path());
     assert!(json(admin(&["usage", "--org", &org, "--by", "user"]))["rows"].is_array());
     assert_eq!(json(admin(&["audit", "verify"]))["intact"], true);
+    let ours = json(admin(&["audit", "verify", "--org", &org]));
+    assert_eq!(ours["organization_id"].to_string(), org);
+    // Organizations as tenants: alice, who set the server up, operates it.
+    assert_eq!(json(admin(&["me"]))["operator"], true);
+    let beta = json(admin(&[
+        "org", "create", "--name", "Beta", "--owner", "bea",
+    ]));
+    let beta = beta["organization_id"].as_i64().unwrap().to_string();
+    let listed = json(admin(&["org", "list"]));
+    assert_eq!(listed["organizations"][1]["name"], "Beta");
+    let suspended = json(admin(&["org", "suspend", &beta]));
+    assert_eq!(suspended["suspended"], true);
+    let wrong = admin(&["org", "delete", &beta, "--confirm-name", "Acme"]);
+    assert_eq!(wrong.status.code(), Some(2), "a wrong name deletes nothing");
+    json(admin(&["org", "show", &beta]));
+    let deleted = json(admin(&["org", "delete", &beta, "--confirm-name", "Beta"]));
+    assert_eq!(deleted["name"], "Beta");
+    assert_eq!(admin(&["org", "show", &beta]).status.code(), Some(9));
     // Another organization's id: not found (exit 9).
     assert_eq!(
         admin(&["device", "list", "--org", "999"]).status.code(),

@@ -56,6 +56,9 @@ pub struct MeAnswer {
     pub user: String,
     /// Their organizations and roles.
     pub organizations: Vec<Membership>,
+    /// One of the instance's operators (who manage organizations).
+    #[serde(default)]
+    pub operator: bool,
 }
 
 /// One organization a user belongs to, in [`MeAnswer`].
@@ -82,6 +85,58 @@ pub struct AuditReport {
     /// Why it is broken (`null` when intact).
     #[serde(default)]
     pub problem: Option<String>,
+    /// The organization whose rows were reported (`null`: the whole
+    /// trail, for the instance's operators).
+    #[serde(default)]
+    pub organization_id: Option<i64>,
+}
+
+/// `POST /v1/orgs` (operators): a new organization and its first owner.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrganization {
+    /// Its name: 1 to 64 letters, digits, spaces or `. _ - @`.
+    pub name: String,
+    /// The owner's user name (a new user).
+    pub owner: String,
+    /// The owner's initial password (handed over out of band).
+    pub password: WireSecret,
+}
+
+/// The answer to [`CreateOrganization`] (`201 Created`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrganizationCreated {
+    /// The new organization.
+    pub organization_id: i64,
+    /// Its owner.
+    pub user_id: i64,
+}
+
+/// One organization as the operators see it: its size, not its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrganizationSummary {
+    /// Its id.
+    pub id: i64,
+    /// Its name.
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Whether it is suspended.
+    pub suspended: bool,
+    /// When it was suspended.
+    #[serde(default)]
+    pub suspended_at: Option<i64>,
+    /// Its users.
+    pub members: i64,
+    /// Its devices (revoked ones included).
+    pub devices: i64,
+}
+
+/// `GET /v1/orgs` (operators): every organization.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrganizationList {
+    /// In id order.
+    pub organizations: Vec<OrganizationSummary>,
 }
 
 /// `POST /v1/orgs/{org_id}/enrollment-codes`: a one-time code that
@@ -370,6 +425,9 @@ impl Answer for Csv {
 }
 
 crate::json_answer!(
+    OrganizationCreated,
+    OrganizationSummary,
+    OrganizationList,
     SetupAnswer,
     MeAnswer,
     AuditReport,
@@ -418,10 +476,11 @@ mod tests {
             rows: 4,
             broken_at: None,
             problem: None,
+            organization_id: None,
         };
         assert_eq!(
             serde_json::to_string(&report).unwrap(),
-            r#"{"intact":true,"rows":4,"broken_at":null,"problem":null}"#
+            r#"{"intact":true,"rows":4,"broken_at":null,"problem":null,"organization_id":null}"#
         );
         let decoded = AuditReport::decode(br#"{"intact": true, "rows": 4, "newer": 1}"#).unwrap();
         assert_eq!(decoded, report);

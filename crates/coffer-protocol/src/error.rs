@@ -111,6 +111,12 @@ error_codes! {
     InvalidBatch = "invalid_batch",
     /// A batch id reused with other readings.
     BatchConflict = "batch_conflict",
+    /// The organization is suspended by the instance's operators.
+    OrganizationSuspended = "organization_suspended",
+    /// Only a suspended organization may be deleted.
+    NotSuspended = "not_suspended",
+    /// The path is served, but not with this method.
+    MethodNotAllowed = "method_not_allowed",
     /// The server failed; the cause is in its log.
     Internal = "internal",
 }

@@ -36,6 +36,7 @@ pub mod error;
 pub mod policy;
 mod secret;
 pub mod session;
+pub mod untrusted;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use secret::WireSecret;
@@ -50,6 +51,49 @@ pub const AUTH_HEADER: &str = "x-auth-token";
 /// (escrow release).
 pub const USER_HEADER: &str = "x-user-token";
 
+/// Every name under which the API carries a credential, in a header or a
+/// body field, and the usual names of others' APIs. A query string naming
+/// any of them is refused (`credential_in_query`): a URL lands in proxy
+/// and server logs and in browser history. Compared through
+/// [`names_a_credential`]; a test checks that every [`WireSecret`] field of
+/// this crate's types is listed.
+pub const CREDENTIAL_NAMES: &[&str] = &[
+    AUTH_HEADER,
+    USER_HEADER,
+    "token",
+    "access_token",
+    "auth",
+    "authorization",
+    "session",
+    "api_key",
+    "secret",
+    "setup_token",
+    "password",
+    "old_password",
+    "new_password",
+    "code",
+    "device_token",
+    "release_token",
+    "escrow_key",
+];
+
+/// Whether `name` (already percent-decoded) is one of
+/// [`CREDENTIAL_NAMES`] in any spelling: case, separators (`-`, `_`, `.`,
+/// spaces), brackets and control characters (a NUL) are ignored, so that
+/// `Device-Token`, `device_token[]` and `device\0token` all name one.
+pub fn names_a_credential(name: &str) -> bool {
+    let folded = fold_name(name);
+    !folded.is_empty() && CREDENTIAL_NAMES.iter().any(|c| fold_name(c) == folded)
+}
+
+/// A name reduced to its ASCII letters and digits, lower-cased.
+fn fold_name(name: &str) -> String {
+    name.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
 /// Largest request body the server accepts, bytes (docs/protocol.md).
 pub const MAX_REQUEST_BODY: usize = 64 * 1024;
 
@@ -62,6 +106,8 @@ pub enum Method {
     Post,
     /// PUT
     Put,
+    /// DELETE
+    Delete,
 }
 
 impl Method {
@@ -71,6 +117,7 @@ impl Method {
             Method::Get => "GET",
             Method::Post => "POST",
             Method::Put => "PUT",
+            Method::Delete => "DELETE",
         }
     }
 }
@@ -151,4 +198,86 @@ pub(crate) fn json_body<T: serde::Serialize>(value: &T) -> Option<(Vec<u8>, &'st
         serde_json::to_vec(value).unwrap_or_default(),
         "application/json",
     ))
+}
+
+#[cfg(test)]
+mod credential_names {
+    use super::*;
+
+    /// Every field of this crate's types that holds a [`WireSecret`],
+    /// read from the source itself: a new one cannot be left off the list.
+    fn secret_fields() -> Vec<String> {
+        let sources = [
+            include_str!("admin.rs"),
+            include_str!("data.rs"),
+            include_str!("device.rs"),
+            include_str!("error.rs"),
+            include_str!("policy.rs"),
+            include_str!("session.rs"),
+        ];
+        let mut fields = Vec::new();
+        for source in sources {
+            for line in source.lines() {
+                let line = line.trim();
+                let Some((name, ty)) = line.strip_prefix("pub ").and_then(|l| l.split_once(':'))
+                else {
+                    continue;
+                };
+                if ty.contains("WireSecret") && !name.contains(' ') {
+                    fields.push(name.to_owned());
+                }
+            }
+        }
+        fields
+    }
+
+    #[test]
+    fn every_secret_field_of_the_api_is_a_credential_name() {
+        let fields = secret_fields();
+        // The scan works: it finds the fields known today.
+        for known in [
+            "password",
+            "device_token",
+            "release_token",
+            "escrow_key",
+            "code",
+        ] {
+            assert!(fields.iter().any(|f| f == known), "{known} not found");
+        }
+        for field in &fields {
+            assert!(
+                names_a_credential(field),
+                "{field} carries a WireSecret: add it to CREDENTIAL_NAMES"
+            );
+        }
+    }
+
+    #[test]
+    fn credential_names_match_in_any_spelling() {
+        for name in [
+            "token",
+            "TOKEN",
+            "device_token",
+            "Device-Token",
+            "device.token",
+            "device\0token",
+            "device_token[]",
+            " release_token ",
+            "x-auth-token",
+            "X_Auth_Token",
+            "xauthtoken",
+            "old_password",
+            "code",
+            "setup_token",
+            "escrow_key",
+        ] {
+            assert!(names_a_credential(name), "{name:?}");
+        }
+        // The API's own query parameters are not credentials.
+        for name in [
+            "from", "to", "by", "format", "device", "name", "after", "limit", "", "\0", "--",
+        ] {
+            assert!(!names_a_credential(name), "{name:?}");
+        }
+    }
 }

@@ -29,6 +29,12 @@ pub const MAX_POLICY_VERSION: i64 = 2_147_483_647;
 // A safe integer in JavaScript (below 2^53), and far from overflow.
 const _: () = assert!(MAX_POLICY_VERSION < (1 << 53));
 
+/// The most a published version may go above the organization's latest
+/// (or above 0, for its first): room for date-like versions (20261201),
+/// while reaching [`MAX_POLICY_VERSION`] — after which nothing can be
+/// published — takes over twenty deliberate publishes, not one.
+pub const MAX_POLICY_VERSION_STEP: i64 = 100_000_000;
+
 /// Whether `version` is one a policy may have: 1 to [`MAX_POLICY_VERSION`].
 pub fn valid_version(version: i64) -> bool {
     (1..=MAX_POLICY_VERSION).contains(&version)
@@ -182,7 +188,8 @@ impl Rules {
                 .find(|c| !CAPABILITIES.contains(&c.as_str()))
             {
                 return Err(format!(
-                    "unknown capability {unknown:?} (known: {})",
+                    "unknown capability \"{}\" (known: {})",
+                    crate::untrusted::Untrusted::new(unknown).at_most(24),
                     CAPABILITIES.join(", ")
                 ));
             }

@@ -25,20 +25,12 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::client_addr::ClientAddr;
 use crate::store::{NewOwner, Store, StoreError};
+use crate::untrusted::{recorded, Untrusted};
 
 /// Largest request body accepted, in bytes (the protocol's limit).
 pub const MAX_BODY: usize = coffer_protocol::MAX_REQUEST_BODY;
-
-/// Query parameter names that would carry a credential.
-const CREDENTIAL_PARAMS: [&str; 6] = [
-    "token",
-    "access_token",
-    "auth",
-    "x-auth-token",
-    "x-user-token",
-    "setup_token",
-];
 
 /// Shared by every request.
 #[derive(Clone, Debug)]
@@ -57,12 +49,15 @@ pub struct AppState {
     /// The master key (and the previous one during a rotation): seals
     /// signing and escrow keys at rest.
     pub keys: std::sync::Arc<crate::keys::Keyring>,
+    /// Proxies whose forwarding header names the client (none by default).
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
 }
 
 pub use coffer_protocol::{AUTH_HEADER, USER_HEADER};
 
 mod control;
 mod delivery;
+mod tenants;
 
 pub use delivery::MAX_QUERY_ROWS;
 
@@ -259,7 +254,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             ErrorCode::InvalidBody,
             format!(
                 "the body does not have the expected fields: {}",
-                e.body_text()
+                what_serde_refused(&e.body_text())
             ),
         ),
         JsonRejection::BytesRejection(_) => ApiError::new(
@@ -275,6 +270,57 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
+/// What a serde refusal of a body or query was about, in words that quote
+/// nothing the client sent: serde's own text names the client's unknown
+/// field or wrong value in full (a 60,000-character field name came back
+/// twice). Only what comes from this API's own types is kept — the name of
+/// a missing field, the list of the fields or values it takes — bounded.
+fn what_serde_refused(serde_text: &str) -> String {
+    // serde's messages put the client's part first and this API's after
+    // "expected": "unknown field `…`, expected one of `a`, `b`".
+    let ours = |text: &str| {
+        text.rsplit_once(", expected ")
+            .map(|(_, expected)| {
+                let expected = expected.split(" at line ").next().unwrap_or(expected);
+                format!(
+                    " (expected {})",
+                    crate::untrusted::Untrusted::new(expected).at_most(160)
+                )
+            })
+            .unwrap_or_default()
+    };
+    if let Some(rest) = serde_text.split("missing field `").nth(1) {
+        let field = rest.split('`').next().unwrap_or("");
+        return format!(
+            "the field `{}` is missing",
+            crate::untrusted::Untrusted::new(field).at_most(40)
+        );
+    }
+    if serde_text.contains("unknown field") {
+        return format!("a field this endpoint does not take{}", ours(serde_text));
+    }
+    if serde_text.contains("unknown variant") {
+        return format!("a value this field does not take{}", ours(serde_text));
+    }
+    if serde_text.contains("invalid type") || serde_text.contains("invalid value") {
+        return format!("a field of the wrong type or value{}", ours(serde_text));
+    }
+    if serde_text.contains("duplicate field") {
+        return "a field given twice".to_owned();
+    }
+    "the fields are not the ones this endpoint takes (docs/server.md)".to_owned()
+}
+
+/// The answer to a path served with another method: a typed error like
+/// every other (the router's own 405 has an empty body).
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::MethodNotAllowed,
+        "this endpoint does not take that method (see /openapi.json)",
+    )
+}
+
 /// The router of the whole API.
 pub fn router(state: AppState) -> Router {
     let router = Router::new()
@@ -287,6 +333,7 @@ pub fn router(state: AppState) -> Router {
         .route(Logout::PATH, post(logout))
         .route("/v1/me", get(me))
         .route("/v1/audit/verify", get(audit_verify))
+        .route("/v1/orgs/{org_id}/audit/verify", get(org_audit_verify))
         .route(
             "/v1/orgs/{org_id}/enrollment-codes",
             post(create_enrollment_code),
@@ -319,8 +366,10 @@ pub fn router(state: AppState) -> Router {
         .route(RotateDeviceToken::PATH, post(rotate_device_token))
         .route("/v1/orgs/{org_id}/usage", get(usage));
     let router = control::routes(router);
+    let router = tenants::routes(router);
     delivery::routes(router)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
@@ -342,16 +391,7 @@ async fn not_found() -> ApiError {
 /// Refuses `?token=…` and its kin: a credential in a URL lands in proxy and
 /// server logs and in browser history. The query is never logged.
 async fn refuse_credentials_in_query(req: Request, next: Next) -> Response {
-    let carries_credential = req.uri().query().is_some_and(|q| {
-        q.split('&').any(|pair| {
-            // Names are compared decoded: `%74oken` is `token` to the
-            // application that would read it.
-            let name = percent_decode(pair.split('=').next().unwrap_or(""));
-            CREDENTIAL_PARAMS
-                .iter()
-                .any(|c| c.eq_ignore_ascii_case(name.trim()))
-        })
-    });
+    let carries_credential = req.uri().query().is_some_and(query_names_a_credential);
     if carries_credential {
         return ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -361,6 +401,25 @@ async fn refuse_credentials_in_query(req: Request, next: Next) -> Response {
         .into_response();
     }
     next.run(req).await
+}
+
+/// Whether a query string names any of the API's credentials
+/// ([`coffer_protocol::CREDENTIAL_NAMES`]), in any spelling: names are
+/// compared decoded (`%74oken` is `token` to the application that would
+/// read it), decoded again while that changes them (`%2574oken`), split on
+/// `;` as well as `&`, and folded by the protocol's rule.
+fn query_names_a_credential(query: &str) -> bool {
+    query.split(['&', ';']).any(|pair| {
+        let mut name = pair.split('=').next().unwrap_or("").to_owned();
+        for _ in 0..3 {
+            let decoded = percent_decode(&name);
+            if decoded == name {
+                break;
+            }
+            name = decoded;
+        }
+        coffer_protocol::names_a_credential(&name)
+    })
 }
 
 /// Decodes `%XX` escapes and `+` (a query's form encoding); invalid
@@ -470,8 +529,27 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
 /// start, creating the first organization and its owner.
 async fn setup(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     Body(request): Body<Setup>,
 ) -> Result<(StatusCode, Json<SetupAnswer>), ApiError> {
+    // Counted, and refused on a server already set up, before the password
+    // is hashed: Argon2 is slow and large on purpose, and anyone may call
+    // this endpoint.
+    let limits = state.login_limits;
+    let window = Window::now(&limits);
+    let attempts = state
+        .store
+        .hit(
+            &format!("setup-addr:{}", ClientNetwork(client)),
+            window.start,
+        )
+        .await?;
+    if attempts > limits.per_address {
+        return Err(window.refusal("setup"));
+    }
+    if state.store.is_bootstrapped().await? {
+        return Err(StoreError::AlreadyBootstrapped.into());
+    }
     let Setup {
         setup_token,
         organization,
@@ -524,6 +602,22 @@ pub struct Principal {
     /// The user's name.
     pub user: String,
     token_hash: String,
+    /// The accounting of this request, told the organization once the user
+    /// is authorized in it (and never before: a refused request is charged
+    /// to no organization).
+    caller: Option<CallerCell>,
+}
+
+impl Principal {
+    /// Charges this request to `org_id`, where the user was just
+    /// authorized.
+    fn authorized_in(&self, org_id: i64) {
+        if let Some(cell) = &self.caller {
+            cell.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .org_id = Some(org_id);
+        }
+    }
 }
 
 impl Principal {
@@ -568,6 +662,7 @@ impl Principal {
             user_id: session.user_id,
             user: session.user,
             token_hash,
+            caller: None,
         })
     }
 }
@@ -579,8 +674,9 @@ impl axum::extract::FromRequestParts<AppState> for Principal {
         parts: &mut axum::http::request::Parts,
         state: &AppState,
     ) -> Result<Self, ApiError> {
-        let principal = Principal::from_headers(&parts.headers, state, AUTH_HEADER).await?;
+        let mut principal = Principal::from_headers(&parts.headers, state, AUTH_HEADER).await?;
         note_caller(parts, |c| c.user_id = Some(principal.user_id));
+        principal.caller = parts.extensions.get::<CallerCell>().cloned();
         Ok(principal)
     }
 }
@@ -596,51 +692,118 @@ fn verify_password(hash: &str, password: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The rate-limit keys of attempts to prove a password: per client
+/// address, and per account (a checked name: at most 64 characters).
+fn address_key(client: std::net::IpAddr) -> String {
+    format!("login-addr:{}", ClientNetwork(client))
+}
+
+/// A client address as the rate limits count it: an IPv4 address, or the
+/// /64 network of an IPv6 one — one subscriber's share, which holds more
+/// addresses than anyone could use up, so that counting single IPv6
+/// addresses would give an attacker a fresh budget per request.
+struct ClientNetwork(std::net::IpAddr);
+
+impl std::fmt::Display for ClientNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                let [a, b, c, d, ..] = v6.segments();
+                write!(f, "{a:x}:{b:x}:{c:x}:{d:x}::/64")
+            }
+            std::net::IpAddr::V6(v6) => write!(f, "{}", v6.to_canonical()),
+            v4 => write!(f, "{v4}"),
+        }
+    }
+}
+
+fn account_key(user: &str) -> String {
+    format!("login-user:{user}")
+}
+
+/// Counts one attempt to prove a password — a login, or the old password
+/// of a password change: both draw on the same limits — before any
+/// hashing, so that parallel guesses count too. The address is counted
+/// first: a flood from one address stops there, before any name it sends
+/// reaches the database; `user` is counted only once it is a valid name
+/// (`None`: not one, nothing kept of it). Past a limit: 429, and the
+/// refusal is audited and logged once per window and key, not once per
+/// request, so that a flood leaves a bounded trace.
+async fn count_password_attempt(
+    state: &AppState,
+    client: std::net::IpAddr,
+    user: Option<&str>,
+    what: &'static str,
+) -> Result<(), ApiError> {
+    let limits = state.login_limits;
+    let window = Window::now(&limits);
+    let by_address = state.store.hit(&address_key(client), window.start).await?;
+    let (count, limit, key) = if by_address > limits.per_address {
+        (by_address, limits.per_address, "address")
+    } else if let Some(user) = user {
+        let by_account = state.store.hit(&account_key(user), window.start).await?;
+        if by_account <= limits.per_account {
+            return Ok(());
+        }
+        (by_account, limits.per_account, "account")
+    } else {
+        return Ok(());
+    };
+    if count == limit + 1 {
+        tracing::warn!(
+            user = %Untrusted::new(user.unwrap_or("")),
+            %client,
+            limit = key,
+            "{what} rate limit reached"
+        );
+        record(
+            state,
+            None,
+            format!("anonymous@{client}"),
+            "login_rate_limited",
+            json!({"user": user.map(recorded), "limit": key, "during": what}),
+        )
+        .await?;
+    }
+    Err(window.refusal(what))
+}
+
 /// `POST /v1/login`: a user name and password for a session token (random,
 /// stored only as its SHA-256, valid for the session TTL, revocable).
+///
+/// A name that user creation would refuse names no one: it is refused like
+/// a wrong password, after counting against the address, and what is kept
+/// of it (in the audit trail and the log) is escaped and cut short.
 async fn login(
     State(state): State<AppState>,
-    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    ClientAddr(client): ClientAddr,
     Body(request): Body<Login>,
 ) -> Result<Json<LoginAnswer>, ApiError> {
     let Login { user, password } = request;
-    // Every attempt counts, before any hashing: parallel guesses too.
-    let limits = state.login_limits;
-    let account_key = format!("login-user:{user}");
-    let window = Window::now(&limits);
-    let by_account = state.store.hit(&account_key, window.start).await?;
-    let by_address = state
-        .store
-        .hit(&format!("login-addr:{}", client.ip()), window.start)
-        .await?;
-    if by_account > limits.per_account || by_address > limits.per_address {
-        tracing::warn!(user = %user, client = %client.ip(), "login rate limit reached");
-        record(
-            &state,
-            None,
-            format!("anonymous@{}", client.ip()),
-            "login_rate_limited",
-            json!({"user": user}),
-        )
-        .await?;
-        return Err(window.refusal("login"));
-    }
-    let stored = state.store.login_record(&user).await?;
+    let valid_name = check_name("the user's name", &user).is_ok();
+    count_password_attempt(&state, client, valid_name.then_some(user.as_str()), "login").await?;
+    let stored = if valid_name {
+        state.store.login_record(&user).await?
+    } else {
+        None
+    };
     let hash = match &stored {
         Some(r) => r.password_hash.clone(),
         None => state.decoy_hash.as_ref().clone(),
     };
+    // Verified even for an invalid name, against the decoy: every refusal
+    // takes the same time.
     let matches = verify_off_thread(hash, password).await?;
     let user_id = match stored {
         Some(r) if matches && !r.disabled => r.user_id,
         _ => {
-            tracing::info!(user = %user, "login refused");
+            tracing::info!(user = %Untrusted::new(&user), %client, "login refused");
             record(
                 &state,
                 None,
-                format!("anonymous@{}", client.ip()),
+                format!("anonymous@{client}"),
                 "login_failed",
-                json!({"user": user}),
+                json!({"user": recorded(&user)}),
             )
             .await?;
             return Err(ApiError::new(
@@ -650,7 +813,7 @@ async fn login(
             ));
         }
     };
-    state.store.clear_hits(&account_key).await?;
+    state.store.clear_hits(&account_key(&user)).await?;
     let token = new_token()?;
     let expires_at = crate::store::now_unix()
         .saturating_add(i64::try_from(state.session_ttl.as_secs()).unwrap_or(i64::MAX));
@@ -658,13 +821,13 @@ async fn login(
         .store
         .create_session(&token_hash(&token), user_id, expires_at)
         .await?;
-    tracing::info!(user = %user, "login");
+    tracing::info!(user = %Untrusted::new(&user), "login");
     record(
         &state,
         None,
         format!("user:{user}"),
         "login",
-        json!({"client": client.ip().to_string()}),
+        json!({"client": client.to_string()}),
     )
     .await?;
     Ok(Json(LoginAnswer {
@@ -704,7 +867,9 @@ async fn logout(State(state): State<AppState>, who: Principal) -> Result<StatusC
 /// `GET /v1/me`: who the token belongs to, and their organizations.
 async fn me(State(state): State<AppState>, who: Principal) -> Result<Json<MeAnswer>, ApiError> {
     let memberships = state.store.memberships(who.user_id).await?;
+    let operator = state.store.is_operator(who.user_id).await?;
     Ok(Json(MeAnswer {
+        operator,
         user_id: who.user_id,
         user: who.user,
         organizations: memberships
@@ -741,25 +906,13 @@ async fn record(
     Ok(())
 }
 
-/// `GET /v1/audit/verify`: checks the whole chain. For owners, admins and
-/// auditors (of any organization: the trail is the server's).
+/// `GET /v1/audit/verify` (the instance's operators): checks the whole
+/// chain and reports on all of it.
 async fn audit_verify(
     State(state): State<AppState>,
     who: Principal,
 ) -> Result<Json<AuditReport>, ApiError> {
-    let allowed = state
-        .store
-        .memberships(who.user_id)
-        .await?
-        .iter()
-        .any(|m| matches!(m.role.as_str(), "owner" | "admin" | "auditor"));
-    if !allowed {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            "only owners, admins and auditors may check the audit trail",
-        ));
-    }
+    require_operator(&state, &who).await?;
     let rows = state.store.audit_rows().await?;
     let report = crate::audit::check_chain(&rows, &state.keys);
     Ok(Json(AuditReport {
@@ -767,7 +920,59 @@ async fn audit_verify(
         rows: report.rows,
         broken_at: report.broken_at,
         problem: report.problem,
+        organization_id: None,
     }))
+}
+
+/// `GET /v1/orgs/{org_id}/audit/verify` (owners, admins, auditors of the
+/// organization): checks the whole chain — a row of one organization can
+/// only be trusted if every link before it holds — but reports only on
+/// this organization's rows: how many, and which is broken if one of them
+/// is. A break elsewhere says only that the trail is damaged outside the
+/// organization's rows, never where or what.
+async fn org_audit_verify(
+    State(state): State<AppState>,
+    Ids(org_id): Ids<i64>,
+    who: Principal,
+) -> Result<Json<AuditReport>, ApiError> {
+    require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
+    let rows = state.store.audit_rows().await?;
+    let report = crate::audit::check_chain(&rows, &state.keys);
+    let ours = |id: i64| {
+        rows.iter()
+            .any(|r| r.id == id && r.event.org_id == Some(org_id))
+    };
+    let (broken_at, problem) = match report.broken_at {
+        None => (None, None),
+        Some(id) if ours(id) => (Some(id), report.problem),
+        Some(_) => (
+            None,
+            Some(
+                "the server's trail is damaged outside this organization's rows: its operators must check it (GET /v1/audit/verify)"
+                    .to_owned(),
+            ),
+        ),
+    };
+    Ok(Json(AuditReport {
+        intact: report.broken_at.is_none(),
+        rows: rows
+            .iter()
+            .filter(|r| r.event.org_id == Some(org_id))
+            .count() as u64,
+        broken_at,
+        problem,
+        organization_id: Some(org_id),
+    }))
+}
+
+/// Checks that `who` is one of the instance's operators (403 otherwise:
+/// that operators exist is no secret).
+async fn require_operator(state: &AppState, who: &Principal) -> Result<(), ApiError> {
+    if state.store.is_operator(who.user_id).await? {
+        Ok(())
+    } else {
+        Err(forbidden("only the server's operators may do this"))
+    }
 }
 
 /// The answer for a resource of another organization and for one that does
@@ -849,14 +1054,17 @@ async fn create_enrollment_code(
 /// `POST /v1/enroll`: a device spends a code and receives its token.
 async fn enroll(
     State(state): State<AppState>,
-    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    crate::client_addr::ClientAddr(client): crate::client_addr::ClientAddr,
     Body(request): Body<Enroll>,
 ) -> Result<(StatusCode, Json<EnrollAnswer>), ApiError> {
     let limits = state.login_limits;
     let window = Window::now(&limits);
     let attempts = state
         .store
-        .hit(&format!("enroll-addr:{}", client.ip()), window.start)
+        .hit(
+            &format!("enroll-addr:{}", ClientNetwork(client)),
+            window.start,
+        )
         .await?;
     if attempts > limits.per_address {
         return Err(window.refusal("enrollment"));
@@ -889,7 +1097,7 @@ async fn enroll(
             record(
                 &state,
                 None,
-                format!("anonymous@{}", client.ip()),
+                format!("anonymous@{client}"),
                 "enrollment_failed",
                 json!({"name": request.name}),
             )
@@ -974,6 +1182,9 @@ impl DevicePrincipal {
                 true,
             ),
         };
+        if device.suspended {
+            return Err(suspended());
+        }
         note_caller(parts, |c| {
             c.device_id = Some(device.id);
             c.org_id = Some(device.org_id);
@@ -1126,13 +1337,29 @@ fn may_manage(actor_role: &str, role: &str) -> bool {
 }
 
 /// The caller's role in `org_id`: 404 if not a member (as for a missing
-/// organization), else the role.
+/// organization), 403 `organization_suspended` if the organization is
+/// suspended, else the role — and from then on the request is charged to
+/// the organization.
 async fn caller_role(state: &AppState, who: &Principal, org_id: i64) -> Result<String, ApiError> {
-    state
+    let member = state
         .store
         .member_role(org_id, who.user_id)
         .await?
-        .ok_or_else(not_found_here)
+        .ok_or_else(not_found_here)?;
+    if member.suspended {
+        return Err(suspended());
+    }
+    who.authorized_in(org_id);
+    Ok(member.role)
+}
+
+/// The answer to a user or device of a suspended organization.
+fn suspended() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        ErrorCode::OrganizationSuspended,
+        "the organization is suspended by the server's operators",
+    )
 }
 
 /// The checks before changing another member of `org_id`: the caller is a
@@ -1150,7 +1377,8 @@ async fn managed_member(
         .store
         .member_role(org_id, user_id)
         .await?
-        .ok_or_else(not_found_here)?;
+        .ok_or_else(not_found_here)?
+        .role;
     if user_id == who.user_id {
         return Err(forbidden("you cannot change your own membership"));
     }
@@ -1290,9 +1518,12 @@ async fn remove_user(
 }
 
 /// `POST /v1/me/password`: a user sets their own password (the old one
-/// required).
+/// required). A wrong old password is a guess like a wrong login: it counts
+/// against the same limits and is audited. Every other session of the user
+/// ends: whoever knew the old password is out.
 async fn change_password(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     who: Principal,
     Body(request): Body<ChangePassword>,
 ) -> Result<StatusCode, ApiError> {
@@ -1301,6 +1532,7 @@ async fn change_password(
         new_password: new,
     } = request;
     check_password(new.expose_secret())?;
+    count_password_attempt(&state, client, Some(&who.user), "password change").await?;
     let stored = state
         .store
         .password_hash(who.user_id)
@@ -1308,14 +1540,27 @@ async fn change_password(
         .ok_or_else(not_found_here)?;
     let matches = verify_off_thread(stored, old).await?;
     if !matches {
+        tracing::info!(user = %Untrusted::new(&who.user), %client, "password change refused");
+        record(
+            &state,
+            None,
+            format!("user:{}", who.user),
+            "password_change_failed",
+            json!({"client": client.to_string()}),
+        )
+        .await?;
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidCredentials,
             "the old password is wrong",
         ));
     }
+    state.store.clear_hits(&account_key(&who.user)).await?;
     let hashed = hash_off_thread(new).await?;
-    state.store.set_password(who.user_id, &hashed).await?;
+    state
+        .store
+        .set_password(who.user_id, &hashed, &who.token_hash)
+        .await?;
     record(
         &state,
         None,
@@ -1362,22 +1607,18 @@ fn note_caller(parts: &axum::http::request::Parts, note: impl FnOnce(&mut Caller
     }
 }
 
-/// Accounting: records every request — who (user or device), which
-/// organization, which route (its template), the status, the bytes in and
-/// out, and the time — in the database, where every process's requests
-/// add up.
+/// Accounting: records every authenticated request — who (user or
+/// device), the organization they were authorized in (none for a refused
+/// one), which route (its template), the status, the bytes in and out, and
+/// the time — in the database, where every process's requests add up.
 async fn account(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let cell = CallerCell::default();
     req.extensions_mut().insert(cell.clone());
-    let method = req.method().as_str().to_owned();
+    let method = crate::metrics::method_name(req.method()).to_owned();
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let path_org = route
-        .starts_with("/v1/orgs/{org_id}")
-        .then(|| req.uri().path().split('/').nth(3)?.parse::<i64>().ok())
-        .flatten();
     // Request bytes as the server reads them (not as a client's
     // Content-Length claims): a body never read counts nothing, one sent
     // chunked or over HTTP/2 counts all it carried.
@@ -1410,9 +1651,17 @@ async fn account(State(state): State<AppState>, mut req: Request, next: Next) ->
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
+    if caller.user_id.is_none() && caller.device_id.is_none() {
+        // No one authenticated: nothing to charge to anyone, and a flood of
+        // anonymous requests must not grow the database (the metrics still
+        // count it).
+        return response;
+    }
     let record = crate::store::UsageRecord {
         at: crate::store::now_unix(),
-        org_id: caller.org_id.or(path_org),
+        // Only the organization the caller was authenticated and
+        // authorized in: an id in the path proves nothing.
+        org_id: caller.org_id,
         user_id: caller.user_id,
         device_id: caller.device_id,
         method,
@@ -1442,7 +1691,10 @@ async fn usage(
         ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidQuery,
-            e.body_text(),
+            format!(
+                "bad query parameters: {}",
+                what_serde_refused(&e.body_text())
+            ),
         )
     })?;
     let by = match q.by.as_deref().unwrap_or("org") {
@@ -1559,7 +1811,45 @@ async fn enable_user(
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::{percent_decode, query_names_a_credential};
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_network() {
+        let shown = |ip: &str| super::ClientNetwork(ip.parse().unwrap()).to_string();
+        assert_eq!(shown("192.0.2.7"), "192.0.2.7");
+        assert_eq!(shown("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(shown("2001:db8:1:2:bbbb::9"), "2001:db8:1:2::/64");
+        assert_eq!(shown("2001:db8:1:3::1"), "2001:db8:1:3::/64");
+        // An IPv4 client seen through an IPv6 socket is that IPv4 client.
+        assert_eq!(shown("::ffff:192.0.2.7"), "192.0.2.7");
+    }
+
+    #[test]
+    fn every_credential_name_is_refused_in_a_query_in_any_encoding() {
+        for name in coffer_protocol::CREDENTIAL_NAMES {
+            let encoded: String = name.bytes().map(|b| format!("%{b:02X}")).collect();
+            let twice: String = name.bytes().map(|b| format!("%25{b:02X}")).collect();
+            for query in [
+                format!("{name}=x"),
+                format!("from=1&{}=x", name.to_uppercase()),
+                format!("{encoded}=x"),
+                format!("{twice}=x"),
+                format!("a=1;{name}"),
+                format!("{name}%00=x"),
+                format!("{}=x", name.replace(['_', '-'], "%00")),
+                format!("{name}[]=x"),
+            ] {
+                assert!(query_names_a_credential(&query), "{query}");
+            }
+        }
+        for fine in [
+            "from=1&to=2&by=user&format=csv",
+            "device=7&name=t&after=9&limit=10",
+            "",
+        ] {
+            assert!(!query_names_a_credential(fine), "{fine}");
+        }
+    }
 
     #[test]
     fn query_names_are_compared_decoded() {

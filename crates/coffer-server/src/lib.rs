@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod client_addr;
 pub mod data;
 pub mod keys;
 pub mod listen;
@@ -23,6 +24,7 @@ pub mod store;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod tls;
+pub use coffer_protocol::untrusted;
 
 pub use api::LoginLimits;
 pub use listen::{check_listen, ListenError, Transport};

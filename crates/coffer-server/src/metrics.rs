@@ -58,9 +58,25 @@ impl Metrics {
     }
 }
 
+/// The method's name if it is one HTTP defines, else "other": a client
+/// may send any token as a method, and each new one must not become a new
+/// series (or a long string in a usage row).
+pub(crate) fn method_name(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Counts every request after it is served.
 pub async fn count(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_owned();
+    let method = method_name(req.method()).to_owned();
     let route = req
         .extensions()
         .get::<MatchedPath>()

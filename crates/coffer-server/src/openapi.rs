@@ -54,7 +54,49 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
     (
         "get",
         "/v1/audit/verify",
-        "Check the audit trail's chain (owners, admins, auditors)",
+        "Check the whole audit trail's chain (the server's operators)",
+        "session",
+    ),
+    (
+        "get",
+        "/v1/orgs/{org_id}/audit/verify",
+        "Check the audit trail, reported for this organization's rows (owners, admins, auditors)",
+        "session",
+    ),
+    (
+        "post",
+        "/v1/orgs",
+        "Create an organization and its first owner (operators)",
+        "session",
+    ),
+    (
+        "get",
+        "/v1/orgs",
+        "Every organization (operators)",
+        "session",
+    ),
+    (
+        "get",
+        "/v1/orgs/{org_id}",
+        "One organization's name, size and state (operators, its owners)",
+        "session",
+    ),
+    (
+        "delete",
+        "/v1/orgs/{org_id}",
+        "Delete a suspended organization and everything of it (operators)",
+        "session",
+    ),
+    (
+        "post",
+        "/v1/orgs/{org_id}/suspend",
+        "Suspend an organization: its users and devices are refused at once (operators)",
+        "session",
+    ),
+    (
+        "post",
+        "/v1/orgs/{org_id}/resume",
+        "Resume a suspended organization (operators)",
         "session",
     ),
     (

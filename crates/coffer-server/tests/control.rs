@@ -14,7 +14,7 @@ use coffer_server::serve::ServeError;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::postgres::Postgres;
-use support::{add_people, error_code, get, login, post, set_up, Running};
+use support::{add_people, enrollment, error_code, get, login, post, set_up, Running};
 
 const PW: &str = "correct horse battery";
 
@@ -33,38 +33,6 @@ async fn enroll(
         body["device_token"].as_str().unwrap().to_owned(),
         body["policy_public_key"].as_str().unwrap().to_owned(),
     )
-}
-
-/// The whole enrollment answer for a device enrolled into `org` with a
-/// code from `admin`.
-async fn enrollment(
-    server: &Running,
-    http: &reqwest::Client,
-    org: i64,
-    admin: &str,
-    name: &str,
-) -> Value {
-    let code = post(
-        http,
-        server.url(&format!("/v1/orgs/{org}/enrollment-codes")),
-        admin,
-        json!({}),
-    )
-    .await
-    .json::<Value>()
-    .await
-    .unwrap()["code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let r = http
-        .post(server.url("/v1/enroll"))
-        .json(&json!({"code": code, "name": name}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    r.json().await.unwrap()
 }
 
 async fn release(
@@ -514,6 +482,102 @@ async fn policies(
         .all(|s| matches!(*s, StatusCode::CREATED | StatusCode::CONFLICT)));
 }
 
+/// Policy versions are bounded (docs/formats/policy.md): a version above
+/// `MAX_POLICY_VERSION` is refused before anything is signed, stored or
+/// audited, so no publish can leave an organization with nothing above
+/// its latest version; the bound itself is published and verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_versions_are_bounded_on_sqlite() {
+    use coffer_server::policy::{SignedPolicy, MAX_POLICY_VERSION};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("server.db").display());
+    let server = Running::start(&url).await;
+    let http = reqwest::Client::new();
+    let acme = set_up(&server, &http).await;
+    let alice = login(&server, &http, "alice", PW).await.unwrap();
+    let (_, device, pinned) = enroll(&server, &http, acme, &alice, "field-tablet-1").await;
+    let publish = server.url(&format!("/v1/orgs/{acme}/policies"));
+    let publish_version = |version: i64| {
+        let (http, url, alice) = (http.clone(), publish.clone(), alice.clone());
+        async move { post(&http, url, &alice, json!({"version": version})).await }
+    };
+    let refused_out_of_range = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_body", "{body}");
+        assert_eq!(
+            body["error"]["message"],
+            format!("version must be 1 to {MAX_POLICY_VERSION}")
+        );
+    };
+    let published = || async {
+        let db = coffer_server::Store::open(&url).await.unwrap();
+        db.audit_rows()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.event.action == "policy_published")
+            .count()
+    };
+
+    // Above the bound, and below 1: refused, nothing published.
+    for version in [MAX_POLICY_VERSION + 1, i64::MAX, 0, -1, i64::MIN] {
+        refused_out_of_range(publish_version(version).await).await;
+    }
+    let r = get(&http, server.url("/v1/device/policy"), &device).await;
+    assert_eq!(error_code(r).await, "no_policy");
+    assert_eq!(published().await, 0);
+
+    // Below the bound, versions go up as before.
+    assert_eq!(publish_version(5).await.status(), StatusCode::CREATED);
+    refused_out_of_range(publish_version(i64::MAX).await).await;
+
+    // One publish cannot use up the range: a version may go at most
+    // MAX_POLICY_VERSION_STEP above the latest.
+    let step = coffer_server::policy::MAX_POLICY_VERSION_STEP;
+    let r = publish_version(MAX_POLICY_VERSION).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        format!("a version may be at most {step} above the latest published (5)")
+    );
+    assert_eq!(published().await, 1);
+    let r = publish_version(5 + step + 1).await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // The bound itself is reached step by step, and a device accepts it.
+    let mut version = 5;
+    let mut publishes = 1;
+    while version < MAX_POLICY_VERSION {
+        version = (version + step).min(MAX_POLICY_VERSION);
+        assert_eq!(publish_version(version).await.status(), StatusCode::CREATED);
+        publishes += 1;
+    }
+    assert!(publishes > 20, "{publishes} publishes to reach the bound");
+    let latest: SignedPolicy = get(&http, server.url("/v1/device/policy"), &device)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let document = latest
+        .verify(&hex::decode(&pinned).unwrap(), acme, Some(5))
+        .unwrap();
+    assert_eq!(document.version, MAX_POLICY_VERSION);
+    assert_eq!(published().await, publishes);
+
+    // At the bound, a publish is refused only as what the docs say: not
+    // newer (at or below it) or out of range (above it).
+    for version in [MAX_POLICY_VERSION, MAX_POLICY_VERSION - 1, 6] {
+        let r = publish_version(version).await;
+        assert_eq!(r.status(), StatusCode::CONFLICT, "{version}");
+        assert_eq!(error_code(r).await, "version_not_newer");
+    }
+    refused_out_of_range(publish_version(MAX_POLICY_VERSION + 1).await).await;
+    assert_eq!(published().await, publishes);
+    server.stop().await;
+}
+
 /// Remote wipe orders, check-in and acknowledgement; revocation.
 async fn wipes(
     server: &Running,
@@ -919,6 +983,161 @@ async fn delivery(
     assert!(answers
         .iter()
         .all(|r| matches!(r.status(), StatusCode::CREATED | StatusCode::OK)));
+}
+
+/// A CBOR batch holding NaN or an infinity is refused (not stored as
+/// `null`), bytes after a CBOR batch are refused as JSON's are, and a
+/// malformed batch's message is the server's fixed text, never the
+/// parser's; nothing of a refused batch is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_finite_and_trailing_cbor_batches_are_refused_on_sqlite() {
+    use ciborium::Value as C;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("server.db").display());
+    let server = Running::start(&url).await;
+    let http = reqwest::Client::new();
+    let acme = set_up(&server, &http).await;
+    let alice = login(&server, &http, "alice", PW).await.unwrap();
+    let (_, device, _) = enroll(&server, &http, acme, &alice, "field-tablet-1").await;
+    let send = |body: Vec<u8>, content_type: &'static str| {
+        let request = http
+            .post(server.url("/v1/device/data"))
+            .header("x-auth-token", &device)
+            .header("content-type", content_type)
+            .body(body);
+        async move {
+            let r = request.send().await.unwrap();
+            let status = r.status();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let cbor = |batch_id: &str, values: Vec<C>| {
+        let text = |t: &str| C::Text(t.to_owned());
+        let readings = values
+            .into_iter()
+            .map(|value| {
+                C::Map(vec![
+                    (text("at"), C::Integer(1_700_000_000.into())),
+                    (text("name"), text("temp.c")),
+                    (text("value"), value),
+                ])
+            })
+            .collect();
+        let mut out = Vec::new();
+        ciborium::ser::into_writer(
+            &C::Map(vec![
+                (text("batch_id"), text(batch_id)),
+                (text("readings"), C::Array(readings)),
+            ]),
+            &mut out,
+        )
+        .unwrap();
+        out
+    };
+    // What a parser would say, and what must never reach a device.
+    let parser_words = [
+        "Semantic",
+        "Syntax",
+        "RecursionLimit",
+        "invalid type",
+        "expected",
+        "unknown field",
+        "missing field",
+        "trailing",
+        "line ",
+        "column",
+        "ciborium",
+        "serde",
+        "secret",
+    ];
+    let assert_plain = |body: &Value| {
+        let message = body["error"]["message"].as_str().unwrap();
+        for word in parser_words {
+            assert!(!message.contains(word), "{word:?} in {message:?}");
+        }
+        assert!(message.len() < 120, "{message:?}");
+    };
+
+    // NaN and the infinities, at the top of a value and nested in it.
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        for value in [
+            C::Float(bad),
+            C::Array(vec![C::Integer(1.into()), C::Float(bad)]),
+            C::Map(vec![(C::Text("c".into()), C::Float(bad))]),
+        ] {
+            let body = cbor("batch-nan-1", vec![C::Float(21.5), value]);
+            let (status, answer) = send(body, "application/cbor").await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+            assert_eq!(answer["error"]["code"], "invalid_batch");
+            assert_eq!(
+                answer["error"]["message"],
+                "reading 1: value holds NaN or an infinity, which a batch cannot carry"
+            );
+            assert_plain(&answer);
+        }
+    }
+    // Bytes after a CBOR batch: another item, or one stray byte.
+    let whole = cbor("batch-tail-1", vec![C::Float(21.5)]);
+    for tail in [vec![0x00], vec![0xff], whole.clone()] {
+        let (status, answer) = send([&whole[..], &tail[..]].concat(), "application/cbor").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(answer["error"]["code"], "malformed_batch");
+        assert_eq!(
+            answer["error"]["message"],
+            format!(
+                "the body is not a valid CBOR batch: bytes follow the end of the batch (at byte {})",
+                whole.len()
+            )
+        );
+        assert_plain(&answer);
+    }
+    // Malformed in other ways, in both encodings, with text of the body
+    // that a parser would have quoted.
+    let mut unknown_field = Vec::new();
+    ciborium::ser::into_writer(
+        &C::Map(vec![(C::Text("secret_field".into()), C::Bytes(vec![1]))]),
+        &mut unknown_field,
+    )
+    .unwrap();
+    let malformed: [(Vec<u8>, &'static str); 4] = [
+        (unknown_field, "application/cbor"),
+        (vec![0x1c], "application/cbor"),
+        (
+            br#"{"batch_id": "batch-json-1", "readings": [], "secret_field": 1}"#.to_vec(),
+            "application/json",
+        ),
+        (
+            br#"{"batch_id": "batch-json-1", "readings": []} secret"#.to_vec(),
+            "application/json",
+        ),
+    ];
+    for (body, content_type) in malformed {
+        let (status, answer) = send(body, content_type).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(answer["error"]["code"], "malformed_batch");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("the body is not a valid "),
+            "{answer}"
+        );
+        assert_plain(&answer);
+    }
+
+    // Nothing of those was stored: no reading, and their ids are free.
+    let stored: Value = get(&http, server.url(&format!("/v1/orgs/{acme}/data")), &alice)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["readings"], json!([]), "{stored}");
+    for batch_id in ["batch-nan-1", "batch-tail-1"] {
+        let (status, answer) = send(cbor(batch_id, vec![C::Float(21.5)]), "application/cbor").await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        assert_eq!(answer["duplicate"], false);
+    }
+    server.stop().await;
 }
 
 /// The master key: a database refuses a server with another key; a

@@ -142,20 +142,30 @@ async fn publish_policy(
     Body(request): Body<PublishRequest>,
 ) -> Result<(StatusCode, Json<SignedPolicy>), ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin"]).await?;
-    if request.version < 1 {
+    // Checked before anything is signed, stored or audited: a version
+    // out of range (docs/formats/policy.md) and rules that make no sense.
+    request.check().map_err(|why| {
+        let code = match why {
+            coffer_protocol::policy::PublishRefusal::InvalidRules(_) => ErrorCode::InvalidPolicy,
+            _ => ErrorCode::InvalidBody,
+        };
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, why.to_string())
+    })?;
+    // One publish must not use up the range (the store still decides,
+    // in its transaction, that the version is newer).
+    let latest = state
+        .store
+        .latest_policy(org_id)
+        .await?
+        .map_or(0, |p| p.version);
+    let step = coffer_protocol::policy::MAX_POLICY_VERSION_STEP;
+    if request.version > latest.saturating_add(step) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::InvalidBody,
-            "version must be 1 or more",
+            format!("a version may be at most {step} above the latest published ({latest})"),
         ));
     }
-    request.rules.check().map_err(|why| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::InvalidPolicy,
-            why,
-        )
-    })?;
     let key = signing_key(&state, org_id).await?;
     let document = Document {
         format: FORMAT.to_owned(),
@@ -290,6 +300,28 @@ async fn release_escrow(
     }
     let org_id = device.device.org_id;
     let device_id = device.device.id;
+    // Each refusal is audited: a device (or a thief with its token) is
+    // held to the per-address budget of attempts, and past it only the
+    // first refusal of the window is recorded.
+    let limits = state.login_limits;
+    let window = super::Window::now(&limits);
+    let attempts = state
+        .store
+        .hit(&format!("release-device:{device_id}"), window.start)
+        .await?;
+    if attempts > limits.per_address {
+        if attempts == limits.per_address + 1 {
+            record(
+                &state,
+                Some(org_id),
+                format!("device:{device_id}"),
+                "escrow_release_rate_limited",
+                json!({"device_id": device_id}),
+            )
+            .await?;
+        }
+        return Err(window.refusal("escrow release"));
+    }
     let refused = |actor: String, reason: &'static str, error: ApiError| {
         let state = state.clone();
         async move {
@@ -316,18 +348,26 @@ async fn release_escrow(
         }
     };
     let actor = format!("user:{}", user.user);
-    if state
-        .store
-        .member_role(org_id, user.user_id)
-        .await?
-        .is_none()
-    {
-        let error = ApiError::new(
-            StatusCode::FORBIDDEN,
-            ErrorCode::NotInOrganization,
-            "this user does not belong to the device's organization",
-        );
-        return refused(actor, "not a member", error).await;
+    match state.store.member_role(org_id, user.user_id).await? {
+        None => {
+            let error = ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::NotInOrganization,
+                "this user does not belong to the device's organization",
+            );
+            return refused(actor, "not a member", error).await;
+        }
+        // Auditors review; they do not work on the organization's devices,
+        // and a released key opens a device's data (docs/server.md, roles).
+        Some(member) if member.role == "auditor" => {
+            let error = ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "auditors do not log in on the organization's devices: ask an admin for a member's account",
+            );
+            return refused(actor, "auditor", error).await;
+        }
+        Some(_) => {}
     }
     let orders = state
         .store
@@ -365,6 +405,12 @@ async fn release_escrow(
         json!({"device_id": device_id, "user_id": user.user_id}),
     )
     .await?;
+    // A release that worked spends nothing of the budget: a shared device
+    // serves many logins a shift.
+    state
+        .store
+        .clear_hits(&format!("release-device:{device_id}"))
+        .await?;
     Ok(Json(EscrowReleased {
         escrow_key: WireSecret::new(hex::encode(&*key)),
         user_id: user.user_id,
@@ -512,12 +558,12 @@ async fn cancel_wipe(
 /// revocation reaches it.
 async fn check_in(
     State(state): State<AppState>,
-    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    crate::client_addr::ClientAddr(client): crate::client_addr::ClientAddr,
     AnyDevice(device): AnyDevice,
 ) -> Result<Json<CheckInAnswer>, ApiError> {
     let checked = state
         .store
-        .check_in(device.device.id, &client.ip().to_string())
+        .check_in(device.device.id, &client.to_string())
         .await?;
     Ok(Json(CheckInAnswer {
         server_time: crate::store::now_unix(),

@@ -127,7 +127,10 @@ async fn query(
         ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::InvalidQuery,
-            format!("bad query parameters: {}", e.body_text()),
+            format!(
+                "bad query parameters: {}",
+                super::what_serde_refused(&e.body_text())
+            ),
         )
     })?;
     let limit = q.limit.unwrap_or(1000);

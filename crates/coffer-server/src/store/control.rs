@@ -215,15 +215,6 @@ pub struct ReadingQuery {
     pub limit: i64,
 }
 
-macro_rules! dispatch {
-    ($self:ident, $s:ident => $call:expr) => {
-        match $self {
-            Store::Sqlite($s) => $call,
-            Store::Postgres($s) => $call,
-        }
-    };
-}
-
 impl Store {
     /// The value proving which master key the database is under.
     pub async fn master_key_check(&self) -> Result<Option<String>, StoreError> {

@@ -7,14 +7,27 @@
 //! of the server sees only [`Store`]. Nothing another server process needs
 //! lives only in one process's memory: every state is in the database.
 
+/// Runs the same call on whichever backend is in use.
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($s) => $call,
+            Store::Postgres($s) => $call,
+        }
+    };
+}
+
 mod control;
 mod postgres;
 mod sqlite;
+mod tenants;
 
 pub use control::{
     AuditMac, BatchStored, CheckIn, DeviceActivity, NewBatch, NewPolicy, PolicyRecord,
     ReadingQuery, SealedKind, SealedValue, SigningKeyRecord, WipeEnd, WipeEnded, WipeOrder,
 };
+
+pub use tenants::{MemberRole, NewOrganization, OrganizationRecord};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -187,6 +200,11 @@ impl Store {
     }
 }
 
+/// The columns of a [`DeviceRecord`], in its fields' order, from `devices d`
+/// (the same text for both backends).
+pub(crate) const DEVICE_COLUMNS: &str = "d.id, d.org_id, d.name, d.revoked_at IS NOT NULL, \
+     EXISTS (SELECT 1 FROM organizations o WHERE o.id = d.org_id AND o.suspended_at IS NOT NULL)";
+
 /// A device, as the server knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRecord {
@@ -198,6 +216,8 @@ pub struct DeviceRecord {
     pub name: String,
     /// Revoked: its token is refused.
     pub revoked: bool,
+    /// Its organization is suspended: refused like a revoked one, for now.
+    pub suspended: bool,
 }
 
 /// What an enrollment created.
@@ -315,15 +335,6 @@ pub struct Membership {
     pub role: String,
 }
 
-macro_rules! dispatch {
-    ($self:ident, $s:ident => $call:expr) => {
-        match $self {
-            Store::Sqlite($s) => $call,
-            Store::Postgres($s) => $call,
-        }
-    };
-}
-
 impl Store {
     /// The password hash of the user `name`, for a login.
     pub async fn login_record(&self, name: &str) -> Result<Option<LoginRecord>, StoreError> {
@@ -426,12 +437,13 @@ impl Store {
         dispatch!(self, s => s.add_member(org_id, name, password_hash, role).await)
     }
 
-    /// The role of `user_id` in `org_id`, if a member.
+    /// The role of `user_id` in `org_id` and whether the organization is
+    /// suspended, if a member.
     pub async fn member_role(
         &self,
         org_id: i64,
         user_id: i64,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<MemberRole>, StoreError> {
         dispatch!(self, s => s.member_role(org_id, user_id).await)
     }
 
@@ -451,9 +463,16 @@ impl Store {
         dispatch!(self, s => s.set_disabled(user_id, disabled).await)
     }
 
-    /// Replaces a user's password hash.
-    pub async fn set_password(&self, user_id: i64, password_hash: &str) -> Result<(), StoreError> {
-        dispatch!(self, s => s.set_password(user_id, password_hash).await)
+    /// Replaces a user's password hash and ends every session of theirs
+    /// but `keep_session` (the hash of the one that changed it): whoever
+    /// knew the old password is out.
+    pub async fn set_password(
+        &self,
+        user_id: i64,
+        password_hash: &str,
+        keep_session: &str,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_password(user_id, password_hash, keep_session).await)
     }
 
     /// A user's password hash.
@@ -497,6 +516,13 @@ impl Store {
     #[cfg(feature = "test-support")]
     pub async fn execute_for_tests(&self, sql: &str) -> Result<(), StoreError> {
         dispatch!(self, s => s.execute_for_tests(sql).await)
+    }
+
+    /// The one integer a raw SQL query answers (a count, a sum): for tests
+    /// that measure what a request left behind. Not used by the server.
+    #[cfg(feature = "test-support")]
+    pub async fn number_for_tests(&self, sql: &str) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.number_for_tests(sql).await)
     }
 
     /// The organizations a user belongs to, with their role.

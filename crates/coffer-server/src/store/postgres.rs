@@ -7,12 +7,14 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 mod control;
+mod tenants;
 
 use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
 
 use super::{
     db_error as generic_error, now_unix, Bootstrapped, DeviceRecord, Enrolled, LoginRecord,
-    Membership, Migrations, NewOwner, SessionRecord, StoreError, UsageKey, UsageRecord, UsageRow,
+    MemberRole, Membership, Migrations, NewOwner, SessionRecord, StoreError, UsageKey, UsageRecord,
+    UsageRow, DEVICE_COLUMNS,
 };
 
 pub(super) const MIGRATIONS: Migrations = &[
@@ -43,6 +45,10 @@ pub(super) const MIGRATIONS: Migrations = &[
         9,
         include_str!("../../migrations/postgres/0009_release_tokens.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations/postgres/0010_tenants.sql"),
+    ),
 ];
 
 /// Serializes audit appends across server processes: one chain, one order.
@@ -67,6 +73,17 @@ fn pg(op: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
 
 /// Serializes migrations across server processes (an arbitrary constant).
 const MIGRATION_LOCK: i64 = 0x636f_6666_6572;
+
+/// A row of [`DEVICE_COLUMNS`].
+pub(super) fn device_record(r: &tokio_postgres::Row) -> DeviceRecord {
+    DeviceRecord {
+        id: r.get(0),
+        org_id: r.get(1),
+        name: r.get(2),
+        revoked: r.get(3),
+        suspended: r.get(4),
+    }
+}
 
 #[derive(Clone)]
 pub struct PostgresStore {
@@ -232,6 +249,13 @@ impl PostgresStore {
         )
         .await
         .map_err(pg(op))?;
+        // The first owner is the instance's first operator.
+        tx.execute(
+            "INSERT INTO operators (user_id, created_at) VALUES ($1, $2)",
+            &[&user_id, &now],
+        )
+        .await
+        .map_err(pg(op))?;
         tx.commit().await.map_err(pg(op))?;
         Ok(Bootstrapped {
             organization_id,
@@ -334,6 +358,15 @@ impl PostgresStore {
     pub(super) async fn hit(&self, key: &str, window_start: i64) -> Result<i64, StoreError> {
         let op = "counting an attempt";
         let client = self.client(op).await?;
+        // Counters of windows that have ended count nothing: dropped here,
+        // so that the table holds one window's keys at most.
+        client
+            .execute(
+                "DELETE FROM rate_limits WHERE window_start < $1",
+                &[&window_start],
+            )
+            .await
+            .map_err(pg(op))?;
         let row = client
             .query_one(
                 "INSERT INTO rate_limits (key, window_start, count) VALUES ($1, $2, 1)
@@ -438,6 +471,14 @@ impl PostgresStore {
         client.batch_execute(sql).await.map_err(pg(op))
     }
 
+    /// One integer from raw SQL, for tests (cast it to BIGINT).
+    #[cfg(feature = "test-support")]
+    pub async fn number_for_tests(&self, sql: &str) -> Result<i64, StoreError> {
+        let op = "measuring";
+        let client = self.client(op).await?;
+        Ok(client.query_one(sql, &[]).await.map_err(pg(op))?.get(0))
+    }
+
     pub(super) async fn add_enrollment_code(
         &self,
         code_hash: &str,
@@ -474,6 +515,7 @@ impl PostgresStore {
             .query_opt(
                 "UPDATE enrollment_codes SET used_at = $2
                  WHERE code_hash = $1 AND used_at IS NULL AND expires_at > $2
+                   AND org_id NOT IN (SELECT id FROM organizations WHERE suspended_at IS NOT NULL)
                  RETURNING org_id",
                 &[&code_hash, &now],
             )
@@ -509,17 +551,12 @@ impl PostgresStore {
         let client = self.client(op).await?;
         let row = client
             .query_opt(
-                "SELECT id, org_id, name, revoked_at IS NOT NULL FROM devices WHERE token_hash = $1",
+                &format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.token_hash = $1"),
                 &[&token_hash],
             )
             .await
             .map_err(pg(op))?;
-        Ok(row.map(|r| DeviceRecord {
-            id: r.get(0),
-            org_id: r.get(1),
-            name: r.get(2),
-            revoked: r.get(3),
-        }))
+        Ok(row.as_ref().map(device_record))
     }
 
     pub(super) async fn rotate_device_token(
@@ -545,20 +582,14 @@ impl PostgresStore {
         let client = self.client(op).await?;
         let rows = client
             .query(
-                "SELECT id, org_id, name, revoked_at IS NOT NULL FROM devices WHERE org_id = $1 ORDER BY id",
+                &format!(
+                    "SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.org_id = $1 ORDER BY d.id"
+                ),
                 &[&org_id],
             )
             .await
             .map_err(pg(op))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| DeviceRecord {
-                id: r.get(0),
-                org_id: r.get(1),
-                name: r.get(2),
-                revoked: r.get(3),
-            })
-            .collect())
+        Ok(rows.iter().map(device_record).collect())
     }
 
     pub(super) async fn revoke_device(
@@ -633,17 +664,22 @@ impl PostgresStore {
         &self,
         org_id: i64,
         user_id: i64,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<MemberRole>, StoreError> {
         let op = "reading a membership";
         let client = self.client(op).await?;
         let row = client
             .query_opt(
-                "SELECT role FROM memberships WHERE org_id = $1 AND user_id = $2",
+                "SELECT m.role, o.suspended_at IS NOT NULL
+                 FROM memberships m JOIN organizations o ON o.id = m.org_id
+                 WHERE m.org_id = $1 AND m.user_id = $2",
                 &[&org_id, &user_id],
             )
             .await
             .map_err(pg(op))?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(row.map(|r| MemberRole {
+            role: r.get(0),
+            suspended: r.get(1),
+        }))
     }
 
     pub(super) async fn set_role(
@@ -705,17 +741,25 @@ impl PostgresStore {
         &self,
         user_id: i64,
         password_hash: &str,
+        keep_session: &str,
     ) -> Result<(), StoreError> {
         let op = "setting a password";
-        let client = self.client(op).await?;
-        client
-            .execute(
-                "UPDATE users SET password_hash = $2 WHERE id = $1",
-                &[&user_id, &password_hash],
-            )
-            .await
-            .map(|_| ())
-            .map_err(pg(op))
+        let mut client = self.client(op).await?;
+        let tx = client.transaction().await.map_err(pg(op))?;
+        tx.execute(
+            "UPDATE users SET password_hash = $2 WHERE id = $1",
+            &[&user_id, &password_hash],
+        )
+        .await
+        .map_err(pg(op))?;
+        tx.execute(
+            "UPDATE sessions SET revoked_at = $3
+             WHERE user_id = $1 AND token_hash <> $2 AND revoked_at IS NULL",
+            &[&user_id, &keep_session, &now_unix()],
+        )
+        .await
+        .map_err(pg(op))?;
+        tx.commit().await.map_err(pg(op))
     }
 
     pub(super) async fn password_hash(&self, user_id: i64) -> Result<Option<String>, StoreError> {

@@ -8,12 +8,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 mod control;
+mod tenants;
 
 use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
 
 use super::{
-    db_error, now_unix, Bootstrapped, DeviceRecord, Enrolled, LoginRecord, Membership, Migrations,
-    NewOwner, SessionRecord, StoreError, UsageKey, UsageRecord, UsageRow,
+    db_error, now_unix, Bootstrapped, DeviceRecord, Enrolled, LoginRecord, MemberRole, Membership,
+    Migrations, NewOwner, SessionRecord, StoreError, UsageKey, UsageRecord, UsageRow,
+    DEVICE_COLUMNS,
 };
 
 pub(super) const MIGRATIONS: Migrations = &[
@@ -35,7 +37,19 @@ pub(super) const MIGRATIONS: Migrations = &[
         9,
         include_str!("../../migrations/sqlite/0009_release_tokens.sql"),
     ),
+    (10, include_str!("../../migrations/sqlite/0010_tenants.sql")),
 ];
+
+/// A row of [`DEVICE_COLUMNS`].
+pub(super) fn device_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceRecord> {
+    Ok(DeviceRecord {
+        id: r.get(0)?,
+        org_id: r.get(1)?,
+        name: r.get(2)?,
+        revoked: r.get(3)?,
+        suspended: r.get(4)?,
+    })
+}
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -45,11 +59,44 @@ pub struct SqliteStore {
 impl SqliteStore {
     pub(super) async fn open(path: PathBuf) -> Result<Self, StoreError> {
         let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            // A new database is made private before SQLite opens it: its
+            // directory 0700, the file 0600 (SQLite gives the -wal and -shm
+            // files the database's mode). Not an in-memory database or a
+            // `file:` URI. The server refuses existing files that are not
+            // private (serve.rs, `check_sqlite_permissions`).
+            #[cfg(unix)]
+            if !path.as_os_str().is_empty()
+                && path.as_os_str() != ":memory:"
+                && !path.to_string_lossy().starts_with("file:")
+            {
+                use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)
+                        .map_err(|e| db_error("creating the database's directory")(&e))?;
+                }
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(db_error("creating the database file")(&e)),
+                }
+            }
             let conn = Connection::open(&path).map_err(|e| db_error("opening")(&e))?;
+            // secure_delete: what is deleted (an escrow key at a wipe order,
+            // a revoked device's tokens, a deleted organization) is
+            // overwritten with zeros in the file, not only unlinked.
             conn.execute_batch(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
                  PRAGMA foreign_keys = ON;
+                 PRAGMA secure_delete = ON;
                  PRAGMA busy_timeout = 5000;",
             )
             .map_err(|e| db_error("configuring")(&e))?;
@@ -205,6 +252,12 @@ impl SqliteStore {
                 params![organization_id, user_id],
             )
             .map_err(|x| e(&x))?;
+            // The first owner is the instance's first operator.
+            tx.execute(
+                "INSERT INTO operators (user_id, created_at) VALUES (?1, ?2)",
+                params![user_id, now],
+            )
+            .map_err(|x| e(&x))?;
             tx.commit().map_err(|x| e(&x))?;
             Ok(Bootstrapped {
                 organization_id,
@@ -317,6 +370,13 @@ impl SqliteStore {
     pub(super) async fn hit(&self, key: &str, window_start: i64) -> Result<i64, StoreError> {
         let key = key.to_owned();
         self.with("counting an attempt", move |conn| {
+            // Counters of windows that have ended count nothing: dropped
+            // here, so that the table holds one window's keys at most.
+            conn.execute(
+                "DELETE FROM rate_limits WHERE window_start < ?1",
+                [window_start],
+            )
+            .map_err(|e| db_error("counting an attempt")(&e))?;
             conn.query_row(
                 "INSERT INTO rate_limits (key, window_start, count) VALUES (?1, ?2, 1)
                  ON CONFLICT (key) DO UPDATE SET
@@ -427,6 +487,17 @@ impl SqliteStore {
         .await
     }
 
+    /// One integer from raw SQL, for tests.
+    #[cfg(feature = "test-support")]
+    pub async fn number_for_tests(&self, sql: &str) -> Result<i64, StoreError> {
+        let sql = sql.to_owned();
+        self.with("measuring", move |conn| {
+            conn.query_row(&sql, [], |r| r.get(0))
+                .map_err(|e| db_error("measuring")(&e))
+        })
+        .await
+    }
+
     pub(super) async fn add_enrollment_code(
         &self,
         code_hash: &str,
@@ -470,6 +541,7 @@ impl SqliteStore {
                 .query_row(
                     "UPDATE enrollment_codes SET used_at = ?2
                      WHERE code_hash = ?1 AND used_at IS NULL AND expires_at > ?2
+                       AND org_id NOT IN (SELECT id FROM organizations WHERE suspended_at IS NOT NULL)
                      RETURNING org_id",
                     params![code_hash, now],
                     |r| r.get(0),
@@ -503,9 +575,9 @@ impl SqliteStore {
         let token_hash = token_hash.to_owned();
         self.with("reading a device", move |conn| {
             conn.query_row(
-                "SELECT id, org_id, name, revoked_at IS NOT NULL FROM devices WHERE token_hash = ?1",
+                &format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.token_hash = ?1"),
                 [token_hash],
-                |r| Ok(DeviceRecord { id: r.get(0)?, org_id: r.get(1)?, name: r.get(2)?, revoked: r.get(3)? }),
+                device_record,
             )
             .optional()
             .map_err(|e| db_error("reading a device")(&e))
@@ -535,12 +607,13 @@ impl SqliteStore {
         self.with("listing devices", move |conn| {
             let e = db_error("listing devices");
             let mut stmt = conn
-                .prepare("SELECT id, org_id, name, revoked_at IS NOT NULL FROM devices WHERE org_id = ?1 ORDER BY id")
+                .prepare(&format!(
+                    "SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.org_id = ?1 ORDER BY d.id"
+                ))
                 .map_err(|x| e(&x))?;
-            let rows = stmt
-                .query_map([org_id], |r| Ok(DeviceRecord { id: r.get(0)?, org_id: r.get(1)?, name: r.get(2)?, revoked: r.get(3)? }))
-                .map_err(|x| e(&x))?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|x| e(&x))
+            let rows = stmt.query_map([org_id], device_record).map_err(|x| e(&x))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|x| e(&x))
         })
         .await
     }
@@ -624,12 +697,19 @@ impl SqliteStore {
         &self,
         org_id: i64,
         user_id: i64,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<MemberRole>, StoreError> {
         self.with("reading a membership", move |conn| {
             conn.query_row(
-                "SELECT role FROM memberships WHERE org_id = ?1 AND user_id = ?2",
+                "SELECT m.role, o.suspended_at IS NOT NULL
+                 FROM memberships m JOIN organizations o ON o.id = m.org_id
+                 WHERE m.org_id = ?1 AND m.user_id = ?2",
                 params![org_id, user_id],
-                |r| r.get(0),
+                |r| {
+                    Ok(MemberRole {
+                        role: r.get(0)?,
+                        suspended: r.get(1)?,
+                    })
+                },
             )
             .optional()
             .map_err(|e| db_error("reading a membership")(&e))
@@ -693,15 +773,26 @@ impl SqliteStore {
         &self,
         user_id: i64,
         password_hash: &str,
+        keep_session: &str,
     ) -> Result<(), StoreError> {
-        let password_hash = password_hash.to_owned();
+        let (password_hash, keep_session) = (password_hash.to_owned(), keep_session.to_owned());
         self.with("setting a password", move |conn| {
-            conn.execute(
+            let e = db_error("setting a password");
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|x| e(&x))?;
+            tx.execute(
                 "UPDATE users SET password_hash = ?2 WHERE id = ?1",
                 params![user_id, password_hash],
             )
-            .map(|_| ())
-            .map_err(|e| db_error("setting a password")(&e))
+            .map_err(|x| e(&x))?;
+            tx.execute(
+                "UPDATE sessions SET revoked_at = ?3
+                 WHERE user_id = ?1 AND token_hash <> ?2 AND revoked_at IS NULL",
+                params![user_id, keep_session, now_unix()],
+            )
+            .map_err(|x| e(&x))?;
+            tx.commit().map_err(|x| e(&x))
         })
         .await
     }

@@ -39,6 +39,11 @@ fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
     .clone()
 }
 
+/// Every log line captured so far, as text.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&capture_logs().lock().unwrap()).into_owned()
+}
+
 /// Fails if any of `secrets` appears in the logs captured so far (and
 /// checks that something was logged at all, so the scan means something).
 pub fn assert_logs_free_of(secrets: &[&str]) {
@@ -92,6 +97,28 @@ impl Running {
         .unwrap()
     }
 
+    /// A server behind a trusted proxy on loopback: every request may say
+    /// which client it comes from in `X-Forwarded-For`.
+    pub async fn behind_proxy(
+        database_url: &str,
+        login_limits: coffer_server::LoginLimits,
+    ) -> Running {
+        let proxies = coffer_server::client_addr::TrustedProxies::new(
+            ["127.0.0.1/32".parse().unwrap()],
+            coffer_server::client_addr::ForwardedHeader::XForwardedFor,
+        );
+        Self::try_start_behind(
+            database_url,
+            coffer_server::DEFAULT_SESSION_TTL,
+            login_limits,
+            coffer_server::testing::keyring(),
+            false,
+            proxies,
+        )
+        .await
+        .unwrap()
+    }
+
     /// A server under the master key(s) `keys`, or why it did not start.
     pub async fn with_keys(
         database_url: &str,
@@ -128,6 +155,25 @@ impl Running {
         keys: std::sync::Arc<coffer_server::keys::Keyring>,
         adopt_unkeyed_audit: bool,
     ) -> Result<Running, coffer_server::serve::ServeError> {
+        Self::try_start_behind(
+            database_url,
+            session_ttl,
+            login_limits,
+            keys,
+            adopt_unkeyed_audit,
+            Default::default(),
+        )
+        .await
+    }
+
+    async fn try_start_behind(
+        database_url: &str,
+        session_ttl: std::time::Duration,
+        login_limits: coffer_server::LoginLimits,
+        keys: std::sync::Arc<coffer_server::keys::Keyring>,
+        adopt_unkeyed_audit: bool,
+        trusted_proxies: coffer_server::client_addr::TrustedProxies,
+    ) -> Result<Running, coffer_server::serve::ServeError> {
         capture_logs();
         let server = Server::bind(&ServeConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -138,6 +184,8 @@ impl Running {
             tls: coffer_server::TlsSetting::Off,
             keys,
             adopt_unkeyed_audit,
+            trusted_proxies,
+            shutdown_grace: coffer_server::serve::DEFAULT_SHUTDOWN_GRACE,
         })
         .await?;
         let base = format!("http://{}", server.local_addr().unwrap());
@@ -241,6 +289,38 @@ pub async fn get(http: &reqwest::Client, url: String, token: &str) -> reqwest::R
         .send()
         .await
         .unwrap()
+}
+
+/// The whole enrollment answer for a device enrolled into `org` with a
+/// code from `admin`.
+pub async fn enrollment(
+    server: &Running,
+    http: &reqwest::Client,
+    org: i64,
+    admin: &str,
+    name: &str,
+) -> Value {
+    let code = post(
+        http,
+        server.url(&format!("/v1/orgs/{org}/enrollment-codes")),
+        admin,
+        json!({}),
+    )
+    .await
+    .json::<Value>()
+    .await
+    .unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = http
+        .post(server.url("/v1/enroll"))
+        .json(&json!({"code": code, "name": name}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json().await.unwrap()
 }
 
 /// Sets the server up: organization "Acme", owner alice; returns its id.

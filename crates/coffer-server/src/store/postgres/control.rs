@@ -155,18 +155,17 @@ impl PostgresStore {
         let client = self.client(op).await?;
         Ok(client
             .query_opt(
-                "SELECT d.id, d.org_id, d.name, d.revoked_at IS NOT NULL FROM devices d
-                 JOIN device_release_tokens t ON t.device_id = d.id WHERE t.token_hash = $1",
+                &format!(
+                    "SELECT {} FROM devices d
+                     JOIN device_release_tokens t ON t.device_id = d.id WHERE t.token_hash = $1",
+                    crate::store::DEVICE_COLUMNS
+                ),
                 &[&token_hash],
             )
             .await
             .map_err(pg(op))?
-            .map(|r| crate::store::DeviceRecord {
-                id: r.get(0),
-                org_id: r.get(1),
-                name: r.get(2),
-                revoked: r.get(3),
-            }))
+            .as_ref()
+            .map(super::device_record))
     }
 
     pub(in crate::store) async fn enrollment_code_org(

@@ -164,17 +164,13 @@ impl SqliteStore {
         let token_hash = token_hash.to_owned();
         self.with(op, move |conn| {
             conn.query_row(
-                "SELECT d.id, d.org_id, d.name, d.revoked_at IS NOT NULL FROM devices d
-                 JOIN device_release_tokens t ON t.device_id = d.id WHERE t.token_hash = ?1",
+                &format!(
+                    "SELECT {} FROM devices d
+                     JOIN device_release_tokens t ON t.device_id = d.id WHERE t.token_hash = ?1",
+                    crate::store::DEVICE_COLUMNS
+                ),
                 [token_hash],
-                |r| {
-                    Ok(crate::store::DeviceRecord {
-                        id: r.get(0)?,
-                        org_id: r.get(1)?,
-                        name: r.get(2)?,
-                        revoked: r.get(3)?,
-                    })
-                },
+                super::device_record,
             )
             .optional()
             .map_err(|e| db_error(op)(&e))

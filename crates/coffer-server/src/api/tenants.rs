@@ -1,0 +1,212 @@
+//! Organizations as tenants (docs/server.md, "Operators and
+//! organizations"): the instance's operators — the first made at setup —
+//! create, list, suspend, resume and delete organizations; an
+//! organization's owners see their own. Operators are not members: they
+//! see an organization's name and size, never its users, devices or data.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use coffer_protocol::admin::{
+    CreateOrganization, OrganizationCreated, OrganizationList, OrganizationSummary,
+};
+use coffer_protocol::ErrorCode;
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+use super::{
+    check_name, check_password, forbidden, hash_off_thread, not_found_here, record,
+    require_operator, ApiError, AppState, Body, Ids, Principal,
+};
+use crate::store::{NewOrganization, OrganizationRecord};
+
+pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
+    router
+        .route("/v1/orgs", get(list).post(create))
+        .route("/v1/orgs/{org_id}", get(show).delete(delete))
+        .route("/v1/orgs/{org_id}/suspend", post(suspend))
+        .route("/v1/orgs/{org_id}/resume", post(resume))
+}
+
+fn summary(org: OrganizationRecord) -> OrganizationSummary {
+    OrganizationSummary {
+        id: org.id,
+        name: org.name,
+        created_at: org.created_at,
+        suspended: org.suspended_at.is_some(),
+        suspended_at: org.suspended_at,
+        members: org.members,
+        devices: org.devices,
+    }
+}
+
+/// `POST /v1/orgs` (operators): a new organization and its first owner,
+/// a new user with an initial password handed over out of band.
+async fn create(
+    State(state): State<AppState>,
+    who: Principal,
+    Body(request): Body<CreateOrganization>,
+) -> Result<(StatusCode, Json<OrganizationCreated>), ApiError> {
+    require_operator(&state, &who).await?;
+    let CreateOrganization {
+        name,
+        owner,
+        password,
+    } = request;
+    check_name("the organization's name", &name)?;
+    check_name("the owner's name", &owner)?;
+    check_password(password.expose_secret())?;
+    let password_hash = hash_off_thread(password).await?;
+    let created = state
+        .store
+        .create_organization(&NewOrganization {
+            name: name.clone(),
+            owner,
+            password_hash,
+        })
+        .await?;
+    // Its signing key now, as setup does: enrollment must not be the first
+    // to need it.
+    super::control::signing_key_record(&state, created.organization_id).await?;
+    record(
+        &state,
+        Some(created.organization_id),
+        format!("user:{}", who.user),
+        "organization_created",
+        json!({"name": name, "owner_id": created.user_id}),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(OrganizationCreated {
+            organization_id: created.organization_id,
+            user_id: created.user_id,
+        }),
+    ))
+}
+
+/// `GET /v1/orgs` (operators): every organization, its size and state.
+async fn list(
+    State(state): State<AppState>,
+    who: Principal,
+) -> Result<Json<OrganizationList>, ApiError> {
+    require_operator(&state, &who).await?;
+    let organizations = state.store.organizations().await?;
+    Ok(Json(OrganizationList {
+        organizations: organizations.into_iter().map(summary).collect(),
+    }))
+}
+
+/// `GET /v1/orgs/{org_id}` (operators, and the organization's owners).
+async fn show(
+    State(state): State<AppState>,
+    Ids(org_id): Ids<i64>,
+    who: Principal,
+) -> Result<Json<OrganizationSummary>, ApiError> {
+    if !state.store.is_operator(who.user_id).await? {
+        // An owner of a suspended organization still sees that it is.
+        match state.store.member_role(org_id, who.user_id).await? {
+            Some(member) if member.role == "owner" => {}
+            Some(_) => return Err(forbidden("this needs the role owner in the organization")),
+            None => return Err(not_found_here()),
+        }
+    }
+    let org = state
+        .store
+        .organization(org_id)
+        .await?
+        .ok_or_else(not_found_here)?;
+    Ok(Json(summary(org)))
+}
+
+/// Suspends or resumes; audited under the organization.
+async fn set_suspended(
+    state: &AppState,
+    who: &Principal,
+    org_id: i64,
+    suspended: bool,
+) -> Result<StatusCode, ApiError> {
+    require_operator(state, who).await?;
+    if !state.store.set_suspended(org_id, suspended).await? {
+        return Err(not_found_here());
+    }
+    tracing::info!(
+        organization_id = org_id,
+        suspended,
+        "organization suspension changed"
+    );
+    record(
+        state,
+        Some(org_id),
+        format!("user:{}", who.user),
+        if suspended {
+            "organization_suspended"
+        } else {
+            "organization_resumed"
+        },
+        json!({}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/orgs/{org_id}/suspend` (operators): at once, every user's
+/// request in the organization and every device's is refused (403
+/// `organization_suspended`); its enrollment codes stop working. Nothing
+/// is deleted: resuming brings it all back.
+async fn suspend(
+    State(state): State<AppState>,
+    Ids(org_id): Ids<i64>,
+    who: Principal,
+) -> Result<StatusCode, ApiError> {
+    set_suspended(&state, &who, org_id, true).await
+}
+
+/// `POST /v1/orgs/{org_id}/resume` (operators).
+async fn resume(
+    State(state): State<AppState>,
+    Ids(org_id): Ids<i64>,
+    who: Principal,
+) -> Result<StatusCode, ApiError> {
+    set_suspended(&state, &who, org_id, false).await
+}
+
+/// `DELETE /v1/orgs/{org_id}` (operators): only a suspended organization
+/// (409 `not_suspended` otherwise: two deliberate steps). Everything of it
+/// goes in one transaction — its sealed signing and escrow keys with the
+/// rest — and the freed space is overwritten where the backend allows
+/// (docs/server.md says what remains). Its audit rows stay: the trail is
+/// chained, and the deletion is recorded in it.
+async fn delete(
+    State(state): State<AppState>,
+    Ids(org_id): Ids<i64>,
+    who: Principal,
+) -> Result<StatusCode, ApiError> {
+    require_operator(&state, &who).await?;
+    let org = state
+        .store
+        .organization(org_id)
+        .await?
+        .ok_or_else(not_found_here)?;
+    if org.suspended_at.is_none() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::NotSuspended,
+            "suspend the organization first: only a suspended organization may be deleted",
+        ));
+    }
+    if !state.store.delete_organization(org_id).await? {
+        return Err(not_found_here());
+    }
+    tracing::info!(organization_id = org_id, "organization deleted");
+    record(
+        &state,
+        Some(org_id),
+        format!("user:{}", who.user),
+        "organization_deleted",
+        json!({"name": org.name, "members": org.members, "devices": org.devices}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

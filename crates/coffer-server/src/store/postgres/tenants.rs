@@ -1,0 +1,160 @@
+//! The PostgreSQL side of [`crate::store::tenants`].
+
+use super::{pg, PostgresStore};
+use crate::store::tenants::{NewOrganization, OrganizationRecord};
+use crate::store::{now_unix, Bootstrapped, StoreError};
+
+impl PostgresStore {
+    pub(in crate::store) async fn is_operator(&self, user_id: i64) -> Result<bool, StoreError> {
+        let op = "reading the operators";
+        let client = self.client(op).await?;
+        Ok(client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM operators WHERE user_id = $1)",
+                &[&user_id],
+            )
+            .await
+            .map_err(pg(op))?
+            .get(0))
+    }
+
+    pub(in crate::store) async fn create_organization(
+        &self,
+        new: &NewOrganization,
+    ) -> Result<Bootstrapped, StoreError> {
+        let op = "creating an organization";
+        let mut client = self.client(op).await?;
+        let tx = client.transaction().await.map_err(pg(op))?;
+        let now = now_unix();
+        // ON CONFLICT DO NOTHING: of two processes creating the same name,
+        // one gets the row, the other a clean "exists".
+        let organization_id: Option<i64> = tx
+            .query_opt(
+                "INSERT INTO organizations (name, created_at) VALUES ($1, $2)
+                 ON CONFLICT (name) DO NOTHING RETURNING id",
+                &[&new.name, &now],
+            )
+            .await
+            .map_err(pg(op))?
+            .map(|r| r.get(0));
+        let Some(organization_id) = organization_id else {
+            return Err(StoreError::Exists("an organization of that name"));
+        };
+        let user_id: Option<i64> = tx
+            .query_opt(
+                "INSERT INTO users (name, password_hash, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO NOTHING RETURNING id",
+                &[&new.owner, &new.password_hash, &now],
+            )
+            .await
+            .map_err(pg(op))?
+            .map(|r| r.get(0));
+        let Some(user_id) = user_id else {
+            return Err(StoreError::Exists("a user of that name"));
+        };
+        tx.execute(
+            "INSERT INTO memberships (org_id, user_id, role) VALUES ($1, $2, 'owner')",
+            &[&organization_id, &user_id],
+        )
+        .await
+        .map_err(pg(op))?;
+        tx.commit().await.map_err(pg(op))?;
+        Ok(Bootstrapped {
+            organization_id,
+            user_id,
+        })
+    }
+
+    pub(in crate::store) async fn organizations(
+        &self,
+        only: Option<i64>,
+    ) -> Result<Vec<OrganizationRecord>, StoreError> {
+        let op = "listing organizations";
+        let client = self.client(op).await?;
+        let rows = client
+            .query(
+                "SELECT o.id, o.name, o.created_at, o.suspended_at,
+                        (SELECT count(*) FROM memberships m WHERE m.org_id = o.id),
+                        (SELECT count(*) FROM devices d WHERE d.org_id = o.id)
+                 FROM organizations o WHERE $1::BIGINT IS NULL OR o.id = $1 ORDER BY o.id",
+                &[&only],
+            )
+            .await
+            .map_err(pg(op))?;
+        Ok(rows
+            .iter()
+            .map(|r| OrganizationRecord {
+                id: r.get(0),
+                name: r.get(1),
+                created_at: r.get(2),
+                suspended_at: r.get(3),
+                members: r.get(4),
+                devices: r.get(5),
+            })
+            .collect())
+    }
+
+    pub(in crate::store) async fn set_suspended(
+        &self,
+        org_id: i64,
+        suspended: bool,
+    ) -> Result<bool, StoreError> {
+        let op = "suspending an organization";
+        let client = self.client(op).await?;
+        client
+            .execute(
+                "UPDATE organizations SET suspended_at = CASE WHEN $2 THEN coalesce(suspended_at, $3) END
+                 WHERE id = $1",
+                &[&org_id, &suspended, &now_unix()],
+            )
+            .await
+            .map(|n| n == 1)
+            .map_err(pg(op))
+    }
+
+    pub(in crate::store) async fn delete_organization(
+        &self,
+        org_id: i64,
+    ) -> Result<bool, StoreError> {
+        let op = "deleting an organization";
+        let mut client = self.client(op).await?;
+        let tx = client.transaction().await.map_err(pg(op))?;
+        let found = tx
+            .query_opt(
+                "SELECT id FROM organizations WHERE id = $1 FOR UPDATE",
+                &[&org_id],
+            )
+            .await
+            .map_err(pg(op))?;
+        if found.is_none() {
+            return Ok(false);
+        }
+        // Users who belong to this organization alone can do nothing once
+        // it is gone: disabled, their sessions ended.
+        let alone = "SELECT m.user_id FROM memberships m WHERE m.org_id = $1
+             AND NOT EXISTS (SELECT 1 FROM memberships o WHERE o.user_id = m.user_id AND o.org_id <> $1)";
+        tx.execute(
+            &format!(
+                "UPDATE sessions SET revoked_at = $2 WHERE revoked_at IS NULL AND user_id IN ({alone})"
+            ),
+            &[&org_id, &now_unix()],
+        )
+        .await
+        .map_err(pg(op))?;
+        tx.execute(
+            &format!("UPDATE users SET disabled = TRUE WHERE id IN ({alone})"),
+            &[&org_id],
+        )
+        .await
+        .map_err(pg(op))?;
+        tx.execute("DELETE FROM usage_records WHERE org_id = $1", &[&org_id])
+            .await
+            .map_err(pg(op))?;
+        // Everything else of it goes by ON DELETE CASCADE.
+        tx.execute("DELETE FROM organizations WHERE id = $1", &[&org_id])
+            .await
+            .map_err(pg(op))?;
+        tx.commit().await.map_err(pg(op))?;
+        Ok(true)
+    }
+}

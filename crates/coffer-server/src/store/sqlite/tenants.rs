@@ -1,0 +1,167 @@
+//! The SQLite side of [`crate::store::tenants`].
+
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+
+use super::SqliteStore;
+use crate::store::tenants::{NewOrganization, OrganizationRecord};
+use crate::store::{db_error, now_unix, Bootstrapped, StoreError};
+
+impl SqliteStore {
+    pub(in crate::store) async fn is_operator(&self, user_id: i64) -> Result<bool, StoreError> {
+        self.with("reading the operators", move |conn| {
+            conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM operators WHERE user_id = ?1)",
+                [user_id],
+                |r| r.get(0),
+            )
+            .map_err(|e| db_error("reading the operators")(&e))
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn create_organization(
+        &self,
+        new: &NewOrganization,
+    ) -> Result<Bootstrapped, StoreError> {
+        let new = new.clone();
+        self.with("creating an organization", move |conn| {
+            let e = db_error("creating an organization");
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|x| e(&x))?;
+            let (org_taken, user_taken): (bool, bool) = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM organizations WHERE name = ?1),
+                            EXISTS (SELECT 1 FROM users WHERE name = ?2)",
+                    params![new.name, new.owner],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(|x| e(&x))?;
+            if org_taken {
+                return Err(StoreError::Exists("an organization of that name"));
+            }
+            if user_taken {
+                return Err(StoreError::Exists("a user of that name"));
+            }
+            let now = now_unix();
+            tx.execute(
+                "INSERT INTO organizations (name, created_at) VALUES (?1, ?2)",
+                params![new.name, now],
+            )
+            .map_err(|x| e(&x))?;
+            let organization_id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO users (name, password_hash, created_at) VALUES (?1, ?2, ?3)",
+                params![new.owner, new.password_hash, now],
+            )
+            .map_err(|x| e(&x))?;
+            let user_id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO memberships (org_id, user_id, role) VALUES (?1, ?2, 'owner')",
+                params![organization_id, user_id],
+            )
+            .map_err(|x| e(&x))?;
+            tx.commit().map_err(|x| e(&x))?;
+            Ok(Bootstrapped {
+                organization_id,
+                user_id,
+            })
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn organizations(
+        &self,
+        only: Option<i64>,
+    ) -> Result<Vec<OrganizationRecord>, StoreError> {
+        self.with("listing organizations", move |conn| {
+            let e = db_error("listing organizations");
+            let mut stmt = conn
+                .prepare(
+                    "SELECT o.id, o.name, o.created_at, o.suspended_at,
+                            (SELECT count(*) FROM memberships m WHERE m.org_id = o.id),
+                            (SELECT count(*) FROM devices d WHERE d.org_id = o.id)
+                     FROM organizations o WHERE ?1 IS NULL OR o.id = ?1 ORDER BY o.id",
+                )
+                .map_err(|x| e(&x))?;
+            let rows = stmt
+                .query_map([only], |r| {
+                    Ok(OrganizationRecord {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        created_at: r.get(2)?,
+                        suspended_at: r.get(3)?,
+                        members: r.get(4)?,
+                        devices: r.get(5)?,
+                    })
+                })
+                .map_err(|x| e(&x))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|x| e(&x))
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn set_suspended(
+        &self,
+        org_id: i64,
+        suspended: bool,
+    ) -> Result<bool, StoreError> {
+        self.with("suspending an organization", move |conn| {
+            conn.execute(
+                "UPDATE organizations SET suspended_at = CASE WHEN ?2 THEN coalesce(suspended_at, ?3) END
+                 WHERE id = ?1",
+                params![org_id, suspended, now_unix()],
+            )
+            .map(|n| n == 1)
+            .map_err(|e| db_error("suspending an organization")(&e))
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn delete_organization(
+        &self,
+        org_id: i64,
+    ) -> Result<bool, StoreError> {
+        self.with("deleting an organization", move |conn| {
+            let e = db_error("deleting an organization");
+            // Deleted rows are overwritten with zeros (secure_delete is on
+            // for the connection), and the WAL, which still holds the pages
+            // as they were, is emptied once the deletion is in the file.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|x| e(&x))?;
+            let found: Option<i64> = tx
+                .query_row("SELECT id FROM organizations WHERE id = ?1", [org_id], |r| r.get(0))
+                .optional()
+                .map_err(|x| e(&x))?;
+            if found.is_none() {
+                return Ok(false);
+            }
+            // Users who belong to this organization alone can do nothing
+            // once it is gone: disabled, their sessions ended.
+            let alone = "SELECT m.user_id FROM memberships m WHERE m.org_id = ?1
+                 AND NOT EXISTS (SELECT 1 FROM memberships o WHERE o.user_id = m.user_id AND o.org_id <> ?1)";
+            tx.execute(
+                &format!("UPDATE sessions SET revoked_at = ?2 WHERE revoked_at IS NULL AND user_id IN ({alone})"),
+                params![org_id, now_unix()],
+            )
+            .map_err(|x| e(&x))?;
+            tx.execute(
+                &format!("UPDATE users SET disabled = 1 WHERE id IN ({alone})"),
+                [org_id],
+            )
+            .map_err(|x| e(&x))?;
+            tx.execute("DELETE FROM usage_records WHERE org_id = ?1", [org_id])
+                .map_err(|x| e(&x))?;
+            // Everything else of it goes by ON DELETE CASCADE.
+            tx.execute("DELETE FROM organizations WHERE id = ?1", [org_id])
+                .map_err(|x| e(&x))?;
+            tx.commit().map_err(|x| e(&x))?;
+            conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+                .map_err(|x| e(&x))?;
+            Ok(true)
+        })
+        .await
+    }
+}

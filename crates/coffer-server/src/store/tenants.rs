@@ -1,0 +1,86 @@
+//! Storage for organizations as tenants: the instance's operators, and
+//! creating, listing, suspending and deleting organizations.
+
+use super::{Bootstrapped, Store, StoreError};
+
+/// A new organization and its first owner (a new user).
+#[derive(Debug, Clone)]
+pub struct NewOrganization {
+    /// Its name (checked).
+    pub name: String,
+    /// The owner's user name (checked).
+    pub owner: String,
+    /// The owner's password, hashed.
+    pub password_hash: String,
+}
+
+/// An organization as operators see it: no member's name, no data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrganizationRecord {
+    /// Its id.
+    pub id: i64,
+    /// Its name.
+    pub name: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// When it was suspended (none: active).
+    pub suspended_at: Option<i64>,
+    /// How many users belong to it.
+    pub members: i64,
+    /// How many devices are enrolled in it (revoked ones included).
+    pub devices: i64,
+}
+
+/// A user's place in one organization, and whether it is suspended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRole {
+    /// owner, admin, member or auditor.
+    pub role: String,
+    /// The organization is suspended: nothing of it may be used.
+    pub suspended: bool,
+}
+
+impl Store {
+    /// Whether `user_id` is one of the instance's operators.
+    pub async fn is_operator(&self, user_id: i64) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.is_operator(user_id).await)
+    }
+
+    /// Creates an organization and its owner in one transaction
+    /// ([`StoreError::Exists`] if the name or the owner's name is taken).
+    pub async fn create_organization(
+        &self,
+        new: &NewOrganization,
+    ) -> Result<Bootstrapped, StoreError> {
+        dispatch!(self, s => s.create_organization(new).await)
+    }
+
+    /// Every organization, in id order.
+    pub async fn organizations(&self) -> Result<Vec<OrganizationRecord>, StoreError> {
+        dispatch!(self, s => s.organizations(None).await)
+    }
+
+    /// One organization, if it exists.
+    pub async fn organization(
+        &self,
+        org_id: i64,
+    ) -> Result<Option<OrganizationRecord>, StoreError> {
+        Ok(dispatch!(self, s => s.organizations(Some(org_id)).await)?
+            .into_iter()
+            .next())
+    }
+
+    /// Suspends (or resumes) an organization; false if there is none.
+    pub async fn set_suspended(&self, org_id: i64, suspended: bool) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.set_suspended(org_id, suspended).await)
+    }
+
+    /// Deletes an organization and everything of it (members, devices and
+    /// their tokens, sealed signing and escrow keys, policies, wipe orders,
+    /// readings, usage records), in one transaction; users left in no
+    /// organization are disabled and their sessions ended. Its audit rows
+    /// stay: the trail is chained. False if there is none.
+    pub async fn delete_organization(&self, org_id: i64) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.delete_organization(org_id).await)
+    }
+}
