@@ -103,6 +103,25 @@ impl Db {
     }
 }
 
+/// Adds `user` with `role` to `org` (the password is [`PW`]).
+async fn add_user(
+    server: &Running,
+    http: &reqwest::Client,
+    org: i64,
+    admin: &str,
+    user: &str,
+    role: &str,
+) {
+    let r = post(
+        http,
+        server.url(&format!("/v1/orgs/{org}/users")),
+        admin,
+        json!({"user": user, "password": PW, "role": role}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+}
+
 /// Log lines captured so far that contain `marker`.
 fn log_lines_with(marker: &str) -> Vec<String> {
     support::captured_logs()
@@ -236,14 +255,7 @@ async fn password_changes(
     acme: i64,
     alice: &str,
 ) {
-    let r = post(
-        http,
-        server.url(&format!("/v1/orgs/{acme}/users")),
-        alice,
-        json!({"user": "dave", "password": PW, "role": "member"}),
-    )
-    .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
+    add_user(server, http, acme, alice, "dave", "member").await;
     let from = "198.51.100.3";
     let first = login_from(server, http, from, "dave", PW).await.unwrap();
     let second = login_from(server, http, from, "dave", PW).await.unwrap();
@@ -351,14 +363,7 @@ async fn escrow_release_roles(
     acme: i64,
     alice: &str,
 ) {
-    let r = post(
-        http,
-        server.url(&format!("/v1/orgs/{acme}/users")),
-        alice,
-        json!({"user": "erin", "password": PW, "role": "auditor"}),
-    )
-    .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
+    add_user(server, http, acme, alice, "erin", "auditor").await;
     let (device, token, release) =
         enroll_with_release(server, http, acme, alice, "shared-tablet").await;
     let r = http
@@ -880,14 +885,7 @@ async fn suite(url: &str, sqlite: bool) {
     let alice = login_from(&server, &http, "198.51.100.31", "alice", PW)
         .await
         .unwrap();
-    let r = post(
-        &http,
-        server.url(&format!("/v1/orgs/{acme}/users")),
-        &alice,
-        json!({"user": "carol", "password": PW, "role": "member"}),
-    )
-    .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
+    add_user(&server, &http, acme, &alice, "carol", "member").await;
     long_names_leave_a_bounded_trace(&server, &http, &db).await;
     names_cannot_forge_log_lines(&server, &http).await;
     setup_is_counted_before_it_hashes(&server, &http).await;

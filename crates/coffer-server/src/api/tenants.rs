@@ -19,7 +19,7 @@ use super::{
     check_name, check_password, forbidden, hash_off_thread, not_found_here, record,
     require_operator, ApiError, AppState, Body, Ids, Principal,
 };
-use crate::store::{NewOrganization, OrganizationRecord};
+use crate::store::{NewOwner, OrganizationRecord};
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     router
@@ -60,8 +60,8 @@ async fn create(
     let password_hash = hash_off_thread(password).await?;
     let created = state
         .store
-        .create_organization(&NewOrganization {
-            name: name.clone(),
+        .create_organization(&NewOwner {
+            organization: name.clone(),
             owner,
             password_hash,
         })

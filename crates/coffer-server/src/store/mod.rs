@@ -27,7 +27,7 @@ pub use control::{
     ReadingQuery, SealedKind, SealedValue, SigningKeyRecord, WipeEnd, WipeEnded, WipeOrder,
 };
 
-pub use tenants::{MemberRole, NewOrganization, OrganizationRecord};
+pub use tenants::{MemberRole, OrganizationRecord};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -89,7 +89,8 @@ pub struct Bootstrapped {
     pub user_id: i64,
 }
 
-/// The first organization and its owner, as the setup request names them.
+/// A new organization and its first owner, a new user (at setup, or made
+/// by an operator).
 #[derive(Debug, Clone)]
 pub struct NewOwner {
     /// Name of the organization.

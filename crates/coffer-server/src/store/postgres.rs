@@ -227,40 +227,16 @@ impl PostgresStore {
         if spent != 1 {
             return Err(StoreError::InvalidSetupToken);
         }
-        let organization_id: i64 = tx
-            .query_one(
-                "INSERT INTO organizations (name, created_at) VALUES ($1, $2) RETURNING id",
-                &[&owner.organization, &now],
-            )
-            .await
-            .map_err(pg(op))?
-            .get(0);
-        let user_id: i64 = tx
-            .query_one(
-                "INSERT INTO users (name, password_hash, created_at) VALUES ($1, $2, $3) RETURNING id",
-                &[&owner.owner, &owner.password_hash, &now],
-            )
-            .await
-            .map_err(pg(op))?
-            .get(0);
-        tx.execute(
-            "INSERT INTO memberships (org_id, user_id, role) VALUES ($1, $2, 'owner')",
-            &[&organization_id, &user_id],
-        )
-        .await
-        .map_err(pg(op))?;
+        let created = tenants::insert_organization(&tx, owner, now, op).await?;
         // The first owner is the instance's first operator.
         tx.execute(
             "INSERT INTO operators (user_id, created_at) VALUES ($1, $2)",
-            &[&user_id, &now],
+            &[&created.user_id, &now],
         )
         .await
         .map_err(pg(op))?;
         tx.commit().await.map_err(pg(op))?;
-        Ok(Bootstrapped {
-            organization_id,
-            user_id,
-        })
+        Ok(created)
     }
 
     pub(super) async fn login_record(&self, name: &str) -> Result<Option<LoginRecord>, StoreError> {

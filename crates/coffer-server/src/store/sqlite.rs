@@ -235,34 +235,15 @@ impl SqliteStore {
             if spent != 1 {
                 return Err(StoreError::InvalidSetupToken);
             }
-            tx.execute(
-                "INSERT INTO organizations (name, created_at) VALUES (?1, ?2)",
-                params![owner.organization, now],
-            )
-            .map_err(|x| e(&x))?;
-            let organization_id = tx.last_insert_rowid();
-            tx.execute(
-                "INSERT INTO users (name, password_hash, created_at) VALUES (?1, ?2, ?3)",
-                params![owner.owner, owner.password_hash, now],
-            )
-            .map_err(|x| e(&x))?;
-            let user_id = tx.last_insert_rowid();
-            tx.execute(
-                "INSERT INTO memberships (org_id, user_id, role) VALUES (?1, ?2, 'owner')",
-                params![organization_id, user_id],
-            )
-            .map_err(|x| e(&x))?;
+            let created = tenants::insert_organization(&tx, &owner, now, "setting up the server")?;
             // The first owner is the instance's first operator.
             tx.execute(
                 "INSERT INTO operators (user_id, created_at) VALUES (?1, ?2)",
-                params![user_id, now],
+                params![created.user_id, now],
             )
             .map_err(|x| e(&x))?;
             tx.commit().map_err(|x| e(&x))?;
-            Ok(Bootstrapped {
-                organization_id,
-                user_id,
-            })
+            Ok(created)
         })
         .await
     }

@@ -1,18 +1,7 @@
 //! Storage for organizations as tenants: the instance's operators, and
 //! creating, listing, suspending and deleting organizations.
 
-use super::{Bootstrapped, Store, StoreError};
-
-/// A new organization and its first owner (a new user).
-#[derive(Debug, Clone)]
-pub struct NewOrganization {
-    /// Its name (checked).
-    pub name: String,
-    /// The owner's user name (checked).
-    pub owner: String,
-    /// The owner's password, hashed.
-    pub password_hash: String,
-}
+use super::{Bootstrapped, NewOwner, Store, StoreError};
 
 /// An organization as operators see it: no member's name, no data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,10 +37,7 @@ impl Store {
 
     /// Creates an organization and its owner in one transaction
     /// ([`StoreError::Exists`] if the name or the owner's name is taken).
-    pub async fn create_organization(
-        &self,
-        new: &NewOrganization,
-    ) -> Result<Bootstrapped, StoreError> {
+    pub async fn create_organization(&self, new: &NewOwner) -> Result<Bootstrapped, StoreError> {
         dispatch!(self, s => s.create_organization(new).await)
     }
 

@@ -1,8 +1,55 @@
 //! The PostgreSQL side of [`crate::store::tenants`].
 
 use super::{pg, PostgresStore};
-use crate::store::tenants::{NewOrganization, OrganizationRecord};
-use crate::store::{now_unix, Bootstrapped, StoreError};
+use crate::store::tenants::OrganizationRecord;
+use crate::store::{now_unix, Bootstrapped, NewOwner, StoreError};
+
+/// Inserts an organization, its owner (a new user) and the membership,
+/// inside `tx` ([`StoreError::Exists`] if either name is taken: ON
+/// CONFLICT DO NOTHING, so that of two processes creating the same name
+/// one gets the row and the other a clean "exists"): setup's first
+/// organization and every later one.
+pub(in crate::store) async fn insert_organization(
+    tx: &deadpool_postgres::Transaction<'_>,
+    new: &NewOwner,
+    now: i64,
+    op: &'static str,
+) -> Result<Bootstrapped, StoreError> {
+    let organization_id: Option<i64> = tx
+        .query_opt(
+            "INSERT INTO organizations (name, created_at) VALUES ($1, $2)
+             ON CONFLICT (name) DO NOTHING RETURNING id",
+            &[&new.organization, &now],
+        )
+        .await
+        .map_err(pg(op))?
+        .map(|r| r.get(0));
+    let Some(organization_id) = organization_id else {
+        return Err(StoreError::Exists("an organization of that name"));
+    };
+    let user_id: Option<i64> = tx
+        .query_opt(
+            "INSERT INTO users (name, password_hash, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO NOTHING RETURNING id",
+            &[&new.owner, &new.password_hash, &now],
+        )
+        .await
+        .map_err(pg(op))?
+        .map(|r| r.get(0));
+    let Some(user_id) = user_id else {
+        return Err(StoreError::Exists("a user of that name"));
+    };
+    tx.execute(
+        "INSERT INTO memberships (org_id, user_id, role) VALUES ($1, $2, 'owner')",
+        &[&organization_id, &user_id],
+    )
+    .await
+    .map_err(pg(op))?;
+    Ok(Bootstrapped {
+        organization_id,
+        user_id,
+    })
+}
 
 impl PostgresStore {
     pub(in crate::store) async fn is_operator(&self, user_id: i64) -> Result<bool, StoreError> {
@@ -20,49 +67,14 @@ impl PostgresStore {
 
     pub(in crate::store) async fn create_organization(
         &self,
-        new: &NewOrganization,
+        new: &NewOwner,
     ) -> Result<Bootstrapped, StoreError> {
         let op = "creating an organization";
         let mut client = self.client(op).await?;
         let tx = client.transaction().await.map_err(pg(op))?;
-        let now = now_unix();
-        // ON CONFLICT DO NOTHING: of two processes creating the same name,
-        // one gets the row, the other a clean "exists".
-        let organization_id: Option<i64> = tx
-            .query_opt(
-                "INSERT INTO organizations (name, created_at) VALUES ($1, $2)
-                 ON CONFLICT (name) DO NOTHING RETURNING id",
-                &[&new.name, &now],
-            )
-            .await
-            .map_err(pg(op))?
-            .map(|r| r.get(0));
-        let Some(organization_id) = organization_id else {
-            return Err(StoreError::Exists("an organization of that name"));
-        };
-        let user_id: Option<i64> = tx
-            .query_opt(
-                "INSERT INTO users (name, password_hash, created_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (name) DO NOTHING RETURNING id",
-                &[&new.owner, &new.password_hash, &now],
-            )
-            .await
-            .map_err(pg(op))?
-            .map(|r| r.get(0));
-        let Some(user_id) = user_id else {
-            return Err(StoreError::Exists("a user of that name"));
-        };
-        tx.execute(
-            "INSERT INTO memberships (org_id, user_id, role) VALUES ($1, $2, 'owner')",
-            &[&organization_id, &user_id],
-        )
-        .await
-        .map_err(pg(op))?;
+        let created = insert_organization(&tx, new, now_unix(), op).await?;
         tx.commit().await.map_err(pg(op))?;
-        Ok(Bootstrapped {
-            organization_id,
-            user_id,
-        })
+        Ok(created)
     }
 
     pub(in crate::store) async fn organizations(

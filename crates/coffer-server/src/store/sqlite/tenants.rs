@@ -3,8 +3,55 @@
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::SqliteStore;
-use crate::store::tenants::{NewOrganization, OrganizationRecord};
-use crate::store::{db_error, now_unix, Bootstrapped, StoreError};
+use crate::store::tenants::OrganizationRecord;
+use crate::store::{db_error, now_unix, Bootstrapped, NewOwner, StoreError};
+
+/// Inserts an organization, its owner (a new user) and the membership,
+/// inside `tx` ([`StoreError::Exists`] if either name is taken): setup's
+/// first organization and every later one.
+pub(in crate::store) fn insert_organization(
+    tx: &rusqlite::Transaction<'_>,
+    new: &NewOwner,
+    now: i64,
+    op: &'static str,
+) -> Result<Bootstrapped, StoreError> {
+    let e = db_error(op);
+    let (org_taken, user_taken): (bool, bool) = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM organizations WHERE name = ?1),
+                    EXISTS (SELECT 1 FROM users WHERE name = ?2)",
+            params![new.organization, new.owner],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(|x| e(&x))?;
+    if org_taken {
+        return Err(StoreError::Exists("an organization of that name"));
+    }
+    if user_taken {
+        return Err(StoreError::Exists("a user of that name"));
+    }
+    tx.execute(
+        "INSERT INTO organizations (name, created_at) VALUES (?1, ?2)",
+        params![new.organization, now],
+    )
+    .map_err(|x| e(&x))?;
+    let organization_id = tx.last_insert_rowid();
+    tx.execute(
+        "INSERT INTO users (name, password_hash, created_at) VALUES (?1, ?2, ?3)",
+        params![new.owner, new.password_hash, now],
+    )
+    .map_err(|x| e(&x))?;
+    let user_id = tx.last_insert_rowid();
+    tx.execute(
+        "INSERT INTO memberships (org_id, user_id, role) VALUES (?1, ?2, 'owner')",
+        params![organization_id, user_id],
+    )
+    .map_err(|x| e(&x))?;
+    Ok(Bootstrapped {
+        organization_id,
+        user_id,
+    })
+}
 
 impl SqliteStore {
     pub(in crate::store) async fn is_operator(&self, user_id: i64) -> Result<bool, StoreError> {
@@ -21,51 +68,17 @@ impl SqliteStore {
 
     pub(in crate::store) async fn create_organization(
         &self,
-        new: &NewOrganization,
+        new: &NewOwner,
     ) -> Result<Bootstrapped, StoreError> {
         let new = new.clone();
-        self.with("creating an organization", move |conn| {
-            let e = db_error("creating an organization");
+        let op = "creating an organization";
+        self.with(op, move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|x| e(&x))?;
-            let (org_taken, user_taken): (bool, bool) = tx
-                .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM organizations WHERE name = ?1),
-                            EXISTS (SELECT 1 FROM users WHERE name = ?2)",
-                    params![new.name, new.owner],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .map_err(|x| e(&x))?;
-            if org_taken {
-                return Err(StoreError::Exists("an organization of that name"));
-            }
-            if user_taken {
-                return Err(StoreError::Exists("a user of that name"));
-            }
-            let now = now_unix();
-            tx.execute(
-                "INSERT INTO organizations (name, created_at) VALUES (?1, ?2)",
-                params![new.name, now],
-            )
-            .map_err(|x| e(&x))?;
-            let organization_id = tx.last_insert_rowid();
-            tx.execute(
-                "INSERT INTO users (name, password_hash, created_at) VALUES (?1, ?2, ?3)",
-                params![new.owner, new.password_hash, now],
-            )
-            .map_err(|x| e(&x))?;
-            let user_id = tx.last_insert_rowid();
-            tx.execute(
-                "INSERT INTO memberships (org_id, user_id, role) VALUES (?1, ?2, 'owner')",
-                params![organization_id, user_id],
-            )
-            .map_err(|x| e(&x))?;
-            tx.commit().map_err(|x| e(&x))?;
-            Ok(Bootstrapped {
-                organization_id,
-                user_id,
-            })
+                .map_err(|x| db_error(op)(&x))?;
+            let created = insert_organization(&tx, &new, now_unix(), op)?;
+            tx.commit().map_err(|x| db_error(op)(&x))?;
+            Ok(created)
         })
         .await
     }
