@@ -119,6 +119,24 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "post",
+        "/v1/orgs/{org_id}/users/{user_id}/disable",
+        "Disable a user of this organization alone (their sessions end)",
+        "session",
+    ),
+    (
+        "post",
+        "/v1/orgs/{org_id}/users/{user_id}/enable",
+        "Enable a disabled user again",
+        "session",
+    ),
+    (
+        "get",
+        "/v1/orgs/{org_id}/usage",
+        "Requests, bytes and time over a range, by organization, user or device (owners, admins, auditors)",
+        "session",
+    ),
+    (
+        "post",
         "/v1/orgs/{org_id}/enrollment-codes",
         "A one-time device enrollment code (owners, admins)",
         "session",

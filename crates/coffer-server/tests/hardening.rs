@@ -638,7 +638,7 @@ async fn tenants(server: &Running, http: &reqwest::Client, db: &Db, acme: i64, a
         order,
     };
     let called = outsiders_see_nothing(server, http, &ids, &bob).await;
-    assert!(called >= 18, "every organization endpoint: {called}");
+    assert!(called >= 21, "every organization endpoint: {called}");
     for _ in 0..3 {
         let r = http
             .get(server.url(&format!("/v1/orgs/{acme}/devices")))
