@@ -172,6 +172,19 @@ impl From<StoreError> for ApiError {
                 ErrorCode::VersionNotNewer,
                 format!("policy version {current} is already published: versions only go up"),
             ),
+            StoreError::VersionTooFar { latest } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InvalidBody,
+                format!(
+                    "a version may be at most {} above the latest published ({latest})",
+                    coffer_protocol::policy::MAX_POLICY_VERSION_STEP
+                ),
+            ),
+            StoreError::NotSuspended => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::NotSuspended,
+                "suspend the organization first: only a suspended organization may be deleted",
+            ),
             StoreError::DeviceRevoked => ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::InvalidToken,
@@ -559,6 +572,15 @@ async fn setup(
     check_name("the organization's name", &organization)?;
     check_name("the owner's name", &owner)?;
     check_password(password.expose_secret())?;
+    // A wrong token costs no hash either (the store checks it again when
+    // it spends it).
+    if !state
+        .store
+        .setup_token_pending(&token_hash(setup_token.expose_secret()))
+        .await?
+    {
+        return Err(StoreError::InvalidSetupToken.into());
+    }
     // Argon2 is slow on purpose: keep it off the async workers.
     let hashed = hash_off_thread(password).await?;
     let created = state
@@ -913,6 +935,7 @@ async fn audit_verify(
     who: Principal,
 ) -> Result<Json<AuditReport>, ApiError> {
     require_operator(&state, &who).await?;
+    count_chain_check(&state, &who).await?;
     let rows = state.store.audit_rows().await?;
     let report = crate::audit::check_chain(&rows, &state.keys);
     Ok(Json(AuditReport {
@@ -936,6 +959,7 @@ async fn org_audit_verify(
     who: Principal,
 ) -> Result<Json<AuditReport>, ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
+    count_chain_check(&state, &who).await?;
     let rows = state.store.audit_rows().await?;
     let report = crate::audit::check_chain(&rows, &state.keys);
     let ours = |id: i64| {
@@ -963,6 +987,21 @@ async fn org_audit_verify(
         problem,
         organization_id: Some(org_id),
     }))
+}
+
+/// A check reads and MACs the whole trail: each user may ask for one as
+/// often as the per-address login budget allows.
+async fn count_chain_check(state: &AppState, who: &Principal) -> Result<(), ApiError> {
+    let limits = state.login_limits;
+    let window = Window::now(&limits);
+    let checks = state
+        .store
+        .hit(&format!("audit-verify-user:{}", who.user_id), window.start)
+        .await?;
+    if checks > limits.per_address {
+        return Err(window.refusal("audit check"));
+    }
+    Ok(())
 }
 
 /// Checks that `who` is one of the instance's operators (403 otherwise:
@@ -1182,18 +1221,22 @@ impl DevicePrincipal {
                 true,
             ),
         };
-        if device.suspended {
-            return Err(suspended());
-        }
-        note_caller(parts, |c| {
-            c.device_id = Some(device.id);
-            c.org_id = Some(device.org_id);
-        });
         Ok(DevicePrincipal {
             device,
             release_only,
             token_hash,
         })
+    }
+
+    /// Charges this request to the device and its organization: only once
+    /// the extractor has accepted it (a refused token is charged to no
+    /// one).
+    fn accepted(self, parts: &axum::http::request::Parts) -> Self {
+        note_caller(parts, |c| {
+            c.device_id = Some(self.device.id);
+            c.org_id = Some(self.device.org_id);
+        });
+        self
     }
 }
 
@@ -1212,14 +1255,18 @@ impl axum::extract::FromRequestParts<AppState> for DevicePrincipal {
                 "the token is not valid",
             ));
         }
-        Ok(device)
+        if device.device.suspended {
+            return Err(suspended());
+        }
+        Ok(device.accepted(parts))
     }
 }
 
-/// A device, revoked or not, by its device token or its release token: for
-/// check-in and wipe acknowledgement (so that a wipe ordered before a
-/// revocation, or for a locked device, still reaches it) and escrow release
-/// (which refuses a revoked device itself).
+/// A device, revoked or not, its organization suspended or not, by its
+/// device token or its release token: for check-in and wipe
+/// acknowledgement (so that a wipe ordered before a revocation or a
+/// suspension, or for a locked device, still reaches it) and escrow
+/// release (which refuses a revoked or suspended device itself).
 pub struct AnyDevice(pub DevicePrincipal);
 
 impl axum::extract::FromRequestParts<AppState> for AnyDevice {
@@ -1229,9 +1276,8 @@ impl axum::extract::FromRequestParts<AppState> for AnyDevice {
         parts: &mut axum::http::request::Parts,
         state: &AppState,
     ) -> Result<Self, ApiError> {
-        DevicePrincipal::from_parts(parts, state)
-            .await
-            .map(AnyDevice)
+        let device = DevicePrincipal::from_parts(parts, state).await?;
+        Ok(AnyDevice(device.accepted(parts)))
     }
 }
 
@@ -1384,6 +1430,14 @@ async fn managed_member(
     }
     if !may_manage(&actor, &current) {
         return Err(forbidden("your role cannot manage that user"));
+    }
+    // An owner of the organization an operator belongs to must not lock
+    // the server's operators out (there would be no one left to manage
+    // organizations): only another operator may.
+    if state.store.is_operator(user_id).await? && !state.store.is_operator(who.user_id).await? {
+        return Err(forbidden(
+            "that user is one of the server's operators: only another operator may change them",
+        ));
     }
     Ok((actor, current))
 }

@@ -24,9 +24,12 @@ use axum::http::{HeaderMap, HeaderName};
 
 use crate::api::AppState;
 
-/// Forwarding headers longer than this (all their lines together) are not
-/// read: the peer's address is used. A real chain is a few addresses.
-pub const MAX_FORWARDED_BYTES: usize = 2048;
+/// One element of a forwarding header longer than this is malformed. The
+/// header as a whole is not bounded here (hyper bounds the headers): it is
+/// read from the right, and the client's own writing, on the left, is
+/// never reached — so padding it cannot make the client count as its
+/// proxy.
+pub const MAX_FORWARDED_ELEMENT: usize = 256;
 
 /// At most this many addresses are read, from the right, before giving up
 /// and using the peer's address.
@@ -218,30 +221,26 @@ impl TrustedProxies {
 
     /// The right-most forwarded address that is not a trusted proxy (or,
     /// if every one is, the left-most); `None` when the header is absent,
-    /// too long, or any address read is malformed.
+    /// or an element read before that one is malformed (over
+    /// [`MAX_FORWARDED_ELEMENT`] bytes, not ASCII, not an address), or
+    /// there are more than [`MAX_FORWARDED_HOPS`] trusted ones. Only the
+    /// elements up to the client's are read: what the client wrote itself,
+    /// left of it, is never looked at.
     fn forwarded_for(&self, headers: &HeaderMap) -> Option<IpAddr> {
         let name = match self.header {
             ForwardedHeader::XForwardedFor => HeaderName::from_static("x-forwarded-for"),
             ForwardedHeader::Forwarded => axum::http::header::FORWARDED,
         };
-        let lines = headers.get_all(&name);
-        let mut total = 0usize;
-        for line in lines.iter() {
-            total = total.saturating_add(line.len().saturating_add(1));
-        }
-        if total == 0 || total > MAX_FORWARDED_BYTES {
-            return None;
-        }
         // Several lines of one header are one comma-separated list, in order.
         let mut last = None;
         let mut hops = 0usize;
-        for line in lines.iter().rev() {
-            let line = line.to_str().ok()?;
-            for element in line.rsplit(',') {
+        for line in headers.get_all(&name).iter().rev() {
+            for element in line.as_bytes().rsplit(|b| *b == b',') {
                 hops += 1;
-                if hops > MAX_FORWARDED_HOPS {
+                if hops > MAX_FORWARDED_HOPS || element.len() > MAX_FORWARDED_ELEMENT {
                     return None;
                 }
+                let element = std::str::from_utf8(element).ok().filter(|e| e.is_ascii())?;
                 let ip = match self.header {
                     ForwardedHeader::XForwardedFor => parse_node(element)?,
                     ForwardedHeader::Forwarded => forwarded_element_for(element)?,
@@ -450,7 +449,7 @@ mod tests {
     fn garbage_falls_back_to_the_peer() {
         let trusted = proxies(&["127.0.0.1", "10.0.0.0/8"]);
         let peer = ip("127.0.0.1");
-        let long = "1.2.3.4,".repeat(MAX_FORWARDED_BYTES / 8 + 1);
+        let long = format!("203.0.113.9, {}", "1".repeat(MAX_FORWARDED_ELEMENT + 1));
         let many = "10.0.0.1,".repeat(MAX_FORWARDED_HOPS) + "10.0.0.2";
         for value in [
             "",
@@ -479,9 +478,20 @@ mod tests {
             axum::http::HeaderValue::from_bytes(b"203.0.113.9\xff").unwrap(),
         );
         assert_eq!(trusted.client(peer, &odd), peer);
-        // Garbage left of the client is the client's own writing: ignored.
+        // Garbage left of the client is the client's own writing: ignored,
+        // however long and whatever its bytes — padding it must not make
+        // the client count as its proxy.
         let left = headers("x-forwarded-for", &["garbage, 203.0.113.9"]);
         assert_eq!(trusted.client(peer, &left), ip("203.0.113.9"));
+        let padded = format!("{}, 203.0.113.9", "x".repeat(8000));
+        let padded = headers("x-forwarded-for", &[padded.as_str()]);
+        assert_eq!(trusted.client(peer, &padded), ip("203.0.113.9"));
+        let mut foreign = HeaderMap::new();
+        foreign.insert(
+            "x-forwarded-for",
+            axum::http::HeaderValue::from_bytes(b"\xff\xfe caf\xc3\xa9, 203.0.113.9").unwrap(),
+        );
+        assert_eq!(trusted.client(peer, &foreign), ip("203.0.113.9"));
         // No header.
         assert_eq!(trusted.client(peer, &HeaderMap::new()), peer);
     }

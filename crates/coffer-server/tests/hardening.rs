@@ -637,8 +637,14 @@ async fn tenants(server: &Running, http: &reqwest::Client, db: &Db, acme: i64, a
         device: acme_device,
         order,
     };
+    let acme_rows = snapshot(db, acme).await;
     let called = outsiders_see_nothing(server, http, &ids, &bob).await;
     assert!(called >= 21, "every organization endpoint: {called}");
+    assert_eq!(
+        snapshot(db, acme).await,
+        acme_rows,
+        "nothing of Acme changed"
+    );
     for _ in 0..3 {
         let r = http
             .get(server.url(&format!("/v1/orgs/{acme}/devices")))
@@ -737,6 +743,18 @@ async fn tenants(server: &Running, http: &reqwest::Client, db: &Db, acme: i64, a
     let r = get(http, server.url(&format!("/v1/orgs/{beta}/devices")), &bob).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(error_code(r).await, "organization_suspended");
+    let r = get(http, server.url("/v1/device/policy"), &beta_token).await;
+    assert_eq!(error_code(r).await, "organization_suspended");
+    let r = http
+        .post(server.url("/v1/device/escrow/release"))
+        .header("x-auth-token", &beta_token)
+        .header("x-user-token", &bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, "organization_suspended");
+    // But it still checks in: a wipe ordered before the suspension must
+    // reach a lost device, as after a revocation.
     let r = post(
         http,
         server.url("/v1/device/check-in"),
@@ -744,7 +762,7 @@ async fn tenants(server: &Running, http: &reqwest::Client, db: &Db, acme: i64, a
         json!({}),
     )
     .await;
-    assert_eq!(error_code(r).await, "organization_suspended");
+    assert_eq!(r.status(), StatusCode::OK);
     let r = get(http, server.url(&format!("/v1/orgs/{beta}")), &bob).await;
     let shown: Value = r.json().await.unwrap();
     assert_eq!(shown["suspended"], true, "the owner sees why");
@@ -831,6 +849,12 @@ async fn tenants(server: &Running, http: &reqwest::Client, db: &Db, acme: i64, a
     let delta = r.json::<Value>().await.unwrap()["organization_id"]
         .as_i64()
         .unwrap();
+    // Beta had the highest ids: they are not given again (SQLite would
+    // give max + 1, and with them Beta's audit rows and counters).
+    assert!(delta > beta, "Delta {delta} reuses Beta's id {beta}");
+    let beta_device = beta_enrolled["device_id"].as_i64().unwrap();
+    let (acme_later, _) = enroll(server, http, acme, alice, "acme-later").await;
+    assert!(acme_later > beta_device, "a device reuses Beta's device id");
     let dora = login_from(server, http, "198.51.100.22", "dora", PW)
         .await
         .unwrap();
@@ -871,6 +895,82 @@ async fn tenants(server: &Running, http: &reqwest::Client, db: &Db, acme: i64, a
         .as_str()
         .unwrap()
         .contains("outside this organization"));
+    assert_eq!(elsewhere["rows"], 1, "Delta's own row only: {elsewhere}");
+
+    // The server's operators: an organization's owner cannot lock them out,
+    // and deleting the organization an operator belongs to keeps them.
+    add_user(server, http, acme, alice, "olga", "owner").await;
+    let olga = login_from(server, http, "198.51.100.23", "olga", PW)
+        .await
+        .unwrap();
+    for action in ["disable", "remove"] {
+        let url = match action {
+            "disable" => server.url(&format!("/v1/orgs/{acme}/users/{alice_id}/disable")),
+            _ => server.url(&format!("/v1/orgs/{acme}/users/{alice_id}")),
+        };
+        let method = if action == "disable" {
+            reqwest::Method::POST
+        } else {
+            reqwest::Method::DELETE
+        };
+        let r = http
+            .request(method, url)
+            .header("x-auth-token", &olga)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{action}");
+    }
+    suspend(acme, "suspend", alice).await.unwrap();
+    let r = http
+        .delete(server.url(&format!("/v1/orgs/{acme}")))
+        .header("x-auth-token", alice.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let me: Value = get(http, server.url("/v1/me"), alice)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["operator"], true, "the operator is still there");
+    assert_eq!(me["organizations"], json!([]));
+    let r = get(http, server.url("/v1/me"), &olga).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "olga belonged to Acme alone"
+    );
+}
+
+/// Row counts of everything of `org`, to compare before and after.
+async fn snapshot(db: &Db, org: i64) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for table in [
+        "devices",
+        "memberships",
+        "wipe_orders",
+        "policies",
+        "enrollment_codes",
+        "readings",
+        "org_signing_keys",
+    ] {
+        counts.push(
+            db.number(&format!(
+                "SELECT count(*)::BIGINT FROM {table} WHERE org_id = {org}"
+            ))
+            .await,
+        );
+    }
+    counts.push(
+        db.number(&format!(
+            "SELECT count(*)::BIGINT FROM users u JOIN memberships m ON m.user_id = u.id
+             WHERE m.org_id = {org} AND u.disabled"
+        ))
+        .await,
+    );
+    counts
 }
 
 async fn suite(url: &str, sqlite: bool) {

@@ -1800,7 +1800,7 @@ fn query_errors_quote_nothing_of_the_query() {
     });
 }
 
-/// An unknown capability is quoted whole in the refusal.
+/// An unknown capability used to be quoted whole in the refusal.
 #[test]
 fn policy_errors_quote_nothing_of_the_rules() {
     let long = "q".repeat(60_000);

@@ -151,21 +151,6 @@ async fn publish_policy(
         };
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, why.to_string())
     })?;
-    // One publish must not use up the range (the store still decides,
-    // in its transaction, that the version is newer).
-    let latest = state
-        .store
-        .latest_policy(org_id)
-        .await?
-        .map_or(0, |p| p.version);
-    let step = coffer_protocol::policy::MAX_POLICY_VERSION_STEP;
-    if request.version > latest.saturating_add(step) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::InvalidBody,
-            format!("a version may be at most {step} above the latest published ({latest})"),
-        ));
-    }
     let key = signing_key(&state, org_id).await?;
     let document = Document {
         format: FORMAT.to_owned(),
@@ -290,13 +275,17 @@ async fn release_escrow(
     headers: axum::http::HeaderMap,
 ) -> Result<Json<EscrowReleased>, ApiError> {
     // By its device token or its release token (a locked device has only
-    // the latter), but never for a revoked device.
+    // the latter), but never for a revoked device or a suspended
+    // organization's.
     if device.device.revoked {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::InvalidToken,
             "the token is not valid",
         ));
+    }
+    if device.device.suspended {
+        return Err(super::suspended());
     }
     let org_id = device.device.org_id;
     let device_id = device.device.id;

@@ -65,6 +65,16 @@ pub enum StoreError {
         /// The latest published version.
         current: i64,
     },
+    /// A policy version too far above the latest published one
+    /// ([`coffer_protocol::policy::MAX_POLICY_VERSION_STEP`]).
+    #[error("policy version too far above the latest published one ({latest})")]
+    VersionTooFar {
+        /// The latest published version (0 for none).
+        latest: i64,
+    },
+    /// The organization is not suspended (deletion needs it).
+    #[error("the organization is not suspended")]
+    NotSuspended,
     /// A whole-device wipe is pending: the device must carry it out first.
     #[error("a wipe of this device is pending")]
     WipePending,
@@ -185,6 +195,12 @@ impl Store {
             Store::Sqlite(s) => s.replace_setup_token(token_hash).await,
             Store::Postgres(s) => s.replace_setup_token(token_hash).await,
         }
+    }
+
+    /// Whether `token_hash` is the hash of the pending setup token (a read
+    /// only: [`Store::bootstrap`] spends it).
+    pub async fn setup_token_pending(&self, token_hash: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.setup_token_pending(token_hash).await)
     }
 
     /// Spends the setup token and creates the first organization and its

@@ -49,6 +49,10 @@ pub(super) const MIGRATIONS: Migrations = &[
         10,
         include_str!("../../migrations/postgres/0010_tenants.sql"),
     ),
+    (
+        11,
+        include_str!("../../migrations/postgres/0011_id_floors.sql"),
+    ),
 ];
 
 /// Serializes audit appends across server processes: one chain, one order.
@@ -195,6 +199,19 @@ impl PostgresStore {
         .map_err(pg(op))?;
         tx.commit().await.map_err(pg(op))?;
         Ok(true)
+    }
+
+    pub(super) async fn setup_token_pending(&self, token_hash: &str) -> Result<bool, StoreError> {
+        let op = "reading the setup token";
+        let client = self.client(op).await?;
+        Ok(client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM setup_tokens WHERE token_hash = $1 AND used_at IS NULL)",
+                &[&token_hash],
+            )
+            .await
+            .map_err(pg(op))?
+            .get(0))
     }
 
     pub(super) async fn bootstrap(
@@ -686,11 +703,12 @@ impl PostgresStore {
         )
         .await
         .map_err(pg(op))?;
-        // A user left in no organization can no longer do anything: end
+        // A user left in no organization (and not an operator) can no longer do anything: end
         // their sessions and disable them.
         let orphan: bool = tx
             .query_one(
-                "SELECT NOT EXISTS (SELECT 1 FROM memberships WHERE user_id = $1)",
+                "SELECT NOT EXISTS (SELECT 1 FROM memberships WHERE user_id = $1)
+                    AND NOT EXISTS (SELECT 1 FROM operators WHERE user_id = $1)",
                 &[&user_id],
             )
             .await

@@ -38,6 +38,10 @@ pub(super) const MIGRATIONS: Migrations = &[
         include_str!("../../migrations/sqlite/0009_release_tokens.sql"),
     ),
     (10, include_str!("../../migrations/sqlite/0010_tenants.sql")),
+    (
+        11,
+        include_str!("../../migrations/sqlite/0011_id_floors.sql"),
+    ),
 ];
 
 /// A row of [`DEVICE_COLUMNS`].
@@ -203,6 +207,19 @@ impl SqliteStore {
             .map_err(|x| e(&x))?;
             tx.commit().map_err(|x| e(&x))?;
             Ok(true)
+        })
+        .await
+    }
+
+    pub(super) async fn setup_token_pending(&self, token_hash: &str) -> Result<bool, StoreError> {
+        let token_hash = token_hash.to_owned();
+        self.with("reading the setup token", move |conn| {
+            conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM setup_tokens WHERE token_hash = ?1 AND used_at IS NULL)",
+                [token_hash],
+                |r| r.get(0),
+            )
+            .map_err(|e| db_error("reading the setup token")(&e))
         })
         .await
     }
@@ -533,7 +550,10 @@ impl SqliteStore {
                 return Err(StoreError::InvalidCode);
             };
             tx.execute(
-                "INSERT INTO devices (org_id, name, token_hash, enrolled_at) VALUES (?1, ?2, ?3, ?4)",
+                &format!(
+                    "INSERT INTO devices (id, org_id, name, token_hash, enrolled_at) VALUES ({}, ?1, ?2, ?3, ?4)",
+                    tenants::next_id("devices")
+                ),
                 params![org_id, name, token_hash, now],
             )
             .map_err(|x| e(&x))?;
@@ -727,11 +747,12 @@ impl SqliteStore {
                 params![org_id, user_id],
             )
             .map_err(|x| e(&x))?;
-            // A user left in no organization can no longer do anything:
+            // A user left in no organization (and not an operator) can no longer do anything:
             // end their sessions and disable them.
             let orphan: bool = tx
                 .query_row(
-                    "SELECT NOT EXISTS (SELECT 1 FROM memberships WHERE user_id = ?1)",
+                    "SELECT NOT EXISTS (SELECT 1 FROM memberships WHERE user_id = ?1)
+                        AND NOT EXISTS (SELECT 1 FROM operators WHERE user_id = ?1)",
                     [user_id],
                     |r| r.get(0),
                 )

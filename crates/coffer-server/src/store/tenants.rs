@@ -65,7 +65,9 @@ impl Store {
     /// their tokens, sealed signing and escrow keys, policies, wipe orders,
     /// readings, usage records), in one transaction; users left in no
     /// organization are disabled and their sessions ended. Its audit rows
-    /// stay: the trail is chained. False if there is none.
+    /// stay: the trail is chained. False if there is none;
+    /// [`StoreError::NotSuspended`] unless it is suspended (checked in the
+    /// transaction).
     pub async fn delete_organization(&self, org_id: i64) -> Result<bool, StoreError> {
         dispatch!(self, s => s.delete_organization(org_id).await)
     }

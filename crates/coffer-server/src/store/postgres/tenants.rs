@@ -131,20 +131,26 @@ impl PostgresStore {
         let op = "deleting an organization";
         let mut client = self.client(op).await?;
         let tx = client.transaction().await.map_err(pg(op))?;
-        let found = tx
+        // Checked again under the row lock: a resume since the handler
+        // looked keeps the organization.
+        let suspended: Option<bool> = tx
             .query_opt(
-                "SELECT id FROM organizations WHERE id = $1 FOR UPDATE",
+                "SELECT suspended_at IS NOT NULL FROM organizations WHERE id = $1 FOR UPDATE",
                 &[&org_id],
             )
             .await
-            .map_err(pg(op))?;
-        if found.is_none() {
-            return Ok(false);
+            .map_err(pg(op))?
+            .map(|r| r.get(0));
+        match suspended {
+            None => return Ok(false),
+            Some(false) => return Err(StoreError::NotSuspended),
+            Some(true) => {}
         }
         // Users who belong to this organization alone can do nothing once
         // it is gone: disabled, their sessions ended.
         let alone = "SELECT m.user_id FROM memberships m WHERE m.org_id = $1
-             AND NOT EXISTS (SELECT 1 FROM memberships o WHERE o.user_id = m.user_id AND o.org_id <> $1)";
+             AND NOT EXISTS (SELECT 1 FROM memberships o WHERE o.user_id = m.user_id AND o.org_id <> $1)
+             AND NOT EXISTS (SELECT 1 FROM operators p WHERE p.user_id = m.user_id)";
         tx.execute(
             &format!(
                 "UPDATE sessions SET revoked_at = $2 WHERE revoked_at IS NULL AND user_id IN ({alone})"

@@ -272,6 +272,11 @@ impl SqliteStore {
             if let Some(current) = current.filter(|c| *c >= p.version) {
                 return Err(StoreError::VersionNotNewer { current });
             }
+            // One publish must not use up the range (docs/formats/policy.md).
+            let latest = current.unwrap_or(0);
+            if p.version > latest.saturating_add(coffer_protocol::policy::MAX_POLICY_VERSION_STEP) {
+                return Err(StoreError::VersionTooFar { latest });
+            }
             tx.execute(
                 "INSERT INTO policies (org_id, version, document, signature, published_by, published_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

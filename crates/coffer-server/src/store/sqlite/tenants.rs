@@ -6,6 +6,15 @@ use super::SqliteStore;
 use crate::store::tenants::OrganizationRecord;
 use crate::store::{db_error, now_unix, Bootstrapped, NewOwner, StoreError};
 
+/// The SQL of the next id of `table` (organizations or devices): above
+/// every id it holds and every id it ever held (`id_floors`).
+pub(in crate::store) fn next_id(table: &'static str) -> String {
+    format!(
+        "(SELECT max(coalesce((SELECT max(id) FROM {table}), 0),
+                     coalesce((SELECT floor FROM id_floors WHERE kind = '{table}'), 0)) + 1)"
+    )
+}
+
 /// Inserts an organization, its owner (a new user) and the membership,
 /// inside `tx` ([`StoreError::Exists`] if either name is taken): setup's
 /// first organization and every later one.
@@ -31,7 +40,10 @@ pub(in crate::store) fn insert_organization(
         return Err(StoreError::Exists("a user of that name"));
     }
     tx.execute(
-        "INSERT INTO organizations (name, created_at) VALUES (?1, ?2)",
+        &format!(
+            "INSERT INTO organizations (id, name, created_at) VALUES ({}, ?1, ?2)",
+            next_id("organizations")
+        ),
         params![new.organization, now],
     )
     .map_err(|x| e(&x))?;
@@ -144,17 +156,36 @@ impl SqliteStore {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|x| e(&x))?;
-            let found: Option<i64> = tx
-                .query_row("SELECT id FROM organizations WHERE id = ?1", [org_id], |r| r.get(0))
+            // Checked again in the transaction: a resume since the
+            // handler looked keeps the organization.
+            let suspended: Option<bool> = tx
+                .query_row(
+                    "SELECT suspended_at IS NOT NULL FROM organizations WHERE id = ?1",
+                    [org_id],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(|x| e(&x))?;
-            if found.is_none() {
-                return Ok(false);
+            match suspended {
+                None => return Ok(false),
+                Some(false) => return Err(StoreError::NotSuspended),
+                Some(true) => {}
             }
+            // The highest ids so far, so that no later organization or
+            // device gets one of these (migrations/sqlite/0011_id_floors.sql).
+            tx.execute(
+                "INSERT INTO id_floors (kind, floor) VALUES
+                     ('organizations', (SELECT max(id) FROM organizations)),
+                     ('devices', (SELECT coalesce(max(id), 0) FROM devices))
+                 ON CONFLICT (kind) DO UPDATE SET floor = max(floor, excluded.floor)",
+                [],
+            )
+            .map_err(|x| e(&x))?;
             // Users who belong to this organization alone can do nothing
             // once it is gone: disabled, their sessions ended.
             let alone = "SELECT m.user_id FROM memberships m WHERE m.org_id = ?1
-                 AND NOT EXISTS (SELECT 1 FROM memberships o WHERE o.user_id = m.user_id AND o.org_id <> ?1)";
+                 AND NOT EXISTS (SELECT 1 FROM memberships o WHERE o.user_id = m.user_id AND o.org_id <> ?1)
+                 AND NOT EXISTS (SELECT 1 FROM operators p WHERE p.user_id = m.user_id)";
             tx.execute(
                 &format!("UPDATE sessions SET revoked_at = ?2 WHERE revoked_at IS NULL AND user_id IN ({alone})"),
                 params![org_id, now_unix()],
