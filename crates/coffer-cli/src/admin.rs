@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use coffer_protocol::admin::{
     AddUser, AuditReport, CreateOrganization, Csv, DeviceList, EnrollmentCode, MeAnswer,
-    NewEnrollmentCode, OrderWipe, OrganizationCreated, OrganizationList, OrganizationSummary,
-    ReadingsQuery, SetRole, Setup, SetupAnswer, UsageQuery, UsageReport, UserAdded, WipeOrdered,
-    WipeOrders,
+    NewEnrollmentCode, OperatorList, OrderWipe, OrganizationCreated, OrganizationList,
+    OrganizationSummary, ReadingsQuery, SetRole, Setup, SetupAnswer, UsageQuery, UsageReport,
+    UserAdded, WipeOrdered, WipeOrders,
 };
 use coffer_protocol::data::{ReadingsPage, StoredReading};
 use coffer_protocol::policy::{Document, PolicyKey, PublishRequest, Rules, SignedPolicy};
@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use crate::cli::{
     AdminArgs, AdminAuditCommand, AdminCommand, AdminDataCommand, AdminDeviceCommand,
-    AdminOrgCommand, AdminPolicyCommand, DataFilter, Global,
+    AdminOperatorCommand, AdminOrgCommand, AdminPolicyCommand, DataFilter, Global,
 };
 use crate::commands::Report;
 use crate::exit::{CliError, ExitCode};
@@ -305,6 +305,27 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
             shown(&report)?
         }
         AdminCommand::Org(command) => organization(command, &authed)?,
+        AdminCommand::Operator(command) => {
+            use reqwest::Method;
+            match command {
+                AdminOperatorCommand::List => {
+                    let listed: OperatorList =
+                        answer(authed(Method::GET, "/v1/operators")?.send())?;
+                    shown(&listed)?
+                }
+                AdminOperatorCommand::Add { user_id } => {
+                    let NoContent =
+                        answer(authed(Method::PUT, &format!("/v1/operators/{user_id}"))?.send())?;
+                    json!({"operator_added": user_id})
+                }
+                AdminOperatorCommand::Remove { user_id } => {
+                    let NoContent = answer(
+                        authed(Method::DELETE, &format!("/v1/operators/{user_id}"))?.send(),
+                    )?;
+                    json!({"operator_removed": user_id})
+                }
+            }
+        }
     };
     let text = match &value {
         Value::String(s) => s.clone(),

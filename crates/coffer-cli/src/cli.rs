@@ -734,6 +734,25 @@ pub enum AdminCommand {
     /// suspend, resume, delete
     #[command(subcommand)]
     Org(AdminOrgCommand),
+    /// The server's operators (operators): list, add, remove
+    #[command(subcommand)]
+    Operator(AdminOperatorCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminOperatorCommand {
+    /// Who operates the server
+    List,
+    /// Make an enabled user an operator
+    Add {
+        /// The user's id
+        user_id: i64,
+    },
+    /// Stop a user being an operator (never the last one)
+    Remove {
+        /// The user's id
+        user_id: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -220,6 +220,14 @@ fn admin_commands_drive_a_real_server() {
     let deleted = json(admin(&["org", "delete", &beta, "--confirm-name", "Beta"]));
     assert_eq!(deleted["name"], "Beta");
     assert_eq!(admin(&["org", "show", &beta]).status.code(), Some(9));
+    let operators = json(admin(&["operator", "list"]));
+    assert_eq!(operators["operators"][0]["user"], "alice");
+    let last = admin(&["operator", "remove", "1"]);
+    assert_eq!(
+        last.status.code(),
+        Some(11),
+        "the last operator stays (conflict)"
+    );
     // Another organization's id: not found (exit 9).
     assert_eq!(
         admin(&["device", "list", "--org", "999"]).status.code(),

@@ -132,6 +132,24 @@ pub struct OrganizationSummary {
     pub devices: i64,
 }
 
+/// One of the instance's operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operator {
+    /// The user.
+    pub user_id: i64,
+    /// Their name.
+    pub user: String,
+    /// Since when, Unix seconds.
+    pub since: i64,
+}
+
+/// `GET /v1/operators` (operators): every operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorList {
+    /// In user id order.
+    pub operators: Vec<Operator>,
+}
+
 /// `GET /v1/orgs` (operators): every organization.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrganizationList {
@@ -425,6 +443,8 @@ impl Answer for Csv {
 }
 
 crate::json_answer!(
+    Operator,
+    OperatorList,
     OrganizationCreated,
     OrganizationSummary,
     OrganizationList,

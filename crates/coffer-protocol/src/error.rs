@@ -115,6 +115,8 @@ error_codes! {
     OrganizationSuspended = "organization_suspended",
     /// Only a suspended organization may be deleted.
     NotSuspended = "not_suspended",
+    /// The last operator cannot stop being one.
+    LastOperator = "last_operator",
     /// The path is served, but not with this method.
     MethodNotAllowed = "method_not_allowed",
     /// The server failed; the cause is in its log.

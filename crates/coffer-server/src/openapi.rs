@@ -77,6 +77,24 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "get",
+        "/v1/operators",
+        "The server's operators (operators)",
+        "session",
+    ),
+    (
+        "put",
+        "/v1/operators/{user_id}",
+        "Make an enabled user an operator (operators)",
+        "session",
+    ),
+    (
+        "delete",
+        "/v1/operators/{user_id}",
+        "Stop a user being an operator; never the last (operators)",
+        "session",
+    ),
+    (
+        "get",
         "/v1/orgs/{org_id}",
         "One organization's name, size and state (operators, its owners)",
         "session",

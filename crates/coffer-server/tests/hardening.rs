@@ -942,6 +942,57 @@ async fn tenants(server: &Running, http: &reqwest::Client, db: &Db, acme: i64, a
         StatusCode::UNAUTHORIZED,
         "olga belonged to Acme alone"
     );
+
+    // Operators make and unmake operators; the last one stays.
+    let operators = |token: &str| {
+        let (http, url, token) = (http.clone(), server.url("/v1/operators"), token.to_owned());
+        async move {
+            let r = get(&http, url, &token).await;
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            (status, body)
+        }
+    };
+    let change = |method: reqwest::Method, user: i64, token: &str| {
+        http.request(method, server.url(&format!("/v1/operators/{user}")))
+            .header("x-auth-token", token.to_owned())
+            .send()
+    };
+    let (status, listed) = operators(alice).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["operators"].as_array().unwrap().len(), 1);
+    let r = change(reqwest::Method::DELETE, alice_id, alice)
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, "last_operator");
+    let me: Value = get(http, server.url("/v1/me"), &dora)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let dora_id = me["user_id"].as_i64().unwrap();
+    let r = change(reqwest::Method::PUT, dora_id, &dora).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "not by oneself");
+    let r = change(reqwest::Method::PUT, 999_999, alice).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = change(reqwest::Method::PUT, dora_id, alice).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        operators(&dora).await.1["operators"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let r = change(reqwest::Method::DELETE, alice_id, &dora)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(operators(alice).await.0, StatusCode::FORBIDDEN);
+    let r = change(reqwest::Method::DELETE, dora_id, &dora)
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, "last_operator");
 }
 
 /// Row counts of everything of `org`, to compare before and after.

@@ -1,6 +1,7 @@
 //! Organizations as tenants (docs/server.md, "Operators and
-//! organizations"): the instance's operators — the first made at setup —
-//! create, list, suspend, resume and delete organizations; an
+//! organizations"): the instance's operators — the first made at setup,
+//! more by an operator — create, list, suspend, resume and delete
+//! organizations; an
 //! organization's owners see their own. Operators are not members: they
 //! see an organization's name and size, never its users, devices or data.
 
@@ -9,7 +10,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use coffer_protocol::admin::{
-    CreateOrganization, OrganizationCreated, OrganizationList, OrganizationSummary,
+    CreateOrganization, Operator, OperatorList, OrganizationCreated, OrganizationList,
+    OrganizationSummary,
 };
 use coffer_protocol::ErrorCode;
 use secrecy::ExposeSecret;
@@ -19,7 +21,7 @@ use super::{
     check_name, check_password, forbidden, hash_off_thread, not_found_here, record,
     require_operator, ApiError, AppState, Body, Ids, Principal,
 };
-use crate::store::{NewOwner, OrganizationRecord};
+use crate::store::{NewOwner, OperatorChange, OrganizationRecord};
 
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     router
@@ -27,6 +29,82 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
         .route("/v1/orgs/{org_id}", get(show).delete(delete))
         .route("/v1/orgs/{org_id}/suspend", post(suspend))
         .route("/v1/orgs/{org_id}/resume", post(resume))
+        .route("/v1/operators", get(operators))
+        .route(
+            "/v1/operators/{user_id}",
+            axum::routing::put(add_operator).delete(remove_operator),
+        )
+}
+
+/// `GET /v1/operators` (operators): who they are.
+async fn operators(
+    State(state): State<AppState>,
+    who: Principal,
+) -> Result<Json<OperatorList>, ApiError> {
+    require_operator(&state, &who).await?;
+    let operators = state.store.operators().await?;
+    Ok(Json(OperatorList {
+        operators: operators
+            .into_iter()
+            .map(|o| Operator {
+                user_id: o.user_id,
+                user: o.user,
+                since: o.since,
+            })
+            .collect(),
+    }))
+}
+
+/// The answer to a change of who operates the server.
+fn operator_change(change: OperatorChange) -> Result<(), ApiError> {
+    match change {
+        OperatorChange::Done => Ok(()),
+        OperatorChange::NoUser => Err(not_found_here()),
+        OperatorChange::Last => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::LastOperator,
+            "the last operator cannot stop being one: make another first",
+        )),
+    }
+}
+
+/// `PUT /v1/operators/{user_id}` (operators): makes an enabled user an
+/// operator (again: 204).
+async fn add_operator(
+    State(state): State<AppState>,
+    Ids(user_id): Ids<i64>,
+    who: Principal,
+) -> Result<StatusCode, ApiError> {
+    require_operator(&state, &who).await?;
+    operator_change(state.store.add_operator(user_id).await?)?;
+    record(
+        &state,
+        None,
+        format!("user:{}", who.user),
+        "operator_added",
+        json!({"user_id": user_id}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/operators/{user_id}` (operators): never the last one.
+async fn remove_operator(
+    State(state): State<AppState>,
+    Ids(user_id): Ids<i64>,
+    who: Principal,
+) -> Result<StatusCode, ApiError> {
+    require_operator(&state, &who).await?;
+    operator_change(state.store.remove_operator(user_id).await?)?;
+    record(
+        &state,
+        None,
+        format!("user:{}", who.user),
+        "operator_removed",
+        json!({"user_id": user_id}),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn summary(org: OrganizationRecord) -> OrganizationSummary {

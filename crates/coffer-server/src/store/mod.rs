@@ -27,7 +27,7 @@ pub use control::{
     ReadingQuery, SealedKind, SealedValue, SigningKeyRecord, WipeEnd, WipeEnded, WipeOrder,
 };
 
-pub use tenants::{MemberRole, OrganizationRecord};
+pub use tenants::{MemberRole, OperatorChange, OperatorRecord, OrganizationRecord};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -20,6 +20,29 @@ pub struct OrganizationRecord {
     pub devices: i64,
 }
 
+/// One of the instance's operators, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorRecord {
+    /// The user.
+    pub user_id: i64,
+    /// Their name.
+    pub user: String,
+    /// Since when.
+    pub since: i64,
+}
+
+/// What became of a request to make a user an operator, or to stop one
+/// being one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorChange {
+    /// Done (or already so).
+    Done,
+    /// No such user (or a disabled one, which may not become one).
+    NoUser,
+    /// The last operator: someone must be left to manage organizations.
+    Last,
+}
+
 /// A user's place in one organization, and whether it is suspended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberRole {
@@ -33,6 +56,22 @@ impl Store {
     /// Whether `user_id` is one of the instance's operators.
     pub async fn is_operator(&self, user_id: i64) -> Result<bool, StoreError> {
         dispatch!(self, s => s.is_operator(user_id).await)
+    }
+
+    /// Every operator, in user id order.
+    pub async fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
+        dispatch!(self, s => s.operators().await)
+    }
+
+    /// Makes an enabled user an operator.
+    pub async fn add_operator(&self, user_id: i64) -> Result<OperatorChange, StoreError> {
+        dispatch!(self, s => s.add_operator(user_id).await)
+    }
+
+    /// Stops a user being an operator, unless they are the last one
+    /// (checked in the transaction).
+    pub async fn remove_operator(&self, user_id: i64) -> Result<OperatorChange, StoreError> {
+        dispatch!(self, s => s.remove_operator(user_id).await)
     }
 
     /// Creates an organization and its owner in one transaction

@@ -1,7 +1,7 @@
 //! The PostgreSQL side of [`crate::store::tenants`].
 
 use super::{pg, PostgresStore};
-use crate::store::tenants::OrganizationRecord;
+use crate::store::tenants::{OperatorChange, OperatorRecord, OrganizationRecord};
 use crate::store::{now_unix, Bootstrapped, NewOwner, StoreError};
 
 /// Inserts an organization, its owner (a new user) and the membership,
@@ -63,6 +63,86 @@ impl PostgresStore {
             .await
             .map_err(pg(op))?
             .get(0))
+    }
+
+    pub(in crate::store) async fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
+        let op = "listing the operators";
+        let client = self.client(op).await?;
+        let rows = client
+            .query(
+                "SELECT o.user_id, u.name, o.created_at FROM operators o
+                 JOIN users u ON u.id = o.user_id ORDER BY o.user_id",
+                &[],
+            )
+            .await
+            .map_err(pg(op))?;
+        Ok(rows
+            .iter()
+            .map(|r| OperatorRecord {
+                user_id: r.get(0),
+                user: r.get(1),
+                since: r.get(2),
+            })
+            .collect())
+    }
+
+    pub(in crate::store) async fn add_operator(
+        &self,
+        user_id: i64,
+    ) -> Result<OperatorChange, StoreError> {
+        let op = "adding an operator";
+        let client = self.client(op).await?;
+        let added = client
+            .execute(
+                "INSERT INTO operators (user_id, created_at)
+                 SELECT id, $2 FROM users WHERE id = $1 AND NOT disabled
+                 ON CONFLICT (user_id) DO NOTHING",
+                &[&user_id, &now_unix()],
+            )
+            .await
+            .map_err(pg(op))?;
+        let is: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM operators WHERE user_id = $1)",
+                &[&user_id],
+            )
+            .await
+            .map_err(pg(op))?
+            .get(0);
+        Ok(if added == 1 || is {
+            OperatorChange::Done
+        } else {
+            OperatorChange::NoUser
+        })
+    }
+
+    pub(in crate::store) async fn remove_operator(
+        &self,
+        user_id: i64,
+    ) -> Result<OperatorChange, StoreError> {
+        let op = "removing an operator";
+        let mut client = self.client(op).await?;
+        let tx = client.transaction().await.map_err(pg(op))?;
+        // Every operator row locked: two operators removing each other at
+        // once cannot both go.
+        let ids: Vec<i64> = tx
+            .query("SELECT user_id FROM operators FOR UPDATE", &[])
+            .await
+            .map_err(pg(op))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !ids.contains(&user_id) {
+            return Ok(OperatorChange::NoUser);
+        }
+        if ids.len() == 1 {
+            return Ok(OperatorChange::Last);
+        }
+        tx.execute("DELETE FROM operators WHERE user_id = $1", &[&user_id])
+            .await
+            .map_err(pg(op))?;
+        tx.commit().await.map_err(pg(op))?;
+        Ok(OperatorChange::Done)
     }
 
     pub(in crate::store) async fn create_organization(

@@ -3,7 +3,7 @@
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use super::SqliteStore;
-use crate::store::tenants::OrganizationRecord;
+use crate::store::tenants::{OperatorChange, OperatorRecord, OrganizationRecord};
 use crate::store::{db_error, now_unix, Bootstrapped, NewOwner, StoreError};
 
 /// The SQL of the next id of `table` (organizations or devices): above
@@ -74,6 +74,92 @@ impl SqliteStore {
                 |r| r.get(0),
             )
             .map_err(|e| db_error("reading the operators")(&e))
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn operators(&self) -> Result<Vec<OperatorRecord>, StoreError> {
+        let op = "listing the operators";
+        self.with(op, move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT o.user_id, u.name, o.created_at FROM operators o
+                     JOIN users u ON u.id = o.user_id ORDER BY o.user_id",
+                )
+                .map_err(|x| db_error(op)(&x))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(OperatorRecord {
+                        user_id: r.get(0)?,
+                        user: r.get(1)?,
+                        since: r.get(2)?,
+                    })
+                })
+                .map_err(|x| db_error(op)(&x))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|x| db_error(op)(&x))
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn add_operator(
+        &self,
+        user_id: i64,
+    ) -> Result<OperatorChange, StoreError> {
+        let op = "adding an operator";
+        self.with(op, move |conn| {
+            let added = conn
+                .execute(
+                    "INSERT INTO operators (user_id, created_at)
+                     SELECT id, ?2 FROM users WHERE id = ?1 AND disabled = 0
+                     ON CONFLICT (user_id) DO NOTHING",
+                    params![user_id, now_unix()],
+                )
+                .map_err(|x| db_error(op)(&x))?;
+            let is: bool = conn
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM operators WHERE user_id = ?1)",
+                    [user_id],
+                    |r| r.get(0),
+                )
+                .map_err(|x| db_error(op)(&x))?;
+            Ok(if added == 1 || is {
+                OperatorChange::Done
+            } else {
+                OperatorChange::NoUser
+            })
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn remove_operator(
+        &self,
+        user_id: i64,
+    ) -> Result<OperatorChange, StoreError> {
+        let op = "removing an operator";
+        self.with(op, move |conn| {
+            let e = db_error(op);
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|x| e(&x))?;
+            let (is, others): (bool, bool) = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM operators WHERE user_id = ?1),
+                            EXISTS (SELECT 1 FROM operators WHERE user_id <> ?1)",
+                    [user_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(|x| e(&x))?;
+            if !is {
+                return Ok(OperatorChange::NoUser);
+            }
+            if !others {
+                return Ok(OperatorChange::Last);
+            }
+            tx.execute("DELETE FROM operators WHERE user_id = ?1", [user_id])
+                .map_err(|x| e(&x))?;
+            tx.commit().map_err(|x| e(&x))?;
+            Ok(OperatorChange::Done)
         })
         .await
     }
