@@ -699,15 +699,7 @@ async fn tenants(server: &Running, http: &reqwest::Client, db: &Db, acme: i64, a
         .await
         .unwrap();
     assert_eq!(whole["intact"], true);
-    let ours: Value = get(
-        http,
-        server.url(&format!("/v1/orgs/{beta}/audit/verify")),
-        &bob,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let ours: Value = audit_report(server, http, beta, &bob).await;
     let beta_rows = db
         .number(&format!(
             "SELECT count(*)::BIGINT FROM audit_events WHERE org_id = {beta}"
@@ -869,26 +861,10 @@ async fn tenants(server: &Running, http: &reqwest::Client, db: &Db, acme: i64, a
         ))
         .await
         .unwrap();
-    let theirs: Value = get(
-        http,
-        server.url(&format!("/v1/orgs/{acme}/audit/verify")),
-        alice,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let theirs: Value = audit_report(server, http, acme, alice).await;
     assert_eq!(theirs["intact"], false);
     assert_eq!(theirs["broken_at"], json!(row));
-    let elsewhere: Value = get(
-        http,
-        server.url(&format!("/v1/orgs/{delta}/audit/verify")),
-        &dora,
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let elsewhere: Value = audit_report(server, http, delta, &dora).await;
     assert_eq!(elsewhere["intact"], false);
     assert_eq!(elsewhere["broken_at"], Value::Null, "no row of another's");
     assert!(elsewhere["problem"]
@@ -993,6 +969,12 @@ async fn tenants(server: &Running, http: &reqwest::Client, db: &Db, acme: i64, a
         .await
         .unwrap();
     assert_eq!(error_code(r).await, "last_operator");
+}
+
+/// The audit check as `token` sees it for organization `org`.
+async fn audit_report(server: &Running, http: &reqwest::Client, org: i64, token: &str) -> Value {
+    let url = server.url(&format!("/v1/orgs/{org}/audit/verify"));
+    get(http, url, token).await.json().await.unwrap()
 }
 
 /// Row counts of everything of `org`, to compare before and after.
