@@ -96,14 +96,36 @@ impl SqliteStore {
             // secure_delete: what is deleted (an escrow key at a wipe order,
             // a revoked device's tokens, a deleted organization) is
             // overwritten with zeros in the file, not only unlinked.
-            conn.execute_batch(
-                "PRAGMA journal_mode = WAL;
+            let configure = "PRAGMA busy_timeout = 5000;
+                 PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
                  PRAGMA foreign_keys = ON;
-                 PRAGMA secure_delete = ON;
-                 PRAGMA busy_timeout = 5000;",
-            )
-            .map_err(|e| db_error("configuring")(&e))?;
+                 PRAGMA secure_delete = ON;";
+            // Switching a new database to WAL needs its exclusive lock. When
+            // another connection (a second server starting on the same new
+            // file) is between its read and its write, SQLite answers busy
+            // at once, without waiting (waiting could deadlock): so wait
+            // here, a little at a time, for up to five seconds.
+            let mut waited = 0;
+            loop {
+                match conn.execute_batch(configure) {
+                    Ok(()) => break,
+                    Err(e)
+                        if waited < 50
+                            && matches!(
+                                e.sqlite_error_code(),
+                                Some(
+                                    rusqlite::ErrorCode::DatabaseBusy
+                                        | rusqlite::ErrorCode::DatabaseLocked
+                                )
+                            ) =>
+                    {
+                        waited += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                    Err(e) => return Err(db_error("configuring")(&e)),
+                }
+            }
             Ok(conn)
         })
         .await
