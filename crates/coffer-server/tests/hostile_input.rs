@@ -988,7 +988,8 @@ fn valid_body(template: &str) -> Value {
         | "/v1/device/token"
         | "/v1/device/escrow/release"
         | "/v1/device/check-in"
-        | "/v1/device/wipes/{order_id}/ack" => json!({}),
+        | "/v1/device/wipes/{order_id}/ack"
+        | "/v1/operators/{user_id}" => json!({}),
         other => panic!("{other}: a POST or PUT endpoint without a valid body here: add one"),
     }
 }
