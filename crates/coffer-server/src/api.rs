@@ -127,6 +127,31 @@ impl Window {
     }
 }
 
+/// An attempt counted past its budget: the 429 to answer, and whether it
+/// is the window's first refusal (the one worth recording: a flood past a
+/// limit leaves one audit row and one log line, not one per request).
+struct OverBudget {
+    refusal: ApiError,
+    first: bool,
+}
+
+/// Counts one attempt under `key` in the current window (atomically, for
+/// every server process); past `limit`, what to answer. Every rate limit
+/// of the API goes through here.
+async fn count_attempt(
+    state: &AppState,
+    key: &str,
+    limit: i64,
+    what: &'static str,
+) -> Result<Option<OverBudget>, ApiError> {
+    let window = Window::now(&state.login_limits);
+    let count = state.store.hit(key, window.start).await?;
+    Ok((count > limit).then(|| OverBudget {
+        refusal: window.refusal(what),
+        first: count == limit + 1,
+    }))
+}
+
 /// How many login attempts a window allows.
 #[derive(Debug, Clone, Copy)]
 pub struct LoginLimits {
@@ -548,17 +573,10 @@ async fn setup(
     // Counted, and refused on a server already set up, before the password
     // is hashed: Argon2 is slow and large on purpose, and anyone may call
     // this endpoint.
-    let limits = state.login_limits;
-    let window = Window::now(&limits);
-    let attempts = state
-        .store
-        .hit(
-            &format!("setup-addr:{}", ClientNetwork(client)),
-            window.start,
-        )
-        .await?;
-    if attempts > limits.per_address {
-        return Err(window.refusal("setup"));
+    let key = format!("setup-addr:{}", ClientNetwork(client));
+    if let Some(over) = count_attempt(&state, &key, state.login_limits.per_address, "setup").await?
+    {
+        return Err(over.refusal);
     }
     if state.store.is_bootstrapped().await? {
         return Err(StoreError::AlreadyBootstrapped.into());
@@ -758,20 +776,19 @@ async fn count_password_attempt(
     what: &'static str,
 ) -> Result<(), ApiError> {
     let limits = state.login_limits;
-    let window = Window::now(&limits);
-    let by_address = state.store.hit(&address_key(client), window.start).await?;
-    let (count, limit, key) = if by_address > limits.per_address {
-        (by_address, limits.per_address, "address")
-    } else if let Some(user) = user {
-        let by_account = state.store.hit(&account_key(user), window.start).await?;
-        if by_account <= limits.per_account {
-            return Ok(());
-        }
-        (by_account, limits.per_account, "account")
-    } else {
+    let over = match count_attempt(state, &address_key(client), limits.per_address, what).await? {
+        Some(over) => Some((over, "address")),
+        None => match user {
+            Some(user) => count_attempt(state, &account_key(user), limits.per_account, what)
+                .await?
+                .map(|over| (over, "account")),
+            None => None,
+        },
+    };
+    let Some((over, key)) = over else {
         return Ok(());
     };
-    if count == limit + 1 {
+    if over.first {
         tracing::warn!(
             user = %Untrusted::new(user.unwrap_or("")),
             %client,
@@ -787,7 +804,7 @@ async fn count_password_attempt(
         )
         .await?;
     }
-    Err(window.refusal(what))
+    Err(over.refusal)
 }
 
 /// `POST /v1/login`: a user name and password for a session token (random,
@@ -992,16 +1009,11 @@ async fn org_audit_verify(
 /// A check reads and MACs the whole trail: each user may ask for one as
 /// often as the per-address login budget allows.
 async fn count_chain_check(state: &AppState, who: &Principal) -> Result<(), ApiError> {
-    let limits = state.login_limits;
-    let window = Window::now(&limits);
-    let checks = state
-        .store
-        .hit(&format!("audit-verify-user:{}", who.user_id), window.start)
-        .await?;
-    if checks > limits.per_address {
-        return Err(window.refusal("audit check"));
+    let key = format!("audit-verify-user:{}", who.user_id);
+    match count_attempt(state, &key, state.login_limits.per_address, "audit check").await? {
+        Some(over) => Err(over.refusal),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Checks that `who` is one of the instance's operators (403 otherwise:
@@ -1096,17 +1108,11 @@ async fn enroll(
     crate::client_addr::ClientAddr(client): crate::client_addr::ClientAddr,
     Body(request): Body<Enroll>,
 ) -> Result<(StatusCode, Json<EnrollAnswer>), ApiError> {
-    let limits = state.login_limits;
-    let window = Window::now(&limits);
-    let attempts = state
-        .store
-        .hit(
-            &format!("enroll-addr:{}", ClientNetwork(client)),
-            window.start,
-        )
-        .await?;
-    if attempts > limits.per_address {
-        return Err(window.refusal("enrollment"));
+    let key = format!("enroll-addr:{}", ClientNetwork(client));
+    if let Some(over) =
+        count_attempt(&state, &key, state.login_limits.per_address, "enrollment").await?
+    {
+        return Err(over.refusal);
     }
     check_name("the device's name", &request.name)?;
     // The organization's key is made (or read) before the code is spent:

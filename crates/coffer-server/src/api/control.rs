@@ -292,14 +292,10 @@ async fn release_escrow(
     // Each refusal is audited: a device (or a thief with its token) is
     // held to the per-address budget of attempts, and past it only the
     // first refusal of the window is recorded.
-    let limits = state.login_limits;
-    let window = super::Window::now(&limits);
-    let attempts = state
-        .store
-        .hit(&format!("release-device:{device_id}"), window.start)
-        .await?;
-    if attempts > limits.per_address {
-        if attempts == limits.per_address + 1 {
+    let budget = format!("release-device:{device_id}");
+    let limit = state.login_limits.per_address;
+    if let Some(over) = super::count_attempt(&state, &budget, limit, "escrow release").await? {
+        if over.first {
             record(
                 &state,
                 Some(org_id),
@@ -309,7 +305,7 @@ async fn release_escrow(
             )
             .await?;
         }
-        return Err(window.refusal("escrow release"));
+        return Err(over.refusal);
     }
     let refused = |actor: String, reason: &'static str, error: ApiError| {
         let state = state.clone();
@@ -396,10 +392,7 @@ async fn release_escrow(
     .await?;
     // A release that worked spends nothing of the budget: a shared device
     // serves many logins a shift.
-    state
-        .store
-        .clear_hits(&format!("release-device:{device_id}"))
-        .await?;
+    state.store.clear_hits(&budget).await?;
     Ok(Json(EscrowReleased {
         escrow_key: WireSecret::new(hex::encode(&*key)),
         user_id: user.user_id,
