@@ -366,14 +366,7 @@ async fn escrow_release_roles(
     add_user(server, http, acme, alice, "erin", "auditor").await;
     let (device, token, release) =
         enroll_with_release(server, http, acme, alice, "shared-tablet").await;
-    let r = http
-        .put(server.url("/v1/device/escrow"))
-        .header("x-auth-token", &token)
-        .json(&json!({"escrow_key": "ab".repeat(32)}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    deposit_escrow(server, http, &token, &"ab".repeat(32)).await;
     let release_as = |user: String| {
         http.post(server.url("/v1/device/escrow/release"))
             .header("x-auth-token", release.clone())
@@ -456,6 +449,18 @@ async fn escrow_release_roles(
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let r = get(http, server.url("/v1/device/policy"), &release).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "nor anything else");
+}
+
+/// Deposits `key` (hex) as the escrow key of the device of `token`.
+async fn deposit_escrow(server: &Running, http: &reqwest::Client, token: &str, key: &str) {
+    let r = http
+        .put(server.url("/v1/device/escrow"))
+        .header("x-auth-token", token)
+        .json(&json!({"escrow_key": key}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
 }
 
 /// The total of requests in an organization's usage report.
@@ -619,14 +624,7 @@ async fn tenants(server: &Running, http: &reqwest::Client, db: &Db, acme: i64, a
         .as_str()
         .unwrap()
         .to_owned();
-    let r = http
-        .put(server.url("/v1/device/escrow"))
-        .header("x-auth-token", &beta_token)
-        .json(&json!({"escrow_key": "cd".repeat(32)}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    deposit_escrow(server, http, &beta_token, &"cd".repeat(32)).await;
 
     // Usage (finding 9): what outsiders and anonymous callers send to
     // Acme's paths is charged to no one in Acme.
