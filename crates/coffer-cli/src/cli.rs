@@ -774,8 +774,8 @@ pub enum AdminOrgCommand {
         /// The organization's id
         org: i64,
     },
-    /// Suspend an organization: its users and devices are refused at once,
-    /// nothing is deleted
+    /// Suspend an organization: its users and devices are refused at once
+    /// (devices may still check in, to receive a wipe); nothing is deleted
     Suspend {
         /// The organization's id
         org: i64,
