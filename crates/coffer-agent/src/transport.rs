@@ -113,13 +113,12 @@ pub trait Connector: Send + Sync {
 
 /// Largest answer the agent reads, bytes: far above any answer of the
 /// device protocol (a policy is a few KiB), far below what would hurt.
-pub const MAX_ANSWER: usize = 1024 * 1024;
+pub const MAX_ANSWER: usize = coffer_protocol::DEFAULT_MAX_ANSWER;
 
 /// A typed client of one control plane.
 pub struct Client {
     transport: Box<dyn Transport>,
     base: String,
-    max_answer: usize,
 }
 
 /// The credentials a request carries, in headers (never in the URL).
@@ -137,7 +136,6 @@ impl Client {
         Ok(Client {
             transport: connector.connect(server)?,
             base: server.url().to_owned(),
-            max_answer: MAX_ANSWER,
         })
     }
 
@@ -173,13 +171,13 @@ impl Client {
             .map_err(|_| Error::BadRequest { endpoint: E::PATH })?;
         let answer = self
             .transport
-            .send(request, self.max_answer)
+            .send(request, E::MAX_ANSWER)
             .map_err(Error::Transport)?;
         let status = answer.status();
         let body = answer.body();
-        if body.len() > self.max_answer {
+        if body.len() > E::MAX_ANSWER {
             return Err(Error::Transport(TransportError::TooLarge {
-                limit: self.max_answer,
+                limit: E::MAX_ANSWER,
             }));
         }
         if status.is_redirection() {

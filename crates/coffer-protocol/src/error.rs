@@ -119,6 +119,13 @@ error_codes! {
     LastOperator = "last_operator",
     /// The path is served, but not with this method.
     MethodNotAllowed = "method_not_allowed",
+    /// A sync cursor older than what the server keeps: pull from the start.
+    CursorExpired = "cursor_expired",
+    /// The app does not sync: the organization's signed policy does not
+    /// list it.
+    AppNotSynced = "app_not_synced",
+    /// The record has no conflict leaves to resolve (or not those).
+    NotInConflict = "not_in_conflict",
     /// The server failed; the cause is in its log.
     Internal = "internal",
 }

@@ -36,6 +36,7 @@ pub mod error;
 pub mod policy;
 mod secret;
 pub mod session;
+pub mod sync;
 pub mod untrusted;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
@@ -180,6 +181,8 @@ pub trait Endpoint {
     const PATH: &'static str;
     /// The credential it takes.
     const AUTH: Auth;
+    /// The largest answer a client reads, bytes.
+    const MAX_ANSWER: usize = DEFAULT_MAX_ANSWER;
     /// The path with this request's parameters filled in.
     fn path(&self) -> String {
         Self::PATH.to_owned()
@@ -191,6 +194,26 @@ pub trait Endpoint {
 }
 
 /// A JSON body for [`Endpoint::body`].
+/// Largest answer of most endpoints, bytes: far above any of them (a
+/// policy is a few KiB), far below what would hurt a device. A pull page of
+/// records is larger ([`sync::MAX_PULL_ANSWER`]).
+pub const DEFAULT_MAX_ANSWER: usize = 1024 * 1024;
+
+/// `text` as one path segment or query value: every byte but
+/// `[A-Za-z0-9._~-]` percent-encoded (RFC 3986), so a name cannot add a
+/// segment, a query or a fragment.
+pub fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 pub(crate) fn json_body<T: serde::Serialize>(value: &T) -> Option<(Vec<u8>, &'static str)> {
     // Serializing these plain structs cannot fail (string keys, no maps
     // with non-string keys); an empty body would be refused by the server.
@@ -214,6 +237,7 @@ mod credential_names {
             include_str!("error.rs"),
             include_str!("policy.rs"),
             include_str!("session.rs"),
+            include_str!("sync.rs"),
         ];
         let mut fields = Vec::new();
         for source in sources {

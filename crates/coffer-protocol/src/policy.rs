@@ -138,6 +138,11 @@ pub struct Rules {
     pub min_kdf: KdfFloor,
     /// How often a device checks in, seconds.
     pub check_in_secs: u32,
+    /// The apps whose records (and files) sync with the control plane. An
+    /// app that leaves this list is purged from the organization's devices
+    /// (docs/protocol.md, section 8).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sync: Vec<String>,
 }
 
 impl Default for Rules {
@@ -152,6 +157,7 @@ impl Default for Rules {
             refuse_debugger: false,
             min_kdf: KdfFloor::default(),
             check_in_secs: 3600,
+            sync: Vec::new(),
         }
     }
 }
@@ -203,6 +209,17 @@ impl Rules {
         }
         if !(60..=7 * 24 * 3600).contains(&self.check_in_secs) {
             return Err("check_in_secs must be 60 to 604800".into());
+        }
+        if self.sync.len() > 256 {
+            return Err("sync lists at most 256 apps".into());
+        }
+        for (i, app) in self.sync.iter().enumerate() {
+            if app.is_empty() || app.len() > 64 {
+                return Err("app names must be 1 to 64 characters".into());
+            }
+            if self.sync[..i].contains(app) {
+                return Err("sync names an app twice".into());
+            }
         }
         Ok(())
     }
