@@ -278,8 +278,16 @@ pub(crate) fn import(
                 "the database snapshot has triggers or views on coffer's tables",
             )));
         }
-        conn.execute_batch("DROP TABLE IF EXISTS coffer_files")
-            .map_err(|e| Error::database("importing", e))?;
+        // The sync state is the source store's (its origin, its cursor, the
+        // server's sides): an imported app starts its own, its records all
+        // pending as this store's changes (the backfill at first open).
+        conn.execute_batch(
+            "DROP TABLE IF EXISTS coffer_files;
+             DROP TABLE IF EXISTS coffer_sync_meta;
+             DROP TABLE IF EXISTS coffer_sync_records;
+             DROP TABLE IF EXISTS coffer_sync_sides;",
+        )
+        .map_err(|e| Error::database("importing", e))?;
         let files = FileStore::open(
             conn,
             files_dir.clone(),
@@ -482,6 +490,6 @@ impl<'v> App<'v> {
     /// The app's record store.
     pub fn records(&self) -> Result<RecordStore> {
         self.require(Capability::Records)?;
-        RecordStore::open(self.open_database()?)
+        RecordStore::open(self.open_database()?, self.vault.opened_slot_name())
     }
 }

@@ -223,6 +223,22 @@ pub enum Error {
         /// Id asked for.
         id: String,
     },
+    /// The record is not in conflict: there is nothing to resolve.
+    #[error("record {collection}/{id} is not in conflict")]
+    NotInConflict {
+        /// Collection of the record.
+        collection: String,
+        /// Id of the record.
+        id: String,
+    },
+    /// The server's side of a conflict has not been pulled yet: sync first.
+    #[error("the server's side of record {collection}/{id} is not here yet: sync first")]
+    ServerSideUnknown {
+        /// Collection of the record.
+        collection: String,
+        /// Id of the record.
+        id: String,
+    },
     /// No stored file of that name.
     #[error("no file named {name:?}")]
     NoSuchFile {

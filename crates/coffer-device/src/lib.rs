@@ -47,6 +47,7 @@ pub mod header;
 pub mod kdf;
 pub mod keyslot;
 mod lockout;
+pub mod purge;
 pub mod recovery;
 pub mod rotate;
 mod secret;
@@ -77,5 +78,8 @@ pub use space::Space;
 pub use store::files::{FileInfo, FileReader, FileStore};
 pub use store::kv::KvStore;
 pub use store::records::{Change, Record, RecordStore};
+pub use store::sync::{
+    Ack, AckOutcome, Conflict, PageApplied, PendingChange, PulledHead, Resolution, Side, SyncState,
+};
 pub use subkey::Purpose;
 pub use vault::{SlotInfo, UnlockedVault, Vault, VaultInfo};

@@ -18,6 +18,7 @@ mod audit;
 mod rotate;
 mod session;
 mod stores;
+mod sync;
 mod vectors;
 mod wipe;
 

@@ -573,14 +573,14 @@ impl UnlockedVault {
     }
 
     /// The name of the slot that opened this vault.
-    fn opened_slot_name(&self) -> String {
+    pub(crate) fn opened_slot_name(&self) -> String {
         self.header.slots[self.opened_slot]
             .as_ref()
             .map(|(_, meta)| meta.name.clone())
             .unwrap_or_default()
     }
 
-    fn catalog(&self) -> Result<Catalog> {
+    pub(crate) fn catalog(&self) -> Result<Catalog> {
         let key = self.subkey(Purpose::Catalog)?;
         // A wipe may have begun since this vault was unlocked: never recreate
         // its databases under the old key.

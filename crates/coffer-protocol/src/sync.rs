@@ -120,11 +120,19 @@ impl FromStr for Revision {
     type Err = BadRevision;
     fn from_str(text: &str) -> Result<Revision, BadRevision> {
         let (origin, seq) = text.split_once('.').ok_or(BadRevision)?;
-        if origin.len() != 32 || !origin.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if origin.len() != 32
+            || !origin
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(BadRevision);
         }
         // Digits only, no sign, no leading zero: one spelling per revision.
-        if seq.is_empty() || seq.len() > 19 || seq.starts_with('0') || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        if seq.is_empty()
+            || seq.len() > 19
+            || seq.starts_with('0')
+            || !seq.bytes().all(|b| b.is_ascii_digit())
+        {
             return Err(BadRevision);
         }
         let mut bytes = [0u8; 16];
@@ -278,7 +286,10 @@ impl PushOp {
                 return reject(RejectCode::InvalidBody, "a deletion carries no body")
             }
             (None, false) | (Some(Value::Null), false) => {
-                return reject(RejectCode::InvalidBody, "a record that is not deleted has a body")
+                return reject(
+                    RejectCode::InvalidBody,
+                    "a record that is not deleted has a body",
+                )
             }
             (Some(body), false) => {
                 if body_len(body) > MAX_RECORD_BODY {
@@ -586,7 +597,10 @@ pub fn decode_cursor(cursor: &str) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse::<u64>().ok().filter(|s| i64::try_from(*s).is_ok())
+    digits
+        .parse::<u64>()
+        .ok()
+        .filter(|s| i64::try_from(*s).is_ok())
 }
 
 json_answer!(PushAnswer, PullAnswer);
@@ -772,7 +786,13 @@ pub struct AuthorBound {
     pub duplicates: Vec<LikelyDuplicate>,
 }
 
-json_answer!(RecordList, RecordDetail, Resolved, ProvisionalAuthors, AuthorBound);
+json_answer!(
+    RecordList,
+    RecordDetail,
+    Resolved,
+    ProvisionalAuthors,
+    AuthorBound
+);
 
 #[cfg(test)]
 mod tests {
@@ -819,21 +839,74 @@ mod tests {
     fn an_operation_is_checked_before_anything_is_stored() {
         assert_eq!(op().check(), Ok(()));
         let code = |op: PushOp| op.check().unwrap_err().code;
-        assert_eq!(code(PushOp { collection: String::new(), ..op() }), RejectCode::InvalidName);
-        assert_eq!(code(PushOp { id: "x".repeat(257), ..op() }), RejectCode::InvalidName);
-        assert_eq!(code(PushOp { deleted: true, ..op() }), RejectCode::InvalidBody);
-        assert_eq!(code(PushOp { body: None, ..op() }), RejectCode::InvalidBody);
-        assert_eq!(code(PushOp { body: Some(Value::Null), ..op() }), RejectCode::InvalidBody);
-        assert_eq!(code(PushOp { author: String::new(), ..op() }), RejectCode::InvalidAuthor);
         assert_eq!(
-            code(PushOp { revision: Revision::new(SERVER_ORIGIN, 3).unwrap(), ..op() }),
+            code(PushOp {
+                collection: String::new(),
+                ..op()
+            }),
+            RejectCode::InvalidName
+        );
+        assert_eq!(
+            code(PushOp {
+                id: "x".repeat(257),
+                ..op()
+            }),
+            RejectCode::InvalidName
+        );
+        assert_eq!(
+            code(PushOp {
+                deleted: true,
+                ..op()
+            }),
+            RejectCode::InvalidBody
+        );
+        assert_eq!(code(PushOp { body: None, ..op() }), RejectCode::InvalidBody);
+        assert_eq!(
+            code(PushOp {
+                body: Some(Value::Null),
+                ..op()
+            }),
+            RejectCode::InvalidBody
+        );
+        assert_eq!(
+            code(PushOp {
+                author: String::new(),
+                ..op()
+            }),
+            RejectCode::InvalidAuthor
+        );
+        assert_eq!(
+            code(PushOp {
+                revision: Revision::new(SERVER_ORIGIN, 3).unwrap(),
+                ..op()
+            }),
             RejectCode::ReservedOrigin
         );
         let big = Value::String("x".repeat(MAX_RECORD_BODY));
-        assert_eq!(code(PushOp { body: Some(big), ..op() }), RejectCode::BodyTooLarge);
-        let bad_file = FileRef { name: "p.jpg".into(), sha256: "zz".into(), size: 1 };
-        assert_eq!(code(PushOp { files: vec![bad_file], ..op() }), RejectCode::InvalidFiles);
-        let deletion = PushOp { deleted: true, body: None, ..op() };
+        assert_eq!(
+            code(PushOp {
+                body: Some(big),
+                ..op()
+            }),
+            RejectCode::BodyTooLarge
+        );
+        let bad_file = FileRef {
+            name: "p.jpg".into(),
+            sha256: "zz".into(),
+            size: 1,
+        };
+        assert_eq!(
+            code(PushOp {
+                files: vec![bad_file],
+                ..op()
+            }),
+            RejectCode::InvalidFiles
+        );
+        let deletion = PushOp {
+            deleted: true,
+            body: None,
+            ..op()
+        };
         assert_eq!(deletion.check(), Ok(()));
     }
 
@@ -845,7 +918,10 @@ mod tests {
 
     #[test]
     fn a_batch_is_strict_and_its_digest_follows_its_content() {
-        let batch = PushBatch { batch_id: "b-1".into(), ops: vec![op()] };
+        let batch = PushBatch {
+            batch_id: "b-1".into(),
+            ops: vec![op()],
+        };
         assert_eq!(batch.check(), Ok(()));
         let text = serde_json::to_string(&batch).unwrap();
         let back: PushBatch = serde_json::from_str(&text).unwrap();
@@ -853,13 +929,23 @@ mod tests {
         let mut other = batch.clone();
         other.ops[0].body = Some(serde_json::json!({"name": "Amina B."}));
         assert_ne!(other.digest(), batch.digest());
-        assert!(serde_json::from_str::<PushBatch>(r#"{"batch_id":"b","ops":[],"extra":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<PushBatch>(r#"{"batch_id":"b","ops":[],"extra":1}"#).is_err()
+        );
         assert_eq!(
-            PushBatch { batch_id: "b/1".into(), ops: vec![op()] }.check(),
+            PushBatch {
+                batch_id: "b/1".into(),
+                ops: vec![op()]
+            }
+            .check(),
             Err(BatchRefusal::BatchId)
         );
         assert_eq!(
-            PushBatch { batch_id: "b".into(), ops: Vec::new() }.check(),
+            PushBatch {
+                batch_id: "b".into(),
+                ops: Vec::new()
+            }
+            .check(),
             Err(BatchRefusal::OpCount)
         );
     }
@@ -868,16 +954,35 @@ mod tests {
     fn cursors_round_trip_and_refuse_what_the_server_did_not_make() {
         assert_eq!(decode_cursor(&encode_cursor(0)), Some(0));
         assert_eq!(decode_cursor(&encode_cursor(123_456)), Some(123_456));
-        for bad in ["", "v1.", "v2.3", "v1.-3", "v1.3x", "v1.99999999999999999999", "3"] {
+        for bad in [
+            "",
+            "v1.",
+            "v2.3",
+            "v1.-3",
+            "v1.3x",
+            "v1.99999999999999999999",
+            "3",
+        ] {
             assert_eq!(decode_cursor(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn pull_paths_escape_the_app_and_cursor() {
-        let pull = Pull { app: "notes".into(), after: Some("v1.9".into()), limit: Some(50) };
-        assert_eq!(pull.path(), "/v1/device/sync/notes/changes?after=v1.9&limit=50");
-        let first = Pull { app: "a b".into(), after: None, limit: None };
+        let pull = Pull {
+            app: "notes".into(),
+            after: Some("v1.9".into()),
+            limit: Some(50),
+        };
+        assert_eq!(
+            pull.path(),
+            "/v1/device/sync/notes/changes?after=v1.9&limit=50"
+        );
+        let first = Pull {
+            app: "a b".into(),
+            after: None,
+            limit: None,
+        };
         assert_eq!(first.path(), "/v1/device/sync/a%20b/changes");
     }
 }

@@ -256,3 +256,41 @@ pub(crate) fn to_system_time(secs: i64) -> SystemTime {
     const MAX_SECS: u64 = 253_402_300_799;
     UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0).min(MAX_SECS))
 }
+
+/// The settings key that marks an app's old files for erasure (a purge
+/// interrupted before they were gone is finished at the next purge).
+pub(crate) const PURGE_PREFIX: &str = "purge:";
+
+impl Catalog {
+    /// Gives the app `name` a new random id and database file, in one
+    /// transaction with a note of the old file (under [`PURGE_PREFIX`]), and
+    /// pushes the old id out of the catalog's files (secure delete, WAL
+    /// truncated): from the commit on, nothing on the disk derives the old
+    /// database's key. Returns the old and the new entry.
+    pub(crate) fn renew_app(
+        &mut self,
+        name: &str,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<(AppInfo, AppInfo)> {
+        let old = self.get(name)?;
+        let mut new = Self::new_app(name, old.capabilities, rng)?;
+        new.created_at = old.created_at;
+        let op = |e| Error::database("purging an app", e);
+        let tx = self.conn.transaction().map_err(op)?;
+        tx.execute(
+            "UPDATE apps SET app_id = ?2, db_file = ?3 WHERE name = ?1",
+            params![name, new.id, new.db_file],
+        )
+        .map_err(op)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)",
+            params![format!("{PURGE_PREFIX}{}", old.db_file), b"1".as_slice()],
+        )
+        .map_err(op)?;
+        tx.commit().map_err(op)?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(op)?;
+        Ok((old, new))
+    }
+}

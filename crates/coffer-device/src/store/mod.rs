@@ -7,3 +7,4 @@ pub(crate) mod database;
 pub mod files;
 pub mod kv;
 pub mod records;
+pub mod sync;

@@ -47,7 +47,10 @@ pub struct Change {
 
 /// An app's record store.
 pub struct RecordStore {
-    conn: Connection,
+    pub(crate) conn: Connection,
+    /// Who writes: the name of the slot the vault was opened with (a
+    /// revision's author in sync).
+    pub(crate) author: String,
 }
 
 fn check_name(what: &'static str, name: &str) -> Result<()> {
@@ -73,7 +76,7 @@ fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
 }
 
 impl RecordStore {
-    pub(crate) fn open(conn: Connection) -> Result<Self> {
+    pub(crate) fn open(mut conn: Connection, author: String) -> Result<Self> {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS coffer_records (
                  collection TEXT NOT NULL,
@@ -94,7 +97,8 @@ impl RecordStore {
              ) STRICT;",
         )
         .map_err(db("creating the record store"))?;
-        Ok(RecordStore { conn })
+        crate::store::sync::create(&mut conn)?;
+        Ok(RecordStore { conn, author })
     }
 
     /// The record, deleted or not.
@@ -163,52 +167,14 @@ impl RecordStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("writing a record"))?;
-        let current: Option<(i64, bool)> = tx
-            .query_row(
-                "SELECT version, deleted FROM coffer_records WHERE collection = ?1 AND id = ?2",
-                [collection, id],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? != 0)),
-            )
-            .optional()
-            .map_err(db("writing a record"))?;
-        // A negative version can only come from a damaged or crafted database.
-        let current_version =
-            u64::try_from(current.map_or(0, |(v, _)| v)).map_err(|_| corrupt_version())?;
-        if let Some(base) = base {
-            if base != current_version {
-                return Err(Error::VersionConflict {
-                    collection: collection.into(),
-                    id: id.into(),
-                    current: current_version,
-                });
-            }
-        }
-        if body.is_none() && current.is_none_or(|(_, deleted)| deleted) {
-            return Err(Error::NoSuchRecord {
-                collection: collection.into(),
-                id: id.into(),
-            });
-        }
-        let version = current_version
-            .checked_add(1)
-            .filter(|v| i64::try_from(*v).is_ok())
-            .ok_or_else(corrupt_version)?;
-        let deleted = body.is_none();
-        tx.execute(
-            "INSERT INTO coffer_records (collection, id, body, version, updated_at, deleted)
-             VALUES (?1, ?2, ?3, ?4, unixepoch(), ?5)
-             ON CONFLICT (collection, id) DO UPDATE SET
-                 body = excluded.body, version = excluded.version,
-                 updated_at = excluded.updated_at, deleted = excluded.deleted",
-            params![collection, id, text, version as i64, deleted],
-        )
-        .map_err(db("writing a record"))?;
-        tx.execute(
-            "INSERT INTO coffer_changes (collection, id, version, deleted, changed_at)
-             VALUES (?1, ?2, ?3, ?4, unixepoch())",
-            params![collection, id, version as i64, deleted],
-        )
-        .map_err(db("logging a change"))?;
+        write_in(
+            &tx,
+            &self.author,
+            collection,
+            id,
+            text.as_deref(),
+            Some(base),
+        )?;
         // Read back inside the transaction: the caller gets exactly the
         // version it wrote, never a newer one another process wrote after.
         let written = tx
@@ -267,6 +233,76 @@ impl RecordStore {
             .map_err(db("reading changes"))?;
         rows.map(|r| r.map_err(db("reading changes"))).collect()
     }
+}
+
+/// One local write inside `tx`: the record (`body` `None`: deleted), its
+/// change logged, and its sync state marked pending. With `check`
+/// (`Some(base)`), the base-version rule of [`RecordStore::put`] and the
+/// rule that only a live record is deleted apply. Returns the change's
+/// sequence.
+pub(crate) fn write_in(
+    tx: &rusqlite::Transaction<'_>,
+    author: &str,
+    collection: &str,
+    id: &str,
+    body: Option<&str>,
+    check: Option<Option<u64>>,
+) -> Result<i64> {
+    let current: Option<(i64, bool, Option<String>)> = tx
+        .prepare_cached(
+            "SELECT version, deleted, body FROM coffer_records WHERE collection = ?1 AND id = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row([collection, id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? != 0, r.get(2)?))
+            })
+            .optional()
+        })
+        .map_err(db("writing a record"))?;
+    // A negative version can only come from a damaged or crafted database.
+    let current_version =
+        u64::try_from(current.as_ref().map_or(0, |(v, _, _)| *v)).map_err(|_| corrupt_version())?;
+    if let Some(check) = check {
+        if let Some(base) = check {
+            if base != current_version {
+                return Err(Error::VersionConflict {
+                    collection: collection.into(),
+                    id: id.into(),
+                    current: current_version,
+                });
+            }
+        }
+        if body.is_none() && current.as_ref().is_none_or(|(_, deleted, _)| *deleted) {
+            return Err(Error::NoSuchRecord {
+                collection: collection.into(),
+                id: id.into(),
+            });
+        }
+    }
+    let version = current_version
+        .checked_add(1)
+        .filter(|v| i64::try_from(*v).is_ok())
+        .ok_or_else(corrupt_version)?;
+    let deleted = body.is_none();
+    tx.prepare_cached(
+        "INSERT INTO coffer_records (collection, id, body, version, updated_at, deleted)
+         VALUES (?1, ?2, ?3, ?4, unixepoch(), ?5)
+         ON CONFLICT (collection, id) DO UPDATE SET
+             body = excluded.body, version = excluded.version,
+             updated_at = excluded.updated_at, deleted = excluded.deleted",
+    )
+    .and_then(|mut s| s.execute(params![collection, id, body, version as i64, deleted]))
+    .map_err(db("writing a record"))?;
+    tx.prepare_cached(
+        "INSERT INTO coffer_changes (collection, id, version, deleted, changed_at)
+         VALUES (?1, ?2, ?3, ?4, unixepoch())",
+    )
+    .and_then(|mut s| s.execute(params![collection, id, version as i64, deleted]))
+    .map_err(db("logging a change"))?;
+    let seq = tx.last_insert_rowid();
+    let previous = current.and_then(|(_, _, body)| body);
+    crate::store::sync::note_local_write(tx, collection, id, seq, author, previous.as_deref())?;
+    Ok(seq)
 }
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record>> {
