@@ -7,8 +7,9 @@
 //! check-in with remote wipe ([`Agent::check_in`]), the signed policy
 //! fetched, verified against the pinned key and enforced at every unlock
 //! ([`Agent::unlock`]: offline grace, lockout, capabilities, debugger
-//! refusal, KDF floor), and a delivery queue for readings
-//! ([`Agent::queue_readings`], [`Agent::deliver`]).
+//! refusal, KDF floor), a delivery queue for readings
+//! ([`Agent::queue_readings`], [`Agent::deliver`]), and record sync with
+//! the organization ([`Agent::sync`]: push, pull, conflicts kept).
 //!
 //! An enrolled vault cannot be opened around the agent by accident:
 //! `coffer_device::Vault::unlock` refuses it with
@@ -50,6 +51,7 @@ mod error;
 pub mod http;
 mod login;
 pub mod policy;
+pub mod sync;
 pub mod transport;
 
 use std::sync::Arc;
@@ -67,6 +69,7 @@ pub use enrollment::{Enrollment, ESCROW_SLOT, RELEASE_FILE};
 pub use error::{Error, Result, TransportError, WipeCause, Wiped};
 pub use login::{Login, LoginPrompts, OfflineReason, SlotChange};
 pub use policy::{check_passphrase_rules, held_policy, Grace};
+pub use sync::{AppSync, Quiet, SyncObserver, SyncReport};
 pub use transport::{Client, Connector, Credentials, Server, Transport, Trust};
 
 use enrollment::{key, ReleaseFile};

@@ -29,6 +29,7 @@ Exit codes:
      the given CA): nothing was sent to it
  18  the organization's policy needs a check-in first (offline too long):
      run 'coffer check-in'
+ 19  'coffer conflicts': records are in conflict (resolve them)
  130, 143, 129  stopped by SIGINT, SIGTERM or SIGHUP (after removing any
      partial plaintext of 'files get --out')
 
@@ -390,6 +391,26 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         retries: u32,
     },
+    /// Sync the records of the apps the organization's policy names, both ways
+    ///
+    /// One round: a check-in (wipe orders and a newer policy first), then
+    /// for each app in the signed policy's sync list, every local change is
+    /// pushed and the organization's changes are pulled to the end. Nothing
+    /// is ever lost: a change the server cannot take as the record's latest
+    /// is kept as a conflict on both sides ('coffer conflicts'); a pulled
+    /// record never overwrites a local change not yet delivered; offline,
+    /// everything waits for the next round. An app the policy no longer
+    /// lists, or every app if the device is revoked, is crypto-erased as
+    /// the organization says.
+    Sync {
+        #[command(subcommand)]
+        command: Option<SyncCommand>,
+    },
+    /// List, show and resolve records in conflict (exit 19 while any)
+    Conflicts {
+        #[command(subcommand)]
+        command: Option<ConflictsCommand>,
+    },
     /// Check in with the control plane and do what it says
     ///
     /// Wipe orders first: a whole-device order crypto-erases the vault
@@ -499,6 +520,58 @@ pub enum KvCommand {
         /// Only keys starting with this
         #[arg(default_value = "")]
         prefix: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SyncCommand {
+    /// What waits, what is in conflict or refused, per app (no network)
+    Status,
+}
+
+/// Which side of a conflict wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Keep {
+    /// This device's state
+    Local,
+    /// The server's head
+    Server,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConflictsCommand {
+    /// The records in conflict (exit 19 while any)
+    List {
+        /// Only this app
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Base, local and server sides of one record, side by side
+    Show {
+        /// The app
+        app: String,
+        /// The collection
+        collection: String,
+        /// The record id
+        id: String,
+    },
+    /// End a conflict here (delivered by the next 'coffer sync')
+    Resolve {
+        /// The app
+        app: String,
+        /// The collection
+        collection: String,
+        /// The record id
+        id: String,
+        /// Keep this side
+        #[arg(long, value_enum)]
+        keep: Option<Keep>,
+        /// Or write this JSON body ('-' reads stdin)
+        #[arg(long, value_name = "FILE")]
+        body: Option<std::path::PathBuf>,
+        /// Or delete the record
+        #[arg(long)]
+        delete: bool,
     },
 }
 

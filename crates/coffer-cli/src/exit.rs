@@ -25,6 +25,7 @@ pub enum ExitCode {
     Debugger = 16,
     Untrusted = 17,
     CheckInRequired = 18,
+    Conflicts = 19,
 }
 
 /// An error on its way to the user: what to print and how to exit.
@@ -139,6 +140,16 @@ impl From<Error> for CliError {
             ),
             Error::NoSuchRecord { .. } => (ExitCode::NotFound, "no_such_record", ""),
             Error::NoSuchFile { .. } => (ExitCode::NotFound, "no_such_file", ""),
+            Error::NotInConflict { .. } => (
+                ExitCode::NotFound,
+                "not_in_conflict",
+                "; 'coffer conflicts' lists the records in conflict",
+            ),
+            Error::ServerSideUnknown { .. } => (
+                ExitCode::Conflict,
+                "server_side_unknown",
+                "; run 'coffer sync' first",
+            ),
             Error::AppExists { .. } => (ExitCode::VaultExists, "app_exists", ""),
             Error::CapabilityDenied { .. } => (ExitCode::Denied, "capability_denied", ""),
             Error::NotPermitted(_) => (ExitCode::Denied, "not_permitted", ""),

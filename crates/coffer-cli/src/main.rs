@@ -14,6 +14,7 @@ mod input;
 mod partial;
 mod serve;
 mod stores;
+mod sync;
 
 use clap::Parser;
 use serde_json::json;
@@ -40,6 +41,9 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         Command::Passwd { slot, kdf } => commands::passwd(g, slot.as_deref(), kdf),
         Command::Verify => commands::verify(g),
         Command::CheckIn => control::check_in(g),
+        Command::Sync { command } => sync::sync(g, command.as_ref()),
+        // Answered with its own exit code, in main.
+        Command::Conflicts { .. } => Err(CliError::other("unreachable")),
         Command::Deliver { file, retries } => control::deliver(g, file.as_deref(), *retries),
         Command::Login { user, kdf } => control::login(g, user, kdf),
         Command::Enroll {
@@ -116,8 +120,12 @@ fn main() -> std::process::ExitCode {
     if cfg!(target_os = "linux") && !(hardening.core_dumps_disabled && hardening.not_dumpable) {
         eprintln!("coffer: warning: could not switch off core dumps for this process; keys could reach a core file");
     }
-    match run(&cli) {
-        Ok(report) => {
+    let result = match &cli.command {
+        Command::Conflicts { command } => sync::conflicts(&cli.global, command.as_ref()),
+        _ => run(&cli).map(|report| (report, None)),
+    };
+    match result {
+        Ok((report, exit)) => {
             // A command that wrote its own output (kv get's raw bytes)
             // leaves its report empty.
             if cli.global.json {
@@ -130,7 +138,9 @@ fn main() -> std::process::ExitCode {
             } else if !report.text.is_empty() {
                 println!("{}", report.text);
             }
-            std::process::ExitCode::SUCCESS
+            exit.map_or(std::process::ExitCode::SUCCESS, |e| {
+                std::process::ExitCode::from(e as u8)
+            })
         }
         Err(e) => {
             if cli.global.json {

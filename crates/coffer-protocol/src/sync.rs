@@ -476,6 +476,25 @@ impl Endpoint for Push {
     }
 }
 
+/// `POST /v1/device/sync/{app}/purged` (device or release token): the
+/// device has crypto-erased the app's synced data, as the server's
+/// revocation or the policy's `sync` list told it (audited).
+#[derive(Debug)]
+pub struct Purged {
+    /// The app.
+    pub app: String,
+}
+
+impl Endpoint for Purged {
+    type Answer = crate::NoContent;
+    const METHOD: Method = Method::Post;
+    const PATH: &'static str = "/v1/device/sync/{app}/purged";
+    const AUTH: Auth = Auth::DeviceOrRelease;
+    fn path(&self) -> String {
+        Self::PATH.replace("{app}", &crate::path_segment(&self.app))
+    }
+}
+
 /// A conflict leaf: a revision kept beside the head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Leaf {

@@ -1,0 +1,520 @@
+//! Record sync (docs/protocol.md, section 8): a round is a check-in (wipe
+//! orders and the signed policy first), then, for each app the policy's
+//! `sync` list names, a push of every pending local change and a pull of
+//! the organization's changes until the feed's end.
+//!
+//! The state lives in each app's encrypted database (coffer_device's
+//! sync state): a page of pulled records and its cursor land in one
+//! transaction, and so does a push's answer, so a killed app or a lost
+//! connection only repeats work. A push is named by its content, so a
+//! retry after a crash is recognised by the server as the same batch.
+//!
+//! Purge: only on an explicit statement — the check-in saying the device
+//! is revoked, or a verified signed policy whose `sync` list no longer
+//! names an app that synced — the app's data is crypto-erased
+//! ([`coffer_device::UnlockedVault::purge_app`]) and the purge
+//! acknowledged. Data that merely looks missing purges nothing.
+
+use coffer_device::{Ack, AckOutcome, PendingChange, PulledHead, RecordStore, Side, UnlockedVault};
+use coffer_protocol::sync::{
+    self as wire, Leaf, Outcome, Pull, PullAnswer, Purged, Push, PushBatch, PushOp, Revision,
+};
+use coffer_protocol::{Endpoint, ErrorCode};
+use sha2::{Digest, Sha256};
+
+use crate::enrollment::Enrollment;
+use crate::error::{Error, Result};
+use crate::{Agent, CheckInReport, Client, Credentials};
+
+/// Settings key prefix of the apps that have synced on this vault (so a
+/// revocation, or an app leaving the policy's list, knows what to purge).
+const SYNCED_APP: &str = "sync.app.";
+/// Most bytes of operations in one push (under the server's limit, with
+/// room for the largest single record).
+const PUSH_BYTES: usize = wire::MAX_PUSH_BODY - wire::MAX_RECORD_BODY - (64 << 10);
+
+/// Told as a round goes (for progress bars); every method has a default
+/// that does nothing.
+pub trait SyncObserver {
+    /// `done` of `total` pending changes of `app` delivered.
+    fn pushed(&mut self, _app: &str, _done: u64, _total: u64) {}
+    /// `records` records of `app` pulled so far in this round.
+    fn pulled(&mut self, _app: &str, _records: u64) {}
+}
+
+/// An observer that is told nothing.
+pub struct Quiet;
+
+impl SyncObserver for Quiet {}
+
+/// What one round did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    /// The check-in that came first.
+    pub check_in: CheckInReport,
+    /// Each app that syncs.
+    pub apps: Vec<AppSync>,
+    /// Apps purged in this round, as the server or the policy said.
+    pub purged: Vec<String>,
+}
+
+/// What a round did for one app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppSync {
+    /// The app.
+    pub app: String,
+    /// Changes the server took as heads.
+    pub applied: u64,
+    /// Changes it had already (retries).
+    pub duplicates: u64,
+    /// Changes it kept as conflict leaves.
+    pub conflicts: u64,
+    /// Changes it refused: (collection, id, code).
+    pub rejected: Vec<(String, String, String)>,
+    /// Records pulled.
+    pub pulled: u64,
+    /// Pull requests made.
+    pub pages: u64,
+    /// Whether the server's cursor had expired and the pull started over
+    /// (no local change was lost).
+    pub reset: bool,
+    /// The app's sync state after the round.
+    pub state: coffer_device::SyncState,
+}
+
+/// A pulled record as the device stores it, after checking it as the
+/// server's rules say a record must be (a hostile answer is an error, and
+/// nothing of its page is applied).
+fn to_head(record: wire::PulledRecord) -> std::result::Result<PulledHead, &'static str> {
+    let side = |revision: Revision,
+                base: Option<Revision>,
+                deleted: bool,
+                body: Option<serde_json::Value>,
+                author: String|
+     -> std::result::Result<Side, &'static str> {
+        match (&body, deleted) {
+            (Some(_), true) => return Err("a deleted record carries a body"),
+            (None, false) | (Some(serde_json::Value::Null), false) => {
+                return Err("a live record has no body")
+            }
+            (Some(b), false) if wire::body_len(b) > wire::MAX_RECORD_BODY => {
+                return Err("a record body is over the limit")
+            }
+            _ => {}
+        }
+        if author.len() > wire::MAX_AUTHOR {
+            return Err("an author name is over the limit");
+        }
+        Ok(Side {
+            revision: revision.to_string(),
+            base: base.map(|b| b.to_string()),
+            deleted,
+            body,
+            author,
+        })
+    };
+    if !wire::valid_name(&record.collection) || !wire::valid_name(&record.id) {
+        return Err("a collection or record id breaks the naming rule");
+    }
+    if record.conflicts.len() > 1024 {
+        return Err("too many conflict leaves");
+    }
+    let head = side(
+        record.revision,
+        None,
+        record.deleted,
+        record.body,
+        record.author,
+    )?;
+    let leaves = record
+        .conflicts
+        .into_iter()
+        .map(|l: Leaf| side(l.revision, l.base, l.deleted, l.body, l.author))
+        .collect::<std::result::Result<_, _>>()?;
+    Ok(PulledHead {
+        collection: record.collection,
+        id: record.id,
+        seq: record.seq,
+        head,
+        leaves,
+    })
+}
+
+/// The push operation of a pending change.
+fn to_op(origin: [u8; 16], change: &PendingChange) -> Result<PushOp> {
+    let bad = |what: &str| {
+        Error::Device(coffer_device::Error::Database {
+            op: "reading pending changes",
+            kind: coffer_device::DatabaseErrorKind::Other(what.into()),
+        })
+    };
+    let parse = |text: &str| text.parse::<Revision>().map_err(|_| bad("a stored revision"));
+    Ok(PushOp {
+        collection: change.collection.clone(),
+        id: change.id.clone(),
+        revision: Revision::new(origin, change.local_seq).map_err(|_| bad("a local sequence"))?,
+        base: change.base.as_deref().map(parse).transpose()?,
+        deleted: change.deleted,
+        body: change.body.clone(),
+        files: Vec::new(),
+        author: if change.author.is_empty() {
+            "unknown".to_owned()
+        } else {
+            change.author.clone()
+        },
+        resolves: change
+            .resolves
+            .iter()
+            .map(|r| parse(r))
+            .collect::<Result<_>>()?,
+    })
+}
+
+/// A batch id named by the batch's content: a retry of the same changes
+/// after a crash is the same batch to the server.
+fn batch_of(ops: Vec<PushOp>) -> PushBatch {
+    let mut batch = PushBatch {
+        batch_id: String::new(),
+        ops,
+    };
+    batch.batch_id = format!("c{}", &hex::encode(Sha256::digest(batch.digest()))[..40]);
+    batch
+}
+
+fn origin_bytes(origin: &str) -> Result<[u8; 16]> {
+    let mut bytes = [0u8; 16];
+    hex::decode_to_slice(origin, &mut bytes).map_err(|_| {
+        Error::Device(coffer_device::Error::Database {
+            op: "reading the sync state",
+            kind: coffer_device::DatabaseErrorKind::Other("a stored origin is not hex".into()),
+        })
+    })?;
+    Ok(bytes)
+}
+
+/// Pushes every pending change of one app.
+fn push_all(
+    client: &Client,
+    credentials: Credentials<'_>,
+    app: &str,
+    records: &mut RecordStore,
+    report: &mut AppSync,
+    observer: &mut dyn SyncObserver,
+) -> Result<()> {
+    let origin = origin_bytes(&records.sync_origin()?)?;
+    let total = records.sync_state()?.pending;
+    let mut done = 0u64;
+    loop {
+        let pending = records.pending_changes(wire::MAX_PUSH_OPS)?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut ops = Vec::new();
+        let mut local_acks = Vec::new();
+        let mut bytes = 0usize;
+        for change in &pending {
+            let op = to_op(origin, change)?;
+            // What the server would refuse is answered here (and kept).
+            if let Err(refusal) = op.check() {
+                local_acks.push(Ack {
+                    collection: change.collection.clone(),
+                    id: change.id.clone(),
+                    local_seq: change.local_seq,
+                    revision: op.revision.to_string(),
+                    outcome: AckOutcome::Rejected {
+                        code: refusal.code.as_str().to_owned(),
+                    },
+                });
+                continue;
+            }
+            bytes += op.body.as_ref().map_or(0, wire::body_len) + 512;
+            ops.push((change, op));
+            if bytes > PUSH_BYTES {
+                break;
+            }
+        }
+        for ack in &local_acks {
+            if let AckOutcome::Rejected { code } = &ack.outcome {
+                report
+                    .rejected
+                    .push((ack.collection.clone(), ack.id.clone(), code.clone()));
+            }
+        }
+        records.acknowledge(&local_acks)?;
+        if ops.is_empty() {
+            continue;
+        }
+        let (changes, ops): (Vec<&PendingChange>, Vec<PushOp>) = ops.into_iter().unzip();
+        let batch = batch_of(ops);
+        let answer = client.send(
+            &Push {
+                app: app.to_owned(),
+                batch: batch.clone(),
+            },
+            credentials,
+        )?;
+        if answer.batch_id != batch.batch_id || answer.results.len() != batch.ops.len() {
+            return Err(Error::BadAnswer {
+                endpoint: Push::PATH,
+                problem: "the answer does not match the batch".into(),
+            });
+        }
+        let mut acks = Vec::new();
+        let mut progressed = false;
+        for ((change, op), result) in changes.iter().zip(&batch.ops).zip(answer.results) {
+            if result.revision != op.revision {
+                return Err(Error::BadAnswer {
+                    endpoint: Push::PATH,
+                    problem: "a result names another revision".into(),
+                });
+            }
+            let outcome = match result.outcome {
+                Outcome::Applied { seq } => {
+                    report.applied += 1;
+                    AckOutcome::Applied { seq }
+                }
+                Outcome::Duplicate => {
+                    report.duplicates += 1;
+                    AckOutcome::Duplicate
+                }
+                Outcome::Conflict { .. } => {
+                    report.conflicts += 1;
+                    AckOutcome::Conflict
+                }
+                Outcome::Rejected { code, .. } => {
+                    let code = code.as_str().to_owned();
+                    report
+                        .rejected
+                        .push((change.collection.clone(), change.id.clone(), code.clone()));
+                    AckOutcome::Rejected { code }
+                }
+                // A newer server's outcome: nothing is acted on, the change
+                // stays pending.
+                _ => continue,
+            };
+            progressed = true;
+            acks.push(Ack {
+                collection: change.collection.clone(),
+                id: change.id.clone(),
+                local_seq: change.local_seq,
+                revision: op.revision.to_string(),
+                outcome,
+            });
+        }
+        records.acknowledge(&acks)?;
+        done += acks.len() as u64;
+        observer.pushed(app, done, total.max(done));
+        if !progressed {
+            // Every answer was one this device does not know: try again at
+            // the next round rather than spin.
+            return Ok(());
+        }
+    }
+}
+
+/// Pulls one app's changes until the feed's end. A cursor the server no
+/// longer keeps starts the pull over, once per round.
+fn pull_all(
+    client: &Client,
+    credentials: Credentials<'_>,
+    app: &str,
+    records: &mut RecordStore,
+    report: &mut AppSync,
+    observer: &mut dyn SyncObserver,
+) -> Result<()> {
+    let origin = records.sync_origin()?;
+    let mut cursor = records.sync_state()?.cursor;
+    loop {
+        let page: PullAnswer = match client.send(
+            &Pull {
+                app: app.to_owned(),
+                after: cursor.clone(),
+                limit: None,
+            },
+            credentials,
+        ) {
+            Err(Error::Refused {
+                code: ErrorCode::CursorExpired,
+                ..
+            }) if !report.reset => {
+                records.reset_sync()?;
+                report.reset = true;
+                cursor = None;
+                continue;
+            }
+            other => other?,
+        };
+        report.pages += 1;
+        if page.cursor.is_empty() || page.cursor.len() > 256 {
+            return Err(Error::BadAnswer {
+                endpoint: Pull::PATH,
+                problem: "the cursor is empty or too long".into(),
+            });
+        }
+        let mut last_seq = 0;
+        let mut heads = Vec::with_capacity(page.records.len());
+        for record in page.records {
+            if record.seq <= last_seq {
+                return Err(Error::BadAnswer {
+                    endpoint: Pull::PATH,
+                    problem: "the records are not in sequence order".into(),
+                });
+            }
+            last_seq = record.seq;
+            heads.push(to_head(record).map_err(|problem| Error::BadAnswer {
+                endpoint: Pull::PATH,
+                problem: problem.into(),
+            })?);
+        }
+        let n = heads.len() as u64;
+        if n == 0 && !page.complete {
+            return Err(Error::BadAnswer {
+                endpoint: Pull::PATH,
+                problem: "an empty page that is not the end".into(),
+            });
+        }
+        records.apply_page(&origin, &heads, &page.cursor, page.complete)?;
+        report.pulled += n;
+        observer.pulled(app, report.pulled);
+        cursor = Some(page.cursor);
+        if page.complete {
+            return Ok(());
+        }
+    }
+}
+
+impl Agent {
+    /// One sync round: a check-in (wipe orders first; a whole-device wipe
+    /// ends here with [`Error::Wiped`]), purges the server or the policy
+    /// ordered, then for each app the held policy's `sync` list names (made
+    /// here if missing, with the policy's capabilities), a push of every
+    /// pending change and a pull until the feed's end. An unreachable
+    /// server is an error that loses nothing: everything stays pending.
+    pub fn sync(
+        &self,
+        vault: UnlockedVault,
+        observer: &mut dyn SyncObserver,
+    ) -> Result<(SyncReport, UnlockedVault)> {
+        vault.finish_purges()?;
+        let (check_in, mut vault) = self.check_in(vault)?;
+        let enrollment = Enrollment::read(&vault)?;
+        let client = self.client(&enrollment.server)?;
+        let credentials = Credentials {
+            token: Some(&enrollment.token),
+            user: None,
+        };
+        let listed: Vec<String> = if check_in.revoked {
+            Vec::new()
+        } else {
+            crate::policy::held_policy(&vault)?
+                .map(|p| p.rules.sync)
+                .unwrap_or_default()
+        };
+        let mut purged = Vec::new();
+        for key in vault.setting_keys(SYNCED_APP)? {
+            let app = key[SYNCED_APP.len()..].to_owned();
+            if listed.contains(&app) {
+                continue;
+            }
+            // Explicit: the device is revoked, or the verified policy no
+            // longer lists the app.
+            if vault.apps()?.iter().any(|a| a.name == app) {
+                vault.purge_app(&app)?;
+            }
+            // The acknowledgement is best effort: the purge is done either
+            // way, and the server's audit trail says when it heard.
+            let _ = client.send(&Purged { app: app.clone() }, credentials);
+            vault.set_setting(&key, None)?;
+            purged.push(app);
+        }
+        let mut apps = Vec::new();
+        for app in &listed {
+            if !vault.apps()?.iter().any(|a| &a.name == app) {
+                vault.add_app(app, coffer_device::Capabilities::none())?;
+                if let Some(policy) = crate::policy::held_policy(&vault)? {
+                    crate::policy::apply(&mut vault, &policy.rules)?;
+                }
+            }
+            vault.set_setting(&format!("{SYNCED_APP}{app}"), Some(b"1"))?;
+            let handle = vault.app(app)?;
+            let mut records = handle.records()?;
+            let mut report = AppSync {
+                app: app.clone(),
+                applied: 0,
+                duplicates: 0,
+                conflicts: 0,
+                rejected: Vec::new(),
+                pulled: 0,
+                pages: 0,
+                reset: false,
+                state: records.sync_state()?,
+            };
+            push_all(&client, credentials, app, &mut records, &mut report, observer)?;
+            pull_all(&client, credentials, app, &mut records, &mut report, observer)?;
+            report.state = records.sync_state()?;
+            apps.push(report);
+        }
+        Ok((
+            SyncReport {
+                check_in,
+                apps,
+                purged,
+            },
+            vault,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_named_by_its_content() {
+        let op = PushOp {
+            collection: "c".into(),
+            id: "1".into(),
+            revision: Revision::new([3; 16], 4).unwrap(),
+            base: None,
+            deleted: false,
+            body: Some(serde_json::json!({"a": 1})),
+            files: Vec::new(),
+            author: "alice".into(),
+            resolves: Vec::new(),
+        };
+        let a = batch_of(vec![op.clone()]);
+        let b = batch_of(vec![op.clone()]);
+        assert_eq!(a.batch_id, b.batch_id);
+        assert_eq!(a.check(), Ok(()));
+        let mut other = op;
+        other.body = Some(serde_json::json!({"a": 2}));
+        assert_ne!(batch_of(vec![other]).batch_id, a.batch_id);
+    }
+
+    #[test]
+    fn the_device_and_the_protocol_agree_on_the_largest_body() {
+        assert_eq!(wire::MAX_RECORD_BODY, coffer_device::store::records::MAX_BODY_LEN);
+    }
+
+    #[test]
+    fn a_hostile_page_is_refused_whole() {
+        let record = |body: Option<serde_json::Value>, deleted: bool| wire::PulledRecord {
+            collection: "c".into(),
+            id: "1".into(),
+            seq: 1,
+            revision: Revision::new([1; 16], 1).unwrap(),
+            deleted,
+            body,
+            files: Vec::new(),
+            author: "a".into(),
+            conflicts: Vec::new(),
+        };
+        assert!(to_head(record(Some(serde_json::json!({"a": 1})), false)).is_ok());
+        assert!(to_head(record(None, true)).is_ok());
+        assert!(to_head(record(None, false)).is_err());
+        assert!(to_head(record(Some(serde_json::json!(1)), true)).is_err());
+        let mut long = record(None, true);
+        long.id = "x".repeat(300);
+        assert!(to_head(long).is_err());
+    }
+}
