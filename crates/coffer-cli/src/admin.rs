@@ -118,7 +118,7 @@ pub(crate) fn answer<T: Answer>(response: reqwest::Result<Response>) -> Result<T
 }
 
 /// An answer as the `--json` output shows it.
-fn shown<T: serde::Serialize>(answer: &T) -> Result<Value, CliError> {
+pub(crate) fn shown<T: serde::Serialize>(answer: &T) -> Result<Value, CliError> {
     serde_json::to_value(answer)
         .map_err(|e| CliError::other(format!("cannot show the server's answer: {e}")))
 }
@@ -239,6 +239,8 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
         AdminCommand::Device(command) => device(command, &authed)?,
         AdminCommand::Policy(command) => policy(command, &authed)?,
         AdminCommand::Data(command) => data(global, command, &authed)?,
+        AdminCommand::Records(command) => crate::admin_sync::records(command, &authed)?,
+        AdminCommand::Authors(command) => crate::admin_sync::authors(command, &authed)?,
         AdminCommand::Usage {
             org,
             by,
@@ -385,7 +387,7 @@ fn organization(command: &AdminOrgCommand, authed: &Authed<'_>) -> Result<Value,
 }
 
 /// Builds an authenticated request to the server.
-type Authed<'a> =
+pub(crate) type Authed<'a> =
     dyn Fn(reqwest::Method, &str) -> Result<reqwest::blocking::RequestBuilder, CliError> + 'a;
 
 fn device(command: &AdminDeviceCommand, authed: &Authed<'_>) -> Result<Value, CliError> {

@@ -764,6 +764,12 @@ pub enum AdminCommand {
     /// Data the devices delivered: query, or export as CSV or JSON
     #[command(subcommand)]
     Data(AdminDataCommand),
+    /// Synced records: list, show (audited), export, resolve a conflict
+    #[command(subcommand)]
+    Records(AdminRecordsCommand),
+    /// Local authors of devices whose records wait to be bound to a user
+    #[command(subcommand)]
+    Authors(AdminAuthorsCommand),
     /// Usage over a time range, per organization, user or device
     Usage {
         /// The organization's id
@@ -960,6 +966,107 @@ pub struct DataFilter {
     /// Only this reading name
     #[arg(long)]
     pub name: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminRecordsCommand {
+    /// One page of records (no bodies); --conflicts or --provisional filter
+    List {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// Only this app
+        #[arg(long)]
+        app: Option<String>,
+        /// Only this collection
+        #[arg(long)]
+        collection: Option<String>,
+        /// Only records in conflict
+        #[arg(long)]
+        conflicts: bool,
+        /// Only records waiting for their author to be bound
+        #[arg(long)]
+        provisional: bool,
+        /// The next_after of the previous page
+        #[arg(long)]
+        after: Option<String>,
+        /// Most records
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// One record with its body and its conflict leaves (the read is audited)
+    Show {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// The app
+        app: String,
+        /// The collection
+        collection: String,
+        /// The record id
+        id: String,
+    },
+    /// Every record of an app with its body, as JSON or CSV (audited)
+    Export {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// The app
+        #[arg(long)]
+        app: String,
+        /// json or csv
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// Write here instead of standard output
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// End a conflict: keep one side (a revision), or write a new body, or delete
+    Resolve {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// The app
+        app: String,
+        /// The collection
+        collection: String,
+        /// The record id
+        id: String,
+        /// Keep this revision's content (the head's or a leaf's)
+        #[arg(long)]
+        keep: Option<String>,
+        /// Or this JSON body ('-' reads stdin)
+        #[arg(long, value_name = "FILE")]
+        body: Option<std::path::PathBuf>,
+        /// Or delete the record
+        #[arg(long)]
+        delete: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminAuthorsCommand {
+    /// The local authors whose records are provisional
+    List {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+    },
+    /// Bind a device's local author to a user: their records are published
+    Bind {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// The device
+        #[arg(long)]
+        device: i64,
+        /// The author's name on the device (a slot name)
+        #[arg(long)]
+        author: String,
+        /// The user they are
+        #[arg(long)]
+        user_id: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

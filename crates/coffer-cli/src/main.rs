@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod admin_sync;
 mod cli;
 mod commands;
 mod control;
