@@ -79,6 +79,7 @@ impl SyncObserver for Bars {
 fn state_json(state: &SyncState) -> Value {
     json!({
         "complete": state.complete,
+        "cursor": state.cursor,
         "pending": state.pending,
         "conflicts": state.conflicts,
         "rejected": state.rejected,

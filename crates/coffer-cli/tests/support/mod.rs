@@ -33,3 +33,58 @@ pub fn spawn_dev_tls_serve(
         .unwrap();
     (child, serde_json::from_str(&line).unwrap())
 }
+
+/// A `coffer serve --dev-tls` process on `database_url`, its data
+/// directory under `dir`; stopped when dropped.
+pub struct DevServer {
+    child: Child,
+    dir: std::path::PathBuf,
+    database_url: String,
+    pub base: String,
+    pub fingerprint: String,
+    pub setup_token: String,
+}
+
+impl DevServer {
+    pub fn start(dir: &Path, database_url: &str) -> DevServer {
+        let (child, started) = spawn_dev_tls_serve(dir, "127.0.0.1:0", database_url);
+        DevServer {
+            child,
+            dir: dir.to_owned(),
+            database_url: database_url.to_owned(),
+            base: started["listening"].as_str().unwrap().to_owned(),
+            fingerprint: started["tls_sha256"].as_str().unwrap().to_owned(),
+            setup_token: started["setup_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+
+    /// The development certificate, for clients that trust it as a CA.
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.dir.join("coffer-server/dev-tls-cert.pem")
+    }
+
+    /// SIGKILL: no drain, whatever it was doing.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Killed, then started again on the same address, certificate, master
+    /// key and database.
+    pub fn restart(&mut self) {
+        self.kill();
+        let listen = self.base.trim_start_matches("https://").to_owned();
+        let (child, started) = spawn_dev_tls_serve(&self.dir, &listen, &self.database_url);
+        assert_eq!(started["tls_sha256"], self.fingerprint.as_str());
+        self.child = child;
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

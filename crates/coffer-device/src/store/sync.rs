@@ -384,7 +384,12 @@ impl RecordStore {
             unseen: if meta(&self.conn, RESETTING)?.is_some() {
                 0
             } else {
-                count("SELECT count(*) FROM coffer_sync_records WHERE seen = 0")?
+                // A local tombstone the server dropped agrees with it.
+                count(
+                    "SELECT count(*) FROM coffer_sync_records s
+                     JOIN coffer_records r ON r.collection = s.collection AND r.id = s.id
+                     WHERE s.seen = 0 AND r.deleted = 0",
+                )?
             },
         })
     }
