@@ -556,12 +556,23 @@ fn sixty_kills_of_the_device_and_some_of_the_server_lose_and_repeat_nothing() {
     };
     let mut last_cursor = 0;
     let mut killed_mid_round = 0;
-    for round in 1..=60u32 {
+    let mut round = 0u32;
+    let mut b_batches = 0usize;
+    while killed_mid_round < 60 {
+        round += 1;
+        assert!(round <= 200, "only {killed_mid_round} kills landed mid-round");
+        // The apps go on editing between the interrupted rounds: A rewrites
+        // 300 records (a push to make), B adds 300 now and then (a pull).
+        write_many(&a, "a", 300, round);
+        if round % 4 == 0 {
+            write_many(&b, &format!("b{round}"), 300, round);
+            b.sync();
+            b_batches += 1;
+        }
         let mut child = a.command(&["sync"]).spawn().unwrap();
-        let wait = std::time::Duration::from_millis(50 + next() % 900);
-        std::thread::sleep(wait);
+        std::thread::sleep(std::time::Duration::from_millis(30 + next() % 600));
         if round % 10 == 0 {
-            // The server dies mid-transaction; the device then too.
+            // The server dies mid-transaction (then the device too).
             world.server.restart();
         }
         if child.try_wait().unwrap().is_none() {
@@ -572,12 +583,7 @@ fn sixty_kills_of_the_device_and_some_of_the_server_lose_and_repeat_nothing() {
         let cursor = cursor_of(&a);
         assert!(cursor >= last_cursor, "round {round}: the cursor went back");
         last_cursor = cursor;
-        // The app goes on editing between the interrupted rounds.
-        if round % 15 == 0 {
-            write_many(&a, "a", 100, round);
-        }
     }
-    assert!(killed_mid_round >= 40, "only {killed_mid_round} kills landed mid-round");
 
     // Let it finish.
     let done = a.sync();
@@ -597,19 +603,26 @@ fn sixty_kills_of_the_device_and_some_of_the_server_lose_and_repeat_nothing() {
         other => other,
     };
     let rows = exported["records"].as_array().unwrap_or_else(|| panic!("{exported}"));
-    assert_eq!(rows.len(), 6500);
+    let total = 2500 + 4000 + 300 * b_batches;
+    assert_eq!(rows.len(), total);
     let mut ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
     ids.sort_unstable();
     ids.dedup();
-    assert_eq!(ids.len(), 6500);
+    assert_eq!(ids.len(), total);
     for row in rows {
         let id = row["id"].as_str().unwrap();
         if let Some(i) = id.strip_prefix("a-") {
             let i: u32 = i.parse().unwrap();
-            let expected_round = if i < 100 { 60 } else { 0 };
+            let expected_round = if i < 300 { round } else { 0 };
             assert_eq!(row["body"]["round"], expected_round, "{row}");
         }
     }
+    // A has every record of B.
+    let a_vault = open_in_process(&a);
+    let a_records = a_vault.app("cases").unwrap().records().unwrap();
+    assert_eq!(a_records.list("c").unwrap().len(), total);
+    drop(a_records);
+    drop(a_vault);
     // The change sequence has no gap.
     let db = rusqlite::Connection::open(world.url.trim_start_matches("sqlite://")).unwrap();
     let seqs: Vec<i64> = db
@@ -633,7 +646,7 @@ fn sixty_kills_of_the_device_and_some_of_the_server_lose_and_repeat_nothing() {
     b.sync();
     assert_eq!(
         b.get("a-7").unwrap()["round"],
-        json!(60),
+        json!(round),
         "B has A's latest"
     );
     assert_eq!(b.get("a-2400").unwrap()["round"], json!(0));
