@@ -181,6 +181,27 @@ def check_control_plane():
     audit_key = hkdf(master, None, b"coffer-server audit key v1")
     tag = hmac.new(audit_key, b"coffer-server audit mac v1\0" + s["audit_row_hash"].encode(), hashlib.sha256)
     assert s["audit_mac"] == key_id.hex() + ":" + tag.hexdigest(), "audit MAC"
+    # Record seal: the data key sealed under the master key, then
+    # AES-256-GCM under the data key with length-prefixed associated data;
+    # the body MAC under an HKDF-derived key.
+    r = v["record_seal"]
+    data_key = bytes.fromhex(r["data_key"])
+    sealed_dk = bytes.fromhex(r["sealed_data_key"])
+    aad = b"coffer-server-seal/1\0" + key_id + r["data_key_context"].encode()
+    assert AESGCM(seal_key).decrypt(sealed_dk[9:21], sealed_dk[21:], aad) == data_key, "sealed data key"
+
+    def prefixed(*fields):
+        return b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+
+    rec = bytes.fromhex(r["sealed"])
+    assert rec[0] == 1 and rec[1:13].hex() == r["nonce"], "record seal header"
+    aad = prefixed(b"coffer-record-seal/1", str(r["org_id"]).encode(), r["app"].encode(),
+                   r["collection"].encode(), r["id"].encode(), r["revision"].encode())
+    assert AESGCM(data_key).decrypt(rec[1:13], rec[13:], aad) == r["plaintext"].encode(), "record seal"
+    mac_key = hkdf(data_key, None, b"coffer-record-mac/1")
+    body = canonical_json(json.loads(r["plaintext"])["body"])
+    tag = hmac.new(mac_key, prefixed(b"coffer-record-mac/1", r["app"].encode(), r["collection"].encode(), body), hashlib.sha256)
+    assert tag.hexdigest() == r["body_mac"], "body MAC"
     # Policy: Ed25519 over the canonical document's exact bytes.
     p = v["policy"]
     signer = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(p["seed"]))

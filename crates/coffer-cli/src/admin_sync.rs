@@ -34,7 +34,8 @@ fn read_body(path: &std::path::Path) -> Result<Value, CliError> {
         std::fs::read(path)
             .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?
     };
-    serde_json::from_slice(&bytes).map_err(|e| CliError::usage(format!("the body is not JSON: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| CliError::usage(format!("the body is not JSON: {e}")))
 }
 
 /// `coffer admin records …`.
@@ -118,30 +119,31 @@ pub fn records(command: &AdminRecordsCommand, authed: &Authed<'_>) -> Result<Val
             body,
             delete,
         } => {
-            let request = match (keep, body, delete) {
-                (Some(keep), None, false) => ResolveRequest {
-                    keep: Some(keep.parse::<Revision>().map_err(|e| {
-                        CliError::usage(format!("--keep takes a revision: {e}"))
-                    })?),
-                    body: None,
-                    delete: false,
-                },
-                (None, Some(path), false) => ResolveRequest {
-                    keep: None,
-                    body: Some(read_body(path)?),
-                    delete: false,
-                },
-                (None, None, true) => ResolveRequest {
-                    keep: None,
-                    body: None,
-                    delete: true,
-                },
-                _ => {
-                    return Err(CliError::usage(
-                        "give exactly one of --keep REVISION, --body FILE and --delete",
-                    ))
-                }
-            };
+            let request =
+                match (keep, body, delete) {
+                    (Some(keep), None, false) => ResolveRequest {
+                        keep: Some(keep.parse::<Revision>().map_err(|e| {
+                            CliError::usage(format!("--keep takes a revision: {e}"))
+                        })?),
+                        body: None,
+                        delete: false,
+                    },
+                    (None, Some(path), false) => ResolveRequest {
+                        keep: None,
+                        body: Some(read_body(path)?),
+                        delete: false,
+                    },
+                    (None, None, true) => ResolveRequest {
+                        keep: None,
+                        body: None,
+                        delete: true,
+                    },
+                    _ => {
+                        return Err(CliError::usage(
+                            "give exactly one of --keep REVISION, --body FILE and --delete",
+                        ))
+                    }
+                };
             let resolved: Resolved = answer(
                 authed(
                     Method::POST,

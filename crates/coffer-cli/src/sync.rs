@@ -105,7 +105,10 @@ fn app_json(app: &AppSync) -> Value {
 fn state_line(state: &SyncState) -> String {
     let mut parts = vec![format!("{} pending", state.pending)];
     if state.conflicts > 0 {
-        parts.push(format!("{} in conflict ('coffer conflicts')", state.conflicts));
+        parts.push(format!(
+            "{} in conflict ('coffer conflicts')",
+            state.conflicts
+        ));
     }
     if state.rejected > 0 {
         parts.push(format!(
@@ -150,9 +153,7 @@ fn round_text(report: &SyncReport) -> String {
             state_line(&app.state)
         );
         for (collection, id, code) in &app.rejected {
-            line.push_str(&format!(
-                "\n  refused: {collection}/{id} ({code})"
-            ));
+            line.push_str(&format!("\n  refused: {collection}/{id} ({code})"));
         }
         lines.push(line);
     }
@@ -292,12 +293,12 @@ pub fn conflicts(
             id,
         }) => {
             let records = vault.app(app)?.records()?;
-            let c = records
-                .conflict(collection, id)?
-                .ok_or_else(|| coffer_device::Error::NotInConflict {
+            let c = records.conflict(collection, id)?.ok_or_else(|| {
+                coffer_device::Error::NotInConflict {
                     collection: collection.clone(),
                     id: id.clone(),
-                })?;
+                }
+            })?;
             let mut text = format!(
                 "{app} {collection}/{id}\n-- base (what the local edit was made on):\n{}\n-- local:\n{}",
                 body_text(c.base.as_ref(), false),
@@ -353,9 +354,10 @@ pub fn conflicts(
                             CliError::usage(format!("cannot read {}: {e}", path.display()))
                         })?
                     };
-                    Resolution::Body(serde_json::from_slice(&bytes).map_err(|e| {
-                        CliError::usage(format!("the body is not JSON: {e}"))
-                    })?)
+                    Resolution::Body(
+                        serde_json::from_slice(&bytes)
+                            .map_err(|e| CliError::usage(format!("the body is not JSON: {e}")))?,
+                    )
                 }
                 (None, None, true) => Resolution::Delete,
                 _ => {

@@ -287,7 +287,15 @@ fn conflicts_converge(world: &World) {
     assert_eq!(on_server[0]["id"], "r1");
 
     // Resolved on B (its own side kept): both converge.
-    ok(b.run(&["conflicts", "resolve", "cases", "c", "r1", "--keep", "local"]));
+    ok(b.run(&[
+        "conflicts",
+        "resolve",
+        "cases",
+        "c",
+        "r1",
+        "--keep",
+        "local",
+    ]));
     b.sync();
     a.sync();
     for device in [&a, &b] {
@@ -350,7 +358,10 @@ fn unverified_author(world: &World) {
     let pushed = field.sync();
     assert_eq!(field.app_report(&pushed, "cases")["applied"], 2, "{pushed}");
     // Dana still sees her own records; the other device does not.
-    assert_eq!(field.get("case-10"), Some(json!({"child": "Yusuf", "age": 4})));
+    assert_eq!(
+        field.get("case-10"),
+        Some(json!({"child": "Yusuf", "age": 4}))
+    );
     known.sync();
     assert_eq!(known.get("case-10"), None);
     let provisional = ok(world.admin(&["records", "list", "--org", &world.org(), "--provisional"]));
@@ -370,11 +381,23 @@ fn unverified_author(world: &World) {
     let bound = world.verify(&field, "dana");
     assert_eq!(bound["published"], 2, "{bound}");
     let duplicates = bound["duplicates"].to_string();
-    assert!(duplicates.contains("case-1") || duplicates.contains("case-9"), "{bound}");
+    assert!(
+        duplicates.contains("case-1") || duplicates.contains("case-9"),
+        "{bound}"
+    );
     known.sync();
-    assert_eq!(known.get("case-10"), Some(json!({"child": "Yusuf", "age": 4})));
-    assert_eq!(known.get("case-9"), Some(json!({"child": "Amina", "age": 7})));
-    assert_eq!(known.get("case-1"), Some(json!({"child": "Amina", "age": 7})));
+    assert_eq!(
+        known.get("case-10"),
+        Some(json!({"child": "Yusuf", "age": 4}))
+    );
+    assert_eq!(
+        known.get("case-9"),
+        Some(json!({"child": "Amina", "age": 7}))
+    );
+    assert_eq!(
+        known.get("case-1"),
+        Some(json!({"child": "Amina", "age": 7}))
+    );
 }
 
 /// Whether any file under `dir` holds `needle`.
@@ -401,7 +424,14 @@ fn purges(world: &World) {
     world.verify(&d, "pat");
     let marker = "PURGE-MARKER-e2e-41c7";
     d.put("p1", json!({"secret": marker}));
-    ok(d.run(&["records", "put", "notes", "n", "1", &json!({"keep": 1}).to_string()]));
+    ok(d.run(&[
+        "records",
+        "put",
+        "notes",
+        "n",
+        "1",
+        &json!({"keep": 1}).to_string(),
+    ]));
     d.sync();
     // A server that merely has no records for it purges nothing.
     assert_eq!(d.get("p1"), Some(json!({"secret": marker})));
@@ -417,7 +447,12 @@ fn purges(world: &World) {
     ok(world.admin(&["device", "revoke", "--org", &world.org(), &d.id.to_string()]));
     let revoked = d.run(&["sync"]);
     let report: Value = serde_json::from_slice(&revoked.stdout).unwrap_or(Value::Null);
-    assert_eq!(report["purged"], json!(["notes"]), "{}", String::from_utf8_lossy(&revoked.stderr));
+    assert_eq!(
+        report["purged"],
+        json!(["notes"]),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
     assert_eq!(
         d.run(&["records", "get", "notes", "n", "1"]).status.code(),
         Some(9)
@@ -530,8 +565,8 @@ fn cursor_of(device: &Device) -> u64 {
         .iter()
         .find(|a| a["app"] == "cases")
         .and_then(|a| a["cursor"].as_str())
-        .and_then(|c| c.strip_prefix("v1."))
-        .map_or(0, |c| c.parse().unwrap())
+        .and_then(coffer_protocol::sync::decode_cursor)
+        .map_or(0, |(seq, _)| seq)
 }
 
 #[test]
@@ -560,7 +595,10 @@ fn sixty_kills_of_the_device_and_some_of_the_server_lose_and_repeat_nothing() {
     let mut b_batches = 0usize;
     while killed_mid_round < 60 {
         round += 1;
-        assert!(round <= 200, "only {killed_mid_round} kills landed mid-round");
+        assert!(
+            round <= 200,
+            "only {killed_mid_round} kills landed mid-round"
+        );
         // The apps go on editing between the interrupted rounds: A rewrites
         // 300 records (a push to make), B adds 300 now and then (a pull).
         write_many(&a, "a", 300, round);
@@ -590,19 +628,22 @@ fn sixty_kills_of_the_device_and_some_of_the_server_lose_and_repeat_nothing() {
     let cases = a.app_report(&done, "cases");
     assert_eq!(cases["state"]["pending"], 0, "{done}");
     assert_eq!(cases["state"]["complete"], true, "{done}");
-    assert_eq!(cases["state"]["conflicts"], 0, "a device never conflicts with itself: {done}");
+    assert_eq!(
+        cases["state"]["conflicts"], 0,
+        "a device never conflicts with itself: {done}"
+    );
     assert_eq!(a.conflicts(), 0);
 
     // Every change landed exactly once: the server holds each record once,
     // at A's latest content.
-    let exported = ok(world.admin(&[
-        "records", "export", "--org", &world.org(), "--app", "cases",
-    ]));
+    let exported = ok(world.admin(&["records", "export", "--org", &world.org(), "--app", "cases"]));
     let exported: Value = match exported {
         Value::String(text) => serde_json::from_str(&text).unwrap(),
         other => other,
     };
-    let rows = exported["records"].as_array().unwrap_or_else(|| panic!("{exported}"));
+    let rows = exported["records"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{exported}"));
     let total = 2500 + 4000 + 300 * b_batches;
     assert_eq!(rows.len(), total);
     let mut ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();

@@ -604,22 +604,33 @@ pub struct PullQuery {
     pub limit: Option<u32>,
 }
 
-/// The server's cursor: `v1.<sequence>`. Opaque to the device; parsed only
-/// by the server.
-pub fn encode_cursor(seq: u64) -> String {
-    format!("v1.{seq}")
+/// The server's cursor: `v1.<sequence>.<floor>` — the last sequence the
+/// reader has, and the expiry floor the server had when it answered.
+/// Opaque to the device; parsed only by the server. The floor lets the
+/// server tell a reader that missed a dropped tombstone (the floor has
+/// since passed both numbers) from one that is only behind the floor
+/// because it started reading after the drop (a first pull, page by page).
+pub fn encode_cursor(seq: u64, floor: u64) -> String {
+    format!("v1.{seq}.{floor}")
 }
 
-/// The sequence a cursor stands for, if it is one the server made.
-pub fn decode_cursor(cursor: &str) -> Option<u64> {
-    let digits = cursor.strip_prefix("v1.")?;
-    if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+/// The (sequence, floor) a cursor stands for, if it is one the server made
+/// (`v1.<seq>` without a floor, as early servers made them, has floor 0).
+pub fn decode_cursor(cursor: &str) -> Option<(u64, u64)> {
+    let number = |digits: &str| -> Option<u64> {
+        if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits
+            .parse::<u64>()
+            .ok()
+            .filter(|s| i64::try_from(*s).is_ok())
+    };
+    let rest = cursor.strip_prefix("v1.")?;
+    match rest.split_once('.') {
+        Some((seq, floor)) => Some((number(seq)?, number(floor)?)),
+        None => Some((number(rest)?, 0)),
     }
-    digits
-        .parse::<u64>()
-        .ok()
-        .filter(|s| i64::try_from(*s).is_ok())
 }
 
 json_answer!(PushAnswer, PullAnswer);
@@ -971,8 +982,12 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_refuse_what_the_server_did_not_make() {
-        assert_eq!(decode_cursor(&encode_cursor(0)), Some(0));
-        assert_eq!(decode_cursor(&encode_cursor(123_456)), Some(123_456));
+        assert_eq!(decode_cursor(&encode_cursor(0, 0)), Some((0, 0)));
+        assert_eq!(
+            decode_cursor(&encode_cursor(123_456, 99)),
+            Some((123_456, 99))
+        );
+        assert_eq!(decode_cursor("v1.17"), Some((17, 0)));
         for bad in [
             "",
             "v1.",
@@ -981,6 +996,10 @@ mod tests {
             "v1.3x",
             "v1.99999999999999999999",
             "3",
+            "v1.3.",
+            "v1..3",
+            "v1.3.4.5",
+            "v1.3.-4",
         ] {
             assert_eq!(decode_cursor(bad), None, "{bad}");
         }

@@ -51,12 +51,15 @@ pub struct AppState {
     pub keys: std::sync::Arc<crate::keys::Keyring>,
     /// Proxies whose forwarding header names the client (none by default).
     pub trusted_proxies: crate::client_addr::TrustedProxies,
+    /// The organizations' record data keys unsealed so far.
+    pub data_keys: std::sync::Arc<crate::record_seal::DataKeys>,
 }
 
 pub use coffer_protocol::{AUTH_HEADER, USER_HEADER};
 
 mod control;
 mod delivery;
+mod sync;
 mod tenants;
 
 pub use delivery::MAX_QUERY_ROWS;
@@ -405,6 +408,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orgs/{org_id}/usage", get(usage));
     let router = control::routes(router);
     let router = tenants::routes(router);
+    let router = sync::routes(router);
     delivery::routes(router)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

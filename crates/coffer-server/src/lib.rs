@@ -19,6 +19,7 @@ pub mod listen;
 pub mod metrics;
 pub mod openapi;
 pub mod policy;
+pub mod record_seal;
 pub mod serve;
 pub mod store;
 #[cfg(feature = "test-support")]

@@ -262,6 +262,60 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
         "Deliver a batch of readings (application/json or application/cbor)",
         "device",
     ),
+    (
+        "post",
+        "/v1/device/sync/{app}/push",
+        "Push a batch of record changes of an app the policy syncs (one result per operation)",
+        "device",
+    ),
+    (
+        "get",
+        "/v1/device/sync/{app}/changes",
+        "Pull the records changed after a cursor, by sequence (410 cursor_expired: start again)",
+        "device",
+    ),
+    (
+        "post",
+        "/v1/device/sync/{app}/purged",
+        "Report an app crypto-erased as the revocation or the policy said (also for a revoked device)",
+        "device",
+    ),
+    (
+        "get",
+        "/v1/orgs/{org_id}/records",
+        "List synced records, no bodies (owners, admins, auditors)",
+        "session",
+    ),
+    (
+        "get",
+        "/v1/orgs/{org_id}/records/export",
+        "Export synced records with their bodies, JSON or CSV (owners, admins, auditors; audited)",
+        "session",
+    ),
+    (
+        "get",
+        "/v1/orgs/{org_id}/records/{app}/{collection}/{id}",
+        "One record: body, conflict leaves, likely duplicates (owners, admins, auditors; audited)",
+        "session",
+    ),
+    (
+        "post",
+        "/v1/orgs/{org_id}/records/{app}/{collection}/{id}/resolve",
+        "Resolve a record's conflict: keep a revision, a new body, or delete (owners, admins)",
+        "session",
+    ),
+    (
+        "get",
+        "/v1/orgs/{org_id}/sync/authors",
+        "Local authors whose records are provisional (owners, admins, auditors)",
+        "session",
+    ),
+    (
+        "post",
+        "/v1/orgs/{org_id}/sync/authors/bind",
+        "Bind a device's local author to a user and publish their records (owners, admins)",
+        "session",
+    ),
 ];
 
 /// The document.

@@ -53,6 +53,14 @@ pub const DEFAULT_SESSION_TTL: std::time::Duration = std::time::Duration::from_s
 /// SIGKILL, systemd 90 s, Kubernetes 30 s: the drain fits the shortest.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
+/// The default retention of sync history (tombstones, change log, batch
+/// answers): 180 days. An organization whose policy wipes devices offline
+/// longer keeps it that long plus seven days.
+pub const DEFAULT_SYNC_RETENTION: Duration = Duration::from_secs(180 * 86_400);
+
+/// How often `coffer serve` compacts sync history (and once at start).
+const COMPACTION_EVERY: Duration = Duration::from_secs(3600);
+
 /// How long a TLS handshake may take: a slow-handshake attack must not
 /// hold tasks forever.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -308,6 +316,30 @@ async fn adopt_once(
     Ok(true)
 }
 
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Compacts sync history now and then every hour, until aborted.
+async fn compact_hourly(store: Store, retention: Duration) {
+    let secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+    loop {
+        match store.compact_sync(now(), secs).await {
+            Ok(done) => tracing::info!(
+                tombstones = done.tombstones,
+                changes = done.changes,
+                batches = done.batches,
+                "sync history compacted"
+            ),
+            Err(e) => tracing::warn!(error = %e, "sync compaction failed; trying again in an hour"),
+        }
+        tokio::time::sleep(COMPACTION_EVERY).await;
+    }
+}
+
 /// A server, bound and ready to run.
 pub struct Server {
     listener: TcpListener,
@@ -316,6 +348,7 @@ pub struct Server {
     tls: Option<crate::tls::Tls>,
     shutdown_grace: Duration,
     sqlite_path: Option<PathBuf>,
+    sync_retention: Duration,
 }
 
 impl std::fmt::Debug for Server {
@@ -375,12 +408,21 @@ impl Server {
                 metrics: crate::metrics::Metrics::default(),
                 keys: std::sync::Arc::clone(&config.keys),
                 trusted_proxies: config.trusted_proxies.clone(),
+                data_keys: Default::default(),
             },
             setup_token,
             tls,
             shutdown_grace: config.shutdown_grace,
             sqlite_path,
+            sync_retention: DEFAULT_SYNC_RETENTION,
         })
+    }
+
+    /// Keeps sync history (tombstones, change log, batch answers) this
+    /// long instead of [`DEFAULT_SYNC_RETENTION`] (`--sync-retention`).
+    pub fn with_sync_retention(mut self, retention: Duration) -> Server {
+        self.sync_retention = retention;
+        self
     }
 
     /// The address actually bound (port 0 picks a free one).
@@ -417,9 +459,11 @@ impl Server {
             tls,
             shutdown_grace,
             sqlite_path,
+            sync_retention,
             ..
         } = self;
         let store = state.store.clone();
+        let compaction = tokio::spawn(compact_hourly(store.clone(), sync_retention));
         let app = api::router(state);
         let acceptor = tls.map(|t| t.acceptor);
         let (draining, drain) = tokio::sync::watch::channel(false);
@@ -449,6 +493,7 @@ impl Server {
             }
         }
         drop(listener);
+        compaction.abort();
         tracing::info!(
             connections = connections.len(),
             grace_secs = shutdown_grace.as_secs_f64(),

@@ -509,7 +509,10 @@ async fn outsiders_see_nothing(
             .replace("{org_id}", &ids.org.to_string())
             .replace("{user_id}", &ids.user.to_string())
             .replace("{device_id}", &ids.device.to_string())
-            .replace("{order_id}", &ids.order.to_string());
+            .replace("{order_id}", &ids.order.to_string())
+            .replace("{app}", "cases")
+            .replace("{collection}", "cases")
+            .replace("{id}", "c-1");
         assert!(!path.contains('{'), "{template}: an id this test lacks");
         let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         // A body the endpoint would accept from a member (request bodies
@@ -520,6 +523,10 @@ async fn outsiders_see_nothing(
             }
             "/v1/orgs/{org_id}/users/{user_id}/role" => json!({"role": "member"}),
             "/v1/orgs/{org_id}/policies" => json!({"version": 9, "rules": {}}),
+            "/v1/orgs/{org_id}/records/{app}/{collection}/{id}/resolve" => json!({"delete": true}),
+            "/v1/orgs/{org_id}/sync/authors/bind" => {
+                json!({"device_id": ids.device, "author": "a", "user_id": ids.user})
+            }
             _ => json!({}),
         };
         let r = http

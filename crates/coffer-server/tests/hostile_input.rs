@@ -403,6 +403,8 @@ impl Fixture {
             "device_id" if template.ends_with("/revoke") => self.revokee,
             "device_id" => self.wiped,
             "order_id" => self.order,
+            // Record sync's names (an app, a collection, a record id).
+            "app" | "collection" | "id" => 1,
             other => panic!("{template}: a path parameter {other} this test does not know"),
         }
     }
@@ -977,6 +979,14 @@ fn valid_body(template: &str) -> Value {
         "/v1/orgs/{org_id}/devices/{device_id}/wipe" => json!({"user": "pat"}),
         "/v1/device/escrow" => json!({"escrow_key": "cd".repeat(32)}),
         "/v1/device/data" => serde_json::from_str(&vector_batch().0).unwrap(),
+        "/v1/device/sync/{app}/push" => json!({"batch_id": "b-1", "ops": [{
+            "collection": "cases", "id": "c-1",
+            "revision": "0123456789abcdef0123456789abcdef.1",
+            "body": {"name": "Amina"}, "author": "alice"}]}),
+        "/v1/orgs/{org_id}/records/{app}/{collection}/{id}/resolve" => json!({"delete": true}),
+        "/v1/orgs/{org_id}/sync/authors/bind" => {
+            json!({"device_id": 1, "author": "alice", "user_id": 1})
+        }
         // No body is read: an empty object, then whatever the mutation makes.
         "/v1/logout"
         | "/v1/orgs/{org_id}/suspend"
@@ -989,6 +999,7 @@ fn valid_body(template: &str) -> Value {
         | "/v1/device/escrow/release"
         | "/v1/device/check-in"
         | "/v1/device/wipes/{order_id}/ack"
+        | "/v1/device/sync/{app}/purged"
         | "/v1/operators/{user_id}" => json!({}),
         other => panic!("{other}: a POST or PUT endpoint without a valid body here: add one"),
     }

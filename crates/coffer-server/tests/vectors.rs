@@ -1,6 +1,6 @@
 //! Test vectors for the control plane's formats, kept in
 //! docs/test-vectors/control-plane-v1.json: a sealed value and an audit
-//! row's MAC (docs/formats/server-seal.md, docs/server.md), a signed policy (docs/formats/policy.md)
+//! row's MAC and a record seal (docs/formats/server-seal.md, docs/server.md), a signed policy (docs/formats/policy.md)
 //! and a data batch in JSON and CBOR (docs/formats/data-batch.md).
 //!
 //! `vectors_match_the_spec` decodes the file (opens the sealed value,
@@ -15,6 +15,7 @@
 use coffer_server::data::Batch;
 use coffer_server::keys::{Keyring, MasterKey};
 use coffer_server::policy::{self, Document, FailedAction, Rules, SigningKey, FORMAT};
+use coffer_server::record_seal::{DataKey, RecordPlace};
 use serde_json::{json, Value};
 
 fn path() -> std::path::PathBuf {
@@ -75,7 +76,43 @@ fn generate() -> Value {
     let batch_json = serde_json::to_string(&batch).unwrap();
     let digest = Batch::from_json(batch_json.as_bytes()).unwrap().digest();
 
+    // A record seal (docs/formats/server-seal.md, "Record seal").
+    let data_key = counting(0x40);
+    let record_nonce: [u8; 12] = std::array::from_fn(|i| 0x50 + i as u8);
+    let record_plain = br#"{"body":{"name":"Amina","age":7},"files":[]}"#;
+    let revision = "0123456789abcdef0123456789abcdef.7";
+    let place = RecordPlace {
+        org_id: 3,
+        app: "cases",
+        collection: "children",
+        id: "c-1",
+        revision,
+    };
+    let dk = DataKey::from_bytes(&data_key);
+    let record_sealed = dk.seal_with_nonce(&place, record_plain, record_nonce);
+    let body_mac = dk.body_mac(
+        "cases",
+        "children",
+        &serde_json::from_slice::<Value>(record_plain).unwrap()["body"],
+    );
+    let sealed_data_key = key.seal_with_nonce("org-data-key:3", &data_key, nonce);
+
     json!({
+        "record_seal": {
+            "master_key": hex::encode(master),
+            "data_key": hex::encode(data_key),
+            "data_key_context": "org-data-key:3",
+            "sealed_data_key": sealed_data_key,
+            "org_id": 3,
+            "app": "cases",
+            "collection": "children",
+            "id": "c-1",
+            "revision": revision,
+            "plaintext": String::from_utf8(record_plain.to_vec()).unwrap(),
+            "nonce": hex::encode(record_nonce),
+            "sealed": hex::encode(record_sealed),
+            "body_mac": body_mac,
+        },
         "seal": {
             "master_key": hex::encode(master),
             "key_id": key.id(),
@@ -122,6 +159,30 @@ fn vectors_match_the_spec() {
         seal["audit_row_hash"].as_str().unwrap(),
         seal["audit_mac"].as_str().unwrap()
     ));
+
+    let r = &file["record_seal"];
+    let dk: [u8; 32] = hex::decode(r["data_key"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let unsealed = ring
+        .open(
+            r["data_key_context"].as_str().unwrap(),
+            r["sealed_data_key"].as_str().unwrap(),
+        )
+        .unwrap();
+    assert_eq!(&*unsealed, &dk);
+    let place = RecordPlace {
+        org_id: r["org_id"].as_i64().unwrap(),
+        app: r["app"].as_str().unwrap(),
+        collection: r["collection"].as_str().unwrap(),
+        id: r["id"].as_str().unwrap(),
+        revision: r["revision"].as_str().unwrap(),
+    };
+    let opened = DataKey::from_bytes(&dk)
+        .open_bytes(&place, &hex::decode(r["sealed"].as_str().unwrap()).unwrap())
+        .unwrap();
+    assert_eq!(&*opened, r["plaintext"].as_str().unwrap().as_bytes());
 
     let p = &file["policy"];
     let document = p["document"].as_str().unwrap().as_bytes();

@@ -382,6 +382,12 @@ async fn release_escrow(
         .keys
         .open(&SealedKind::Escrow.context(device_id), &sealed)
         .map_err(sealing_failed)?;
+    // The user's name, as a local author on this device, is verified from
+    // now on (record sync: their records are not provisional).
+    state
+        .store
+        .record_escrow_release(device_id, user.user_id)
+        .await?;
     record(
         &state,
         Some(org_id),

@@ -12,6 +12,9 @@ pub enum SealedKind {
     OrgSigningKey,
     /// `escrow_keys.sealed_key`, by device id.
     Escrow,
+    /// `org_data_keys.sealed_key`, by organization id: the key record
+    /// bodies are sealed under ([`crate::record_seal`]).
+    OrgDataKey,
 }
 
 impl SealedKind {
@@ -20,6 +23,7 @@ impl SealedKind {
         match self {
             SealedKind::OrgSigningKey => format!("org-signing-key:{id}"),
             SealedKind::Escrow => format!("escrow:{id}"),
+            SealedKind::OrgDataKey => format!("org-data-key:{id}"),
         }
     }
 }

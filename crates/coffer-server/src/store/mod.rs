@@ -20,11 +20,17 @@ macro_rules! dispatch {
 mod control;
 mod postgres;
 mod sqlite;
+mod sync;
 mod tenants;
 
 pub use control::{
     AuditMac, BatchStored, CheckIn, DeviceActivity, NewBatch, NewPolicy, PolicyRecord,
     ReadingQuery, SealedKind, SealedValue, SigningKeyRecord, WipeEnd, WipeEnded, WipeOrder,
+};
+
+pub use sync::{
+    decode_after, encode_after, BindStored, Compacted, NewPush, PullPage, PushStored, RecordFilter,
+    Resolution, ResolveStored, StoredLeaf, StoredRecord, SyncOp,
 };
 
 pub use tenants::{MemberRole, OperatorChange, OperatorRecord, OrganizationRecord};

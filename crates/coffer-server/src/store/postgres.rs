@@ -7,6 +7,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 mod control;
+mod sync;
 mod tenants;
 
 use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
@@ -53,6 +54,7 @@ pub(super) const MIGRATIONS: Migrations = &[
         11,
         include_str!("../../migrations/postgres/0011_id_floors.sql"),
     ),
+    (12, include_str!("../../migrations/postgres/0012_sync.sql")),
 ];
 
 /// Serializes audit appends across server processes: one chain, one order.

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 mod control;
+mod sync;
 mod tenants;
 
 use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
@@ -42,6 +43,7 @@ pub(super) const MIGRATIONS: Migrations = &[
         11,
         include_str!("../../migrations/sqlite/0011_id_floors.sql"),
     ),
+    (12, include_str!("../../migrations/sqlite/0012_sync.sql")),
 ];
 
 /// A row of [`DEVICE_COLUMNS`].

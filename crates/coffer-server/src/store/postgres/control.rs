@@ -63,6 +63,10 @@ impl PostgresStore {
                 SealedKind::Escrow,
                 "SELECT device_id, sealed_key FROM escrow_keys",
             ),
+            (
+                SealedKind::OrgDataKey,
+                "SELECT org_id, sealed_key FROM org_data_keys",
+            ),
         ] {
             for r in client.query(sql, &[]).await.map_err(pg(op))? {
                 out.push(SealedValue {
@@ -92,6 +96,9 @@ impl PostgresStore {
                 }
                 SealedKind::Escrow => {
                     "UPDATE escrow_keys SET sealed_key = $3 WHERE device_id = $1 AND sealed_key = $2"
+                }
+                SealedKind::OrgDataKey => {
+                    "UPDATE org_data_keys SET sealed_key = $3 WHERE org_id = $1 AND sealed_key = $2"
                 }
             };
             tx.execute(sql, &[&old.id, &old.sealed, &new])

@@ -65,6 +65,10 @@ impl SqliteStore {
                     SealedKind::Escrow,
                     "SELECT device_id, sealed_key FROM escrow_keys",
                 ),
+                (
+                    SealedKind::OrgDataKey,
+                    "SELECT org_id, sealed_key FROM org_data_keys",
+                ),
             ] {
                 let mut stmt = conn.prepare(sql).map_err(|x| e(&x))?;
                 let rows = stmt
@@ -106,6 +110,9 @@ impl SqliteStore {
                     }
                     SealedKind::Escrow => {
                         "UPDATE escrow_keys SET sealed_key = ?3 WHERE device_id = ?1 AND sealed_key = ?2"
+                    }
+                    SealedKind::OrgDataKey => {
+                        "UPDATE org_data_keys SET sealed_key = ?3 WHERE org_id = ?1 AND sealed_key = ?2"
                     }
                 };
                 tx.execute(sql, params![old.id, old.sealed, new])
