@@ -253,6 +253,12 @@ pub enum Command {
             requires = "trusted_proxies"
         )]
         trusted_proxy_header: coffer_server::client_addr::ForwardedHeader,
+        /// How long sync history is kept (deletions, change log, answers to
+        /// pushes), e.g. 180d; an organization whose policy wipes offline
+        /// devices later keeps it that long plus 7 days. A device offline
+        /// longer starts its pull over (it keeps its own changes).
+        #[arg(long, default_value = "180d", value_parser = humantime::parse_duration)]
+        sync_retention: std::time::Duration,
     },
     /// Administer a control plane over its API (coffer serve)
     ///

@@ -69,6 +69,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
             adopt_unkeyed_audit_trail,
             trusted_proxies,
             trusted_proxy_header,
+            sync_retention,
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => serve::Tls::Files(cert.clone(), key.clone()),
@@ -89,6 +90,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
                         trusted_proxies.iter().copied(),
                         *trusted_proxy_header,
                     ),
+                    sync_retention: *sync_retention,
                 },
             )
         }

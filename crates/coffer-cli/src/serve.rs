@@ -82,6 +82,7 @@ pub struct Options<'a> {
     pub previous_master_key_file: Option<&'a std::path::Path>,
     pub adopt_unkeyed_audit: bool,
     pub trusted_proxies: coffer_server::client_addr::TrustedProxies,
+    pub sync_retention: std::time::Duration,
 }
 
 /// The master key (made on first start at the default path), and the
@@ -141,6 +142,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
         tls,
         adopt_unkeyed_audit,
         trusted_proxies,
+        sync_retention,
         ..
     } = options;
     let database_url = match database_url {
@@ -171,6 +173,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
             shutdown_grace: coffer_server::serve::DEFAULT_SHUTDOWN_GRACE,
         })
         .await
+        .map(|server| server.with_sync_retention(sync_retention))
         .map_err(|e| {
             // A key made for a database that turned out to be under another
             // one is of no use: do not leave it behind to confuse.
