@@ -602,14 +602,14 @@ fn sixty_kills_of_the_device_and_some_of_the_server_lose_and_repeat_nothing() {
         // The apps go on editing between the interrupted rounds: A rewrites
         // 300 records (a push to make), B adds 300 now and then (a pull).
         write_many(&a, "a", 300, round);
-        if round % 4 == 0 {
+        if round.is_multiple_of(4) {
             write_many(&b, &format!("b{round}"), 300, round);
             b.sync();
             b_batches += 1;
         }
         let mut child = a.command(&["sync"]).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(30 + next() % 600));
-        if round % 10 == 0 {
+        if round.is_multiple_of(10) {
             // The server dies mid-transaction (then the device too).
             world.server.restart();
         }
