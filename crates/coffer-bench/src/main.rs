@@ -20,6 +20,7 @@ mod lifecycle;
 mod measure;
 mod server;
 mod sql;
+mod sync;
 
 use std::path::PathBuf;
 
@@ -38,7 +39,7 @@ struct Args {
     /// Seconds, with tiny data: checks that every row runs (CI), numbers meaningless
     #[arg(long, conflicts_with = "quick")]
     smoke: bool,
-    /// Run only these parts (sql, files, lifecycle, server), e.g. under a profiler
+    /// Run only these parts (sql, files, lifecycle, server, sync), e.g. under a profiler
     #[arg(long, value_delimiter = ',', value_name = "PARTS")]
     only: Vec<String>,
     /// SQL rows: run only this configuration (plain, sqlcipher, coffer), to
@@ -59,6 +60,10 @@ pub(crate) struct Scale {
     pub(crate) random_reads: u32,
     pub(crate) rounds: usize,
     pub(crate) server_requests: usize,
+    /// Records in the feed the sync rows pull.
+    pub(crate) sync_records: u64,
+    /// Local changes the sync push row delivers.
+    pub(crate) sync_changes: u64,
 }
 
 /// One part of the report.
@@ -87,6 +92,13 @@ fn machine() -> String {
 }
 
 fn main() {
+    // The sync rows run their devices as this binary again (not an option
+    // for people: it is not in --help).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(sync::CHILD) {
+        sync::child(&argv[2..]);
+        return;
+    }
     let args = Args::parse();
     let scale = if args.smoke {
         Scale {
@@ -96,6 +108,8 @@ fn main() {
             random_reads: 200,
             rounds: 1,
             server_requests: 300,
+            sync_records: 2_000,
+            sync_changes: 1_000,
         }
     } else if args.quick {
         Scale {
@@ -105,6 +119,8 @@ fn main() {
             random_reads: 5_000,
             rounds: 3,
             server_requests: 5_000,
+            sync_records: 100_000,
+            sync_changes: 20_000,
         }
     } else {
         Scale {
@@ -114,6 +130,8 @@ fn main() {
             random_reads: 20_000,
             rounds: 5,
             server_requests: 20_000,
+            sync_records: 1_000_000,
+            sync_changes: 100_000,
         }
     };
     let wanted = |part: &str| args.only.is_empty() || args.only.iter().any(|o| o == part);
@@ -133,6 +151,10 @@ fn main() {
     if wanted("server") {
         eprintln!("server…");
         sections.extend(server::run(&scale));
+    }
+    if wanted("sync") {
+        eprintln!("record sync…");
+        sections.extend(sync::run(&scale));
     }
 
     let command = match scale.name {
