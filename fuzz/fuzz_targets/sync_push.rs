@@ -1,16 +1,15 @@
 //! Fuzzes the server's push decoder (docs/protocol.md, section 8): the
 //! bytes as a `PushBatch`, the batch's rules and every operation's, their
-//! digests; a decoded batch survives a JSON round trip (a float may drift
-//! a few ULP: serde_json is built without `float_roundtrip`, see
-//! crates/coffer-protocol/tests/sync_decoders.rs), and its rules give the
-//! same answers after it.
+//! digests; a decoded batch survives a JSON round trip exactly (serde_json
+//! is built with `float_roundtrip`), and its rules give the same answers
+//! after it.
 #![no_main]
 
 use coffer_protocol::sync::PushBatch;
 use serde_json::Value;
 
-/// How far serde_json's fast float parser drifts, with room.
-const MAX_ULPS: u64 = 4;
+/// How far a float may drift in a round trip: not at all.
+const MAX_ULPS: u64 = 0;
 
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {

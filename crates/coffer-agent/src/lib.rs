@@ -201,7 +201,11 @@ impl Agent {
         let now = self.now();
         let credential = secret.credential();
         let unlocked = vault.unlock_managed_at(&credential, now)?;
-        policy::enforce(unlocked, &credential, now, grace)
+        let unlocked = policy::enforce(unlocked, &credential, now, grace)?;
+        // A purge a crash interrupted leaves old (undecryptable) files: they
+        // go at the first unlock after.
+        unlocked.finish_purges()?;
+        Ok(unlocked)
     }
 
     /// Joins `vault` (and all its data) to the control plane at `server`:

@@ -29,6 +29,9 @@ use crate::{Agent, CheckInReport, Client, Credentials};
 /// Settings key prefix of the apps that have synced on this vault (so a
 /// revocation, or an app leaving the policy's list, knows what to purge).
 const SYNCED_APP: &str = "sync.app.";
+/// Settings key prefix of purges done but not yet reported to the server
+/// (the report is retried at every round until the server has it).
+const PURGE_UNREPORTED: &str = "sync.purged.";
 /// Most bytes of operations in one push (under the server's limit, with
 /// room for the largest single record).
 const PUSH_BYTES: usize = wire::MAX_PUSH_BODY - wire::MAX_RECORD_BODY - (64 << 10);
@@ -421,11 +424,21 @@ impl Agent {
             if vault.apps()?.iter().any(|a| a.name == app) {
                 vault.purge_app(&app)?;
             }
-            // The acknowledgement is best effort: the purge is done either
-            // way, and the server's audit trail says when it heard.
-            let _ = client.send(&Purged { app: app.clone() }, credentials);
+            vault.set_setting(&format!("{PURGE_UNREPORTED}{app}"), Some(b"1"))?;
             vault.set_setting(&key, None)?;
             purged.push(app);
+        }
+        // Reported to the server, now or at a later round: the purge is done
+        // either way, and the server's audit trail says when it heard.
+        for key in vault.setting_keys(PURGE_UNREPORTED)? {
+            let app = key[PURGE_UNREPORTED.len()..].to_owned();
+            match client.send(&Purged { app }, credentials) {
+                Ok(_) => vault.set_setting(&key, None)?,
+                // Refused for good (the server no longer knows of it): said
+                // enough.
+                Err(e) if e.is_permanent() => vault.set_setting(&key, None)?,
+                Err(_) => {}
+            }
         }
         let mut apps = Vec::new();
         for app in &listed {

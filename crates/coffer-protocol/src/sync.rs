@@ -54,9 +54,13 @@ pub const MAX_PULL_RECORDS: u32 = 1000;
 /// (a page always holds at least one record, so one record of
 /// [`MAX_RECORD_BODY`] still travels).
 pub const PULL_PAGE_BYTES: usize = 2 << 20;
-/// Largest pull answer a device reads: a full page of bodies, one record of
-/// the largest size, and their conflict leaves, with room.
-pub const MAX_PULL_ANSWER: usize = 32 << 20;
+/// Most unresolved conflict leaves of one record: a conflicting push past
+/// them is refused ([`RejectCode::TooManyLeaves`]) until the record is
+/// resolved, so that a record with all its leaves stays readable.
+pub const MAX_LEAVES: usize = 6;
+/// Largest pull answer a device reads: a full page of bodies, and one
+/// record of the largest size with [`MAX_LEAVES`] leaves as large, with room.
+pub const MAX_PULL_ANSWER: usize = 40 << 20;
 /// Longest collection name or record id, bytes.
 pub const MAX_NAME: usize = 256;
 /// Longest batch id, bytes.
@@ -221,6 +225,8 @@ pub enum RejectCode {
     DuplicateRecord,
     /// A file it references has not reached the server.
     MissingFile,
+    /// The record has [`MAX_LEAVES`] unresolved conflicts already.
+    TooManyLeaves,
     /// A code this device does not know.
     #[serde(other)]
     Unknown,
@@ -239,6 +245,7 @@ impl RejectCode {
             RejectCode::ReservedOrigin => "reserved_origin",
             RejectCode::DuplicateRecord => "duplicate_record",
             RejectCode::MissingFile => "missing_file",
+            RejectCode::TooManyLeaves => "too_many_leaves",
             RejectCode::Unknown => "unknown",
         }
     }

@@ -17,18 +17,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-/// How far serde_json's fast float parser was seen to drift (2 ULP), with
-/// room.
-const MAX_ULPS: u64 = 4;
+/// How far a float may drift in a round trip: not at all, since the
+/// workspace builds serde_json with `float_roundtrip` (without it, its fast
+/// parser read some shortest spellings back 2 ULP off).
+const MAX_ULPS: u64 = 0;
 
 /// Whether two decoded documents are the same, a float allowed to differ
-/// in its last bits: serde_json is built without its `float_roundtrip`
-/// feature in this workspace, and its fast float parser then reads the
-/// shortest spelling of an `f64` back up to 2 ULP off (5.906583895145456e59
-/// comes back as 5.906583895145457e59; about 3 in 10 random bit patterns
-/// drift). Every other value must be exact.
-/// `a_float_survives_a_round_trip_exactly` shows the drift; it passes once
-/// the feature is on.
+/// in its last [`MAX_ULPS`] bits (none: 5.906583895145456e59 once came back
+/// as 5.906583895145457e59, before `float_roundtrip`). Every other value
+/// must be exact. `a_float_survives_a_round_trip_exactly` keeps it so.
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) if x != y => match (x.as_f64(), y.as_f64()) {
@@ -341,10 +338,9 @@ proptest! {
     }
 }
 
-/// The exact round trip of every `f64`, which needs serde_json's
+/// The exact round trip of an `f64` that drifted without serde_json's
 /// `float_roundtrip` feature (see [`same`]).
 #[test]
-#[ignore = "serde_json is built without float_roundtrip: a float may come back a few ULP off"]
 fn a_float_survives_a_round_trip_exactly() {
     let float = f64::from_bits(5501013054945343538);
     let text = serde_json::to_string(&float).unwrap();

@@ -281,7 +281,7 @@ fn set_meta(conn: &Connection, key: &str, value: Option<&str>) -> Result<()> {
 /// Creates the sync tables; on a store made before sync, marks every
 /// record as a pending local change once (so nothing written earlier is
 /// left behind), in one transaction.
-pub(crate) fn create(conn: &mut Connection) -> Result<()> {
+pub(crate) fn create(conn: &mut Connection, author: &str) -> Result<()> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db("creating the sync state"))?;
@@ -292,9 +292,11 @@ pub(crate) fn create(conn: &mut Connection) -> Result<()> {
             "INSERT OR IGNORE INTO coffer_sync_records (collection, id, local_seq, author)
              SELECT r.collection, r.id,
                     (SELECT max(c.seq) FROM coffer_changes c
-                     WHERE c.collection = r.collection AND c.id = r.id), ''
+                     WHERE c.collection = r.collection AND c.id = r.id), ?1
              FROM coffer_records r",
-            [],
+            // Who wrote them is not recorded: they are the opener's (whose
+            // vault it is), the best the device knows.
+            [author],
         )
         .map_err(db("creating the sync state"))?;
         // A record with no change logged (not possible through this store)
@@ -897,9 +899,12 @@ fn apply_one(tx: &Transaction<'_>, origin: &str, pulled: &PulledHead) -> Result<
         .iter()
         .any(|l| own_seq(origin, &l.revision).is_some());
     let plan = plan(local.as_ref(), own_seq(origin, &head.revision), own_leaf);
-    tx.prepare_cached("DELETE FROM coffer_sync_sides WHERE collection = ?1 AND id = ?2")
-        .and_then(|mut s| s.execute([&pulled.collection, &pulled.id]))
-        .map_err(db("applying pulled records"))?;
+    // A record new here has no sides to replace (most of a first pull).
+    if local.is_some() {
+        tx.prepare_cached("DELETE FROM coffer_sync_sides WHERE collection = ?1 AND id = ?2")
+            .and_then(|mut s| s.execute([&pulled.collection, &pulled.id]))
+            .map_err(db("applying pulled records"))?;
+    }
     let keep_side = |kind: &str, side: &Side| -> Result<()> {
         let body = to_text(side.body.as_ref())?;
         tx.prepare_cached(

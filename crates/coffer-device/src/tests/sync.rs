@@ -272,6 +272,7 @@ fn a_pulled_tombstone_deletes_and_a_reset_keeps_everything() {
     let page = [
         pulled("1", 1, head(&format!("{OTHER}.1"), json!({"a": 1})), vec![]),
         pulled("2", 2, head(&format!("{OTHER}.2"), json!({"b": 2})), vec![]),
+        pulled("3", 4, head(&format!("{OTHER}.4"), json!({"c": 3})), vec![]),
     ];
     records.apply_page(&origin, &page, "v1.2", false).unwrap();
     assert!(!records.sync_state().unwrap().complete);
@@ -309,7 +310,10 @@ fn a_pulled_tombstone_deletes_and_a_reset_keeps_everything() {
         .unwrap();
     let state = records.sync_state().unwrap();
     assert!(state.complete);
-    assert_eq!(state.unseen, 1, "record 2 is counted, not deleted");
+    // Record 3 is live here and the full pull did not bring it: counted,
+    // kept. Record 2 is deleted here and on the server: nothing to say.
+    assert_eq!(state.unseen, 1, "record 3 is counted, not deleted");
+    assert!(!records.get("c", "3").unwrap().unwrap().deleted);
     assert_eq!(state.pending, 1, "the unpushed change is still there");
     assert!(records.get("c", "local").unwrap().is_some());
 }

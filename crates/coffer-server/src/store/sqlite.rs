@@ -102,7 +102,8 @@ impl SqliteStore {
                  PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
                  PRAGMA foreign_keys = ON;
-                 PRAGMA secure_delete = ON;";
+                 PRAGMA secure_delete = ON;
+                 PRAGMA cache_size = -65536;";
             // Switching a new database to WAL needs its exclusive lock. When
             // another connection (a second server starting on the same new
             // file) is between its read and its write, SQLite answers busy

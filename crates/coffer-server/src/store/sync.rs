@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use coffer_protocol::sync::{
     LikelyDuplicate, OpResult, Outcome, ProvisionalAuthor, PushAnswer, RejectCode, Rejection,
-    Revision,
+    Revision, MAX_LEAVES,
 };
 
 use super::{Store, StoreError};
@@ -357,10 +357,6 @@ pub(super) fn plan<'a>(push: &'a NewPush, state: &PushState, mut last_seq: i64) 
                     )
                 };
             }
-            revisions.insert(name, &op.digest);
-            let provisional = !state.verified.contains(&op.author);
-            last_seq += 1;
-            let seq = last_seq;
             let head = state.heads.get(&(op.collection.clone(), op.id.clone()));
             let applies = match head {
                 None => true,
@@ -372,6 +368,19 @@ pub(super) fn plan<'a>(push: &'a NewPush, state: &PushState, mut last_seq: i64) 
                         || (h.deleted && op.deleted)
                 }
             };
+            // A record's leaves travel with it in every pull page: past
+            // MAX_LEAVES, a page could outgrow what a device reads. The
+            // device keeps the change and says so; resolving makes room.
+            if !applies && head.is_some_and(|h| h.leaves.len() >= MAX_LEAVES) {
+                return rejected(
+                    RejectCode::TooManyLeaves,
+                    "the record has too many unresolved conflicts: resolve them first",
+                );
+            }
+            revisions.insert(name, &op.digest);
+            let provisional = !state.verified.contains(&op.author);
+            last_seq += 1;
+            let seq = last_seq;
             let seq_u = u64::try_from(seq).unwrap_or(0);
             if applies {
                 let existing = head.map(|h| h.leaves.as_slice()).unwrap_or_default();

@@ -456,9 +456,16 @@ impl PostgresStore {
         let after = after.map_or(0, |(seq, _)| seq);
         let sizes: Vec<(i64, i64)> = tx
             .query(
-                "SELECT seq, octet_length(sealed)::int8 FROM sync_records
-                 WHERE org_id = $1 AND app = $2 AND seq > $3 AND NOT provisional
-                 ORDER BY seq LIMIT $4",
+                // A record's size in a page counts its leaves: they travel
+                // with it.
+                "SELECT r.seq, (octet_length(r.sealed) + CASE WHEN r.leaves > 0 THEN
+                     (SELECT coalesce(sum(octet_length(l.sealed)), 0) FROM sync_leaves l
+                      WHERE l.org_id = r.org_id AND l.app = r.app
+                        AND l.collection = r.collection AND l.record_id = r.record_id)
+                     ELSE 0 END)::int8
+                 FROM sync_records r
+                 WHERE r.org_id = $1 AND r.app = $2 AND r.seq > $3 AND NOT r.provisional
+                 ORDER BY r.seq LIMIT $4",
                 &[&org_id, &app, &after, &(limit + 1)],
             )
             .await

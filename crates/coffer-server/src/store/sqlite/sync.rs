@@ -375,9 +375,16 @@ impl SqliteStore {
             let after = after.map_or(0, |(seq, _)| seq);
             let sizes: Vec<(i64, i64)> = tx
                 .prepare_cached(
-                    "SELECT seq, length(sealed) FROM sync_records
-                     WHERE org_id = ?1 AND app = ?2 AND seq > ?3 AND provisional = 0
-                     ORDER BY seq LIMIT ?4",
+                    // A record's size in a page counts its leaves: they
+                    // travel with it.
+                    "SELECT r.seq, length(r.sealed) + CASE WHEN r.leaves > 0 THEN
+                         (SELECT coalesce(sum(length(l.sealed)), 0) FROM sync_leaves l
+                          WHERE l.org_id = r.org_id AND l.app = r.app
+                            AND l.collection = r.collection AND l.record_id = r.record_id)
+                         ELSE 0 END
+                     FROM sync_records r
+                     WHERE r.org_id = ?1 AND r.app = ?2 AND r.seq > ?3 AND r.provisional = 0
+                     ORDER BY r.seq LIMIT ?4",
                 )
                 .and_then(|mut s| {
                     s.query_map(params![org_id, app, after, limit + 1], |r| {
