@@ -151,7 +151,10 @@ fn to_op(origin: [u8; 16], change: &PendingChange) -> Result<PushOp> {
             kind: coffer_device::DatabaseErrorKind::Other(what.into()),
         })
     };
-    let parse = |text: &str| text.parse::<Revision>().map_err(|_| bad("a stored revision"));
+    let parse = |text: &str| {
+        text.parse::<Revision>()
+            .map_err(|_| bad("a stored revision"))
+    };
     Ok(PushOp {
         collection: change.collection.clone(),
         id: change.id.clone(),
@@ -230,7 +233,9 @@ fn push_all(
                 });
                 continue;
             }
-            bytes += op.body.as_ref().map_or(0, wire::body_len) + 512;
+            // The operation as it will be sent (long names and many
+            // resolved leaves count too), so a batch stays under the limit.
+            bytes += serde_json::to_vec(&op).map_or(wire::MAX_RECORD_BODY, |v| v.len()) + 1;
             ops.push((change, op));
             if bytes > PUSH_BYTES {
                 break;
@@ -286,9 +291,11 @@ fn push_all(
                 }
                 Outcome::Rejected { code, .. } => {
                     let code = code.as_str().to_owned();
-                    report
-                        .rejected
-                        .push((change.collection.clone(), change.id.clone(), code.clone()));
+                    report.rejected.push((
+                        change.collection.clone(),
+                        change.id.clone(),
+                        code.clone(),
+                    ));
                     AckOutcome::Rejected { code }
                 }
                 // A newer server's outcome: nothing is acted on, the change
@@ -337,10 +344,10 @@ fn pull_all(
             credentials,
         ) {
             Err(Error::Refused {
-                code: ErrorCode::CursorExpired,
+                code: code @ (ErrorCode::CursorExpired | ErrorCode::FeedBehind),
                 ..
             }) if !report.reset => {
-                records.reset_sync()?;
+                records.reset_sync(code == ErrorCode::FeedBehind)?;
                 report.reset = true;
                 cursor = None;
                 continue;
@@ -406,15 +413,21 @@ impl Agent {
             token: Some(&enrollment.token),
             user: None,
         };
-        let listed: Vec<String> = if check_in.revoked {
-            Vec::new()
-        } else {
-            crate::policy::held_policy(&vault)?
-                .map(|p| p.rules.sync)
-                .unwrap_or_default()
+        // What the organization said: the device is revoked (nothing syncs,
+        // everything synced goes), or the verified policy's list. Without a
+        // policy the device can read, it says nothing: nothing syncs and
+        // nothing is purged.
+        let held = crate::policy::held_policy(&vault)?;
+        let (listed, explicit): (Vec<String>, bool) = match (&held, check_in.revoked) {
+            (_, true) => (Vec::new(), true),
+            (Some(policy), false) => (policy.rules.sync.clone(), true),
+            (None, false) => (Vec::new(), false),
         };
         let mut purged = Vec::new();
         for key in vault.setting_keys(SYNCED_APP)? {
+            if !explicit {
+                break;
+            }
             let app = key[SYNCED_APP.len()..].to_owned();
             if listed.contains(&app) {
                 continue;
@@ -462,8 +475,22 @@ impl Agent {
                 reset: false,
                 state: records.sync_state()?,
             };
-            push_all(&client, credentials, app, &mut records, &mut report, observer)?;
-            pull_all(&client, credentials, app, &mut records, &mut report, observer)?;
+            push_all(
+                &client,
+                credentials,
+                app,
+                &mut records,
+                &mut report,
+                observer,
+            )?;
+            pull_all(
+                &client,
+                credentials,
+                app,
+                &mut records,
+                &mut report,
+                observer,
+            )?;
             report.state = records.sync_state()?;
             apps.push(report);
         }
@@ -506,7 +533,10 @@ mod tests {
 
     #[test]
     fn the_device_and_the_protocol_agree_on_the_largest_body() {
-        assert_eq!(wire::MAX_RECORD_BODY, coffer_device::store::records::MAX_BODY_LEN);
+        assert_eq!(
+            wire::MAX_RECORD_BODY,
+            coffer_device::store::records::MAX_BODY_LEN
+        );
     }
 
     #[test]

@@ -424,6 +424,7 @@ fn cursor_seq(v: &Value, name: &str) -> Option<u64> {
     v[name]
         .as_str()
         .and_then(coffer_protocol::sync::decode_cursor)
+        .map(|(seq, _)| seq)
 }
 
 pub(crate) fn run(scale: &Scale) -> Vec<Section> {

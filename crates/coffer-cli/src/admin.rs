@@ -331,6 +331,8 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
     };
     let text = match &value {
         Value::String(s) => s.clone(),
+        // Written already (an export streamed to standard output).
+        Value::Null => String::new(),
         other => serde_json::to_string_pretty(other).unwrap_or_default(),
     };
     Ok(Report { json: value, text })

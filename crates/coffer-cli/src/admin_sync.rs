@@ -2,7 +2,6 @@
 //! of an organization through the control plane's API (reads of bodies
 //! are audited by the server).
 
-use coffer_protocol::admin::Csv;
 use coffer_protocol::path_segment;
 use coffer_protocol::sync::{
     AuthorBound, BindAuthor, ProvisionalAuthors, RecordDetail, RecordList, RecordsQuery,
@@ -90,24 +89,39 @@ pub fn records(command: &AdminRecordsCommand, authed: &Authed<'_>) -> Result<Val
                 format: Some(format.clone()),
                 ..RecordsQuery::default()
             };
-            let request = authed(Method::GET, &format!("/v1/orgs/{org}/records/export"))?
+            let response = authed(Method::GET, &format!("/v1/orgs/{org}/records/export"))?
+                .timeout(std::time::Duration::from_secs(24 * 3600))
                 .query(&query)
                 .send();
-            let text = if format == "csv" {
-                let Csv(text) = answer(request)?;
-                text
-            } else {
-                let list: Value = answer::<Json>(request)?.0;
-                serde_json::to_string_pretty(&list).unwrap_or_default()
+            let mut response = match response {
+                Ok(r) if r.status().is_success() => r,
+                // The typed refusal, worded as every other.
+                other => {
+                    let Json = answer(other)?;
+                    return Err(CliError::other("the server's answer is not an export"));
+                }
             };
+            // Streamed as it comes: an export of a million records is never
+            // held whole here either.
             match out {
                 Some(path) => {
-                    std::fs::write(path, text.as_bytes()).map_err(|e| {
+                    let mut file = std::fs::File::create(path).map_err(|e| {
                         CliError::other(format!("cannot write {}: {e}", path.display()))
                     })?;
-                    Ok(json!({"written": path.display().to_string()}))
+                    let bytes = std::io::copy(&mut response, &mut file)
+                        .map_err(|e| CliError::other(format!("the export was cut short: {e}")))?;
+                    file.sync_all().map_err(|e| {
+                        CliError::other(format!("cannot write {}: {e}", path.display()))
+                    })?;
+                    Ok(json!({"written": path.display().to_string(), "bytes": bytes}))
                 }
-                None => Ok(Value::String(text)),
+                None => {
+                    let mut stdout = std::io::stdout().lock();
+                    std::io::copy(&mut response, &mut stdout)
+                        .map_err(|e| CliError::other(format!("the export was cut short: {e}")))?;
+                    // Written already: nothing more to print.
+                    Ok(Value::Null)
+                }
             }
         }
         AdminRecordsCommand::Resolve {
@@ -119,31 +133,33 @@ pub fn records(command: &AdminRecordsCommand, authed: &Authed<'_>) -> Result<Val
             body,
             delete,
         } => {
-            let request =
+            // The leaves this admin resolves are the ones there now: had a
+            // device pushed another conflict since, the server refuses.
+            let seen: RecordDetail =
+                answer(authed(Method::GET, &record_path(*org, app, collection, id))?.send())?;
+            let leaves = Some(seen.leaves.iter().map(|l| l.revision).collect());
+            let (keep, body) =
                 match (keep, body, delete) {
-                    (Some(keep), None, false) => ResolveRequest {
-                        keep: Some(keep.parse::<Revision>().map_err(|e| {
+                    (Some(keep), None, false) => (
+                        Some(keep.parse::<Revision>().map_err(|e| {
                             CliError::usage(format!("--keep takes a revision: {e}"))
                         })?),
-                        body: None,
-                        delete: false,
-                    },
-                    (None, Some(path), false) => ResolveRequest {
-                        keep: None,
-                        body: Some(read_body(path)?),
-                        delete: false,
-                    },
-                    (None, None, true) => ResolveRequest {
-                        keep: None,
-                        body: None,
-                        delete: true,
-                    },
+                        None,
+                    ),
+                    (None, Some(path), false) => (None, Some(read_body(path)?)),
+                    (None, None, true) => (None, None),
                     _ => {
                         return Err(CliError::usage(
                             "give exactly one of --keep REVISION, --body FILE and --delete",
                         ))
                     }
                 };
+            let request = ResolveRequest {
+                keep,
+                body,
+                delete: *delete,
+                leaves,
+            };
             let resolved: Resolved = answer(
                 authed(
                     Method::POST,
@@ -157,12 +173,12 @@ pub fn records(command: &AdminRecordsCommand, authed: &Authed<'_>) -> Result<Val
     }
 }
 
-/// Any JSON answer, kept as it came (an export is passed through).
-struct Json(Value);
+/// Any JSON answer (only its refusals are read: an export streams).
+struct Json;
 
 impl coffer_protocol::Answer for Json {
     fn decode(body: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(body).map(Json)
+        serde_json::from_slice::<Value>(body).map(|_| Json)
     }
 }
 

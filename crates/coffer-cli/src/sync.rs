@@ -8,6 +8,8 @@ use coffer_device::{Conflict, Resolution, Side, SyncState};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
+use coffer_protocol::untrusted::Untrusted;
+
 use crate::cli::{ConflictsCommand, Global, Keep, SyncCommand};
 use crate::commands::Report;
 use crate::exit::{CliError, ExitCode};
@@ -268,11 +270,13 @@ pub fn conflicts(
                     "{} record(s) in conflict ('coffer conflicts show APP COLLECTION ID' shows the sides):",
                     found.len()
                 )];
+                // Names and ids come from other devices: escaped before
+                // they reach the terminal.
                 for (app, c) in &found {
                     lines.push(format!(
                         "  {app} {}/{}: {} other side(s)",
-                        c.collection,
-                        c.id,
+                        Untrusted::new(&c.collection),
+                        Untrusted::new(&c.id),
                         c.leaves.len() + usize::from(c.server.is_some())
                     ));
                 }
@@ -308,7 +312,7 @@ pub fn conflicts(
                 text.push_str(&format!(
                     "\n-- server ({}, by {}):\n{}",
                     server.revision,
-                    server.author,
+                    Untrusted::new(&server.author),
                     body_text(server.body.as_ref(), server.deleted)
                 ));
             }
@@ -316,7 +320,7 @@ pub fn conflicts(
                 text.push_str(&format!(
                     "\n-- leaf ({}, by {}):\n{}",
                     leaf.revision,
-                    leaf.author,
+                    Untrusted::new(&leaf.author),
                     body_text(leaf.body.as_ref(), leaf.deleted)
                 ));
             }

@@ -121,11 +121,16 @@ error_codes! {
     MethodNotAllowed = "method_not_allowed",
     /// A sync cursor older than what the server keeps: pull from the start.
     CursorExpired = "cursor_expired",
+    /// A sync cursor ahead of the server's feed (a database restored from a
+    /// backup): pull from the start, and deliver again what it may lack.
+    FeedBehind = "feed_behind",
     /// The app does not sync: the organization's signed policy does not
     /// list it.
     AppNotSynced = "app_not_synced",
     /// The record has no conflict leaves to resolve (or not those).
     NotInConflict = "not_in_conflict",
+    /// The record's conflict leaves changed since the caller looked.
+    ConflictsChanged = "conflicts_changed",
     /// The server failed; the cause is in its log.
     Internal = "internal",
 }

@@ -767,6 +767,11 @@ pub struct ResolveRequest {
     /// Or delete the record.
     #[serde(default)]
     pub delete: bool,
+    /// The leaves the admin saw: if the record's leaves are others now (a
+    /// device pushed another conflict meanwhile), the resolution is refused
+    /// with `conflicts_changed` rather than drop a leaf no one looked at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaves: Option<Vec<Revision>>,
 }
 
 /// The answer to [`ResolveRequest`].

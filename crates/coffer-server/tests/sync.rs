@@ -486,6 +486,10 @@ async fn suite(url: &str, backend: &str, sqlite_file: Option<std::path::PathBuf>
     let r = resolve("c-5", json!({"delete": true})).await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     assert_eq!(error_code(r).await, "not_in_conflict");
+    // Resolving leaves other than the ones there now is refused.
+    let r = resolve("c-1", json!({"keep": b2(1), "leaves": [rev(0xee, 1)]})).await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(error_code(r).await, "conflicts_changed");
     let r = resolve("c-1", json!({"keep": b2(1)})).await;
     assert_eq!(r.status(), StatusCode::OK);
     let resolved: Value = r.json().await.unwrap();
@@ -585,10 +589,12 @@ async fn suite(url: &str, backend: &str, sqlite_file: Option<std::path::PathBuf>
         let r = o.pull(&d1, "notes", None, Some(limit)).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     }
-    // A cursor above the counter (a restored database): expired.
+    // A cursor above the counter (a restored database): the feed is
+    // behind it, said apart from an expiry (the device pushes its own
+    // records again).
     let r = o.pull(&d1, "notes", Some("v1.999"), None).await;
     assert_eq!(r.status(), StatusCode::GONE);
-    assert_eq!(error_code(r).await, "cursor_expired");
+    assert_eq!(error_code(r).await, "feed_behind");
 
     // A local author the server does not know: provisional.
     let ghost = |id: &str, r: &str, body: Value| json!({"collection": "cases", "id": id, "revision": r, "body": body, "author": "ghost"});
@@ -1076,7 +1082,198 @@ async fn concurrent_pushes_through_two_servers() {
             .unwrap(),
         max
     );
-    assert_eq!(max, 50 + sequenced.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(
+        max,
+        50 + sequenced.load(std::sync::atomic::Ordering::SeqCst)
+    );
     other.stop().await;
     o.server.stop().await;
+}
+
+fn op_by(
+    author: &str,
+    collection: &str,
+    id: &str,
+    revision: &str,
+    base: Option<&str>,
+    body: Value,
+) -> Value {
+    let mut op = op(collection, id, revision, base, body);
+    op["author"] = json!(author);
+    op
+}
+
+fn outcome(text: &str, i: usize) -> Value {
+    results(text)[i]["outcome"].clone()
+}
+
+/// What an outside review found: an unverified author cannot hide a
+/// published record, and sees its own conflict; a fast-forward is the same
+/// device's only; a device's later conflicting state replaces its earlier
+/// leaf; a record takes at most MAX_LEAVES leaves.
+async fn review_fixes(url: &str) {
+    let o = Org::new(url).await;
+    o.publish(1, &["cases"]).await;
+    let d1 = o.device("d1").await;
+    let d2 = o.device("d2").await;
+    let (_, text) = o
+        .push(
+            &d1,
+            "cases",
+            "r-1",
+            vec![op("cases", "p-1", &rev(0xa1, 1), None, json!({"v": 1}))],
+        )
+        .await;
+    assert_eq!(outcome(&text, 0), "applied");
+
+    // An author d2 does not have bound edits the published record: kept as
+    // a provisional leaf, the record stays visible to everyone.
+    let (_, text) = o
+        .push(
+            &d2,
+            "cases",
+            "r-2",
+            vec![op_by(
+                "ghost",
+                "cases",
+                "p-1",
+                &rev(0xa2, 1),
+                Some(&rev(0xa1, 1)),
+                json!({"v": "ghost"}),
+            )],
+        )
+        .await;
+    assert_eq!(outcome(&text, 0), "conflict", "{text}");
+    let (records, _) = pull_all(&o, &d1, "cases", None).await;
+    let p1 = records
+        .iter()
+        .find(|r| r["id"] == "p-1")
+        .expect("still served");
+    assert_eq!(p1["body"], json!({"v": 1}));
+    assert_eq!(
+        p1["conflicts"],
+        json!([]),
+        "d1 does not see the unverified leaf"
+    );
+    // ... but d2, which pushed it, does.
+    let (records, _) = pull_all(&o, &d2, "cases", None).await;
+    let p1 = records.iter().find(|r| r["id"] == "p-1").unwrap();
+    assert_eq!(p1["conflicts"][0]["revision"], rev(0xa2, 1));
+
+    // Another device reusing d1's origin does not fast-forward d1's head.
+    let (_, text) = o
+        .push(
+            &d2,
+            "cases",
+            "r-3",
+            vec![op(
+                "cases",
+                "p-1",
+                &rev(0xa1, 2),
+                None,
+                json!({"v": "clone"}),
+            )],
+        )
+        .await;
+    assert_eq!(outcome(&text, 0), "conflict", "{text}");
+    // d1's own later state on the same base does.
+    let (_, text) = o
+        .push(
+            &d1,
+            "cases",
+            "r-4",
+            vec![op("cases", "p-2", &rev(0xa1, 3), None, json!({"v": 1}))],
+        )
+        .await;
+    assert_eq!(outcome(&text, 0), "applied");
+    let (_, text) = o
+        .push(
+            &d1,
+            "cases",
+            "r-5",
+            vec![op("cases", "p-2", &rev(0xa1, 4), None, json!({"v": 2}))],
+        )
+        .await;
+    assert_eq!(outcome(&text, 0), "applied", "{text}");
+
+    // d2 conflicts on p-2, then edits again while in conflict: its later
+    // state replaces its leaf instead of piling up.
+    for (i, seq) in [1u64, 2, 3].iter().enumerate() {
+        let (_, text) = o
+            .push(
+                &d2,
+                "cases",
+                &format!("r-6-{i}"),
+                vec![op(
+                    "cases",
+                    "p-2",
+                    &rev(0xb2, *seq),
+                    Some(&rev(0xa1, 3)),
+                    json!({"d2": seq}),
+                )],
+            )
+            .await;
+        assert_eq!(outcome(&text, 0), "conflict", "{text}");
+    }
+    let detail: Value = get(&o.http, o.url("/records/cases/cases/p-2"), &o.admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["leaves"].as_array().unwrap().len(), 1, "{detail}");
+    assert_eq!(detail["leaves"][0]["revision"], rev(0xb2, 3));
+
+    // Six devices' leaves at most; the seventh is refused (and keeps its
+    // change), until the record is resolved.
+    for origin in 0xc0..0xc5u8 {
+        let (_, text) = o
+            .push(
+                &d2,
+                "cases",
+                &format!("r-7-{origin}"),
+                vec![op(
+                    "cases",
+                    "p-2",
+                    &rev(origin, 1),
+                    Some(&rev(0xa1, 3)),
+                    json!({"o": origin}),
+                )],
+            )
+            .await;
+        assert_eq!(outcome(&text, 0), "conflict", "{text}");
+    }
+    let (_, text) = o
+        .push(
+            &d2,
+            "cases",
+            "r-8",
+            vec![op(
+                "cases",
+                "p-2",
+                &rev(0xcf, 1),
+                Some(&rev(0xa1, 3)),
+                json!(7),
+            )],
+        )
+        .await;
+    assert_eq!(outcome(&text, 0), "rejected", "{text}");
+    assert_eq!(results(&text)[0]["code"], "too_many_leaves");
+    o.server.stop().await;
+}
+
+#[tokio::test]
+async fn review_fixes_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    review_fixes(&format!(
+        "sqlite://{}",
+        dir.path().join("server.db").display()
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn review_fixes_on_postgres() {
+    let pg = Postgres::start();
+    let url = pg.database("sync_review").await;
+    review_fixes(&url).await;
 }

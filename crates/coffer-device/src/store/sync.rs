@@ -44,6 +44,8 @@ pub(crate) const SCHEMA: &str = "
     ) STRICT;
     CREATE INDEX IF NOT EXISTS coffer_sync_pending
         ON coffer_sync_records (local_seq) WHERE local_seq IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS coffer_sync_conflicted
+        ON coffer_sync_records (conflicted) WHERE conflicted = 1;
     CREATE TABLE IF NOT EXISTS coffer_sync_sides (
         collection TEXT NOT NULL,
         id TEXT NOT NULL,
@@ -386,11 +388,12 @@ impl RecordStore {
             unseen: if meta(&self.conn, RESETTING)?.is_some() {
                 0
             } else {
-                // A local tombstone the server dropped agrees with it.
+                // A local tombstone the server dropped agrees with it; a
+                // pending change is on its way to it.
                 count(
                     "SELECT count(*) FROM coffer_sync_records s
                      JOIN coffer_records r ON r.collection = s.collection AND r.id = s.id
-                     WHERE s.seen = 0 AND r.deleted = 0",
+                     WHERE s.seen = 0 AND r.deleted = 0 AND s.local_seq IS NULL",
                 )?
             },
         })
@@ -581,8 +584,11 @@ impl RecordStore {
     /// Starts over after the server said the cursor expired: the cursor is
     /// forgotten and the next pull reads the whole feed. Every record and
     /// every pending change stays; records the full pull does not bring
-    /// again are counted in [`SyncState::unseen`], never deleted.
-    pub fn reset_sync(&mut self) -> Result<()> {
+    /// again are counted in [`SyncState::unseen`], never deleted. With
+    /// `server_restored` (the server's feed is behind this store's cursor:
+    /// restored from a backup), records whose last server state is this
+    /// store's own become pending again: the server may have lost them.
+    pub fn reset_sync(&mut self, server_restored: bool) -> Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -594,6 +600,49 @@ impl RecordStore {
             [],
         )
         .map_err(db("resetting sync"))?;
+        // A server restored from a backup may have lost what this store
+        // delivered: every record whose
+        // last server state is this store's own becomes a local change
+        // again, delivered at the next round (a server that has it takes it
+        // as the same content again; one that lost it gets it back, or a
+        // conflict). The full pull then never overwrites it.
+        if let Some(origin) = meta(&tx, ORIGIN)?.filter(|_| server_restored) {
+            type Own = (String, String, Option<String>, bool, String);
+            let own: Vec<Own> = {
+                let mut stmt = tx
+                    .prepare(
+                        "SELECT s.collection, s.id, r.body, r.deleted, coalesce(s.author, '')
+                         FROM coffer_sync_records s
+                         JOIN coffer_records r ON r.collection = s.collection AND r.id = s.id
+                         WHERE s.local_seq IS NULL AND substr(s.server_rev, 1, 33) = ?1 || '.'",
+                    )
+                    .map_err(db("resetting sync"))?;
+                let rows = stmt
+                    .query_map([&origin], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get::<_, i64>(3)? != 0,
+                            r.get(4)?,
+                        ))
+                    })
+                    .map_err(db("resetting sync"))?;
+                rows.collect::<rusqlite::Result<_>>()
+                    .map_err(db("resetting sync"))?
+            };
+            for (collection, id, body, deleted, author) in own {
+                let body = if deleted { None } else { body };
+                crate::store::records::write_in(
+                    &tx,
+                    &author,
+                    &collection,
+                    &id,
+                    body.as_deref(),
+                    None,
+                )?;
+            }
+        }
         tx.commit().map_err(db("resetting sync"))
     }
 

@@ -290,7 +290,40 @@ fn a_pulled_tombstone_deletes_and_a_reset_keeps_everything() {
     records
         .put("c", "local", &json!({"unpushed": true}), None)
         .unwrap();
-    records.reset_sync().unwrap();
+    // One record whose last server state is this store's own.
+    records
+        .put("c", "mine", &json!({"delivered": true}), None)
+        .unwrap();
+    let p = records
+        .pending_changes(10)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.id == "mine")
+        .unwrap();
+    records
+        .acknowledge(&[Ack {
+            collection: "c".into(),
+            id: "mine".into(),
+            local_seq: p.local_seq,
+            revision: format!("{origin}.{}", p.local_seq),
+            outcome: AckOutcome::Applied { seq: 9 },
+        }])
+        .unwrap();
+    assert_eq!(records.pending_changes(10).unwrap().len(), 1);
+    // A compaction's expiry: nothing of its own is pushed again.
+    records.reset_sync(false).unwrap();
+    assert_eq!(records.pending_changes(10).unwrap().len(), 1);
+    // A restored server's.
+    records.reset_sync(true).unwrap();
+    // The server may have lost it (restored from a backup): pending again,
+    // made on its own revision.
+    let again = records.pending_changes(10).unwrap();
+    let mine = again
+        .iter()
+        .find(|p| p.id == "mine")
+        .expect("pending again");
+    assert_eq!(mine.body, Some(json!({"delivered": true})));
+    assert_eq!(mine.base, Some(format!("{origin}.{}", p.local_seq)));
     let state = records.sync_state().unwrap();
     assert_eq!(state.cursor, None);
     assert!(!state.complete);
@@ -314,7 +347,10 @@ fn a_pulled_tombstone_deletes_and_a_reset_keeps_everything() {
     // kept. Record 2 is deleted here and on the server: nothing to say.
     assert_eq!(state.unseen, 1, "record 3 is counted, not deleted");
     assert!(!records.get("c", "3").unwrap().unwrap().deleted);
-    assert_eq!(state.pending, 1, "the unpushed change is still there");
+    assert_eq!(
+        state.pending, 2,
+        "the unpushed change is still there, and the own one"
+    );
     assert!(records.get("c", "local").unwrap().is_some());
 }
 

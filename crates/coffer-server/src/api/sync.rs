@@ -358,20 +358,38 @@ async fn pull(
     });
     let page = state
         .store
-        .sync_pull(org_id, &app, after, i64::from(limit), PULL_PAGE_BYTES)
+        // The device's own provisional leaves come back to it: its change
+        // is in conflict, and it must see so.
+        .sync_pull(
+            org_id,
+            &app,
+            after,
+            i64::from(limit),
+            PULL_PAGE_BYTES,
+            device.device.id,
+        )
         .await?;
-    let PullPage::Page {
-        records,
-        leaves,
-        more,
-        floor,
-    } = page
-    else {
-        return Err(ApiError::new(
-            StatusCode::GONE,
-            ErrorCode::CursorExpired,
-            "the cursor is older than what the server keeps (or from another database): pull again from the start",
-        ));
+    let (records, leaves, more, floor) = match page {
+        PullPage::Page {
+            records,
+            leaves,
+            more,
+            floor,
+        } => (records, leaves, more, floor),
+        PullPage::Expired => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                ErrorCode::CursorExpired,
+                "the cursor is older than what the server keeps: pull again from the start",
+            ))
+        }
+        PullPage::Behind => {
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                ErrorCode::FeedBehind,
+                "the server's feed is behind this cursor (restored from a backup?): pull again from the start and push again what it may have lost",
+            ))
+        }
     };
     let key = data_key(&state, org_id).await?;
     let mut by_record: HashMap<(String, String), Vec<Leaf>> = HashMap::new();
@@ -493,15 +511,66 @@ async fn list(
 
 /// One CSV field, quoted when it must be (RFC 4180).
 fn csv_field(text: &str) -> String {
+    // A field a spreadsheet would read as a formula (devices write these
+    // strings) starts with a quote mark instead (OWASP's CSV injection).
+    let text = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    };
     if text.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
-        text.to_owned()
+        text
     }
 }
 
+/// A response body fed page by page from a task: an export of a million
+/// records is never held whole in the server's memory.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, std::io::Error>>);
+
+impl http_body::Body for ChannelBody {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| c.map(http_body::Frame::data)))
+    }
+}
+
+/// One exported record as a CSV line.
+fn csv_line(d: &RecordDetail) -> String {
+    let s = &d.summary;
+    let body = d.body.as_ref().map(Value::to_string).unwrap_or_default();
+    let fields = [
+        csv_field(&s.app),
+        csv_field(&s.collection),
+        csv_field(&s.id),
+        s.seq.to_string(),
+        s.revision.to_string(),
+        s.deleted.to_string(),
+        csv_field(&s.author),
+        s.device_id.map(|d| d.to_string()).unwrap_or_default(),
+        s.provisional.to_string(),
+        s.conflicts.to_string(),
+        s.updated_at.to_string(),
+        csv_field(&body),
+    ];
+    let mut line = fields.join(",");
+    line.push('\n');
+    line
+}
+
 /// `GET /v1/orgs/{org_id}/records/export?app=&format=json|csv` (owners,
-/// admins, auditors): every record with its body; audited once.
+/// admins, auditors): every record with its body, streamed a page at a
+/// time (`{"records": [...]}` or CSV); audited when it starts. A failure
+/// midway cuts the body short (the client sees a truncated document, and
+/// the cause is logged).
 async fn export(
     State(state): State<AppState>,
     Ids(org_id): Ids<i64>,
@@ -524,63 +593,88 @@ async fn export(
         ..q.clone()
     })?;
     filter.bodies = true;
-    let mut details = Vec::new();
-    loop {
-        let rows = state.store.sync_records(org_id, filter.clone()).await?;
-        let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) == filter.limit;
-        for r in &rows {
-            let content = open_record(&key, org_id, &r.app, r)?;
-            details.push(RecordDetail {
-                summary: summary(r)?,
-                body: content.body,
-                files: content.files,
-                base: r.base.as_deref().map(parse_revision).transpose()?,
-                leaves: Vec::new(),
-                duplicates: Vec::new(),
-            });
-        }
-        match (full, rows.last()) {
-            (true, Some(last)) => {
-                filter.after = Some((last.app.clone(), last.collection.clone(), last.id.clone()))
-            }
-            _ => break,
-        }
-    }
     record(
         &state,
         Some(org_id),
         format!("user:{}", who.user),
         "records_exported",
-        json!({"app": q.app.as_deref().map(recorded), "records": details.len()}),
+        json!({"app": q.app.as_deref().map(recorded), "format": if csv { "csv" } else { "json" }}),
     )
     .await?;
-    if csv {
-        let mut out = String::from(
-            "app,collection,id,seq,revision,deleted,author,device_id,provisional,conflicts,updated_at,body\n",
-        );
-        for d in &details {
-            let s = &d.summary;
-            let body = d.body.as_ref().map(Value::to_string).unwrap_or_default();
-            let fields = [
-                csv_field(&s.app),
-                csv_field(&s.collection),
-                csv_field(&s.id),
-                s.seq.to_string(),
-                s.revision.to_string(),
-                s.deleted.to_string(),
-                csv_field(&s.author),
-                s.device_id.map(|d| d.to_string()).unwrap_or_default(),
-                s.provisional.to_string(),
-                s.conflicts.to_string(),
-                s.updated_at.to_string(),
-                csv_field(&body),
-            ];
-            out.push_str(&fields.join(","));
-            out.push('\n');
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let store = state.store.clone();
+    tokio::spawn(async move {
+        let head = if csv {
+            "app,collection,id,seq,revision,deleted,author,device_id,provisional,conflicts,updated_at,body\n"
+        } else {
+            "{\"records\": ["
+        };
+        if tx.send(Ok(head.into())).await.is_err() {
+            return;
         }
-        return Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response());
-    }
-    Ok(Json(json!({ "records": details })).into_response())
+        let mut first = true;
+        loop {
+            let rows = match store.sync_records(org_id, filter.clone()).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::error!(error = %e, "exporting records");
+                    let _ = tx.send(Err(std::io::Error::other("export failed"))).await;
+                    return;
+                }
+            };
+            let full = i64::try_from(rows.len()).unwrap_or(i64::MAX) == filter.limit;
+            let mut chunk = String::new();
+            for r in &rows {
+                let detail = open_record(&key, org_id, &r.app, r).and_then(|content| {
+                    Ok(RecordDetail {
+                        summary: summary(r)?,
+                        body: content.body,
+                        files: content.files,
+                        base: r.base.as_deref().map(parse_revision).transpose()?,
+                        leaves: Vec::new(),
+                        duplicates: Vec::new(),
+                    })
+                });
+                let Ok(detail) = detail else {
+                    tracing::error!("exporting records: a record does not open");
+                    let _ = tx.send(Err(std::io::Error::other("export failed"))).await;
+                    return;
+                };
+                if csv {
+                    chunk.push_str(&csv_line(&detail));
+                } else {
+                    if !first {
+                        chunk.push(',');
+                    }
+                    first = false;
+                    chunk.push_str(&serde_json::to_string(&detail).unwrap_or_default());
+                }
+            }
+            if !chunk.is_empty() && tx.send(Ok(chunk.into())).await.is_err() {
+                return;
+            }
+            match (full, rows.last()) {
+                (true, Some(last)) => {
+                    filter.after =
+                        Some((last.app.clone(), last.collection.clone(), last.id.clone()))
+                }
+                _ => break,
+            }
+        }
+        if !csv {
+            let _ = tx.send(Ok("]}".into())).await;
+        }
+    });
+    let content_type = if csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/json"
+    };
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        axum::body::Body::new(ChannelBody(rx)),
+    )
+        .into_response())
 }
 
 /// The path of one record.
@@ -697,6 +791,17 @@ async fn resolve(
         if leaves.is_empty() {
             return Err(not_in_conflict());
         }
+        let now_leaves: Vec<String> = leaves.iter().map(|l| l.revision.clone()).collect();
+        if let Some(seen) = &request.leaves {
+            let seen: Vec<String> = seen.iter().map(ToString::to_string).collect();
+            if !crate::store::same_leaves(&seen, &now_leaves) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    ErrorCode::ConflictsChanged,
+                    "the record's conflicts changed since you looked: show it again",
+                ));
+            }
+        }
         let content = match (&request.keep, &request.body) {
             (Some(keep), _) => {
                 let keep = keep.to_string();
@@ -730,6 +835,7 @@ async fn resolve(
         let (a, c, i) = (app.clone(), collection.clone(), id.clone());
         let resolution = Resolution {
             expected_head: r.revision.clone(),
+            expected_leaves: now_leaves,
             deleted,
             author: format!("user:{}", who.user_id),
             seal: Box::new(move |revision: &Revision| {

@@ -23,6 +23,8 @@ mod sqlite;
 mod sync;
 mod tenants;
 
+pub(crate) use sync::same_set as same_leaves;
+
 pub use control::{
     AuditMac, BatchStored, CheckIn, DeviceActivity, NewBatch, NewPolicy, PolicyRecord,
     ReadingQuery, SealedKind, SealedValue, SigningKeyRecord, WipeEnd, WipeEnded, WipeOrder,

@@ -125,8 +125,11 @@ pub struct StoredLeaf {
 /// A page of the feed.
 #[derive(Debug, Clone)]
 pub enum PullPage {
-    /// The cursor is below the expiry floor, or above the counter.
+    /// A tombstone above the cursor was dropped since the cursor was made.
     Expired,
+    /// The cursor is above the counter: this feed is behind the reader
+    /// (a database restored from a backup, or another one).
+    Behind,
     /// The records after the cursor (with their leaves, by record), and
     /// whether more follow.
     Page {
@@ -172,12 +175,24 @@ pub struct Resolution {
     /// The head the admin saw: refused as [`ResolveStored::Changed`] if it
     /// moved meanwhile.
     pub expected_head: String,
+    /// The leaves the admin saw (any order): refused as
+    /// [`ResolveStored::Changed`] if the record has others now.
+    pub expected_leaves: Vec<String>,
     /// A deletion.
     pub deleted: bool,
     /// Seals the content for the new revision: (record seal, body MAC).
     pub seal: SealFor,
     /// The admin (user id), for the head's author.
     pub author: String,
+}
+
+/// Whether two lists of revisions name the same set.
+pub(crate) fn same_set(a: &[String], b: &[String]) -> bool {
+    let mut a: Vec<&String> = a.iter().collect();
+    let mut b: Vec<&String> = b.iter().collect();
+    a.sort();
+    b.sort();
+    a == b
 }
 
 /// What storing a resolution came to.
@@ -228,6 +243,10 @@ pub(super) struct Head {
     pub base: Option<Revision>,
     pub deleted: bool,
     pub leaves: Vec<Revision>,
+    /// The device that pushed the head (`None`: an admin's resolution).
+    pub device_id: Option<i64>,
+    /// Whether the head waits for its author to be bound.
+    pub provisional: bool,
 }
 
 /// What a push needs to know before deciding.
@@ -239,6 +258,8 @@ pub(super) struct PushState {
     pub revisions: HashMap<String, String>,
     /// The batch's authors verified for the device.
     pub verified: HashSet<String>,
+    /// The device of each leaf of the records the batch names.
+    pub leaf_devices: HashMap<String, i64>,
 }
 
 /// One write of a push.
@@ -259,6 +280,9 @@ pub(super) enum Write<'a> {
         op: &'a SyncOp,
         seq: i64,
         provisional: bool,
+        /// Earlier leaves of the same device and origin that it replaces
+        /// (the device made it seeing them: its own later state).
+        replaces: Vec<Revision>,
     },
 }
 
@@ -358,27 +382,48 @@ pub(super) fn plan<'a>(push: &'a NewPush, state: &PushState, mut last_seq: i64) 
                 };
             }
             let head = state.heads.get(&(op.collection.clone(), op.id.clone()));
+            let provisional = !state.verified.contains(&op.author);
             let applies = match head {
                 None => true,
+                // An author not yet bound does not replace a published head
+                // (it would hide the record from every other device): the
+                // change waits as a provisional leaf, served to its device.
+                Some(h) if provisional && !h.provisional => false,
                 Some(h) => {
                     Some(h.revision) == op.base
+                        // The same device's later state, made on the same
+                        // base as its own head (it did not hear the answer).
                         || (h.revision.origin() == op.revision.origin()
+                            && h.device_id == Some(push.device_id)
                             && h.revision.seq() < op.revision.seq()
                             && h.base == op.base)
                         || (h.deleted && op.deleted)
                 }
             };
+            // A device's later state replaces its own earlier leaf.
+            let replaces: Vec<Revision> = head
+                .map(|h| {
+                    h.leaves
+                        .iter()
+                        .filter(|l| {
+                            l.origin() == op.revision.origin()
+                                && l.seq() < op.revision.seq()
+                                && state.leaf_devices.get(&l.to_string()) == Some(&push.device_id)
+                        })
+                        .copied()
+                        .collect()
+                })
+                .unwrap_or_default();
             // A record's leaves travel with it in every pull page: past
             // MAX_LEAVES, a page could outgrow what a device reads. The
             // device keeps the change and says so; resolving makes room.
-            if !applies && head.is_some_and(|h| h.leaves.len() >= MAX_LEAVES) {
+            if !applies && head.is_some_and(|h| h.leaves.len() - replaces.len() >= MAX_LEAVES) {
                 return rejected(
                     RejectCode::TooManyLeaves,
                     "the record has too many unresolved conflicts: resolve them first",
                 );
             }
             revisions.insert(name, &op.digest);
-            let provisional = !state.verified.contains(&op.author);
             last_seq += 1;
             let seq = last_seq;
             let seq_u = u64::try_from(seq).unwrap_or(0);
@@ -403,6 +448,7 @@ pub(super) fn plan<'a>(push: &'a NewPush, state: &PushState, mut last_seq: i64) 
                     op,
                     seq,
                     provisional,
+                    replaces,
                 });
                 Outcome::Conflict {
                     seq: seq_u,
@@ -467,9 +513,10 @@ impl Store {
         after: Option<(i64, i64)>,
         limit: i64,
         max_bytes: usize,
+        device_id: i64,
     ) -> Result<PullPage, StoreError> {
         let app = app.to_owned();
-        dispatch!(self, s => s.sync_pull(org_id, app, after, limit, max_bytes).await)
+        dispatch!(self, s => s.sync_pull(org_id, app, after, limit, max_bytes, device_id).await)
     }
 
     /// Records of an organization, by app, collection and id.

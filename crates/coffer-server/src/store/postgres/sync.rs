@@ -10,8 +10,9 @@ use tokio_postgres::types::ToSql;
 
 use super::{pg, PostgresStore};
 use crate::store::sync::{
-    plan, revision, server_revision, BindStored, Compacted, Head, NewPush, PullPage, PushState,
-    PushStored, RecordFilter, Resolution, ResolveStored, StoredLeaf, StoredRecord, Write,
+    plan, revision, same_set, server_revision, BindStored, Compacted, Head, NewPush, PullPage,
+    PushState, PushStored, RecordFilter, Resolution, ResolveStored, StoredLeaf, StoredRecord,
+    Write,
 };
 use crate::store::{now_unix, StoreError};
 use coffer_protocol::sync::{LikelyDuplicate, ProvisionalAuthor, Resolved};
@@ -210,6 +211,10 @@ impl PostgresStore {
                 "SELECT r.collection, r.record_id, r.revision, r.base, r.deleted,
                         coalesce((SELECT array_agg(l.revision ORDER BY l.created_at, l.revision)
                                   FROM sync_leaves l WHERE l.org_id = r.org_id AND l.app = r.app
+                                  AND l.collection = r.collection AND l.record_id = r.record_id), '{}'),
+                        r.device_id, r.provisional,
+                        coalesce((SELECT array_agg(coalesce(l.device_id, 0) ORDER BY l.created_at, l.revision)
+                                  FROM sync_leaves l WHERE l.org_id = r.org_id AND l.app = r.app
                                   AND l.collection = r.collection AND l.record_id = r.record_id), '{}')
                  FROM sync_records r JOIN unnest($3::text[], $4::text[]) AS k (c, i)
                      ON r.collection = k.c AND r.record_id = k.i
@@ -221,6 +226,12 @@ impl PostgresStore {
         for r in rows {
             let base: Option<String> = r.get(3);
             let leaves: Vec<String> = r.get(5);
+            let leaf_devices: Vec<i64> = r.get(8);
+            for (leaf, device) in leaves.iter().zip(&leaf_devices) {
+                if *device != 0 {
+                    state.leaf_devices.insert(leaf.clone(), *device);
+                }
+            }
             state.heads.insert(
                 (r.get(0), r.get(1)),
                 Head {
@@ -231,6 +242,8 @@ impl PostgresStore {
                         .iter()
                         .map(|l| revision(l))
                         .collect::<Result<_, _>>()?,
+                    device_id: r.get(6),
+                    provisional: r.get(7),
                 },
             );
         }
@@ -311,8 +324,23 @@ impl PostgresStore {
                     h.push(o, *seq, *provisional, *leaves_left);
                 }
                 Write::Leaf {
-                    seq, provisional, ..
-                } => l.push(o, *seq, *provisional, 0),
+                    seq,
+                    provisional,
+                    replaces,
+                    ..
+                } => {
+                    // Earlier leaves of the same device's origin go (in the
+                    // DELETE below, before the new leaf is inserted).
+                    for leaf in replaces {
+                        rc.push(o.collection.as_str());
+                        ri.push(o.id.as_str());
+                        rr.push(leaf.to_string());
+                    }
+                    // The leaves column of a leaf row: how many it replaces,
+                    // negated (the record's count moves by 1 minus that).
+                    let replaced = i64::try_from(replaces.len()).unwrap_or(0);
+                    l.push(o, *seq, *provisional, -replaced);
+                }
             }
             cs.push(write.seq());
             cc.push(o.collection.as_str());
@@ -391,10 +419,18 @@ impl PostgresStore {
             .await
             .map_err(pg(op))?;
             tx.execute(
-                "UPDATE sync_records r SET seq = t.s, leaves = r.leaves + 1, changed_at = $3
-                 FROM unnest($4::text[], $5::text[], $6::int8[]) AS t (c, i, s)
+                "UPDATE sync_records r SET seq = t.s, leaves = r.leaves + 1 + t.n, changed_at = $3
+                 FROM unnest($4::text[], $5::text[], $6::int8[], $7::int8[]) AS t (c, i, s, n)
                  WHERE r.org_id = $1 AND r.app = $2 AND r.collection = t.c AND r.record_id = t.i",
-                &[&push.org_id, &push.app, &now, &l.collection, &l.id, &l.seq],
+                &[
+                    &push.org_id,
+                    &push.app,
+                    &now,
+                    &l.collection,
+                    &l.id,
+                    &l.seq,
+                    &l.leaves,
+                ],
             )
             .await
             .map_err(pg(op))?;
@@ -426,6 +462,7 @@ impl PostgresStore {
         after: Option<(i64, i64)>,
         limit: i64,
         max_bytes: usize,
+        device_id: i64,
     ) -> Result<PullPage, StoreError> {
         let op = "reading the feed";
         let mut client = self.client(op).await?;
@@ -449,7 +486,10 @@ impl PostgresStore {
         // since the floor its cursor carries; or the cursor is ahead of the
         // feed (another database, a restored one).
         if let Some((after, seen_floor)) = after {
-            if floor > after.max(seen_floor) || after > last {
+            if after > last {
+                return Ok(PullPage::Behind);
+            }
+            if floor > after.max(seen_floor) {
                 return Ok(PullPage::Expired);
             }
         }
@@ -504,10 +544,10 @@ impl PostgresStore {
                          ON r.org_id = l.org_id AND r.app = l.app AND r.collection = l.collection
                          AND r.record_id = l.record_id
                      WHERE r.org_id = $1 AND r.app = $2 AND r.seq > $3 AND r.seq <= $4
-                         AND NOT r.provisional AND NOT l.provisional
+                         AND NOT r.provisional AND (NOT l.provisional OR l.device_id = $5)
                      ORDER BY l.created_at, l.revision"
                 ),
-                &[&org_id, &app, &after, &upto],
+                &[&org_id, &app, &after, &upto, &device_id],
             )
             .await
             .map_err(pg(op))?
@@ -679,7 +719,7 @@ impl PostgresStore {
         if leaves.is_empty() {
             return Ok(ResolveStored::NotInConflict);
         }
-        if head != resolution.expected_head {
+        if head != resolution.expected_head || !same_set(&leaves, &resolution.expected_leaves) {
             return Ok(ResolveStored::Changed);
         }
         let rev = server_revision(seq)?;

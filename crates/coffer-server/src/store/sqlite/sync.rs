@@ -6,9 +6,9 @@ use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::SqliteStore;
 use crate::store::sync::{
-    page_cut, plan, revision, server_revision, BindStored, Compacted, Head, NewPush, PullPage,
-    PushState, PushStored, RecordFilter, Resolution, ResolveStored, StoredLeaf, StoredRecord,
-    Write,
+    page_cut, plan, revision, same_set, server_revision, BindStored, Compacted, Head, NewPush,
+    PullPage, PushState, PushStored, RecordFilter, Resolution, ResolveStored, StoredLeaf,
+    StoredRecord, Write,
 };
 use crate::store::{db_error, now_unix, StoreError};
 use coffer_protocol::sync::{LikelyDuplicate, ProvisionalAuthor, Resolved};
@@ -199,39 +199,47 @@ impl SqliteStore {
             {
                 let mut heads = tx
                     .prepare_cached(
-                        "SELECT revision, base, deleted FROM sync_records
+                        "SELECT revision, base, deleted, device_id, provisional FROM sync_records
                          WHERE org_id = ?1 AND app = ?2 AND collection = ?3 AND record_id = ?4",
                     )
                     .map_err(|x| e(&x))?;
                 let mut leaves = tx
                     .prepare_cached(
-                        "SELECT revision FROM sync_leaves
+                        "SELECT revision, device_id FROM sync_leaves
                          WHERE org_id = ?1 AND app = ?2 AND collection = ?3 AND record_id = ?4
                          ORDER BY created_at, revision",
                     )
                     .map_err(|x| e(&x))?;
                 for (collection, id) in push.keys() {
-                    let head: Option<(String, Option<String>, bool)> = heads
+                    type HeadRow = (String, Option<String>, bool, Option<i64>, bool);
+                    let head: Option<HeadRow> = heads
                         .query_row(params![push.org_id, push.app, collection, id], |r| {
-                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                         })
                         .optional()
                         .map_err(|x| e(&x))?;
-                    let Some((rev, base, deleted)) = head else { continue };
-                    let leaf_revs = leaves
+                    let Some((rev, base, deleted, device_id, provisional)) = head else { continue };
+                    let leaf_rows = leaves
                         .query_map(params![push.org_id, push.app, collection, id], |r| {
-                            r.get::<_, String>(0)
+                            Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
                         })
                         .map_err(|x| e(&x))?
                         .collect::<rusqlite::Result<Vec<_>>>()
                         .map_err(|x| e(&x))?;
+                    for (leaf, device) in &leaf_rows {
+                        if let Some(device) = device {
+                            state.leaf_devices.insert(leaf.clone(), *device);
+                        }
+                    }
                     state.heads.insert(
                         (collection, id),
                         Head {
                             revision: revision(&rev)?,
                             base: base.as_deref().map(revision).transpose()?,
                             deleted,
-                            leaves: leaf_revs.iter().map(|l| revision(l)).collect::<Result<_, _>>()?,
+                            leaves: leaf_rows.iter().map(|(l, _)| revision(l)).collect::<Result<_, _>>()?,
+                            device_id,
+                            provisional,
                         },
                     );
                 }
@@ -298,7 +306,22 @@ impl SqliteStore {
                         })
                         .map_err(|x| e(&x))?;
                     }
-                    Write::Leaf { seq, provisional, .. } => {
+                    Write::Leaf {
+                        seq,
+                        provisional,
+                        replaces,
+                        ..
+                    } => {
+                        for earlier in replaces {
+                            tx.prepare_cached(
+                                "DELETE FROM sync_leaves WHERE org_id = ?1 AND app = ?2
+                                     AND collection = ?3 AND record_id = ?4 AND revision = ?5",
+                            )
+                            .and_then(|mut s| {
+                                s.execute(params![push.org_id, push.app, o.collection, o.id, earlier.to_string()])
+                            })
+                            .map_err(|x| e(&x))?;
+                        }
                         tx.prepare_cached(
                             "INSERT INTO sync_leaves (org_id, app, collection, record_id, revision, base, deleted,
                                  sealed, author, device_id, provisional, created_at)
@@ -312,10 +335,13 @@ impl SqliteStore {
                         })
                         .map_err(|x| e(&x))?;
                         tx.prepare_cached(
-                            "UPDATE sync_records SET seq = ?5, leaves = leaves + 1, changed_at = ?6
+                            "UPDATE sync_records SET seq = ?5, leaves = leaves + 1 - ?7, changed_at = ?6
                              WHERE org_id = ?1 AND app = ?2 AND collection = ?3 AND record_id = ?4",
                         )
-                        .and_then(|mut s| s.execute(params![push.org_id, push.app, o.collection, o.id, seq, now]))
+                        .and_then(|mut s| {
+                            let replaced = i64::try_from(replaces.len()).unwrap_or(0);
+                            s.execute(params![push.org_id, push.app, o.collection, o.id, seq, now, replaced])
+                        })
                         .map_err(|x| e(&x))?;
                     }
                 }
@@ -347,6 +373,7 @@ impl SqliteStore {
         after: Option<(i64, i64)>,
         limit: i64,
         max_bytes: usize,
+        device_id: i64,
     ) -> Result<PullPage, StoreError> {
         let op = "reading the feed";
         self.with(op, move |conn| {
@@ -368,7 +395,10 @@ impl SqliteStore {
             // since the floor its cursor carries; or the cursor is ahead of
             // the feed (another database, a restored one).
             if let Some((after, seen_floor)) = after {
-                if floor > after.max(seen_floor) || after > last {
+                if after > last {
+                    return Ok(PullPage::Behind);
+                }
+                if floor > after.max(seen_floor) {
                     return Ok(PullPage::Expired);
                 }
             }
@@ -420,11 +450,11 @@ impl SqliteStore {
                          ON r.org_id = l.org_id AND r.app = l.app AND r.collection = l.collection
                          AND r.record_id = l.record_id
                      WHERE r.org_id = ?1 AND r.app = ?2 AND r.seq > ?3 AND r.seq <= ?4
-                         AND r.provisional = 0 AND l.provisional = 0
+                         AND r.provisional = 0 AND (l.provisional = 0 OR l.device_id = ?5)
                      ORDER BY l.created_at, l.revision"
                 ))
                 .and_then(|mut s| {
-                    s.query_map(params![org_id, app, after, upto], stored_leaf)?
+                    s.query_map(params![org_id, app, after, upto, device_id], stored_leaf)?
                         .collect()
                 })
                 .map_err(|x| e(&x))?;
@@ -584,7 +614,7 @@ impl SqliteStore {
             if leaves.is_empty() {
                 return Ok(ResolveStored::NotInConflict);
             }
-            if head != resolution.expected_head {
+            if head != resolution.expected_head || !same_set(&leaves, &resolution.expected_leaves) {
                 return Ok(ResolveStored::Changed);
             }
             let seq = counter(&tx, org_id, &app)? + 1;
