@@ -198,9 +198,120 @@ fn origin_bytes(origin: &str) -> Result<[u8; 16]> {
     Ok(bytes)
 }
 
-/// Pushes every pending change of one app.
+/// The next batch of pending changes after the local sequence `after`:
+/// the changes it carries, the batch, and the highest local sequence it
+/// looked at. What the server would refuse is answered here (and kept).
+/// `None` when nothing is pending after `after`.
+fn next_batch(
+    records: &mut RecordStore,
+    origin: [u8; 16],
+    mut after: u64,
+    report: &mut AppSync,
+) -> Result<Option<(Vec<PendingChange>, PushBatch, u64)>> {
+    loop {
+        let pending = records.pending_changes_after(after, wire::MAX_PUSH_OPS)?;
+        if pending.is_empty() {
+            return Ok(None);
+        }
+        let mut changes = Vec::new();
+        let mut ops = Vec::new();
+        let mut local_acks = Vec::new();
+        let mut bytes = 0usize;
+        for change in pending {
+            after = after.max(change.local_seq);
+            let op = to_op(origin, &change)?;
+            if let Err(refusal) = op.check() {
+                let code = refusal.code.as_str().to_owned();
+                report
+                    .rejected
+                    .push((change.collection.clone(), change.id.clone(), code.clone()));
+                local_acks.push(Ack {
+                    collection: change.collection.clone(),
+                    id: change.id.clone(),
+                    local_seq: change.local_seq,
+                    revision: op.revision.to_string(),
+                    outcome: AckOutcome::Rejected { code },
+                });
+                continue;
+            }
+            // The operation as it will be sent (long names and many
+            // resolved leaves count too), so a batch stays under the limit.
+            bytes += serde_json::to_vec(&op).map_or(wire::MAX_RECORD_BODY, |v| v.len()) + 1;
+            changes.push(change);
+            ops.push(op);
+            if bytes > PUSH_BYTES {
+                break;
+            }
+        }
+        records.acknowledge(&local_acks)?;
+        if !ops.is_empty() {
+            return Ok(Some((changes, batch_of(ops), after)));
+        }
+    }
+}
+
+/// The server's answer to `batch`, as the device records it.
+fn acks_of(
+    changes: &[PendingChange],
+    batch: &PushBatch,
+    answer: coffer_protocol::sync::PushAnswer,
+    report: &mut AppSync,
+) -> Result<Vec<Ack>> {
+    if answer.batch_id != batch.batch_id || answer.results.len() != batch.ops.len() {
+        return Err(Error::BadAnswer {
+            endpoint: Push::PATH,
+            problem: "the answer does not match the batch".into(),
+        });
+    }
+    let mut acks = Vec::new();
+    for ((change, op), result) in changes.iter().zip(&batch.ops).zip(answer.results) {
+        if result.revision != op.revision {
+            return Err(Error::BadAnswer {
+                endpoint: Push::PATH,
+                problem: "a result names another revision".into(),
+            });
+        }
+        let outcome = match result.outcome {
+            Outcome::Applied { seq } => {
+                report.applied += 1;
+                AckOutcome::Applied { seq }
+            }
+            Outcome::Duplicate => {
+                report.duplicates += 1;
+                AckOutcome::Duplicate
+            }
+            Outcome::Conflict { .. } => {
+                report.conflicts += 1;
+                AckOutcome::Conflict
+            }
+            Outcome::Rejected { code, .. } => {
+                let code = code.as_str().to_owned();
+                report
+                    .rejected
+                    .push((change.collection.clone(), change.id.clone(), code.clone()));
+                AckOutcome::Rejected { code }
+            }
+            // A newer server's outcome: nothing is acted on, the change
+            // stays pending (for the next round).
+            _ => continue,
+        };
+        acks.push(Ack {
+            collection: change.collection.clone(),
+            id: change.id.clone(),
+            local_seq: change.local_seq,
+            revision: op.revision.to_string(),
+            outcome,
+        });
+    }
+    Ok(acks)
+}
+
+/// Pushes every pending change of one app, a batch at a time. The next
+/// batch is read and encoded while the server stores the last one (sent
+/// from a second connection on its own thread); each answer is recorded
+/// in one local transaction as it comes, in order.
 fn push_all(
-    client: &Client,
+    connect: &(dyn Fn() -> Result<Client> + Sync),
     credentials: Credentials<'_>,
     app: &str,
     records: &mut RecordStore,
@@ -209,123 +320,70 @@ fn push_all(
 ) -> Result<()> {
     let origin = origin_bytes(&records.sync_origin()?)?;
     let total = records.sync_state()?.pending;
-    let mut done = 0u64;
-    loop {
-        let pending = records.pending_changes(wire::MAX_PUSH_OPS)?;
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let mut ops = Vec::new();
-        let mut local_acks = Vec::new();
-        let mut bytes = 0usize;
-        for change in &pending {
-            let op = to_op(origin, change)?;
-            // What the server would refuse is answered here (and kept).
-            if let Err(refusal) = op.check() {
-                local_acks.push(Ack {
-                    collection: change.collection.clone(),
-                    id: change.id.clone(),
-                    local_seq: change.local_seq,
-                    revision: op.revision.to_string(),
-                    outcome: AckOutcome::Rejected {
-                        code: refusal.code.as_str().to_owned(),
-                    },
-                });
-                continue;
-            }
-            // The operation as it will be sent (long names and many
-            // resolved leaves count too), so a batch stays under the limit.
-            bytes += serde_json::to_vec(&op).map_or(wire::MAX_RECORD_BODY, |v| v.len()) + 1;
-            ops.push((change, op));
-            if bytes > PUSH_BYTES {
-                break;
-            }
-        }
-        for ack in &local_acks {
-            if let AckOutcome::Rejected { code } = &ack.outcome {
-                report
-                    .rejected
-                    .push((ack.collection.clone(), ack.id.clone(), code.clone()));
-            }
-        }
-        records.acknowledge(&local_acks)?;
-        if ops.is_empty() {
-            continue;
-        }
-        let (changes, ops): (Vec<&PendingChange>, Vec<PushOp>) = ops.into_iter().unzip();
-        let batch = batch_of(ops);
-        let answer = client.send(
-            &Push {
-                app: app.to_owned(),
-                batch: batch.clone(),
-            },
-            credentials,
-        )?;
-        if answer.batch_id != batch.batch_id || answer.results.len() != batch.ops.len() {
-            return Err(Error::BadAnswer {
-                endpoint: Push::PATH,
-                problem: "the answer does not match the batch".into(),
-            });
-        }
-        let mut acks = Vec::new();
-        let mut progressed = false;
-        for ((change, op), result) in changes.iter().zip(&batch.ops).zip(answer.results) {
-            if result.revision != op.revision {
-                return Err(Error::BadAnswer {
-                    endpoint: Push::PATH,
-                    problem: "a result names another revision".into(),
-                });
-            }
-            let outcome = match result.outcome {
-                Outcome::Applied { seq } => {
-                    report.applied += 1;
-                    AckOutcome::Applied { seq }
+    let Some(first) = next_batch(records, origin, 0, report)? else {
+        return Ok(());
+    };
+    std::thread::scope(|scope| {
+        let (ask, asked) = std::sync::mpsc::channel::<PushBatch>();
+        let (give, given) =
+            std::sync::mpsc::sync_channel::<Result<coffer_protocol::sync::PushAnswer>>(1);
+        scope.spawn(move || {
+            let client = match connect() {
+                Ok(client) => client,
+                Err(e) => {
+                    let _ = give.send(Err(e));
+                    return;
                 }
-                Outcome::Duplicate => {
-                    report.duplicates += 1;
-                    AckOutcome::Duplicate
-                }
-                Outcome::Conflict { .. } => {
-                    report.conflicts += 1;
-                    AckOutcome::Conflict
-                }
-                Outcome::Rejected { code, .. } => {
-                    let code = code.as_str().to_owned();
-                    report.rejected.push((
-                        change.collection.clone(),
-                        change.id.clone(),
-                        code.clone(),
-                    ));
-                    AckOutcome::Rejected { code }
-                }
-                // A newer server's outcome: nothing is acted on, the change
-                // stays pending.
-                _ => continue,
             };
-            progressed = true;
-            acks.push(Ack {
-                collection: change.collection.clone(),
-                id: change.id.clone(),
-                local_seq: change.local_seq,
-                revision: op.revision.to_string(),
-                outcome,
-            });
+            while let Ok(batch) = asked.recv() {
+                let answer = client.send(
+                    &Push {
+                        app: app.to_owned(),
+                        batch,
+                    },
+                    credentials,
+                );
+                if give.send(answer).is_err() {
+                    return;
+                }
+            }
+        });
+        let gone = || Error::BadAnswer {
+            endpoint: Push::PATH,
+            problem: "the push stopped".into(),
+        };
+        let mut done = 0u64;
+        let (mut changes, mut batch, mut after) = first;
+        ask.send(batch.clone()).map_err(|_| gone())?;
+        loop {
+            // Read the next batch while this one is on its way.
+            let next = next_batch(records, origin, after, report)?;
+            let answer = given.recv().map_err(|_| gone())??;
+            let acks = acks_of(&changes, &batch, answer, report)?;
+            records.acknowledge(&acks)?;
+            done += acks.len() as u64;
+            observer.pushed(app, done, total.max(done));
+            match next {
+                Some((c, b, a)) => {
+                    ask.send(b.clone()).map_err(|_| gone())?;
+                    (changes, batch, after) = (c, b, a);
+                }
+                None => return Ok(()),
+            }
         }
-        records.acknowledge(&acks)?;
-        done += acks.len() as u64;
-        observer.pushed(app, done, total.max(done));
-        if !progressed {
-            // Every answer was one this device does not know: try again at
-            // the next round rather than spin.
-            return Ok(());
-        }
-    }
+    })
 }
 
 /// Pulls one app's changes until the feed's end. A cursor the server no
 /// longer keeps starts the pull over, once per round.
+///
+/// The next page is requested as soon as a page arrives, from a second
+/// connection on its own thread, while this one applies the page: the
+/// server reads and seals the next page while the device writes this one
+/// (a kill loses at most the page in flight; nothing is applied out of
+/// order, and a cursor is stored only with its page).
 fn pull_all(
-    client: &Client,
+    connect: &(dyn Fn() -> Result<Client> + Sync),
     credentials: Credentials<'_>,
     app: &str,
     records: &mut RecordStore,
@@ -333,64 +391,94 @@ fn pull_all(
     observer: &mut dyn SyncObserver,
 ) -> Result<()> {
     let origin = records.sync_origin()?;
-    let mut cursor = records.sync_state()?.cursor;
-    loop {
-        let page: PullAnswer = match client.send(
-            &Pull {
-                app: app.to_owned(),
-                after: cursor.clone(),
-                limit: None,
-            },
-            credentials,
-        ) {
-            Err(Error::Refused {
-                code: code @ (ErrorCode::CursorExpired | ErrorCode::FeedBehind),
-                ..
-            }) if !report.reset => {
-                records.reset_sync(code == ErrorCode::FeedBehind)?;
-                report.reset = true;
-                cursor = None;
-                continue;
+    let cursor = records.sync_state()?.cursor;
+    std::thread::scope(|scope| {
+        let (ask, asked) = std::sync::mpsc::channel::<Option<String>>();
+        let (give, given) = std::sync::mpsc::sync_channel::<Result<PullAnswer>>(1);
+        scope.spawn(move || {
+            let client = match connect() {
+                Ok(client) => client,
+                Err(e) => {
+                    let _ = give.send(Err(e));
+                    return;
+                }
+            };
+            // Ends when the applier hangs up (done, or an error).
+            while let Ok(after) = asked.recv() {
+                let page = client.send(
+                    &Pull {
+                        app: app.to_owned(),
+                        after,
+                        limit: None,
+                    },
+                    credentials,
+                );
+                if give.send(page).is_err() {
+                    return;
+                }
             }
-            other => other?,
+        });
+        let fetcher_gone = || Error::BadAnswer {
+            endpoint: Pull::PATH,
+            problem: "the pull stopped".into(),
         };
-        report.pages += 1;
-        if page.cursor.is_empty() || page.cursor.len() > 256 {
-            return Err(Error::BadAnswer {
-                endpoint: Pull::PATH,
-                problem: "the cursor is empty or too long".into(),
-            });
-        }
-        let mut last_seq = 0;
-        let mut heads = Vec::with_capacity(page.records.len());
-        for record in page.records {
-            if record.seq <= last_seq {
+        ask.send(cursor).map_err(|_| fetcher_gone())?;
+        loop {
+            let page: PullAnswer = match given.recv().map_err(|_| fetcher_gone())? {
+                Err(Error::Refused {
+                    code: code @ (ErrorCode::CursorExpired | ErrorCode::FeedBehind),
+                    ..
+                }) if !report.reset => {
+                    records.reset_sync(code == ErrorCode::FeedBehind)?;
+                    report.reset = true;
+                    ask.send(None).map_err(|_| fetcher_gone())?;
+                    continue;
+                }
+                other => other?,
+            };
+            report.pages += 1;
+            if page.cursor.is_empty() || page.cursor.len() > 256 {
                 return Err(Error::BadAnswer {
                     endpoint: Pull::PATH,
-                    problem: "the records are not in sequence order".into(),
+                    problem: "the cursor is empty or too long".into(),
                 });
             }
-            last_seq = record.seq;
-            heads.push(to_head(record).map_err(|problem| Error::BadAnswer {
-                endpoint: Pull::PATH,
-                problem: problem.into(),
-            })?);
+            // The next page is on its way while this one is checked and
+            // applied.
+            if !page.complete {
+                ask.send(Some(page.cursor.clone()))
+                    .map_err(|_| fetcher_gone())?;
+            }
+            let mut last_seq = 0;
+            let mut heads = Vec::with_capacity(page.records.len());
+            for record in page.records {
+                if record.seq <= last_seq {
+                    return Err(Error::BadAnswer {
+                        endpoint: Pull::PATH,
+                        problem: "the records are not in sequence order".into(),
+                    });
+                }
+                last_seq = record.seq;
+                heads.push(to_head(record).map_err(|problem| Error::BadAnswer {
+                    endpoint: Pull::PATH,
+                    problem: problem.into(),
+                })?);
+            }
+            let n = heads.len() as u64;
+            if n == 0 && !page.complete {
+                return Err(Error::BadAnswer {
+                    endpoint: Pull::PATH,
+                    problem: "an empty page that is not the end".into(),
+                });
+            }
+            records.apply_page(&origin, &heads, &page.cursor, page.complete)?;
+            report.pulled += n;
+            observer.pulled(app, report.pulled);
+            if page.complete {
+                return Ok(());
+            }
         }
-        let n = heads.len() as u64;
-        if n == 0 && !page.complete {
-            return Err(Error::BadAnswer {
-                endpoint: Pull::PATH,
-                problem: "an empty page that is not the end".into(),
-            });
-        }
-        records.apply_page(&origin, &heads, &page.cursor, page.complete)?;
-        report.pulled += n;
-        observer.pulled(app, report.pulled);
-        cursor = Some(page.cursor);
-        if page.complete {
-            return Ok(());
-        }
-    }
+    })
 }
 
 impl Agent {
@@ -475,8 +563,9 @@ impl Agent {
                 reset: false,
                 state: records.sync_state()?,
             };
+            let connect = || self.client(&enrollment.server);
             push_all(
-                &client,
+                &connect,
                 credentials,
                 app,
                 &mut records,
@@ -484,7 +573,7 @@ impl Agent {
                 observer,
             )?;
             pull_all(
-                &client,
+                &connect,
                 credentials,
                 app,
                 &mut records,

@@ -402,6 +402,12 @@ impl RecordStore {
     /// Up to `limit` pending changes, oldest first (a change the server
     /// refused is not offered again until the record changes).
     pub fn pending_changes(&self, limit: usize) -> Result<Vec<PendingChange>> {
+        self.pending_changes_after(0, limit)
+    }
+
+    /// [`RecordStore::pending_changes`] whose local sequence is above
+    /// `after` (the next batch while the last one is on its way).
+    pub fn pending_changes_after(&self, after: u64, limit: usize) -> Result<Vec<PendingChange>> {
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -409,24 +415,30 @@ impl RecordStore {
                         r.body, r.deleted
                  FROM coffer_sync_records s
                  JOIN coffer_records r ON r.collection = s.collection AND r.id = s.id
-                 WHERE s.local_seq IS NOT NULL
+                 WHERE s.local_seq > ?2
                    AND (s.rejected_seq IS NULL OR s.rejected_seq <> s.local_seq)
                  ORDER BY s.local_seq LIMIT ?1",
             )
             .map_err(db("reading pending changes"))?;
         let rows = stmt
-            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                    r.get::<_, i64>(7)? != 0,
-                ))
-            })
+            .query_map(
+                params![
+                    i64::try_from(limit).unwrap_or(i64::MAX),
+                    i64::try_from(after).unwrap_or(i64::MAX)
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                        r.get::<_, i64>(7)? != 0,
+                    ))
+                },
+            )
             .map_err(db("reading pending changes"))?;
         let mut out = Vec::new();
         for row in rows {
