@@ -198,6 +198,65 @@ fn origin_bytes(origin: &str) -> Result<[u8; 16]> {
     Ok(bytes)
 }
 
+/// Requests of one endpoint sent in order from a connection of their own,
+/// on a thread of their own, while the caller works on the last answer:
+/// [`Pipe::send`] queues one, [`Pipe::answer`] waits for the oldest one's.
+struct Pipe<E: Endpoint> {
+    ask: std::sync::mpsc::Sender<E>,
+    given: std::sync::mpsc::Receiver<Result<E::Answer>>,
+}
+
+impl<E: Endpoint> Pipe<E> {
+    fn stopped() -> Error {
+        Error::BadAnswer {
+            endpoint: E::PATH,
+            problem: "the connection's thread stopped".into(),
+        }
+    }
+
+    fn send(&self, request: E) -> Result<()> {
+        self.ask.send(request).map_err(|_| Self::stopped())
+    }
+
+    fn answer(&self) -> Result<E::Answer> {
+        self.given.recv().map_err(|_| Self::stopped())?
+    }
+}
+
+/// Runs `work` with a [`Pipe`] of `E` requests. The connection's thread
+/// ends when `work` returns (its queue closes), and is joined before this
+/// returns.
+fn pipelined<E, R>(
+    connect: &(dyn Fn() -> Result<Client> + Sync),
+    credentials: Credentials<'_>,
+    work: impl FnOnce(&Pipe<E>) -> Result<R>,
+) -> Result<R>
+where
+    E: Endpoint + Send,
+    E::Answer: Send,
+{
+    std::thread::scope(|scope| {
+        let (ask, asked) = std::sync::mpsc::channel::<E>();
+        // One answer waits at most: the thread stays one request ahead.
+        let (give, given) = std::sync::mpsc::sync_channel::<Result<E::Answer>>(1);
+        scope.spawn(move || {
+            let client = match connect() {
+                Ok(client) => client,
+                Err(e) => {
+                    let _ = give.send(Err(e));
+                    return;
+                }
+            };
+            while let Ok(request) = asked.recv() {
+                if give.send(client.send(&request, credentials)).is_err() {
+                    return;
+                }
+            }
+        });
+        work(&Pipe { ask, given })
+    })
+}
+
 /// The next batch of pending changes after the local sequence `after`:
 /// the changes it carries, the batch, and the highest local sequence it
 /// looked at. What the server would refuse is answered here (and kept).
@@ -323,49 +382,25 @@ fn push_all(
     let Some(first) = next_batch(records, origin, 0, report)? else {
         return Ok(());
     };
-    std::thread::scope(|scope| {
-        let (ask, asked) = std::sync::mpsc::channel::<PushBatch>();
-        let (give, given) =
-            std::sync::mpsc::sync_channel::<Result<coffer_protocol::sync::PushAnswer>>(1);
-        scope.spawn(move || {
-            let client = match connect() {
-                Ok(client) => client,
-                Err(e) => {
-                    let _ = give.send(Err(e));
-                    return;
-                }
-            };
-            while let Ok(batch) = asked.recv() {
-                let answer = client.send(
-                    &Push {
-                        app: app.to_owned(),
-                        batch,
-                    },
-                    credentials,
-                );
-                if give.send(answer).is_err() {
-                    return;
-                }
-            }
-        });
-        let gone = || Error::BadAnswer {
-            endpoint: Push::PATH,
-            problem: "the push stopped".into(),
+    pipelined(connect, credentials, |pipe: &Pipe<Push>| {
+        let push = |batch: PushBatch| Push {
+            app: app.to_owned(),
+            batch,
         };
         let mut done = 0u64;
         let (mut changes, mut batch, mut after) = first;
-        ask.send(batch.clone()).map_err(|_| gone())?;
+        pipe.send(push(batch.clone()))?;
         loop {
             // Read the next batch while this one is on its way.
             let next = next_batch(records, origin, after, report)?;
-            let answer = given.recv().map_err(|_| gone())??;
+            let answer = pipe.answer()?;
             let acks = acks_of(&changes, &batch, answer, report)?;
             records.acknowledge(&acks)?;
             done += acks.len() as u64;
             observer.pushed(app, done, total.max(done));
             match next {
                 Some((c, b, a)) => {
-                    ask.send(b.clone()).map_err(|_| gone())?;
+                    pipe.send(push(b.clone()))?;
                     (changes, batch, after) = (c, b, a);
                 }
                 None => return Ok(()),
@@ -392,46 +427,22 @@ fn pull_all(
 ) -> Result<()> {
     let origin = records.sync_origin()?;
     let cursor = records.sync_state()?.cursor;
-    std::thread::scope(|scope| {
-        let (ask, asked) = std::sync::mpsc::channel::<Option<String>>();
-        let (give, given) = std::sync::mpsc::sync_channel::<Result<PullAnswer>>(1);
-        scope.spawn(move || {
-            let client = match connect() {
-                Ok(client) => client,
-                Err(e) => {
-                    let _ = give.send(Err(e));
-                    return;
-                }
-            };
-            // Ends when the applier hangs up (done, or an error).
-            while let Ok(after) = asked.recv() {
-                let page = client.send(
-                    &Pull {
-                        app: app.to_owned(),
-                        after,
-                        limit: None,
-                    },
-                    credentials,
-                );
-                if give.send(page).is_err() {
-                    return;
-                }
-            }
-        });
-        let fetcher_gone = || Error::BadAnswer {
-            endpoint: Pull::PATH,
-            problem: "the pull stopped".into(),
+    pipelined(connect, credentials, |pipe: &Pipe<Pull>| {
+        let pull = |after: Option<String>| Pull {
+            app: app.to_owned(),
+            after,
+            limit: None,
         };
-        ask.send(cursor).map_err(|_| fetcher_gone())?;
+        pipe.send(pull(cursor))?;
         loop {
-            let page: PullAnswer = match given.recv().map_err(|_| fetcher_gone())? {
+            let page: PullAnswer = match pipe.answer() {
                 Err(Error::Refused {
                     code: code @ (ErrorCode::CursorExpired | ErrorCode::FeedBehind),
                     ..
                 }) if !report.reset => {
                     records.reset_sync(code == ErrorCode::FeedBehind)?;
                     report.reset = true;
-                    ask.send(None).map_err(|_| fetcher_gone())?;
+                    pipe.send(pull(None))?;
                     continue;
                 }
                 other => other?,
@@ -446,8 +457,7 @@ fn pull_all(
             // The next page is on its way while this one is checked and
             // applied.
             if !page.complete {
-                ask.send(Some(page.cursor.clone()))
-                    .map_err(|_| fetcher_gone())?;
+                pipe.send(pull(Some(page.cursor.clone())))?;
             }
             let mut last_seq = 0;
             let mut heads = Vec::with_capacity(page.records.len());
