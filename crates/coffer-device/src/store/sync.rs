@@ -70,6 +70,10 @@ const RESETTING: &str = "resetting";
 const PULLED_AT: &str = "pulled_at";
 /// Present once records written before sync existed are marked pending.
 const BACKFILLED: &str = "backfilled";
+/// The meta key of the version of these tables (and their indexes).
+const SCHEMA_KEY: &str = "schema";
+/// Raised when [`SCHEMA`] gains a table or an index.
+const SCHEMA_VERSION: &str = "1";
 
 fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     move |e| Error::database(op, e)
@@ -284,6 +288,19 @@ fn set_meta(conn: &Connection, key: &str, value: Option<&str>) -> Result<()> {
 /// record as a pending local change once (so nothing written earlier is
 /// left behind), in one transaction.
 pub(crate) fn create(conn: &mut Connection, author: &str) -> Result<()> {
+    // Every open of a record store comes here: once the tables are in
+    // place, a read says so, and no write lock is taken (a `records get`
+    // must not wait behind another process's sync).
+    let ready: Option<String> = conn
+        .query_row(
+            "SELECT value FROM coffer_sync_meta WHERE key = ?1",
+            [SCHEMA_KEY],
+            |r| r.get(0),
+        )
+        .ok();
+    if ready.as_deref() == Some(SCHEMA_VERSION) {
+        return Ok(());
+    }
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db("creating the sync state"))?;
@@ -305,6 +322,7 @@ pub(crate) fn create(conn: &mut Connection, author: &str) -> Result<()> {
         // would have no revision: it gets none, and is not pending.
         set_meta(&tx, BACKFILLED, Some("1"))?;
     }
+    set_meta(&tx, SCHEMA_KEY, Some(SCHEMA_VERSION))?;
     tx.commit().map_err(db("creating the sync state"))
 }
 
