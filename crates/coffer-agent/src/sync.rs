@@ -492,6 +492,21 @@ fn pull_all(
 }
 
 impl Agent {
+    /// The sync state of each app that has synced on this vault, by name
+    /// (nothing is sent; apps that never synced are not opened).
+    pub fn sync_status(
+        &self,
+        vault: &UnlockedVault,
+    ) -> Result<Vec<(String, coffer_device::SyncState)>> {
+        let mut out = Vec::new();
+        for key in vault.setting_keys(SYNCED_APP)? {
+            let app = &key[SYNCED_APP.len()..];
+            let mut records = vault.app(app)?.records()?;
+            out.push((app.to_owned(), records.sync_state()?));
+        }
+        Ok(out)
+    }
+
     /// One sync round: a check-in (wipe orders first; a whole-device wipe
     /// ends here with [`Error::Wiped`]), purges the server or the policy
     /// ordered, then for each app the held policy's `sync` list names (made
@@ -653,10 +668,19 @@ mod tests {
         };
         assert!(to_head(record(Some(serde_json::json!({"a": 1})), false)).is_ok());
         assert!(to_head(record(None, true)).is_ok());
-        assert!(to_head(record(None, false)).is_err());
-        assert!(to_head(record(Some(serde_json::json!(1)), true)).is_err());
+        assert_eq!(
+            to_head(record(None, false)).unwrap_err(),
+            "a live record has no body"
+        );
+        assert_eq!(
+            to_head(record(Some(serde_json::json!(1)), true)).unwrap_err(),
+            "a deleted record carries a body"
+        );
         let mut long = record(None, true);
         long.id = "x".repeat(300);
-        assert!(to_head(long).is_err());
+        assert_eq!(
+            to_head(long).unwrap_err(),
+            "a collection or record id breaks the naming rule"
+        );
     }
 }

@@ -183,17 +183,10 @@ pub fn sync(global: &Global, command: Option<&SyncCommand>) -> Result<Report, Cl
         Some(SyncCommand::Status) => {
             let mut apps = Vec::new();
             let mut lines = Vec::new();
-            for info in vault.apps()? {
-                let Ok(mut records) = vault.app(&info.name)?.records() else {
-                    continue;
-                };
-                let state = records.sync_state()?;
-                if state.pulled_at.is_none() && state.pending == 0 {
-                    continue;
-                }
-                lines.push(format!("{}: {}.", info.name, state_line(&state)));
+            for (app, state) in crate::control::agent().sync_status(&vault)? {
+                lines.push(format!("{app}: {}.", state_line(&state)));
                 let mut entry = state_json(&state);
-                entry["app"] = json!(info.name);
+                entry["app"] = json!(app);
                 apps.push(entry);
             }
             if lines.is_empty() {
