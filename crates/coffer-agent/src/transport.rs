@@ -159,6 +159,9 @@ impl Client {
         if let Some(user) = credentials.user {
             request = request.header(coffer_protocol::USER_HEADER, user.expose_secret());
         }
+        for (name, value) in endpoint.headers() {
+            request = request.header(name, value);
+        }
         let body = match endpoint.body() {
             Some((body, content_type)) => {
                 request = request.header(http::header::CONTENT_TYPE, content_type);

@@ -131,6 +131,26 @@ error_codes! {
     NotInConflict = "not_in_conflict",
     /// The record's conflict leaves changed since the caller looked.
     ConflictsChanged = "conflicts_changed",
+    /// The upload expired (or was dropped after a `blob_mismatch`): declare
+    /// the file again and start from zero.
+    UploadGone = "upload_gone",
+    /// A piece sent at another offset than the server's (which is in the
+    /// `Upload-Offset` header).
+    UploadOffsetMismatch = "upload_offset_mismatch",
+    /// A piece whose bytes do not match its `Upload-Checksum`: nothing of
+    /// it was kept.
+    ChecksumMismatch = "checksum_mismatch",
+    /// The whole uploaded file does not match the SHA-256 it was declared
+    /// with: the upload is dropped.
+    BlobMismatch = "blob_mismatch",
+    /// A piece of the wrong length, or not on a piece boundary.
+    InvalidPiece = "invalid_piece",
+    /// A file larger than the server takes (`--max-file-size`).
+    FileTooLarge = "file_too_large",
+    /// The organization's files would exceed its storage quota.
+    QuotaExceeded = "quota_exceeded",
+    /// A `Range` outside the file, or of several ranges.
+    RangeNotSatisfiable = "range_not_satisfiable",
     /// The server failed; the cause is in its log.
     Internal = "internal",
 }
@@ -193,10 +213,10 @@ mod tests {
             assert_eq!(&ErrorCode::from(code.as_str()), code);
         }
         let body: ErrorBody = serde_json::from_str(
-            r#"{"error": {"code": "quota_exceeded", "message": "m"}, "extra": 1}"#,
+            r#"{"error": {"code": "paper_jam", "message": "m"}, "extra": 1}"#,
         )
         .unwrap();
-        assert_eq!(body.error.code, ErrorCode::Unknown("quota_exceeded".into()));
+        assert_eq!(body.error.code, ErrorCode::Unknown("paper_jam".into()));
         assert_eq!(
             serde_json::to_string(&ErrorBody::new(ErrorCode::NoEscrow, "none")).unwrap(),
             r#"{"error":{"code":"no_escrow","message":"none"}}"#

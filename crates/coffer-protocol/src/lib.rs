@@ -33,6 +33,7 @@ pub mod admin;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod files;
 pub mod policy;
 mod secret;
 pub mod session;
@@ -109,6 +110,8 @@ pub enum Method {
     Put,
     /// DELETE
     Delete,
+    /// PATCH
+    Patch,
 }
 
 impl Method {
@@ -119,6 +122,7 @@ impl Method {
             Method::Post => "POST",
             Method::Put => "PUT",
             Method::Delete => "DELETE",
+            Method::Patch => "PATCH",
         }
     }
 }
@@ -190,6 +194,11 @@ pub trait Endpoint {
     /// The body and its content type, if any.
     fn body(&self) -> Option<(Vec<u8>, &'static str)> {
         None
+    }
+    /// Headers beyond the credential and the content type (a piece's
+    /// offset and digest, a range), as lower-case names and values.
+    fn headers(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
     }
 }
 

@@ -169,6 +169,9 @@ pub struct FileRef {
     pub sha256: String,
     /// Its length, bytes.
     pub size: u64,
+    /// Its content type (e.g. `image/jpeg`), kept with the downloaded file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
 }
 
 /// One operation of a push: the latest local state of one record.
@@ -351,11 +354,12 @@ pub fn body_len(body: &Value) -> usize {
 impl FileRef {
     fn is_valid(&self) -> bool {
         valid_name(&self.name)
-            && self.sha256.len() == 64
+            && crate::files::is_sha256_hex(&self.sha256)
+            && self.size <= crate::files::MAX_FILE_SIZE
             && self
-                .sha256
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                .content_type
+                .as_deref()
+                .is_none_or(crate::files::is_content_type)
     }
 }
 
@@ -936,6 +940,7 @@ mod tests {
             name: "p.jpg".into(),
             sha256: "zz".into(),
             size: 1,
+            content_type: None,
         };
         assert_eq!(
             code(PushOp {
