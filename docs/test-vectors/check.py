@@ -202,6 +202,16 @@ def check_control_plane():
     body = canonical_json(json.loads(r["plaintext"])["body"])
     tag = hmac.new(mac_key, prefixed(b"coffer-record-mac/1", r["app"].encode(), r["collection"].encode(), body), hashlib.sha256)
     assert tag.hexdigest() == r["body_mac"], "body MAC"
+    # Blob seal: one piece of a synced file, AES-256-GCM under the data key
+    # with length-prefixed associated data binding it to its place.
+    bs = v["blob_seal"]
+    piece = bytes.fromhex(bs["sealed"])
+    assert piece[0] == 1 and piece[1:13].hex() == bs["nonce"], "blob seal header"
+    aad = prefixed(b"coffer-blob-seal/1", str(bs["org_id"]).encode(), bs["app"].encode(),
+                   bs["sha256"].encode(), bs["upload_id"].encode(), str(bs["size"]).encode(),
+                   str(bs["piece_size"]).encode(), str(bs["index"]).encode())
+    assert AESGCM(bytes.fromhex(bs["data_key"])).decrypt(piece[1:13], piece[13:], aad).hex() == bs["plaintext"], "blob seal"
+    assert bs["object"] == "o%d/%s/%08d" % (bs["org_id"], bs["upload_id"], bs["index"]), "blob object name"
     # Policy: Ed25519 over the canonical document's exact bytes.
     p = v["policy"]
     signer = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(p["seed"]))

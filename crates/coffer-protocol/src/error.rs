@@ -212,10 +212,9 @@ mod tests {
         for code in ErrorCode::ALL {
             assert_eq!(&ErrorCode::from(code.as_str()), code);
         }
-        let body: ErrorBody = serde_json::from_str(
-            r#"{"error": {"code": "paper_jam", "message": "m"}, "extra": 1}"#,
-        )
-        .unwrap();
+        let body: ErrorBody =
+            serde_json::from_str(r#"{"error": {"code": "paper_jam", "message": "m"}, "extra": 1}"#)
+                .unwrap();
         assert_eq!(body.error.code, ErrorCode::Unknown("paper_jam".into()));
         assert_eq!(
             serde_json::to_string(&ErrorBody::new(ErrorCode::NoEscrow, "none")).unwrap(),

@@ -155,7 +155,7 @@ impl UploadStatus {
             && self.size == size
             && (MIN_PIECE_SIZE..=MAX_PIECE_SIZE).contains(&self.piece_size)
             && self.offset <= size
-            && (self.offset % self.piece_size == 0 || self.offset == size)
+            && (self.offset.is_multiple_of(self.piece_size) || self.offset == size)
             && (!self.complete || self.offset == size)
     }
 }

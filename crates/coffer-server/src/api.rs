@@ -53,12 +53,15 @@ pub struct AppState {
     pub trusted_proxies: crate::client_addr::TrustedProxies,
     /// The organizations' record data keys unsealed so far.
     pub data_keys: std::sync::Arc<crate::record_seal::DataKeys>,
+    /// Files sync: the blob storage, the limits, uploads in progress.
+    pub files: std::sync::Arc<crate::files::Files>,
 }
 
 pub use coffer_protocol::{AUTH_HEADER, USER_HEADER};
 
 mod control;
 mod delivery;
+mod files;
 mod sync;
 mod tenants;
 
@@ -71,6 +74,9 @@ pub struct ApiError {
     code: ErrorCode,
     message: String,
     retry_after: Option<i64>,
+    /// Headers of the answer beyond the JSON (`Upload-Offset` of a 409,
+    /// `Content-Range` of a 416): names and values this server writes.
+    headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -80,7 +86,14 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// The same answer with the header `name: value` too.
+    fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.headers.push((name, value));
+        self
     }
 }
 
@@ -93,6 +106,11 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(axum::http::header::RETRY_AFTER, value);
+            }
+        }
+        for (name, value) in self.headers {
+            if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+                response.headers_mut().insert(name, value);
             }
         }
         response
@@ -409,6 +427,7 @@ pub fn router(state: AppState) -> Router {
     let router = control::routes(router);
     let router = tenants::routes(router);
     let router = sync::routes(router);
+    let router = files::routes(router);
     delivery::routes(router)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -1707,10 +1726,7 @@ async fn account(State(state): State<AppState>, mut req: Request, next: Next) ->
     }
     let started = std::time::Instant::now();
     let response = next.run(req).await;
-    let bytes_out = axum::body::HttpBody::size_hint(response.body())
-        .exact()
-        .and_then(|n| i64::try_from(n).ok())
-        .unwrap_or(0);
+    let exact = axum::body::HttpBody::size_hint(response.body()).exact();
     let caller = cell
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -1732,13 +1748,76 @@ async fn account(State(state): State<AppState>, mut req: Request, next: Next) ->
         route,
         status: i32::from(response.status().as_u16()),
         bytes_in: read.load(std::sync::atomic::Ordering::Relaxed),
-        bytes_out,
+        bytes_out: exact.and_then(|n| i64::try_from(n).ok()).unwrap_or(0),
         micros: i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX),
     };
+    if exact.is_none() {
+        // A streamed answer (a file, an export): its bytes are counted as
+        // they go, and the request is recorded when the body ends (or the
+        // client goes), with what was actually sent.
+        let (parts, body) = response.into_parts();
+        let metered = Metered {
+            body,
+            sent: 0,
+            record: Some((record, state.store.clone(), started)),
+        };
+        return Response::from_parts(parts, axum::body::Body::new(metered));
+    }
     if let Err(e) = state.store.record_usage(record).await {
         tracing::warn!(error = %e, "could not record usage");
     }
     response
+}
+
+/// A streamed response body that counts the bytes it yields and records
+/// the request's usage when it is dropped (finished, failed or cut off).
+struct Metered {
+    body: axum::body::Body,
+    sent: u64,
+    record: Option<(crate::store::UsageRecord, Store, std::time::Instant)>,
+}
+
+impl http_body::Body for Metered {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = http_body::Body::poll_frame(std::pin::Pin::new(&mut self.body), cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.sent += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        http_body::Body::is_end_stream(&self.body)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&self.body)
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        let Some((mut record, store, started)) = self.record.take() else {
+            return;
+        };
+        record.bytes_out = i64::try_from(self.sent).unwrap_or(i64::MAX);
+        record.micros = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = store.record_usage(record).await {
+                    tracing::warn!(error = %e, "could not record usage");
+                }
+            });
+        }
+    }
 }
 
 /// `GET /v1/orgs/{org_id}/usage?from=&to=&by=org|user|device&format=json|csv`

@@ -12,8 +12,11 @@
 
 pub mod api;
 pub mod audit;
+pub mod blob_seal;
+pub mod blobs;
 pub mod client_addr;
 pub mod data;
+pub mod files;
 pub mod keys;
 pub mod listen;
 pub mod metrics;

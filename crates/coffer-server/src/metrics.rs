@@ -1,9 +1,11 @@
 //! Prometheus metrics of this server process, at `/metrics`: requests by
 //! route template and status class, and their total duration. Route
 //! templates (`/v1/orgs/{org_id}/devices`), never raw paths or queries, so
-//! no id or credential reaches a metric.
+//! no id or credential reaches a metric. And files sync's bytes: piece
+//! bytes accepted, blob bytes served, uploads completed.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -20,9 +22,17 @@ struct Counts {
 /// (method, route template, status class).
 type Series = (String, String, String);
 
+/// Files sync's counters.
+#[derive(Default)]
+struct FileCounts {
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    uploads_completed: AtomicU64,
+}
+
 /// The counters, shared by every request of this process.
 #[derive(Clone, Default)]
-pub struct Metrics(Arc<Mutex<BTreeMap<Series, Counts>>>);
+pub struct Metrics(Arc<Mutex<BTreeMap<Series, Counts>>>, Arc<FileCounts>);
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -31,6 +41,21 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
+    /// Counts `n` bytes of file pieces accepted (durable).
+    pub fn file_bytes_in(&self, n: u64) {
+        self.1.bytes_in.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` bytes of files served.
+    pub fn file_bytes_out(&self, n: u64) {
+        self.1.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts an upload completed (its blob stored).
+    pub fn upload_completed(&self) {
+        self.1.uploads_completed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -52,6 +77,29 @@ impl Metrics {
             out.push_str(&format!(
                 "coffer_http_request_seconds_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {:.6}\n",
                 c.seconds
+            ));
+        }
+        let files = &self.1;
+        for (name, help, value) in [
+            (
+                "coffer_file_bytes_in_total",
+                "Bytes of file pieces accepted (stored durably).",
+                &files.bytes_in,
+            ),
+            (
+                "coffer_file_bytes_out_total",
+                "Bytes of files served to devices and admins.",
+                &files.bytes_out,
+            ),
+            (
+                "coffer_file_uploads_completed_total",
+                "Uploads whose whole file matched and was stored.",
+                &files.uploads_completed,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                value.load(Ordering::Relaxed)
             ));
         }
         out

@@ -281,6 +281,36 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
         "device",
     ),
     (
+        "post",
+        "/v1/device/files/{app}/uploads",
+        "Declare a file to upload (size, SHA-256, content type): stored already, the device's unfinished upload of it, or a new one (413 file_too_large, quota_exceeded)",
+        "device",
+    ),
+    (
+        "get",
+        "/v1/device/files/{app}/uploads/{id}",
+        "Where an upload stands: its offset, piece size, expiry (410 upload_gone)",
+        "device",
+    ),
+    (
+        "patch",
+        "/v1/device/files/{app}/uploads/{id}",
+        "Send one piece at Upload-Offset with its Upload-Checksum (application/offset+octet-stream), acknowledged once durable; the last completes the upload (409 upload_offset_mismatch with the right Upload-Offset, 422 checksum_mismatch, 422 blob_mismatch)",
+        "device",
+    ),
+    (
+        "get",
+        "/v1/device/files/{app}/blobs/{sha256}",
+        "A file of the device's organization and app, whole or one Range (206; 416 range_not_satisfiable)",
+        "device",
+    ),
+    (
+        "get",
+        "/v1/orgs/{org_id}/files/{app}/{sha256}",
+        "One of the organization's files, whole or one Range (owners, admins; audited)",
+        "session",
+    ),
+    (
         "get",
         "/v1/orgs/{org_id}/records",
         "List synced records, no bodies (owners, admins, auditors)",

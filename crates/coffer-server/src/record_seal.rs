@@ -67,7 +67,7 @@ impl RecordPlace<'_> {
 
 /// Each field preceded by its length, 4 bytes big-endian: no field can run
 /// into the next.
-fn length_prefixed(fields: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn length_prefixed(fields: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::with_capacity(fields.iter().map(|f| f.len() + 4).sum());
     for field in fields {
         // Every field is far below 4 GiB (names are at most 256 bytes,
@@ -146,23 +146,56 @@ impl DataKey {
         plaintext: &[u8],
         nonce: [u8; 12],
     ) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + TAG_LEN);
+        self.seal_bound(&place.aad(), plaintext, nonce)
+    }
+
+    /// `0x01 ‖ nonce ‖ AES-256-GCM(plaintext) ‖ tag` under this key with
+    /// the associated data `aad`: the layout every seal under a data key
+    /// shares (records here, file pieces in [`crate::blob_seal`]), each
+    /// with associated data of its own.
+    pub(crate) fn seal_bound(&self, aad: &[u8], plaintext: &[u8], nonce: [u8; 12]) -> Vec<u8> {
+        let header = 1 + NONCE_LEN;
+        let mut out = Vec::with_capacity(header + plaintext.len() + TAG_LEN);
         out.push(RECORD_SEAL_VERSION);
         out.extend_from_slice(&nonce);
-        let start = out.len();
         out.extend_from_slice(plaintext);
-        let mut body = out.split_off(start);
-        // Sealing only fails for absurd lengths (over 64 GiB).
+        // Sealing only fails for absurd lengths (over 64 GiB): records are
+        // at most 4 MiB, pieces 8 MiB.
         #[allow(clippy::expect_used)]
-        self.aead
-            .seal_in_place_append_tag(
+        let tag = self
+            .aead
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(place.aad()),
-                &mut body,
+                Aad::from(aad),
+                &mut out[header..],
             )
-            .expect("sealing a record");
-        out.extend_from_slice(&body);
+            .expect("sealing under a data key");
+        out.extend_from_slice(tag.as_ref());
         out
+    }
+
+    /// Opens, in place, a seal made by [`DataKey::seal_bound`] with the
+    /// same associated data: `buf` holds the plaintext after. Anything
+    /// else (another key, other associated data, a changed or cut byte,
+    /// another version) is [`KeyError::Tampered`].
+    pub(crate) fn open_bound(&self, aad: &[u8], buf: &mut Vec<u8>) -> Result<(), KeyError> {
+        let header = 1 + NONCE_LEN;
+        if buf.len() < header + TAG_LEN || buf[0] != RECORD_SEAL_VERSION {
+            return Err(KeyError::Tampered);
+        }
+        let nonce: [u8; NONCE_LEN] = buf[1..header].try_into().map_err(|_| KeyError::Tampered)?;
+        let len = self
+            .aead
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf[header..],
+            )
+            .map_err(|_| KeyError::Tampered)?
+            .len();
+        buf.truncate(header + len);
+        buf.drain(..header);
+        Ok(())
     }
 
     /// Opens a sealed record of the row `place`: its plaintext.
@@ -171,24 +204,9 @@ impl DataKey {
         place: &RecordPlace<'_>,
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        if sealed.len() < 1 + NONCE_LEN + TAG_LEN || sealed[0] != RECORD_SEAL_VERSION {
-            return Err(KeyError::Tampered);
-        }
-        let nonce: [u8; NONCE_LEN] = sealed[1..1 + NONCE_LEN]
-            .try_into()
-            .map_err(|_| KeyError::Tampered)?;
-        let mut body = Zeroizing::new(sealed[1 + NONCE_LEN..].to_vec());
-        let len = self
-            .aead
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(place.aad()),
-                &mut body,
-            )
-            .map_err(|_| KeyError::Tampered)?
-            .len();
-        body.truncate(len);
-        Ok(body)
+        let mut buf = Zeroizing::new(sealed.to_vec());
+        self.open_bound(&place.aad(), &mut buf)?;
+        Ok(buf)
     }
 
     /// Opens a sealed record of the row `place`.

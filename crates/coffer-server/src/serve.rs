@@ -12,6 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 use zeroize::Zeroizing;
 
 use crate::api::{self, AppState};
+use crate::blobs::BlobStorage;
+use crate::files::FileLimits;
 use crate::keys::{KeyError, Keyring, CHECK_CONTEXT, CHECK_PLAINTEXT};
 use crate::listen::{check_listen, ListenError, Transport};
 use crate::store::{AuditMac, Store, StoreError};
@@ -323,8 +325,10 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// Compacts sync history now and then every hour, until aborted.
-async fn compact_hourly(store: Store, retention: Duration) {
+/// Compacts sync history now and then every hour, until aborted; and
+/// collects the files' garbage (expired uploads, blobs no record has
+/// referenced for the retention, their objects).
+async fn compact_hourly(store: Store, retention: Duration, storage: Option<BlobStorage>) {
     let secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
     loop {
         match store.compact_sync(now(), secs).await {
@@ -335,6 +339,20 @@ async fn compact_hourly(store: Store, retention: Duration) {
                 "sync history compacted"
             ),
             Err(e) => tracing::warn!(error = %e, "sync compaction failed; trying again in an hour"),
+        }
+        if let Some(storage) = &storage {
+            match crate::files::collect_garbage(&store, storage, now(), secs).await {
+                Ok(done) => tracing::info!(
+                    uploads_expired = done.uploads_expired,
+                    uploads_forgotten = done.uploads_forgotten,
+                    blobs = done.blobs,
+                    prefixes = done.prefixes,
+                    "files collected"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "files garbage collection failed; trying again in an hour")
+                }
+            }
         }
         tokio::time::sleep(COMPACTION_EVERY).await;
     }
@@ -349,6 +367,8 @@ pub struct Server {
     shutdown_grace: Duration,
     sqlite_path: Option<PathBuf>,
     sync_retention: Duration,
+    blob_storage: Option<BlobStorage>,
+    file_limits: FileLimits,
 }
 
 impl std::fmt::Debug for Server {
@@ -409,13 +429,56 @@ impl Server {
                 keys: std::sync::Arc::clone(&config.keys),
                 trusted_proxies: config.trusted_proxies.clone(),
                 data_keys: Default::default(),
+                files: Default::default(),
             },
             setup_token,
             tls,
             shutdown_grace: config.shutdown_grace,
             sqlite_path,
             sync_retention: DEFAULT_SYNC_RETENTION,
+            blob_storage: None,
+            file_limits: FileLimits::default(),
         })
+    }
+
+    /// Keeps synced files' bytes in `storage` (`--blob-dir`, or
+    /// `--s3-bucket`). Without it, the file endpoints answer 503.
+    pub fn with_blob_storage(mut self, storage: BlobStorage) -> Server {
+        self.blob_storage = Some(storage);
+        self
+    }
+
+    /// Takes files of at most `bytes` (`--max-file-size`; default
+    /// [`crate::files::DEFAULT_MAX_FILE_SIZE`]), refused at their
+    /// declaration, before a byte is sent.
+    pub fn with_max_file_size(mut self, bytes: u64) -> Server {
+        self.file_limits.max_file_size = bytes;
+        self
+    }
+
+    /// Gives each organization `bytes` of files (`--org-file-quota`;
+    /// default [`crate::files::DEFAULT_ORG_FILE_QUOTA`]): its stored files
+    /// and unfinished uploads; a declaration past it is refused.
+    pub fn with_org_file_quota(mut self, bytes: u64) -> Server {
+        self.file_limits.org_quota = bytes;
+        self
+    }
+
+    /// Drops an unfinished upload this long after its declaration or its
+    /// last piece (`--upload-expiry`; default
+    /// [`crate::files::DEFAULT_UPLOAD_EXPIRY`]).
+    pub fn with_upload_expiry(mut self, expiry: Duration) -> Server {
+        self.file_limits.upload_expiry = expiry;
+        self
+    }
+
+    /// Announces pieces of `bytes` (default
+    /// [`coffer_protocol::files::DEFAULT_PIECE_SIZE`]), brought within the
+    /// protocol's bounds (64 KiB to 8 MiB). What a cut connection costs at
+    /// most to send again, and what one request holds in memory.
+    pub fn with_piece_size(mut self, bytes: u64) -> Server {
+        self.file_limits.piece_size = bytes;
+        self
     }
 
     /// Keeps sync history (tombstones, change log, batch answers) this
@@ -455,15 +518,19 @@ impl Server {
     ) -> Result<(), ServeError> {
         let Server {
             listener,
-            state,
+            mut state,
             tls,
             shutdown_grace,
             sqlite_path,
             sync_retention,
+            blob_storage,
+            file_limits,
             ..
         } = self;
+        state.files =
+            std::sync::Arc::new(crate::files::Files::new(blob_storage.clone(), file_limits));
         let store = state.store.clone();
-        let compaction = tokio::spawn(compact_hourly(store.clone(), sync_retention));
+        let compaction = tokio::spawn(compact_hourly(store.clone(), sync_retention, blob_storage));
         let app = api::router(state);
         let acceptor = tls.map(|t| t.acceptor);
         let (draining, drain) = tokio::sync::watch::channel(false);

@@ -199,3 +199,170 @@ pub fn keyring() -> std::sync::Arc<crate::keys::Keyring> {
         })
         .clone()
 }
+
+/// A running S3-compatible server for the files tests: the real `s3s-fs`
+/// (crates.io: `cargo install s3s-fs --version 0.14.1 --features binary
+/// --locked`), not a mock, on a free loopback port, storing in a temporary
+/// directory, one bucket made. Killed when dropped. A missing binary fails
+/// the test (CI installs it).
+pub struct S3Server {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// The bucket made for the test.
+    pub bucket: String,
+    /// The access key id it accepts.
+    pub access_key: String,
+    secret_key: String,
+}
+
+/// Where the `s3s-fs` binary is: `COFFER_S3S_FS`, else on `PATH`, else
+/// where .ci/run installs it (`~/.cache/coffer-tools/bin`).
+fn s3s_fs_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("COFFER_S3S_FS") {
+        let path = PathBuf::from(path);
+        return path.is_file().then_some(path);
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("s3s-fs"))
+            .find(|p| p.is_file())
+    });
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    on_path.or_else(|| {
+        [
+            home.unwrap_or_else(|| PathBuf::from("/root")),
+            PathBuf::from("/root"),
+        ]
+        .into_iter()
+        .map(|h| h.join(".cache/coffer-tools/bin/s3s-fs"))
+        .find(|p| p.is_file())
+    })
+}
+
+impl S3Server {
+    /// Starts one with the bucket `bucket` (panics, saying how to install
+    /// it, when `s3s-fs` is missing).
+    #[allow(clippy::unwrap_used, clippy::expect_used)]
+    pub fn start(bucket: &str) -> S3Server {
+        let bin = s3s_fs_binary().unwrap_or_else(|| {
+            panic!(
+                "the S3-compatible test server s3s-fs is not installed: \
+                 `cargo install s3s-fs --version 0.14.1 --features binary --locked` \
+                 (or set COFFER_S3S_FS to its path); .ci/run installs it"
+            )
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join(bucket)).unwrap();
+        let access_key = "coffer-test".to_owned();
+        let secret_key = {
+            use rand_core::RngCore;
+            let mut bytes = [0u8; 16];
+            rand_core::OsRng.fill_bytes(&mut bytes);
+            hex::encode(bytes)
+        };
+        let mut failures = Vec::new();
+        // A free port can be taken between our look and its bind: another.
+        for attempt in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let log =
+                std::fs::File::create(dir.path().join(format!("s3s-fs-{attempt}.log"))).unwrap();
+            let mut child = Command::new(&bin)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", &access_key, "--secret-key", &secret_key])
+                .arg(&root)
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("s3s-fs could not be started");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    failures.push(format!("s3s-fs exited: {status}"));
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return S3Server {
+                        dir,
+                        child,
+                        port,
+                        bucket: bucket.to_owned(),
+                        access_key,
+                        secret_key,
+                    };
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    failures.push("s3s-fs did not answer in 15 s".into());
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        panic!("s3s-fs did not start: {}", failures.join("; "));
+    }
+
+    /// The secret key it accepts (for tests that check it leaks nowhere).
+    pub fn secret_key(&self) -> &str {
+        &self.secret_key
+    }
+
+    /// Its URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The directory it stores in (the bucket is a directory in it): tests
+    /// read the raw objects there.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// Blob storage on its bucket.
+    #[allow(clippy::expect_used)]
+    pub fn storage(&self) -> crate::blobs::BlobStorage {
+        crate::blobs::BlobStorage::s3(crate::blobs::S3Config {
+            bucket: self.bucket.clone(),
+            endpoint: Some(self.endpoint()),
+            region: crate::blobs::DEFAULT_S3_REGION.to_owned(),
+            credentials: crate::blobs::S3Credentials::new(&self.access_key, &self.secret_key),
+        })
+        .expect("an S3 configuration for s3s-fs")
+    }
+
+    /// The credentials file for `--s3-credentials-file` (mode 0600), in
+    /// its temporary directory.
+    #[allow(clippy::unwrap_used)]
+    pub fn credentials_file(&self) -> PathBuf {
+        let path = self.dir.path().join("s3-credentials");
+        std::fs::write(
+            &path,
+            format!(
+                "aws_access_key_id = {}\naws_secret_access_key = {}\n",
+                self.access_key, self.secret_key
+            ),
+        )
+        .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        path
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -512,7 +512,8 @@ async fn outsiders_see_nothing(
             .replace("{order_id}", &ids.order.to_string())
             .replace("{app}", "cases")
             .replace("{collection}", "cases")
-            .replace("{id}", "c-1");
+            .replace("{id}", "c-1")
+            .replace("{sha256}", &"ab".repeat(32));
         assert!(!path.contains('{'), "{template}: an id this test lacks");
         let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         // A body the endpoint would accept from a member (request bodies

@@ -403,8 +403,10 @@ impl Fixture {
             "device_id" if template.ends_with("/revoke") => self.revokee,
             "device_id" => self.wiped,
             "order_id" => self.order,
-            // Record sync's names (an app, a collection, a record id).
-            "app" | "collection" | "id" => 1,
+            // Record sync's names (an app, a collection, a record id), and
+            // files sync's (an upload id, a file's SHA-256: "1" is neither,
+            // so `not_found`, which is what the path test wants to reach).
+            "app" | "collection" | "id" | "sha256" => 1,
             other => panic!("{template}: a path parameter {other} this test does not know"),
         }
     }
@@ -984,6 +986,9 @@ fn valid_body(template: &str) -> Value {
             "revision": "0123456789abcdef0123456789abcdef.1",
             "body": {"name": "Amina"}, "author": "alice"}]}),
         "/v1/orgs/{org_id}/records/{app}/{collection}/{id}/resolve" => json!({"delete": true}),
+        "/v1/device/files/{app}/uploads" => {
+            json!({"sha256": "ab".repeat(32), "size": 1000, "content_type": "image/jpeg"})
+        }
         "/v1/orgs/{org_id}/sync/authors/bind" => {
             json!({"device_id": 1, "author": "alice", "user_id": 1})
         }

@@ -1,6 +1,6 @@
 //! Test vectors for the control plane's formats, kept in
 //! docs/test-vectors/control-plane-v1.json: a sealed value and an audit
-//! row's MAC and a record seal (docs/formats/server-seal.md, docs/server.md), a signed policy (docs/formats/policy.md)
+//! row's MAC, a record seal and a blob seal (docs/formats/server-seal.md, docs/server.md), a signed policy (docs/formats/policy.md)
 //! and a data batch in JSON and CBOR (docs/formats/data-batch.md).
 //!
 //! `vectors_match_the_spec` decodes the file (opens the sealed value,
@@ -12,6 +12,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use coffer_server::blob_seal::{open_piece, seal_piece_with_nonce, PiecePlace};
 use coffer_server::data::Batch;
 use coffer_server::keys::{Keyring, MasterKey};
 use coffer_server::policy::{self, Document, FailedAction, Rules, SigningKey, FORMAT};
@@ -26,6 +27,10 @@ fn path() -> std::path::PathBuf {
 fn counting(from: u8) -> [u8; 32] {
     std::array::from_fn(|i| from.wrapping_add(i as u8))
 }
+
+/// The file and upload of the blob seal's vector.
+const BLOB_SHA256: &str = "5f1c3d1e9a7b2c4d6e8f0a1b3c5d7e9f1a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d";
+const BLOB_UPLOAD: &str = "00112233445566778899aabbccddeeff";
 
 /// The hash of an audit row, as the vector's MAC input.
 const AUDIT_HASH: &str = "7d5c0a3b0e3b4b8f9e1d2c3b4a5968778695a4b3c2d1e0f0a1b2c3d4e5f60718";
@@ -97,7 +102,37 @@ fn generate() -> Value {
     );
     let sealed_data_key = key.seal_with_nonce("org-data-key:3", &data_key, nonce);
 
+    // A blob seal (docs/formats/server-seal.md, "Blob seal"): the last
+    // piece (index 1, 27 bytes) of a file of 65,563 bytes in pieces of
+    // 64 KiB.
+    let piece = b"the last bytes of the photo";
+    let piece_nonce: [u8; 12] = std::array::from_fn(|i| 0x60 + i as u8);
+    let blob_place = PiecePlace {
+        org_id: 3,
+        app: "cases",
+        sha256: BLOB_SHA256,
+        upload_id: BLOB_UPLOAD,
+        size: 65_563,
+        piece_size: 65_536,
+        index: 1,
+    };
+    let blob_sealed = seal_piece_with_nonce(&dk, &blob_place, piece, piece_nonce);
+
     json!({
+        "blob_seal": {
+            "data_key": hex::encode(data_key),
+            "org_id": 3,
+            "app": "cases",
+            "sha256": BLOB_SHA256,
+            "upload_id": BLOB_UPLOAD,
+            "size": 65_563,
+            "piece_size": 65_536,
+            "index": 1,
+            "object": format!("o3/{BLOB_UPLOAD}/00000001"),
+            "plaintext": hex::encode(piece),
+            "nonce": hex::encode(piece_nonce),
+            "sealed": hex::encode(blob_sealed),
+        },
         "record_seal": {
             "master_key": hex::encode(master),
             "data_key": hex::encode(data_key),
@@ -183,6 +218,41 @@ fn vectors_match_the_spec() {
         .open_bytes(&place, &hex::decode(r["sealed"].as_str().unwrap()).unwrap())
         .unwrap();
     assert_eq!(&*opened, r["plaintext"].as_str().unwrap().as_bytes());
+
+    let b = &file["blob_seal"];
+    let number = |field: &str| b[field].as_u64().unwrap();
+    let blob_place = PiecePlace {
+        org_id: b["org_id"].as_i64().unwrap(),
+        app: b["app"].as_str().unwrap(),
+        sha256: b["sha256"].as_str().unwrap(),
+        upload_id: b["upload_id"].as_str().unwrap(),
+        size: number("size"),
+        piece_size: number("piece_size"),
+        index: number("index"),
+    };
+    let bdk: [u8; 32] = hex::decode(b["data_key"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let sealed = hex::decode(b["sealed"].as_str().unwrap()).unwrap();
+    let opened = open_piece(&DataKey::from_bytes(&bdk), &blob_place, sealed.clone()).unwrap();
+    assert_eq!(hex::encode(opened), b["plaintext"]);
+    // Moved to another index, it does not open.
+    let moved = PiecePlace {
+        index: 0,
+        ..blob_place
+    };
+    assert!(open_piece(&DataKey::from_bytes(&bdk), &moved, sealed).is_err());
+    assert_eq!(
+        coffer_server::blobs::PieceName::new(
+            blob_place.org_id,
+            blob_place.upload_id,
+            blob_place.index
+        )
+        .unwrap()
+        .as_str(),
+        b["object"].as_str().unwrap()
+    );
 
     let p = &file["policy"];
     let document = p["document"].as_str().unwrap().as_bytes();

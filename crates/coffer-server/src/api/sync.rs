@@ -60,7 +60,7 @@ pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
         .route("/v1/orgs/{org_id}/sync/authors/bind", post(bind))
 }
 
-fn internal() -> ApiError {
+pub(super) fn internal() -> ApiError {
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::Internal,
@@ -68,7 +68,7 @@ fn internal() -> ApiError {
     )
 }
 
-fn sealing_failed(e: crate::keys::KeyError) -> ApiError {
+pub(super) fn sealing_failed(e: crate::keys::KeyError) -> ApiError {
     // The cause goes to the log (it never holds key material or a body).
     tracing::error!(error = %e, "a record seal could not be opened or made");
     internal()
@@ -85,7 +85,7 @@ fn query_refused(e: &QueryRejection) -> ApiError {
     ))
 }
 
-fn check_app(app: &str) -> Result<(), ApiError> {
+pub(super) fn check_app(app: &str) -> Result<(), ApiError> {
     if app.is_empty() || app.len() > MAX_APP {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -98,7 +98,11 @@ fn check_app(app: &str) -> Result<(), ApiError> {
 
 /// Refuses an app the organization's latest signed policy does not list
 /// in `sync` (or an organization without a policy).
-async fn require_synced(state: &AppState, org_id: i64, app: &str) -> Result<(), ApiError> {
+pub(super) async fn require_synced(
+    state: &AppState,
+    org_id: i64,
+    app: &str,
+) -> Result<(), ApiError> {
     check_app(app)?;
     let listed = match state.store.latest_policy(org_id).await? {
         Some(policy) => serde_json::from_str::<coffer_protocol::policy::Document>(&policy.document)
@@ -254,6 +258,11 @@ async fn push(
                     author: op.author.clone(),
                     resolves: op.resolves.clone(),
                     digest: hex::encode(op.digest()),
+                    files: op
+                        .files
+                        .iter()
+                        .map(|f| (f.sha256.clone(), f.size))
+                        .collect(),
                 })
             }
         };
@@ -456,7 +465,7 @@ fn summary(r: &StoredRecord) -> Result<RecordSummary, ApiError> {
 }
 
 const READERS: &[&str] = &["owner", "admin", "auditor"];
-const WRITERS: &[&str] = &["owner", "admin"];
+pub(super) const WRITERS: &[&str] = &["owner", "admin"];
 
 fn filter_of(q: &RecordsQuery) -> Result<RecordFilter, ApiError> {
     let limit = q.limit.unwrap_or(1000);
@@ -527,7 +536,9 @@ fn csv_field(text: &str) -> String {
 
 /// A response body fed page by page from a task: an export of a million
 /// records is never held whole in the server's memory.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, std::io::Error>>);
+pub(super) struct ChannelBody(
+    pub(super) tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, std::io::Error>>,
+);
 
 impl http_body::Body for ChannelBody {
     type Data = axum::body::Bytes;
@@ -831,6 +842,7 @@ async fn resolve(
             },
         };
         let deleted = content.body.is_none();
+        let files = content.files.iter().map(|f| f.sha256.clone()).collect();
         let seal_key = Arc::clone(&key);
         let (a, c, i) = (app.clone(), collection.clone(), id.clone());
         let resolution = Resolution {
@@ -838,6 +850,7 @@ async fn resolve(
             expected_leaves: now_leaves,
             deleted,
             author: format!("user:{}", who.user_id),
+            files,
             seal: Box::new(move |revision: &Revision| {
                 let rev = revision.to_string();
                 let place = RecordPlace {

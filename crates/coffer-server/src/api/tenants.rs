@@ -278,6 +278,14 @@ async fn delete(
         return Err(not_found_here());
     }
     tracing::info!(organization_id = org_id, "organization deleted");
+    // Its files' objects (trashed with the rows): deleted now if the
+    // storage answers, else by the next garbage collection.
+    if let Some(storage) = state.files.storage() {
+        let prefix = crate::blobs::org_prefix(org_id);
+        if let Err(e) = crate::files::delete_trashed(&state.store, storage, &prefix).await {
+            tracing::warn!(error = %e, "deleting a deleted organization's files failed; the next collection tries again");
+        }
+    }
     record(
         &state,
         Some(org_id),

@@ -18,6 +18,7 @@ macro_rules! dispatch {
 }
 
 mod control;
+mod files;
 mod postgres;
 mod sqlite;
 mod sync;
@@ -33,6 +34,11 @@ pub use control::{
 pub use sync::{
     decode_after, encode_after, BindStored, Compacted, NewPush, PullPage, PushStored, RecordFilter,
     Resolution, ResolveStored, StoredLeaf, StoredRecord, SyncOp,
+};
+
+pub use files::{
+    Claim, Completed, Declared, FilesCollected, NewUpload, StoredBlob, StoredUpload, UploadState,
+    GONE_KEPT_SECS,
 };
 
 pub use tenants::{MemberRole, OperatorChange, OperatorRecord, OrganizationRecord};

@@ -7,6 +7,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 mod control;
+mod files;
 mod sync;
 mod tenants;
 
@@ -55,6 +56,7 @@ pub(super) const MIGRATIONS: Migrations = &[
         include_str!("../../migrations/postgres/0011_id_floors.sql"),
     ),
     (12, include_str!("../../migrations/postgres/0012_sync.sql")),
+    (13, include_str!("../../migrations/postgres/0013_files.sql")),
 ];
 
 /// Serializes audit appends across server processes: one chain, one order.

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 mod control;
+mod files;
 mod sync;
 mod tenants;
 
@@ -44,6 +45,7 @@ pub(super) const MIGRATIONS: Migrations = &[
         include_str!("../../migrations/sqlite/0011_id_floors.sql"),
     ),
     (12, include_str!("../../migrations/sqlite/0012_sync.sql")),
+    (13, include_str!("../../migrations/sqlite/0013_files.sql")),
 ];
 
 /// A row of [`DEVICE_COLUMNS`].

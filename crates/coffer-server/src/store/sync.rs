@@ -40,6 +40,10 @@ pub struct SyncOp {
     pub resolves: Vec<Revision>,
     /// [`coffer_protocol::sync::PushOp::digest`], hex.
     pub digest: String,
+    /// The files it references: (SHA-256, size). Each must be a stored
+    /// blob of the organization's app with that size, else the operation
+    /// is rejected ([`RejectCode::MissingFile`]).
+    pub files: Vec<(String, u64)>,
 }
 
 /// A push to store.
@@ -184,6 +188,9 @@ pub struct Resolution {
     pub seal: SealFor,
     /// The admin (user id), for the head's author.
     pub author: String,
+    /// The SHA-256 of each file the new head references (those of the
+    /// revision it keeps), for the files' garbage collection.
+    pub files: Vec<String>,
 }
 
 /// Whether two lists of revisions name the same set.
@@ -260,6 +267,8 @@ pub(super) struct PushState {
     pub verified: HashSet<String>,
     /// The device of each leaf of the records the batch names.
     pub leaf_devices: HashMap<String, i64>,
+    /// The stored blobs the batch's operations reference: size by SHA-256.
+    pub blobs: HashMap<String, i64>,
 }
 
 /// One write of a push.
@@ -331,6 +340,15 @@ impl NewPush {
         self.checked().map(|o| o.revision.to_string()).collect()
     }
 
+    /// The distinct SHA-256 of the files the checked operations reference.
+    pub(super) fn files(&self) -> Vec<String> {
+        let set: HashSet<&str> = self
+            .checked()
+            .flat_map(|o| o.files.iter().map(|(sha, _)| sha.as_str()))
+            .collect();
+        set.into_iter().map(str::to_owned).collect()
+    }
+
     /// The distinct authors of the checked operations.
     pub(super) fn authors(&self) -> Vec<String> {
         let set: HashSet<&str> = self.checked().map(|o| o.author.as_str()).collect();
@@ -380,6 +398,17 @@ pub(super) fn plan<'a>(push: &'a NewPush, state: &PushState, mut last_seq: i64) 
                         "this revision was pushed before with other content",
                     )
                 };
+            }
+            // A record reaches the server only after its files: the device
+            // keeps the change and pushes it again once they are uploaded.
+            let stored = |(sha, size): &(String, u64)| {
+                state.blobs.get(sha).copied() == i64::try_from(*size).ok()
+            };
+            if !op.files.iter().all(stored) {
+                return rejected(
+                    RejectCode::MissingFile,
+                    "a file the record references has not reached the server: upload it first",
+                );
             }
             let head = state.heads.get(&(op.collection.clone(), op.id.clone()));
             let provisional = !state.verified.contains(&op.author);
@@ -606,13 +635,7 @@ impl Store {
         let mut total = Compacted::default();
         let orgs = dispatch!(self, s => s.sync_orgs().await)?;
         for org_id in orgs {
-            let wipe_days = match self.latest_policy(org_id).await? {
-                Some(p) => serde_json::from_str::<coffer_protocol::policy::Document>(&p.document)
-                    .map(|d| i64::from(d.rules.offline.wipe_after_days))
-                    .unwrap_or(0),
-                None => 0,
-            };
-            let retention = retention_secs.max(wipe_days * 86_400 + 7 * 86_400);
+            let retention = self.sync_retention_of(org_id, retention_secs).await?;
             let cutoff = now_unix.saturating_sub(retention);
             let done = dispatch!(self, s => s.compact_sync_org(org_id, cutoff).await)?;
             total.tombstones += done.tombstones;
@@ -620,6 +643,26 @@ impl Store {
             total.batches += done.batches;
         }
         Ok(total)
+    }
+}
+
+impl Store {
+    /// The retention of `org_id`'s sync history and unreferenced files:
+    /// the larger of `retention_secs` and its policy's offline wipe delay
+    /// plus seven days (a device offline that long still finds what it
+    /// references).
+    pub(crate) async fn sync_retention_of(
+        &self,
+        org_id: i64,
+        retention_secs: i64,
+    ) -> Result<i64, StoreError> {
+        let wipe_days = match self.latest_policy(org_id).await? {
+            Some(p) => serde_json::from_str::<coffer_protocol::policy::Document>(&p.document)
+                .map(|d| i64::from(d.rules.offline.wipe_after_days))
+                .unwrap_or(0),
+            None => 0,
+        };
+        Ok(retention_secs.max(wipe_days * 86_400 + 7 * 86_400))
     }
 }
 

@@ -209,6 +209,49 @@ impl Running {
         })
     }
 
+    /// A server configured by `configure` (blob storage, file limits…)
+    /// before it runs.
+    pub async fn start_configured(
+        database_url: &str,
+        configure: impl FnOnce(Server) -> Server,
+    ) -> Running {
+        capture_logs();
+        let server = Server::bind(&ServeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: database_url.to_owned(),
+            force_plain: false,
+            session_ttl: coffer_server::DEFAULT_SESSION_TTL,
+            login_limits: coffer_server::LoginLimits::default(),
+            tls: coffer_server::TlsSetting::Off,
+            keys: coffer_server::testing::keyring(),
+            adopt_unkeyed_audit: false,
+            trusted_proxies: Default::default(),
+            shutdown_grace: coffer_server::serve::DEFAULT_SHUTDOWN_GRACE,
+        })
+        .await
+        .unwrap();
+        let server = configure(server);
+        let base = format!("http://{}", server.local_addr().unwrap());
+        let setup_token = server.setup_token().map(str::to_owned);
+        let backend = server.backend();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Running {
+            base,
+            setup_token,
+            backend,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -274,6 +274,23 @@ impl PostgresStore {
         {
             state.verified.insert(r.get(0));
         }
+        // The blobs the batch references, each bumped and locked until the
+        // push commits: a garbage collection's DELETE of one waits, then
+        // sees the new `last_referenced_at` and keeps it.
+        let files = push.files();
+        if !files.is_empty() {
+            for r in tx
+                .query(
+                    "UPDATE sync_blobs SET last_referenced_at = greatest(last_referenced_at, $4)
+                     WHERE org_id = $1 AND app = $2 AND sha256 = ANY($3) RETURNING sha256, size",
+                    &[&push.org_id, &push.app, &files, &now],
+                )
+                .await
+                .map_err(pg(op))?
+            {
+                state.blobs.insert(r.get(0), r.get(1));
+            }
+        }
         let plan = plan(&push, &state, last);
         self.write_push(&tx, &push, &plan.writes, now).await?;
         set_counter(&tx, push.org_id, &push.app, plan.last_seq).await?;
@@ -436,6 +453,7 @@ impl PostgresStore {
             .map_err(pg(op))?;
         }
         if !cs.is_empty() {
+            refresh_file_refs(tx, push.org_id, &push.app, writes).await?;
             tx.execute(
                 "INSERT INTO sync_changes (org_id, app, seq, collection, record_id, revision, at)
                  SELECT $1, $2, s, c, i, r, $3
@@ -753,6 +771,26 @@ impl PostgresStore {
         )
         .await
         .map_err(pg(op))?;
+        tx.execute(
+            "DELETE FROM sync_file_refs WHERE org_id = $1 AND app = $2 AND collection = $3 AND record_id = $4",
+            &[&org_id, &app, &collection, &id],
+        )
+        .await
+        .map_err(pg(op))?;
+        tx.execute(
+            "INSERT INTO sync_file_refs (org_id, app, collection, record_id, revision, sha256)
+             SELECT $1, $2, $3, $4, $5, s FROM unnest($6::text[]) AS t (s) ON CONFLICT DO NOTHING",
+            &[
+                &org_id,
+                &app,
+                &collection,
+                &id,
+                &rev.to_string(),
+                &resolution.files,
+            ],
+        )
+        .await
+        .map_err(pg(op))?;
         log_change(
             &tx,
             org_id,
@@ -969,6 +1007,15 @@ impl PostgresStore {
             )
             .await
             .map_err(pg(op))?;
+        // The references of the records just dropped go with them.
+        tx.execute(
+            "DELETE FROM sync_file_refs f WHERE f.org_id = $1 AND NOT EXISTS (
+                 SELECT 1 FROM sync_records r WHERE r.org_id = f.org_id AND r.app = f.app
+                     AND r.collection = f.collection AND r.record_id = f.record_id)",
+            &[&org_id],
+        )
+        .await
+        .map_err(pg(op))?;
         let changes = tx
             .execute(
                 "DELETE FROM sync_changes WHERE org_id = $1 AND at < $2",
@@ -990,6 +1037,54 @@ impl PostgresStore {
             batches,
         })
     }
+}
+
+/// Keeps `sync_file_refs` of the records a push wrote in step with them:
+/// the references of revisions that are neither a head nor a leaf any
+/// more go, and those of each new head or leaf come.
+async fn refresh_file_refs(
+    tx: &deadpool_postgres::Transaction<'_>,
+    org_id: i64,
+    app: &str,
+    writes: &[Write<'_>],
+) -> Result<(), StoreError> {
+    let op = "keeping file references";
+    let (mut kc, mut ki) = (Vec::new(), Vec::new());
+    let (mut fc, mut fi, mut fr, mut fs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for write in writes {
+        let o = write.op();
+        kc.push(o.collection.as_str());
+        ki.push(o.id.as_str());
+        for (sha, _) in &o.files {
+            fc.push(o.collection.as_str());
+            fi.push(o.id.as_str());
+            fr.push(o.revision.to_string());
+            fs.push(sha.as_str());
+        }
+    }
+    tx.execute(
+        "DELETE FROM sync_file_refs f USING unnest($3::text[], $4::text[]) AS t (c, i)
+         WHERE f.org_id = $1 AND f.app = $2 AND f.collection = t.c AND f.record_id = t.i
+             AND NOT EXISTS (SELECT 1 FROM sync_records r WHERE r.org_id = f.org_id AND r.app = f.app
+                 AND r.collection = f.collection AND r.record_id = f.record_id AND r.revision = f.revision)
+             AND NOT EXISTS (SELECT 1 FROM sync_leaves l WHERE l.org_id = f.org_id AND l.app = f.app
+                 AND l.collection = f.collection AND l.record_id = f.record_id AND l.revision = f.revision)",
+        &[&org_id, &app, &kc, &ki],
+    )
+    .await
+    .map_err(pg(op))?;
+    if !fs.is_empty() {
+        tx.execute(
+            "INSERT INTO sync_file_refs (org_id, app, collection, record_id, revision, sha256)
+             SELECT $1, $2, c, i, r, s FROM unnest($3::text[], $4::text[], $5::text[], $6::text[])
+                 AS t (c, i, r, s)
+             ON CONFLICT DO NOTHING",
+            &[&org_id, &app, &fc, &fi, &fr, &fs],
+        )
+        .await
+        .map_err(pg(op))?;
+    }
+    Ok(())
 }
 
 /// The columns of heads (or leaves) to write, as arrays.

@@ -248,6 +248,15 @@ impl PostgresStore {
         tx.execute("DELETE FROM usage_records WHERE org_id = $1", &[&org_id])
             .await
             .map_err(pg(op))?;
+        // Its files' objects are not rows: their prefix goes to the trash,
+        // emptied from the blob storage after (store/files.rs).
+        tx.execute(
+            "INSERT INTO sync_object_trash (prefix, since) VALUES ($1, $2)
+             ON CONFLICT (prefix) DO NOTHING",
+            &[&crate::blobs::org_prefix(org_id), &now_unix()],
+        )
+        .await
+        .map_err(pg(op))?;
         // Everything else of it goes by ON DELETE CASCADE.
         tx.execute("DELETE FROM organizations WHERE id = $1", &[&org_id])
             .await

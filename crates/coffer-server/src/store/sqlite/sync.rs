@@ -101,6 +101,39 @@ fn log_change(
     .map_err(|x| db_error("logging a change")(&x))
 }
 
+/// Keeps `sync_file_refs` of one record in step with it after a write:
+/// the references of revisions that are neither its head nor a leaf any
+/// more go, and those of `revision` (its new head or new leaf) come.
+fn refresh_file_refs(
+    tx: &Transaction<'_>,
+    org_id: i64,
+    app: &str,
+    key: (&str, &str),
+    revision: &str,
+    files: &[&str],
+) -> Result<(), StoreError> {
+    let e = db_error("keeping file references");
+    tx.prepare_cached(
+        "DELETE FROM sync_file_refs WHERE org_id = ?1 AND app = ?2 AND collection = ?3 AND record_id = ?4
+             AND revision NOT IN (
+                 SELECT revision FROM sync_records
+                     WHERE org_id = ?1 AND app = ?2 AND collection = ?3 AND record_id = ?4
+                 UNION ALL SELECT revision FROM sync_leaves
+                     WHERE org_id = ?1 AND app = ?2 AND collection = ?3 AND record_id = ?4)",
+    )
+    .and_then(|mut s| s.execute(params![org_id, app, key.0, key.1]))
+    .map_err(|x| e(&x))?;
+    for sha in files {
+        tx.prepare_cached(
+            "INSERT INTO sync_file_refs (org_id, app, collection, record_id, revision, sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+        )
+        .and_then(|mut s| s.execute(params![org_id, app, key.0, key.1, revision, sha]))
+        .map_err(|x| e(&x))?;
+    }
+    Ok(())
+}
+
 fn verified(
     tx: &Transaction<'_>,
     org_id: i64,
@@ -263,8 +296,24 @@ impl SqliteStore {
                     state.verified.insert(author);
                 }
             }
-            let plan = plan(&push, &state, last);
             let now = now_unix();
+            // The blobs the batch references, each bumped (a garbage
+            // collection must not take one a record is about to name).
+            for sha in push.files() {
+                let size: Option<i64> = tx
+                    .prepare_cached(
+                        "UPDATE sync_blobs SET last_referenced_at = max(last_referenced_at, ?4)
+                         WHERE org_id = ?1 AND app = ?2 AND sha256 = ?3 RETURNING size",
+                    )
+                    .and_then(|mut s| {
+                        s.query_row(params![push.org_id, push.app, sha, now], |r| r.get(0)).optional()
+                    })
+                    .map_err(|x| e(&x))?;
+                if let Some(size) = size {
+                    state.blobs.insert(sha, size);
+                }
+            }
+            let plan = plan(&push, &state, last);
             for write in &plan.writes {
                 let o = write.op();
                 let rev = o.revision.to_string();
@@ -345,6 +394,8 @@ impl SqliteStore {
                         .map_err(|x| e(&x))?;
                     }
                 }
+                let files: Vec<&str> = o.files.iter().map(|(sha, _)| sha.as_str()).collect();
+                refresh_file_refs(&tx, push.org_id, &push.app, (&o.collection, &o.id), &rev, &files)?;
                 log_change(&tx, push.org_id, &push.app, write.seq(), (&o.collection, &o.id), &rev, now)?;
                 tx.prepare_cached(
                     "INSERT INTO sync_revisions (org_id, app, revision, digest) VALUES (?1, ?2, ?3, ?4)",
@@ -637,6 +688,8 @@ impl SqliteStore {
                 ],
             )
             .map_err(|x| e(&x))?;
+            let files: Vec<&str> = resolution.files.iter().map(String::as_str).collect();
+            refresh_file_refs(&tx, org_id, &app, (&collection, &id), &rev.to_string(), &files)?;
             log_change(&tx, org_id, &app, seq, (&collection, &id), &rev.to_string(), now)?;
             set_counter(&tx, org_id, &app, seq)?;
             tx.commit().map_err(|x| e(&x))?;
@@ -814,6 +867,16 @@ impl SqliteStore {
                     params![org_id, cutoff],
                 )
                 .map_err(|x| e(&x))?;
+            // The references of the records just dropped (a tombstone can
+            // still name files) go with them.
+            tx.execute(
+                "DELETE FROM sync_file_refs WHERE org_id = ?1 AND NOT EXISTS (
+                     SELECT 1 FROM sync_records r WHERE r.org_id = sync_file_refs.org_id
+                         AND r.app = sync_file_refs.app AND r.collection = sync_file_refs.collection
+                         AND r.record_id = sync_file_refs.record_id)",
+                [org_id],
+            )
+            .map_err(|x| e(&x))?;
             let changes = tx
                 .execute(
                     "DELETE FROM sync_changes WHERE org_id = ?1 AND at < ?2",
