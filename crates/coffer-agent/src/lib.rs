@@ -9,7 +9,9 @@
 //! ([`Agent::unlock`]: offline grace, lockout, capabilities, debugger
 //! refusal, KDF floor), a delivery queue for readings
 //! ([`Agent::queue_readings`], [`Agent::deliver`]), and record sync with
-//! the organization ([`Agent::sync`]: push, pull, conflicts kept).
+//! the organization ([`Agent::sync`]: push, pull, conflicts kept, and the
+//! files records reference moved by resumable, verified uploads and
+//! downloads).
 //!
 //! An enrolled vault cannot be opened around the agent by accident:
 //! `coffer_device::Vault::unlock` refuses it with
@@ -47,6 +49,7 @@ mod check_in;
 mod delivery;
 pub mod enrollment;
 mod error;
+pub mod files;
 #[cfg(feature = "reqwest")]
 pub mod http;
 mod login;
@@ -67,6 +70,7 @@ pub use check_in::{CheckInReport, PolicyOutcome};
 pub use delivery::{parse_readings, DeliveryReport};
 pub use enrollment::{Enrollment, ESCROW_SLOT, RELEASE_FILE};
 pub use error::{Error, Result, TransportError, WipeCause, Wiped};
+pub use files::{FileDirection, FileProblem};
 pub use login::{Login, LoginPrompts, OfflineReason, SlotChange};
 pub use policy::{check_passphrase_rules, held_policy, Grace};
 pub use sync::{AppSync, Quiet, SyncObserver, SyncReport};

@@ -9,6 +9,10 @@
 //! connection only repeats work. A push is named by its content, so a
 //! retry after a crash is recognised by the server as the same batch.
 //!
+//! Files sync (crate::files) rides in the same round: before each push
+//! batch, the files its operations reference are uploaded; after the
+//! pull, the files the pulled records reference are downloaded.
+//!
 //! Purge: only on an explicit statement — the check-in saying the device
 //! is revoked, or a verified signed policy whose `sync` list no longer
 //! names an app that synced — the app's data is crypto-erased
@@ -24,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::enrollment::Enrollment;
 use crate::error::{Error, Result};
+use crate::files::{FileDirection, FileProblem, FileSync, UPLOAD};
 use crate::{Agent, CheckInReport, Client, Credentials};
 
 /// Settings key prefix of the apps that have synced on this vault (so a
@@ -43,6 +48,19 @@ pub trait SyncObserver {
     fn pushed(&mut self, _app: &str, _done: u64, _total: u64) {}
     /// `records` records of `app` pulled so far in this round.
     fn pulled(&mut self, _app: &str, _records: u64) {}
+    /// `done` of the `total` bytes of the file `name` of `app` are on the
+    /// other side (an upload: acknowledged by the server; a download:
+    /// written here). Called when a file starts (with where it resumes)
+    /// and after every piece or range.
+    fn file_progress(
+        &mut self,
+        _app: &str,
+        _direction: FileDirection,
+        _name: &str,
+        _done: u64,
+        _total: u64,
+    ) {
+    }
 }
 
 /// An observer that is told nothing.
@@ -81,8 +99,59 @@ pub struct AppSync {
     /// Whether the server's cursor had expired and the pull started over
     /// (no local change was lost).
     pub reset: bool,
+    /// Files uploaded whole in this round (not those the server held).
+    pub files_uploaded: u64,
+    /// Bytes of pieces the server acknowledged.
+    pub bytes_uploaded: u64,
+    /// Files downloaded, checked and stored in this round.
+    pub files_downloaded: u64,
+    /// Bytes fetched.
+    pub bytes_downloaded: u64,
+    /// Files that did not move, and why (an upload refused holds its
+    /// record back: the change stays pending; a download refused or not
+    /// found stays queued, and the previous version of the file stays).
+    pub file_problems: Vec<FileProblem>,
     /// The app's sync state after the round.
     pub state: coffer_device::SyncState,
+}
+
+/// A record's file references as the device stores them, checked as the
+/// server's rules say (the names and versions then reach the file store's
+/// download queue).
+fn to_files(
+    files: Vec<wire::FileRef>,
+    deleted: bool,
+) -> std::result::Result<Vec<coffer_device::FileRef>, &'static str> {
+    if deleted && !files.is_empty() {
+        return Err("a deleted record references files");
+    }
+    if files.len() > wire::MAX_FILES {
+        return Err("too many files");
+    }
+    let mut names = std::collections::HashSet::new();
+    files
+        .into_iter()
+        .map(|f| {
+            let valid = wire::valid_name(&f.name)
+                && coffer_protocol::files::is_sha256_hex(&f.sha256)
+                && f.size <= coffer_protocol::files::MAX_FILE_SIZE
+                && f.content_type
+                    .as_deref()
+                    .is_none_or(coffer_protocol::files::is_content_type);
+            if !valid {
+                return Err("a file reference breaks the protocol's rules");
+            }
+            if !names.insert(f.name.clone()) {
+                return Err("a record names one file twice");
+            }
+            Ok(coffer_device::FileRef {
+                name: f.name,
+                sha256: f.sha256,
+                size: f.size,
+                content_type: f.content_type,
+            })
+        })
+        .collect()
 }
 
 /// A pulled record as the device stores it, after checking it as the
@@ -93,6 +162,7 @@ fn to_head(record: wire::PulledRecord) -> std::result::Result<PulledHead, &'stat
                 base: Option<Revision>,
                 deleted: bool,
                 body: Option<serde_json::Value>,
+                files: Vec<wire::FileRef>,
                 author: String|
      -> std::result::Result<Side, &'static str> {
         match (&body, deleted) {
@@ -114,6 +184,7 @@ fn to_head(record: wire::PulledRecord) -> std::result::Result<PulledHead, &'stat
             deleted,
             body,
             author,
+            files: to_files(files, deleted)?,
         })
     };
     if !wire::valid_name(&record.collection) || !wire::valid_name(&record.id) {
@@ -127,12 +198,13 @@ fn to_head(record: wire::PulledRecord) -> std::result::Result<PulledHead, &'stat
         None,
         record.deleted,
         record.body,
+        record.files,
         record.author,
     )?;
     let leaves = record
         .conflicts
         .into_iter()
-        .map(|l: Leaf| side(l.revision, l.base, l.deleted, l.body, l.author))
+        .map(|l: Leaf| side(l.revision, l.base, l.deleted, l.body, l.files, l.author))
         .collect::<std::result::Result<_, _>>()?;
     Ok(PulledHead {
         collection: record.collection,
@@ -162,7 +234,16 @@ fn to_op(origin: [u8; 16], change: &PendingChange) -> Result<PushOp> {
         base: change.base.as_deref().map(parse).transpose()?,
         deleted: change.deleted,
         body: change.body.clone(),
-        files: Vec::new(),
+        files: change
+            .files
+            .iter()
+            .map(|f| wire::FileRef {
+                name: f.name.clone(),
+                sha256: f.sha256.clone(),
+                size: f.size,
+                content_type: f.content_type.clone(),
+            })
+            .collect(),
         author: if change.author.is_empty() {
             "unknown".to_owned()
         } else {
@@ -260,12 +341,17 @@ where
 /// The next batch of pending changes after the local sequence `after`:
 /// the changes it carries, the batch, and the highest local sequence it
 /// looked at. What the server would refuse is answered here (and kept).
-/// `None` when nothing is pending after `after`.
+/// The files its operations reference are on the server before it is
+/// returned; an operation whose file the server refused is left out (the
+/// change stays pending, for a later round). `None` when nothing is
+/// pending after `after`.
 fn next_batch(
     records: &mut RecordStore,
     origin: [u8; 16],
     mut after: u64,
+    files: &mut FileSync<'_>,
     report: &mut AppSync,
+    observer: &mut dyn SyncObserver,
 ) -> Result<Option<(Vec<PendingChange>, PushBatch, u64)>> {
     loop {
         let pending = records.pending_changes_after(after, wire::MAX_PUSH_OPS)?;
@@ -291,6 +377,9 @@ fn next_batch(
                     revision: op.revision.to_string(),
                     outcome: AckOutcome::Rejected { code },
                 });
+                continue;
+            }
+            if !op.files.is_empty() && !files.ensure_uploaded(&op.files, report, observer)? {
                 continue;
             }
             // The operation as it will be sent (long names and many
@@ -369,17 +458,19 @@ fn acks_of(
 /// batch is read and encoded while the server stores the last one (sent
 /// from a second connection on its own thread); each answer is recorded
 /// in one local transaction as it comes, in order.
+#[allow(clippy::too_many_arguments)]
 fn push_all(
     connect: &(dyn Fn() -> Result<Client> + Sync),
     credentials: Credentials<'_>,
     app: &str,
     records: &mut RecordStore,
+    files: &mut FileSync<'_>,
     report: &mut AppSync,
     observer: &mut dyn SyncObserver,
 ) -> Result<()> {
     let origin = origin_bytes(&records.sync_origin()?)?;
     let total = records.sync_state()?.pending;
-    let Some(first) = next_batch(records, origin, 0, report)? else {
+    let Some(first) = next_batch(records, origin, 0, files, report, observer)? else {
         return Ok(());
     };
     pipelined(connect, credentials, |pipe: &Pipe<Push>| {
@@ -391,8 +482,9 @@ fn push_all(
         let (mut changes, mut batch, mut after) = first;
         pipe.send(push(batch.clone()))?;
         loop {
-            // Read the next batch while this one is on its way.
-            let next = next_batch(records, origin, after, report)?;
+            // Read the next batch (and upload its files) while this one is
+            // on its way.
+            let next = next_batch(records, origin, after, files, report, observer)?;
             let answer = pipe.answer()?;
             let acks = acks_of(&changes, &batch, answer, report)?;
             records.acknowledge(&acks)?;
@@ -552,6 +644,14 @@ impl Agent {
             }
             vault.set_setting(&format!("{PURGE_UNREPORTED}{app}"), Some(b"1"))?;
             vault.set_setting(&key, None)?;
+            // Its unfinished uploads went with its files (and only its
+            // own: another app's name may start with this one's).
+            let prefix = format!("{UPLOAD}{app}.");
+            for upload in vault.setting_keys(&prefix)? {
+                if coffer_protocol::files::is_sha256_hex(&upload[prefix.len()..]) {
+                    vault.set_setting(&upload, None)?;
+                }
+            }
             purged.push(app);
         }
         // Reported to the server, now or at a later round: the purge is done
@@ -586,14 +686,21 @@ impl Agent {
                 pulled: 0,
                 pages: 0,
                 reset: false,
+                files_uploaded: 0,
+                bytes_uploaded: 0,
+                files_downloaded: 0,
+                bytes_downloaded: 0,
+                file_problems: Vec::new(),
                 state: records.sync_state()?,
             };
             let connect = || self.client(&enrollment.server);
+            let mut files = FileSync::new(&vault, app, &client, credentials);
             push_all(
                 &connect,
                 credentials,
                 app,
                 &mut records,
+                &mut files,
                 &mut report,
                 observer,
             )?;
@@ -605,6 +712,8 @@ impl Agent {
                 &mut report,
                 observer,
             )?;
+            // The records are in; their files follow.
+            files.download_all(&mut report, observer)?;
             report.state = records.sync_state()?;
             apps.push(report);
         }
@@ -682,5 +791,84 @@ mod tests {
             to_head(long).unwrap_err(),
             "a collection or record id breaks the naming rule"
         );
+    }
+
+    #[test]
+    fn a_pulled_file_reference_is_checked_before_it_reaches_the_queue() {
+        let good = wire::FileRef {
+            name: "photo.jpg".into(),
+            sha256: "ab".repeat(32),
+            size: 10,
+            content_type: Some("image/jpeg".into()),
+        };
+        let record = |files: Vec<wire::FileRef>, deleted: bool| wire::PulledRecord {
+            collection: "c".into(),
+            id: "1".into(),
+            seq: 1,
+            revision: Revision::new([1; 16], 1).unwrap(),
+            deleted,
+            body: (!deleted).then(|| serde_json::json!({"a": 1})),
+            files,
+            author: "a".into(),
+            conflicts: Vec::new(),
+        };
+        let head = to_head(record(vec![good.clone()], false)).unwrap();
+        assert_eq!(head.head.files[0].sha256, "ab".repeat(32));
+        for (bad, why) in [
+            (
+                wire::FileRef {
+                    sha256: "AB".repeat(32),
+                    ..good.clone()
+                },
+                "a file reference breaks the protocol's rules",
+            ),
+            (
+                wire::FileRef {
+                    name: String::new(),
+                    ..good.clone()
+                },
+                "a file reference breaks the protocol's rules",
+            ),
+            (
+                wire::FileRef {
+                    name: "../x".repeat(100),
+                    ..good.clone()
+                },
+                "a file reference breaks the protocol's rules",
+            ),
+            (
+                wire::FileRef {
+                    size: coffer_protocol::files::MAX_FILE_SIZE + 1,
+                    ..good.clone()
+                },
+                "a file reference breaks the protocol's rules",
+            ),
+            (
+                wire::FileRef {
+                    content_type: Some("text/plain\n".into()),
+                    ..good.clone()
+                },
+                "a file reference breaks the protocol's rules",
+            ),
+        ] {
+            assert_eq!(to_head(record(vec![bad], false)).unwrap_err(), why);
+        }
+        assert_eq!(
+            to_head(record(vec![good.clone(), good.clone()], false)).unwrap_err(),
+            "a record names one file twice"
+        );
+        assert_eq!(
+            to_head(record(vec![good.clone()], true)).unwrap_err(),
+            "a deleted record references files"
+        );
+        assert_eq!(
+            to_head(record(vec![good; wire::MAX_FILES + 1], false)).unwrap_err(),
+            "too many files"
+        );
+    }
+
+    #[test]
+    fn the_device_and_the_protocol_agree_on_the_files_of_a_record() {
+        assert_eq!(wire::MAX_FILES, coffer_device::store::records::MAX_FILES);
     }
 }

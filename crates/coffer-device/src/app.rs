@@ -283,6 +283,8 @@ pub(crate) fn import(
         // pending as this store's changes (the backfill at first open).
         conn.execute_batch(
             "DROP TABLE IF EXISTS coffer_files;
+             DROP TABLE IF EXISTS coffer_file_downloads;
+             DROP TABLE IF EXISTS coffer_file_queue;
              DROP TABLE IF EXISTS coffer_sync_meta;
              DROP TABLE IF EXISTS coffer_sync_records;
              DROP TABLE IF EXISTS coffer_sync_sides;",
@@ -490,6 +492,20 @@ impl<'v> App<'v> {
     /// The app's record store.
     pub fn records(&self) -> Result<RecordStore> {
         self.require(Capability::Records)?;
-        RecordStore::open(self.open_database()?, self.vault.opened_slot_name())
+        // A record references files only where the app may use them.
+        let files = if self.info.capabilities.allows(Capability::Files) {
+            Some(crate::store::records::FileAccess {
+                dir: files_dir(self.vault.vault().path(), &self.info),
+                key: self.vault.subkey(Purpose::AppFiles(&self.info.id))?,
+            })
+        } else {
+            None
+        };
+        RecordStore::open(
+            self.open_database()?,
+            self.vault.opened_slot_name(),
+            self.info.name.clone(),
+            files,
+        )
     }
 }

@@ -245,6 +245,28 @@ pub enum Error {
         /// The file name asked for.
         name: String,
     },
+    /// A download into the file store was refused: its bytes are not the
+    /// file its record names (too many, another SHA-256, or other bytes
+    /// than an interrupted attempt wrote). The download is dropped; the
+    /// stored file (any earlier version) is exactly as it was.
+    #[error("the download of {name:?} was refused: {kind}; the stored file is as it was")]
+    DownloadMismatch {
+        /// The file's name.
+        name: String,
+        /// What did not match.
+        kind: crate::store::files::DownloadMismatchKind,
+    },
+    /// A download was finished before all its bytes were written; it is
+    /// kept, to be resumed.
+    #[error("the download of {name:?} has {offset} of its {size} bytes")]
+    DownloadIncomplete {
+        /// The file's name.
+        name: String,
+        /// Bytes written.
+        offset: u64,
+        /// Bytes declared.
+        size: u64,
+    },
     /// A value is larger than the store accepts.
     #[error("{what} larger than the limit of {limit} bytes")]
     TooLarge {

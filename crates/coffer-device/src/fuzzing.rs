@@ -50,7 +50,8 @@ pub fn fixed_key() -> VaultKey {
 }
 
 /// Opens `data` as an encrypted file under a fixed files key and reads it
-/// to the end, then at a few offsets chosen from the data itself.
+/// to the end, then at a few offsets chosen from the data itself; and
+/// scans it as an unfinished file to resume (`stream::scan_for_resume`).
 pub fn file_stream(data: &[u8]) {
     use std::io::Read;
     let key = crate::secret::Subkey(
@@ -60,6 +61,27 @@ pub fn file_stream(data: &[u8]) {
         })
         .unwrap_or_else(|()| unreachable!("the closure cannot fail")),
     );
+    // The same bytes as an unfinished file, resumed under the salt its
+    // header names (so that mutations reach the chunks' authentication),
+    // and written on.
+    if let Some(salt) = data
+        .get(12..crate::stream::HEADER_LEN)
+        .and_then(|s| <[u8; crate::stream::SALT_LEN]>::try_from(s).ok())
+    {
+        let scanned = crate::stream::scan_for_resume(
+            &key,
+            &salt,
+            &mut std::io::Cursor::new(data),
+            &mut |_| {},
+        );
+        if let Ok(crate::stream::Resumable::Partial { chunks, torn }) = scanned {
+            use std::io::Write;
+            let mut writer =
+                crate::stream::ChunkWriter::resume(&key, Vec::new(), salt, chunks, torn);
+            let _ = writer.write_all(&[0u8; 100]);
+            let _ = writer.finish();
+        }
+    }
     let Ok(mut reader) = crate::stream::ChunkReader::open(&key, std::io::Cursor::new(data)) else {
         return;
     };

@@ -75,9 +75,11 @@ pub use recovery::{RecoveryKey, RecoveryKeyError};
 pub use rotate::RotationProgress;
 pub use secret::{Passphrase, Subkey, VaultKey, KEY_LEN, MAX_PASSPHRASE_LEN};
 pub use space::Space;
-pub use store::files::{FileInfo, FileReader, FileStore};
+pub use store::files::{
+    Download, DownloadMismatchKind, FileInfo, FileReader, FileStore, QueuedDownload,
+};
 pub use store::kv::KvStore;
-pub use store::records::{Change, Record, RecordStore};
+pub use store::records::{Change, FileRef, Record, RecordStore};
 pub use store::sync::{
     Ack, AckOutcome, Conflict, PageApplied, PendingChange, PulledHead, Resolution, Side, SyncState,
 };

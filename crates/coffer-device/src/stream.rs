@@ -161,6 +161,157 @@ pub struct ChunkWriter<W: Write> {
     /// Plaintext of the chunk being filled, with room for the tag; zeroized
     /// on drop so that an unfinished chunk does not linger in freed memory.
     buf: Zeroizing<Vec<u8>>,
+    /// After a resume: the bytes an interrupted earlier write left of the
+    /// chunk at `index` (ciphertext, maybe part of its tag). That chunk is
+    /// sealed again under the same nonce, so it must come out as exactly
+    /// these bytes, or it is not written ([`ChunkWriter::resume`]).
+    torn: Vec<u8>,
+}
+
+/// The error a resumed [`ChunkWriter`] gives (inside an [`io::Error`] of
+/// kind `InvalidData`) when the chunk it seals again differs from what an
+/// interrupted earlier write left of it: other plaintext under the same
+/// nonce, never written.
+#[derive(Debug, thiserror::Error)]
+#[error("the chunk written again after an interruption differs from its first write")]
+pub(crate) struct TornMismatch;
+
+/// Whether `e` is a resumed writer's [`TornMismatch`].
+pub(crate) fn is_torn_mismatch(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<TornMismatch>())
+}
+
+/// What an unfinished chunked file holds, as [`scan_for_resume`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resumable {
+    /// The file is whole: its final chunk (sealed with last = 1)
+    /// authenticates too. `len` bytes of plaintext.
+    Complete {
+        /// The plaintext length.
+        len: u64,
+    },
+    /// The file stops after `chunks` whole chunks that authenticate
+    /// (sealed with last = 0): a write goes on with chunk `chunks`, at
+    /// plaintext offset `chunks * CHUNK_SIZE`, once the file is cut back
+    /// to [`Resumable::file_len`].
+    Partial {
+        /// Whole chunks kept.
+        chunks: u64,
+        /// The bytes after them: what an interrupted write left of the
+        /// next chunk (not a whole chunk, so never authenticated).
+        torn: Vec<u8>,
+    },
+}
+
+impl Resumable {
+    /// The plaintext bytes kept.
+    pub fn offset(&self) -> u64 {
+        match self {
+            Resumable::Complete { len } => *len,
+            Resumable::Partial { chunks, .. } => chunks * CHUNK_SIZE as u64,
+        }
+    }
+
+    /// The length of the file that is kept: the header and the whole
+    /// chunks (for a complete file, its whole length).
+    pub fn file_len(&self) -> u64 {
+        match self {
+            Resumable::Complete { len } => {
+                let chunks = len.div_ceil(CHUNK_SIZE as u64).max(1);
+                HEADER_LEN as u64 + len + chunks * TAG_LEN as u64
+            }
+            Resumable::Partial { chunks, .. } => HEADER_LEN as u64 + chunks * SEALED_CHUNK,
+        }
+    }
+}
+
+/// Reads an unfinished chunked file that was written under `files_key`
+/// with `salt`, to go on writing it ([`ChunkWriter::resume`]): checks its
+/// header, authenticates every whole chunk in order and hands each one's
+/// plaintext to `on_chunk` (to rebuild what was computed over it), and
+/// says where the write can go on. A header that is not the one of `salt`
+/// is [`FileCorruptKind::Replaced`]; a whole chunk that fails
+/// authentication, [`FileCorruptKind::Chunk`] — the file was changed, and
+/// nothing in it is kept. Holds one chunk in memory.
+pub fn scan_for_resume<R: Read + Seek>(
+    files_key: &Subkey,
+    salt: &[u8; SALT_LEN],
+    inner: &mut R,
+    on_chunk: &mut dyn FnMut(&[u8]),
+) -> Result<Resumable> {
+    let io_err = |e| Error::stream_io("reading an unfinished encrypted file", e);
+    let total = inner.seek(SeekFrom::End(0)).map_err(io_err)?;
+    inner.seek(SeekFrom::Start(0)).map_err(io_err)?;
+    if total < HEADER_LEN as u64 {
+        return Err(FileCorruptKind::Truncated.into());
+    }
+    let expected = header(salt);
+    let mut seen = [0u8; HEADER_LEN];
+    inner.read_exact(&mut seen).map_err(io_err)?;
+    if seen != expected {
+        return Err(FileCorruptKind::Replaced.into());
+    }
+    let key = FileKey::derive(files_key, salt);
+    let mut buf = Zeroizing::new(vec![0u8; SEALED_CHUNK as usize]);
+    let open = |buf: &mut [u8], index: u64, last: bool| -> Option<usize> {
+        key.aead
+            .open_in_place(nonce(index, last), Aad::from(&expected), buf)
+            .ok()
+            .map(|plain| plain.len())
+    };
+    let body = total - HEADER_LEN as u64;
+    let mut index = 0u64;
+    loop {
+        let remaining = body - index * SEALED_CHUNK;
+        if remaining == 0 {
+            return Ok(Resumable::Partial {
+                chunks: index,
+                torn: Vec::new(),
+            });
+        }
+        let n = remaining.min(SEALED_CHUNK) as usize;
+        inner.read_exact(&mut buf[..n]).map_err(io_err)?;
+        if n == SEALED_CHUNK as usize {
+            if remaining > SEALED_CHUNK {
+                // More follows: only a chunk sealed with last = 0 fits.
+                let len = open(&mut buf[..n], index, false).ok_or(FileCorruptKind::Chunk(index))?;
+                on_chunk(&buf[..len]);
+                index += 1;
+                continue;
+            }
+            // The file ends with a whole chunk: kept as it went (last = 0)
+            // or the final one of a complete file (last = 1). Tried on a
+            // copy first, since a failed tag leaves the buffer unspecified.
+            let mut plain = Zeroizing::new(buf[..n].to_vec());
+            if let Some(len) = open(&mut plain, index, false) {
+                on_chunk(&plain[..len]);
+                return Ok(Resumable::Partial {
+                    chunks: index + 1,
+                    torn: Vec::new(),
+                });
+            }
+            let len = open(&mut buf[..n], index, true).ok_or(FileCorruptKind::Chunk(index))?;
+            on_chunk(&buf[..len]);
+            return Ok(Resumable::Complete {
+                len: index * CHUNK_SIZE as u64 + len as u64,
+            });
+        }
+        // Shorter than a chunk: the final chunk of a whole file, or the
+        // start of one whose write was interrupted.
+        let torn = buf[..n].to_vec();
+        if n >= TAG_LEN && (n > TAG_LEN || index == 0) {
+            if let Some(len) = open(&mut buf[..n], index, true) {
+                on_chunk(&buf[..len]);
+                return Ok(Resumable::Complete {
+                    len: index * CHUNK_SIZE as u64 + len as u64,
+                });
+            }
+        }
+        return Ok(Resumable::Partial {
+            chunks: index,
+            torn,
+        });
+    }
 }
 
 impl<W: Write> ChunkWriter<W> {
@@ -190,7 +341,43 @@ impl<W: Write> ChunkWriter<W> {
             index: 0,
             poisoned: false,
             buf: Zeroizing::new(Vec::with_capacity(CHUNK_SIZE + TAG_LEN)),
+            torn: Vec::new(),
         })
+    }
+
+    /// Goes on writing a file that was started with `salt` and stopped
+    /// after `chunks` whole chunks ([`scan_for_resume`]'s
+    /// [`Resumable::Partial`]): `inner` must be positioned right after
+    /// them, with nothing beyond. The next plaintext written is chunk
+    /// `chunks`'s.
+    ///
+    /// That chunk is sealed under the nonce an interrupted write may have
+    /// used already, so `torn` (what that write left on disk) must be a
+    /// prefix of the new sealed chunk: the same plaintext seals to the same
+    /// bytes, and other plaintext is refused, never written (an
+    /// [`io::Error`] of kind `InvalidData`), so no nonce of this file ever
+    /// seals two plaintexts on disk. Later chunks were never sealed before.
+    pub fn resume(
+        files_key: &Subkey,
+        inner: W,
+        salt: [u8; SALT_LEN],
+        chunks: u64,
+        torn: Vec<u8>,
+    ) -> Self {
+        ChunkWriter {
+            inner,
+            key: FileKey::derive(files_key, &salt),
+            header: header(&salt),
+            index: chunks,
+            poisoned: false,
+            buf: Zeroizing::new(Vec::with_capacity(CHUNK_SIZE + TAG_LEN)),
+            torn,
+        }
+    }
+
+    /// The inner writer (to fsync a file, for one).
+    pub fn get_ref(&self) -> &W {
+        &self.inner
     }
 
     fn seal_chunk(&mut self, last: bool) -> io::Result<()> {
@@ -212,6 +399,13 @@ impl<W: Write> ChunkWriter<W> {
             )
             .map_err(|_| io::Error::other("AES-GCM refused a 64 KiB chunk"))?;
         self.buf.extend_from_slice(tag.as_ref());
+        if !self.torn.is_empty() {
+            // Stays poisoned: the buffer holds ciphertext now.
+            if !self.buf.starts_with(&self.torn) {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, TornMismatch));
+            }
+            self.torn = Vec::new();
+        }
         self.inner.write_all(&self.buf)?;
         self.buf.clear();
         self.index = self
@@ -727,6 +921,142 @@ mod tests {
             r.read_at(10, &mut out),
             Err(Error::FileCorrupt(FileCorruptKind::Chunk(0)))
         ));
+    }
+
+    /// What a writer killed after `written` plaintext bytes left on disk,
+    /// cut at `cut` bytes (an interrupted write), with its salt.
+    fn interrupted(key: &Subkey, data: &[u8], cut: Option<usize>) -> (Vec<u8>, [u8; SALT_LEN]) {
+        let mut w = ChunkWriter::new(key, Vec::new(), &mut OsRng).unwrap();
+        let salt = w.salt();
+        w.write_all(data).unwrap();
+        // Not finished: the chunk being filled never reached the file.
+        let mut file = w.inner.clone();
+        if let Some(cut) = cut {
+            file.truncate(cut);
+        }
+        (file, salt)
+    }
+
+    fn scan(key: &Subkey, salt: &[u8; SALT_LEN], file: &[u8]) -> (Result<Resumable>, Vec<u8>) {
+        let mut plain = Vec::new();
+        let point = scan_for_resume(key, salt, &mut Cursor::new(file.to_vec()), &mut |p| {
+            plain.extend_from_slice(p)
+        });
+        (point, plain)
+    }
+
+    /// Resumes `file` and writes the rest of `data`: the finished file.
+    fn resume_and_finish(
+        key: &Subkey,
+        salt: [u8; SALT_LEN],
+        mut file: Vec<u8>,
+        data: &[u8],
+    ) -> io::Result<Vec<u8>> {
+        let (point, plain) = scan(key, &salt, &file);
+        let Resumable::Partial { chunks, torn } = point.unwrap() else {
+            panic!("not partial");
+        };
+        let offset = chunks as usize * CHUNK_SIZE;
+        assert_eq!(plain, data[..offset], "the kept chunks' plaintext");
+        file.truncate(HEADER_LEN + chunks as usize * SEALED_CHUNK as usize);
+        let mut w = ChunkWriter::resume(key, file, salt, chunks, torn);
+        w.write_all(&data[offset..])?;
+        w.finish()
+    }
+
+    #[test]
+    fn an_interrupted_file_resumes_from_its_last_whole_chunk() {
+        let key = files_key(9);
+        let sealed = SEALED_CHUNK as usize;
+        for len in [
+            1,
+            CHUNK_SIZE,
+            CHUNK_SIZE + 1,
+            3 * CHUNK_SIZE,
+            3 * CHUNK_SIZE + 77,
+        ] {
+            let data = plaintext(len);
+            let (whole, _) = interrupted(&key, &data, None);
+            let cuts = [
+                HEADER_LEN,
+                HEADER_LEN + 1,
+                HEADER_LEN + sealed - 1,
+                HEADER_LEN + sealed,
+                HEADER_LEN + sealed + 100,
+                whole.len(),
+            ];
+            for cut in cuts.into_iter().filter(|c| *c <= whole.len()) {
+                let (file, salt) = interrupted(&key, &data, Some(cut));
+                let done = resume_and_finish(&key, salt, file, &data).unwrap();
+                assert_eq!(decrypt(&key, done).unwrap(), data, "len {len} cut {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_complete_file_is_recognised_as_complete() {
+        let key = files_key(10);
+        for len in [0, 5, CHUNK_SIZE, 2 * CHUNK_SIZE, 2 * CHUNK_SIZE + 3] {
+            let data = plaintext(len);
+            let mut w = ChunkWriter::new(&key, Vec::new(), &mut OsRng).unwrap();
+            let salt = w.salt();
+            w.write_all(&data).unwrap();
+            let file = w.finish().unwrap();
+            let (point, plain) = scan(&key, &salt, &file);
+            let point = point.unwrap();
+            assert_eq!(point, Resumable::Complete { len: len as u64 }, "len {len}");
+            assert_eq!(point.file_len(), file.len() as u64);
+            assert_eq!(plain, data);
+        }
+    }
+
+    #[test]
+    fn a_changed_unfinished_file_is_not_resumed() {
+        let key = files_key(11);
+        let data = plaintext(3 * CHUNK_SIZE + 10);
+        let (file, salt) = interrupted(&key, &data, None);
+        // A flipped bit in a whole chunk, in the header, or another salt.
+        let mut bad = file.clone();
+        bad[HEADER_LEN + SEALED_CHUNK as usize + 7] ^= 1;
+        assert!(matches!(
+            scan(&key, &salt, &bad).0,
+            Err(Error::FileCorrupt(FileCorruptKind::Chunk(1)))
+        ));
+        let mut bad = file.clone();
+        bad[20] ^= 1;
+        assert!(matches!(
+            scan(&key, &salt, &bad).0,
+            Err(Error::FileCorrupt(FileCorruptKind::Replaced))
+        ));
+        assert!(matches!(
+            scan(&key, &[0; SALT_LEN], &file).0,
+            Err(Error::FileCorrupt(FileCorruptKind::Replaced))
+        ));
+        assert!(matches!(
+            scan(&key, &salt, &file[..10]).0,
+            Err(Error::FileCorrupt(FileCorruptKind::Truncated))
+        ));
+        // Another key reads nothing either.
+        assert!(matches!(
+            scan(&files_key(12), &salt, &file).0,
+            Err(Error::FileCorrupt(FileCorruptKind::Chunk(0)))
+        ));
+    }
+
+    #[test]
+    fn a_torn_chunk_is_only_sealed_again_over_the_same_plaintext() {
+        let key = files_key(13);
+        let data = plaintext(2 * CHUNK_SIZE + 10);
+        // Cut inside chunk 1: its first 1000 sealed bytes are on disk.
+        let cut = HEADER_LEN + SEALED_CHUNK as usize + 1000;
+        let (file, salt) = interrupted(&key, &data, Some(cut));
+        let mut other = data.clone();
+        other[CHUNK_SIZE + 5] ^= 0xff;
+        let err = resume_and_finish(&key, salt, file.clone(), &other).unwrap_err();
+        assert!(is_torn_mismatch(&err), "{err}");
+        // The same bytes go through.
+        let done = resume_and_finish(&key, salt, file, &data).unwrap();
+        assert_eq!(decrypt(&key, done).unwrap(), data);
     }
 
     fn vector_path() -> std::path::PathBuf {

@@ -15,6 +15,7 @@ use crate::*;
 
 mod archive;
 mod audit;
+mod files_sync;
 mod rotate;
 mod session;
 mod stores;

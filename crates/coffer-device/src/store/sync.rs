@@ -18,7 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::store::records::{RecordStore, MAX_BODY_LEN};
+use crate::store::records::{files_from, files_text, FileRef, Files, RecordStore, MAX_BODY_LEN};
 
 /// The tables, created with the record store.
 pub(crate) const SCHEMA: &str = "
@@ -55,8 +55,17 @@ pub(crate) const SCHEMA: &str = "
         deleted INTEGER NOT NULL,
         body TEXT,
         author TEXT NOT NULL,
+        files TEXT,
         PRIMARY KEY (collection, id, revision)
     ) STRICT;";
+
+/// Columns added after the tables were first made: (table, column),
+/// each `TEXT`, added at the open that raises [`SCHEMA_VERSION`].
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    // Version 2 (files sync): the files a record and a side reference.
+    ("coffer_records", "files"),
+    ("coffer_sync_sides", "files"),
+];
 
 /// The meta key of the store's origin (32 hex digits).
 const ORIGIN: &str = "origin";
@@ -72,8 +81,8 @@ const PULLED_AT: &str = "pulled_at";
 const BACKFILLED: &str = "backfilled";
 /// The meta key of the version of these tables (and their indexes).
 const SCHEMA_KEY: &str = "schema";
-/// Raised when [`SCHEMA`] gains a table or an index.
-const SCHEMA_VERSION: &str = "1";
+/// Raised when [`SCHEMA`] gains a table, an index or a column.
+const SCHEMA_VERSION: &str = "2";
 
 fn db(op: &'static str) -> impl Fn(rusqlite::Error) -> Error {
     move |e| Error::database(op, e)
@@ -105,6 +114,8 @@ pub struct PendingChange {
     pub author: String,
     /// The conflict leaves it resolves.
     pub resolves: Vec<String>,
+    /// The files the record references (none when deleted).
+    pub files: Vec<FileRef>,
 }
 
 /// What the server said of one delivered change.
@@ -154,6 +165,8 @@ pub struct Side {
     pub body: Option<Value>,
     /// Who wrote it.
     pub author: String,
+    /// The files it references.
+    pub files: Vec<FileRef>,
 }
 
 /// A record as a pull page brings it.
@@ -180,6 +193,9 @@ pub struct PageApplied {
     pub kept_local: usize,
     /// Records that are in conflict after the page.
     pub conflicts: usize,
+    /// Files the records taken reference that this device does not hold
+    /// at their version: queued for download.
+    pub downloads_queued: usize,
 }
 
 /// The sync state of the store.
@@ -203,6 +219,8 @@ pub struct SyncState {
     /// Records a completed reset did not see again: the server no longer
     /// has them (tombstones it dropped after its retention). Kept.
     pub unseen: u64,
+    /// Files pulled records reference that wait to be downloaded.
+    pub downloads_queued: u64,
 }
 
 /// A record in conflict, with every side.
@@ -216,6 +234,8 @@ pub struct Conflict {
     pub local: Option<Value>,
     /// Whether it is deleted here.
     pub local_deleted: bool,
+    /// The files the local state references.
+    pub local_files: Vec<FileRef>,
     /// The state the local edit was made on, if kept.
     pub base: Option<Value>,
     /// The server's head (if pulled since).
@@ -306,6 +326,19 @@ pub(crate) fn create(conn: &mut Connection, author: &str) -> Result<()> {
         .map_err(db("creating the sync state"))?;
     tx.execute_batch(SCHEMA)
         .map_err(db("creating the sync state"))?;
+    for (table, column) in ADDED_COLUMNS {
+        let present: i64 = tx
+            .query_row(
+                &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                [column],
+                |r| r.get(0),
+            )
+            .map_err(db("creating the sync state"))?;
+        if present == 0 {
+            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))
+                .map_err(db("creating the sync state"))?;
+        }
+    }
     if meta(&tx, BACKFILLED)?.is_none() {
         tx.execute(
             "INSERT OR IGNORE INTO coffer_sync_records (collection, id, local_seq, author)
@@ -414,6 +447,16 @@ impl RecordStore {
                      WHERE s.seen = 0 AND r.deleted = 0 AND s.local_seq IS NULL",
                 )?
             },
+            // The queue exists once a pulled record referenced a file.
+            downloads_queued: if count(
+                "SELECT count(*) FROM sqlite_master
+                 WHERE type = 'table' AND name = 'coffer_file_queue'",
+            )? > 0
+            {
+                count("SELECT count(*) FROM coffer_file_queue")?
+            } else {
+                0
+            },
         })
     }
 
@@ -430,7 +473,7 @@ impl RecordStore {
             .conn
             .prepare_cached(
                 "SELECT s.collection, s.id, s.local_seq, s.server_rev, s.author, s.resolves,
-                        r.body, r.deleted
+                        r.body, r.deleted, r.files
                  FROM coffer_sync_records s
                  JOIN coffer_records r ON r.collection = s.collection AND r.id = s.id
                  WHERE s.local_seq > ?2
@@ -454,13 +497,14 @@ impl RecordStore {
                         r.get::<_, Option<String>>(5)?,
                         r.get::<_, Option<String>>(6)?,
                         r.get::<_, i64>(7)? != 0,
+                        r.get::<_, Option<String>>(8)?,
                     ))
                 },
             )
             .map_err(db("reading pending changes"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (collection, id, seq, base, author, resolves, body, deleted) =
+            let (collection, id, seq, base, author, resolves, body, deleted, files) =
                 row.map_err(db("reading pending changes"))?;
             let resolves = match resolves {
                 Some(text) => serde_json::from_str(&text)
@@ -476,6 +520,11 @@ impl RecordStore {
                 body: if deleted { None } else { from_text(body)? },
                 author: author.unwrap_or_default(),
                 resolves,
+                files: if deleted {
+                    Vec::new()
+                } else {
+                    files_from(files)?
+                },
             });
         }
         Ok(out)
@@ -583,9 +632,17 @@ impl RecordStore {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("applying pulled records"))?;
         let mut applied = PageApplied::default();
+        // The download queue is the file store's: made here the first time
+        // a pulled record references a file.
+        if records.iter().any(|r| !r.head.files.is_empty()) {
+            crate::store::files::ensure_schema(&tx)?;
+        }
         for pulled in records {
             match apply_one(&tx, origin, pulled)? {
-                Applied::Taken => applied.taken += 1,
+                Applied::Taken { queued } => {
+                    applied.taken += 1;
+                    applied.downloads_queued += queued;
+                }
                 Applied::KeptLocal => applied.kept_local += 1,
             }
         }
@@ -670,6 +727,7 @@ impl RecordStore {
                     &id,
                     body.as_deref(),
                     None,
+                    Files::Keep,
                 )?;
             }
         }
@@ -726,6 +784,7 @@ impl RecordStore {
             collection: collection.to_owned(),
             id: id.to_owned(),
             local_deleted: local.as_ref().is_none_or(|r| r.deleted),
+            local_files: local.as_ref().map(|r| r.files.clone()).unwrap_or_default(),
             local: local.filter(|r| !r.deleted).map(|r| r.body),
             base: from_text(base)?,
             server,
@@ -766,6 +825,13 @@ impl RecordStore {
             collection: collection.into(),
             id: id.into(),
         })?;
+        // The files go with the content kept: the server's side's when
+        // it wins (queued for download where missing), the local ones
+        // otherwise.
+        let server_files = match (&resolution, &server) {
+            (Resolution::KeepServer, Some(side)) if !side.deleted => Some(side.files.clone()),
+            _ => None,
+        };
         let body = match resolution {
             Resolution::KeepLocal => {
                 if conflict.local_deleted {
@@ -800,7 +866,14 @@ impl RecordStore {
         }
         let resolves_text =
             serde_json::to_string(&resolves).map_err(|_| corrupt("a list of leaves"))?;
-        self.write_resolution(collection, id, body.as_ref(), &head_rev, &resolves_text)
+        self.write_resolution(
+            collection,
+            id,
+            body.as_ref(),
+            server_files.as_deref(),
+            &head_rev,
+            &resolves_text,
+        )
     }
 
     fn write_resolution(
@@ -808,6 +881,7 @@ impl RecordStore {
         collection: &str,
         id: &str,
         body: Option<&Value>,
+        server_files: Option<&[FileRef]>,
         head_rev: &str,
         resolves: &str,
     ) -> Result<()> {
@@ -816,6 +890,11 @@ impl RecordStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(db("resolving a conflict"))?;
+        let server_text = server_files.map(files_text).transpose()?;
+        let files = match &server_text {
+            Some(text) => Files::Set(text.as_deref()),
+            None => Files::Keep,
+        };
         let local_seq = crate::store::records::write_in(
             &tx,
             &self.author,
@@ -823,7 +902,12 @@ impl RecordStore {
             id,
             text.as_deref(),
             None,
+            files,
         )?;
+        if let Some(server_files) = server_files.filter(|f| !f.is_empty()) {
+            crate::store::files::ensure_schema(&tx)?;
+            crate::store::files::queue_missing(&tx, server_files)?;
+        }
         tx.execute(
             "UPDATE coffer_sync_records SET server_rev = ?3, resolves = ?4, conflicted = 0,
                  local_seq = ?5, rejected_seq = NULL, reject_code = NULL
@@ -857,7 +941,7 @@ impl RecordStore {
 fn sides(conn: &Connection, collection: &str, id: &str) -> Result<Vec<(String, Side)>> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT kind, revision, base, deleted, body, author FROM coffer_sync_sides
+            "SELECT kind, revision, base, deleted, body, author, files FROM coffer_sync_sides
              WHERE collection = ?1 AND id = ?2 ORDER BY kind, revision",
         )
         .map_err(db("reading a conflict"))?;
@@ -870,12 +954,13 @@ fn sides(conn: &Connection, collection: &str, id: &str) -> Result<Vec<(String, S
                 r.get::<_, i64>(3)? != 0,
                 r.get::<_, Option<String>>(4)?,
                 r.get::<_, String>(5)?,
+                r.get::<_, Option<String>>(6)?,
             ))
         })
         .map_err(db("reading a conflict"))?;
     let mut out = Vec::new();
     for row in rows {
-        let (kind, revision, base, deleted, body, author) =
+        let (kind, revision, base, deleted, body, author, files) =
             row.map_err(db("reading a conflict"))?;
         out.push((
             kind,
@@ -885,6 +970,7 @@ fn sides(conn: &Connection, collection: &str, id: &str) -> Result<Vec<(String, S
                 deleted,
                 body: from_text(body)?,
                 author,
+                files: files_from(files)?,
             },
         ));
     }
@@ -892,7 +978,10 @@ fn sides(conn: &Connection, collection: &str, id: &str) -> Result<Vec<(String, S
 }
 
 enum Applied {
-    Taken,
+    /// Taken, with this many files queued for download.
+    Taken {
+        queued: usize,
+    },
     KeptLocal,
 }
 
@@ -986,10 +1075,11 @@ fn apply_one(tx: &Transaction<'_>, origin: &str, pulled: &PulledHead) -> Result<
     }
     let keep_side = |kind: &str, side: &Side| -> Result<()> {
         let body = to_text(side.body.as_ref())?;
+        let files = files_text(&side.files)?;
         tx.prepare_cached(
             "INSERT OR REPLACE INTO coffer_sync_sides
-                 (collection, id, revision, kind, base, deleted, body, author)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 (collection, id, revision, kind, base, deleted, body, author, files)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -1000,7 +1090,8 @@ fn apply_one(tx: &Transaction<'_>, origin: &str, pulled: &PulledHead) -> Result<
                 side.base,
                 side.deleted,
                 body,
-                side.author
+                side.author,
+                files
             ])
         })
         .map(|_| ())
@@ -1011,19 +1102,26 @@ fn apply_one(tx: &Transaction<'_>, origin: &str, pulled: &PulledHead) -> Result<
     }
     match plan {
         Plan::Take | Plan::Delivered => {
+            let mut queued = 0;
             if plan == Plan::Take {
-                let body = if head.deleted {
-                    None
+                let (body, files) = if head.deleted {
+                    (None, None)
                 } else {
-                    to_text(head.body.as_ref())?
+                    (to_text(head.body.as_ref())?, files_text(&head.files)?)
                 };
                 write_pulled(
                     tx,
                     &pulled.collection,
                     &pulled.id,
                     body.as_deref(),
+                    files.as_deref(),
                     head.deleted,
                 )?;
+                // The record is the server's now, at once; its files follow
+                // (the queue survives a crash, like the page).
+                if !head.deleted && !head.files.is_empty() {
+                    queued = crate::store::files::queue_missing(tx, &head.files)?;
+                }
             }
             tx.prepare_cached(
                 "INSERT INTO coffer_sync_records
@@ -1051,7 +1149,7 @@ fn apply_one(tx: &Transaction<'_>, origin: &str, pulled: &PulledHead) -> Result<
                 // side too, so that a resolution knows what it is made on.
                 keep_side("head", head)?;
             }
-            Ok(Applied::Taken)
+            Ok(Applied::Taken { queued })
         }
         Plan::KeepLocal => {
             // The local change stays and will be delivered (or is in
@@ -1091,16 +1189,18 @@ fn write_pulled(
     collection: &str,
     id: &str,
     body: Option<&str>,
+    files: Option<&str>,
     deleted: bool,
 ) -> Result<()> {
     tx.prepare_cached(
-        "INSERT INTO coffer_records (collection, id, body, version, updated_at, deleted)
-         VALUES (?1, ?2, ?3, 1, unixepoch(), ?4)
+        "INSERT INTO coffer_records (collection, id, body, version, updated_at, deleted, files)
+         VALUES (?1, ?2, ?3, 1, unixepoch(), ?4, ?5)
          ON CONFLICT (collection, id) DO UPDATE SET
              body = excluded.body, version = version + 1,
-             updated_at = excluded.updated_at, deleted = excluded.deleted",
+             updated_at = excluded.updated_at, deleted = excluded.deleted,
+             files = excluded.files",
     )
-    .and_then(|mut s| s.execute(params![collection, id, body, deleted]))
+    .and_then(|mut s| s.execute(params![collection, id, body, deleted, files]))
     .map(|_| ())
     .map_err(db("applying pulled records"))
 }

@@ -23,6 +23,7 @@ fn head(rev: &str, body: serde_json::Value) -> Side {
         deleted: false,
         body: Some(body),
         author: "bob".into(),
+        files: Vec::new(),
     }
 }
 
