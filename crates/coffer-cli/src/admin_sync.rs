@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::admin::{answer, shown, Authed};
 use crate::cli::{AdminAuthorsCommand, AdminRecordsCommand};
-use crate::exit::CliError;
+use crate::exit::{CliError, ExitCode};
 
 fn record_path(org: i64, app: &str, collection: &str, id: &str) -> String {
     format!(
@@ -75,6 +75,14 @@ pub fn records(command: &AdminRecordsCommand, authed: &Authed<'_>) -> Result<Val
                 answer(authed(Method::GET, &record_path(*org, app, collection, id))?.send())?;
             shown(&detail)
         }
+        AdminRecordsCommand::File {
+            org,
+            app,
+            collection,
+            id,
+            name,
+            out,
+        } => record_file(authed, *org, app, collection, id, name, out),
         AdminRecordsCommand::Export {
             org,
             app,
@@ -171,6 +179,99 @@ pub fn records(command: &AdminRecordsCommand, authed: &Authed<'_>) -> Result<Val
             shown(&resolved)
         }
     }
+}
+
+/// `coffer admin records file`: the file named `name` of one record, at
+/// the version its head references, fetched from the server (audited
+/// there) into a partial file beside `out` and renamed over it only once
+/// its size and SHA-256 are the ones the record names.
+fn record_file(
+    authed: &Authed<'_>,
+    org: i64,
+    app: &str,
+    collection: &str,
+    id: &str,
+    name: &str,
+    out: &std::path::Path,
+) -> Result<Value, CliError> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+
+    let detail: RecordDetail =
+        answer(authed(Method::GET, &record_path(org, app, collection, id))?.send())?;
+    let file = detail
+        .files
+        .iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| CliError {
+            exit: ExitCode::NotFound,
+            code: "no_such_file",
+            message: format!(
+                "record {collection}/{id} references no file {name:?} ('coffer admin records show' lists its files)"
+            ),
+        })?;
+    // Checked before it names a path on the server or a byte is kept.
+    if !coffer_protocol::files::is_sha256_hex(&file.sha256) {
+        return Err(CliError::other(
+            "the server's answer names the file by an invalid SHA-256",
+        ));
+    }
+    let path = coffer_protocol::files::ADMIN_FETCH_PATH
+        .replace("{org}", &org.to_string())
+        .replace("{app}", &path_segment(app))
+        .replace("{sha256}", &file.sha256);
+    let response = authed(Method::GET, &path)?
+        .timeout(std::time::Duration::from_secs(24 * 3600))
+        .send();
+    let mut response = match response {
+        Ok(r) if r.status().is_success() => r,
+        other => {
+            let Json = answer(other)?;
+            return Err(CliError::other("the server's answer is not a file"));
+        }
+    };
+    let cannot_write =
+        |e: std::io::Error| CliError::other(format!("cannot write {}: {e}", out.display()));
+    // Plaintext on its way: beside the target, removed on any error or
+    // signal (crate::partial).
+    let mut partial = crate::partial::PartialFile::beside(out)
+        .map_err(|e| CliError::other(format!("cannot write beside {}: {e}", out.display())))?;
+    let mut hasher = Sha256::new();
+    let mut buf = zeroize::Zeroizing::new(vec![0u8; 256 * 1024]);
+    let mut written = 0u64;
+    loop {
+        let n = response
+            .read(&mut buf)
+            .map_err(|e| CliError::other(format!("the file was cut short: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        written += n as u64;
+        if written > file.size {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        partial
+            .file_mut()
+            .write_all(&buf[..n])
+            .map_err(cannot_write)?;
+    }
+    if written != file.size || hex::encode(hasher.finalize()) != file.sha256 {
+        return Err(CliError {
+            exit: ExitCode::Corrupt,
+            code: "file_mismatch",
+            message: "the bytes the server sent are not the file the record names (size or SHA-256): nothing was written".into(),
+        });
+    }
+    partial.file_mut().sync_all().map_err(cannot_write)?;
+    partial.persist(out).map_err(cannot_write)?;
+    Ok(json!({
+        "written": out.display().to_string(),
+        "name": name,
+        "bytes": written,
+        "sha256": file.sha256,
+        "content_type": file.content_type,
+    }))
 }
 
 /// Any JSON answer (only its refusals are read: an export streams).

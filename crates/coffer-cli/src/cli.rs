@@ -259,6 +259,59 @@ pub enum Command {
         /// longer starts its pull over (it keeps its own changes).
         #[arg(long, default_value = "180d", value_parser = humantime::parse_duration)]
         sync_retention: std::time::Duration,
+        /// Keep synced files (sealed) in this directory, made 0700
+        /// [default: blobs under coffer-server in your data directory]
+        #[arg(
+            long,
+            env = "COFFER_BLOB_DIR",
+            value_name = "DIR",
+            conflicts_with = "s3_bucket"
+        )]
+        blob_dir: Option<std::path::PathBuf>,
+        /// Keep synced files (sealed) in this S3-compatible bucket, which
+        /// must exist. Credentials from AWS_ACCESS_KEY_ID and
+        /// AWS_SECRET_ACCESS_KEY, or --s3-credentials-file; never in a URL
+        #[arg(long, env = "COFFER_S3_BUCKET", value_name = "NAME")]
+        s3_bucket: Option<String>,
+        /// The S3 service, https://HOST[:PORT] (plain http:// only to a
+        /// loopback address) [default: AWS S3 of the region]
+        #[arg(
+            long,
+            env = "COFFER_S3_ENDPOINT",
+            value_name = "URL",
+            requires = "s3_bucket"
+        )]
+        s3_endpoint: Option<String>,
+        /// The bucket's region [default: us-east-1]
+        #[arg(
+            long,
+            env = "COFFER_S3_REGION",
+            value_name = "REGION",
+            requires = "s3_bucket"
+        )]
+        s3_region: Option<String>,
+        /// The S3 credentials in a file (mode 0600) of `key = value` lines:
+        /// aws_access_key_id, aws_secret_access_key and optionally
+        /// aws_session_token (an AWS credentials file of one profile)
+        #[arg(
+            long,
+            env = "COFFER_S3_CREDENTIALS_FILE",
+            value_name = "FILE",
+            requires = "s3_bucket"
+        )]
+        s3_credentials_file: Option<std::path::PathBuf>,
+        /// The largest file a device may upload, e.g. 2GiB (refused before
+        /// a byte is sent)
+        #[arg(long, default_value = "2GiB", value_name = "SIZE", value_parser = coffer_server::files::parse_size)]
+        max_file_size: u64,
+        /// Each organization's storage for files, its stored files and its
+        /// unfinished uploads, e.g. 100GiB
+        #[arg(long, default_value = "100GiB", value_name = "SIZE", value_parser = coffer_server::files::parse_size)]
+        org_file_quota: u64,
+        /// How long an unfinished upload waits for its next piece before it
+        /// is dropped, e.g. 24h
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        upload_expiry: std::time::Duration,
     },
     /// Administer a control plane over its API (coffer serve)
     ///
@@ -596,6 +649,10 @@ pub enum RecordsCommand {
         /// Only write if the record is at this version (0: must not exist)
         #[arg(long)]
         base_version: Option<u64>,
+        /// Attach a stored file of the app at its current version
+        /// (repeatable; without any, the record keeps the files it has)
+        #[arg(long = "file", value_name = "NAME")]
+        files: Vec<String>,
     },
     /// Print a record
     Get {
@@ -1011,6 +1068,23 @@ pub enum AdminRecordsCommand {
         collection: String,
         /// The record id
         id: String,
+    },
+    /// Write one of a record's files to PATH (the fetch is audited)
+    File {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+        /// The app
+        app: String,
+        /// The collection
+        collection: String,
+        /// The record id
+        id: String,
+        /// The file's name, as the record references it
+        name: String,
+        /// Where to write it
+        #[arg(long, short)]
+        out: std::path::PathBuf,
     },
     /// Every record of an app with its body, as JSON or CSV (audited)
     Export {

@@ -181,6 +181,8 @@ impl From<Error> for CliError {
                 "file_corrupt",
                 "; nothing wrong was read",
             ),
+            Error::DownloadMismatch { .. } => (ExitCode::Corrupt, "download_mismatch", ""),
+            Error::DownloadIncomplete { .. } => (ExitCode::Other, "download_incomplete", ""),
             Error::UnsupportedStoreVersion { .. } => {
                 (ExitCode::Corrupt, "unsupported_version", "; upgrade coffer")
             }

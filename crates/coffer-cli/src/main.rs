@@ -70,6 +70,14 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
             trusted_proxies,
             trusted_proxy_header,
             sync_retention,
+            blob_dir,
+            s3_bucket,
+            s3_endpoint,
+            s3_region,
+            s3_credentials_file,
+            max_file_size,
+            org_file_quota,
+            upload_expiry,
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => serve::Tls::Files(cert.clone(), key.clone()),
@@ -91,6 +99,16 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
                         *trusted_proxy_header,
                     ),
                     sync_retention: *sync_retention,
+                    files: serve::FileOptions {
+                        blob_dir: blob_dir.as_deref(),
+                        s3_bucket: s3_bucket.as_deref(),
+                        s3_endpoint: s3_endpoint.as_deref(),
+                        s3_region: s3_region.as_deref(),
+                        s3_credentials_file: s3_credentials_file.as_deref(),
+                        max_file_size: *max_file_size,
+                        org_file_quota: *org_file_quota,
+                        upload_expiry: *upload_expiry,
+                    },
                 },
             )
         }

@@ -83,6 +83,46 @@ pub struct Options<'a> {
     pub adopt_unkeyed_audit: bool,
     pub trusted_proxies: coffer_server::client_addr::TrustedProxies,
     pub sync_retention: std::time::Duration,
+    pub files: FileOptions<'a>,
+}
+
+/// Where synced files go, and their limits.
+pub struct FileOptions<'a> {
+    pub blob_dir: Option<&'a std::path::Path>,
+    pub s3_bucket: Option<&'a str>,
+    pub s3_endpoint: Option<&'a str>,
+    pub s3_region: Option<&'a str>,
+    pub s3_credentials_file: Option<&'a std::path::Path>,
+    pub max_file_size: u64,
+    pub org_file_quota: u64,
+    pub upload_expiry: std::time::Duration,
+}
+
+/// The blob storage the options name: the S3 bucket, else the directory,
+/// else `blobs` in the server's directory.
+fn blob_storage(files: &FileOptions<'_>) -> Result<coffer_server::blobs::BlobStorage, CliError> {
+    use coffer_server::blobs::{BlobStorage, S3Config, S3Credentials, DEFAULT_S3_REGION};
+    let refused = |e: coffer_server::blobs::BlobError| {
+        CliError::usage(format!("cannot start the server: {e}"))
+    };
+    match (files.s3_bucket, files.blob_dir) {
+        (Some(bucket), _) => {
+            let credentials = match files.s3_credentials_file {
+                Some(path) => S3Credentials::from_file(path),
+                None => S3Credentials::from_env(),
+            }
+            .map_err(refused)?;
+            BlobStorage::s3(S3Config {
+                bucket: bucket.to_owned(),
+                endpoint: files.s3_endpoint.map(str::to_owned),
+                region: files.s3_region.unwrap_or(DEFAULT_S3_REGION).to_owned(),
+                credentials,
+            })
+            .map_err(refused)
+        }
+        (None, Some(dir)) => BlobStorage::local(dir).map_err(refused),
+        (None, None) => BlobStorage::local(server_dir()?.join("blobs")).map_err(refused),
+    }
 }
 
 /// The master key (made on first start at the default path), and the
@@ -143,8 +183,10 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
         adopt_unkeyed_audit,
         trusted_proxies,
         sync_retention,
+        files,
         ..
     } = options;
+    let storage = blob_storage(&files)?;
     let database_url = match database_url {
         Some(url) => url.to_owned(),
         None => default_database_url()?,
@@ -160,6 +202,13 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
         .map_err(|e| CliError::other(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
         let stop = stop_signal()?;
+        // A bucket that is not there, or credentials it refuses, stop the
+        // start (not the first upload).
+        storage
+            .probe()
+            .await
+            .map_err(|e| CliError::usage(format!("cannot start the server: {e}")))?;
+        let blob_kind = storage.kind();
         let server = Server::bind(&ServeConfig {
             listen,
             database_url,
@@ -173,7 +222,14 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
             shutdown_grace: coffer_server::serve::DEFAULT_SHUTDOWN_GRACE,
         })
         .await
-        .map(|server| server.with_sync_retention(sync_retention))
+        .map(|server| {
+            server
+                .with_sync_retention(sync_retention)
+                .with_blob_storage(storage)
+                .with_max_file_size(files.max_file_size)
+                .with_org_file_quota(files.org_file_quota)
+                .with_upload_expiry(files.upload_expiry)
+        })
         .map_err(|e| {
             // A key made for a database that turned out to be under another
             // one is of no use: do not leave it behind to confuse.
@@ -197,6 +253,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
                 serde_json::json!({
                     "listening": format!("{scheme}://{addr}"),
                     "storage": server.backend(),
+                    "blob_storage": blob_kind,
                     "tls_sha256": server.tls_fingerprint(),
                     "setup_token": server.setup_token(),
                 })

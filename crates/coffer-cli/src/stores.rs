@@ -236,7 +236,34 @@ fn record_json(r: &Record) -> Value {
         "deleted": r.deleted,
         "updated_at": humantime::format_rfc3339_seconds(r.updated_at).to_string(),
         "body": r.body,
+        "files": r.files.iter().map(|f| json!({
+            "name": f.name,
+            "sha256": f.sha256,
+            "size": f.size,
+            "content_type": f.content_type,
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// A record's files, one line each, for `records get`. The names may come
+/// from other devices: escaped before they reach the terminal.
+fn files_text(r: &Record) -> String {
+    r.files
+        .iter()
+        .map(|f| {
+            format!(
+                "file {} ({} bytes{}, sha256 {})",
+                coffer_protocol::untrusted::Untrusted::new(&f.name),
+                f.size,
+                f.content_type
+                    .as_deref()
+                    .map(|t| format!(", {}", coffer_protocol::untrusted::Untrusted::new(t)))
+                    .unwrap_or_default(),
+                f.sha256
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub fn records(global: &Global, command: &RecordsCommand) -> Result<Report, CliError> {
@@ -248,6 +275,7 @@ pub fn records(global: &Global, command: &RecordsCommand) -> Result<Report, CliE
             id,
             body,
             base_version,
+            files,
         } => {
             let text = if body == "-" {
                 read_stdin()?
@@ -256,13 +284,23 @@ pub fn records(global: &Global, command: &RecordsCommand) -> Result<Report, CliE
             };
             let value: Value = serde_json::from_slice(&text)
                 .map_err(|e| CliError::usage(format!("the body is not JSON: {e}")))?;
-            let record = vault
-                .app(app)?
-                .records()?
-                .put(collection, id, &value, *base_version)?;
+            let mut records = vault.app(app)?.records()?;
+            let record = if files.is_empty() {
+                records.put(collection, id, &value, *base_version)?
+            } else {
+                let names: Vec<&str> = files.iter().map(String::as_str).collect();
+                records.put_with_files(collection, id, &value, *base_version, &names)?
+            };
+            let attached = match record.files.len() {
+                0 => String::new(),
+                n => format!(", with {n} file(s)"),
+            };
             Ok(Report {
                 json: record_json(&record),
-                text: format!("{collection}/{id} is at version {}", record.version),
+                text: format!(
+                    "{collection}/{id} is at version {}{attached}",
+                    record.version
+                ),
             })
         }
         RecordsCommand::Get {
@@ -281,8 +319,13 @@ pub fn records(global: &Global, command: &RecordsCommand) -> Result<Report, CliE
                         id: id.clone(),
                     })
                 })?;
+            let mut text = serde_json::to_string_pretty(&record.body).unwrap_or_default();
+            if !record.files.is_empty() {
+                text.push('\n');
+                text.push_str(&files_text(&record));
+            }
             Ok(Report {
-                text: serde_json::to_string_pretty(&record.body).unwrap_or_default(),
+                text,
                 json: record_json(&record),
             })
         }
@@ -343,6 +386,7 @@ fn file_json(f: &FileInfo) -> Value {
         "name": f.name,
         "size": f.size,
         "content_type": f.content_type,
+        "sha256": f.sha256,
         "updated_at": humantime::format_rfc3339_seconds(f.updated_at).to_string(),
     })
 }

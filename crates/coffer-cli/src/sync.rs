@@ -3,9 +3,9 @@
 //! inputs, draws progress on a terminal and words the reports; the
 //! behaviour is the agent's and the device library's.
 
-use coffer_agent::{AppSync, SyncObserver, SyncReport};
+use coffer_agent::{AppSync, FileDirection, SyncObserver, SyncReport};
 use coffer_device::{Conflict, Resolution, Side, SyncState};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
 use coffer_protocol::untrusted::Untrusted;
@@ -14,12 +14,13 @@ use crate::cli::{ConflictsCommand, Global, Keep, SyncCommand};
 use crate::commands::Report;
 use crate::exit::{CliError, ExitCode};
 
-/// Progress on a terminal (hidden for --json or a pipe): one bar per
-/// phase, with a rate and an ETA for pushes (their total is known).
+/// Progress on a terminal (hidden for --json or a pipe): one bar at a
+/// time, per phase or per file, with a rate and an ETA for pushes and for
+/// each file's bytes (their totals are known).
 struct Bars {
     visible: bool,
     bar: Option<ProgressBar>,
-    phase: &'static str,
+    phase: String,
 }
 
 impl Bars {
@@ -27,11 +28,11 @@ impl Bars {
         Bars {
             visible: !global.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
             bar: None,
-            phase: "",
+            phase: String::new(),
         }
     }
 
-    fn bar(&mut self, phase: &'static str, total: Option<u64>, template: &str) -> &ProgressBar {
+    fn bar(&mut self, phase: &str, total: Option<u64>, template: &str) -> &ProgressBar {
         if self.phase != phase {
             if let Some(bar) = self.bar.take() {
                 bar.finish_and_clear();
@@ -44,10 +45,10 @@ impl Bars {
                 ProgressBar::new_spinner()
             };
             if let Ok(style) = ProgressStyle::with_template(template) {
-                bar.set_style(style);
+                bar.set_style(style.progress_chars("=> "));
             }
             self.bar = Some(bar);
-            self.phase = phase;
+            self.phase = phase.to_owned();
         }
         self.bar.get_or_insert_with(ProgressBar::hidden)
     }
@@ -76,6 +77,36 @@ impl SyncObserver for Bars {
         bar.set_position(records);
         bar.set_message(format!("Pulling {app}"));
     }
+
+    fn file_progress(
+        &mut self,
+        app: &str,
+        direction: FileDirection,
+        name: &str,
+        done: u64,
+        total: u64,
+    ) {
+        let verb = match direction {
+            FileDirection::Upload => "Uploading",
+            FileDirection::Download => "Downloading",
+        };
+        let phase = format!("{verb} {app} {name}");
+        let new = self.phase != phase;
+        let bar = self.bar(
+            &phase,
+            Some(total),
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        );
+        bar.set_length(total);
+        bar.set_position(done);
+        if new {
+            // A resumed file starts part way: the rate and the ETA count
+            // from here.
+            bar.reset_eta();
+            // A name may come from another device: escaped.
+            bar.set_message(format!("{verb} {app} {}", Untrusted::new(name)));
+        }
+    }
 }
 
 fn state_json(state: &SyncState) -> Value {
@@ -86,6 +117,7 @@ fn state_json(state: &SyncState) -> Value {
         "conflicts": state.conflicts,
         "rejected": state.rejected,
         "unseen": state.unseen,
+        "downloads_queued": state.downloads_queued,
         "pulled_at": state.pulled_at,
     })
 }
@@ -100,6 +132,21 @@ fn app_json(app: &AppSync) -> Value {
         "pulled": app.pulled,
         "pages": app.pages,
         "reset": app.reset,
+        "files": {
+            "uploaded": app.files_uploaded,
+            "bytes_uploaded": app.bytes_uploaded,
+            "downloaded": app.files_downloaded,
+            "bytes_downloaded": app.bytes_downloaded,
+            "problems": app.file_problems.iter().map(|p| json!({
+                "direction": match p.direction {
+                    FileDirection::Upload => "upload",
+                    FileDirection::Download => "download",
+                },
+                "name": p.name,
+                "sha256": p.sha256,
+                "code": p.code,
+            })).collect::<Vec<_>>(),
+        },
         "state": state_json(&app.state),
     })
 }
@@ -124,6 +171,12 @@ fn state_line(state: &SyncState) -> String {
             state.unseen
         ));
     }
+    if state.downloads_queued > 0 {
+        parts.push(format!(
+            "{} file(s) waiting to download",
+            state.downloads_queued
+        ));
+    }
     if !state.complete {
         parts.push("first sync not complete yet".into());
     }
@@ -141,8 +194,21 @@ fn round_text(report: &SyncReport) -> String {
         lines.push("No app syncs: the organization's policy lists none.".into());
     }
     for app in &report.apps {
+        let files = if app.files_uploaded + app.files_downloaded > 0
+            || app.bytes_uploaded + app.bytes_downloaded > 0
+        {
+            format!(
+                "; files: {} uploaded ({}), {} downloaded ({})",
+                app.files_uploaded,
+                HumanBytes(app.bytes_uploaded),
+                app.files_downloaded,
+                HumanBytes(app.bytes_downloaded)
+            )
+        } else {
+            String::new()
+        };
         let mut line = format!(
-            "{}: pushed {} (+{} already there), pulled {} record(s){}; {}.",
+            "{}: pushed {} (+{} already there), pulled {} record(s){}{files}; {}.",
             app.app,
             app.applied,
             app.duplicates,
@@ -156,6 +222,19 @@ fn round_text(report: &SyncReport) -> String {
         );
         for (collection, id, code) in &app.rejected {
             line.push_str(&format!("\n  refused: {collection}/{id} ({code})"));
+        }
+        for problem in &app.file_problems {
+            let name = Untrusted::new(&problem.name);
+            line.push_str(&match problem.direction {
+                FileDirection::Upload => format!(
+                    "\n  file {name} not uploaded ({}): its record waits here",
+                    problem.code
+                ),
+                FileDirection::Download => format!(
+                    "\n  file {name} not downloaded ({}): the version here is kept, the next sync tries again",
+                    problem.code
+                ),
+            });
         }
         lines.push(line);
     }
@@ -200,12 +279,20 @@ pub fn sync(global: &Global, command: Option<&SyncCommand>) -> Result<Report, Cl
     }
 }
 
+fn files_json(files: &[coffer_device::FileRef]) -> Value {
+    json!(files
+        .iter()
+        .map(|f| json!({"name": f.name, "sha256": f.sha256, "size": f.size, "content_type": f.content_type}))
+        .collect::<Vec<_>>())
+}
+
 fn side_json(side: &Side) -> Value {
     json!({
         "revision": side.revision,
         "base": side.base,
         "deleted": side.deleted,
         "body": side.body,
+        "files": files_json(&side.files),
         "author": side.author,
     })
 }
@@ -218,6 +305,7 @@ fn conflict_json(app: &str, c: &Conflict) -> Value {
         "base": c.base,
         "local": if c.local_deleted { Value::Null } else { c.local.clone().unwrap_or(Value::Null) },
         "local_deleted": c.local_deleted,
+        "local_files": files_json(&c.local_files),
         "server": c.server.as_ref().map(side_json),
         "leaves": c.leaves.iter().map(side_json).collect::<Vec<_>>(),
     })

@@ -296,3 +296,67 @@ fn export_and_import_from_the_command_line() {
         .code(5);
     coffer().args(["kv", "ls", "third"]).assert().code(9);
 }
+
+#[test]
+fn records_reference_stored_files_from_the_command_line() {
+    let (dir, coffer) = setup();
+    coffer().args(["app", "add", "cases"]).assert().success();
+    let photo = dir.path().join("photo.jpg");
+    std::fs::write(&photo, b"not really a jpeg").unwrap();
+    coffer()
+        .args(["files", "put", "cases", "photo.jpg"])
+        .arg(&photo)
+        .args(["--type", "image/jpeg"])
+        .assert()
+        .success();
+    coffer()
+        .args([
+            "records",
+            "put",
+            "cases",
+            "visits",
+            "v1",
+            r#"{"note":"with a photo"}"#,
+            "--file",
+            "photo.jpg",
+        ])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("with 1 file(s)"));
+    let mut c = coffer();
+    c.args(["records", "get", "cases", "visits", "v1"]);
+    let record = json(c);
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"not really a jpeg"));
+    assert_eq!(record["files"][0]["name"], "photo.jpg");
+    assert_eq!(record["files"][0]["size"], 17);
+    assert_eq!(record["files"][0]["content_type"], "image/jpeg");
+    assert_eq!(record["files"][0]["sha256"], sha.as_str());
+    coffer()
+        .args(["records", "get", "cases", "visits", "v1"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains(format!(
+            "file photo.jpg (17 bytes, image/jpeg, sha256 {sha})"
+        )));
+    // A body-only edit keeps the file; a name not stored is refused.
+    coffer()
+        .args([
+            "records",
+            "put",
+            "cases",
+            "visits",
+            "v1",
+            r#"{"note":"edited"}"#,
+        ])
+        .assert()
+        .success();
+    let mut c = coffer();
+    c.args(["records", "get", "cases", "visits", "v1"]);
+    assert_eq!(json(c)["files"][0]["name"], "photo.jpg");
+    coffer()
+        .args([
+            "records", "put", "cases", "visits", "v2", "{}", "--file", "gone.jpg",
+        ])
+        .assert()
+        .code(9);
+}

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -16,9 +18,20 @@ pub fn spawn_dev_tls_serve(
     listen: &str,
     database_url: &str,
 ) -> (Child, serde_json::Value) {
+    spawn_dev_tls_serve_with(dir, listen, database_url, &[])
+}
+
+/// [`spawn_dev_tls_serve`] with more flags for `coffer serve`.
+pub fn spawn_dev_tls_serve_with(
+    dir: &Path,
+    listen: &str,
+    database_url: &str,
+    extra: &[String],
+) -> (Child, serde_json::Value) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_coffer"))
         .args(["--json", "serve", "--listen", listen, "--dev-tls"])
         .args(["--database-url", database_url])
+        .args(extra)
         .env("XDG_DATA_HOME", dir)
         .env("HOME", dir)
         .env_remove("COFFER_MASTER_KEY")
@@ -40,6 +53,7 @@ pub struct DevServer {
     child: Child,
     dir: std::path::PathBuf,
     database_url: String,
+    extra: Vec<String>,
     pub base: String,
     pub fingerprint: String,
     pub setup_token: String,
@@ -47,11 +61,17 @@ pub struct DevServer {
 
 impl DevServer {
     pub fn start(dir: &Path, database_url: &str) -> DevServer {
-        let (child, started) = spawn_dev_tls_serve(dir, "127.0.0.1:0", database_url);
+        DevServer::start_with(dir, database_url, &[])
+    }
+
+    /// [`DevServer::start`] with more flags for `coffer serve`.
+    pub fn start_with(dir: &Path, database_url: &str, extra: &[String]) -> DevServer {
+        let (child, started) = spawn_dev_tls_serve_with(dir, "127.0.0.1:0", database_url, extra);
         DevServer {
             child,
             dir: dir.to_owned(),
             database_url: database_url.to_owned(),
+            extra: extra.to_vec(),
             base: started["listening"].as_str().unwrap().to_owned(),
             fingerprint: started["tls_sha256"].as_str().unwrap().to_owned(),
             setup_token: started["setup_token"]
@@ -66,6 +86,16 @@ impl DevServer {
         self.dir.join("coffer-server/dev-tls-cert.pem")
     }
 
+    /// The process id of `coffer serve`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.base.trim_start_matches("https://").parse().unwrap()
+    }
+
     /// SIGKILL: no drain, whatever it was doing.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -77,7 +107,8 @@ impl DevServer {
     pub fn restart(&mut self) {
         self.kill();
         let listen = self.base.trim_start_matches("https://").to_owned();
-        let (child, started) = spawn_dev_tls_serve(&self.dir, &listen, &self.database_url);
+        let (child, started) =
+            spawn_dev_tls_serve_with(&self.dir, &listen, &self.database_url, &self.extra);
         assert_eq!(started["tls_sha256"], self.fingerprint.as_str());
         self.child = child;
     }
