@@ -164,6 +164,10 @@ fn keyring(
 }
 
 pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
+    // Before the first large buffer: a server's memory stays flat only if
+    // its Argon2 buffers and file pieces go back to the system after use
+    // (docs/benchmarks.md, files sync).
+    let _ = coffer_sys::return_large_allocations_to_the_system();
     // Logs on stderr; COFFER_LOG=debug for more. Requests are never logged
     // with their query strings or headers (they could carry credentials).
     let _ = tracing_subscriber::fmt()

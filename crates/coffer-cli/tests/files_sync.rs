@@ -268,6 +268,7 @@ fn sync_through_faults(
     between: &mut dyn FnMut(),
 ) -> Transfer {
     let started = Instant::now();
+    eprintln!("the server's RSS before: {} MiB", rss(server_pid) / MIB);
     let count = || match watch {
         Watch::Up => proxy.up(),
         Watch::Down => proxy.down(),

@@ -36,6 +36,17 @@ pub fn is_dumpable() -> bool {
     sys::is_dumpable()
 }
 
+/// Makes every allocation of 1 MiB or more a mapping of its own that goes
+/// back to the system when freed (glibc: `M_MMAP_THRESHOLD`). For a
+/// long-running server: by default glibc raises its threshold after the
+/// first large free, and from then on serves large buffers (the server's
+/// Argon2 memory, 4 MiB file pieces) from per-thread arenas that keep them
+/// resident after use, so the resident size climbs with each worker thread
+/// that once held one. Returns whether the setting took (false off glibc).
+pub fn return_large_allocations_to_the_system() -> bool {
+    sys::fix_mmap_threshold(1 << 20)
+}
+
 /// Pins the memory pages that hold `bytes` in RAM (`mlock`), so that the
 /// secret they hold is never written to swap. Returns false where the
 /// platform lacks `mlock` or the per-process limit (`RLIMIT_MEMLOCK`) is

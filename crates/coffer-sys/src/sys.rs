@@ -35,6 +35,21 @@ pub(crate) fn is_dumpable() -> bool {
     rc != 0
 }
 
+/// Fixes glibc's mmap threshold at `bytes` (which also stops it from
+/// rising after each free).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn fix_mmap_threshold(bytes: i32) -> bool {
+    // SAFETY: mallopt takes two integers and touches no memory of ours;
+    // M_MMAP_THRESHOLD is a parameter glibc documents (mallopt(3)).
+    let rc = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) };
+    rc == 1
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn fix_mmap_threshold(_bytes: i32) -> bool {
+    false
+}
+
 /// Pins the pages holding `bytes` in RAM (mlock), so that they never reach
 /// swap. Fails when RLIMIT_MEMLOCK is exhausted.
 #[cfg(unix)]
