@@ -19,8 +19,32 @@
 //!   if the whole SHA-256 matches. A blob that does not match is refused
 //!   and the device keeps its previous version.
 //!
-//! Memory stays flat: one piece, or one range, at a time. Nothing of a
-//! file's content or of the upload's settings reaches an error or a log.
+//! - **One file's failure is that file's**: a refusal of the file by the
+//!   server (a `500` when its blob does not open, say), an answer that is
+//!   not what was asked (a range of the wrong length, a piece's status
+//!   that does not follow it), or bytes that do not match are reported in
+//!   [`crate::AppSync::file_problems`] (a download stays queued, with its
+//!   failure noted; an upload holds its record back), and the round goes
+//!   on with the next file and the next app. Only what ends every request
+//!   ends the round with an error: the connection is gone (unreachable,
+//!   timed out, an answer cut off mid-body — indistinguishable from a cut
+//!   link; the download resumes from its last whole chunk at the next
+//!   round), the server is not the one trusted, the device itself is
+//!   refused (`401`, `403`, `429`: its token, its organization, its rate),
+//!   or the device's own stores fail.
+//! - **A record the server refuses with `missing_file`** (its file is not
+//!   on the server: collected meanwhile, or to come from another device)
+//!   stays pending, not refused: the next round uploads what it can and
+//!   pushes it again; each round reports it as a file problem.
+//!
+//! Each request's deadline grows with the bytes it moves, at a floor rate
+//! of 16 KiB/s ([`crate::http::FLOOR_RATE`]), so a piece or a range gets
+//! through a link of 128 kbit/s.
+//!
+//! Memory stays flat: one piece, or one range, at a time, zeroized once
+//! sent or written (the agent's own buffers; copies inside the HTTP stack
+//! are out of its reach). Nothing of a file's content or of the upload's
+//! settings reaches an error or a log.
 
 use std::collections::{HashMap, HashSet};
 
@@ -32,7 +56,9 @@ use coffer_protocol::files::{
 use coffer_protocol::sync::FileRef;
 use coffer_protocol::{Endpoint, ErrorCode};
 
-use crate::error::{Error, Result};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::error::{Error, Result, TransportError};
 use crate::sync::{AppSync, SyncObserver};
 use crate::{Client, Credentials};
 
@@ -50,9 +76,10 @@ const MAX_PIECE_RETRIES: u32 = 3;
 const MAX_OFFSET_CORRECTIONS: u32 = 8;
 /// How long a round waits, asking for the offset (no piece is sent), for a
 /// server that says another request is still writing the very piece it
-/// was sent (its offset did not move): then the round ends, and the next
-/// one asks again. Sending the piece again meanwhile would only be
-/// refused the same way, after every byte of it crossed the link.
+/// was sent (its offset did not move): then the file waits (reported, its
+/// record held back), and the next round asks again. Sending the piece
+/// again meanwhile would only be refused the same way, after every byte of
+/// it crossed the link.
 const BUSY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 /// The longest pause between two such questions, seconds (the server's
 /// `Retry-After`, 1 if it gives none).
@@ -83,8 +110,52 @@ pub struct FileProblem {
     /// refused, the previous version kept), `file_corrupt` (the stored
     /// file to upload fails its authentication), `file_changed` (it was
     /// replaced while being uploaded), `capability_denied` (the app may
-    /// not read its files).
+    /// not read its files); `missing_file`: the server refused the record
+    /// because it does not hold this file (the record stays pending and
+    /// is pushed again at the next round). A failure of this one file that
+    /// did not end the round is its server's code (`internal` for a `500`,
+    /// `http_<status>` for an answer without coffer's code) or
+    /// `bad_answer` (an answer that is not what was asked).
     pub code: String,
+}
+
+/// Whether `e`, met while moving one file, ends the whole round rather
+/// than that file: the connection is gone or the server is not the one
+/// trusted, the server refused the device itself (its credential, its
+/// organization, its rate: `401`, `403`, `429` and their codes), or the
+/// device's own stores failed. A refusal of the file (any other status)
+/// and an answer that is not what was asked are the file's.
+pub(crate) fn ends_round(e: &Error) -> bool {
+    match e {
+        Error::Transport(TransportError::TooLarge { .. }) => false,
+        Error::Refused { status, code, .. } => {
+            matches!(status, 401 | 403 | 429)
+                || matches!(
+                    code,
+                    ErrorCode::Unauthenticated
+                        | ErrorCode::InvalidToken
+                        | ErrorCode::TokenExpired
+                        | ErrorCode::OrganizationSuspended
+                        | ErrorCode::Forbidden
+                        | ErrorCode::AppNotSynced
+                        | ErrorCode::WipePending
+                        | ErrorCode::RateLimited
+                )
+        }
+        Error::BadAnswer { .. } => false,
+        _ => true,
+    }
+}
+
+/// The stable code a file's own failure is reported with.
+fn problem_code(e: &Error) -> String {
+    match e {
+        Error::Refused { status, code, .. } if code.as_str().is_empty() => {
+            format!("http_{status}")
+        }
+        Error::Refused { code, .. } => code.as_str().to_owned(),
+        _ => "bad_answer".to_owned(),
+    }
 }
 
 /// What became of one file an operation references.
@@ -191,10 +262,11 @@ impl<'a> FileSync<'a> {
     }
 
     /// Whether every file of an operation is on the server (uploading what
-    /// is not): `false` holds the operation back (a file was refused; the
-    /// change stays pending). A file whose version is no longer stored
-    /// here is left to the server: it may hold it from another device,
-    /// or it refuses the record (`missing_file`, kept and reported).
+    /// is not): `false` holds the operation back (a file was refused, or
+    /// its upload failed; the change stays pending). A file whose version
+    /// is no longer stored here is left to the server: it may hold it from
+    /// another device, or it refuses the record (`missing_file`: the
+    /// change stays pending, see [`FileSync::missing_on_server`]).
     pub(crate) fn ensure_uploaded(
         &mut self,
         files: &[FileRef],
@@ -213,7 +285,14 @@ impl<'a> FileSync<'a> {
             if !self.holds_locally(file)? {
                 continue;
             }
-            match self.upload(file, report, observer)? {
+            let uploaded = match self.upload(file, report, observer) {
+                Ok(uploaded) => uploaded,
+                // This file's failure: its record waits, the round goes on
+                // (an unfinished upload's id stays kept, to resume).
+                Err(e) if !ends_round(&e) => Upload::Refused(problem_code(&e)),
+                Err(e) => return Err(e),
+            };
+            match uploaded {
                 Upload::Held => {
                     self.held.insert(file.sha256.clone());
                 }
@@ -230,6 +309,43 @@ impl<'a> FileSync<'a> {
             }
         }
         Ok(ready)
+    }
+
+    /// The server refused an operation that references `files` with
+    /// `missing_file`: the change stays pending (the caller records it as
+    /// waiting, `coffer_device::AckOutcome::Waiting`) and is pushed again
+    /// at the next round, which uploads what it can first. Each file the round did not see on the server
+    /// (or, if it saw them all — collected since —, each file) is reported
+    /// once, and forgotten as held, so that a later operation of the round
+    /// asks the server again.
+    pub(crate) fn missing_on_server(&mut self, files: &[FileRef], report: &mut AppSync) {
+        let unseen: Vec<&FileRef> = files
+            .iter()
+            .filter(|f| !self.held.contains(&f.sha256))
+            .collect();
+        let missing = if unseen.is_empty() {
+            files.iter().collect()
+        } else {
+            unseen
+        };
+        for file in missing {
+            self.held.remove(&file.sha256);
+            let code = coffer_protocol::sync::RejectCode::MissingFile.as_str();
+            let known = report.file_problems.iter().any(|p| {
+                p.direction == FileDirection::Upload
+                    && p.name == file.name
+                    && p.sha256 == file.sha256
+                    && p.code == code
+            });
+            if !known {
+                report.file_problems.push(FileProblem {
+                    direction: FileDirection::Upload,
+                    name: file.name.clone(),
+                    sha256: file.sha256.clone(),
+                    code: code.to_owned(),
+                });
+            }
+        }
     }
 
     /// Whether the file store holds `file` at its version.
@@ -370,7 +486,8 @@ impl<'a> FileSync<'a> {
             }
             let offset = status.offset;
             let n = status.piece_size.min(size - offset);
-            let mut data = vec![0u8; usize::try_from(n).unwrap_or(0)];
+            // The file's bytes: zeroized when dropped, and once sent.
+            let mut data = Zeroizing::new(vec![0u8; usize::try_from(n).unwrap_or(0)]);
             let mut filled = 0;
             while filled < data.len() {
                 let got = match reader.read_at(offset + filled as u64, &mut data[filled..]) {
@@ -384,12 +501,14 @@ impl<'a> FileSync<'a> {
                 }
                 filled += got;
             }
-            let sent = self.send(&SendPiece {
+            let mut piece = SendPiece {
                 app: app.clone(),
                 id: id.clone(),
                 offset,
-                data,
-            });
+                data: std::mem::take(&mut *data),
+            };
+            let sent = self.send(&piece);
+            piece.data.zeroize();
             match sent {
                 Ok(next) => {
                     let moved = if next.complete { size } else { offset + n };
@@ -490,8 +609,12 @@ impl<'a> FileSync<'a> {
 
     /// Works through the app's download queue: each file fetched in
     /// ranges from where its download stands, checked, and switched into
-    /// place. A refused or missing blob stays queued (the next round tries
-    /// again) and is reported; the previous version of the file stays.
+    /// place. A file that fails on its own (the server refuses it or does
+    /// not hold it, its answer is not the range asked for, its bytes do not
+    /// match) stays queued with the failure noted (the next round tries
+    /// again), is reported, and the next file goes on; the previous
+    /// version of the file stays. Only what ends the round
+    /// ([`ends_round`]) is an error.
     pub(crate) fn download_all(
         &mut self,
         report: &mut AppSync,
@@ -520,76 +643,145 @@ impl<'a> FileSync<'a> {
                 store.dequeue_download(name, sha256)?;
                 continue;
             }
-            let problem = |code: &str| FileProblem {
-                direction: FileDirection::Download,
-                name: name.clone(),
-                sha256: sha256.clone(),
-                code: code.to_owned(),
-            };
-            let mut download =
-                store.download(name, sha256, size, queued.content_type.as_deref())?;
-            observer.file_progress(&app, FileDirection::Download, name, download.offset(), size);
-            let mut failed = None;
-            while download.offset() < size {
-                let first = download.offset();
-                let last = first.saturating_add(MAX_FETCH_RANGE).min(size) - 1;
-                let fetched = self.client.send(
-                    &FetchBlob {
-                        app: app.clone(),
-                        sha256: sha256.clone(),
-                        range: (first, last),
-                    },
-                    self.credentials,
-                );
-                let BlobBytes(bytes) = match fetched {
-                    Ok(bytes) => bytes,
-                    Err(e) if matches!(refused_with(&e), Some(ErrorCode::NotFound)) => {
-                        failed = Some(ErrorCode::NotFound.as_str());
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                };
-                // Exactly the range asked for, before a byte of it is kept.
-                if bytes.len() as u64 != last - first + 1 {
-                    return Err(bad(
-                        FetchBlob::PATH,
-                        "the bytes are not the range asked for",
-                    ));
-                }
-                match download.write(&bytes) {
-                    Ok(()) => {}
-                    Err(coffer_device::Error::DownloadMismatch { .. }) => {
-                        failed = Some("download_mismatch");
-                        break;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                report.bytes_downloaded += bytes.len() as u64;
-                observer.file_progress(
-                    &app,
-                    FileDirection::Download,
-                    name,
-                    download.offset(),
-                    size,
-                );
-            }
-            if failed.is_none() {
-                match download.finish() {
-                    Ok(_) => {
-                        report.files_downloaded += 1;
-                        continue;
-                    }
-                    Err(coffer_device::Error::DownloadMismatch { .. }) => {
-                        failed = Some("download_mismatch");
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            if let Some(code) = failed {
-                store.note_download_failure(name, sha256, code)?;
-                report.file_problems.push(problem(code));
+            let fetched = download_one(
+                self.client,
+                self.credentials,
+                store,
+                &app,
+                &queued,
+                report,
+                observer,
+            )?;
+            if let Some(code) = fetched {
+                store.note_download_failure(name, sha256, &code)?;
+                report.file_problems.push(FileProblem {
+                    direction: FileDirection::Download,
+                    name: name.clone(),
+                    sha256: sha256.clone(),
+                    code,
+                });
             }
         }
         Ok(())
+    }
+}
+
+/// Fetches one queued file into the store from where its download stands
+/// and switches it into place. `Some(code)` when this file failed on its
+/// own (it stays queued); an error only for what ends the round.
+fn download_one(
+    client: &Client,
+    credentials: Credentials<'_>,
+    store: &FileStore,
+    app: &str,
+    queued: &coffer_device::QueuedDownload,
+    report: &mut AppSync,
+    observer: &mut dyn SyncObserver,
+) -> Result<Option<String>> {
+    let (name, sha256, size) = (&queued.name, &queued.sha256, queued.size);
+    let mismatch = || Ok(Some("download_mismatch".to_owned()));
+    let mut download = store.download(name, sha256, size, queued.content_type.as_deref())?;
+    observer.file_progress(app, FileDirection::Download, name, download.offset(), size);
+    while download.offset() < size {
+        let first = download.offset();
+        let last = first.saturating_add(MAX_FETCH_RANGE).min(size) - 1;
+        let fetched = client.send(
+            &FetchBlob {
+                app: app.to_owned(),
+                sha256: sha256.clone(),
+                range: (first, last),
+            },
+            credentials,
+        );
+        // The file's bytes: zeroized once written (or refused).
+        let bytes = match fetched {
+            Ok(BlobBytes(bytes)) => Zeroizing::new(bytes),
+            Err(e) if ends_round(&e) => return Err(e),
+            Err(e) => return Ok(Some(problem_code(&e))),
+        };
+        // Exactly the range asked for, before a byte of it is kept.
+        if bytes.len() as u64 != last - first + 1 {
+            return Ok(Some("bad_answer".to_owned()));
+        }
+        match download.write(&bytes) {
+            Ok(()) => {}
+            Err(coffer_device::Error::DownloadMismatch { kind, .. }) => {
+                return match kind {
+                    // Stored or deleted here meanwhile: the user's version
+                    // stays, nothing is wanted any more.
+                    coffer_device::DownloadMismatchKind::Superseded => Ok(None),
+                    _ => mismatch(),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        }
+        report.bytes_downloaded += bytes.len() as u64;
+        observer.file_progress(app, FileDirection::Download, name, download.offset(), size);
+    }
+    match download.finish() {
+        Ok(_) => {
+            report.files_downloaded += 1;
+            Ok(None)
+        }
+        Err(coffer_device::Error::DownloadMismatch {
+            kind: coffer_device::DownloadMismatchKind::Superseded,
+            ..
+        }) => Ok(None),
+        Err(coffer_device::Error::DownloadMismatch { .. }) => mismatch(),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(status: u16, code: ErrorCode) -> Error {
+        Error::Refused {
+            status,
+            code,
+            message: String::new(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn a_files_own_failure_is_told_apart_from_one_that_ends_the_round() {
+        // The file's: the server refuses it, or answers what was not asked.
+        for e in [
+            refused(500, ErrorCode::Internal),
+            refused(503, ErrorCode::Internal),
+            refused(404, ErrorCode::NotFound),
+            refused(416, ErrorCode::RangeNotSatisfiable),
+            refused(409, ErrorCode::UploadOffsetMismatch),
+            refused(502, ErrorCode::Unknown(String::new())),
+            bad(FetchBlob::PATH, "short"),
+            Error::Transport(TransportError::TooLarge { limit: 1 }),
+        ] {
+            assert!(!ends_round(&e), "{e:?}");
+        }
+        assert_eq!(problem_code(&refused(500, ErrorCode::Internal)), "internal");
+        assert_eq!(
+            problem_code(&refused(502, ErrorCode::Unknown(String::new()))),
+            "http_502"
+        );
+        assert_eq!(problem_code(&bad(FetchBlob::PATH, "short")), "bad_answer");
+        // The round's: the connection, the device's credential, its
+        // organization, its rate, its own stores.
+        for e in [
+            Error::Transport(TransportError::Unreachable("cut".into())),
+            Error::Transport(TransportError::TimedOut),
+            Error::Transport(TransportError::Untrusted),
+            Error::Transport(TransportError::Redirected { status: 302 }),
+            refused(401, ErrorCode::InvalidToken),
+            refused(401, ErrorCode::Unknown("revoked".into())),
+            refused(403, ErrorCode::OrganizationSuspended),
+            refused(403, ErrorCode::AppNotSynced),
+            refused(429, ErrorCode::RateLimited),
+            refused(400, ErrorCode::TokenExpired),
+            Error::Device(coffer_device::Error::Busy),
+        ] {
+            assert!(ends_round(&e), "{e:?}");
+        }
     }
 }

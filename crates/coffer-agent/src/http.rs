@@ -2,6 +2,13 @@
 //! server as [`Trust`] says (a pinned certificate, a CA file, or the
 //! system's roots), follows no redirect (one would carry the device's
 //! token elsewhere), reads at most the answer limit, and times out.
+//!
+//! Each request's deadline covers the whole request, answer included, and
+//! grows with the bytes it may move: the connector's timeout (30 s by
+//! default), plus the request's body and an answer larger than the
+//! default limit (a ranged fetch of a file, a pull page) at
+//! [`FLOOR_RATE`], 16 KiB/s (128 kbit/s). A 4 MiB piece gets 30 + 256 s,
+//! an 8 MiB range 30 + 512 s; a small request keeps 30 s.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -12,7 +19,34 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, TransportError};
 use crate::transport::{Connector, Server, Transport, Trust};
 
-/// Makes reqwest transports.
+/// The slowest link a request is given time for, bytes per second: 16 KiB/s
+/// (128 kbit/s). A request's deadline is its connector's timeout plus the
+/// bytes it may move at this rate ([`request_deadline`]).
+pub const FLOOR_RATE: u64 = 16 * 1024;
+
+/// The deadline of one request whose body is `body_len` bytes and whose
+/// answer may be `max_answer` bytes: `base`, plus those bytes at
+/// [`FLOOR_RATE`] (whole seconds). The answer counts only when its limit is
+/// above the default one ([`crate::transport::MAX_ANSWER`]: a ranged fetch
+/// of a file, a pull page); the body always (a piece, a push batch; a few
+/// hundred bytes of JSON add nothing).
+pub fn request_deadline(base: Duration, body_len: usize, max_answer: usize) -> Duration {
+    let answer = if max_answer > crate::transport::MAX_ANSWER {
+        max_answer
+    } else {
+        0
+    };
+    let bytes = u64::try_from(body_len)
+        .unwrap_or(u64::MAX)
+        .saturating_add(u64::try_from(answer).unwrap_or(u64::MAX));
+    base.saturating_add(Duration::from_secs(bytes / FLOOR_RATE))
+}
+
+/// Makes reqwest transports. Each request gets its own deadline, scaled by
+/// the bytes it moves ([`request_deadline`]: the timeout, plus its body and
+/// a large answer at 16 KiB/s), so a 4 MiB piece or an 8 MiB range gets
+/// through a weak link (128 kbit/s) while a small request keeps the
+/// timeout.
 #[derive(Debug, Clone)]
 pub struct ReqwestConnector {
     timeout: Duration,
@@ -27,8 +61,9 @@ impl Default for ReqwestConnector {
 }
 
 impl ReqwestConnector {
-    /// A connector whose requests give up after `timeout` in all (a server
-    /// that drips its answer byte by byte is cut off too).
+    /// A connector whose small requests give up after `timeout` in all (a
+    /// server that drips its answer byte by byte is cut off too); larger
+    /// ones get more, at [`FLOOR_RATE`] ([`request_deadline`]).
     pub fn with_timeout(timeout: Duration) -> Self {
         ReqwestConnector { timeout }
     }
@@ -134,9 +169,9 @@ impl Connector for ReqwestConnector {
 
 struct ReqwestTransport {
     client: reqwest::blocking::Client,
-    /// A deadline for the whole answer, body included (the client's own
-    /// timeout limits each read, which a drip of one byte at a time never
-    /// trips).
+    /// The base of each request's deadline for the whole answer, body
+    /// included ([`request_deadline`]; the client's own timeout limits each
+    /// read, which a drip of one byte at a time never trips).
     timeout: Duration,
 }
 
@@ -184,9 +219,10 @@ impl Transport for ReqwestTransport {
         request: http::Request<Vec<u8>>,
         max_answer: usize,
     ) -> Result<http::Response<Vec<u8>>, TransportError> {
+        let deadline = request_deadline(self.timeout, request.body().len(), max_answer);
         let mut request = reqwest::blocking::Request::try_from(request)
             .map_err(|e| TransportError::Unreachable(e.to_string()))?;
-        *request.timeout_mut() = Some(self.timeout);
+        *request.timeout_mut() = Some(deadline);
         let mut response = self
             .client
             .execute(request)
@@ -203,10 +239,14 @@ impl Transport for ReqwestTransport {
         }
         // Read one byte past the limit, never more: a 10 MB answer costs
         // 1 MiB of memory and is refused.
-        let mut body = Vec::new();
         let limit = u64::try_from(max_answer)
             .unwrap_or(u64::MAX)
             .saturating_add(1);
+        // Sized at once when the length is known (at most the limit): no
+        // copy of a file's bytes is left behind in a buffer outgrown.
+        let mut body = Vec::with_capacity(
+            usize::try_from(response.content_length().unwrap_or(0).min(limit)).unwrap_or(0),
+        );
         (&mut response)
             .take(limit)
             .read_to_end(&mut body)
@@ -227,5 +267,66 @@ impl Transport for ReqwestTransport {
         answer
             .body(body)
             .map_err(|e| TransportError::Unreachable(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The deadline itself: a real link at 16 KiB/s would take minutes
+    // per piece (the transport hands this value to reqwest's per-request
+    // timeout, which covers the whole request, body included).
+    #[test]
+    fn a_deadline_grows_with_the_bytes_a_request_moves() {
+        let base = Duration::from_secs(30);
+        let mib = 1024 * 1024;
+        // Small requests, and answers within the default limit: the base.
+        assert_eq!(
+            request_deadline(base, 0, crate::transport::MAX_ANSWER),
+            base
+        );
+        assert_eq!(
+            request_deadline(base, 300, crate::transport::MAX_ANSWER),
+            base
+        );
+        // A 4 MiB piece at 16 KiB/s: 256 s more.
+        assert_eq!(
+            request_deadline(base, 4 * mib, crate::transport::MAX_ANSWER),
+            Duration::from_secs(30 + 256)
+        );
+        // An 8 MiB range: 512 s more.
+        let range = coffer_protocol::files::MAX_FETCH_RANGE as usize;
+        assert_eq!(
+            request_deadline(base, 0, range),
+            Duration::from_secs(30 + 512)
+        );
+        // Every size: the bytes at 16 KiB/s fit, with all but at most a
+        // second of the base left for the rest of the request.
+        for bytes in [
+            1,
+            16 * 1024 - 1,
+            16 * 1024,
+            64 * 1024 + 1,
+            4 * mib + 7,
+            8 * mib,
+        ] {
+            let at_floor = Duration::from_secs_f64(bytes as f64 / FLOOR_RATE as f64);
+            let deadline = request_deadline(base, bytes, 0);
+            assert!(deadline <= base + at_floor, "{bytes}: {deadline:?}");
+            assert!(
+                deadline + Duration::from_secs(1) > base + at_floor,
+                "{bytes}: {deadline:?}"
+            );
+        }
+        // A connector's own timeout is the base.
+        assert_eq!(
+            request_deadline(Duration::from_secs(2), 0, 1024),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            request_deadline(Duration::MAX, usize::MAX, usize::MAX),
+            Duration::MAX
+        );
     }
 }

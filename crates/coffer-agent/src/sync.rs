@@ -90,7 +90,9 @@ pub struct AppSync {
     pub duplicates: u64,
     /// Changes it kept as conflict leaves.
     pub conflicts: u64,
-    /// Changes it refused: (collection, id, code).
+    /// Changes it refused: (collection, id, code). Not `missing_file`: such
+    /// a change stays pending, and its file is in
+    /// [`AppSync::file_problems`].
     pub rejected: Vec<(String, String, String)>,
     /// Records pulled.
     pub pulled: u64,
@@ -107,9 +109,12 @@ pub struct AppSync {
     pub files_downloaded: u64,
     /// Bytes fetched.
     pub bytes_downloaded: u64,
-    /// Files that did not move, and why (an upload refused holds its
-    /// record back: the change stays pending; a download refused or not
-    /// found stays queued, and the previous version of the file stays).
+    /// Files that did not move, and why (an upload refused or failed holds
+    /// its record back, and a record the server refused with
+    /// `missing_file` waits for its file: the change stays pending; a
+    /// download refused, not found or answered wrongly stays queued, and
+    /// the previous version of the file stays). One file's problem never
+    /// ends the round.
     pub file_problems: Vec<FileProblem>,
     /// The app's sync state after the round.
     pub state: coffer_device::SyncState,
@@ -258,13 +263,24 @@ fn to_op(origin: [u8; 16], change: &PendingChange) -> Result<PushOp> {
 }
 
 /// A batch id named by the batch's content: a retry of the same changes
-/// after a crash is the same batch to the server.
-fn batch_of(ops: Vec<PushOp>) -> PushBatch {
+/// after a crash is the same batch to the server. A batch that carries a
+/// change the server answered `missing_file` before (`again`) is named by
+/// its content and a random salt: under its old name the server would
+/// give its stored answer again, not look at the change anew (a retry of
+/// it after a crash is still recognised, by each revision: `duplicate`).
+fn batch_of(ops: Vec<PushOp>, again: bool) -> PushBatch {
     let mut batch = PushBatch {
         batch_id: String::new(),
         ops,
     };
-    batch.batch_id = format!("c{}", &hex::encode(Sha256::digest(batch.digest()))[..40]);
+    let mut hasher = Sha256::new();
+    hasher.update(batch.digest());
+    if again {
+        let mut salt = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut salt);
+        hasher.update(salt);
+    }
+    batch.batch_id = format!("c{}", &hex::encode(hasher.finalize())[..40]);
     batch
 }
 
@@ -393,16 +409,21 @@ fn next_batch(
         }
         records.acknowledge(&local_acks)?;
         if !ops.is_empty() {
-            return Ok(Some((changes, batch_of(ops), after)));
+            let again = changes.iter().any(|c| c.waiting.is_some());
+            return Ok(Some((changes, batch_of(ops, again), after)));
         }
     }
 }
 
-/// The server's answer to `batch`, as the device records it.
+/// The server's answer to `batch`, as the device records it. A change
+/// refused with `missing_file` stays pending ([`AckOutcome::Waiting`]: its
+/// file may reach the server later, uploaded at the next round or from
+/// another device) and is reported as a file problem.
 fn acks_of(
     changes: &[PendingChange],
     batch: &PushBatch,
     answer: coffer_protocol::sync::PushAnswer,
+    files: &mut FileSync<'_>,
     report: &mut AppSync,
 ) -> Result<Vec<Ack>> {
     if answer.batch_id != batch.batch_id || answer.results.len() != batch.ops.len() {
@@ -431,6 +452,15 @@ fn acks_of(
             Outcome::Conflict { .. } => {
                 report.conflicts += 1;
                 AckOutcome::Conflict
+            }
+            Outcome::Rejected {
+                code: code @ wire::RejectCode::MissingFile,
+                ..
+            } => {
+                files.missing_on_server(&op.files, report);
+                AckOutcome::Waiting {
+                    code: code.as_str().to_owned(),
+                }
             }
             Outcome::Rejected { code, .. } => {
                 let code = code.as_str().to_owned();
@@ -486,7 +516,7 @@ fn push_all(
             // on its way.
             let next = next_batch(records, origin, after, files, report, observer)?;
             let answer = pipe.answer()?;
-            let acks = acks_of(&changes, &batch, answer, report)?;
+            let acks = acks_of(&changes, &batch, answer, files, report)?;
             records.acknowledge(&acks)?;
             done += acks.len() as u64;
             observer.pushed(app, done, total.max(done));
@@ -603,8 +633,10 @@ impl Agent {
     /// ends here with [`Error::Wiped`]), purges the server or the policy
     /// ordered, then for each app the held policy's `sync` list names (made
     /// here if missing, with the policy's capabilities), a push of every
-    /// pending change and a pull until the feed's end. An unreachable
-    /// server is an error that loses nothing: everything stays pending.
+    /// pending change and a pull until the feed's end, with the files they
+    /// reference. An unreachable server is an error that loses nothing:
+    /// everything stays pending. One file that fails on its own is
+    /// reported ([`AppSync::file_problems`]) and the round goes on.
     pub fn sync(
         &self,
         vault: UnlockedVault,
@@ -745,13 +777,21 @@ mod tests {
             author: "alice".into(),
             resolves: Vec::new(),
         };
-        let a = batch_of(vec![op.clone()]);
-        let b = batch_of(vec![op.clone()]);
+        let a = batch_of(vec![op.clone()], false);
+        let b = batch_of(vec![op.clone()], false);
         assert_eq!(a.batch_id, b.batch_id);
         assert_eq!(a.check(), Ok(()));
-        let mut other = op;
+        let mut other = op.clone();
         other.body = Some(serde_json::json!({"a": 2}));
-        assert_ne!(batch_of(vec![other]).batch_id, a.batch_id);
+        assert_ne!(batch_of(vec![other], false).batch_id, a.batch_id);
+        // Pushed again after missing_file: a new name each time (the
+        // server would answer the old one from its store), of the same
+        // form.
+        let again = batch_of(vec![op.clone()], true);
+        assert_ne!(again.batch_id, a.batch_id);
+        assert_ne!(batch_of(vec![op], true).batch_id, again.batch_id);
+        assert_eq!(again.batch_id.len(), a.batch_id.len());
+        assert_eq!(again.check(), Ok(()));
     }
 
     #[test]

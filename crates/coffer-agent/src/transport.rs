@@ -172,10 +172,19 @@ impl Client {
         let request = request
             .body(body)
             .map_err(|_| Error::BadRequest { endpoint: E::PATH })?;
-        let answer = self
+        let mut answer = self
             .transport
             .send(request, E::MAX_ANSWER)
             .map_err(Error::Transport)?;
+        let result = Self::read_answer::<E>(&answer);
+        // The answer's bytes (a file's range, a token) are copied out by
+        // now: the transport's buffer is this client's to clear.
+        zeroize::Zeroize::zeroize(answer.body_mut());
+        result
+    }
+
+    /// The typed answer, or the refusal, of `answer` to `E`.
+    fn read_answer<E: Endpoint>(answer: &http::Response<Vec<u8>>) -> Result<E::Answer, Error> {
         let status = answer.status();
         let body = answer.body();
         if body.len() > E::MAX_ANSWER {

@@ -12,7 +12,14 @@
 //!   too and ends byte-identical;
 //! - a transport that flips one byte of a blob's bytes on their way: the
 //!   device refuses the download and keeps its previous version of the
-//!   file, and the next honest round brings the new one.
+//!   file, and the next honest round brings the new one;
+//! - a transport that answers `500` (or a short range) for one file: that
+//!   file is reported and waits, while the next file and the next app
+//!   sync in the same round;
+//! - a record whose file the server lacks (`missing_file`) stays pending
+//!   and goes through once another device uploads the file;
+//! - a file stored here after a pulled record queued an older version of
+//!   it is never replaced by that older version.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -30,6 +37,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 const APP: &str = "cases";
+/// A second synced app, after [`APP`] in the policy's list.
+const NOTES: &str = "notes";
 const PIECE: u64 = 64 * 1024;
 /// The server's largest file in the first test.
 const MAX_FILE: u64 = 1024 * 1024;
@@ -86,6 +95,11 @@ impl Drop for World {
 impl World {
     /// A server that takes files of at most `max_file_size` bytes.
     fn new(max_file_size: u64) -> World {
+        World::with_apps(max_file_size, &[APP])
+    }
+
+    /// The same, its policy syncing `apps`.
+    fn with_apps(max_file_size: u64, apps: &[&str]) -> World {
         let dir = tempfile::tempdir().unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -140,7 +154,7 @@ impl World {
         world.post(
             &format!("/v1/orgs/{}/policies", world.org),
             json!({"version": 1, "rules": {
-                "sync": [APP],
+                "sync": apps,
                 "min_kdf": {"memory_kib": 8, "iterations": 1, "parallelism": 1},
             }}),
         );
@@ -223,8 +237,12 @@ impl Device {
     }
 
     fn put_file(&self, name: &str, data: &[u8]) {
+        self.put_file_in(APP, name, data);
+    }
+
+    fn put_file_in(&self, app: &str, name: &str, data: &[u8]) {
         self.vault()
-            .app(APP)
+            .app(app)
             .unwrap()
             .files()
             .unwrap()
@@ -238,8 +256,12 @@ impl Device {
     }
 
     fn file(&self, name: &str) -> Option<Vec<u8>> {
+        self.file_in(APP, name)
+    }
+
+    fn file_in(&self, app: &str, name: &str) -> Option<Vec<u8>> {
         use std::io::Read;
-        let files = self.vault().app(APP).unwrap().files().unwrap();
+        let files = self.vault().app(app).unwrap().files().unwrap();
         let mut reader = match files.open_file(name) {
             Ok(reader) => reader,
             Err(coffer_device::Error::NoSuchFile { .. }) => return None,
@@ -251,8 +273,12 @@ impl Device {
     }
 
     fn put_record(&self, id: &str, body: Value, files: &[&str]) {
+        self.put_record_in(APP, id, body, files);
+    }
+
+    fn put_record_in(&self, app: &str, id: &str, body: Value, files: &[&str]) {
         self.vault()
-            .app(APP)
+            .app(app)
             .unwrap()
             .records()
             .unwrap()
@@ -275,6 +301,15 @@ impl Device {
         &mut self,
         observer: &mut dyn SyncObserver,
     ) -> coffer_agent::Result<coffer_agent::AppSync> {
+        let apps = self.sync_apps(observer)?;
+        Ok(apps.into_iter().find(|a| a.app == APP).unwrap())
+    }
+
+    /// One round; every app's report.
+    fn sync_apps(
+        &mut self,
+        observer: &mut dyn SyncObserver,
+    ) -> coffer_agent::Result<Vec<coffer_agent::AppSync>> {
         let vault = self.vault.take().unwrap();
         // A failed round hands the vault back to no one: unlock it again,
         // as an app would (the same process, the same key in this test).
@@ -282,7 +317,7 @@ impl Device {
         match self.agent.sync(vault, observer) {
             Ok((report, vault)) => {
                 self.vault = Some(vault);
-                Ok(report.apps.into_iter().find(|a| a.app == APP).unwrap())
+                Ok(report.apps)
             }
             Err(e) => {
                 self.vault = Some(reopen(&self.agent, &path));
@@ -329,9 +364,21 @@ enum Fault {
     FlipBlobByte,
 }
 
+/// How one file's requests fail, whatever [`Fault`] says of the rest.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Failure {
+    /// Its upload's creation and its fetches answer `500 internal` (as a
+    /// server whose stored piece does not open).
+    Internal,
+    /// Its fetches answer one byte short of the range asked for.
+    Short,
+}
+
 /// What a [`Wire`] counted, across every connection the agent made.
 #[derive(Default)]
 struct Counters {
+    /// The file (by SHA-256) whose requests fail, and how.
+    failing: std::sync::Mutex<Option<(String, Failure)>>,
     cut_every: AtomicU64,
     file_requests: AtomicU64,
     cuts: AtomicU64,
@@ -360,6 +407,17 @@ impl Wire {
 
     fn cut_every(&self, n: u64) {
         self.counted.cut_every.store(n, Ordering::SeqCst);
+    }
+
+    /// From now on, the requests of the file of SHA-256 `sha256` fail as
+    /// `how` says.
+    fn fail(&self, sha256: &str, how: Failure) {
+        *self.counted.failing.lock().unwrap() = Some((sha256.to_owned(), how));
+    }
+
+    /// Every file's requests pass again.
+    fn heal(&self) {
+        *self.counted.failing.lock().unwrap() = None;
     }
 
     fn cuts(&self) -> u64 {
@@ -419,7 +477,33 @@ impl Transport for WireTransport {
                 .piece_bytes
                 .fetch_add(request.body().len() as u64, Ordering::SeqCst);
         }
+        let failing = counted.failing.lock().unwrap().clone();
+        let failure = failing.and_then(|(sha256, how)| {
+            let creates = is_file
+                && request.method() == http::Method::POST
+                && path.ends_with("/uploads")
+                && std::str::from_utf8(request.body()).is_ok_and(|b| b.contains(&sha256));
+            let fetches = is_blob && path.ends_with(&sha256);
+            match how {
+                Failure::Internal if creates || fetches => Some(how),
+                Failure::Short if fetches => Some(how),
+                _ => None,
+            }
+        });
+        if failure == Some(Failure::Internal) {
+            return Ok(http::Response::builder()
+                .status(500)
+                .header("content-type", "application/json")
+                .body(
+                    br#"{"error": {"code": "internal", "message": "a stored piece does not open"}}"#
+                        .to_vec(),
+                )
+                .unwrap());
+        }
         let mut answer = self.inner.send(request, max_answer)?;
+        if failure == Some(Failure::Short) && answer.status().is_success() {
+            answer.body_mut().pop();
+        }
         if is_blob && answer.status().is_success() {
             counted
                 .blob_bytes
@@ -637,4 +721,185 @@ fn a_blob_changed_on_its_way_is_refused_and_the_previous_version_kept() {
     assert_eq!(report.files_downloaded, 1, "{report:?}");
     assert!(b.file("scan.pdf").unwrap() == v2);
     assert_eq!(report.state.downloads_queued, 0);
+}
+
+fn queue_of(device: &Device) -> Vec<coffer_device::QueuedDownload> {
+    device
+        .vault()
+        .app(APP)
+        .unwrap()
+        .files()
+        .unwrap()
+        .queued_downloads()
+        .unwrap()
+}
+
+#[test]
+fn one_failing_file_waits_while_the_next_file_and_the_next_app_sync_in_the_same_round() {
+    let world = World::with_apps(MAX_FILE, &[APP, NOTES]);
+    let wire_a = Wire::new(Fault::Cuts);
+    let wire_b = Wire::new(Fault::Cuts);
+    let mut a = world.device("tablet-a", "alice", wire_a.clone());
+    let mut b = world.device("tablet-b", "bob", wire_b.clone());
+    for device in [&a, &b] {
+        device.vault().add_app(NOTES, Capabilities::all()).unwrap();
+    }
+    // The failing file comes first in each order: its record is pushed
+    // first, its name downloads first.
+    let bad = bytes(2 * PIECE as usize + 5, 10);
+    let good = bytes(PIECE as usize + 3, 11);
+    let note = bytes(1000, 12);
+    a.put_file("a-bad.bin", &bad);
+    a.put_file("b-good.bin", &good);
+    a.put_file_in(NOTES, "note.bin", &note);
+    a.put_record("v-bad", json!({"n": 1}), &["a-bad.bin"]);
+    a.put_record("v-good", json!({"n": 2}), &["b-good.bin"]);
+    a.put_record_in(NOTES, "n-1", json!({"n": 3}), &["note.bin"]);
+
+    // Up: the server answers 500 for the first file's upload. Its record
+    // waits; the other record of the app and the next app go through.
+    wire_a.fail(&sha256(&bad), Failure::Internal);
+    let apps = a.sync_apps(&mut coffer_agent::Quiet).unwrap();
+    let (cases, notes) = (&apps[0], &apps[1]);
+    assert_eq!((cases.app.as_str(), notes.app.as_str()), (APP, NOTES));
+    assert_eq!((cases.applied, cases.files_uploaded), (1, 1), "{cases:?}");
+    assert_eq!(cases.file_problems.len(), 1, "{cases:?}");
+    assert_eq!(cases.file_problems[0].name, "a-bad.bin");
+    assert_eq!(cases.file_problems[0].code, "internal");
+    assert_eq!(cases.file_problems[0].direction, FileDirection::Upload);
+    assert_eq!((cases.state.pending, cases.state.rejected), (1, 0));
+    assert_eq!((notes.applied, notes.files_uploaded), (1, 1), "{notes:?}");
+    assert!(notes.file_problems.is_empty(), "{notes:?}");
+    wire_a.heal();
+    let cases = a.sync(&mut coffer_agent::Quiet).unwrap();
+    assert_eq!((cases.applied, cases.files_uploaded), (1, 1), "{cases:?}");
+    assert!(cases.file_problems.is_empty(), "{cases:?}");
+    assert_eq!(cases.state.pending, 0);
+
+    // Down: the server answers 500 for the first file's fetch. It stays
+    // queued, noted; the next file and the next app's file arrive.
+    wire_b.fail(&sha256(&bad), Failure::Internal);
+    let apps = b.sync_apps(&mut coffer_agent::Quiet).unwrap();
+    let (cases, notes) = (&apps[0], &apps[1]);
+    assert_eq!(cases.files_downloaded, 1, "{cases:?}");
+    assert_eq!(cases.file_problems.len(), 1, "{cases:?}");
+    assert_eq!(cases.file_problems[0].name, "a-bad.bin");
+    assert_eq!(cases.file_problems[0].code, "internal");
+    assert_eq!(cases.file_problems[0].direction, FileDirection::Download);
+    assert_eq!(cases.state.downloads_queued, 1);
+    assert_eq!(notes.files_downloaded, 1, "{notes:?}");
+    assert!(b.file("b-good.bin").unwrap() == good);
+    assert!(b.file_in(NOTES, "note.bin").unwrap() == note);
+    assert!(b.file("a-bad.bin").is_none());
+    let queue = queue_of(&b);
+    assert_eq!(queue[0].attempts, 1);
+    assert_eq!(queue[0].last_failure.as_deref(), Some("internal"));
+
+    // A range one byte short: refused before a byte of it is kept, the
+    // file waits again.
+    wire_b.fail(&sha256(&bad), Failure::Short);
+    let cases = b.sync(&mut coffer_agent::Quiet).unwrap();
+    assert_eq!(cases.file_problems.len(), 1, "{cases:?}");
+    assert_eq!(cases.file_problems[0].code, "bad_answer");
+    assert!(b.file("a-bad.bin").is_none());
+    assert_eq!(queue_of(&b)[0].attempts, 2);
+
+    wire_b.heal();
+    let cases = b.sync(&mut coffer_agent::Quiet).unwrap();
+    assert_eq!(cases.files_downloaded, 1, "{cases:?}");
+    assert!(cases.file_problems.is_empty(), "{cases:?}");
+    assert!(b.file("a-bad.bin").unwrap() == bad);
+    assert_eq!(cases.state.downloads_queued, 0);
+}
+
+#[test]
+fn a_record_whose_file_the_server_lacks_stays_pending_until_the_file_arrives() {
+    let world = World::new(MAX_FILE);
+    let mut a = world.device("tablet-a", "alice", Wire::new(Fault::Cuts));
+    let mut b = world.device("tablet-b", "bob", Wire::new(Fault::Cuts));
+    let v1 = bytes(PIECE as usize + 1, 20);
+    let v2 = bytes(PIECE as usize + 2, 21);
+    // The record names version 1, which this device no longer holds: the
+    // server refuses it with missing_file.
+    a.put_file("photo.jpg", &v1);
+    a.put_record("v-1", json!({"note": "first photo"}), &["photo.jpg"]);
+    a.put_file("photo.jpg", &v2);
+    for _ in 0..2 {
+        let report = a.sync(&mut coffer_agent::Quiet).unwrap();
+        assert_eq!(report.applied, 0, "{report:?}");
+        assert!(report.rejected.is_empty(), "{report:?}");
+        // Reported once per round, as the file it waits for.
+        assert_eq!(report.file_problems.len(), 1, "{report:?}");
+        let problem = &report.file_problems[0];
+        assert_eq!(problem.name, "photo.jpg");
+        assert_eq!(problem.sha256, sha256(&v1));
+        assert_eq!(problem.code, "missing_file");
+        assert_eq!(problem.direction, FileDirection::Upload);
+        // Still pending, not refused: the next round pushes it again.
+        assert_eq!((report.state.pending, report.state.rejected), (1, 0));
+    }
+
+    // Another device of the organization uploads that version.
+    b.put_file("photo.jpg", &v1);
+    b.put_record("v-9", json!({"note": "the same photo"}), &["photo.jpg"]);
+    let report = b.sync(&mut coffer_agent::Quiet).unwrap();
+    assert_eq!(
+        (report.applied, report.files_uploaded),
+        (1, 1),
+        "{report:?}"
+    );
+
+    let report = a.sync(&mut coffer_agent::Quiet).unwrap();
+    assert_eq!(report.applied, 1, "{report:?}");
+    assert!(report.file_problems.is_empty(), "{report:?}");
+    assert_eq!((report.state.pending, report.state.rejected), (0, 0));
+    b.sync(&mut coffer_agent::Quiet).unwrap();
+    assert_eq!(b.record("v-1").unwrap().files[0].sha256, sha256(&v1));
+}
+
+#[test]
+fn a_file_stored_here_is_not_replaced_by_an_older_version_queued_before() {
+    let world = World::new(MAX_FILE);
+    let mut a = world.device("tablet-a", "alice", Wire::new(Fault::Cuts));
+    let wire_b = Wire::new(Fault::Cuts);
+    let mut b = world.device("tablet-b", "bob", wire_b.clone());
+    let older = bytes(3 * PIECE as usize + 1, 30);
+    let mine = bytes(2 * PIECE as usize + 9, 31);
+    a.put_file("scan.pdf", &older);
+    a.put_record("v-1", json!({"page": 1}), &["scan.pdf"]);
+    a.sync(&mut coffer_agent::Quiet).unwrap();
+
+    // B pulls the record; its file does not come (queued).
+    wire_b.fail(&sha256(&older), Failure::Internal);
+    let report = b.sync(&mut coffer_agent::Quiet).unwrap();
+    assert_eq!(report.state.downloads_queued, 1, "{report:?}");
+    assert!(b.file("scan.pdf").is_none());
+
+    // The user stores their own scan. The next round, with the server's
+    // file reachable again, does not fetch the older version over it.
+    b.put_file("scan.pdf", &mine);
+    assert!(queue_of(&b).is_empty());
+    wire_b.heal();
+    let report = b.sync(&mut coffer_agent::Quiet).unwrap();
+    assert_eq!(report.files_downloaded, 0, "{report:?}");
+    assert!(report.file_problems.is_empty(), "{report:?}");
+    assert_eq!(report.state.downloads_queued, 0);
+    assert!(b.file("scan.pdf").unwrap() == mine);
+
+    // Attached to the record, it goes up, and stays.
+    b.put_record("v-1", json!({"page": "mine"}), &["scan.pdf"]);
+    let report = b.sync(&mut coffer_agent::Quiet).unwrap();
+    assert_eq!(
+        (report.applied, report.files_uploaded),
+        (1, 1),
+        "{report:?}"
+    );
+    assert_eq!(report.files_downloaded, 0, "{report:?}");
+    assert_eq!(report.state.downloads_queued, 0);
+    assert!(b.file("scan.pdf").unwrap() == mine);
+
+    // The other device gets the new one.
+    a.sync(&mut coffer_agent::Quiet).unwrap();
+    assert!(a.file("scan.pdf").unwrap() == mine);
+    assert_eq!(a.record("v-1").unwrap().body, json!({"page": "mine"}));
 }

@@ -19,7 +19,9 @@
 //! recorded in `coffer_file_downloads` so that a killed process or a cut
 //! connection resumes from the last whole chunk, and switches the stored
 //! file exactly like a put once the whole SHA-256 matches. Table
-//! `coffer_file_queue` holds the downloads that pulled records asked for.
+//! `coffer_file_queue` holds the downloads that pulled records asked for;
+//! a put or a delete here takes its name off the queue and drops its
+//! unfinished download, in the same transaction.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
@@ -72,6 +74,11 @@ pub enum DownloadMismatchKind {
     /// before it (the source changed between the two attempts).
     #[error("bytes sent again after an interruption differ from the first ones")]
     Rewritten,
+    /// The file was stored or deleted here (or a download of another
+    /// version of it started) while it downloaded: the local version is
+    /// the user's, and this download is dropped.
+    #[error("the file was stored or deleted here meanwhile")]
+    Superseded,
 }
 
 /// A file that a pulled record references and that this device does not
@@ -328,6 +335,34 @@ struct Row<'a> {
     sha256: &'a str,
 }
 
+/// What [`FileStore::switch`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Switch {
+    /// The name points at the new blob.
+    Done,
+    /// A download whose state a local put or delete (or a download of
+    /// another version) dropped meanwhile: nothing changed.
+    Superseded,
+}
+
+/// Within `tx`: the local version of `name` is the user's (a put or a
+/// delete here), so no download may replace it: its queue entry and its
+/// unfinished download's row go. Returns the temporary blobs of the
+/// downloads dropped, to delete after the commit.
+fn drop_pending_downloads(tx: &Connection, name: &str, op: &'static str) -> Result<Vec<String>> {
+    tx.execute("DELETE FROM coffer_file_queue WHERE name = ?1", [name])
+        .map_err(db(op))?;
+    let mut stmt = tx
+        .prepare_cached("DELETE FROM coffer_file_downloads WHERE name = ?1 RETURNING temp")
+        .map_err(db(op))?;
+    let temps = stmt
+        .query_map([name], |r| r.get::<_, String>(0))
+        .map_err(db(op))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(db(op))?;
+    Ok(temps)
+}
+
 fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(Error::InvalidName {
@@ -350,7 +385,11 @@ impl FileStore {
     /// Stores everything `data` yields under `name`, replacing any previous
     /// version atomically, and records the SHA-256 of what it read (worked
     /// out as the bytes go by: no second pass). `progress` is called with
-    /// the bytes written so far.
+    /// the bytes written so far. The version stored is the user's: in the
+    /// switch's transaction the name leaves the download queue and any
+    /// unfinished download of it is dropped (an older version a pulled
+    /// record asked for never replaces it; a later pulled record may
+    /// queue its own version again).
     pub fn put(
         &self,
         name: &str,
@@ -389,16 +428,49 @@ impl FileStore {
     }
 
     /// Points `row.name` at `row.blob` (on disk already, fsynced) in one
-    /// transaction, then removes the blob it pointed at before. A finished
-    /// `download` also ends its download state and its queue entry in that
-    /// transaction.
-    fn switch(&self, row: &Row<'_>, download: bool) -> Result<()> {
-        let switched = (|| -> Result<Option<String>> {
+    /// transaction, then removes the blob it pointed at before.
+    ///
+    /// A put (`download` false) is the user's own version of the name: in
+    /// the same transaction it drops the name's queue entry (whatever
+    /// version a pulled record asked for before) and any unfinished
+    /// download of the name (its row; its temporary blob goes after the
+    /// commit), so that no older version fetched later replaces it. A
+    /// finished `download` ends its own download state and the queue entry
+    /// of its version; if its download state is gone (a put or a delete
+    /// of the name came first, or a download of another version replaced
+    /// it) nothing is switched: [`Switch::Superseded`].
+    fn switch(&self, row: &Row<'_>, download: bool) -> Result<Switch> {
+        // `None`: superseded. Else the blob the name pointed at, and the
+        // temporary blobs of the downloads dropped.
+        type Switched = Option<(Option<String>, Vec<String>)>;
+        let switched = (|| -> Result<Switched> {
             // IMMEDIATE: take the write lock now; a read-then-write upgrade can
             // fail with SQLITE_BUSY_SNAPSHOT, which the busy handler does not retry.
             let tx =
                 rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
                     .map_err(db("storing a file"))?;
+            let mut dropped = Vec::new();
+            if download {
+                // Still this download's name: nothing local came since.
+                let ours = tx
+                    .execute(
+                        "DELETE FROM coffer_file_downloads WHERE name = ?1 AND temp = ?2",
+                        [row.name, row.blob],
+                    )
+                    .map_err(db("storing a file"))?;
+                if ours == 0 {
+                    return Ok(None);
+                }
+                // The queue wanted this version: done (a newer one queued
+                // meanwhile stays).
+                tx.execute(
+                    "DELETE FROM coffer_file_queue WHERE name = ?1 AND sha256 = ?2",
+                    [row.name, row.sha256],
+                )
+                .map_err(db("storing a file"))?;
+            } else {
+                dropped = drop_pending_downloads(&tx, row.name, "storing a file")?;
+            }
             let old: Option<String> = tx
                 .query_row(
                     "SELECT blob FROM coffer_files WHERE name = ?1",
@@ -423,28 +495,26 @@ impl FileStore {
                 ],
             )
             .map_err(db("storing a file"))?;
-            if download {
-                tx.execute(
-                    "DELETE FROM coffer_file_downloads WHERE name = ?1",
-                    [row.name],
-                )
-                .map_err(db("storing a file"))?;
-            }
-            // Whatever put it there, the queue wanted this version: done.
-            tx.execute(
-                "DELETE FROM coffer_file_queue WHERE name = ?1 AND sha256 = ?2",
-                [row.name, row.sha256],
-            )
-            .map_err(db("storing a file"))?;
             tx.commit().map_err(db("storing a file"))?;
-            Ok(old)
+            Ok(Some((old, dropped)))
         })()?;
+        let Some((old, dropped)) = switched else {
+            return Ok(Switch::Superseded);
+        };
         // The row no longer points at it (committed with synchronous =
         // FULL, so durably): an orphan at worst if this fails.
-        if let Some(old) = switched.filter(|old| check_blob(old).is_ok()) {
+        if let Some(old) = old.filter(|old| check_blob(old).is_ok()) {
             let _ = fs::remove_file(self.dir.join(old));
         }
-        Ok(())
+        self.remove_download_blobs(&dropped);
+        Ok(Switch::Done)
+    }
+
+    /// Deletes the temporary blobs of downloads whose rows are gone.
+    fn remove_download_blobs(&self, temps: &[String]) {
+        for temp in temps.iter().filter(|t| check_blob(t).is_ok()) {
+            let _ = fs::remove_file(self.dir.join(download_file(temp)));
+        }
     }
 
     fn write_blob(
@@ -527,20 +597,31 @@ impl FileStore {
         open_blob(&self.dir, &self.key, &blob, &salt, size)
     }
 
-    /// Deletes `name`; returns whether it existed.
+    /// Deletes `name`; returns whether it existed. In the same
+    /// transaction the name's queue entry and any unfinished download of it
+    /// go (a version a pulled record asked for does not come back over the
+    /// user's delete; a later pulled record may ask again).
     pub fn delete(&self, name: &str) -> Result<bool> {
-        let blob: Option<String> = self
-            .conn
-            .query_row(
-                "DELETE FROM coffer_files WHERE name = ?1 RETURNING blob",
-                [name],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(db("deleting a file"))?;
+        let (blob, dropped) = (|| -> Result<(Option<String>, Vec<String>)> {
+            let tx =
+                rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+                    .map_err(db("deleting a file"))?;
+            let blob: Option<String> = tx
+                .query_row(
+                    "DELETE FROM coffer_files WHERE name = ?1 RETURNING blob",
+                    [name],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db("deleting a file"))?;
+            let dropped = drop_pending_downloads(&tx, name, "deleting a file")?;
+            tx.commit().map_err(db("deleting a file"))?;
+            Ok((blob, dropped))
+        })()?;
         if let Some(blob) = blob.as_deref().filter(|b| check_blob(b).is_ok()) {
             let _ = fs::remove_file(self.dir.join(blob));
         }
+        self.remove_download_blobs(&dropped);
         Ok(blob.is_some())
     }
 
@@ -1039,6 +1120,27 @@ impl Download<'_> {
         self.store.dir.join(download_file(&self.temp))
     }
 
+    /// Whether this download's state is still recorded (a local put or
+    /// delete of the name drops it).
+    fn still_recorded(&self) -> Result<bool> {
+        self.store
+            .conn
+            .query_row(
+                "SELECT count(*) FROM coffer_file_downloads WHERE name = ?1 AND temp = ?2",
+                [&self.name, &self.temp],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(db("reading a download"))
+    }
+
+    fn superseded(&self) -> Error {
+        Error::DownloadMismatch {
+            name: self.name.clone(),
+            kind: DownloadMismatchKind::Superseded,
+        }
+    }
+
     /// Drops the download: the temporary blob and its record go, the
     /// stored file stays as it was.
     fn refuse(&mut self, kind: DownloadMismatchKind) -> Error {
@@ -1092,7 +1194,9 @@ impl Download<'_> {
     /// blob removed). A SHA-256 that does not match drops the download
     /// ([`Error::DownloadMismatch`]): the stored file stays exactly as it
     /// was. Fewer bytes than the size is [`Error::DownloadIncomplete`], and
-    /// the download stays to be resumed.
+    /// the download stays to be resumed. A put or a delete of the name
+    /// since the download began dropped it: nothing is switched
+    /// ([`DownloadMismatchKind::Superseded`]), the user's version stays.
     pub fn finish(mut self) -> Result<FileInfo> {
         if let Some(kind) = self.refused {
             return Err(Error::DownloadMismatch {
@@ -1115,13 +1219,24 @@ impl Download<'_> {
         let io_err = |e| Error::io("storing a download", &path, e);
         let file = match self.writer.take() {
             Some(writer) => writer.finish().map_err(io_err)?,
-            None => File::open(&path).map_err(io_err)?,
+            None => match File::open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !self.still_recorded()? => {
+                    return Err(self.superseded())
+                }
+                Err(e) => return Err(io_err(e)),
+            },
         };
         file.sync_all().map_err(io_err)?;
         drop(file);
         let final_path = self.store.dir.join(&self.temp);
-        fs::rename(&path, &final_path)
-            .map_err(|e| Error::io("storing a download", &final_path, e))?;
+        if let Err(e) = fs::rename(&path, &final_path) {
+            // A put or a delete of the name took the temporary blob away.
+            if e.kind() == io::ErrorKind::NotFound && !self.still_recorded()? {
+                return Err(self.superseded());
+            }
+            return Err(Error::io("storing a download", &final_path, e));
+        }
         fsio::sync_dir(&self.store.dir)?;
         let row = Row {
             name: &self.name,
@@ -1131,10 +1246,18 @@ impl Download<'_> {
             content_type: self.content_type.as_deref(),
             sha256: &sha256,
         };
-        if let Err(e) = self.store.switch(&row, true) {
-            // Back where a resume finds it whole.
-            let _ = fs::rename(&final_path, &path);
-            return Err(e);
+        match self.store.switch(&row, true) {
+            Ok(Switch::Done) => {}
+            Ok(Switch::Superseded) => {
+                // No row names it, nor will: the name is the user's now.
+                let _ = fs::remove_file(&final_path);
+                return Err(self.superseded());
+            }
+            Err(e) => {
+                // Back where a resume finds it whole.
+                let _ = fs::rename(&final_path, &path);
+                return Err(e);
+            }
         }
         self.store
             .info(&self.name)?

@@ -8,7 +8,9 @@
 //! [`PendingChange`]s into push operations and the server's answers into
 //! [`Ack`]s and [`PulledHead`]s. What it guarantees:
 //! - a local change is pending until an answer names it (applied,
-//!   duplicate, conflict or rejected); a crash anywhere only repeats work;
+//!   duplicate, conflict or rejected; an answer that it waits — its file
+//!   is not on the server yet — keeps it pending); a crash anywhere only
+//!   repeats work;
 //! - a pulled record never overwrites a local change that is still pending
 //!   or in conflict: the server's side is kept beside it;
 //! - a reset (the server's cursor expired) forgets only the cursor: every
@@ -116,6 +118,11 @@ pub struct PendingChange {
     pub resolves: Vec<String>,
     /// The files the record references (none when deleted).
     pub files: Vec<FileRef>,
+    /// The code the server last answered this very change with, when it
+    /// did not take it yet but may later ([`AckOutcome::Waiting`]:
+    /// `missing_file`). A push of it again must not look like a retry of
+    /// the same batch (the server would give the stored answer again).
+    pub waiting: Option<String>,
 }
 
 /// What the server said of one delivered change.
@@ -132,6 +139,15 @@ pub enum AckOutcome {
     Conflict,
     /// The server will not take it: kept here, not sent again until edited.
     Rejected {
+        /// The server's code.
+        code: String,
+    },
+    /// The server did not take it yet, for a reason that may pass (a file
+    /// it references has not reached the server: `missing_file`): it stays
+    /// pending, to be sent again, and the code is kept with it
+    /// ([`PendingChange::waiting`]) until it is answered otherwise or
+    /// edited.
+    Waiting {
         /// The server's code.
         code: String,
     },
@@ -473,7 +489,8 @@ impl RecordStore {
             .conn
             .prepare_cached(
                 "SELECT s.collection, s.id, s.local_seq, s.server_rev, s.author, s.resolves,
-                        r.body, r.deleted, r.files
+                        r.body, r.deleted, r.files,
+                        CASE WHEN s.rejected_seq = -s.local_seq THEN s.reject_code END
                  FROM coffer_sync_records s
                  JOIN coffer_records r ON r.collection = s.collection AND r.id = s.id
                  WHERE s.local_seq > ?2
@@ -498,13 +515,14 @@ impl RecordStore {
                         r.get::<_, Option<String>>(6)?,
                         r.get::<_, i64>(7)? != 0,
                         r.get::<_, Option<String>>(8)?,
+                        r.get::<_, Option<String>>(9)?,
                     ))
                 },
             )
             .map_err(db("reading pending changes"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (collection, id, seq, base, author, resolves, body, deleted, files) =
+            let (collection, id, seq, base, author, resolves, body, deleted, files, waiting) =
                 row.map_err(db("reading pending changes"))?;
             let resolves = match resolves {
                 Some(text) => serde_json::from_str(&text)
@@ -525,6 +543,7 @@ impl RecordStore {
                 } else {
                     files_from(files)?
                 },
+                waiting,
             });
         }
         Ok(out)
@@ -605,6 +624,17 @@ impl RecordStore {
                 AckOutcome::Rejected { code } => {
                     tx.prepare_cached(
                         "UPDATE coffer_sync_records SET rejected_seq = ?3, reject_code = ?4
+                         WHERE collection = ?1 AND id = ?2",
+                    )
+                    .and_then(|mut s| s.execute(params![ack.collection, ack.id, seq, code]))
+                    .map_err(db("recording a push"))?;
+                }
+                AckOutcome::Waiting { code } => {
+                    // `-local_seq`: never equal to a local sequence (those
+                    // are positive), so the change stays pending; an edit
+                    // moves `local_seq` on and the note no longer applies.
+                    tx.prepare_cached(
+                        "UPDATE coffer_sync_records SET rejected_seq = -?3, reject_code = ?4
                          WHERE collection = ?1 AND id = ?2",
                     )
                     .and_then(|mut s| s.execute(params![ack.collection, ack.id, seq, code]))

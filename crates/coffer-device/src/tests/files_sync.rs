@@ -697,3 +697,137 @@ fn a_download_killed_between_its_rename_and_its_commit_goes_on() {
     assert!(read_all(&files, "doc") == doc);
     assert!(blob.exists() && !temp.exists());
 }
+
+/// Whether the app's blob directory holds a temporary download blob.
+fn has_temp_blob(space: &Space) -> bool {
+    blob_dir_files(space)
+        .iter()
+        .any(|f| f.ends_with(".download"))
+}
+
+#[test]
+fn a_local_put_or_delete_drops_the_queued_and_unfinished_download_of_its_name() {
+    let (_d, space, v) = vault();
+    let app = v.app("cases").unwrap();
+    let files = app.files().unwrap();
+    let mut records = app.records().unwrap();
+    let origin = records.sync_origin().unwrap();
+    let older = data(3 * CHUNK_SIZE + 17, 20);
+    let mine = data(2 * CHUNK_SIZE + 3, 21);
+    let queue_older = |records: &mut RecordStore, seq: u64| {
+        records
+            .apply_page(
+                &origin,
+                &[pulled(
+                    "1",
+                    seq,
+                    file_head(
+                        &format!("{OTHER}.{seq}"),
+                        json!({"v": seq}),
+                        vec![file_ref("scan.pdf", &older)],
+                    ),
+                )],
+                &format!("v1.{seq}"),
+                true,
+            )
+            .unwrap();
+    };
+
+    // A pulled record asks for the older version; its download is cut
+    // half way (queued, a temporary blob and its row left).
+    queue_older(&mut records, 1);
+    assert_eq!(files.queued_downloads().unwrap().len(), 1);
+    let mut download = files
+        .download("scan.pdf", &sha256(&older), older.len() as u64, None)
+        .unwrap();
+    feed(&mut download, &older[..CHUNK_SIZE + 9], 4096).unwrap();
+    drop(download);
+    assert!(has_temp_blob(&space));
+
+    // The user stores their own version: nothing of the older one is
+    // left to come back over it.
+    files
+        .put("scan.pdf", &mut &mine[..], None, &mut |_| {})
+        .unwrap();
+    assert!(files.queued_downloads().unwrap().is_empty());
+    assert_eq!(records.sync_state().unwrap().downloads_queued, 0);
+    assert!(!has_temp_blob(&space));
+    assert!(!files.abandon_download("scan.pdf").unwrap());
+    assert!(read_all(&files, "scan.pdf") == mine);
+
+    // A download still under way when the put lands cannot switch either:
+    // the put took its temporary blob and its row.
+    let mut download = files
+        .download("scan.pdf", &sha256(&older), older.len() as u64, None)
+        .unwrap();
+    feed(&mut download, &older, 4096).unwrap();
+    files
+        .put("scan.pdf", &mut &mine[..], None, &mut |_| {})
+        .unwrap();
+    assert!(matches!(
+        download.finish(),
+        Err(Error::DownloadMismatch {
+            kind: DownloadMismatchKind::Superseded,
+            ..
+        })
+    ));
+    assert!(read_all(&files, "scan.pdf") == mine);
+
+    // Even if it renamed its blob into place just before the put's
+    // transaction (the temporary blob back on disk, its row gone), its
+    // own transaction finds the row gone, switches nothing and removes
+    // the blob.
+    let mut download = files
+        .download("scan.pdf", &sha256(&older), older.len() as u64, None)
+        .unwrap();
+    feed(&mut download, &older, 4096).unwrap();
+    let temp = temp_blob(&space);
+    let saved = std::fs::read(&temp).unwrap();
+    files
+        .put("scan.pdf", &mut &mine[..], None, &mut |_| {})
+        .unwrap();
+    assert!(!temp.exists());
+    std::fs::write(&temp, &saved).unwrap();
+    assert!(matches!(
+        download.finish(),
+        Err(Error::DownloadMismatch {
+            kind: DownloadMismatchKind::Superseded,
+            ..
+        })
+    ));
+    assert!(read_all(&files, "scan.pdf") == mine);
+    assert_eq!(
+        blob_dir_files(&space).len(),
+        1,
+        "{:?}",
+        blob_dir_files(&space)
+    );
+
+    // A delete drops them the same way.
+    queue_older(&mut records, 2);
+    assert_eq!(files.queued_downloads().unwrap().len(), 1);
+    let mut download = files
+        .download("scan.pdf", &sha256(&older), older.len() as u64, None)
+        .unwrap();
+    feed(&mut download, &older[..CHUNK_SIZE + 9], 4096).unwrap();
+    drop(download);
+    assert!(files.delete("scan.pdf").unwrap());
+    assert!(files.queued_downloads().unwrap().is_empty());
+    assert!(
+        blob_dir_files(&space).is_empty(),
+        "{:?}",
+        blob_dir_files(&space)
+    );
+
+    // A later pulled record may ask again: then its version comes.
+    queue_older(&mut records, 3);
+    assert_eq!(files.queued_downloads().unwrap()[0].sha256, sha256(&older));
+    // A finished download ends only the queue entry of its own version.
+    let mut download = files
+        .download("scan.pdf", &sha256(&older), older.len() as u64, None)
+        .unwrap();
+    feed(&mut download, &older, 4096).unwrap();
+    download.finish().unwrap();
+    assert!(files.queued_downloads().unwrap().is_empty());
+    assert!(read_all(&files, "scan.pdf") == older);
+}

@@ -125,6 +125,49 @@ fn a_refused_change_stays_and_is_not_offered_again_until_edited() {
 }
 
 #[test]
+fn a_change_that_waits_for_its_file_stays_pending_and_says_why() {
+    let (_d, _s, v) = vault();
+    let mut records = v.app("cases").unwrap().records().unwrap();
+    let origin = records.sync_origin().unwrap();
+    records.put("c", "1", &json!({"n": 1}), None).unwrap();
+    let p = records.pending_changes(10).unwrap().remove(0);
+    assert_eq!(p.waiting, None);
+    let waiting = |seq: u64| Ack {
+        collection: "c".into(),
+        id: "1".into(),
+        local_seq: seq,
+        revision: format!("{origin}.{seq}"),
+        outcome: AckOutcome::Waiting {
+            code: "missing_file".into(),
+        },
+    };
+    records.acknowledge(&[waiting(p.local_seq)]).unwrap();
+    // Still pending (offered again, with the server's code), not refused.
+    let again = records.pending_changes(10).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].local_seq, p.local_seq);
+    assert_eq!(again[0].waiting.as_deref(), Some("missing_file"));
+    let state = records.sync_state().unwrap();
+    assert_eq!((state.pending, state.rejected), (1, 0));
+    assert_eq!(records.rejection("c", "1").unwrap(), None);
+    // An edit is a new change: nothing said of it yet.
+    records.put("c", "1", &json!({"n": 2}), None).unwrap();
+    let edited = records.pending_changes(10).unwrap().remove(0);
+    assert!(edited.local_seq > p.local_seq);
+    assert_eq!(edited.waiting, None);
+    // Answered at last: delivered.
+    records.acknowledge(&[waiting(edited.local_seq)]).unwrap();
+    records
+        .acknowledge(&[Ack {
+            outcome: AckOutcome::Applied { seq: 1 },
+            ..waiting(edited.local_seq)
+        }])
+        .unwrap();
+    assert!(records.pending_changes(10).unwrap().is_empty());
+    assert_eq!(records.sync_state().unwrap().pending, 0);
+}
+
+#[test]
 fn a_pull_never_overwrites_a_pending_change_and_keeps_the_server_side() {
     let (_d, _s, v) = vault();
     let mut records = v.app("cases").unwrap().records().unwrap();
