@@ -52,16 +52,110 @@ pub enum BlobError {
     Storage {
         /// What the server was doing.
         op: &'static str,
-        /// The cause (the object store's or the file system's words).
+        /// The cause: the file system's words, or for S3 a bounded
+        /// description ([`s3_error`]) — never the service's answer body.
         message: String,
     },
 }
 
+/// A local failure (the file system, a task): its own words.
 fn storage_error(op: &'static str) -> impl Fn(&dyn std::fmt::Display) -> BlobError {
     move |e| BlobError::Storage {
         op,
         message: e.to_string(),
     }
+}
+
+/// An S3 failure, described in bounded words: what kind of failure, the
+/// HTTP status and the S3 error code (`<Code>` of the answer) when there
+/// are, how the connection failed when it did. Never the rest of the
+/// answer's body — an AWS error body can quote the access key id, the
+/// string to sign and the canonical request — nor a URL (with its query),
+/// nor the object store's own wording, which carries both.
+fn s3_error(op: &'static str) -> impl Fn(&object_store::Error) -> BlobError {
+    move |e| BlobError::Storage {
+        op,
+        message: describe_s3_error(e),
+    }
+}
+
+fn describe_s3_error(e: &object_store::Error) -> String {
+    use object_store::Error as E;
+    let kind = match e {
+        E::NotFound { .. } => "not found",
+        E::PermissionDenied { .. } => "permission denied",
+        E::Unauthenticated { .. } => "not authenticated",
+        E::Precondition { .. } => "precondition failed",
+        E::AlreadyExists { .. } => "already exists",
+        E::NotModified { .. } => "not modified",
+        E::NotSupported { .. } | E::NotImplemented { .. } => "not supported",
+        E::InvalidPath { .. } => "an invalid object name",
+        E::UnknownConfigurationKey { .. } => "a configuration refused",
+        _ => "the request failed",
+    };
+    let (mut status, mut code, mut transport) = (None, None, None);
+    let mut at: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    // The chain is short (object_store's error, the S3 client's, the
+    // retry loop's, the HTTP client's): a bound all the same.
+    for _ in 0..16 {
+        let Some(cause) = at else { break };
+        if let Some(http) = cause.downcast_ref::<object_store::client::HttpError>() {
+            transport.get_or_insert(http.kind());
+        }
+        let text = cause.to_string();
+        if status.is_none() {
+            status = http_status_in(&text);
+        }
+        if code.is_none() {
+            code = s3_code_in(&text);
+        }
+        at = cause.source();
+    }
+    let mut out = String::from(kind);
+    if let Some(status) = status {
+        out.push_str(&format!(", HTTP {status}"));
+    }
+    if let Some(code) = code {
+        out.push_str(&format!(", S3 error {code}"));
+    }
+    if let Some(transport) = transport {
+        let how = match transport {
+            object_store::client::HttpErrorKind::Connect => "could not connect",
+            object_store::client::HttpErrorKind::Request => "the request could not be sent",
+            object_store::client::HttpErrorKind::Timeout => "timed out",
+            object_store::client::HttpErrorKind::Interrupted => "the connection was cut",
+            object_store::client::HttpErrorKind::Decode => "the answer could not be read",
+            _ => "the HTTP client failed",
+        };
+        out.push_str(&format!(" ({how})"));
+    }
+    out
+}
+
+/// The status of object_store's "non-2xx status code: NNN" in `text`.
+fn http_status_in(text: &str) -> Option<u16> {
+    const MARK: &str = "status code: ";
+    let at = text.find(MARK)? + MARK.len();
+    let digits = text.get(at..at + 3)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|s| (100..600).contains(s))
+}
+
+/// The `<Code>` of an S3 error answer in `text`, if it looks like one: a
+/// CamelCase word of letters and digits, at most 64 long, with a
+/// lower-case letter in it (an access key id, upper-case and digits,
+/// never passes).
+fn s3_code_in(text: &str) -> Option<String> {
+    let start = text.find("<Code>")? + "<Code>".len();
+    let len = text[start..].find("</Code>")?;
+    let code = &text[start..start + len];
+    let fits = (1..=64).contains(&code.len())
+        && code.starts_with(|c: char| c.is_ascii_uppercase())
+        && code.bytes().all(|b| b.is_ascii_alphanumeric())
+        && code.bytes().any(|b| b.is_ascii_lowercase());
+    fits.then(|| code.to_owned())
 }
 
 /// The name of one piece object.
@@ -391,11 +485,15 @@ enum Backend {
 
 /// The blob storage: a local directory or an S3 bucket. Cheap to clone.
 #[derive(Clone)]
-pub struct BlobStorage(Arc<Backend>);
+pub struct BlobStorage {
+    backend: Arc<Backend>,
+    /// A pause before each read (tests of slow storage only).
+    read_delay: Option<std::time::Duration>,
+}
 
 impl std::fmt::Debug for BlobStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &*self.0 {
+        match &*self.backend {
             Backend::Local { root } => write!(f, "BlobStorage(local {})", root.display()),
             Backend::S3 { bucket, .. } => write!(f, "BlobStorage(s3 bucket {bucket})"),
         }
@@ -483,7 +581,7 @@ impl BlobStorage {
                 )));
             }
         }
-        Ok(BlobStorage(Arc::new(Backend::Local { root })))
+        Ok(BlobStorage::of(Backend::Local { root }))
     }
 
     /// An S3-compatible bucket (checked for sense here; reached only by
@@ -522,15 +620,30 @@ impl BlobStorage {
         let store = builder
             .build()
             .map_err(|_| BlobError::Config("the S3 configuration is refused by the S3 client"))?;
-        Ok(BlobStorage(Arc::new(Backend::S3 {
+        Ok(BlobStorage::of(Backend::S3 {
             store,
             bucket: config.bucket,
-        })))
+        }))
+    }
+
+    fn of(backend: Backend) -> BlobStorage {
+        BlobStorage {
+            backend: Arc::new(backend),
+            read_delay: None,
+        }
+    }
+
+    /// The same storage, every read of a piece waiting `delay` first: for
+    /// tests of what a slow storage does (a long read-back).
+    #[doc(hidden)]
+    pub fn slowed_for_tests(mut self, delay: std::time::Duration) -> BlobStorage {
+        self.read_delay = Some(delay);
+        self
     }
 
     /// "local" or "s3".
     pub fn kind(&self) -> &'static str {
-        match &*self.0 {
+        match &*self.backend {
             Backend::Local { .. } => "local",
             Backend::S3 { .. } => "s3",
         }
@@ -540,7 +653,7 @@ impl BlobStorage {
     /// credentials may list it), so that a wrong configuration stops the
     /// server at start rather than at the first upload.
     pub async fn probe(&self) -> Result<(), BlobError> {
-        match &*self.0 {
+        match &*self.backend {
             Backend::Local { root } => std::fs::metadata(root)
                 .map(|_| ())
                 .map_err(|e| storage_error("reading the blob directory")(&e)),
@@ -548,18 +661,30 @@ impl BlobStorage {
                 .list_with_delimiter(Some(&object_store::path::Path::from("o0")))
                 .await
                 .map(|_| ())
-                .map_err(|e| storage_error("listing the bucket")(&e)),
+                .map_err(|e| s3_error("listing the bucket")(&e)),
         }
     }
 
     /// Stores `bytes` as the object `name`, replacing any object of that
-    /// name; durable when this returns.
+    /// name; durable when this returns. Dropped before it returns (a
+    /// timeout), a write to a local directory does not land later: its
+    /// file is renamed into place only if the caller still waits. (A PUT
+    /// to S3 whose body was all sent may still be stored by the service.)
     pub async fn put(&self, name: &PieceName, bytes: Vec<u8>) -> Result<(), BlobError> {
-        match &*self.0 {
+        match &*self.backend {
             Backend::Local { root } => {
+                /// Tells the blocking write, once dropped, that nobody waits.
+                struct Waiting(Arc<std::sync::atomic::AtomicBool>);
+                impl Drop for Waiting {
+                    fn drop(&mut self) {
+                        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let _waiting = Waiting(Arc::clone(&abandoned));
                 let root = root.clone();
                 let name = name.clone();
-                tokio::task::spawn_blocking(move || put_local(&root, &name, &bytes))
+                tokio::task::spawn_blocking(move || put_local(&root, &name, &bytes, &abandoned))
                     .await
                     .map_err(|e| storage_error("writing a piece")(&e))?
             }
@@ -567,13 +692,16 @@ impl BlobStorage {
                 .put(&name.as_str().into(), bytes.into())
                 .await
                 .map(|_| ())
-                .map_err(|e| storage_error("writing a piece")(&e)),
+                .map_err(|e| s3_error("writing a piece")(&e)),
         }
     }
 
     /// The object `name` ([`BlobError::NotFound`] if there is none).
     pub async fn get(&self, name: &PieceName) -> Result<Vec<u8>, BlobError> {
-        match &*self.0 {
+        if let Some(delay) = self.read_delay {
+            tokio::time::sleep(delay).await;
+        }
+        match &*self.backend {
             Backend::Local { root } => {
                 let path = root.join(name.as_str());
                 tokio::task::spawn_blocking(move || match std::fs::read(&path) {
@@ -588,12 +716,12 @@ impl BlobStorage {
                 let got = match store.get(&name.as_str().into()).await {
                     Ok(got) => got,
                     Err(object_store::Error::NotFound { .. }) => return Err(BlobError::NotFound),
-                    Err(e) => return Err(storage_error("reading a piece")(&e)),
+                    Err(e) => return Err(s3_error("reading a piece")(&e)),
                 };
                 let bytes = got
                     .bytes()
                     .await
-                    .map_err(|e| storage_error("reading a piece")(&e))?;
+                    .map_err(|e| s3_error("reading a piece")(&e))?;
                 // One copy, into a buffer the piece is opened in place in.
                 Ok(bytes.to_vec())
             }
@@ -602,7 +730,7 @@ impl BlobStorage {
 
     /// Deletes the object `name` (none there: nothing to do).
     pub async fn delete(&self, name: &PieceName) -> Result<(), BlobError> {
-        match &*self.0 {
+        match &*self.backend {
             Backend::Local { root } => {
                 let path = root.join(name.as_str());
                 tokio::task::spawn_blocking(move || match std::fs::remove_file(&path) {
@@ -615,7 +743,7 @@ impl BlobStorage {
             }
             Backend::S3 { store, .. } => match store.delete(&name.as_str().into()).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(storage_error("deleting a piece")(&e)),
+                Err(e) => Err(s3_error("deleting a piece")(&e)),
             },
         }
     }
@@ -627,7 +755,7 @@ impl BlobStorage {
         if !valid_prefix(prefix) {
             return Err(BlobError::Config("not a prefix this server deletes"));
         }
-        match &*self.0 {
+        match &*self.backend {
             Backend::Local { root } => {
                 let dir = root.join(prefix.trim_end_matches('/'));
                 tokio::task::spawn_blocking(move || delete_local_dir(&dir))
@@ -645,7 +773,7 @@ impl BlobStorage {
                 while let Some(result) = deleted.next().await {
                     match result {
                         Ok(_) | Err(object_store::Error::NotFound { .. }) => count += 1,
-                        Err(e) => return Err(storage_error("deleting pieces")(&e)),
+                        Err(e) => return Err(s3_error("deleting pieces")(&e)),
                     }
                 }
                 Ok(count)
@@ -654,7 +782,12 @@ impl BlobStorage {
     }
 }
 
-fn put_local(root: &Path, name: &PieceName, bytes: &[u8]) -> Result<(), BlobError> {
+fn put_local(
+    root: &Path,
+    name: &PieceName,
+    bytes: &[u8],
+    abandoned: &std::sync::atomic::AtomicBool,
+) -> Result<(), BlobError> {
     use std::io::Write;
     let e = storage_error("writing a piece");
     let path = root.join(name.as_str());
@@ -674,6 +807,13 @@ fn put_local(root: &Path, name: &PieceName, bytes: &[u8]) -> Result<(), BlobErro
         let mut file = options.open(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()?;
+        if abandoned.load(std::sync::atomic::Ordering::SeqCst) {
+            // The request gave up (and may have lost its lease to another
+            // that wrote this piece since): landing now would replace it.
+            return Err(std::io::Error::other(
+                "the write took longer than its caller waited",
+            ));
+        }
         std::fs::rename(&temporary, &path)?;
         sync_dir(dir)
     })();
@@ -778,6 +918,67 @@ mod tests {
     }
 
     #[test]
+    fn s3_errors_are_described_without_their_body_or_url() {
+        let body = "<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code>\
+            <Message>MARKER-message</Message><AWSAccessKeyId>AKIAMARKER0123456789</AWSAccessKeyId>\
+            <StringToSign>MARKER-to-sign</StringToSign><CanonicalRequest>PUT /b/o1 MARKER-canonical\
+            </CanonicalRequest></Error>";
+        let text = format!(
+            "Error performing PUT http://127.0.0.1:9000/b/o1/x?X-Amz-Credential=MARKER-query in 3ms \
+             - Server returned non-2xx status code: 403 Forbidden: {body}"
+        );
+        let cause: Box<dyn std::error::Error + Send + Sync> = Box::new(std::io::Error::other(text));
+        for e in [
+            object_store::Error::Generic {
+                store: "S3",
+                source: cause,
+            },
+            object_store::Error::PermissionDenied {
+                path: "o1/x".into(),
+                source: Box::new(std::io::Error::other(format!(
+                    "Server returned non-2xx status code: 403 Forbidden: {body}"
+                ))),
+            },
+        ] {
+            let message = s3_error("writing a piece")(&e).to_string();
+            assert!(message.contains("HTTP 403"), "{message}");
+            assert!(
+                message.contains("S3 error SignatureDoesNotMatch"),
+                "{message}"
+            );
+            for leak in ["MARKER", "AKIA", "127.0.0.1", "X-Amz", "PUT /"] {
+                assert!(!message.contains(leak), "{message}");
+            }
+        }
+        // A transport failure: how, never the URL the HTTP client names.
+        let e = object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(object_store::client::HttpError::new(
+                object_store::client::HttpErrorKind::Connect,
+                std::io::Error::other(
+                    "error sending request for url (http://MARKER-host/?q=MARKER)",
+                ),
+            )),
+        };
+        let message = s3_error("reading a piece")(&e).to_string();
+        assert!(message.contains("could not connect"), "{message}");
+        assert!(!message.contains("MARKER"), "{message}");
+        // A code that is not one (an access key id put in its place) is
+        // left out; so is an endless one.
+        assert_eq!(s3_code_in("<Code>AKIA0123456789ABCDEF</Code>"), None);
+        assert_eq!(
+            s3_code_in(&format!("<Code>A{}</Code>", "b".repeat(64))),
+            None
+        );
+        assert_eq!(
+            s3_code_in("<Code>NoSuchKey</Code>").as_deref(),
+            Some("NoSuchKey")
+        );
+        assert_eq!(http_status_in("status code: 5x3"), None);
+        assert_eq!(http_status_in("status code: 503 Slow Down"), Some(503));
+    }
+
+    #[test]
     fn buckets_and_regions_are_checked() {
         assert!(check_bucket("coffer-blobs").is_ok());
         for bad in ["ab", "Coffer", "-a-b", "a_b", &"a".repeat(64)] {
@@ -826,5 +1027,23 @@ mod tests {
             0
         );
         storage.delete(&name).await.unwrap();
+    }
+
+    #[test]
+    fn a_local_write_nobody_waits_for_does_not_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("blobs");
+        std::fs::create_dir(&root).unwrap();
+        let name = PieceName::new(2, UPLOAD, 0).unwrap();
+        let waiting = std::sync::atomic::AtomicBool::new(false);
+        put_local(&root, &name, b"first", &waiting).unwrap();
+        let abandoned = std::sync::atomic::AtomicBool::new(true);
+        assert!(put_local(&root, &name, b"late", &abandoned).is_err());
+        assert_eq!(std::fs::read(root.join(name.as_str())).unwrap(), b"first");
+        // No temporary file is left behind either.
+        let entries = std::fs::read_dir(root.join("o2").join(UPLOAD))
+            .unwrap()
+            .count();
+        assert_eq!(entries, 1);
     }
 }

@@ -23,7 +23,25 @@ pub const DEFAULT_ORG_FILE_QUOTA: u64 = 100 << 30;
 pub const DEFAULT_UPLOAD_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 /// Most unfinished uploads one device may have at once (each holds its
 /// whole size of the quota until it ends or expires).
-pub const MAX_OPEN_UPLOADS: i64 = 256;
+pub const MAX_OPEN_UPLOADS: i64 = 16;
+/// One device's unfinished uploads hold at most this fraction of its
+/// organization's quota together (1/4) — but its first unfinished upload,
+/// which may be any size the organization's quota has room for. So one
+/// device cannot reserve the whole quota without sending a byte.
+pub const DEVICE_QUOTA_SHARE: u64 = 4;
+/// How many pieces a server process takes in at once by default
+/// ([`FileLimits::max_concurrent_pieces`]): each holds up to about three
+/// times the piece size in memory while it is read, sealed and written.
+pub const DEFAULT_MAX_CONCURRENT_PIECES: usize = 8;
+/// How long a piece waits for its turn by default
+/// ([`FileLimits::piece_queue_wait`]) before it is answered `503` with
+/// `Retry-After`.
+pub const DEFAULT_PIECE_QUEUE_WAIT: Duration = Duration::from_secs(5);
+/// How long a request holds an upload's lease by default
+/// ([`FileLimits::upload_lease`]): longer than a piece's write takes (its
+/// timeout is 60 s); a whole file's read-back renews it as it goes. What a
+/// device waits, at most, after a server died holding one.
+pub const DEFAULT_UPLOAD_LEASE: Duration = Duration::from_secs(120);
 /// How many uploads' running hashes a server process keeps (beyond, the
 /// last piece of an upload reads the file back to hash it).
 const MAX_RUNNING_HASHES: usize = 4096;
@@ -74,6 +92,14 @@ pub struct FileLimits {
     /// [`coffer_protocol::files::MIN_PIECE_SIZE`] to
     /// [`coffer_protocol::files::MAX_PIECE_SIZE`]).
     pub piece_size: u64,
+    /// Most piece bodies this process takes in at once (at least 1).
+    pub max_concurrent_pieces: usize,
+    /// How long a piece past that waits for its turn before `503`.
+    pub piece_queue_wait: Duration,
+    /// How long a request holds an upload's lease (whole seconds, at
+    /// least 2), renewed every quarter of it while the upload is read
+    /// back.
+    pub upload_lease: Duration,
 }
 
 impl Default for FileLimits {
@@ -83,6 +109,9 @@ impl Default for FileLimits {
             org_quota: DEFAULT_ORG_FILE_QUOTA,
             upload_expiry: DEFAULT_UPLOAD_EXPIRY,
             piece_size: coffer_protocol::files::DEFAULT_PIECE_SIZE,
+            max_concurrent_pieces: DEFAULT_MAX_CONCURRENT_PIECES,
+            piece_queue_wait: DEFAULT_PIECE_QUEUE_WAIT,
+            upload_lease: DEFAULT_UPLOAD_LEASE,
         }
     }
 }
@@ -102,6 +131,8 @@ pub struct Files {
     /// every piece. Lost at a restart, or missing a piece another process
     /// took: then the last piece reads the file back.
     running: Mutex<HashMap<String, Running>>,
+    /// One permit per piece body being taken in.
+    pieces: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Files {
@@ -128,11 +159,27 @@ impl Files {
             coffer_protocol::files::MIN_PIECE_SIZE,
             coffer_protocol::files::MAX_PIECE_SIZE,
         );
+        limits.max_concurrent_pieces = limits
+            .max_concurrent_pieces
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        // Whole seconds in the database; at least 2, so that renewing it
+        // every quarter keeps it alive across a second's boundary.
+        limits.upload_lease = Duration::from_secs(limits.upload_lease.as_secs().max(2));
         Files {
             storage,
             limits,
             running: Mutex::new(HashMap::new()),
+            pieces: tokio::sync::Semaphore::new(limits.max_concurrent_pieces),
         }
+    }
+
+    /// A turn to take a piece in, waiting at most
+    /// [`FileLimits::piece_queue_wait`] for one; none if the wait ran out.
+    pub(crate) async fn piece_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        tokio::time::timeout(self.limits.piece_queue_wait, self.pieces.acquire())
+            .await
+            .ok()?
+            .ok()
     }
 
     /// The blob storage, if configured.

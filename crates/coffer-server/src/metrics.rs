@@ -2,7 +2,8 @@
 //! route template and status class, and their total duration. Route
 //! templates (`/v1/orgs/{org_id}/devices`), never raw paths or queries, so
 //! no id or credential reaches a metric. And files sync's bytes: piece
-//! bytes accepted, blob bytes served, uploads completed.
+//! bytes accepted, blob bytes served, uploads completed, stored files
+//! found broken.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +29,7 @@ struct FileCounts {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     uploads_completed: AtomicU64,
+    blobs_broken: AtomicU64,
 }
 
 /// The counters, shared by every request of this process.
@@ -54,6 +56,11 @@ impl Metrics {
     /// Counts an upload completed (its blob stored).
     pub fn upload_completed(&self) {
         self.1.uploads_completed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a stored file found broken (a piece missing or not opening).
+    pub fn blob_broken(&self) {
+        self.1.blobs_broken.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition.
@@ -95,6 +102,11 @@ impl Metrics {
                 "coffer_file_uploads_completed_total",
                 "Uploads whose whole file matched and was stored.",
                 &files.uploads_completed,
+            ),
+            (
+                "coffer_file_blobs_broken_total",
+                "Stored files found broken (a piece missing or not opening); a new upload repairs each.",
+                &files.blobs_broken,
             ),
         ] {
             out.push_str(&format!(

@@ -328,9 +328,21 @@ fn now() -> i64 {
 /// Compacts sync history now and then every hour, until aborted; and
 /// collects the files' garbage (expired uploads, blobs no record has
 /// referenced for the retention, their objects).
-async fn compact_hourly(store: Store, retention: Duration, storage: Option<BlobStorage>) {
+/// Runs until `stop` turns true, and then only to the end of the pass in
+/// progress: a pass aborted half way would leave its blocking database work
+/// running after the server closed its store (on SQLite, a connection
+/// closed late removes the WAL under whoever opens the database next).
+async fn compact_hourly(
+    store: Store,
+    retention: Duration,
+    storage: Option<BlobStorage>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
     loop {
+        if *stop.borrow() {
+            return;
+        }
         match store.compact_sync(now(), secs).await {
             Ok(done) => tracing::info!(
                 tombstones = done.tombstones,
@@ -354,7 +366,10 @@ async fn compact_hourly(store: Store, retention: Duration, storage: Option<BlobS
                 }
             }
         }
-        tokio::time::sleep(COMPACTION_EVERY).await;
+        tokio::select! {
+            () = tokio::time::sleep(COMPACTION_EVERY) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 
@@ -481,6 +496,33 @@ impl Server {
         self
     }
 
+    /// Takes in at most `n` piece bodies at once (default
+    /// [`crate::files::DEFAULT_MAX_CONCURRENT_PIECES`]; at least 1): each
+    /// holds about three pieces' worth of memory while it is read, sealed
+    /// and written. A piece past them waits for its turn up to
+    /// [`Server::with_piece_queue_wait`], then is answered `503` with
+    /// `Retry-After`.
+    pub fn with_max_concurrent_pieces(mut self, n: usize) -> Server {
+        self.file_limits.max_concurrent_pieces = n;
+        self
+    }
+
+    /// How long a piece waits for its turn (default
+    /// [`crate::files::DEFAULT_PIECE_QUEUE_WAIT`]).
+    pub fn with_piece_queue_wait(mut self, wait: Duration) -> Server {
+        self.file_limits.piece_queue_wait = wait;
+        self
+    }
+
+    /// Holds an upload's lease this long (default
+    /// [`crate::files::DEFAULT_UPLOAD_LEASE`]; whole seconds, at least 2),
+    /// renewed every quarter of it while a whole file is read back. Shorter
+    /// only for tests: a piece's write must end within it.
+    pub fn with_upload_lease(mut self, lease: Duration) -> Server {
+        self.file_limits.upload_lease = lease;
+        self
+    }
+
     /// Keeps sync history (tombstones, change log, batch answers) this
     /// long instead of [`DEFAULT_SYNC_RETENTION`] (`--sync-retention`).
     pub fn with_sync_retention(mut self, retention: Duration) -> Server {
@@ -530,7 +572,13 @@ impl Server {
         state.files =
             std::sync::Arc::new(crate::files::Files::new(blob_storage.clone(), file_limits));
         let store = state.store.clone();
-        let compaction = tokio::spawn(compact_hourly(store.clone(), sync_retention, blob_storage));
+        let (stop_compaction, compaction_stopped) = tokio::sync::watch::channel(false);
+        let compaction = tokio::spawn(compact_hourly(
+            store.clone(),
+            sync_retention,
+            blob_storage,
+            compaction_stopped,
+        ));
         let app = api::router(state);
         let acceptor = tls.map(|t| t.acceptor);
         let (draining, drain) = tokio::sync::watch::channel(false);
@@ -560,7 +608,7 @@ impl Server {
             }
         }
         drop(listener);
-        compaction.abort();
+        let _ = stop_compaction.send(true);
         tracing::info!(
             connections = connections.len(),
             grace_secs = shutdown_grace.as_secs_f64(),
@@ -583,6 +631,8 @@ impl Server {
             connections.shutdown().await;
         }
         drop(app);
+        // The pass in progress ends before the store closes.
+        let _ = compaction.await;
         close_store(store, sqlite_path.as_deref()).await;
         Ok(())
     }

@@ -931,6 +931,154 @@ async fn suite(url: &str, blobs: &Blobs) {
     let r = fetch(&w, &d1, &photo_sha, Some("bytes=70000-70010")).await;
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
 
+    // The file is marked broken (once: audited and counted once), so a
+    // declaration of it is no longer answered `stored` — it gets a new
+    // upload, and the upload repairs it: the old pieces go, the new ones
+    // are served.
+    let broken_rows = |sha256: String| {
+        format!(
+            "SELECT count(*) FROM sync_blobs WHERE sha256 = '{sha256}' AND broken_at IS NOT NULL"
+        )
+    };
+    assert_eq!(
+        db.number_for_tests(&broken_rows(photo_sha.clone()))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        db.number_for_tests(&format!(
+            "SELECT count(*) FROM audit_events WHERE action = 'file_broken' AND org_id = {}",
+            w.org
+        ))
+        .await
+        .unwrap(),
+        1
+    );
+    let metrics = w
+        .http
+        .get(w.server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\ncoffer_file_blobs_broken_total 1\n"),
+        "{metrics}"
+    );
+    let (status, again) = create(&w, &d2, &photo).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["stored"], false);
+    let repair = again["upload"]["id"].as_str().unwrap().to_owned();
+    assert_ne!(repair, id);
+    // A record naming the file still applies meanwhile (the row stays).
+    let result = push(&w, &d3, "p-6", file_ref(&photo, photo.len())).await;
+    assert_eq!(result["outcome"], "applied", "{result}");
+    let done = send_rest(&w, &d2, &repair, &photo, 0).await;
+    assert_eq!(done["complete"], true, "{done}");
+    let blob = db
+        .files_blob(w.org, "cases", &photo_sha)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(blob.upload_id, repair);
+    assert_eq!(blob.broken_at, None);
+    assert!(
+        pieces_of(blobs, w.org, &id).is_empty(),
+        "the broken pieces went"
+    );
+    assert_eq!(pieces_of(blobs, w.org, &repair).len(), 5);
+    let r = fetch(&w, &d1, &photo_sha, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap(), photo.as_slice());
+    let r = fetch(&w, &d1, &photo_sha, Some("bytes=70000-70010")).await;
+    assert_eq!(r.bytes().await.unwrap(), &photo[70_000..=70_010]);
+    let (status, body) = create(&w, &d1, &photo).await;
+    assert_eq!(
+        (status, body["stored"].clone()),
+        (StatusCode::OK, json!(true))
+    );
+
+    // A piece gone from the storage (a bucket restored out of step with
+    // the database), found by an admin's fetch: the same.
+    let gone_objects = pieces_of(blobs, w.org, &u2);
+    std::fs::remove_file(&gone_objects[1]).unwrap();
+    let r = get(
+        &w.http,
+        w.server
+            .url(&format!("/v1/orgs/{}/files/cases/{}", w.org, sha(&shared))),
+        &w.admin,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK, "the first piece opens");
+    if let Ok(got) = r.bytes().await {
+        assert!(got.len() < shared.len(), "cut short at the missing piece");
+    }
+    let mut marked = 0;
+    for _ in 0..50 {
+        marked = db
+            .number_for_tests(&broken_rows(sha(&shared)))
+            .await
+            .unwrap();
+        if marked == 1 {
+            break;
+        }
+        // Found by the task streaming the answer.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(marked, 1);
+    let (status, again) = create(&w, &d1, &shared).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    let repair = again["upload"]["id"].as_str().unwrap().to_owned();
+    send_rest(&w, &d1, &repair, &shared, 0).await;
+    assert!(pieces_of(blobs, w.org, &u2).is_empty());
+    assert_eq!(
+        fetch(&w, &d2, &sha(&shared), None)
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+        shared.as_slice()
+    );
+
+    // A piece replaced by other bytes sealed for the same place (a write
+    // that landed after its request gave up, another request having
+    // written the piece since) opens: a whole-file fetch finds the file
+    // does not match its SHA-256, and marks it broken all the same.
+    let late = file(6, (2 * PIECE + 100) as usize);
+    let (_, created) = create(&w, &d1, &late).await;
+    let late_id = created["upload"]["id"].as_str().unwrap().to_owned();
+    let mut other = late[..PIECE as usize].to_vec();
+    other[7] ^= 0xff;
+    let r = send_to(&w.server, &w.http, &d1, &late_id, 0, &other).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let stale = std::fs::read(&pieces_of(blobs, w.org, &late_id)[0]).unwrap();
+    db.execute_for_tests(&format!(
+        "UPDATE sync_uploads SET received = 0 WHERE upload_id = '{late_id}'"
+    ))
+    .await
+    .unwrap();
+    send_rest(&w, &d1, &late_id, &late, 0).await;
+    std::fs::write(&pieces_of(blobs, w.org, &late_id)[0], &stale).unwrap();
+    let r = fetch(&w, &d2, &sha(&late), Some("bytes=0-99")).await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "the piece opens");
+    let r = fetch(&w, &d2, &sha(&late), None).await;
+    let got = r.bytes().await.unwrap();
+    assert_ne!(&got[..], late.as_slice());
+    let mut marked = 0;
+    for _ in 0..50 {
+        marked = db.number_for_tests(&broken_rows(sha(&late))).await.unwrap();
+        if marked == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(marked, 1);
+    let (status, _) = create(&w, &d2, &late).await;
+    assert_eq!(status, StatusCode::CREATED);
+
     let mut secrets = vec![MARKER, d1.token.as_str(), d2.token.as_str()];
     if let Blobs::S3(s3) = blobs {
         secrets.push(s3.secret_key());
@@ -1049,6 +1197,30 @@ async fn limits_and_collection(url: &str, blobs: &Blobs) {
     );
     assert!(done.uploads_forgotten >= 3, "{done:?}");
 
+    // A file declared `stored` just before a collection — named by no
+    // record yet, last referenced long ago — is kept: the declaration
+    // referenced it (in its transaction), so the push that names it next
+    // applies.
+    let old = file(16, 700);
+    upload(&w, &d1, &old).await;
+    db.execute_for_tests(&format!(
+        "UPDATE sync_blobs SET created_at = 0, last_referenced_at = 0 WHERE sha256 = '{}'",
+        sha(&old)
+    ))
+    .await
+    .unwrap();
+    let (status, body) = create(&w, &d1, &old).await;
+    assert_eq!(
+        (status, body["stored"].clone()),
+        (StatusCode::OK, json!(true))
+    );
+    let done = coffer_server::files::collect_garbage(&db, &storage, unix_now(), 180 * 86_400)
+        .await
+        .unwrap();
+    assert_eq!(done.blobs, 0, "{done:?}");
+    let result = push(&w, &d1, "k-2", file_ref(&old, old.len())).await;
+    assert_eq!(result["outcome"], "applied", "{result}");
+
     // A deleted organization's files go with it.
     let r = post(
         &w.http,
@@ -1094,6 +1266,255 @@ async fn limits_and_collection(url: &str, blobs: &Blobs) {
     w.server.stop().await;
 }
 
+/// One device's share of the quota, and how long a device with too many
+/// unfinished uploads is told to wait.
+async fn device_limits(url: &str, blobs: &Blobs) {
+    let server = start(url, blobs.storage(), |s| {
+        s.with_max_file_size(3 * PIECE)
+            .with_org_file_quota(8 * PIECE)
+    })
+    .await;
+    let w = World::new(url, server).await;
+    let (d1, d2, d3) = (
+        w.device("d1").await,
+        w.device("d2").await,
+        w.device("d3").await,
+    );
+    // A device's first unfinished upload may be over its share (a quarter
+    // of the quota, 2 pieces); a second one past the share is refused,
+    // though the organization has room.
+    let x = file(30, (3 * PIECE) as usize);
+    let (status, cx) = create(&w, &d1, &x).await;
+    assert_eq!(status, StatusCode::CREATED, "{cx}");
+    let y = file(31, PIECE as usize);
+    let (status, body) = create(&w, &d1, &y).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("this device"),
+        "{body}"
+    );
+    // Another device may; within its share, twice.
+    let (status, _) = create(&w, &d2, &y).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let z = file(32, PIECE as usize);
+    let (status, _) = create(&w, &d2, &z).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = create(&w, &d2, &file(33, 10)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded");
+    // Finished, an upload holds no share any more.
+    let id = cx["upload"]["id"].as_str().unwrap().to_owned();
+    send_rest(&w, &d1, &id, &x, 0).await;
+    let (status, body) = create(&w, &d1, &y).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // At most 16 unfinished uploads per device; the 17th hears when the
+    // first of them expires.
+    let mut first = String::new();
+    for n in 0..16u8 {
+        let (status, body) = create(&w, &d3, &file(100 + n, 10 + usize::from(n))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        if n == 0 {
+            first = body["upload"]["id"].as_str().unwrap().to_owned();
+        }
+    }
+    let db = w.store().await;
+    db.execute_for_tests(&format!(
+        "UPDATE sync_uploads SET expires_at = expires_at - 50000 WHERE upload_id = '{first}'"
+    ))
+    .await
+    .unwrap();
+    let r = post(
+        &w.http,
+        w.server.url("/v1/device/files/cases/uploads"),
+        &d3.token,
+        json!({"sha256": sha(b"seventeen"), "size": 9}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: i64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (86_400 - 50_000 - 60..=86_400 - 50_000).contains(&wait),
+        "{wait}"
+    );
+    assert_eq!(error_code(r).await, "rate_limited");
+    w.server.stop().await;
+}
+
+/// The last piece of an upload whose other pieces another process took
+/// reads the whole file back; a read-back longer than the lease keeps it
+/// (renewed as it goes): a second request for the same piece meanwhile —
+/// a device that gave up waiting — does not take it over, and the first
+/// completes.
+async fn long_read_back(url: &str, blobs: &Blobs) {
+    let w = World::new(url, start(url, blobs.storage(), |s| s).await).await;
+    let d1 = w.device("d1").await;
+    let big = file(40, (10 * PIECE + 99) as usize);
+    let (status, created) = create(&w, &d1, &big).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["upload"]["id"].as_str().unwrap().to_owned();
+    for n in 0..10 {
+        let piece = &big[(n * PIECE) as usize..((n + 1) * PIECE) as usize];
+        let r = send_to(&w.server, &w.http, &d1, &id, n * PIECE, piece).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    // Another process, whose storage takes 300 ms a read: a read-back of
+    // 3 s, past its 2 s lease.
+    let slow = start(
+        url,
+        blobs.storage().slowed_for_tests(Duration::from_millis(300)),
+        |s| s.with_upload_lease(Duration::from_secs(2)),
+    )
+    .await;
+    let last = big[(10 * PIECE) as usize..].to_vec();
+    let first = {
+        let (http, token, base) = (w.http.clone(), d1.token.clone(), slow.base.clone());
+        let (id, last) = (id.clone(), last.clone());
+        tokio::spawn(async move {
+            http.patch(format!("{base}/v1/device/files/cases/uploads/{id}"))
+                .header("x-auth-token", token)
+                .header("content-type", "application/offset+octet-stream")
+                .header("upload-offset", (10 * PIECE).to_string())
+                .header("upload-checksum", piece_checksum(&last))
+                .body(last)
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The same piece again, through the process that has the running hash
+    // (it would complete at once if it took the lease).
+    let second = send_to(&w.server, &w.http, &d1, &id, 10 * PIECE, &last).await;
+    assert_eq!(second.status(), StatusCode::CONFLICT);
+    let first = first.await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK, "the first kept its lease");
+    let done: Value = first.json().await.unwrap();
+    assert_eq!(done["complete"], true, "{done}");
+    assert_eq!(
+        fetch(&w, &d1, &sha(&big), None)
+            .await
+            .bytes()
+            .await
+            .unwrap(),
+        big.as_slice()
+    );
+    slow.stop().await;
+    w.server.stop().await;
+}
+
+/// Sends a piece on a connection of its own, its body held half-way for
+/// `hold`; the answer's status line and body.
+fn held_piece(
+    base: &str,
+    token: &str,
+    id: &str,
+    offset: u64,
+    piece: &[u8],
+    hold: Duration,
+) -> std::thread::JoinHandle<String> {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://").to_owned();
+    let head = format!(
+        "PATCH /v1/device/files/cases/uploads/{id} HTTP/1.1\r\nhost: {addr}\r\n\
+         x-auth-token: {token}\r\ncontent-type: application/offset+octet-stream\r\n\
+         upload-offset: {offset}\r\nupload-checksum: {}\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n",
+        piece_checksum(piece),
+        piece.len()
+    );
+    let piece = piece.to_vec();
+    std::thread::spawn(move || {
+        let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+        tcp.write_all(head.as_bytes()).unwrap();
+        let half = piece.len() / 2;
+        tcp.write_all(&piece[..half]).unwrap();
+        std::thread::sleep(hold);
+        tcp.write_all(&piece[half..]).unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).unwrap();
+        answer
+    })
+}
+
+/// At most so many piece bodies at once: past them a piece waits for its
+/// turn a while, then is answered 503 with Retry-After.
+async fn pieces_take_turns(url: &str, blobs: &Blobs) {
+    let server = start(url, blobs.storage(), |s| {
+        s.with_max_concurrent_pieces(1)
+            .with_piece_queue_wait(Duration::from_secs(1))
+    })
+    .await;
+    let w = World::new(url, server).await;
+    let (d1, d2) = (w.device("d1").await, w.device("d2").await);
+    let a = file(50, (2 * PIECE) as usize);
+    let b = file(51, (2 * PIECE) as usize);
+    let (_, ca) = create(&w, &d1, &a).await;
+    let (_, cb) = create(&w, &d2, &b).await;
+    let (ia, ib) = (
+        ca["upload"]["id"].as_str().unwrap().to_owned(),
+        cb["upload"]["id"].as_str().unwrap().to_owned(),
+    );
+    // A's piece holds the only turn for 2.5 s: B's waits 1 s, then 503.
+    let held = held_piece(
+        &w.server.base,
+        &d1.token,
+        &ia,
+        0,
+        &a[..PIECE as usize],
+        Duration::from_millis(2500),
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = std::time::Instant::now();
+    let r = send_to(&w.server, &w.http, &d2, &ib, 0, &b[..PIECE as usize]).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(r.headers()["retry-after"], "2");
+    assert_eq!(error_code(r).await, "rate_limited");
+    let answer = tokio::task::spawn_blocking(move || held.join().unwrap())
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Nothing of B's was kept: it goes on from 0.
+    let r = send_to(&w.server, &w.http, &d2, &ib, 0, &b[..PIECE as usize]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // Held shorter than the wait: the next piece waits its turn and goes.
+    let held = held_piece(
+        &w.server.base,
+        &d1.token,
+        &ia,
+        PIECE,
+        &a[PIECE as usize..],
+        Duration::from_millis(500),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = send_to(&w.server, &w.http, &d2, &ib, PIECE, &b[PIECE as usize..]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let answer = tokio::task::spawn_blocking(move || held.join().unwrap())
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for (bytes, device) in [(&a, &d1), (&b, &d2)] {
+        assert_eq!(
+            fetch(&w, device, &sha(bytes), None)
+                .await
+                .bytes()
+                .await
+                .unwrap(),
+            bytes.as_slice()
+        );
+    }
+    w.server.stop().await;
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1116,6 +1537,24 @@ async fn files_on_sqlite_and_a_local_directory() {
         &blobs,
     )
     .await;
+    let blobs = Blobs::local();
+    device_limits(
+        &format!("sqlite://{}", dir.path().join("c.db").display()),
+        &blobs,
+    )
+    .await;
+    let blobs = Blobs::local();
+    long_read_back(
+        &format!("sqlite://{}", dir.path().join("d.db").display()),
+        &blobs,
+    )
+    .await;
+    let blobs = Blobs::local();
+    pieces_take_turns(
+        &format!("sqlite://{}", dir.path().join("e.db").display()),
+        &blobs,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1134,6 +1573,89 @@ async fn files_on_postgres_and_a_local_directory() {
     let pg = Postgres::start();
     let blobs = Blobs::local();
     suite(&pg.database("files_local").await, &blobs).await;
+    let blobs = Blobs::local();
+    device_limits(&pg.database("files_device_limits").await, &blobs).await;
+    let blobs = Blobs::local();
+    long_read_back(&pg.database("files_read_back").await, &blobs).await;
+}
+
+/// S3's error answers reach no log or error whole: an AWS error body can
+/// quote the access key id and the canonical request. Only the kind of
+/// failure, the HTTP status and the S3 error code are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_errors_carry_no_credential() {
+    use coffer_server::blobs::{S3Config, S3Credentials, DEFAULT_S3_REGION};
+    let s3 = S3Server::start("coffer-files");
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("a.db").display());
+    let good = Blobs::S3(s3);
+    let Blobs::S3(s3) = &good else { unreachable!() };
+    let unknown_key = "AKIDMARKER0UNKNOWN0KEY";
+    let w = World::new(&url, start(&url, good.storage(), |s| s).await).await;
+    let d1 = w.device("d1").await;
+    for (n, (key, secret)) in [
+        (s3.access_key.as_str(), "wrong-secret-MARKER-one"),
+        (unknown_key, "wrong-secret-MARKER-two"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let storage = BlobStorage::s3(S3Config {
+            bucket: s3.bucket.clone(),
+            endpoint: Some(s3.endpoint()),
+            region: DEFAULT_S3_REGION.to_owned(),
+            credentials: S3Credentials::new(key, secret),
+        })
+        .unwrap();
+        let refused = [
+            storage.probe().await.unwrap_err().to_string(),
+            storage
+                .put(
+                    &PieceName::new(w.org, &"0".repeat(32), 0).unwrap(),
+                    vec![1; 10],
+                )
+                .await
+                .unwrap_err()
+                .to_string(),
+            storage
+                .get(&PieceName::new(w.org, &"0".repeat(32), 0).unwrap())
+                .await
+                .unwrap_err()
+                .to_string(),
+        ];
+        for message in &refused {
+            assert!(message.contains("HTTP 403"), "{message}");
+            for leak in [key, secret, s3.secret_key(), "http", "127.0.0.1", "<"] {
+                assert!(!message.contains(leak), "{leak} in {message}");
+            }
+        }
+        // Through a server: the piece is a 500, and the log says why in
+        // the same bounded words.
+        let server = start(&url, storage, |s| s).await;
+        let piece = file(60 + n as u8, 100);
+        let (status, created) = create_at(
+            &server,
+            &w.http,
+            &d1,
+            "cases",
+            json!({"sha256": sha(&piece), "size": piece.len()}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let id = created["upload"]["id"].as_str().unwrap().to_owned();
+        let r = send_to(&server, &w.http, &d1, &id, 0, &piece).await;
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        server.stop().await;
+        let logs = support::captured_logs();
+        assert!(
+            logs.contains("blob storage failure"),
+            "the failure was logged"
+        );
+        for leak in [key, secret, s3.secret_key()] {
+            assert!(!logs.contains(leak), "{leak} reached the log");
+        }
+    }
+    w.server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,9 +18,15 @@ CREATE TABLE sync_blobs (
     upload_id TEXT NOT NULL,
     piece_size INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
-    -- Bumped by every push that references it: garbage collection keeps a
-    -- blob no record references for the sync retention after this.
+    -- Bumped by every push that references it, and by every declaration
+    -- answered `stored`: garbage collection keeps a blob no record
+    -- references for the sync retention after this.
     last_referenced_at INTEGER NOT NULL,
+    -- Set when a piece of it was found missing or no longer opening (a
+    -- late overlapping write, bit rot, a bucket restored out of step with
+    -- the database): a declaration of the file then gets a new upload,
+    -- whose completion replaces this row (the old pieces to the trash).
+    broken_at INTEGER,
     PRIMARY KEY (org_id, app, sha256)
 ) STRICT;
 

@@ -8,8 +8,15 @@
 //! database — a crash between the two only makes the device send the
 //! piece again (over the same object). One request at a time writes a
 //! piece of one upload (a lease in the database, for every server
-//! process), so the object and the running hash always hold the same
-//! bytes.
+//! process, renewed while a whole file is read back), so the object and
+//! the running hash always hold the same bytes. At most
+//! [`crate::files::FileLimits::max_concurrent_pieces`] piece bodies are
+//! taken in at once.
+//!
+//! A stored file whose piece turns out missing or no longer opening when
+//! it is served is marked broken (logged, audited `file_broken`, counted):
+//! its next declaration gets a new upload instead of `stored`, and that
+//! upload's completion replaces it.
 
 use std::sync::Arc;
 
@@ -50,12 +57,11 @@ pub const ADMIN_FETCH_ROUTE: &str = "/v1/orgs/{org_id}/files/{app}/{sha256}";
 /// nothing to send).
 const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
-/// How long a request may hold an upload's lease: longer than a piece's
-/// write and a whole file's read-back take; what a device waits, at most,
-/// after a server died holding one.
-const LEASE_SECS: i64 = 120;
-/// Longest wait for one piece's write to the storage.
+/// Longest wait for one piece's write to the storage (and at most half the
+/// lease: a write must end while the lease is ours).
 const PUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a piece refused for want of a turn is told to wait.
+const QUEUE_RETRY_AFTER_SECS: i64 = 2;
 /// How long a piece waits for another request's write of the same upload
 /// to end before it is answered 409 (a device that retried while its first
 /// attempt still runs).
@@ -153,6 +159,11 @@ fn is_gone(u: &StoredUpload, now: i64) -> bool {
     }
 }
 
+/// The lease, whole seconds.
+fn lease_secs(state: &AppState) -> i64 {
+    i64::try_from(state.files.limits().upload_lease.as_secs()).unwrap_or(i64::MAX)
+}
+
 fn expiry_secs(state: &AppState) -> i64 {
     i64::try_from(state.files.limits().upload_expiry.as_secs())
         .unwrap_or(i64::MAX)
@@ -198,6 +209,7 @@ async fn create(
                     content_type: blob.content_type,
                     upload_id: random_hex(16)?,
                     piece_size: to_i64(limits.piece_size),
+                    broken_at: None,
                 },
                 now,
             )
@@ -223,6 +235,7 @@ async fn create(
             expires_at: now.saturating_add(expiry_secs(&state)),
             max_file_size: to_i64(limits.max_file_size),
             quota: to_i64(limits.org_quota),
+            device_share: to_i64(limits.org_quota / crate::files::DEVICE_QUOTA_SHARE),
             max_open: crate::files::MAX_OPEN_UPLOADS,
         })
         .await?;
@@ -259,7 +272,16 @@ async fn create(
                 limits.org_quota
             ),
         )),
-        Declared::TooManyOpen => {
+        Declared::OverDeviceShare { held } => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::QuotaExceeded,
+            format!(
+                "this device's unfinished uploads hold {held} bytes; with this one they would pass \
+                 its share of the organization's quota ({} bytes): finish them first",
+                limits.org_quota / crate::files::DEVICE_QUOTA_SHARE
+            ),
+        )),
+        Declared::TooManyOpen { first_expiry } => {
             let mut refused = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::RateLimited,
@@ -268,7 +290,8 @@ async fn create(
                     crate::files::MAX_OPEN_UPLOADS
                 ),
             );
-            refused.retry_after = Some(expiry_secs(&state));
+            // When the first of them expires (then one more fits).
+            refused.retry_after = Some(first_expiry.saturating_sub(now).max(1));
             Err(refused)
         }
     }
@@ -434,6 +457,18 @@ async fn store_piece(
     }
     let (size, piece_size) = (to_u64(upload.size), to_u64(upload.piece_size));
     let expected = piece_size.min(size - offset);
+    // A turn before the body is read: the piece bodies in memory are
+    // bounded for the whole process. Held until the piece is stored.
+    let files = Arc::clone(&state.files);
+    let Some(_turn) = files.piece_turn().await else {
+        let mut refused = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::RateLimited,
+            "the server is taking in as many pieces as it can: send this one again after Retry-After",
+        );
+        refused.retry_after = Some(QUEUE_RETRY_AFTER_SECS);
+        return Err(refused);
+    };
     let bytes = piece_body(&headers, body, expected).await?;
     let index = offset / piece_size;
     let last = offset + expected == size;
@@ -473,10 +508,9 @@ async fn store_piece(
     let lease = random_hex(16)?;
     let mut waits = 0;
     loop {
-        let now = now_unix();
         match state
             .store
-            .files_claim(&id, to_i64(offset), &lease, now, now + LEASE_SECS)
+            .files_claim(&id, to_i64(offset), &lease, now_unix(), lease_secs(&state))
             .await?
         {
             Claim::Claimed => break,
@@ -495,7 +529,8 @@ async fn store_piece(
     }
 
     let name = PieceName::new(org_id, &id, index).map_err(|e| storage_failed(&e))?;
-    let written = tokio::time::timeout(PUT_TIMEOUT, storage.put(&name, sealed)).await;
+    let put_timeout = PUT_TIMEOUT.min(state.files.limits().upload_lease / 2);
+    let written = tokio::time::timeout(put_timeout, storage.put(&name, sealed)).await;
     if let Err(e) = written
         .map_err(|_| BlobError::Storage {
             op: "writing a piece",
@@ -511,6 +546,8 @@ async fn store_piece(
         let now = now_unix();
         let expires_at = now.saturating_add(expiry_secs(&state));
         let to = offset + expected;
+        // Only while the lease is still ours (the update names it): if it
+        // lapsed and another request took it, that one's piece counts.
         if !state
             .store
             .files_advance(&id, &lease, to_i64(offset), to_i64(to), now, expires_at)
@@ -532,7 +569,8 @@ async fn store_piece(
 
     // The last piece: the whole file's SHA-256, from the running hash or
     // by reading every earlier piece back (another process took some, or
-    // this one restarted).
+    // this one restarted) — a read of up to the whole file, during which
+    // the lease is renewed, so that no other request takes it meanwhile.
     state.files.forget_hash(&id);
     let whole = match hasher {
         Some(h) => Ok(<[u8; 32]>::from(h.finalize())),
@@ -541,12 +579,23 @@ async fn store_piece(
                 pieces = index + 1,
                 "reading an upload back to check the whole file's SHA-256"
             );
-            read_back(&storage, &key, &upload, index, &bytes).await
+            let reading = read_back(&storage, &key, &upload, index, &bytes);
+            match holding_lease(&state, &id, &lease, reading).await? {
+                Some(whole) => whole,
+                None => return Err(lost_lease(&state, &storage, &id).await?),
+            }
         }
     };
     let matches = match whole {
         Ok(whole) => hex::encode(whole) == upload.sha256,
-        Err(ReadBack::Broken) => false,
+        Err(ReadBack::Broken) => {
+            tracing::warn!(
+                org_id,
+                pieces = index + 1,
+                "a piece of an upload read back is missing or does not open: the upload is dropped"
+            );
+            false
+        }
         Err(ReadBack::Storage(e)) => {
             state.store.files_release(&id, &lease).await?;
             return Err(storage_failed(&e));
@@ -570,6 +619,13 @@ async fn store_piece(
         Completed::Stored => {
             state.metrics.file_bytes_in(expected);
             state.metrics.upload_completed();
+        }
+        Completed::Repaired { replaced } => {
+            // A broken file's new bytes: its old pieces go.
+            state.metrics.file_bytes_in(expected);
+            state.metrics.upload_completed();
+            tracing::info!(org_id, "a broken file was repaired by a new upload");
+            delete_now(&state, &storage, org_id, &replaced).await;
         }
         Completed::AlreadyStored => {
             // Another upload of the same file won: this one's pieces go.
@@ -637,6 +693,30 @@ async fn delete_now(state: &AppState, storage: &BlobStorage, org_id: i64, id: &s
     };
     if let Err(e) = crate::files::delete_trashed(&state.store, storage, &prefix).await {
         tracing::warn!(error = %e, "deleting an upload's pieces failed; the next collection tries again");
+    }
+}
+
+/// Runs `work` while renewing the upload's lease every quarter of it;
+/// none if the lease was lost meanwhile (then `work` is dropped).
+async fn holding_lease<T>(
+    state: &AppState,
+    id: &str,
+    lease: &str,
+    work: impl std::future::Future<Output = T>,
+) -> Result<Option<T>, ApiError> {
+    let every = (state.files.limits().upload_lease / 4).max(std::time::Duration::from_millis(100));
+    let mut work = std::pin::pin!(work);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            done = &mut work => return Ok(Some(done)),
+            _ = ticks.tick() => {
+                if !state.store.files_renew(id, lease, lease_secs(state)).await? {
+                    return Ok(None);
+                }
+            }
+        }
     }
 }
 
@@ -731,15 +811,27 @@ fn plan_fetch(blob: StoredBlob, headers: &HeaderMap) -> Result<Fetch, ApiError> 
     }
 }
 
+/// Why a stored file's piece was not served.
+enum PieceFault {
+    /// Missing, not opening, or of the wrong length: the file is broken.
+    Broken(&'static str),
+    /// The storage failed (it may answer the next time).
+    Storage(BlobError),
+}
+
 /// Reads and opens the piece `index` of `blob`; its length checked.
 async fn open_blob_piece(
     storage: &BlobStorage,
     key: &Arc<DataKey>,
     blob: &StoredBlob,
     index: u64,
-) -> Result<Vec<u8>, BlobError> {
-    let name = PieceName::new(blob.org_id, &blob.upload_id, index)?;
-    let sealed = storage.get(&name).await?;
+) -> Result<Vec<u8>, PieceFault> {
+    let name = PieceName::new(blob.org_id, &blob.upload_id, index).map_err(PieceFault::Storage)?;
+    let sealed = match storage.get(&name).await {
+        Ok(sealed) => sealed,
+        Err(BlobError::NotFound) => return Err(PieceFault::Broken("a stored piece is missing")),
+        Err(e) => return Err(PieceFault::Storage(e)),
+    };
     let (key, blob) = (Arc::clone(key), blob.clone());
     tokio::task::spawn_blocking(move || {
         let (size, piece_size) = (to_u64(blob.size), to_u64(blob.piece_size));
@@ -752,30 +844,94 @@ async fn open_blob_piece(
             piece_size,
             index,
         };
-        let piece = open_piece(&key, &place, sealed).map_err(|_| BlobError::Storage {
-            op: "opening a piece",
-            message: "a stored piece does not open (changed, moved or cut in the storage)".into(),
+        let piece = open_piece(&key, &place, sealed).map_err(|_| {
+            PieceFault::Broken(
+                "a stored piece does not open (changed, moved or cut in the storage)",
+            )
         })?;
         let expected = piece_size.min(size.saturating_sub(index * piece_size));
         if piece.len() as u64 != expected {
-            return Err(BlobError::Storage {
-                op: "opening a piece",
-                message: "a stored piece has the wrong length".into(),
-            });
+            return Err(PieceFault::Broken("a stored piece has the wrong length"));
         }
         Ok(piece)
     })
     .await
-    .map_err(|e| BlobError::Storage {
-        op: "opening a piece",
-        message: e.to_string(),
+    .map_err(|e| {
+        PieceFault::Storage(BlobError::Storage {
+            op: "opening a piece",
+            message: e.to_string(),
+        })
     })?
+}
+
+/// A piece of `blob` was found broken: the blob is marked so (its next
+/// declaration gets a new upload, which replaces it), and — the first time
+/// — logged (ids only, no content or hash), audited (`file_broken`) and
+/// counted. The answer to give meanwhile: `500 internal`.
+async fn broken(state: &AppState, blob: &StoredBlob, index: u64, why: &'static str) -> ApiError {
+    let marked = state
+        .store
+        .files_mark_broken(
+            blob.org_id,
+            &blob.app,
+            &blob.sha256,
+            &blob.upload_id,
+            now_unix(),
+        )
+        .await;
+    match marked {
+        Ok(true) => {
+            tracing::error!(
+                org_id = blob.org_id,
+                upload = %blob.upload_id,
+                piece = index,
+                why,
+                "a stored file is broken: marked, so that its next upload repairs it"
+            );
+            state.metrics.blob_broken();
+            let audited = record(
+                state,
+                Some(blob.org_id),
+                "server".to_owned(),
+                "file_broken",
+                json!({
+                    "app": recorded(&blob.app),
+                    "sha256": blob.sha256,
+                    "piece": index,
+                }),
+            )
+            .await;
+            if audited.is_err() {
+                tracing::warn!("a broken file could not be audited");
+            }
+        }
+        Ok(false) => tracing::warn!(
+            org_id = blob.org_id,
+            upload = %blob.upload_id,
+            piece = index,
+            why,
+            "a piece of a stored file was not served: the file is marked broken already, or was repaired or collected meanwhile"
+        ),
+        Err(e) => tracing::error!(error = %e, "a broken file could not be marked"),
+    }
+    internal()
+}
+
+/// The answer to a piece that was not served.
+async fn unserved(state: &AppState, blob: &StoredBlob, index: u64, fault: PieceFault) -> ApiError {
+    match fault {
+        PieceFault::Broken(why) => broken(state, blob, index, why).await,
+        PieceFault::Storage(e) => storage_failed(&e),
+    }
 }
 
 /// Serves a fetch, a piece at a time. The first piece is opened before the
 /// answer starts, so that a piece that does not open is a `500` answer;
 /// a later one cuts the body short (the device's hash check refuses what
-/// it got). Never other bytes than the blob's.
+/// it got); either marks the file broken. Only bytes sealed for the blob's
+/// place are served: a piece the server itself wrote late with other
+/// bytes is the one way those differ from the file, and a whole-file
+/// fetch then finds it (and marks the file broken too).
 async fn serve(state: &AppState, fetch: Fetch, attachment: bool) -> Result<Response, ApiError> {
     let Fetch { blob, span, ranged } = fetch;
     let size = to_u64(blob.size);
@@ -814,12 +970,19 @@ async fn serve(state: &AppState, fetch: Fetch, attachment: bool) -> Result<Respo
     let key = data_key(state, blob.org_id).await?;
     let piece_size = to_u64(blob.piece_size).max(1);
     let first_index = first / piece_size;
-    let first_piece = open_blob_piece(&storage, &key, &blob, first_index)
-        .await
-        .map_err(|e| storage_failed(&e))?;
+    let first_piece = match open_blob_piece(&storage, &key, &blob, first_index).await {
+        Ok(piece) => piece,
+        Err(fault) => return Err(unserved(state, &blob, first_index, fault).await),
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let metrics = state.metrics.clone();
+    let state = state.clone();
+    // The whole file served: its SHA-256 checked as it goes (a piece
+    // replaced by other bytes sealed for the same place — a write that
+    // landed after its request gave up — opens, but the file does not
+    // match). The bytes are sent by then: the device's check refuses them.
+    let mut whole = (first == 0 && last + 1 == size).then(Sha256::new);
     tokio::spawn(async move {
+        let metrics = &state.metrics;
         let mut index = first_index;
         let mut next = Some(first_piece);
         loop {
@@ -827,8 +990,9 @@ async fn serve(state: &AppState, fetch: Fetch, attachment: bool) -> Result<Respo
                 Some(piece) => piece,
                 None => match open_blob_piece(&storage, &key, &blob, index).await {
                     Ok(piece) => piece,
-                    Err(e) => {
-                        tracing::error!(error = %e, "serving a file: cut short");
+                    Err(fault) => {
+                        let _ = unserved(&state, &blob, index, fault).await;
+                        tracing::error!("serving a file: cut short");
                         let _ = tx.send(Err(std::io::Error::other("blob unreadable"))).await;
                         return;
                     }
@@ -840,10 +1004,31 @@ async fn serve(state: &AppState, fetch: Fetch, attachment: bool) -> Result<Respo
             let to = usize::try_from(last.min(end - 1) + 1 - start).unwrap_or(0);
             let chunk = Bytes::from(piece).slice(from..to);
             metrics.file_bytes_out(chunk.len() as u64);
+            if let Some(mut h) = whole.take() {
+                // Off the async workers, as every other hash here.
+                let bytes = chunk.clone();
+                whole = tokio::task::spawn_blocking(move || {
+                    h.update(&bytes);
+                    h
+                })
+                .await
+                .ok();
+            }
             if tx.send(Ok(chunk)).await.is_err() {
                 return; // the client went
             }
             if end > last {
+                if let Some(h) = whole.take() {
+                    if hex::encode(h.finalize()) != blob.sha256 {
+                        let _ = broken(
+                            &state,
+                            &blob,
+                            index,
+                            "the whole file served does not match its SHA-256",
+                        )
+                        .await;
+                    }
+                }
                 return;
             }
             index += 1;

@@ -88,6 +88,10 @@ pub struct StoredBlob {
     pub upload_id: String,
     /// That upload's piece size.
     pub piece_size: i64,
+    /// When a piece of it was found missing or no longer opening (Unix
+    /// seconds): a declaration of it then gets a new upload, which
+    /// replaces it. None: sound, as far as the server knows.
+    pub broken_at: Option<i64>,
 }
 
 /// A file a device declares.
@@ -117,6 +121,10 @@ pub struct NewUpload {
     pub max_file_size: i64,
     /// The organization's quota: stored blobs and open uploads, bytes.
     pub quota: i64,
+    /// What one device's open uploads may hold of the quota together,
+    /// bytes — past its first open upload, which may take any size the
+    /// organization's quota has room for.
+    pub device_share: i64,
     /// Most open uploads one device may have.
     pub max_open: i64,
 }
@@ -124,7 +132,9 @@ pub struct NewUpload {
 /// What declaring a file came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Declared {
-    /// The organization holds the file for the app already.
+    /// The organization holds the file for the app already (and its
+    /// `last_referenced_at` moved to now, in the same transaction: a
+    /// garbage collection cannot take it before the push that names it).
     Stored(StoredBlob),
     /// A file of this SHA-256 is stored with another size.
     OtherSize,
@@ -133,11 +143,20 @@ pub enum Declared {
     /// Larger than the server takes.
     TooLarge,
     /// The device has too many open uploads.
-    TooManyOpen,
+    TooManyOpen {
+        /// When the first of them expires (Unix seconds).
+        first_expiry: i64,
+    },
     /// Over the organization's quota (what it uses now, bytes).
     OverQuota {
         /// Stored blobs and open uploads, bytes.
         used: i64,
+    },
+    /// The device's open uploads and this one would pass its share of the
+    /// quota ([`NewUpload::device_share`]).
+    OverDeviceShare {
+        /// What the device's open uploads hold, bytes.
+        held: i64,
     },
     /// A new upload.
     Created(StoredUpload),
@@ -161,6 +180,12 @@ pub enum Claim {
 pub enum Completed {
     /// Its pieces are the blob.
     Stored,
+    /// Its pieces replace those of a broken blob of the same file (which
+    /// went to the trash).
+    Repaired {
+        /// The upload whose pieces were the broken blob's.
+        replaced: String,
+    },
     /// Another upload of the same blob completed first: the blob is
     /// stored, and this upload's pieces are in the trash.
     AlreadyStored,
@@ -185,9 +210,11 @@ pub struct FilesCollected {
 impl Store {
     /// Declares a file, in one transaction (one at a time per
     /// organization, so that two declarations cannot both fit in the last
-    /// of the quota): stored already, the device's own open upload, or
-    /// refused (too large, too many open uploads, over quota), or a new
-    /// upload.
+    /// of the quota): stored already (not broken; its row locked and its
+    /// `last_referenced_at` moved to `now`), the device's own open upload,
+    /// or refused (too large, too many open uploads, over the quota or the
+    /// device's share of it), or a new upload. A broken blob is as if
+    /// absent (and holds no quota: its repair does).
     pub async fn files_declare(&self, new: NewUpload) -> Result<Declared, StoreError> {
         dispatch!(self, s => s.files_declare(new).await)
     }
@@ -199,18 +226,33 @@ impl Store {
     }
 
     /// Takes the upload's lease for writing the piece at `offset` (the
-    /// upload open at `now`, at that offset, no live lease), until
-    /// `until`: one writer per upload at a time, on every server process.
+    /// upload open at `now`, at that offset, no live lease) for
+    /// `lease_secs`: one writer per upload at a time, on every server
+    /// process. The lease's times are the database's clock on PostgreSQL
+    /// (several hosts), the process's on SQLite (one host).
     pub async fn files_claim(
         &self,
         upload_id: &str,
         offset: i64,
         lease: &str,
         now: i64,
-        until: i64,
+        lease_secs: i64,
     ) -> Result<Claim, StoreError> {
         let (id, lease) = (upload_id.to_owned(), lease.to_owned());
-        dispatch!(self, s => s.files_claim(id, offset, lease, now, until).await)
+        dispatch!(self, s => s.files_claim(id, offset, lease, now, lease_secs).await)
+    }
+
+    /// Extends a lease the caller holds to `lease_secs` from now (the
+    /// database's clock, as [`Store::files_claim`]); false if it is not
+    /// held any more (taken after it lapsed, or the upload ended).
+    pub async fn files_renew(
+        &self,
+        upload_id: &str,
+        lease: &str,
+        lease_secs: i64,
+    ) -> Result<bool, StoreError> {
+        let (id, lease) = (upload_id.to_owned(), lease.to_owned());
+        dispatch!(self, s => s.files_renew(id, lease, lease_secs).await)
     }
 
     /// The piece at `offset` is durable: the upload moves to `to`, the
@@ -239,7 +281,8 @@ impl Store {
     /// The last piece at `offset` is durable and the whole file matched:
     /// in one transaction the upload is complete and its pieces become the
     /// blob — unless another upload stored it first (then this one's
-    /// pieces go to the trash).
+    /// pieces go to the trash), or replace those of a broken blob of the
+    /// same file (then those go to the trash).
     pub async fn files_complete(
         &self,
         upload_id: &str,
@@ -268,6 +311,21 @@ impl Store {
     ) -> Result<Option<StoredBlob>, StoreError> {
         let (app, sha) = (app.to_owned(), sha256.to_owned());
         dispatch!(self, s => s.files_blob(org_id, app, sha).await)
+    }
+
+    /// Marks the blob `sha256` of `org_id`'s `app` broken, if its bytes
+    /// are still those of `upload_id` (not repaired meanwhile) and it was
+    /// not marked yet; true if this call marked it.
+    pub async fn files_mark_broken(
+        &self,
+        org_id: i64,
+        app: &str,
+        sha256: &str,
+        upload_id: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let (app, sha, id) = (app.to_owned(), sha256.to_owned(), upload_id.to_owned());
+        dispatch!(self, s => s.files_mark_broken(org_id, app, sha, id, now).await)
     }
 
     /// Stores a blob that needs no pieces (the empty file); false if it
@@ -299,7 +357,10 @@ impl Store {
     /// for each organization, with the retention of
     /// [`Store::compact_sync`] (the larger of `retention_secs` and its
     /// policy's offline wipe delay plus seven days), blobs no record
-    /// references whose last reference is older than that are deleted.
+    /// references whose last reference (a push naming it, a declaration
+    /// answered `stored`) is older than that are deleted — one statement
+    /// each, on both backends, that a concurrent push or declaration
+    /// either waits for (then finds no blob) or makes keep the row.
     pub async fn files_collect(
         &self,
         now: i64,

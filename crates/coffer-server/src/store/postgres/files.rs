@@ -2,6 +2,8 @@
 //! organization's row `FOR NO KEY UPDATE`, so that declarations of one
 //! organization, through any server process, check the quota one at a
 //! time (without blocking the inserts that only reference the row).
+//! Leases are timed by the database's clock ([`DB_NOW`]): the server
+//! processes sharing it may run on hosts whose clocks differ.
 
 use super::{pg, PostgresStore};
 use crate::store::files::{
@@ -29,7 +31,11 @@ fn stored_upload(r: &tokio_postgres::Row) -> StoredUpload {
     }
 }
 
-const BLOB_COLUMNS: &str = "org_id, app, sha256, size, content_type, upload_id, piece_size";
+const BLOB_COLUMNS: &str =
+    "org_id, app, sha256, size, content_type, upload_id, piece_size, broken_at";
+
+/// Now, Unix seconds, by the database's clock.
+const DB_NOW: &str = "floor(extract(epoch FROM clock_timestamp()))::int8";
 
 fn stored_blob(r: &tokio_postgres::Row) -> StoredBlob {
     StoredBlob {
@@ -40,6 +46,7 @@ fn stored_blob(r: &tokio_postgres::Row) -> StoredBlob {
         content_type: r.get(4),
         upload_id: r.get(5),
         piece_size: r.get(6),
+        broken_at: r.get(7),
     }
 }
 
@@ -60,10 +67,15 @@ impl PostgresStore {
         )
         .await
         .map_err(pg(op))?;
+        // The blob's row locked until this commits: a garbage collection's
+        // DELETE of it waits, then sees the new `last_referenced_at` and
+        // keeps it; one that deleted it first leaves no row here (and a new
+        // upload is made).
         if let Some(row) = tx
             .query_opt(
                 &format!(
-                    "SELECT {BLOB_COLUMNS} FROM sync_blobs WHERE org_id = $1 AND app = $2 AND sha256 = $3"
+                    "SELECT {BLOB_COLUMNS} FROM sync_blobs WHERE org_id = $1 AND app = $2 AND sha256 = $3
+                     FOR UPDATE"
                 ),
                 &[&new.org_id, &new.app, &new.sha256],
             )
@@ -71,11 +83,21 @@ impl PostgresStore {
             .map_err(pg(op))?
         {
             let blob = stored_blob(&row);
-            return Ok(if blob.size == new.size {
-                Declared::Stored(blob)
-            } else {
-                Declared::OtherSize
-            });
+            if blob.size != new.size {
+                return Ok(Declared::OtherSize);
+            }
+            if blob.broken_at.is_none() {
+                tx.execute(
+                    "UPDATE sync_blobs SET last_referenced_at = greatest(last_referenced_at, $4)
+                     WHERE org_id = $1 AND app = $2 AND sha256 = $3",
+                    &[&new.org_id, &new.app, &new.sha256, &new.now],
+                )
+                .await
+                .map_err(pg(op))?;
+                tx.commit().await.map_err(pg(op))?;
+                return Ok(Declared::Stored(blob));
+            }
+            // Broken: as if absent (a new upload repairs it).
         }
         if let Some(row) = tx
             .query_opt(
@@ -102,20 +124,25 @@ impl PostgresStore {
         if new.size > new.max_file_size {
             return Ok(Declared::TooLarge);
         }
-        let open: i64 = tx
+        let mine = tx
             .query_one(
-                "SELECT count(*) FROM sync_uploads WHERE device_id = $1 AND state = 0 AND expires_at > $2",
+                "SELECT count(*), coalesce(sum(size), 0)::int8, min(expires_at) FROM sync_uploads
+                 WHERE device_id = $1 AND state = 0 AND expires_at > $2",
                 &[&new.device_id, &new.now],
             )
             .await
-            .map_err(pg(op))?
-            .get(0);
+            .map_err(pg(op))?;
+        let (open, held, first_expiry): (i64, i64, Option<i64>) =
+            (mine.get(0), mine.get(1), mine.get(2));
         if open >= new.max_open {
-            return Ok(Declared::TooManyOpen);
+            return Ok(Declared::TooManyOpen {
+                first_expiry: first_expiry.unwrap_or(new.now),
+            });
         }
         let used: i64 = tx
             .query_one(
-                "SELECT (coalesce((SELECT sum(size) FROM sync_blobs WHERE org_id = $1), 0)
+                "SELECT (coalesce((SELECT sum(size) FROM sync_blobs
+                                   WHERE org_id = $1 AND broken_at IS NULL), 0)
                        + coalesce((SELECT sum(size) FROM sync_uploads
                                    WHERE org_id = $1 AND state = 0 AND expires_at > $2), 0))::int8",
                 &[&new.org_id, &new.now],
@@ -125,6 +152,9 @@ impl PostgresStore {
             .get(0);
         if used.saturating_add(new.size) > new.quota {
             return Ok(Declared::OverQuota { used });
+        }
+        if open > 0 && held.saturating_add(new.size) > new.device_share {
+            return Ok(Declared::OverDeviceShare { held });
         }
         tx.execute(
             "INSERT INTO sync_uploads (upload_id, org_id, app, device_id, sha256, size, content_type,
@@ -183,16 +213,18 @@ impl PostgresStore {
         offset: i64,
         lease: String,
         now: i64,
-        until: i64,
+        lease_secs: i64,
     ) -> Result<Claim, StoreError> {
         let op = "taking an upload's lease";
         let client = self.client(op).await?;
         let taken = client
             .execute(
-                "UPDATE sync_uploads SET lease = $3, lease_until = $5
-                 WHERE upload_id = $1 AND state = 0 AND received = $2 AND received < size
-                     AND expires_at > $4 AND (lease IS NULL OR lease_until <= $4)",
-                &[&id, &offset, &lease, &now, &until],
+                &format!(
+                    "UPDATE sync_uploads SET lease = $3, lease_until = {DB_NOW} + $5
+                     WHERE upload_id = $1 AND state = 0 AND received = $2 AND received < size
+                         AND expires_at > $4 AND (lease IS NULL OR lease_until <= {DB_NOW})"
+                ),
+                &[&id, &offset, &lease, &now, &lease_secs],
             )
             .await
             .map_err(pg(op))?;
@@ -232,6 +264,27 @@ impl PostgresStore {
                      expires_at = greatest(expires_at, $6)
                  WHERE upload_id = $1 AND lease = $2 AND received = $3 AND state = 0 AND expires_at > $5",
                 &[&id, &lease, &offset, &to, &now, &expires_at],
+            )
+            .await
+            .map(|n| n == 1)
+            .map_err(pg(op))
+    }
+
+    pub(in crate::store) async fn files_renew(
+        &self,
+        id: String,
+        lease: String,
+        lease_secs: i64,
+    ) -> Result<bool, StoreError> {
+        let op = "renewing an upload's lease";
+        let client = self.client(op).await?;
+        client
+            .execute(
+                &format!(
+                    "UPDATE sync_uploads SET lease_until = greatest(lease_until, {DB_NOW} + $3)
+                     WHERE upload_id = $1 AND lease = $2 AND state = 0"
+                ),
+                &[&id, &lease, &lease_secs],
             )
             .await
             .map(|n| n == 1)
@@ -282,37 +335,91 @@ impl PostgresStore {
         let (size, content_type, piece_size): (i64, Option<String>, i64) =
             (row.get(3), row.get(4), row.get(5));
         // Of two uploads of one blob completing at once, the second waits
-        // here for the first to commit, then inserts nothing.
-        let inserted = tx
-            .execute(
-                "INSERT INTO sync_blobs (org_id, app, sha256, size, content_type, upload_id, piece_size,
-                     created_at, last_referenced_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)
-                 ON CONFLICT (org_id, app, sha256) DO NOTHING",
-                &[
-                    &org_id,
-                    &app,
-                    &sha256,
-                    &size,
-                    &content_type,
-                    &id,
-                    &piece_size,
-                    &now,
-                ],
-            )
-            .await
-            .map_err(pg(op))?;
-        if inserted == 0 {
-            tx.execute(TRASH, &[&vec![upload_trash_prefix(org_id, &id)], &now])
+        // here for the first to commit, then inserts nothing. One already
+        // there is sound (this upload's pieces go) or broken (its pieces
+        // go, and this upload's replace them); its row locked until this
+        // commits. (Collected between the two statements: inserted again.)
+        let mut completed = None;
+        for _ in 0..2 {
+            let inserted = tx
+                .execute(
+                    "INSERT INTO sync_blobs (org_id, app, sha256, size, content_type, upload_id,
+                         piece_size, created_at, last_referenced_at, broken_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, NULL)
+                     ON CONFLICT (org_id, app, sha256) DO NOTHING",
+                    &[
+                        &org_id,
+                        &app,
+                        &sha256,
+                        &size,
+                        &content_type,
+                        &id,
+                        &piece_size,
+                        &now,
+                    ],
+                )
                 .await
                 .map_err(pg(op))?;
+            if inserted == 1 {
+                completed = Some(Completed::Stored);
+                break;
+            }
+            let Some(there) = tx
+                .query_opt(
+                    "SELECT upload_id, broken_at FROM sync_blobs
+                     WHERE org_id = $1 AND app = $2 AND sha256 = $3 FOR UPDATE",
+                    &[&org_id, &app, &sha256],
+                )
+                .await
+                .map_err(pg(op))?
+            else {
+                continue;
+            };
+            let (broken_upload, broken_at): (String, Option<i64>) = (there.get(0), there.get(1));
+            completed = Some(if broken_at.is_some() {
+                tx.execute(
+                    "UPDATE sync_blobs SET upload_id = $4, piece_size = $5, content_type = $6,
+                         broken_at = NULL, last_referenced_at = greatest(last_referenced_at, $7)
+                     WHERE org_id = $1 AND app = $2 AND sha256 = $3",
+                    &[
+                        &org_id,
+                        &app,
+                        &sha256,
+                        &id,
+                        &piece_size,
+                        &content_type,
+                        &now,
+                    ],
+                )
+                .await
+                .map_err(pg(op))?;
+                tx.execute(
+                    TRASH,
+                    &[&vec![upload_trash_prefix(org_id, &broken_upload)], &now],
+                )
+                .await
+                .map_err(pg(op))?;
+                Completed::Repaired {
+                    replaced: broken_upload,
+                }
+            } else {
+                tx.execute(TRASH, &[&vec![upload_trash_prefix(org_id, &id)], &now])
+                    .await
+                    .map_err(pg(op))?;
+                Completed::AlreadyStored
+            });
+            break;
         }
+        let Some(completed) = completed else {
+            // Inserted and collected twice over within one transaction:
+            // leave the upload open (the device sends the last piece again).
+            return Err(StoreError::Database {
+                op,
+                message: "a blob came and went twice while an upload of it completed".into(),
+            });
+        };
         tx.commit().await.map_err(pg(op))?;
-        Ok(if inserted == 1 {
-            Completed::Stored
-        } else {
-            Completed::AlreadyStored
-        })
+        Ok(completed)
     }
 
     pub(in crate::store) async fn files_drop(
@@ -361,6 +468,27 @@ impl PostgresStore {
             .await
             .map_err(pg(op))?
             .map(|r| stored_blob(&r)))
+    }
+
+    pub(in crate::store) async fn files_mark_broken(
+        &self,
+        org_id: i64,
+        app: String,
+        sha: String,
+        upload_id: String,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let op = "marking a blob broken";
+        let client = self.client(op).await?;
+        client
+            .execute(
+                "UPDATE sync_blobs SET broken_at = $5
+                 WHERE org_id = $1 AND app = $2 AND sha256 = $3 AND upload_id = $4 AND broken_at IS NULL",
+                &[&org_id, &app, &sha, &upload_id, &now],
+            )
+            .await
+            .map(|n| n == 1)
+            .map_err(pg(op))
     }
 
     pub(in crate::store) async fn files_insert_blob(

@@ -30,7 +30,8 @@ fn stored_upload(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredUpload> {
     })
 }
 
-const BLOB_COLUMNS: &str = "org_id, app, sha256, size, content_type, upload_id, piece_size";
+const BLOB_COLUMNS: &str =
+    "org_id, app, sha256, size, content_type, upload_id, piece_size, broken_at";
 
 fn stored_blob(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredBlob> {
     Ok(StoredBlob {
@@ -41,6 +42,7 @@ fn stored_blob(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredBlob> {
         content_type: r.get(4)?,
         upload_id: r.get(5)?,
         piece_size: r.get(6)?,
+        broken_at: r.get(7)?,
     })
 }
 
@@ -74,12 +76,23 @@ impl SqliteStore {
                 )
                 .optional()
                 .map_err(|x| e(&x))?;
-            if let Some(blob) = blob {
-                return Ok(if blob.size == new.size {
-                    Declared::Stored(blob)
-                } else {
-                    Declared::OtherSize
-                });
+            match blob {
+                Some(blob) if blob.size != new.size => return Ok(Declared::OtherSize),
+                Some(blob) if blob.broken_at.is_none() => {
+                    // Referenced now: a garbage collection (one writer at a
+                    // time, after this commits) keeps it for the retention,
+                    // so the push that names it finds it.
+                    tx.execute(
+                        "UPDATE sync_blobs SET last_referenced_at = max(last_referenced_at, ?4)
+                         WHERE org_id = ?1 AND app = ?2 AND sha256 = ?3",
+                        params![new.org_id, new.app, new.sha256, new.now],
+                    )
+                    .map_err(|x| e(&x))?;
+                    tx.commit().map_err(|x| e(&x))?;
+                    return Ok(Declared::Stored(blob));
+                }
+                // Broken: as if absent (a new upload repairs it).
+                _ => {}
             }
             let mine = tx
                 .query_row(
@@ -100,19 +113,23 @@ impl SqliteStore {
             if new.size > new.max_file_size {
                 return Ok(Declared::TooLarge);
             }
-            let open: i64 = tx
+            let (open, held, first_expiry): (i64, i64, Option<i64>) = tx
                 .query_row(
-                    "SELECT count(*) FROM sync_uploads WHERE device_id = ?1 AND state = 0 AND expires_at > ?2",
+                    "SELECT count(*), coalesce(sum(size), 0), min(expires_at) FROM sync_uploads
+                     WHERE device_id = ?1 AND state = 0 AND expires_at > ?2",
                     params![new.device_id, new.now],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .map_err(|x| e(&x))?;
             if open >= new.max_open {
-                return Ok(Declared::TooManyOpen);
+                return Ok(Declared::TooManyOpen {
+                    first_expiry: first_expiry.unwrap_or(new.now),
+                });
             }
             let used: i64 = tx
                 .query_row(
-                    "SELECT coalesce((SELECT sum(size) FROM sync_blobs WHERE org_id = ?1), 0)
+                    "SELECT coalesce((SELECT sum(size) FROM sync_blobs
+                                      WHERE org_id = ?1 AND broken_at IS NULL), 0)
                           + coalesce((SELECT sum(size) FROM sync_uploads
                                       WHERE org_id = ?1 AND state = 0 AND expires_at > ?2), 0)",
                     params![new.org_id, new.now],
@@ -121,6 +138,9 @@ impl SqliteStore {
                 .map_err(|x| e(&x))?;
             if used.saturating_add(new.size) > new.quota {
                 return Ok(Declared::OverQuota { used });
+            }
+            if open > 0 && held.saturating_add(new.size) > new.device_share {
+                return Ok(Declared::OverDeviceShare { held });
             }
             tx.execute(
                 "INSERT INTO sync_uploads (upload_id, org_id, app, device_id, sha256, size, content_type,
@@ -181,9 +201,11 @@ impl SqliteStore {
         offset: i64,
         lease: String,
         now: i64,
-        until: i64,
+        lease_secs: i64,
     ) -> Result<Claim, StoreError> {
         let op = "taking an upload's lease";
+        // One host: the process's clock is the only one.
+        let until = now.saturating_add(lease_secs);
         self.with(op, move |conn| {
             let e = db_error(op);
             let taken = conn
@@ -238,6 +260,26 @@ impl SqliteStore {
         .await
     }
 
+    pub(in crate::store) async fn files_renew(
+        &self,
+        id: String,
+        lease: String,
+        lease_secs: i64,
+    ) -> Result<bool, StoreError> {
+        let op = "renewing an upload's lease";
+        let until = crate::store::now_unix().saturating_add(lease_secs);
+        self.with(op, move |conn| {
+            conn.execute(
+                "UPDATE sync_uploads SET lease_until = max(lease_until, ?3)
+                 WHERE upload_id = ?1 AND lease = ?2 AND state = 0",
+                params![id, lease, until],
+            )
+            .map(|n| n == 1)
+            .map_err(|x| db_error(op)(&x))
+        })
+        .await
+    }
+
     pub(in crate::store) async fn files_release(
         &self,
         id: String,
@@ -281,24 +323,46 @@ impl SqliteStore {
             let Some((org_id, app, sha256, size, content_type, piece_size)) = done else {
                 return Ok(Completed::Gone);
             };
-            let inserted = tx
-                .execute(
-                    "INSERT INTO sync_blobs (org_id, app, sha256, size, content_type, upload_id, piece_size,
-                         created_at, last_referenced_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
-                     ON CONFLICT (org_id, app, sha256) DO NOTHING",
-                    params![org_id, app, sha256, size, content_type, id, piece_size, now],
+            let there: Option<(String, Option<i64>)> = tx
+                .query_row(
+                    "SELECT upload_id, broken_at FROM sync_blobs WHERE org_id = ?1 AND app = ?2 AND sha256 = ?3",
+                    params![org_id, app, sha256],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
+                .optional()
                 .map_err(|x| e(&x))?;
-            if inserted == 0 {
-                trash(&tx, &upload_trash_prefix(org_id, &id), now)?;
-            }
+            let completed = match there {
+                None => {
+                    tx.execute(
+                        "INSERT INTO sync_blobs (org_id, app, sha256, size, content_type, upload_id,
+                             piece_size, created_at, last_referenced_at, broken_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, NULL)",
+                        params![org_id, app, sha256, size, content_type, id, piece_size, now],
+                    )
+                    .map_err(|x| e(&x))?;
+                    Completed::Stored
+                }
+                Some((broken_upload, Some(_))) => {
+                    // This upload's pieces replace a broken blob's.
+                    tx.execute(
+                        "UPDATE sync_blobs SET upload_id = ?4, piece_size = ?5, content_type = ?6,
+                             broken_at = NULL, last_referenced_at = max(last_referenced_at, ?7)
+                         WHERE org_id = ?1 AND app = ?2 AND sha256 = ?3",
+                        params![org_id, app, sha256, id, piece_size, content_type, now],
+                    )
+                    .map_err(|x| e(&x))?;
+                    trash(&tx, &upload_trash_prefix(org_id, &broken_upload), now)?;
+                    Completed::Repaired {
+                        replaced: broken_upload,
+                    }
+                }
+                Some((_, None)) => {
+                    trash(&tx, &upload_trash_prefix(org_id, &id), now)?;
+                    Completed::AlreadyStored
+                }
+            };
             tx.commit().map_err(|x| e(&x))?;
-            Ok(if inserted == 1 {
-                Completed::Stored
-            } else {
-                Completed::AlreadyStored
-            })
+            Ok(completed)
         })
         .await
     }
@@ -348,6 +412,27 @@ impl SqliteStore {
                 stored_blob,
             )
             .optional()
+            .map_err(|x| db_error(op)(&x))
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn files_mark_broken(
+        &self,
+        org_id: i64,
+        app: String,
+        sha: String,
+        upload_id: String,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let op = "marking a blob broken";
+        self.with(op, move |conn| {
+            conn.execute(
+                "UPDATE sync_blobs SET broken_at = ?5
+                 WHERE org_id = ?1 AND app = ?2 AND sha256 = ?3 AND upload_id = ?4 AND broken_at IS NULL",
+                params![org_id, app, sha, upload_id, now],
+            )
+            .map(|n| n == 1)
             .map_err(|x| db_error(op)(&x))
         })
         .await
