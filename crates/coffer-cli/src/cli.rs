@@ -312,6 +312,11 @@ pub enum Command {
         /// is dropped, e.g. 24h
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         upload_expiry: std::time::Duration,
+        /// How many uploaded pieces the server holds in memory at once (each
+        /// up to 8 MiB, about three copies while it is sealed); past them a
+        /// piece waits 5 s, then is refused with 503 and Retry-After
+        #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        max_concurrent_pieces: u16,
     },
     /// Administer a control plane over its API (coffer serve)
     ///

@@ -78,6 +78,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
             max_file_size,
             org_file_quota,
             upload_expiry,
+            max_concurrent_pieces,
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => serve::Tls::Files(cert.clone(), key.clone()),
@@ -108,6 +109,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
                         max_file_size: *max_file_size,
                         org_file_quota: *org_file_quota,
                         upload_expiry: *upload_expiry,
+                        max_concurrent_pieces: usize::from(*max_concurrent_pieces),
                     },
                 },
             )

@@ -96,6 +96,7 @@ pub struct FileOptions<'a> {
     pub max_file_size: u64,
     pub org_file_quota: u64,
     pub upload_expiry: std::time::Duration,
+    pub max_concurrent_pieces: usize,
 }
 
 /// The blob storage the options name: the S3 bucket, else the directory,
@@ -233,6 +234,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
                 .with_max_file_size(files.max_file_size)
                 .with_org_file_quota(files.org_file_quota)
                 .with_upload_expiry(files.upload_expiry)
+                .with_max_concurrent_pieces(files.max_concurrent_pieces)
         })
         .map_err(|e| {
             // A key made for a database that turned out to be under another
