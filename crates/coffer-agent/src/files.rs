@@ -72,6 +72,9 @@ const MAX_RESTARTS: u32 = 4;
 /// How often a piece is sent again after `checksum_mismatch` (damaged on
 /// the way) before the round gives up.
 const MAX_PIECE_RETRIES: u32 = 3;
+/// How often a piece waits for a turn (the server's `503 rate_limited`: it
+/// holds as many pieces as it takes at once) before the round gives up.
+const MAX_PIECE_TURNS: u32 = 6;
 /// How often the server may correct the offset within one file's upload.
 const MAX_OFFSET_CORRECTIONS: u32 = 8;
 /// How long a round waits, asking for the offset (no piece is sent), for a
@@ -472,7 +475,7 @@ impl<'a> FileSync<'a> {
             // Replaced since it was checked: the record's version is gone.
             return Ok(Some(Upload::Refused("file_changed".into())));
         }
-        let (mut retries, mut corrections) = (0, 0);
+        let (mut retries, mut corrections, mut turns) = (0, 0, 0);
         observer.file_progress(
             self.app,
             FileDirection::Upload,
@@ -520,6 +523,7 @@ impl<'a> FileSync<'a> {
                     }
                     report.bytes_uploaded += n;
                     retries = 0;
+                    turns = 0;
                     status = next;
                     observer.file_progress(
                         self.app,
@@ -551,6 +555,23 @@ impl<'a> FileSync<'a> {
                     }
                     Some(ErrorCode::ChecksumMismatch) if retries < MAX_PIECE_RETRIES => {
                         retries += 1;
+                    }
+                    // The server holds as many pieces in memory as it takes
+                    // at once (503, nothing of this one kept): wait the turn
+                    // it names, then send the piece again.
+                    Some(ErrorCode::RateLimited)
+                        if turns < MAX_PIECE_TURNS
+                            && matches!(e, Error::Refused { status: 503, .. }) =>
+                    {
+                        turns += 1;
+                        let secs = match e {
+                            Error::Refused {
+                                retry_after: Some(secs),
+                                ..
+                            } => secs.clamp(1, MAX_BUSY_WAIT_SECS),
+                            _ => 2,
+                        };
+                        std::thread::sleep(std::time::Duration::from_secs(secs));
                     }
                     Some(ErrorCode::UploadGone) => return Ok(None),
                     Some(ErrorCode::BlobMismatch) => {

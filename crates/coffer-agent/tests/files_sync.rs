@@ -380,6 +380,9 @@ struct Counters {
     /// The file (by SHA-256) whose requests fail, and how.
     failing: std::sync::Mutex<Option<(String, Failure)>>,
     cut_every: AtomicU64,
+    /// How many of the next pieces are answered `503 rate_limited` (a
+    /// server holding as many pieces as it takes at once).
+    busy_pieces: AtomicU64,
     file_requests: AtomicU64,
     cuts: AtomicU64,
     /// Bytes of pieces that left for the server.
@@ -407,6 +410,10 @@ impl Wire {
 
     fn cut_every(&self, n: u64) {
         self.counted.cut_every.store(n, Ordering::SeqCst);
+    }
+
+    fn busy_pieces(&self, n: u64) {
+        self.counted.busy_pieces.store(n, Ordering::SeqCst);
     }
 
     /// From now on, the requests of the file of SHA-256 `sha256` fail as
@@ -471,6 +478,22 @@ impl Transport for WireTransport {
                 }
                 cut_after = true;
             }
+        }
+        if is_piece
+            && counted
+                .busy_pieces
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Ok(http::Response::builder()
+                .status(503)
+                .header("content-type", "application/json")
+                .header("retry-after", "1")
+                .body(
+                    br#"{"error": {"code": "rate_limited", "message": "too many pieces at once"}}"#
+                        .to_vec(),
+                )
+                .unwrap());
         }
         if is_piece {
             counted
@@ -902,4 +925,26 @@ fn a_file_stored_here_is_not_replaced_by_an_older_version_queued_before() {
     a.sync(&mut coffer_agent::Quiet).unwrap();
     assert!(a.file("scan.pdf").unwrap() == mine);
     assert_eq!(a.record("v-1").unwrap().body, json!({"page": "mine"}));
+}
+
+#[test]
+fn a_piece_refused_for_want_of_a_turn_waits_and_goes_in_the_same_round() {
+    let world = World::new(MAX_FILE);
+    let wire = Wire::new(Fault::Cuts);
+    let mut a = world.device("tablet-a", "alice", wire.clone());
+    let photo = bytes(2 * PIECE as usize + 77, 9);
+    a.put_file("photo.jpg", &photo);
+    a.put_record("v-1", json!({"note": "busy server"}), &["photo.jpg"]);
+    // The first two pieces sent find the server full (503, Retry-After 1).
+    wire.busy_pieces(2);
+    let started = std::time::Instant::now();
+    let report = a.sync(&mut coffer_agent::Quiet).unwrap();
+    assert_eq!(report.files_uploaded, 1, "{report:?}");
+    assert!(report.file_problems.is_empty(), "{report:?}");
+    assert_eq!(report.applied, 1, "{report:?}");
+    assert_eq!(report.state.pending, 0);
+    // It waited the turns the server named, and sent nothing twice that
+    // the server had taken.
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+    assert_eq!(wire.piece_bytes(), photo.len() as u64);
 }
