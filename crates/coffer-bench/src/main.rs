@@ -15,7 +15,9 @@
 // panic with the error is the right report.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cut_proxy;
 mod files;
+mod files_sync;
 mod lifecycle;
 mod measure;
 mod server;
@@ -39,7 +41,7 @@ struct Args {
     /// Seconds, with tiny data: checks that every row runs (CI), numbers meaningless
     #[arg(long, conflicts_with = "quick")]
     smoke: bool,
-    /// Run only these parts (sql, files, lifecycle, server, sync), e.g. under a profiler
+    /// Run only these parts (sql, files, lifecycle, server, sync, files-sync), e.g. under a profiler
     #[arg(long, value_delimiter = ',', value_name = "PARTS")]
     only: Vec<String>,
     /// SQL rows: run only this configuration (plain, sqlcipher, coffer), to
@@ -64,6 +66,8 @@ pub(crate) struct Scale {
     pub(crate) sync_records: u64,
     /// Local changes the sync push row delivers.
     pub(crate) sync_changes: u64,
+    /// The file the files sync rows move up and down.
+    pub(crate) files_sync_bytes: u64,
 }
 
 /// One part of the report.
@@ -99,6 +103,10 @@ fn main() {
         sync::child(&argv[2..]);
         return;
     }
+    if argv.get(1).map(String::as_str) == Some(files_sync::CHILD) {
+        files_sync::child(&argv[2..]);
+        return;
+    }
     let args = Args::parse();
     let scale = if args.smoke {
         Scale {
@@ -110,6 +118,7 @@ fn main() {
             server_requests: 300,
             sync_records: 2_000,
             sync_changes: 1_000,
+            files_sync_bytes: 4 << 20,
         }
     } else if args.quick {
         Scale {
@@ -121,6 +130,7 @@ fn main() {
             server_requests: 5_000,
             sync_records: 100_000,
             sync_changes: 20_000,
+            files_sync_bytes: 256 << 20,
         }
     } else {
         Scale {
@@ -132,6 +142,7 @@ fn main() {
             server_requests: 20_000,
             sync_records: 1_000_000,
             sync_changes: 100_000,
+            files_sync_bytes: 1 << 30,
         }
     };
     let wanted = |part: &str| args.only.is_empty() || args.only.iter().any(|o| o == part);
@@ -155,6 +166,10 @@ fn main() {
     if wanted("sync") {
         eprintln!("record sync…");
         sections.extend(sync::run(&scale));
+    }
+    if wanted("files-sync") {
+        eprintln!("files sync…");
+        sections.extend(files_sync::run(&scale));
     }
 
     let command = match scale.name {

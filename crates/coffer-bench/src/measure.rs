@@ -80,6 +80,15 @@ pub(crate) fn peak_rss_kib() -> Option<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// This process's resident set now, in KiB (Linux).
+pub(crate) fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// Runs `program args…` under GNU time; returns its duration and peak RSS
 /// in KiB (None if /usr/bin/time is missing). Panics if the command fails:
 /// a benchmark of a failed command means nothing.

@@ -287,16 +287,17 @@ impl Device {
 
 // --- The server and the parent ---
 
-struct Admin {
-    http: reqwest::Client,
-    base: String,
-    org: i64,
-    user_id: i64,
-    session: String,
+/// The organization's owner, logged in (also used by the files sync rows).
+pub(crate) struct Admin {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) org: i64,
+    pub(crate) user_id: i64,
+    pub(crate) session: String,
 }
 
 impl Admin {
-    async fn post(&self, path: &str, body: Value, token: Option<&str>) -> Value {
+    pub(crate) async fn post(&self, path: &str, body: Value, token: Option<&str>) -> Value {
         let mut r = self.http.post(format!("{}{path}", self.base)).json(&body);
         if let Some(t) = token {
             r = r.header("X-Auth-Token", t);
@@ -308,7 +309,7 @@ impl Admin {
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
-    async fn code(&self) -> String {
+    pub(crate) async fn code(&self) -> String {
         let path = format!("/v1/orgs/{}/enrollment-codes", self.org);
         self.post(&path, json!({}), Some(&self.session)).await["code"]
             .as_str()
@@ -316,15 +317,17 @@ impl Admin {
             .to_owned()
     }
 
-    async fn bind(&self, device_id: i64, author: &str) {
+    pub(crate) async fn bind(&self, device_id: i64, author: &str) {
         let path = format!("/v1/orgs/{}/sync/authors/bind", self.org);
         let body = json!({"device_id": device_id, "author": author, "user_id": self.user_id});
         self.post(&path, body, Some(&self.session)).await;
     }
 }
 
-async fn admin(base: String, setup_token: String) -> Admin {
-    let http = reqwest::Client::new();
+/// Sets the server up (organization "Bench", owner alice), logs in and
+/// publishes a policy whose `sync` lists [`APP`]; `http` is the client to
+/// reach the server with (one that trusts its certificate, over TLS).
+pub(crate) async fn admin(http: reqwest::Client, base: String, setup_token: String) -> Admin {
     let mut admin = Admin {
         http,
         base,
@@ -457,7 +460,7 @@ pub(crate) fn run(scale: &Scale) -> Vec<Section> {
     let running = runtime.spawn(server.run(async {
         let _ = stopped.await;
     }));
-    let admin = runtime.block_on(admin(base.clone(), setup_token));
+    let admin = runtime.block_on(admin(reqwest::Client::new(), base.clone(), setup_token));
     let device_dir = |name: &str| {
         let d = dir.path().join(name);
         std::fs::create_dir_all(&d).unwrap();
