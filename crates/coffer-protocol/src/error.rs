@@ -151,6 +151,11 @@ error_codes! {
     QuotaExceeded = "quota_exceeded",
     /// A `Range` outside the file, or of several ranges.
     RangeNotSatisfiable = "range_not_satisfiable",
+    /// The server has no MQTT broker configured: deliver over HTTP.
+    MqttNotConfigured = "mqtt_not_configured",
+    /// The MQTT broker did not answer or refused the control plane's
+    /// command; try again later (or deliver over HTTP).
+    MqttBrokerUnavailable = "mqtt_broker_unavailable",
     /// The server failed; the cause is in its log.
     Internal = "internal",
 }

@@ -34,6 +34,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod files;
+pub mod mqtt;
 pub mod policy;
 mod secret;
 pub mod session;

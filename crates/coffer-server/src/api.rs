@@ -55,6 +55,18 @@ pub struct AppState {
     pub data_keys: std::sync::Arc<crate::record_seal::DataKeys>,
     /// Files sync: the blob storage, the limits, uploads in progress.
     pub files: std::sync::Arc<crate::files::Files>,
+    /// MQTT delivery: the managed broker, when configured.
+    pub mqtt: Option<std::sync::Arc<crate::mqtt::Mqtt>>,
+}
+
+impl AppState {
+    /// Tells the MQTT reconciler that a device's standing may have
+    /// changed (a revocation, a suspension, a wipe order or its cancel).
+    pub(crate) fn standing_changed(&self) {
+        if let Some(mqtt) = &self.mqtt {
+            mqtt.changed();
+        }
+    }
 }
 
 pub use coffer_protocol::{AUTH_HEADER, USER_HEADER};
@@ -62,6 +74,7 @@ pub use coffer_protocol::{AUTH_HEADER, USER_HEADER};
 mod control;
 mod delivery;
 mod files;
+mod mqtt;
 mod sync;
 mod tenants;
 
@@ -428,6 +441,7 @@ pub fn router(state: AppState) -> Router {
     let router = tenants::routes(router);
     let router = sync::routes(router);
     let router = files::routes(router);
+    let router = mqtt::routes(router);
     delivery::routes(router)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -1388,6 +1402,7 @@ async fn revoke_device(
     if !state.store.revoke_device(org_id, device_id).await? {
         return Err(not_found_here());
     }
+    state.standing_changed();
     record(
         &state,
         Some(org_id),

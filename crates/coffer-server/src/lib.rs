@@ -20,6 +20,7 @@ pub mod files;
 pub mod keys;
 pub mod listen;
 pub mod metrics;
+pub mod mqtt;
 pub mod openapi;
 pub mod policy;
 pub mod record_seal;

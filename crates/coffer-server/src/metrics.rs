@@ -32,9 +32,22 @@ struct FileCounts {
     blobs_broken: AtomicU64,
 }
 
+/// MQTT ingest's counters: messages stored, retries of stored batches,
+/// and messages dropped by reason.
+#[derive(Default)]
+struct MqttCounts {
+    stored: AtomicU64,
+    duplicates: AtomicU64,
+    dropped: Mutex<BTreeMap<&'static str, u64>>,
+}
+
 /// The counters, shared by every request of this process.
 #[derive(Clone, Default)]
-pub struct Metrics(Arc<Mutex<BTreeMap<Series, Counts>>>, Arc<FileCounts>);
+pub struct Metrics(
+    Arc<Mutex<BTreeMap<Series, Counts>>>,
+    Arc<FileCounts>,
+    Arc<MqttCounts>,
+);
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,6 +74,27 @@ impl Metrics {
     /// Counts a stored file found broken (a piece missing or not opening).
     pub fn blob_broken(&self) {
         self.1.blobs_broken.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an MQTT message stored as a new batch.
+    pub fn mqtt_stored(&self) {
+        self.2.stored.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an MQTT message that repeated a stored batch.
+    pub fn mqtt_duplicate(&self) {
+        self.2.duplicates.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an MQTT message dropped for `reason` (one of a fixed set).
+    pub fn mqtt_dropped(&self, reason: &'static str) {
+        *self
+            .2
+            .dropped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(reason)
+            .or_default() += 1;
     }
 
     /// The Prometheus text exposition.
@@ -112,6 +146,38 @@ impl Metrics {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
                 value.load(Ordering::Relaxed)
+            ));
+        }
+        let mqtt = &self.2;
+        for (name, help, value) in [
+            (
+                "coffer_mqtt_batches_stored_total",
+                "MQTT messages stored as new data batches.",
+                &mqtt.stored,
+            ),
+            (
+                "coffer_mqtt_batches_duplicate_total",
+                "MQTT messages that repeated a stored batch (a redelivery): stored once.",
+                &mqtt.duplicates,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                value.load(Ordering::Relaxed)
+            ));
+        }
+        out.push_str(
+            "# HELP coffer_mqtt_messages_dropped_total MQTT messages dropped, by reason.\n\
+             # TYPE coffer_mqtt_messages_dropped_total counter\n",
+        );
+        for (reason, n) in mqtt
+            .dropped
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            out.push_str(&format!(
+                "coffer_mqtt_messages_dropped_total{{reason=\"{reason}\"}} {n}\n"
             ));
         }
         out

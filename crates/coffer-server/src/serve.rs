@@ -384,6 +384,7 @@ pub struct Server {
     sync_retention: Duration,
     blob_storage: Option<BlobStorage>,
     file_limits: FileLimits,
+    mqtt: Option<crate::mqtt::MqttConfig>,
 }
 
 impl std::fmt::Debug for Server {
@@ -445,6 +446,7 @@ impl Server {
                 trusted_proxies: config.trusted_proxies.clone(),
                 data_keys: Default::default(),
                 files: Default::default(),
+                mqtt: None,
             },
             setup_token,
             tls,
@@ -453,7 +455,16 @@ impl Server {
             sync_retention: DEFAULT_SYNC_RETENTION,
             blob_storage: None,
             file_limits: FileLimits::default(),
+            mqtt: None,
         })
+    }
+
+    /// Takes data delivery over MQTT through the broker `config` names,
+    /// managing its clients (docs/server.md, "MQTT"). Without it,
+    /// `POST /v1/device/mqtt` answers 404 `mqtt_not_configured`.
+    pub fn with_mqtt(mut self, config: crate::mqtt::MqttConfig) -> Server {
+        self.mqtt = Some(config);
+        self
     }
 
     /// Keeps synced files' bytes in `storage` (`--blob-dir`, or
@@ -567,10 +578,19 @@ impl Server {
             sync_retention,
             blob_storage,
             file_limits,
+            mqtt,
             ..
         } = self;
         state.files =
             std::sync::Arc::new(crate::files::Files::new(blob_storage.clone(), file_limits));
+        let (stop_mqtt, mqtt_stopped) = tokio::sync::watch::channel(false);
+        let mut mqtt_tasks = Vec::new();
+        if let Some(config) = mqtt {
+            let mqtt = crate::mqtt::Mqtt::start(config, mqtt_stopped.clone())
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            state.mqtt = Some(std::sync::Arc::clone(&mqtt));
+            mqtt_tasks = mqtt.run(state.clone(), mqtt_stopped);
+        }
         let store = state.store.clone();
         let (stop_compaction, compaction_stopped) = tokio::sync::watch::channel(false);
         let compaction = tokio::spawn(compact_hourly(
@@ -631,6 +651,12 @@ impl Server {
             connections.shutdown().await;
         }
         drop(app);
+        // The message being stored is stored (or left to the broker)
+        // before the store closes.
+        let _ = stop_mqtt.send(true);
+        for task in mqtt_tasks {
+            let _ = task.await;
+        }
         // The pass in progress ends before the store closes.
         let _ = compaction.await;
         close_store(store, sqlite_path.as_deref()).await;

@@ -366,3 +366,199 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
+
+/// A running Mosquitto 2 broker for the MQTT tests: the real one (Debian's
+/// `mosquitto` package, which .ci/run installs), with its dynamic-security
+/// plugin, one TLS listener on a free loopback port (a self-signed
+/// certificate for localhost and 127.0.0.1), persistence on, and an admin
+/// user made with `mosquitto_ctrl dynsec init`. Stopped when dropped.
+pub struct Mosquitto {
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+    /// Its TLS port on 127.0.0.1.
+    pub port: u16,
+    /// Its certificate, PEM.
+    pub certificate_pem: String,
+    admin_password: String,
+}
+
+/// Where a Mosquitto program is: `COFFER_MOSQUITTO_DIR/NAME`, else
+/// Debian's places.
+fn mosquitto_program(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("COFFER_MOSQUITTO_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|d| PathBuf::from(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Debian's dynamic-security plugin.
+fn dynsec_plugin() -> PathBuf {
+    [
+        "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+        "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+        "/usr/lib/mosquitto_dynamic_security.so",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| PathBuf::from("mosquitto_dynamic_security.so"))
+}
+
+impl Mosquitto {
+    /// Starts one (panics, saying how to install it, when Mosquitto is
+    /// missing).
+    #[allow(clippy::unwrap_used, clippy::expect_used)]
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap();
+        let certificate_pem = made.cert.pem();
+        std::fs::write(dir.path().join("broker.crt"), &certificate_pem).unwrap();
+        std::fs::write(dir.path().join("broker.key"), made.key_pair.serialize_pem()).unwrap();
+        let admin_password = {
+            use rand_core::RngCore;
+            let mut bytes = [0u8; 16];
+            rand_core::OsRng.fill_bytes(&mut bytes);
+            hex::encode(bytes)
+        };
+        let init = Command::new(mosquitto_program("mosquitto_ctrl"))
+            .args(["dynsec", "init"])
+            .arg(dir.path().join("dynsec.json"))
+            .args(["admin", &admin_password])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "mosquitto_ctrl could not be run ({e}): install Debian's `mosquitto` package \
+                     (.ci/run does), or set COFFER_MOSQUITTO_DIR"
+                )
+            });
+        assert!(init.status.success(), "mosquitto_ctrl dynsec init failed");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut broker = Mosquitto {
+            dir,
+            child: None,
+            port,
+            certificate_pem,
+            admin_password,
+        };
+        broker.write_config();
+        broker.launch();
+        broker
+    }
+
+    fn write_config(&self) {
+        let d = self.dir.path().display();
+        let config = format!(
+            "# coffer's MQTT tests\n\
+             user root\n\
+             per_listener_settings false\n\
+             allow_anonymous false\n\
+             persistence true\n\
+             persistence_location {d}/\n\
+             max_packet_size 2097152\n\
+             log_dest file {d}/mosquitto.log\n\
+             log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
+             plugin {plugin}\n\
+             plugin_opt_config_file {d}/dynsec.json\n\
+             listener {port} 127.0.0.1\n\
+             certfile {d}/broker.crt\n\
+             keyfile {d}/broker.key\n",
+            plugin = dynsec_plugin().display(),
+            port = self.port,
+        );
+        #[allow(clippy::unwrap_used)]
+        std::fs::write(self.dir.path().join("mosquitto.conf"), config).unwrap();
+    }
+
+    #[allow(clippy::unwrap_used, clippy::expect_used)]
+    fn launch(&mut self) {
+        let child = Command::new(mosquitto_program("mosquitto"))
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto could not be started: install Debian's `mosquitto` package");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "mosquitto exited ({status}): {}",
+                    std::fs::read_to_string(self.dir.path().join("mosquitto.log"))
+                        .unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not listen in 15 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(30));
+        }
+    }
+
+    /// Stops it as an operator would (SIGTERM: it saves its persistent
+    /// state, the messages queued for sessions among it) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops it and starts it again on the same port, with what it saved.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// The control plane's configuration for it, with the ingest session
+    /// `session_id`.
+    pub fn config(&self, session_id: &str) -> crate::mqtt::MqttConfig {
+        crate::mqtt::MqttConfig {
+            broker: crate::mqtt::BrokerAddress {
+                host: "127.0.0.1".into(),
+                port: self.port,
+                tls: true,
+            },
+            public_host: "127.0.0.1".into(),
+            public_port: self.port,
+            certificate_pem: self.certificate_pem.clone().into_bytes(),
+            admin_user: "admin".into(),
+            admin_password: std::sync::Arc::new(secrecy::SecretString::from(
+                self.admin_password.clone(),
+            )),
+            session_id: session_id.into(),
+        }
+    }
+
+    /// The admin's password (for `--mqtt-admin-password-file` tests).
+    pub fn admin_password(&self) -> &str {
+        &self.admin_password
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -426,6 +426,7 @@ async fn order_wipe(
     else {
         return Err(not_found_here());
     };
+    state.standing_changed();
     let scope = scope_of(request.user.as_deref());
     record(
         &state,
@@ -529,6 +530,7 @@ async fn cancel_wipe(
     if let Some(error) = wipe_end_error(ended) {
         return Err(error);
     }
+    state.standing_changed();
     record(
         &state,
         Some(org_id),

@@ -209,6 +209,7 @@ async fn set_suspended(
     if !state.store.set_suspended(org_id, suspended).await? {
         return Err(not_found_here());
     }
+    state.standing_changed();
     tracing::info!(
         organization_id = org_id,
         suspended,
@@ -277,6 +278,7 @@ async fn delete(
     if !state.store.delete_organization(org_id).await? {
         return Err(not_found_here());
     }
+    state.standing_changed();
     tracing::info!(organization_id = org_id, "organization deleted");
     // Its files' objects (trashed with the rows): deleted now if the
     // storage answers, else by the next garbage collection.

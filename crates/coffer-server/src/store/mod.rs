@@ -19,6 +19,7 @@ macro_rules! dispatch {
 
 mod control;
 mod files;
+mod mqtt;
 mod postgres;
 mod sqlite;
 mod sync;
@@ -41,6 +42,7 @@ pub use files::{
     GONE_KEPT_SECS,
 };
 
+pub use mqtt::{BrokerState, OutOfStep};
 pub use tenants::{MemberRole, OperatorChange, OperatorRecord, OrganizationRecord};
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -8,6 +8,7 @@ use tokio_postgres::NoTls;
 
 mod control;
 mod files;
+mod mqtt;
 mod sync;
 mod tenants;
 
@@ -57,6 +58,7 @@ pub(super) const MIGRATIONS: Migrations = &[
     ),
     (12, include_str!("../../migrations/postgres/0012_sync.sql")),
     (13, include_str!("../../migrations/postgres/0013_files.sql")),
+    (14, include_str!("../../migrations/postgres/0014_mqtt.sql")),
 ];
 
 /// Serializes audit appends across server processes: one chain, one order.

@@ -9,6 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 mod control;
 mod files;
+mod mqtt;
 mod sync;
 mod tenants;
 
@@ -46,6 +47,7 @@ pub(super) const MIGRATIONS: Migrations = &[
     ),
     (12, include_str!("../../migrations/sqlite/0012_sync.sql")),
     (13, include_str!("../../migrations/sqlite/0013_files.sql")),
+    (14, include_str!("../../migrations/sqlite/0014_mqtt.sql")),
 ];
 
 /// A row of [`DEVICE_COLUMNS`].
