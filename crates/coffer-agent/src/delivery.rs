@@ -23,6 +23,11 @@ pub struct DeliveryReport {
     pub rejected: Vec<String>,
     /// The check-in that came first, if the server was reached.
     pub check_in: Option<CheckInReport>,
+    /// Of `delivered`, the batches the MQTT broker acknowledged
+    /// ([`Agent::deliver_mqtt`]).
+    pub over_mqtt: usize,
+    /// Why [`Agent::deliver_mqtt`] sent (some) batches over HTTP instead.
+    pub fell_back: Option<String>,
 }
 
 /// Readings from `text`: a JSON array of readings, a batch object with
@@ -123,6 +128,8 @@ impl Agent {
                     queued,
                     rejected: Vec::new(),
                     check_in: None,
+                    over_mqtt: 0,
+                    fell_back: None,
                 })
             }
             Err(e) => return Err(e),
@@ -182,6 +189,8 @@ impl Agent {
             queued: self.queued(&vault)?,
             rejected,
             check_in: Some(check_in),
+            over_mqtt: 0,
+            fell_back: None,
         })
     }
 }

@@ -131,6 +131,20 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
     }
 }
 
+/// TLS settings that trust exactly the certificate whose SHA-256 is
+/// `pin` (the MQTT broker's, as the server's is trusted).
+pub(crate) fn pinned_config(pin: [u8; 32]) -> Result<rustls::ClientConfig, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(
+        rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::TlsSetup(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCertificate { pin, provider }))
+            .with_no_client_auth(),
+    )
+}
+
 impl Connector for ReqwestConnector {
     fn connect(&self, server: &Server) -> Result<Box<dyn Transport>, Error> {
         let failed = |e: &dyn std::fmt::Display| Error::TlsSetup(e.to_string());
@@ -139,19 +153,7 @@ impl Connector for ReqwestConnector {
             .connect_timeout(self.timeout.min(Duration::from_secs(10)))
             .redirect(reqwest::redirect::Policy::none());
         let builder = match server.trust() {
-            Trust::Pin(pin) => {
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| failed(&e))?
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
-                        pin: *pin,
-                        provider,
-                    }))
-                    .with_no_client_auth();
-                builder.use_preconfigured_tls(config)
-            }
+            Trust::Pin(pin) => builder.use_preconfigured_tls(pinned_config(*pin)?),
             Trust::Ca(pem) => {
                 let cert = reqwest::Certificate::from_pem(pem).map_err(|_| Error::InvalidCaCert)?;
                 builder

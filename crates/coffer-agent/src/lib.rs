@@ -53,6 +53,8 @@ pub mod files;
 #[cfg(feature = "reqwest")]
 pub mod http;
 mod login;
+#[cfg(feature = "mqtt")]
+mod mqtt;
 pub mod policy;
 pub mod sync;
 pub mod transport;

@@ -20,6 +20,7 @@ mod files;
 mod files_sync;
 mod lifecycle;
 mod measure;
+mod mqtt_delivery;
 mod server;
 mod sql;
 mod sync;
@@ -41,7 +42,7 @@ struct Args {
     /// Seconds, with tiny data: checks that every row runs (CI), numbers meaningless
     #[arg(long, conflicts_with = "quick")]
     smoke: bool,
-    /// Run only these parts (sql, files, lifecycle, server, sync, files-sync), e.g. under a profiler
+    /// Run only these parts (sql, files, lifecycle, server, sync, files-sync, mqtt-delivery), e.g. under a profiler
     #[arg(long, value_delimiter = ',', value_name = "PARTS")]
     only: Vec<String>,
     /// SQL rows: run only this configuration (plain, sqlcipher, coffer), to
@@ -170,6 +171,10 @@ fn main() {
     if wanted("files-sync") {
         eprintln!("files sync…");
         sections.extend(files_sync::run(&scale));
+    }
+    if wanted("mqtt-delivery") {
+        eprintln!("MQTT delivery…");
+        sections.extend(mqtt_delivery::run(&scale));
     }
 
     let command = match scale.name {

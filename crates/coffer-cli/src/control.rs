@@ -265,6 +265,7 @@ pub fn deliver(
     global: &Global,
     input: Option<&std::path::Path>,
     retries: u32,
+    mqtt: bool,
 ) -> Result<Report, CliError> {
     let vault = crate::commands::unlock(global)?;
     let text = match input {
@@ -281,9 +282,17 @@ pub fn deliver(
     let agent = agent();
     let readings = coffer_agent::parse_readings(&text)?;
     agent.queue_readings(&vault, readings)?;
-    let report = agent.deliver(vault, retries)?;
+    let report = if mqtt {
+        agent.deliver_mqtt(vault, retries)?
+    } else {
+        agent.deliver(vault, retries)?
+    };
     let (delivered, queued) = (report.delivered, report.queued);
     let mut json = json!({"delivered": delivered, "queued": queued});
+    if mqtt {
+        json["over_mqtt"] = json!(report.over_mqtt);
+        json["fell_back"] = json!(report.fell_back);
+    }
     let mut text = format!(
         "Delivered {delivered} batch(es); {queued} waiting in the vault's queue{}.",
         if queued > 0 {
@@ -292,6 +301,15 @@ pub fn deliver(
             ""
         }
     );
+    if mqtt {
+        text.push_str(&format!(
+            "\n{} over MQTT.",
+            report.over_mqtt
+        ));
+        if let Some(why) = &report.fell_back {
+            text.push_str(&format!(" The rest went over HTTPS: {why}."));
+        }
+    }
     if !report.rejected.is_empty() {
         json["rejected"] = json!(report.rejected);
         text.push_str(&format!(

@@ -45,7 +45,11 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         Command::Sync { command } => sync::sync(g, command.as_ref()),
         // Answered with its own exit code, in main.
         Command::Conflicts { .. } => Err(CliError::other("unreachable")),
-        Command::Deliver { file, retries } => control::deliver(g, file.as_deref(), *retries),
+        Command::Deliver {
+            file,
+            retries,
+            mqtt,
+        } => control::deliver(g, file.as_deref(), *retries, *mqtt),
         Command::Login { user, kdf } => control::login(g, user, kdf),
         Command::Enroll {
             server,
@@ -79,6 +83,12 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
             org_file_quota,
             upload_expiry,
             max_concurrent_pieces,
+            mqtt_broker,
+            mqtt_public,
+            mqtt_broker_cert,
+            mqtt_admin_user,
+            mqtt_admin_password_file,
+            mqtt_session_id,
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => serve::Tls::Files(cert.clone(), key.clone()),
@@ -111,6 +121,16 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
                         upload_expiry: *upload_expiry,
                         max_concurrent_pieces: usize::from(*max_concurrent_pieces),
                     },
+                    mqtt: mqtt_broker.as_deref().map(|broker_url| {
+                        coffer_server::mqtt::MqttSettings {
+                            broker_url,
+                            public: mqtt_public.as_deref(),
+                            certificate: mqtt_broker_cert.as_deref(),
+                            admin_user: mqtt_admin_user,
+                            admin_password_file: mqtt_admin_password_file.as_deref(),
+                            session_id: mqtt_session_id.as_deref(),
+                        }
+                    }),
                 },
             )
         }

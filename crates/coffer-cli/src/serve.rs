@@ -78,6 +78,8 @@ pub struct Options<'a> {
     pub database_url: Option<&'a str>,
     pub force_plain: bool,
     pub tls: Tls,
+    /// MQTT delivery's broker, when `--mqtt-broker` is given.
+    pub mqtt: Option<coffer_server::mqtt::MqttSettings<'a>>,
     pub master_key_file: Option<&'a std::path::Path>,
     pub previous_master_key_file: Option<&'a std::path::Path>,
     pub adopt_unkeyed_audit: bool,
@@ -189,6 +191,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
         trusted_proxies,
         sync_retention,
         files,
+        mqtt,
         ..
     } = options;
     let storage = blob_storage(&files)?;
@@ -196,11 +199,14 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
         Some(url) => url.to_owned(),
         None => default_database_url()?,
     };
-    let tls = match tls {
+    let tls_setting = match tls {
         Tls::Off => coffer_server::TlsSetting::Off,
         Tls::Files(cert, key) => coffer_server::TlsSetting::Files { cert, key },
         Tls::Dev => coffer_server::TlsSetting::Dev { dir: server_dir()? },
     };
+    // Checked before anything starts; the development certificate is
+    // made by the bind below, so it is read after it.
+    let mqtt_settings = mqtt;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -220,7 +226,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
             force_plain,
             session_ttl: coffer_server::DEFAULT_SESSION_TTL,
             login_limits: coffer_server::LoginLimits::default(),
-            tls,
+            tls: tls_setting.clone(),
             keys,
             adopt_unkeyed_audit,
             trusted_proxies,
@@ -235,6 +241,12 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
                 .with_org_file_quota(files.org_file_quota)
                 .with_upload_expiry(files.upload_expiry)
                 .with_max_concurrent_pieces(files.max_concurrent_pieces)
+        })
+        .and_then(|server| match &mqtt_settings {
+            None => Ok(server),
+            Some(settings) => coffer_server::mqtt::MqttConfig::from_settings(settings, &tls_setting)
+                .map(|config| server.with_mqtt(config))
+                .map_err(|e| coffer_server::serve::ServeError::Io(std::io::Error::other(e.to_string()))),
         })
         .map_err(|e| {
             // A key made for a database that turned out to be under another

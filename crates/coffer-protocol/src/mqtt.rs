@@ -27,7 +27,7 @@ use crate::{Auth, Endpoint, Method, WireSecret};
 pub const TOPIC_PREFIX: &str = "coffer/v1";
 
 /// The filter that matches every device's readings topic (what the
-/// control plane's ingest subscribes to, in a shared subscription).
+/// control plane's ingest subscribes to).
 pub const READINGS_FILTER: &str = "coffer/v1/+/+/readings";
 
 /// The topic a device publishes its readings to.
@@ -73,8 +73,10 @@ pub fn decode_batch(payload: &[u8]) -> Result<Batch, BatchError> {
 /// broker. Each call draws a new password (the previous one stops working
 /// at once, and a connection that used it is dropped): the answer is the
 /// only place the password ever is, and the control plane keeps nothing of
-/// it. 404 `mqtt_not_configured` when the server has no broker; 403 for a
-/// revoked device, a suspended organization or a pending wipe.
+/// it. 404 `mqtt_not_configured` when the server has no broker; 401 for a
+/// revoked device, 403 for a suspended organization or a whole-device
+/// wipe ordered (`wipe_pending`); 503 `mqtt_broker_unavailable` when the
+/// broker does not answer.
 #[derive(Debug)]
 pub struct RequestMqttAccess;
 

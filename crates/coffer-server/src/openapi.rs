@@ -264,6 +264,12 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "post",
+        "/v1/device/mqtt",
+        "The device's access to the MQTT broker: a new password each time (404 mqtt_not_configured without a broker)",
+        "device",
+    ),
+    (
+        "post",
         "/v1/device/sync/{app}/push",
         "Push a batch of record changes of an app the policy syncs (one result per operation)",
         "device",

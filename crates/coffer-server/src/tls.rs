@@ -131,7 +131,8 @@ pub fn load(setting: &TlsSetting) -> Result<Option<Tls>, TlsError> {
     }))
 }
 
-const DEV_CERT: &str = "dev-tls-cert.pem";
+/// The development certificate's file in its directory.
+pub const DEV_CERT: &str = "dev-tls-cert.pem";
 const DEV_KEY: &str = "dev-tls-key.pem";
 
 /// The development certificate in `dir`, made on first use.

@@ -16,8 +16,10 @@
 //!   exactly once by its batch id, with its accounting. Every process
 //!   sees every message (the batch id keeps the second a duplicate): a
 //!   shared subscription would spread them, but Mosquitto 2.0 does not
-//!   keep shared subscriptions across its restarts (checked by
-//!   tests/mqtt.rs), and what a device published meanwhile would be lost.
+//!   keep shared subscriptions across its restarts (tried against 2.0.11
+//!   by hand: a message published after the restart reached a plain
+//!   persistent subscription and not a shared one), and what a device
+//!   published meanwhile would be lost.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,6 +132,142 @@ impl std::fmt::Debug for MqttConfig {
             .field("session_id", &self.session_id)
             .finish_non_exhaustive()
     }
+}
+
+/// What `coffer serve`'s flags say of the broker.
+#[derive(Debug, Clone, Default)]
+pub struct MqttSettings<'a> {
+    /// `--mqtt-broker`: `mqtts://HOST:PORT`, or `mqtt://` to loopback.
+    pub broker_url: &'a str,
+    /// `--mqtt-public HOST:PORT`: what devices are told [default: the
+    /// broker's host and port].
+    pub public: Option<&'a str>,
+    /// `--mqtt-broker-cert FILE` [default: the server's own TLS
+    /// certificate, which the broker may use too].
+    pub certificate: Option<&'a std::path::Path>,
+    /// `--mqtt-admin-user`.
+    pub admin_user: &'a str,
+    /// `--mqtt-admin-password-file` (mode 0600) [default: the
+    /// `COFFER_MQTT_ADMIN_PASSWORD` variable].
+    pub admin_password_file: Option<&'a std::path::Path>,
+    /// `--mqtt-session-id` [default: `coffer-ingest-` and the host name].
+    pub session_id: Option<&'a str>,
+}
+
+/// The variable that may hold the broker admin's password.
+pub const ADMIN_PASSWORD_ENV: &str = "COFFER_MQTT_ADMIN_PASSWORD";
+
+impl MqttConfig {
+    /// The configuration the flags describe, for a server whose own TLS
+    /// is `tls` (its certificate is the broker's by default).
+    pub fn from_settings(
+        settings: &MqttSettings<'_>,
+        tls: &crate::tls::TlsSetting,
+    ) -> Result<MqttConfig, MqttError> {
+        let broker = BrokerAddress::parse(settings.broker_url)?;
+        let (public_host, public_port) = match settings.public {
+            Some(public) => {
+                let parsed = BrokerAddress::parse(&format!("mqtts://{public}"))?;
+                (parsed.host, parsed.port)
+            }
+            None if broker.tls => (broker.host.clone(), broker.port),
+            None => {
+                return Err(MqttError::Config(
+                    "the broker is reached over plain MQTT: say where devices reach its TLS listener with --mqtt-public HOST:PORT".into(),
+                ))
+            }
+        };
+        let certificate_path = match (settings.certificate, tls) {
+            (Some(path), _) => path.to_path_buf(),
+            (None, crate::tls::TlsSetting::Files { cert, .. }) => cert.clone(),
+            (None, crate::tls::TlsSetting::Dev { dir }) => dir.join(crate::tls::DEV_CERT),
+            (None, crate::tls::TlsSetting::Off) => {
+                return Err(MqttError::Config(
+                    "name the broker's TLS certificate with --mqtt-broker-cert (the server has none of its own to share)".into(),
+                ))
+            }
+        };
+        let certificate_pem = std::fs::read(&certificate_path).map_err(|e| {
+            MqttError::Config(format!(
+                "cannot read the broker's certificate {}: {e}",
+                certificate_path.display()
+            ))
+        })?;
+        let admin_password = match settings.admin_password_file {
+            Some(path) => read_private(path)?,
+            None => std::env::var(ADMIN_PASSWORD_ENV).map_err(|_| {
+                MqttError::Config(format!(
+                    "give the broker admin's password in a file (--mqtt-admin-password-file, mode 0600) or in {ADMIN_PASSWORD_ENV}"
+                ))
+            })?,
+        };
+        if admin_password.is_empty() {
+            return Err(MqttError::Config("the broker admin's password is empty".into()));
+        }
+        let session_id = match settings.session_id {
+            Some(id) => id.to_owned(),
+            None => default_session_id(),
+        };
+        if session_id.is_empty()
+            || session_id.len() > 64
+            || !session_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(MqttError::Config(
+                "--mqtt-session-id is 1 to 64 of A-Z a-z 0-9 - _ .".into(),
+            ));
+        }
+        Ok(MqttConfig {
+            broker,
+            public_host,
+            public_port,
+            certificate_pem,
+            admin_user: settings.admin_user.to_owned(),
+            admin_password: Arc::new(SecretString::from(admin_password)),
+            session_id,
+        })
+    }
+}
+
+/// `coffer-ingest-` and this host's name (letters, digits, `-`, `.`).
+fn default_session_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+        .take(40)
+        .collect();
+    if host.is_empty() {
+        "coffer-ingest".into()
+    } else {
+        format!("coffer-ingest-{host}")
+    }
+}
+
+/// A password file: private to its owner, one line.
+fn read_private(path: &std::path::Path) -> Result<String, MqttError> {
+    let refused = |why: String| {
+        MqttError::Config(format!("the broker admin's password file {}: {why}", path.display()))
+    };
+    let meta = std::fs::metadata(path).map_err(|e| refused(e.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(refused(format!(
+                "other users of this host can read it (mode {:04o}): `chmod 600` it",
+                mode & 0o7777
+            )));
+        }
+    }
+    if meta.len() > 4096 {
+        return Err(refused("it is larger than a password (4 KiB)".into()));
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| refused(e.to_string()))?);
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 /// Why MQTT could not be set up or used.
