@@ -17,7 +17,9 @@ use std::time::Duration;
 use coffer_device::UnlockedVault;
 use coffer_protocol::mqtt::{MqttAccess, RequestMqttAccess};
 use coffer_protocol::{Endpoint, ErrorCode};
-use rumqttc::{Client, ConnectReturnCode, ConnectionError, Event, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    Client, ConnectReturnCode, ConnectionError, Event, MqttOptions, Outgoing, Packet, QoS,
+};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -180,7 +182,10 @@ impl Agent {
             )?
             .into();
         let valid_pin = access.certificate_sha256.len() == 64
-            && access.certificate_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            && access
+                .certificate_sha256
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit());
         if !valid_pin || access.host.is_empty() || access.port == 0 {
             return Err(Error::BadAnswer {
                 endpoint: RequestMqttAccess::PATH,
@@ -230,7 +235,9 @@ fn publish(
                 "the broker cannot be reached: {}",
                 crate::transport::bounded(&e.to_string(), 200)
             ))),
-            Err(_) => Err(Stopped::Unreachable("the broker did not answer in time".into())),
+            Err(_) => Err(Stopped::Unreachable(
+                "the broker did not answer in time".into(),
+            )),
         }
     };
     let stopped = loop {

@@ -569,7 +569,7 @@ pub(crate) fn run(scale: &Scale) -> Vec<Section> {
         let fits: Vec<(Wire, Wire)> = wires[k].iter().map(|&(o, m)| fit(o, m, n)).collect();
         let per_reading = |w: Wire| {
             format!(
-                "{:.0} up + {:.0} down = {:.0}",
+                "{:.1} up + {:.1} down = {:.1}",
                 w.up as f64 / *per_batch as f64,
                 w.down as f64 / *per_batch as f64,
                 (w.up + w.down) as f64 / *per_batch as f64
@@ -616,7 +616,7 @@ pub(crate) fn run(scale: &Scale) -> Vec<Section> {
         }
     }
     vec![Section {
-        title: "MQTT delivery vs HTTP delivery".into(),
+        title: "MQTT delivery: readings over MQTT vs over HTTP delivery".into(),
         setup: format!(
             "An in-process `coffer serve` on SQLite (TLS 1.3, its development certificate, rustls with ring) managing a Mosquitto 2 broker (Debian's package, dynamic-security plugin, TLS on 127.0.0.1, persistence on); the server's ingest takes the broker's messages one at a time (QoS 1, acknowledged after its commit). Two enrolled devices, one per transport; batches of JSON readings (`{{\"at\", \"name\", \"value\"}}`), the same bytes over both. \
              **Rate**: from the first publish or POST until every reading is stored (HTTP: the last `201`; MQTT: the server's `coffer_mqtt_batches_stored_total`, counted after each commit, polled every millisecond once the broker acknowledged all), then checked with `GET /v1/orgs/{{org}}/data` (not timed). HTTP: reqwest, HTTP/1.1, one kept-alive TLS connection opened before the clock starts, one POST after another, as the device agent sends. MQTT: rumqttc 0.25 over rustls, one TLS connection (CONNACK before the clock starts), QoS 1, at most {IN_FLIGHT} unacknowledged. {} rounds after a warm-up, the two alternating which goes first; medians (spread). \

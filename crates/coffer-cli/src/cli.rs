@@ -324,23 +324,48 @@ pub enum Command {
         mqtt_broker: Option<String>,
         /// Where devices reach the broker's TLS listener, HOST:PORT
         /// [default: the broker URL's]
-        #[arg(long, env = "COFFER_MQTT_PUBLIC", value_name = "HOST:PORT", requires = "mqtt_broker")]
+        #[arg(
+            long,
+            env = "COFFER_MQTT_PUBLIC",
+            value_name = "HOST:PORT",
+            requires = "mqtt_broker"
+        )]
         mqtt_public: Option<String>,
         /// The broker's TLS certificate (PEM), which devices pin [default:
         /// this server's own, from --tls-cert or --dev-tls]
-        #[arg(long, env = "COFFER_MQTT_BROKER_CERT", value_name = "FILE", requires = "mqtt_broker")]
+        #[arg(
+            long,
+            env = "COFFER_MQTT_BROKER_CERT",
+            value_name = "FILE",
+            requires = "mqtt_broker"
+        )]
         mqtt_broker_cert: Option<std::path::PathBuf>,
         /// The broker's dynamic-security admin user
-        #[arg(long, env = "COFFER_MQTT_ADMIN_USER", default_value = "admin", value_name = "NAME")]
+        #[arg(
+            long,
+            env = "COFFER_MQTT_ADMIN_USER",
+            default_value = "admin",
+            value_name = "NAME"
+        )]
         mqtt_admin_user: String,
         /// A file (mode 0600) holding the admin's password [default: the
         /// COFFER_MQTT_ADMIN_PASSWORD variable]
-        #[arg(long, env = "COFFER_MQTT_ADMIN_PASSWORD_FILE", value_name = "FILE", requires = "mqtt_broker")]
+        #[arg(
+            long,
+            env = "COFFER_MQTT_ADMIN_PASSWORD_FILE",
+            value_name = "FILE",
+            requires = "mqtt_broker"
+        )]
         mqtt_admin_password_file: Option<std::path::PathBuf>,
         /// This process's persistent ingest session on the broker: the same
         /// across restarts, one per server process [default:
         /// coffer-ingest-HOSTNAME]
-        #[arg(long, env = "COFFER_MQTT_SESSION_ID", value_name = "ID", requires = "mqtt_broker")]
+        #[arg(
+            long,
+            env = "COFFER_MQTT_SESSION_ID",
+            value_name = "ID",
+            requires = "mqtt_broker"
+        )]
         mqtt_session_id: Option<String>,
     },
     /// Administer a control plane over its API (coffer serve)

@@ -302,10 +302,7 @@ pub fn deliver(
         }
     );
     if mqtt {
-        text.push_str(&format!(
-            "\n{} over MQTT.",
-            report.over_mqtt
-        ));
+        text.push_str(&format!("\n{} over MQTT.", report.over_mqtt));
         if let Some(why) = &report.fell_back {
             text.push_str(&format!(" The rest went over HTTPS: {why}."));
         }

@@ -303,9 +303,8 @@ async fn a_device_delivers_over_mqtt_once_with_its_accounting_and_only_to_its_ow
         ))
         .await
         .unwrap();
-    let sent = batch("batch-0001", 3).len()
-        + batch("batch-0002", 2).len()
-        + batch("batch-0004", 1).len();
+    let sent =
+        batch("batch-0001", 3).len() + batch("batch-0002", 2).len() + batch("batch-0004", 1).len();
     assert_eq!(bytes, i64::try_from(sent).unwrap());
 
     // A new access draws a new password: the old one is refused.

@@ -202,7 +202,9 @@ impl MqttConfig {
             })?,
         };
         if admin_password.is_empty() {
-            return Err(MqttError::Config("the broker admin's password is empty".into()));
+            return Err(MqttError::Config(
+                "the broker admin's password is empty".into(),
+            ));
         }
         let session_id = match settings.session_id {
             Some(id) => id.to_owned(),
@@ -249,7 +251,10 @@ fn default_session_id() -> String {
 /// A password file: private to its owner, one line.
 fn read_private(path: &std::path::Path) -> Result<String, MqttError> {
     let refused = |why: String| {
-        MqttError::Config(format!("the broker admin's password file {}: {why}", path.display()))
+        MqttError::Config(format!(
+            "the broker admin's password file {}: {why}",
+            path.display()
+        ))
     };
     let meta = std::fs::metadata(path).map_err(|e| refused(e.to_string()))?;
     #[cfg(unix)]
