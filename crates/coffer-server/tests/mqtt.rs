@@ -370,6 +370,47 @@ async fn a_revoked_device_is_disconnected_at_once_and_refused() {
 }
 
 #[tokio::test]
+async fn a_device_revoked_while_the_broker_was_down_is_deleted_from_it_when_it_is_back() {
+    let mut broker = Mosquitto::start();
+    let db = tempfile::tempdir().unwrap();
+    let url = db.path().join("c.db").display().to_string();
+    let server = server(&url, &broker, "coffer-test-catch-up").await;
+    let http = reqwest::Client::new();
+    let org = set_up(&server, &http).await;
+    let admin = login(&server, &http, "alice", PASSWORD).await.unwrap();
+    let d = device(&server, &http, org, &admin, "sensor").await;
+    broker.stop();
+    let r = post(
+        &http,
+        server.url(&format!("/v1/orgs/{org}/devices/{}/revoke", d.id)),
+        &admin,
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // The revocation could not reach the broker; it still holds the
+    // client. Down past the reconciler's 10 s wait for an answer, so that
+    // its pass in progress has given up.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    broker.restart();
+    // Back: the reconciler deletes the client as soon as its admin
+    // connection is up again (not at the next 30 s pass).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_c, mut e) = connect(&broker, &d.access);
+        if connected(&mut e).await.is_err() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revoked device's client still works"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_suspension_or_a_wipe_order_disables_the_client_and_a_resumption_enables_it() {
     let broker = Mosquitto::start();
     let db = tempfile::tempdir().unwrap();

@@ -194,8 +194,13 @@ pub(super) struct Admin {
 
 impl Admin {
     /// Connects (in the background: the event loop reconnects by itself
-    /// until `stop` turns true).
-    pub(super) fn start(options: MqttOptions, mut stop: watch::Receiver<bool>) -> Admin {
+    /// until `stop` turns true); `connected` is told each time the
+    /// connection is ready again (the reconciler catches up then).
+    pub(super) fn start(
+        options: MqttOptions,
+        connected: Arc<tokio::sync::Notify>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Admin {
         let (client, mut events) = AsyncClient::new(options, 16);
         let (answered, answers) = mpsc::channel(16);
         let (subscribed, ready) = watch::channel(false);
@@ -221,6 +226,7 @@ impl Admin {
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         let _ = subscribed.send(true);
+                        connected.notify_one();
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) if p.topic == RESPONSE_TOPIC => {
                         // A late answer to a command that timed out is

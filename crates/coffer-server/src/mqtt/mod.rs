@@ -324,7 +324,7 @@ pub struct Mqtt {
     admin: Admin,
     tls: Option<Arc<rustls::ClientConfig>>,
     certificate_sha256: String,
-    reconcile: Notify,
+    reconcile: Arc<Notify>,
     /// True once the ingest's subscription exists (this process's or, its
     /// session being persistent, from an earlier start): before, the
     /// broker would drop what a device publishes.
@@ -355,6 +355,7 @@ impl Mqtt {
         } else {
             None
         };
+        let reconcile = Arc::new(Notify::new());
         let admin = Admin::start(
             broker::options(
                 &format!("{}-admin", config.session_id),
@@ -363,6 +364,7 @@ impl Mqtt {
                 &config.admin_user,
                 config.admin_password.expose_secret(),
             ),
+            Arc::clone(&reconcile),
             stop,
         );
         Ok(Arc::new(Mqtt {
@@ -370,7 +372,7 @@ impl Mqtt {
             admin,
             tls,
             certificate_sha256,
-            reconcile: Notify::new(),
+            reconcile,
             ingest_ready: watch::channel(false).0,
             drops: ingest::DropLog::default(),
         }))
@@ -528,7 +530,7 @@ impl Mqtt {
     }
 
     /// The reconciler's loop: at start, when [`Mqtt::changed`] is called,
-    /// and every 30 s.
+    /// each time the admin connection is back, and every 30 s.
     async fn reconcile_loop(self: Arc<Self>, store: Store, mut stop: watch::Receiver<bool>) {
         loop {
             if let Err(e) = self.reconcile(&store).await {
