@@ -91,6 +91,61 @@ pub struct Global {
     pub recovery_key_file: Option<PathBuf>,
 }
 
+/// `coffer serve`'s MQTT delivery flags (docs/server.md, "MQTT").
+#[derive(Debug, clap::Args)]
+pub struct MqttFlags {
+    /// Take data delivery over MQTT through this Mosquitto 2 broker
+    /// (with its dynamic-security plugin), managing a client per
+    /// device: mqtts://HOST:PORT, or mqtt://127.0.0.1:PORT on loopback
+    #[arg(long, env = "COFFER_MQTT_BROKER", value_name = "URL")]
+    pub mqtt_broker: Option<String>,
+    /// Where devices reach the broker's TLS listener, HOST:PORT
+    /// [default: the broker URL's]
+    #[arg(
+        long,
+        env = "COFFER_MQTT_PUBLIC",
+        value_name = "HOST:PORT",
+        requires = "mqtt_broker"
+    )]
+    pub mqtt_public: Option<String>,
+    /// The broker's TLS certificate (PEM), which devices pin [default:
+    /// this server's own, from --tls-cert or --dev-tls]
+    #[arg(
+        long,
+        env = "COFFER_MQTT_BROKER_CERT",
+        value_name = "FILE",
+        requires = "mqtt_broker"
+    )]
+    pub mqtt_broker_cert: Option<std::path::PathBuf>,
+    /// The broker's dynamic-security admin user
+    #[arg(
+        long,
+        env = "COFFER_MQTT_ADMIN_USER",
+        default_value = "admin",
+        value_name = "NAME"
+    )]
+    pub mqtt_admin_user: String,
+    /// A file (mode 0600) holding the admin's password [default: the
+    /// COFFER_MQTT_ADMIN_PASSWORD variable]
+    #[arg(
+        long,
+        env = "COFFER_MQTT_ADMIN_PASSWORD_FILE",
+        value_name = "FILE",
+        requires = "mqtt_broker"
+    )]
+    pub mqtt_admin_password_file: Option<std::path::PathBuf>,
+    /// This process's persistent ingest session on the broker: the same
+    /// across restarts, one per server process [default:
+    /// coffer-ingest-HOSTNAME]
+    #[arg(
+        long,
+        env = "COFFER_MQTT_SESSION_ID",
+        value_name = "ID",
+        requires = "mqtt_broker"
+    )]
+    pub mqtt_session_id: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a vault with a first passphrase slot
@@ -317,56 +372,8 @@ pub enum Command {
         /// piece waits 5 s, then is refused with 503 and Retry-After
         #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
         max_concurrent_pieces: u16,
-        /// Take data delivery over MQTT through this Mosquitto 2 broker
-        /// (with its dynamic-security plugin), managing a client per
-        /// device: mqtts://HOST:PORT, or mqtt://127.0.0.1:PORT on loopback
-        #[arg(long, env = "COFFER_MQTT_BROKER", value_name = "URL")]
-        mqtt_broker: Option<String>,
-        /// Where devices reach the broker's TLS listener, HOST:PORT
-        /// [default: the broker URL's]
-        #[arg(
-            long,
-            env = "COFFER_MQTT_PUBLIC",
-            value_name = "HOST:PORT",
-            requires = "mqtt_broker"
-        )]
-        mqtt_public: Option<String>,
-        /// The broker's TLS certificate (PEM), which devices pin [default:
-        /// this server's own, from --tls-cert or --dev-tls]
-        #[arg(
-            long,
-            env = "COFFER_MQTT_BROKER_CERT",
-            value_name = "FILE",
-            requires = "mqtt_broker"
-        )]
-        mqtt_broker_cert: Option<std::path::PathBuf>,
-        /// The broker's dynamic-security admin user
-        #[arg(
-            long,
-            env = "COFFER_MQTT_ADMIN_USER",
-            default_value = "admin",
-            value_name = "NAME"
-        )]
-        mqtt_admin_user: String,
-        /// A file (mode 0600) holding the admin's password [default: the
-        /// COFFER_MQTT_ADMIN_PASSWORD variable]
-        #[arg(
-            long,
-            env = "COFFER_MQTT_ADMIN_PASSWORD_FILE",
-            value_name = "FILE",
-            requires = "mqtt_broker"
-        )]
-        mqtt_admin_password_file: Option<std::path::PathBuf>,
-        /// This process's persistent ingest session on the broker: the same
-        /// across restarts, one per server process [default:
-        /// coffer-ingest-HOSTNAME]
-        #[arg(
-            long,
-            env = "COFFER_MQTT_SESSION_ID",
-            value_name = "ID",
-            requires = "mqtt_broker"
-        )]
-        mqtt_session_id: Option<String>,
+        #[command(flatten)]
+        mqtt: Box<MqttFlags>,
     },
     /// Administer a control plane over its API (coffer serve)
     ///

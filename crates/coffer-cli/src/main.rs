@@ -83,12 +83,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
             org_file_quota,
             upload_expiry,
             max_concurrent_pieces,
-            mqtt_broker,
-            mqtt_public,
-            mqtt_broker_cert,
-            mqtt_admin_user,
-            mqtt_admin_password_file,
-            mqtt_session_id,
+            mqtt,
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => serve::Tls::Files(cert.clone(), key.clone()),
@@ -121,14 +116,14 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
                         upload_expiry: *upload_expiry,
                         max_concurrent_pieces: usize::from(*max_concurrent_pieces),
                     },
-                    mqtt: mqtt_broker.as_deref().map(|broker_url| {
+                    mqtt: mqtt.mqtt_broker.as_deref().map(|broker_url| {
                         coffer_server::mqtt::MqttSettings {
                             broker_url,
-                            public: mqtt_public.as_deref(),
-                            certificate: mqtt_broker_cert.as_deref(),
-                            admin_user: mqtt_admin_user,
-                            admin_password_file: mqtt_admin_password_file.as_deref(),
-                            session_id: mqtt_session_id.as_deref(),
+                            public: mqtt.mqtt_public.as_deref(),
+                            certificate: mqtt.mqtt_broker_cert.as_deref(),
+                            admin_user: &mqtt.mqtt_admin_user,
+                            admin_password_file: mqtt.mqtt_admin_password_file.as_deref(),
+                            session_id: mqtt.mqtt_session_id.as_deref(),
                         }
                     }),
                 },
