@@ -34,6 +34,11 @@ use crate::store::{BatchStored, BrokerState, NewBatch, StoreError, UsageRecord};
 /// How often one device's dropped messages may reach the audit trail.
 const DROP_AUDIT_EVERY: Duration = Duration::from_secs(60);
 
+/// How many acknowledgements may wait for the event loop: more than the
+/// broker queues for a session (`max_queued_messages`, 1000 by default)
+/// plus its messages in flight.
+const ACK_BACKLOG: usize = 8192;
+
 /// The route under which a message is accounted.
 const ROUTE: &str = "mqtt:coffer/v1/{org}/{device}/readings";
 
@@ -140,7 +145,7 @@ pub(super) async fn run(mqtt: Arc<Mqtt>, state: AppState, mut stop: watch::Recei
         options.set_clean_session(false);
         options.set_manual_acks(true);
         options.set_max_packet_size(MAX_PACKET, 64 * 1024);
-        let (client, mut events) = AsyncClient::new(options, 64);
+        let (client, mut events) = AsyncClient::new(options, ACK_BACKLOG);
         loop {
             let event = tokio::select! {
                 event = events.poll() => Some(event),
@@ -182,7 +187,17 @@ pub(super) async fn run(mqtt: Arc<Mqtt>, state: AppState, mut stop: watch::Recei
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     match take(&mqtt, &state, &publish).await {
                         Ok(()) => {
-                            if client.ack(&publish).await.is_err() {
+                            // Never awaited: the acknowledgements wait in the
+                            // client's channel until this task polls the
+                            // event loop again, which takes one of them per
+                            // turn while a network read may bring several
+                            // messages. Full (it holds more than the
+                            // broker's queue), the session starts again and
+                            // the broker sends what was not acknowledged.
+                            if client.try_ack(&publish).is_err() {
+                                tracing::warn!(
+                                    "MQTT ingest: acknowledgements backed up; reconnecting"
+                                );
                                 break;
                             }
                         }
