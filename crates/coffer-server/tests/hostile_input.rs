@@ -1005,6 +1005,7 @@ fn valid_body(template: &str) -> Value {
         | "/v1/device/check-in"
         | "/v1/device/wipes/{order_id}/ack"
         | "/v1/device/sync/{app}/purged"
+        | "/v1/device/mqtt"
         | "/v1/operators/{user_id}" => json!({}),
         other => panic!("{other}: a POST or PUT endpoint without a valid body here: add one"),
     }
