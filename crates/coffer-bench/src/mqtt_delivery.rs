@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use coffer_server::testing::Mosquitto;
 use coffer_server::{LoginLimits, ServeConfig, Server, TlsSetting, DEFAULT_SESSION_TTL};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Transport};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -330,7 +330,7 @@ impl Bench {
         );
         options.set_inflight(IN_FLIGHT);
         options.set_transport(Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(tls(&self.broker)),
+            rumqttc::TlsConfiguration::Rustls(self.broker.client_tls()),
         ));
         let (client, mut events) = AsyncClient::new(options, 64);
         connected(&mut events).await;
@@ -338,29 +338,14 @@ impl Bench {
         let n = payloads.len() as u64;
         let before = self.stored_batches().await;
         let started = Instant::now();
-        let publisher = {
-            let client = client.clone();
-            tokio::spawn(async move {
-                for p in payloads {
-                    client
-                        .publish(&topic, QoS::AtLeastOnce, false, p)
-                        .await
-                        .unwrap();
-                }
-            })
-        };
-        let mut acked = 0;
-        while acked < n {
-            match tokio::time::timeout(Duration::from_secs(30), events.poll())
-                .await
-                .expect("the broker acknowledges")
-                .unwrap()
-            {
-                Event::Incoming(Packet::PubAck(_)) => acked += 1,
-                _ => continue,
-            }
-        }
-        publisher.await.unwrap();
+        coffer_server::testing::publish_all(
+            &client,
+            &mut events,
+            &topic,
+            payloads,
+            Duration::from_secs(30),
+        )
+        .await;
         while self.stored_batches().await < before + n {
             assert!(
                 started.elapsed() < STORE_DEADLINE,
@@ -378,24 +363,6 @@ impl Bench {
         .await;
         secs
     }
-}
-
-fn tls(broker: &Mosquitto) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(broker.certificate_pem.as_bytes())
-    {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
 }
 
 /// Polls until the broker acknowledged the connection.

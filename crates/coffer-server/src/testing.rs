@@ -545,6 +545,30 @@ impl Mosquitto {
         }
     }
 
+    /// TLS settings for a client of the broker (a test device): its
+    /// certificate as the one trust anchor.
+    #[allow(clippy::unwrap_used)]
+    pub fn client_tls(&self) -> std::sync::Arc<rustls::ClientConfig> {
+        crate::mqtt::client_tls(self.certificate_pem.as_bytes()).unwrap()
+    }
+
+    /// Options for a test device's connection to the broker as `user`
+    /// with `password` and `client_id`, over TLS.
+    pub fn device_options(
+        &self,
+        client_id: &str,
+        user: &str,
+        password: &str,
+    ) -> rumqttc::MqttOptions {
+        let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", self.port);
+        options.set_credentials(user, password);
+        options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(self.client_tls()),
+        ));
+        options
+    }
+
     /// The admin's password (for `--mqtt-admin-password-file` tests).
     pub fn admin_password(&self) -> &str {
         &self.admin_password
@@ -563,4 +587,42 @@ impl Drop for Mosquitto {
             let _ = child.wait();
         }
     }
+}
+
+/// Publishes each payload QoS 1 on `topic` and waits (at most `patience`
+/// for each event) for every PUBACK. The publishing runs on a task of its
+/// own: the client's request channel is bounded and drained only while
+/// the event loop is polled.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub async fn publish_all(
+    client: &rumqttc::AsyncClient,
+    events: &mut rumqttc::EventLoop,
+    topic: &str,
+    payloads: Vec<Vec<u8>>,
+    patience: std::time::Duration,
+) {
+    use rumqttc::{Event, Packet, QoS};
+    let n = payloads.len();
+    let publisher = client.clone();
+    let topic = topic.to_owned();
+    let publishing = tokio::spawn(async move {
+        for p in payloads {
+            publisher
+                .publish(&topic, QoS::AtLeastOnce, false, p)
+                .await
+                .unwrap();
+        }
+    });
+    let mut acked = 0;
+    while acked < n {
+        match tokio::time::timeout(patience, events.poll())
+            .await
+            .expect("the broker acknowledges")
+            .expect("the broker keeps the connection")
+        {
+            Event::Incoming(Packet::PubAck(_)) => acked += 1,
+            _ => continue,
+        }
+    }
+    publishing.await.unwrap();
 }

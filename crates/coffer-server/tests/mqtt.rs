@@ -11,12 +11,11 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coffer_server::testing::Mosquitto;
 use reqwest::StatusCode;
-use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, ConnectionError, Event, Packet, QoS};
 use serde_json::{json, Value};
 use support::postgres::Postgres;
 use support::{enrollment, get, login, post, set_up, Running};
@@ -26,6 +25,39 @@ const PASSWORD: &str = "correct horse battery";
 async fn server(url: &str, broker: &Mosquitto, session: &str) -> Running {
     let config = broker.config(session);
     Running::start_configured(url, move |s| s.with_mqtt(config)).await
+}
+
+/// A broker, a server on SQLite managing it, set up (organization Acme,
+/// its owner alice logged in).
+struct World {
+    broker: Mosquitto,
+    _db: tempfile::TempDir,
+    url: String,
+    server: Running,
+    http: reqwest::Client,
+    org: i64,
+    admin: String,
+}
+
+impl World {
+    async fn start(session: &str) -> World {
+        let broker = Mosquitto::start();
+        let db = tempfile::tempdir().unwrap();
+        let url = db.path().join("c.db").display().to_string();
+        let server = server(&url, &broker, session).await;
+        let http = reqwest::Client::new();
+        let org = set_up(&server, &http).await;
+        let admin = login(&server, &http, "alice", PASSWORD).await.unwrap();
+        World {
+            broker,
+            _db: db,
+            url,
+            server,
+            http,
+            org,
+            admin,
+        }
+    }
 }
 
 /// A device of the test: its ids, token, and broker access.
@@ -56,24 +88,6 @@ async fn device(
     }
 }
 
-fn tls(broker: &Mosquitto) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(broker.certificate_pem.as_bytes())
-    {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
-}
-
 /// A connection as the device (its user, password and client id).
 fn connect(broker: &Mosquitto, access: &Value) -> (AsyncClient, rumqttc::EventLoop) {
     connect_as(
@@ -90,13 +104,7 @@ fn connect_as(
     user: &str,
     password: &str,
 ) -> (AsyncClient, rumqttc::EventLoop) {
-    let mut options = MqttOptions::new(client_id, "127.0.0.1", broker.port);
-    options.set_credentials(user, password);
-    options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
-    options.set_transport(Transport::tls_with_config(
-        rumqttc::TlsConfiguration::Rustls(tls(broker)),
-    ));
-    AsyncClient::new(options, 64)
+    AsyncClient::new(broker.device_options(client_id, user, password), 64)
 }
 
 /// Polls until the broker acknowledged the connection; the error if it
@@ -113,38 +121,30 @@ async fn connected(events: &mut rumqttc::EventLoop) -> Result<(), ConnectionErro
     }
 }
 
-/// Publishes each payload QoS 1 on `topic` and waits for every PUBACK
-/// (the publishing on a task of its own: the client's request channel is
-/// bounded and drained only while the event loop is polled).
+/// Whether, within 5 s, the broker comes to accept (`true`) or refuse
+/// (`false`) a connection with `access`.
+async fn accepts_within(broker: &Mosquitto, access: &Value, accept: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_c, mut e) = connect(broker, access);
+        if connected(&mut e).await.is_ok() == accept {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn publish_all(
     client: &AsyncClient,
     events: &mut rumqttc::EventLoop,
     topic: &str,
     payloads: Vec<Vec<u8>>,
 ) {
-    let n = payloads.len();
-    let publisher = client.clone();
-    let topic = topic.to_owned();
-    let publishing = tokio::spawn(async move {
-        for p in payloads {
-            publisher
-                .publish(&topic, QoS::AtLeastOnce, false, p)
-                .await
-                .unwrap();
-        }
-    });
-    let mut acked = 0;
-    while acked < n {
-        match tokio::time::timeout(Duration::from_secs(10), events.poll())
-            .await
-            .expect("the broker acknowledges")
-            .unwrap()
-        {
-            Event::Incoming(Packet::PubAck(_)) => acked += 1,
-            _ => continue,
-        }
-    }
-    publishing.await.unwrap();
+    coffer_server::testing::publish_all(client, events, topic, payloads, Duration::from_secs(10))
+        .await;
 }
 
 fn batch(id: &str, readings: usize) -> Vec<u8> {
@@ -218,13 +218,15 @@ async fn metric(server: &Running, http: &reqwest::Client, line_start: &str) -> u
 
 #[tokio::test]
 async fn a_device_delivers_over_mqtt_once_with_its_accounting_and_only_to_its_own_topic() {
-    let broker = Mosquitto::start();
-    let db = tempfile::tempdir().unwrap();
-    let url = db.path().join("c.db").display().to_string();
-    let server = server(&url, &broker, "coffer-test-a").await;
-    let http = reqwest::Client::new();
-    let org = set_up(&server, &http).await;
-    let admin = login(&server, &http, "alice", PASSWORD).await.unwrap();
+    let World {
+        broker,
+        _db,
+        url,
+        server,
+        http,
+        org,
+        admin,
+    } = World::start("coffer-test-a").await;
     let a = device(&server, &http, org, &admin, "sensor-a").await;
     let b = device(&server, &http, org, &admin, "sensor-b").await;
     assert_eq!(
@@ -337,13 +339,15 @@ async fn a_device_delivers_over_mqtt_once_with_its_accounting_and_only_to_its_ow
 
 #[tokio::test]
 async fn a_revoked_device_is_disconnected_at_once_and_refused() {
-    let broker = Mosquitto::start();
-    let db = tempfile::tempdir().unwrap();
-    let url = db.path().join("c.db").display().to_string();
-    let server = server(&url, &broker, "coffer-test-r").await;
-    let http = reqwest::Client::new();
-    let org = set_up(&server, &http).await;
-    let admin = login(&server, &http, "alice", PASSWORD).await.unwrap();
+    let World {
+        broker,
+        _db,
+        url: _url,
+        server,
+        http,
+        org,
+        admin,
+    } = World::start("coffer-test-r").await;
     let d = device(&server, &http, org, &admin, "sensor").await;
     let (_client, mut events) = connect(&broker, &d.access);
     connected(&mut events).await.unwrap();
@@ -378,13 +382,15 @@ async fn a_revoked_device_is_disconnected_at_once_and_refused() {
 
 #[tokio::test]
 async fn a_device_revoked_while_the_broker_was_down_is_deleted_from_it_when_it_is_back() {
-    let mut broker = Mosquitto::start();
-    let db = tempfile::tempdir().unwrap();
-    let url = db.path().join("c.db").display().to_string();
-    let server = server(&url, &broker, "coffer-test-catch-up").await;
-    let http = reqwest::Client::new();
-    let org = set_up(&server, &http).await;
-    let admin = login(&server, &http, "alice", PASSWORD).await.unwrap();
+    let World {
+        mut broker,
+        _db,
+        url: _url,
+        server,
+        http,
+        org,
+        admin,
+    } = World::start("coffer-test-catch-up").await;
     let d = device(&server, &http, org, &admin, "sensor").await;
     broker.stop();
     let r = post(
@@ -419,49 +425,17 @@ async fn a_device_revoked_while_the_broker_was_down_is_deleted_from_it_when_it_i
 
 #[tokio::test]
 async fn a_suspension_or_a_wipe_order_disables_the_client_and_a_resumption_enables_it() {
-    let broker = Mosquitto::start();
-    let db = tempfile::tempdir().unwrap();
-    let url = db.path().join("c.db").display().to_string();
-    let server = server(&url, &broker, "coffer-test-s").await;
-    let http = reqwest::Client::new();
-    let org = set_up(&server, &http).await;
-    let admin = login(&server, &http, "alice", PASSWORD).await.unwrap();
+    let World {
+        broker,
+        _db,
+        url: _url,
+        server,
+        http,
+        org,
+        admin,
+    } = World::start("coffer-test-s").await;
     let d = device(&server, &http, org, &admin, "sensor").await;
-    let refused_within = |secs: u64| {
-        let access = &d.access;
-        let broker = &broker;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(secs);
-            loop {
-                let (_c, mut e) = connect(broker, access);
-                if connected(&mut e).await.is_err() {
-                    return true;
-                }
-                if Instant::now() > deadline {
-                    return false;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    let accepted_within = |secs: u64| {
-        let access = &d.access;
-        let broker = &broker;
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(secs);
-            loop {
-                let (_c, mut e) = connect(broker, access);
-                if connected(&mut e).await.is_ok() {
-                    return true;
-                }
-                if Instant::now() > deadline {
-                    return false;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    assert!(accepted_within(5).await);
+    assert!(accepts_within(&broker, &d.access, true).await);
     // The operator here is alice (the setup's owner is the instance's
     // first operator).
     let r = post(
@@ -472,7 +446,7 @@ async fn a_suspension_or_a_wipe_order_disables_the_client_and_a_resumption_enabl
     )
     .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert!(refused_within(5).await);
+    assert!(accepts_within(&broker, &d.access, false).await);
     let r = post(
         &http,
         server.url(&format!("/v1/orgs/{org}/resume")),
@@ -481,7 +455,7 @@ async fn a_suspension_or_a_wipe_order_disables_the_client_and_a_resumption_enabl
     )
     .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert!(accepted_within(5).await);
+    assert!(accepts_within(&broker, &d.access, true).await);
     let r = post(
         &http,
         server.url(&format!("/v1/orgs/{org}/devices/{}/wipe", d.id)),
@@ -490,7 +464,7 @@ async fn a_suspension_or_a_wipe_order_disables_the_client_and_a_resumption_enabl
     )
     .await;
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert!(refused_within(5).await);
+    assert!(accepts_within(&broker, &d.access, false).await);
     // Until it has checked in and carried the order out, no new access.
     let r = post(&http, server.url("/v1/device/mqtt"), &d.token, json!({})).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
@@ -499,13 +473,15 @@ async fn a_suspension_or_a_wipe_order_disables_the_client_and_a_resumption_enabl
 
 #[tokio::test]
 async fn restarts_of_the_broker_and_of_the_server_lose_no_accepted_message() {
-    let mut broker = Mosquitto::start();
-    let db = tempfile::tempdir().unwrap();
-    let url = db.path().join("c.db").display().to_string();
-    let running = server(&url, &broker, "coffer-test-restart").await;
-    let http = reqwest::Client::new();
-    let org = set_up(&running, &http).await;
-    let admin = login(&running, &http, "alice", PASSWORD).await.unwrap();
+    let World {
+        mut broker,
+        _db,
+        url,
+        server: running,
+        http,
+        org,
+        admin,
+    } = World::start("coffer-test-restart").await;
     let d = device(&running, &http, org, &admin, "sensor").await;
     let topic = d.access["topic"].as_str().unwrap().to_owned();
     {
@@ -548,13 +524,15 @@ async fn restarts_of_the_broker_and_of_the_server_lose_no_accepted_message() {
 
 #[tokio::test]
 async fn hostile_payloads_are_dropped_counted_and_audited_and_ingest_goes_on() {
-    let broker = Mosquitto::start();
-    let db = tempfile::tempdir().unwrap();
-    let url = db.path().join("c.db").display().to_string();
-    let server = server(&url, &broker, "coffer-test-h").await;
-    let http = reqwest::Client::new();
-    let org = set_up(&server, &http).await;
-    let admin = login(&server, &http, "alice", PASSWORD).await.unwrap();
+    let World {
+        broker,
+        _db,
+        url,
+        server,
+        http,
+        org,
+        admin,
+    } = World::start("coffer-test-h").await;
     let d = device(&server, &http, org, &admin, "sensor").await;
     let topic = d.access["topic"].as_str().unwrap().to_owned();
     let (client, mut events) = connect(&broker, &d.access);
@@ -662,13 +640,15 @@ async fn two_servers_on_one_postgresql_both_see_every_message_and_store_each_bat
 /// deadlocked the ingest here after about 80 messages.)
 #[tokio::test]
 async fn a_burst_of_batches_is_stored_whole() {
-    let broker = Mosquitto::start();
-    let db = tempfile::tempdir().unwrap();
-    let url = db.path().join("c.db").display().to_string();
-    let server = server(&url, &broker, "coffer-test-burst").await;
-    let http = reqwest::Client::new();
-    let org = set_up(&server, &http).await;
-    let admin = login(&server, &http, "alice", PASSWORD).await.unwrap();
+    let World {
+        broker,
+        _db,
+        url: _url,
+        server,
+        http,
+        org,
+        admin,
+    } = World::start("coffer-test-burst").await;
     let d = device(&server, &http, org, &admin, "sensor").await;
     let topic = d.access["topic"].as_str().unwrap().to_owned();
     let (client, mut events) = connect(&broker, &d.access);

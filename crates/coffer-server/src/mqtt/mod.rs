@@ -299,6 +299,12 @@ pub(crate) fn bounded(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
+/// TLS settings that trust exactly `certificate_pem` (the broker's
+/// certificate or its CA), with the ring provider.
+pub fn client_tls(certificate_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, MqttError> {
+    broker::tls_config(certificate_pem)
+}
+
 /// The broker user (and client id) of a device.
 pub fn device_username(org_id: i64, device_id: i64) -> String {
     format!("coffer-device-{org_id}-{device_id}")
