@@ -418,9 +418,16 @@ impl Mqtt {
             }])
             .await?;
         self.put_client(&username, &password, &role).await?;
-        store
+        if !store
             .mqtt_confirm(device_id, BrokerState::Pending, BrokerState::Enabled)
-            .await?;
+            .await?
+        {
+            // The reconciler took the row meanwhile (a revocation, a wipe
+            // order: it may have removed the client before this issue made
+            // it again): noted once more, so that it looks at this client
+            // as the broker now has it.
+            store.mqtt_issuing(org_id, device_id).await?;
+        }
         // A revocation that came meanwhile has its way now.
         self.reconcile.notify_one();
         Ok(MqttAccess {
