@@ -47,6 +47,8 @@ struct KeptAccess {
     password: String,
     client_id: String,
     topic: String,
+    /// The largest payload the broker and the ingest take.
+    max_payload: usize,
 }
 
 impl Drop for KeptAccess {
@@ -65,9 +67,14 @@ impl From<MqttAccess> for KeptAccess {
             username: a.username,
             client_id: a.client_id,
             topic: a.topic,
+            max_payload: a.max_payload,
         }
     }
 }
+
+/// Room for an MQTT PUBLISH's fixed header, topic and packet id beside
+/// its payload.
+const PACKET_OVERHEAD: usize = 1024;
 
 /// Why publishing stopped.
 enum Stopped {
@@ -75,6 +82,9 @@ enum Stopped {
     Refused,
     /// The broker could not be reached, or went away.
     Unreachable(String),
+    /// Everything else went, but these batches are larger than the broker
+    /// takes: they go over HTTP.
+    TooLarge(usize),
 }
 
 impl Agent {
@@ -152,6 +162,12 @@ impl Agent {
                     }
                 }
                 Some(Stopped::Unreachable(why)) => break why,
+                Some(Stopped::TooLarge(n)) => {
+                    break format!(
+                        "{n} batch(es) larger than the broker's {} bytes",
+                        access.max_payload
+                    )
+                }
             }
         };
         let mut report = self.deliver(vault, retries)?;
@@ -186,10 +202,11 @@ impl Agent {
                 .certificate_sha256
                 .bytes()
                 .all(|b| b.is_ascii_hexdigit());
-        if !valid_pin || access.host.is_empty() || access.port == 0 {
+        let valid_limit = (1..=16 * 1024 * 1024).contains(&access.max_payload);
+        if !valid_pin || !valid_limit || access.host.is_empty() || access.port == 0 {
             return Err(Error::BadAnswer {
                 endpoint: RequestMqttAccess::PATH,
-                problem: "no usable broker address or certificate pin".into(),
+                problem: "no usable broker address, certificate pin or payload limit".into(),
             });
         }
         let bytes = Zeroizing::new(serde_json::to_vec(&access).map_err(|_| Error::BadAnswer {
@@ -218,6 +235,10 @@ fn publish(
     options.set_credentials(access.username.clone(), access.password.clone());
     options.set_keep_alive(Duration::from_secs(30));
     options.set_clean_session(true);
+    // rumqttc's own limit is 10 KiB each way; a queued batch is up to the
+    // server's 64 KiB. What comes back is small (acknowledgements).
+    let max_packet = access.max_payload.saturating_add(PACKET_OVERHEAD);
+    options.set_max_packet_size(max_packet.max(16 * 1024), max_packet);
     options.set_transport(rumqttc::Transport::tls_with_config(
         rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
     ));
@@ -255,6 +276,7 @@ fn publish(
     let mut unnumbered: VecDeque<String> = VecDeque::new();
     let mut in_flight: HashMap<u16, String> = HashMap::new();
     let mut exhausted = false;
+    let mut too_large = 0;
     let outcome = loop {
         while !exhausted && unnumbered.len() + in_flight.len() < WINDOW {
             let Some(setting) = to_send.next() else {
@@ -264,6 +286,11 @@ fn publish(
             let Some(body) = vault.setting(&setting)? else {
                 continue;
             };
+            if body.len() > access.max_payload {
+                // Left in the queue for HTTP, which takes it.
+                too_large += 1;
+                continue;
+            }
             if client
                 .publish(access.topic.clone(), QoS::AtLeastOnce, false, body)
                 .is_err()
@@ -273,7 +300,7 @@ fn publish(
             unnumbered.push_back(setting);
         }
         if exhausted && unnumbered.is_empty() && in_flight.is_empty() {
-            break None;
+            break (too_large > 0).then_some(Stopped::TooLarge(too_large));
         }
         match next(&mut connection) {
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {

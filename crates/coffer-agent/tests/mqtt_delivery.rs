@@ -281,6 +281,51 @@ fn the_queue_goes_over_mqtt_and_a_refused_access_is_asked_for_again_once() {
 }
 
 #[test]
+fn a_batch_near_the_64_kib_limit_goes_over_mqtt_and_one_over_the_brokers_over_http() {
+    let broker = Mosquitto::start();
+    let world = World::new(Some(&broker));
+    let agent = Agent::new();
+    let path = world.device(&agent);
+    // 15 readings of 4,000 bytes: about 60 KiB of JSON (rumqttc's own
+    // default limit is 10 KiB).
+    let big = |first: i64| -> Vec<Reading> {
+        (0..15)
+            .map(|i| Reading {
+                at: 1_800_000_000 + first + i,
+                name: "blob".into(),
+                value: json!("x".repeat(4000)),
+            })
+            .collect()
+    };
+    let vault = open(&agent, &path);
+    agent.queue_readings(&vault, big(0)).unwrap();
+    let report = agent.deliver_mqtt(vault, 0).unwrap();
+    assert_eq!((report.over_mqtt, report.fell_back.as_deref()), (1, None));
+    world.wait_for_readings(15);
+
+    // A broker that takes less (its access says so): that batch goes over
+    // HTTP, the small one over MQTT, and the report says why.
+    let vault = open(&agent, &path);
+    let mut kept: Value = serde_json::from_slice(&vault.setting(ACCESS).unwrap().unwrap()).unwrap();
+    kept["max_payload"] = json!(10_000);
+    vault
+        .set_setting(ACCESS, Some(&serde_json::to_vec(&kept).unwrap()))
+        .unwrap();
+    agent.queue_readings(&vault, big(100)).unwrap();
+    queue(&agent, &vault, 1);
+    let report = agent.deliver_mqtt(vault, 0).unwrap();
+    assert_eq!(
+        (report.delivered, report.over_mqtt, report.queued),
+        (2, 1, 0)
+    );
+    assert!(report
+        .fell_back
+        .unwrap()
+        .contains("larger than the broker's"));
+    world.wait_for_readings(32);
+}
+
+#[test]
 fn with_the_broker_down_or_absent_the_batches_go_over_http_and_the_report_says_why() {
     let mut broker = Mosquitto::start();
     let world = World::new(Some(&broker));
