@@ -214,4 +214,9 @@ fn flags_that_would_weaken_mqtt_are_refused_before_the_server_starts() {
     let mut flags = mqtt_flags(&broker, &cert, &password);
     flags.truncate(4);
     refused(flags, "COFFER_MQTT_ADMIN_PASSWORD");
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A session id that would make coffer remake the admin's own client.
+    let mut flags = mqtt_flags(&broker, &cert, &password);
+    flags[7] = "admin".into();
+    refused(flags, "must not be the admin user");
 }

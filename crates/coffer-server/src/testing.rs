@@ -466,6 +466,7 @@ impl Mosquitto {
              max_packet_size 2097152\n\
              max_queued_messages 100000\n\
              max_inflight_messages 100\n\
+             retain_available false\n\
              log_dest file {d}/mosquitto.log\n\
              log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
              plugin {plugin}\n\

@@ -44,6 +44,11 @@ async fn access(
         .await
         .map_err(|e| match e {
             MqttError::Store(e) => ApiError::from(e),
+            MqttError::NotAllowed => ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::WipePending,
+                "the device may no longer deliver: check in first",
+            ),
             other => {
                 tracing::warn!(error = %other, "MQTT: could not issue a device's access");
                 let mut refused = ApiError::new(

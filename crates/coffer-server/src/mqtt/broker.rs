@@ -170,13 +170,23 @@ pub(super) struct Response {
     correlation: Option<String>,
 }
 
-impl Response {
-    /// Whether the command did what was asked, or found it already done
-    /// (a role or client that exists, a client or role already gone).
-    pub(super) fn done_or_already(&self) -> bool {
-        match &self.error {
-            None => true,
-            Some(e) => e.contains("already exists") || e.contains("not found"),
+impl Command {
+    /// Whether `response` says this command did what was asked, or found
+    /// it already done: a role or client to create that exists, one to
+    /// delete or disable that is gone. A client to modify or enable that
+    /// is not there is a failure.
+    pub(super) fn done_or_already(&self, response: &Response) -> bool {
+        let Some(error) = &response.error else {
+            return true;
+        };
+        match self {
+            Command::CreateRole { .. } | Command::CreateClient { .. } => {
+                error.contains("already exists")
+            }
+            Command::DeleteClient { .. }
+            | Command::DeleteRole { .. }
+            | Command::DisableClient { .. } => error.contains("not found"),
+            Command::ModifyClient { .. } | Command::EnableClient { .. } => false,
         }
     }
 }
@@ -185,6 +195,10 @@ impl Response {
 /// command batch at a time, each matched to its answer.
 pub(super) struct Admin {
     client: AsyncClient,
+    /// Random per process: the plugin answers every subscriber of its
+    /// response topic, so several `coffer serve` processes see each
+    /// other's answers, and an id must be this process's own.
+    prefix: String,
     /// True while subscribed to the answers: a command sent before would
     /// have its answer lost.
     ready: watch::Receiver<bool>,
@@ -249,6 +263,11 @@ impl Admin {
             ready,
             answers: Mutex::new(answers),
             next: std::sync::atomic::AtomicU64::new(1),
+            prefix: {
+                let mut bytes = [0u8; 8];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+                hex::encode(bytes)
+            },
         }
     }
 
@@ -272,7 +291,7 @@ impl Admin {
                     .enumerate()
                     .map(|(i, command)| Tagged {
                         command,
-                        correlation: format!("{batch}.{i}"),
+                        correlation: format!("{}.{batch}.{i}", self.prefix),
                     })
                     .collect(),
             })
@@ -291,14 +310,17 @@ impl Admin {
                 continue;
             };
             let ours = responses.first().and_then(|r| r.correlation.as_deref())
-                == Some(&format!("{batch}.0"));
+                == Some(&format!("{}.{batch}.0", self.prefix));
             if !ours {
                 continue;
             }
-            if responses.len() != commands.len() {
+            let each_ours = responses.len() == commands.len()
+                && responses.iter().enumerate().all(|(i, r)| {
+                    r.correlation.as_deref() == Some(&format!("{}.{batch}.{i}", self.prefix))
+                });
+            if !each_ours {
                 return Err(MqttError::Broker(format!(
-                    "the broker answered {} of {} commands",
-                    responses.len(),
+                    "the broker's answer does not match the {} commands sent",
                     commands.len()
                 )));
             }
@@ -309,7 +331,7 @@ impl Admin {
     /// Runs `commands`, each of which must succeed or find its work done.
     pub(super) async fn ensure(&self, commands: &[Command]) -> Result<(), MqttError> {
         for (command, response) in commands.iter().zip(self.run(commands).await?) {
-            if !response.done_or_already() {
+            if !command.done_or_already(&response) {
                 return Err(MqttError::Broker(format!(
                     "{} refused: {}",
                     command.name(),

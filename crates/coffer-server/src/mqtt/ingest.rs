@@ -59,6 +59,10 @@ enum Dropped {
     Invalid,
     /// Another batch was stored under this batch id.
     Conflict,
+    /// A retained message, sent again because the ingest subscribed
+    /// again (its first delivery, live, had the flag cleared and was
+    /// taken then).
+    Retained,
 }
 
 impl Dropped {
@@ -71,6 +75,7 @@ impl Dropped {
             Dropped::Malformed => "malformed",
             Dropped::Invalid => "invalid",
             Dropped::Conflict => "conflict",
+            Dropped::Retained => "retained",
         }
     }
 
@@ -82,7 +87,7 @@ impl Dropped {
             Dropped::Invalid => 422,
             Dropped::Conflict => 409,
             Dropped::NotAllowed => 403,
-            Dropped::Topic | Dropped::UnknownDevice => 404,
+            Dropped::Topic | Dropped::UnknownDevice | Dropped::Retained => 404,
         }
     }
 }
@@ -223,6 +228,14 @@ pub(super) async fn run(mqtt: Arc<Mqtt>, state: AppState, mut stop: watch::Recei
                     break;
                 }
                 Err(e) => {
+                    if format!("{e:?}").contains("PayloadSizeLimitExceeded") {
+                        // The broker will send it again at each connection.
+                        tracing::error!(
+                            limit = MAX_PACKET,
+                            "MQTT ingest: the broker sent a message larger than the ingest reads; \
+                             set the broker's max_packet_size to at most this (docs/server.md, \"MQTT\")"
+                        );
+                    }
                     tracing::warn!(error = %super::bounded(&e.to_string()), "MQTT ingest: connection lost; reconnecting");
                     if pause(&mut stop, &mut backoff).await {
                         return;
@@ -248,6 +261,10 @@ async fn pause(stop: &mut watch::Receiver<bool>, backoff: &mut Duration) -> bool
 async fn take(mqtt: &Mqtt, state: &AppState, publish: &Publish) -> Result<(), StoreError> {
     let started = Instant::now();
     let bytes = publish.payload.len();
+    if publish.retain {
+        // Not a new message: counted only, charged to no one.
+        return drop_message(mqtt, state, None, Dropped::Retained, bytes, started).await;
+    }
     let Some((org_id, device_id)) = parse_readings_topic(&publish.topic) else {
         return drop_message(mqtt, state, None, Dropped::Topic, bytes, started).await;
     };

@@ -220,6 +220,16 @@ impl MqttConfig {
                 "--mqtt-session-id is 1 to 64 of A-Z a-z 0-9 - _ .".into(),
             ));
         }
+        // It names a broker client that coffer makes and remakes: never
+        // the admin, a device's, or another process's admin connection.
+        if session_id == settings.admin_user
+            || session_id.starts_with("coffer-device-")
+            || session_id.ends_with("-admin")
+        {
+            return Err(MqttError::Config(
+                "--mqtt-session-id must not be the admin user, start with coffer-device- or end with -admin: coffer makes a broker client of that name".into(),
+            ));
+        }
         Ok(MqttConfig {
             broker,
             public_host,
@@ -288,6 +298,10 @@ pub enum MqttError {
     /// The broker refused a command.
     #[error("the MQTT broker refused: {0}")]
     Broker(String),
+    /// The device may no longer deliver (revoked, suspended or ordered
+    /// wiped while its access was being made).
+    #[error("the device may no longer deliver")]
+    NotAllowed,
     /// The database failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -405,7 +419,9 @@ impl Mqtt {
             .map_err(|_| MqttError::Unavailable)?;
         // Noted first: a revocation from now on reaches this client, even
         // if it races with its making.
-        store.mqtt_issuing(org_id, device_id).await?;
+        store
+            .mqtt_note(org_id, device_id, BrokerState::Pending)
+            .await?;
         let password = new_password();
         self.admin
             .ensure(&[Command::CreateRole {
@@ -418,18 +434,16 @@ impl Mqtt {
             }])
             .await?;
         self.put_client(&username, &password, &role).await?;
-        if !store
-            .mqtt_confirm(device_id, BrokerState::Pending, BrokerState::Enabled)
-            .await?
-        {
-            // The reconciler took the row meanwhile (a revocation, a wipe
-            // order: it may have removed the client before this issue made
-            // it again): noted once more, so that it looks at this client
-            // as the broker now has it.
-            store.mqtt_issuing(org_id, device_id).await?;
-        }
-        // A revocation that came meanwhile has its way now.
+        // What the broker holds now, whatever a reconciler (of any
+        // process) did meanwhile: a revocation that raced with this issue
+        // finds the client again and has its way.
+        store
+            .mqtt_note(org_id, device_id, BrokerState::Enabled)
+            .await?;
         self.reconcile.notify_one();
+        if store.mqtt_standing(org_id, device_id).await? != Some(BrokerState::Enabled) {
+            return Err(MqttError::NotAllowed);
+        }
         Ok(MqttAccess {
             host: self.config.public_host.clone(),
             port: self.config.public_port,
@@ -520,17 +534,44 @@ impl Mqtt {
                         vec![Command::EnableClient { username }]
                     }
                 };
-                self.admin.ensure(&commands).await?;
-                if store
-                    .mqtt_confirm(step.device_id, step.broker, step.desired)
-                    .await?
-                {
+                let responses = match self.admin.run(&commands).await {
+                    Ok(responses) => responses,
+                    // The broker away: the rest of the page would fail too.
+                    Err(e) => return Err(e),
+                };
+                let refused = commands
+                    .iter()
+                    .zip(&responses)
+                    .find(|(c, r)| !c.done_or_already(r));
+                let now = match refused {
+                    None => step.desired,
+                    // A client to enable that the broker no longer has (its
+                    // file was lost or edited): forgotten here; the device
+                    // asks for a new access when the broker refuses it.
+                    Some((Command::EnableClient { .. }, r))
+                        if r.error.as_deref().is_some_and(|e| e.contains("not found")) =>
+                    {
+                        BrokerState::Deleted
+                    }
+                    Some((c, r)) => {
+                        // One refused client must not hold up the others.
+                        tracing::warn!(
+                            org_id = step.org_id,
+                            device_id = step.device_id,
+                            command = c.name(),
+                            error = %bounded(r.error.as_deref().unwrap_or_default()),
+                            "MQTT: the broker refused to bring a client into step"
+                        );
+                        continue;
+                    }
+                };
+                if store.mqtt_confirm(step.device_id, step.broker, now).await? {
                     progressed = true;
                     done += 1;
                     tracing::info!(
                         org_id = step.org_id,
                         device_id = step.device_id,
-                        state = step.desired.as_str(),
+                        state = now.as_str(),
                         "MQTT client brought into step"
                     );
                 }

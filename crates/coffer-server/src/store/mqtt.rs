@@ -88,10 +88,10 @@ pub(super) fn out_of_step_sql() -> String {
     )
 }
 
-pub(super) const ISSUING_SQL: &str =
+pub(super) const NOTE_SQL: &str =
     "INSERT INTO mqtt_clients (device_id, org_id, issued_at, broker_state) \
-     VALUES ($1, $2, $3, 'pending') \
-     ON CONFLICT (device_id) DO UPDATE SET org_id = $2, issued_at = $3, broker_state = 'pending'";
+     VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (device_id) DO UPDATE SET org_id = $2, issued_at = $3, broker_state = $4";
 
 pub(super) const CONFIRM_SQL: &str =
     "UPDATE mqtt_clients SET broker_state = $1 WHERE device_id = $2 AND broker_state = $3";
@@ -110,10 +110,16 @@ impl Store {
         dispatch!(self, s => s.mqtt_standing(org_id, device_id).await)
     }
 
-    /// Notes that a client is being issued to the device (`pending` until
-    /// [`Store::mqtt_confirm`]): from now on it is reconciled.
-    pub async fn mqtt_issuing(&self, org_id: i64, device_id: i64) -> Result<(), StoreError> {
-        dispatch!(self, s => s.mqtt_issuing(org_id, device_id, super::now_unix()).await)
+    /// Notes what the broker holds of the device's client, whatever the
+    /// row said: `pending` while it is being issued, `enabled` once the
+    /// broker made it. From then on it is reconciled.
+    pub async fn mqtt_note(
+        &self,
+        org_id: i64,
+        device_id: i64,
+        state: BrokerState,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.mqtt_note(org_id, device_id, super::now_unix(), state).await)
     }
 
     /// Records that the broker confirmed `now` for the device's client,

@@ -2,7 +2,7 @@
 
 use super::{pg, PostgresStore};
 use crate::store::mqtt::{
-    out_of_step_sql, standing_sql, BrokerState, OutOfStep, CONFIRM_SQL, FORGET_SQL, ISSUING_SQL,
+    out_of_step_sql, standing_sql, BrokerState, OutOfStep, CONFIRM_SQL, FORGET_SQL, NOTE_SQL,
 };
 use crate::store::StoreError;
 
@@ -21,16 +21,17 @@ impl PostgresStore {
             .map(|r| BrokerState::from_db(r.get(0))))
     }
 
-    pub(in crate::store) async fn mqtt_issuing(
+    pub(in crate::store) async fn mqtt_note(
         &self,
         org_id: i64,
         device_id: i64,
         now: i64,
+        state: BrokerState,
     ) -> Result<(), StoreError> {
         let op = "noting an MQTT client";
         let client = self.client(op).await?;
         client
-            .execute(ISSUING_SQL, &[&device_id, &org_id, &now])
+            .execute(NOTE_SQL, &[&device_id, &org_id, &now, &state.as_str()])
             .await
             .map_err(pg(op))?;
         Ok(())

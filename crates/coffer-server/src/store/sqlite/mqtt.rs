@@ -4,7 +4,7 @@ use rusqlite::{params, OptionalExtension};
 
 use super::SqliteStore;
 use crate::store::mqtt::{
-    out_of_step_sql, standing_sql, BrokerState, OutOfStep, CONFIRM_SQL, FORGET_SQL, ISSUING_SQL,
+    out_of_step_sql, standing_sql, BrokerState, OutOfStep, CONFIRM_SQL, FORGET_SQL, NOTE_SQL,
 };
 use crate::store::{db_error, StoreError};
 
@@ -26,15 +26,16 @@ impl SqliteStore {
         .await
     }
 
-    pub(in crate::store) async fn mqtt_issuing(
+    pub(in crate::store) async fn mqtt_note(
         &self,
         org_id: i64,
         device_id: i64,
         now: i64,
+        state: BrokerState,
     ) -> Result<(), StoreError> {
         let op = "noting an MQTT client";
         self.with(op, move |conn| {
-            conn.execute(ISSUING_SQL, params![device_id, org_id, now])
+            conn.execute(NOTE_SQL, params![device_id, org_id, now, state.as_str()])
                 .map(drop)
                 .map_err(|e| db_error(op)(&e))
         })
