@@ -613,6 +613,29 @@ async fn two_servers_on_one_postgresql_both_see_every_message_and_store_each_bat
     let two = server(&url, &broker, "coffer-test-pg-2").await;
     let admin = login(&one, &http, "alice", PASSWORD).await.unwrap();
     let d = device(&two, &http, org, &admin, "sensor").await;
+    // Both processes issue at once: the broker's answers reach both (one
+    // response topic), and each must take only its own. Twenty rounds of
+    // new passwords for two devices, one through each process: the last
+    // password of each works.
+    let e = device(&one, &http, org, &admin, "other").await;
+    let (mut last_d, mut last_e) = (Value::Null, Value::Null);
+    for _ in 0..20 {
+        let (a, b) = tokio::join!(
+            post(&http, two.url("/v1/device/mqtt"), &d.token, json!({})),
+            post(&http, one.url("/v1/device/mqtt"), &e.token, json!({})),
+        );
+        assert_eq!((a.status(), b.status()), (StatusCode::OK, StatusCode::OK));
+        last_d = a.json().await.unwrap();
+        last_e = b.json().await.unwrap();
+    }
+    for access in [&last_d, &last_e] {
+        let (_c, mut events) = connect(&broker, access);
+        connected(&mut events).await.unwrap();
+    }
+    let d = Device {
+        access: last_d,
+        ..d
+    };
     let topic = d.access["topic"].as_str().unwrap().to_owned();
     let (client, mut events) = connect(&broker, &d.access);
     connected(&mut events).await.unwrap();
