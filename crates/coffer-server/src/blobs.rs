@@ -302,26 +302,8 @@ impl S3Credentials {
             path: path.display().to_string(),
             problem,
         };
-        let meta = std::fs::metadata(path).map_err(|e| refused(e.to_string()))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode();
-            if mode & 0o077 != 0 {
-                return Err(refused(format!(
-                    "other users of this host can read it (mode {:04o}): `chmod 600` it",
-                    mode & 0o7777
-                )));
-            }
-        }
-        if meta.len() > 64 * 1024 {
-            return Err(refused(
-                "it is larger than a credentials file (64 KiB)".into(),
-            ));
-        }
-        let text = zeroize::Zeroizing::new(
-            std::fs::read_to_string(path).map_err(|e| refused(e.to_string()))?,
-        );
+        let text = crate::private_file::read(path, 64 * 1024, "a credentials file (64 KiB)")
+            .map_err(refused)?;
         parse_credentials(&text).map_err(|problem| refused(problem.to_owned()))
     }
 }

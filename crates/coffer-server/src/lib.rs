@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod openapi;
 pub mod policy;
+mod private_file;
 pub mod record_seal;
 pub mod serve;
 pub mod store;

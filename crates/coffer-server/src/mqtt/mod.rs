@@ -135,7 +135,7 @@ impl std::fmt::Debug for MqttConfig {
 }
 
 /// What `coffer serve`'s flags say of the broker.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MqttSettings<'a> {
     /// `--mqtt-broker`: `mqtts://HOST:PORT`, or `mqtt://` to loopback.
     pub broker_url: &'a str,
@@ -266,22 +266,7 @@ fn read_private(path: &std::path::Path) -> Result<String, MqttError> {
             path.display()
         ))
     };
-    let meta = std::fs::metadata(path).map_err(|e| refused(e.to_string()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(refused(format!(
-                "other users of this host can read it (mode {:04o}): `chmod 600` it",
-                mode & 0o7777
-            )));
-        }
-    }
-    if meta.len() > 4096 {
-        return Err(refused("it is larger than a password (4 KiB)".into()));
-    }
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| refused(e.to_string()))?);
+    let text = crate::private_file::read(path, 4096, "a password (4 KiB)").map_err(refused)?;
     Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 
