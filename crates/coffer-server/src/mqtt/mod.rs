@@ -643,7 +643,10 @@ mod tests {
             "mqtts://user@host:8883",
             "mqtts://host:99999",
         ] {
-            assert!(BrokerAddress::parse(bad).is_err(), "{bad}");
+            assert!(
+                matches!(BrokerAddress::parse(bad), Err(MqttError::Config(_))),
+                "{bad}"
+            );
         }
     }
 }
