@@ -15,6 +15,7 @@ pub mod audit;
 pub mod blob_seal;
 pub mod blobs;
 pub mod client_addr;
+pub mod console;
 pub mod data;
 pub mod files;
 pub mod keys;

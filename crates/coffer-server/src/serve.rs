@@ -599,7 +599,10 @@ impl Server {
             blob_storage,
             compaction_stopped,
         ));
-        let app = api::router(state);
+        let app = crate::console::with_console(
+            api::router(state),
+            std::sync::Arc::new(crate::console::sessions::Sessions::default()),
+        );
         let acceptor = tls.map(|t| t.acceptor);
         let (draining, drain) = tokio::sync::watch::channel(false);
         let mut connections = tokio::task::JoinSet::new();
