@@ -9,6 +9,7 @@ mod support;
 use reqwest::header::{HeaderMap, CONTENT_SECURITY_POLICY, LOCATION, ORIGIN, SET_COOKIE};
 use reqwest::StatusCode;
 use serde_json::Value;
+use support::postgres::Postgres;
 use support::{add_people, enrollment, get, login, set_up, Running};
 
 const HOSTILE_NAME: &str = "<img src=x onerror=alert(1)>";
@@ -290,5 +291,368 @@ async fn console_signs_in_escapes_and_refuses_forged_changes() {
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(r.headers()[LOCATION], "/console/sign-in");
 
+    server.stop().await;
+}
+
+// --- in a real browser -------------------------------------------------------
+
+/// chromedriver on a free loopback port, and headless Chromium through it.
+struct Browser {
+    client: fantoccini::Client,
+    driver: std::process::Child,
+    _profile: tempfile::TempDir,
+    shots: std::path::PathBuf,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let chromium =
+            std::env::var("COFFER_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let chromedriver =
+            std::env::var("COFFER_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
+        assert!(
+            std::path::Path::new(&chromium).exists()
+                && std::path::Path::new(&chromedriver).exists(),
+            "the console's browser test needs Debian's chromium and chromium-driver \
+             (apt-get install chromium chromium-driver; .ci/run installs them)"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = std::process::Command::new(&chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let profile = tempfile::tempdir().unwrap();
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": chromium,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1100,900",
+                         format!("--user-data-dir={}", profile.path().display())],
+            }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let mut last = None;
+        for _ in 0..100 {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match fantoccini::ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(client) => {
+                    let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                        .join("console-screenshots");
+                    std::fs::create_dir_all(&shots).unwrap();
+                    return Browser {
+                        client,
+                        driver,
+                        _profile: profile,
+                        shots,
+                    };
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("chromedriver did not start: {last:?}");
+    }
+
+    async fn shot(&self, name: &str) {
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.client
+            .find(fantoccini::Locator::Css(css))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn fill(&self, css: &str, text: &str) {
+        let field = self
+            .client
+            .find(fantoccini::Locator::Css(css))
+            .await
+            .unwrap();
+        field.clear().await.unwrap();
+        field.send_keys(text).await.unwrap();
+    }
+
+    async fn click(&self, css: &str) {
+        self.client
+            .find(fantoccini::Locator::Css(css))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
+    async fn sign_in(&self, server: &Running, user: &str) {
+        self.client.goto(&server.url("/console")).await.unwrap();
+        self.fill("#user", user).await;
+        self.fill("#password", "correct horse battery").await;
+        self.click("form.stacked button").await;
+        self.wait_until_away_from("/console/sign-in").await;
+    }
+
+    /// Waits (up to 10 s) for the page to leave `path`: a click returns
+    /// before the navigation it starts has ended.
+    async fn wait_until_away_from(&self, path: &str) {
+        for _ in 0..100 {
+            if self.client.current_url().await.unwrap().path() != path {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        self.client.close().await.unwrap();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Another site (`localhost`, where the console is `127.0.0.1`): one page
+/// with a form posting to the console's revoke, without a CSRF token.
+async fn hostile_site(target: String) -> String {
+    let html = format!(
+        "<!doctype html><form method=post action=\"{target}\"><input name=csrf value=guess>\
+         <button id=go>win a prize</button></form>"
+    );
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || async move { axum::response::Html(html) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://localhost:{port}/")
+}
+
+#[tokio::test]
+async fn console_in_chromium() {
+    let pg = Postgres::start();
+    let url = pg.database("console").await;
+    let server = Running::start(&url).await;
+    let api = reqwest::Client::new();
+    let acme = set_up(&server, &api).await;
+    add_people(&url, acme).await;
+    let alice = login(&server, &api, "alice", "correct horse battery")
+        .await
+        .unwrap();
+    let browser = Browser::start().await;
+    let c = &browser.client;
+
+    browser.client.goto(&server.url("/console")).await.unwrap();
+    browser.shot("sign-in").await;
+    browser.sign_in(&server, "alice").await;
+    let at = c.current_url().await.unwrap();
+    assert!(
+        at.path().ends_with("/console/orgs"),
+        "{at}: {}",
+        c.source().await.unwrap()
+    );
+    browser.shot("organizations").await;
+
+    // An enrollment code, shown as text and as a QR code; a device spends it.
+    c.goto(&server.url(&format!("/console/orgs/{acme}/devices")))
+        .await
+        .unwrap();
+    browser.click("#new-enrollment-code").await;
+    let code = browser.text("#enrollment-code").await;
+    assert_eq!(code.len(), 48, "{code}");
+    assert!(c
+        .find(fantoccini::Locator::Css("figure.qr svg"))
+        .await
+        .is_ok());
+    browser.shot("enrollment-code").await;
+    // The request `coffer enroll --code` makes.
+    let r = api
+        .post(server.url("/v1/enroll"))
+        .json(&serde_json::json!({"code": code, "name": "field-tablet-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let enrolled: Value = r.json().await.unwrap();
+    let device = enrolled["device_id"].as_i64().unwrap();
+    let device_token = enrolled["device_token"].as_str().unwrap().to_owned();
+    // A second device, whose name (written around the API) is markup.
+    let other = enrollment(&server, &api, acme, &alice, "spare").await["device_id"]
+        .as_i64()
+        .unwrap();
+    let db = coffer_server::Store::open(&url).await.unwrap();
+    db.execute_for_tests(&format!(
+        "UPDATE devices SET name = '{HOSTILE_NAME}' WHERE id = {other}"
+    ))
+    .await
+    .unwrap();
+    c.goto(&server.url(&format!("/console/orgs/{acme}/devices")))
+        .await
+        .unwrap();
+    assert_eq!(
+        browser.text(&format!("#device-{device} td.name")).await,
+        "field-tablet-1"
+    );
+    assert_eq!(
+        browser.text(&format!("#device-{other} td.name")).await,
+        HOSTILE_NAME
+    );
+    assert!(c
+        .find_all(fantoccini::Locator::Css("main img"))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(c.get_alert_text().await.is_err(), "no script ran");
+    browser.shot("devices").await;
+
+    // A policy, published after its diff.
+    c.goto(&server.url(&format!("/console/orgs/{acme}/policy")))
+        .await
+        .unwrap();
+    let draft = c
+        .find(fantoccini::Locator::Css("#policy-rules"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(draft.contains("\"check_in_secs\": 3600"), "{draft}");
+    browser.shot("policy").await;
+    browser
+        .fill(
+            "#policy-rules",
+            &draft.replace("\"check_in_secs\": 3600", "\"check_in_secs\": 600"),
+        )
+        .await;
+    browser.click("#policy-preview").await;
+    let diff = browser.text("#policy-diff").await;
+    assert!(diff.contains("+   \"check_in_secs\": 600"), "{diff}");
+    browser.shot("policy-diff").await;
+    browser.click("#policy-publish").await;
+    assert!(browser
+        .text("#policy-current")
+        .await
+        .starts_with("Version 1"));
+    let r = get(
+        &api,
+        server.url(&format!("/v1/orgs/{acme}/policies/latest")),
+        &alice,
+    )
+    .await;
+    let signed: Value = r.json().await.unwrap();
+    assert!(signed["document"]
+        .as_str()
+        .unwrap()
+        .contains("\"check_in_secs\":600"));
+
+    // A wipe, confirmed by the device's name; refused with another name.
+    c.goto(&server.url(&format!("/console/orgs/{acme}/devices/{device}")))
+        .await
+        .unwrap();
+    browser.fill("#wipe-confirm", "field-tablet-2").await;
+    browser.click("#wipe-submit").await;
+    assert!(browser
+        .text("#error-message")
+        .await
+        .contains("not the device's"));
+    c.goto(&server.url(&format!("/console/orgs/{acme}/devices/{device}")))
+        .await
+        .unwrap();
+    assert!(c
+        .find_all(fantoccini::Locator::Css("#wipes"))
+        .await
+        .unwrap()
+        .is_empty());
+    browser.fill("#wipe-confirm", "field-tablet-1").await;
+    browser.click("#wipe-submit").await;
+    assert_eq!(browser.text("#wipes .wipe-state").await, "pending");
+    // The device checks in, is told, and acknowledges: the console shows it.
+    let r = api
+        .post(server.url("/v1/device/check-in"))
+        .header("x-auth-token", &device_token)
+        .send()
+        .await
+        .unwrap();
+    let told: Value = r.json().await.unwrap();
+    let order = told["wipe_orders"][0]["id"].as_i64().unwrap();
+    let r = api
+        .post(server.url(&format!("/v1/device/wipes/{order}/ack")))
+        .header("x-auth-token", &device_token)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    c.refresh().await.unwrap();
+    assert_eq!(browser.text("#wipes .wipe-state").await, "acknowledged");
+    browser.shot("device").await;
+
+    c.goto(&server.url(&format!("/console/orgs/{acme}/audit")))
+        .await
+        .unwrap();
+    assert!(browser.text("#audit-state").await.contains("intact"));
+    browser.shot("audit").await;
+
+    // Another site's form, posted from the browser that is signed in:
+    // SameSite keeps the cookie home and the token is missing; nothing
+    // is revoked.
+    let evil =
+        hostile_site(server.url(&format!("/console/orgs/{acme}/devices/{other}/revoke"))).await;
+    c.goto(&evil).await.unwrap();
+    browser.click("#go").await;
+    let landed = c.source().await.unwrap();
+    assert!(
+        landed.contains("Sign in") || landed.contains("did not come from this console"),
+        "{landed}"
+    );
+    let list: Value = get(
+        &api,
+        server.url(&format!("/v1/orgs/{acme}/devices")),
+        &alice,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let revoked = list["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == other)
+        .unwrap()["revoked"]
+        .clone();
+    assert_eq!(revoked, Value::Bool(false));
+
+    // A member cannot reach the admin pages.
+    c.goto(&server.url("/console/orgs")).await.unwrap();
+    browser.click("form.sign-out button").await;
+    browser.sign_in(&server, "carol").await;
+    c.goto(&server.url(&format!("/console/orgs/{acme}/devices")))
+        .await
+        .unwrap();
+    assert!(!browser.text("#error-message").await.is_empty());
+    assert!(c
+        .find_all(fantoccini::Locator::Css("#devices"))
+        .await
+        .unwrap()
+        .is_empty());
+    browser.shot("member-refused").await;
+
+    browser.stop().await;
     server.stop().await;
 }

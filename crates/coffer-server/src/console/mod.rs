@@ -15,7 +15,7 @@
 //! - a CSRF token per session in every form, checked on every change, and
 //!   the `Origin` header checked where a browser sends one;
 //! - a strict Content-Security-Policy (no inline script or style), no
-//!   framing, no referrer, no caching;
+//!   framing, no referrer to other sites, no caching;
 //! - templates ([`pages`]) that escape every value: device names and
 //!   readings are written by devices, user names by admins.
 
@@ -29,9 +29,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use coffer_protocol::admin::{AuditReport, DeviceList, MeAnswer};
+use coffer_protocol::admin::{
+    AuditReport, DeviceList, DeviceSummary, EnrollmentCode, MeAnswer, NewEnrollmentCode, OrderWipe,
+    WipeOrdered, WipeOrders,
+};
+use coffer_protocol::policy::{Document, PublishRequest, Rules, SignedPolicy};
 use coffer_protocol::session::{Login, LoginAnswer, Logout};
-use coffer_protocol::{Answer, Endpoint, ErrorBody, NoContent, WireSecret, AUTH_HEADER};
+use coffer_protocol::{Answer, Endpoint, ErrorBody, ErrorCode, NoContent, WireSecret, AUTH_HEADER};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use tower::ServiceExt;
@@ -69,7 +73,23 @@ pub fn with_console(api: Router, sessions: Arc<Sessions>) -> Router {
         .route("/console/sign-out", post(sign_out))
         .route("/console/orgs", get(organizations))
         .route("/console/orgs/{org}/devices", get(devices))
+        .route("/console/orgs/{org}/devices/{device}", get(device))
         .route("/console/orgs/{org}/devices/{device}/revoke", post(revoke))
+        .route(
+            "/console/orgs/{org}/devices/{device}/wipe",
+            post(order_wipe),
+        )
+        .route(
+            "/console/orgs/{org}/devices/{device}/wipes/{order}/cancel",
+            post(cancel_wipe),
+        )
+        .route(
+            "/console/orgs/{org}/enrollment-codes",
+            post(enrollment_code),
+        )
+        .route("/console/orgs/{org}/policy", get(policy))
+        .route("/console/orgs/{org}/policy/preview", post(policy_preview))
+        .route("/console/orgs/{org}/policy/publish", post(policy_publish))
         .route("/console/orgs/{org}/audit", get(audit))
         .layer(middleware::from_fn(security_headers))
         .with_state(console);
@@ -84,7 +104,10 @@ async fn security_headers(req: Request, next: Next) -> Response {
         (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        // Not `no-referrer`: under it a browser sends `Origin: null` with
+        // every form, and the origin check below could not tell this
+        // console's forms from a sandboxed frame's.
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
@@ -96,8 +119,9 @@ async fn security_headers(req: Request, next: Next) -> Response {
 enum ConsoleError {
     /// No session (or an expired one): sign in again.
     SignedOut,
-    /// The API refused: its status and message, shown on the page.
-    Refused(StatusCode, String),
+    /// The API refused: its status and message, shown on the page, and
+    /// its code when the answer had one.
+    Refused(StatusCode, String, Option<ErrorCode>),
     /// A form without this session's CSRF token, or from another origin.
     Forged,
 }
@@ -106,7 +130,7 @@ impl IntoResponse for ConsoleError {
     fn into_response(self) -> Response {
         match self {
             ConsoleError::SignedOut => Redirect::to("/console/sign-in").into_response(),
-            ConsoleError::Refused(status, message) => {
+            ConsoleError::Refused(status, message, _) => {
                 pages::error_page(status, &message).into_response()
             }
             ConsoleError::Forged => pages::error_page(
@@ -199,10 +223,10 @@ impl Console {
         if status == StatusCode::UNAUTHORIZED && token.is_some() {
             return Err(ConsoleError::SignedOut);
         }
-        let message = ErrorBody::decode(&bytes)
-            .map(|e| e.error.message)
-            .unwrap_or_else(|_| "the server refused".to_owned());
-        Err(ConsoleError::Refused(status, message))
+        Err(match ErrorBody::decode(&bytes) {
+            Ok(e) => ConsoleError::Refused(status, e.error.message, Some(e.error.code)),
+            Err(_) => ConsoleError::Refused(status, "the server refused".to_owned(), None),
+        })
     }
 
     /// The signed-in session of a request, or [`ConsoleError::SignedOut`].
@@ -234,6 +258,7 @@ fn refused_internally() -> ConsoleError {
     ConsoleError::Refused(
         StatusCode::INTERNAL_SERVER_ERROR,
         "the console could not read the server's answer".to_owned(),
+        None,
     )
 }
 
@@ -324,7 +349,7 @@ async fn sign_in(
             )
             .into_response(),
         },
-        Err(ConsoleError::Refused(status, message)) => {
+        Err(ConsoleError::Refused(status, message, _)) => {
             let mut page = pages::SignIn::refused(&user, &message).into_response();
             *page.status_mut() = status;
             page
@@ -441,4 +466,256 @@ async fn audit(
         .call(&caller, Method::GET, &path, token, None)
         .await?;
     Ok(pages::Audit::new(&session, &me, org, report).into_response())
+}
+
+impl Console {
+    /// `/v1/me` and one device of `org` (by the API's device list: the
+    /// roles that may see it).
+    async fn device_of(
+        &self,
+        caller: &Caller,
+        session: &Session,
+        org: i64,
+        device: i64,
+    ) -> Result<(MeAnswer, DeviceSummary), ConsoleError> {
+        let token = Some(session.api_token());
+        let me: MeAnswer = self
+            .call(caller, Method::GET, "/v1/me", token, None)
+            .await?;
+        let path = format!("/v1/orgs/{org}/devices");
+        let list: DeviceList = self.call(caller, Method::GET, &path, token, None).await?;
+        let found = list
+            .devices
+            .into_iter()
+            .find(|d| d.id == device)
+            .ok_or_else(|| {
+                ConsoleError::Refused(
+                    StatusCode::NOT_FOUND,
+                    "no such device in this organization".to_owned(),
+                    None,
+                )
+            })?;
+        Ok((me, found))
+    }
+
+    /// The latest signed policy's document, `None` before the first.
+    async fn current_policy(
+        &self,
+        caller: &Caller,
+        session: &Session,
+        org: i64,
+    ) -> Result<Option<Document>, ConsoleError> {
+        let path = format!("/v1/orgs/{org}/policies/latest");
+        let answer: Result<SignedPolicy, _> = self
+            .call(caller, Method::GET, &path, Some(session.api_token()), None)
+            .await;
+        match answer {
+            Ok(signed) => serde_json::from_str::<Document>(&signed.document)
+                .map(Some)
+                .map_err(|_| refused_internally()),
+            Err(ConsoleError::Refused(_, _, Some(ErrorCode::NoPolicy))) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+}
+
+async fn device(
+    State(console): State<Console>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((org, device)): Path<(i64, i64)>,
+) -> Result<Response, ConsoleError> {
+    let session = console.session(&headers)?;
+    let (me, summary) = console.device_of(&caller, &session, org, device).await?;
+    let path = format!("/v1/orgs/{org}/devices/{device}/wipes");
+    let wipes: WipeOrders = console
+        .call(&caller, Method::GET, &path, Some(session.api_token()), None)
+        .await?;
+    Ok(pages::DevicePage::new(&session, &me, org, summary, wipes).into_response())
+}
+
+/// The wipe form: the device's name typed again, and a user for a wipe
+/// of one slot only.
+#[derive(Deserialize)]
+struct WipeForm {
+    csrf: String,
+    confirm: String,
+    #[serde(default)]
+    user: String,
+}
+
+async fn order_wipe(
+    State(console): State<Console>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((org, device)): Path<(i64, i64)>,
+    Form(form): Form<WipeForm>,
+) -> Result<Response, ConsoleError> {
+    let session = console.session_for_change(&headers, &form.csrf)?;
+    let (_, summary) = console.device_of(&caller, &session, org, device).await?;
+    if form.confirm != summary.name {
+        return Err(ConsoleError::Refused(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the name typed is not the device's: nothing was ordered".to_owned(),
+            None,
+        ));
+    }
+    let order = OrderWipe {
+        user: Some(form.user.trim().to_owned()).filter(|u| !u.is_empty()),
+    };
+    let body = serde_json::to_vec(&order).map_err(|_| refused_internally())?;
+    let path = format!("/v1/orgs/{org}/devices/{device}/wipe");
+    let _: WipeOrdered = console
+        .call(
+            &caller,
+            Method::POST,
+            &path,
+            Some(session.api_token()),
+            Some(body),
+        )
+        .await?;
+    Ok(Redirect::to(&format!("/console/orgs/{org}/devices/{device}")).into_response())
+}
+
+async fn cancel_wipe(
+    State(console): State<Console>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((org, device, order)): Path<(i64, i64, i64)>,
+    Form(form): Form<ChangeForm>,
+) -> Result<Response, ConsoleError> {
+    let session = console.session_for_change(&headers, &form.csrf)?;
+    let path = format!("/v1/orgs/{org}/devices/{device}/wipes/{order}/cancel");
+    let _: NoContent = console
+        .call(
+            &caller,
+            Method::POST,
+            &path,
+            Some(session.api_token()),
+            None,
+        )
+        .await?;
+    Ok(Redirect::to(&format!("/console/orgs/{org}/devices/{device}")).into_response())
+}
+
+async fn enrollment_code(
+    State(console): State<Console>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(org): Path<i64>,
+    Form(form): Form<ChangeForm>,
+) -> Result<Response, ConsoleError> {
+    let session = console.session_for_change(&headers, &form.csrf)?;
+    let token = Some(session.api_token());
+    let me: MeAnswer = console
+        .call(&caller, Method::GET, "/v1/me", token, None)
+        .await?;
+    let body =
+        serde_json::to_vec(&NewEnrollmentCode::default()).map_err(|_| refused_internally())?;
+    let path = format!("/v1/orgs/{org}/enrollment-codes");
+    let code: EnrollmentCode = console
+        .call(&caller, Method::POST, &path, token, Some(body))
+        .await?;
+    let mut page = pages::EnrollmentCodePage::new(&session, &me, org, &code).into_response();
+    *page.status_mut() = StatusCode::CREATED;
+    Ok(page)
+}
+
+async fn policy(
+    State(console): State<Console>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(org): Path<i64>,
+) -> Result<Response, ConsoleError> {
+    let session = console.session(&headers)?;
+    let me: MeAnswer = console
+        .call(
+            &caller,
+            Method::GET,
+            "/v1/me",
+            Some(session.api_token()),
+            None,
+        )
+        .await?;
+    let current = console.current_policy(&caller, &session, org).await?;
+    Ok(pages::PolicyPage::new(&session, &me, org, current).into_response())
+}
+
+/// The policy form: the version to publish and the rules, as JSON.
+#[derive(Deserialize)]
+struct PolicyForm {
+    csrf: String,
+    version: String,
+    rules: String,
+}
+
+impl PolicyForm {
+    /// The request the form describes, or why it is not one.
+    fn request(&self) -> Result<PublishRequest, String> {
+        let version = self
+            .version
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| "the version must be a whole number".to_owned())?;
+        if self.rules.len() > coffer_protocol::MAX_REQUEST_BODY {
+            return Err("the rules are too long".to_owned());
+        }
+        let rules: Rules = serde_json::from_str(&self.rules)
+            .map_err(|e| format!("the rules are not valid JSON for a policy: {e}"))?;
+        let request = PublishRequest { version, rules };
+        request.check().map_err(|e| e.to_string())?;
+        Ok(request)
+    }
+}
+
+async fn policy_preview(
+    State(console): State<Console>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(org): Path<i64>,
+    Form(form): Form<PolicyForm>,
+) -> Result<Response, ConsoleError> {
+    let session = console.session_for_change(&headers, &form.csrf)?;
+    let me: MeAnswer = console
+        .call(
+            &caller,
+            Method::GET,
+            "/v1/me",
+            Some(session.api_token()),
+            None,
+        )
+        .await?;
+    let current = console.current_policy(&caller, &session, org).await?;
+    let page = match form.request() {
+        Ok(request) => pages::PolicyPreview::new(&session, &me, org, current.as_ref(), &request),
+        Err(problem) => {
+            pages::PolicyPreview::refused(&session, &me, org, &form.version, &form.rules, &problem)
+        }
+    };
+    Ok(page.into_response())
+}
+
+async fn policy_publish(
+    State(console): State<Console>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(org): Path<i64>,
+    Form(form): Form<PolicyForm>,
+) -> Result<Response, ConsoleError> {
+    let session = console.session_for_change(&headers, &form.csrf)?;
+    let request = form.request().map_err(|problem| {
+        ConsoleError::Refused(StatusCode::UNPROCESSABLE_ENTITY, problem, None)
+    })?;
+    let body = serde_json::to_vec(&request).map_err(|_| refused_internally())?;
+    let path = format!("/v1/orgs/{org}/policies");
+    let _: SignedPolicy = console
+        .call(
+            &caller,
+            Method::POST,
+            &path,
+            Some(session.api_token()),
+            Some(body),
+        )
+        .await?;
+    Ok(Redirect::to(&format!("/console/orgs/{org}/policy")).into_response())
 }

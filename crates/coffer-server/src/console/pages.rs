@@ -5,7 +5,13 @@
 use askama::Template;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use coffer_protocol::admin::{AuditReport, DeviceList, MeAnswer, Membership};
+use coffer_protocol::admin::{
+    AuditReport, DeviceList, DeviceSummary, EnrollmentCode, MeAnswer, Membership, WipeOrders,
+    WipeState,
+};
+use coffer_protocol::device::WipeScope;
+use coffer_protocol::policy::{Document, PublishRequest, Rules};
+use secrecy::ExposeSecret;
 
 use super::sessions::Session;
 
@@ -20,6 +26,15 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// Whether the user's role in the page's organization may change its
+    /// devices and policy (the API decides all the same; this only hides
+    /// forms that would be refused).
+    fn manages(&self) -> bool {
+        self.org
+            .as_ref()
+            .is_some_and(|(_, _, role)| role == "owner" || role == "admin")
+    }
+
     fn new(session: &Session, me: &MeAnswer, org: Option<i64>) -> Frame {
         let org = org.map(|id| {
             let membership = me.organizations.iter().find(|m| m.id == id);
@@ -142,6 +157,20 @@ pub struct DeviceRow {
     pending_wipes: i64,
 }
 
+impl From<DeviceSummary> for DeviceRow {
+    fn from(d: DeviceSummary) -> DeviceRow {
+        DeviceRow {
+            id: d.id,
+            name: d.name,
+            revoked: d.revoked,
+            last_seen: d.last_seen_at.map(When::of_unix),
+            address: d.last_seen_address.unwrap_or_default(),
+            escrow: d.escrow,
+            pending_wipes: d.pending_wipes,
+        }
+    }
+}
+
 /// An organization's devices.
 #[derive(Template)]
 #[template(path = "console/devices.html")]
@@ -157,27 +186,12 @@ impl Devices {
     /// The page of `org`'s devices.
     pub fn new(session: &Session, me: &MeAnswer, org: i64, list: DeviceList) -> Devices {
         let frame = Frame::new(session, me, Some(org));
-        let manages = frame
-            .org
-            .as_ref()
-            .is_some_and(|(_, _, role)| role == "owner" || role == "admin");
+        let manages = frame.manages();
         Devices {
             frame: Some(frame),
             org_id: org,
             manages,
-            devices: list
-                .devices
-                .into_iter()
-                .map(|d| DeviceRow {
-                    id: d.id,
-                    name: d.name,
-                    revoked: d.revoked,
-                    last_seen: d.last_seen_at.map(When::of_unix),
-                    address: d.last_seen_address.unwrap_or_default(),
-                    escrow: d.escrow,
-                    pending_wipes: d.pending_wipes,
-                })
-                .collect(),
+            devices: list.devices.into_iter().map(DeviceRow::from).collect(),
         }
     }
 }
@@ -229,4 +243,261 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
         message: message.to_owned(),
     };
     render(&page, status)
+}
+
+/// One wipe order on a device's page.
+pub struct WipeRow {
+    id: i64,
+    scope: String,
+    user: String,
+    state: String,
+    pending: bool,
+    ordered_at: When,
+    acknowledged_at: Option<When>,
+    cancelled_at: Option<When>,
+}
+
+/// One device: its state, its wipe orders, and the wipe form.
+#[derive(Template)]
+#[template(path = "console/device.html")]
+pub struct DevicePage {
+    frame: Option<Frame>,
+    org_id: i64,
+    device: DeviceRow,
+    wipes: Vec<WipeRow>,
+    manages: bool,
+}
+
+impl DevicePage {
+    /// The page of one device of `org`.
+    pub fn new(
+        session: &Session,
+        me: &MeAnswer,
+        org: i64,
+        device: DeviceSummary,
+        wipes: WipeOrders,
+    ) -> DevicePage {
+        let frame = Frame::new(session, me, Some(org));
+        let manages = frame.manages();
+        DevicePage {
+            frame: Some(frame),
+            org_id: org,
+            manages,
+            device: DeviceRow::from(device),
+            wipes: wipes
+                .orders
+                .into_iter()
+                .rev()
+                .map(|w| WipeRow {
+                    id: w.id,
+                    scope: match &w.scope {
+                        WipeScope::Device => "whole device".to_owned(),
+                        WipeScope::User => "one user".to_owned(),
+                        WipeScope::Unknown(other) => other.clone(),
+                        _ => "another scope".to_owned(),
+                    },
+                    user: w.user.unwrap_or_default(),
+                    pending: w.state == WipeState::Pending,
+                    state: w.state.as_str().to_owned(),
+                    ordered_at: When::of_unix(w.ordered_at),
+                    acknowledged_at: w.acknowledged_at.map(When::of_unix),
+                    cancelled_at: w.cancelled_at.map(When::of_unix),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl IntoResponse for DevicePage {
+    fn into_response(self) -> Response {
+        render(&self, StatusCode::OK)
+    }
+}
+
+/// A new enrollment code, as text and as a QR code.
+#[derive(Template)]
+#[template(path = "console/enrollment_code.html")]
+pub struct EnrollmentCodePage {
+    frame: Option<Frame>,
+    code: String,
+    expires_at: When,
+    /// An SVG this server drew from the code (hex digits only): the one
+    /// value the template writes unescaped.
+    qr_svg: String,
+}
+
+impl EnrollmentCodePage {
+    /// The page for a code just made.
+    pub fn new(
+        session: &Session,
+        me: &MeAnswer,
+        org: i64,
+        code: &EnrollmentCode,
+    ) -> EnrollmentCodePage {
+        let text = code.code.expose_secret().to_owned();
+        let qr_svg = qrcode::QrCode::new(text.as_bytes())
+            .map(|qr| {
+                qr.render::<qrcode::render::svg::Color<'_>>()
+                    .min_dimensions(200, 200)
+                    .build()
+            })
+            .unwrap_or_default();
+        EnrollmentCodePage {
+            frame: Some(Frame::new(session, me, Some(org))),
+            code: text,
+            expires_at: When::of_unix(code.expires_at),
+            qr_svg,
+        }
+    }
+}
+
+impl IntoResponse for EnrollmentCodePage {
+    fn into_response(self) -> Response {
+        render(&self, StatusCode::OK)
+    }
+}
+
+fn pretty_rules(rules: &Rules) -> String {
+    // Plain structs with string keys: serializing cannot fail.
+    serde_json::to_string_pretty(rules).unwrap_or_default()
+}
+
+/// The current policy and the form to change it.
+#[derive(Template)]
+#[template(path = "console/policy.html")]
+pub struct PolicyPage {
+    frame: Option<Frame>,
+    org_id: i64,
+    current: Option<(i64, When, String)>,
+    next_version: i64,
+    draft: String,
+    manages: bool,
+}
+
+impl PolicyPage {
+    /// The page of `org`'s policy (`None`: never published).
+    pub fn new(
+        session: &Session,
+        me: &MeAnswer,
+        org: i64,
+        current: Option<Document>,
+    ) -> PolicyPage {
+        let frame = Frame::new(session, me, Some(org));
+        let manages = frame.manages();
+        let rules = current
+            .as_ref()
+            .map(|d| d.rules.clone())
+            .unwrap_or_default();
+        PolicyPage {
+            frame: Some(frame),
+            org_id: org,
+            next_version: current.as_ref().map_or(1, |d| d.version.saturating_add(1)),
+            current: current.map(|d| {
+                (
+                    d.version,
+                    When::of_unix(d.issued_at),
+                    pretty_rules(&d.rules),
+                )
+            }),
+            draft: pretty_rules(&rules),
+            manages,
+        }
+    }
+}
+
+impl IntoResponse for PolicyPage {
+    fn into_response(self) -> Response {
+        render(&self, StatusCode::OK)
+    }
+}
+
+/// One line of the policy diff.
+pub struct DiffLine {
+    /// `+`, `-` or ` `.
+    sign: char,
+    /// The CSS class of the line.
+    class: &'static str,
+    text: String,
+}
+
+/// The rules about to be published, against the current ones.
+#[derive(Template)]
+#[template(path = "console/policy_preview.html")]
+pub struct PolicyPreview {
+    frame: Option<Frame>,
+    org_id: i64,
+    version: String,
+    rules: String,
+    problem: Option<String>,
+    diff: Vec<DiffLine>,
+    changed: bool,
+}
+
+impl PolicyPreview {
+    /// A valid draft: its diff, and the publish form.
+    pub fn new(
+        session: &Session,
+        me: &MeAnswer,
+        org: i64,
+        current: Option<&Document>,
+        request: &PublishRequest,
+    ) -> PolicyPreview {
+        let old = current.map(|d| pretty_rules(&d.rules)).unwrap_or_default();
+        let new = pretty_rules(&request.rules);
+        let diff: Vec<DiffLine> = similar::TextDiff::from_lines(&old, &new)
+            .iter_all_changes()
+            .map(|change| {
+                let (sign, class) = match change.tag() {
+                    similar::ChangeTag::Delete => ('-', "removed"),
+                    similar::ChangeTag::Insert => ('+', "added"),
+                    similar::ChangeTag::Equal => (' ', "same"),
+                };
+                DiffLine {
+                    sign,
+                    class,
+                    text: change.value().trim_end_matches('\n').to_owned(),
+                }
+            })
+            .collect();
+        PolicyPreview {
+            frame: Some(Frame::new(session, me, Some(org))),
+            org_id: org,
+            version: request.version.to_string(),
+            changed: diff.iter().any(|l| l.sign != ' '),
+            rules: new,
+            problem: None,
+            diff,
+        }
+    }
+
+    /// A draft that is not a policy: why, and the form again.
+    pub fn refused(
+        session: &Session,
+        me: &MeAnswer,
+        org: i64,
+        version: &str,
+        rules: &str,
+        problem: &str,
+    ) -> PolicyPreview {
+        PolicyPreview {
+            frame: Some(Frame::new(session, me, Some(org))),
+            org_id: org,
+            version: version.to_owned(),
+            rules: rules.to_owned(),
+            problem: Some(problem.to_owned()),
+            diff: Vec::new(),
+            changed: false,
+        }
+    }
+}
+
+impl IntoResponse for PolicyPreview {
+    fn into_response(self) -> Response {
+        let status = if self.problem.is_some() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::OK
+        };
+        render(&self, status)
+    }
 }
