@@ -273,6 +273,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
                     "storage": server.backend(),
                     "blob_storage": blob_kind,
                     "tls_sha256": server.tls_fingerprint(),
+                    "console": format!("{scheme}://{addr}/console"),
                     "setup_token": server.setup_token(),
                 })
             );
@@ -281,6 +282,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
             if let Some(fingerprint) = server.tls_fingerprint() {
                 println!("TLS certificate SHA-256 (pin it in clients): {fingerprint}");
             }
+            println!("Admin console: {scheme}://{addr}/console");
             if let Some(token) = server.setup_token() {
                 println!(
                     "\nThis server has no organization yet. One-time setup token (shown once; a restart replaces it):\n\n    {token}\n\n\

@@ -92,6 +92,11 @@ pub fn with_console(api: Router, sessions: Arc<Sessions>) -> Router {
         .route("/console/orgs/{org}/policy/publish", post(policy_publish))
         .route("/console/orgs/{org}/audit", get(audit))
         .layer(middleware::from_fn(security_headers))
+        // A form is small: the largest, the policy's rules, is bounded by
+        // the API's own body limit (and refused past it before parsing).
+        .layer(axum::extract::DefaultBodyLimit::max(
+            4 * coffer_protocol::MAX_REQUEST_BODY,
+        ))
         .with_state(console);
     pages.merge(api)
 }
@@ -177,7 +182,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().cloned();
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().copied();
         Ok(Caller::of(&parts.headers, peer))
     }
 }
@@ -207,7 +212,7 @@ impl Console {
         }
         .map_err(|_| refused_internally())?;
         if let Some(peer) = &caller.peer {
-            request.extensions_mut().insert(peer.clone());
+            request.extensions_mut().insert(*peer);
         }
         // The router's error type is Infallible.
         let Ok(response) = self.api.clone().oneshot(request).await;
