@@ -370,11 +370,15 @@ impl Browser {
         std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
     }
 
+    /// The text of the element `css` names, once it is there: a click
+    /// returns before the page it loads has arrived.
     async fn text(&self, css: &str) -> String {
         self.client
-            .find(fantoccini::Locator::Css(css))
+            .wait()
+            .at_most(std::time::Duration::from_secs(15))
+            .for_element(fantoccini::Locator::Css(css))
             .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
             .text()
             .await
             .unwrap()
@@ -383,18 +387,22 @@ impl Browser {
     async fn fill(&self, css: &str, text: &str) {
         let field = self
             .client
-            .find(fantoccini::Locator::Css(css))
+            .wait()
+            .at_most(std::time::Duration::from_secs(15))
+            .for_element(fantoccini::Locator::Css(css))
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("no {css}: {e}"));
         field.clear().await.unwrap();
         field.send_keys(text).await.unwrap();
     }
 
     async fn click(&self, css: &str) {
         self.client
-            .find(fantoccini::Locator::Css(css))
+            .wait()
+            .at_most(std::time::Duration::from_secs(15))
+            .for_element(fantoccini::Locator::Css(css))
             .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
             .click()
             .await
             .unwrap();
@@ -417,6 +425,17 @@ impl Browser {
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits (up to 10 s) for the page to be on `host`.
+    async fn wait_until_on_host(&self, host: &str) {
+        for _ in 0..100 {
+            if self.client.current_url().await.unwrap().host_str() == Some(host) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the browser never reached {host}");
     }
 
     async fn stop(mut self) {
@@ -615,6 +634,7 @@ async fn console_in_chromium() {
         hostile_site(server.url(&format!("/console/orgs/{acme}/devices/{other}/revoke"))).await;
     c.goto(&evil).await.unwrap();
     browser.click("#go").await;
+    browser.wait_until_on_host("127.0.0.1").await;
     let landed = c.source().await.unwrap();
     assert!(
         landed.contains("Sign in") || landed.contains("did not come from this console"),
@@ -641,6 +661,7 @@ async fn console_in_chromium() {
     // A member cannot reach the admin pages.
     c.goto(&server.url("/console/orgs")).await.unwrap();
     browser.click("form.sign-out button").await;
+    browser.wait_until_away_from("/console/orgs").await;
     browser.sign_in(&server, "carol").await;
     c.goto(&server.url(&format!("/console/orgs/{acme}/devices")))
         .await

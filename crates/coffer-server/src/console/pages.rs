@@ -62,11 +62,17 @@ pub struct When {
 
 impl When {
     fn of_unix(secs: i64) -> When {
-        let at = std::time::UNIX_EPOCH
-            + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+        // RFC 3339 ends at year 9999: a time past it (a corrupt row) is
+        // shown as that last second, never a panic.
+        const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+        let secs = u64::try_from(secs).unwrap_or(0).min(LAST_RFC3339_SECOND);
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
         let iso = humantime::format_rfc3339_seconds(at).to_string();
         // 2026-12-02T11:52:07Z → 2026-12-02 11:52 UTC
-        let text = format!("{} {} UTC", &iso[..10], &iso[11..16]);
+        let text = match (iso.get(..10), iso.get(11..16)) {
+            (Some(day), Some(minute)) => format!("{day} {minute} UTC"),
+            _ => iso.clone(),
+        };
         When { iso, text }
     }
 }
@@ -499,5 +505,19 @@ impl IntoResponse for PolicyPreview {
             StatusCode::OK
         };
         render(&self, status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::When;
+
+    #[test]
+    fn times_are_shown_in_utc_and_never_panic() {
+        let w = When::of_unix(1_795_000_000);
+        assert_eq!(w.iso, "2026-11-18T11:06:40Z");
+        assert_eq!(w.text, "2026-11-18 11:06 UTC");
+        assert_eq!(When::of_unix(-5).iso, "1970-01-01T00:00:00Z");
+        assert_eq!(When::of_unix(i64::MAX).iso, "9999-12-31T23:59:59Z");
     }
 }
