@@ -370,42 +370,29 @@ impl Browser {
         std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
     }
 
-    /// The text of the element `css` names, once it is there: a click
+    /// The element `css` names, once it is there (up to 15 s): a click
     /// returns before the page it loads has arrived.
-    async fn text(&self, css: &str) -> String {
+    async fn element(&self, css: &str) -> fantoccini::elements::Element {
         self.client
             .wait()
             .at_most(std::time::Duration::from_secs(15))
             .for_element(fantoccini::Locator::Css(css))
             .await
             .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .text()
-            .await
-            .unwrap()
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.element(css).await.text().await.unwrap()
     }
 
     async fn fill(&self, css: &str, text: &str) {
-        let field = self
-            .client
-            .wait()
-            .at_most(std::time::Duration::from_secs(15))
-            .for_element(fantoccini::Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"));
+        let field = self.element(css).await;
         field.clear().await.unwrap();
         field.send_keys(text).await.unwrap();
     }
 
     async fn click(&self, css: &str) {
-        self.client
-            .wait()
-            .at_most(std::time::Duration::from_secs(15))
-            .for_element(fantoccini::Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no {css}: {e}"))
-            .click()
-            .await
-            .unwrap();
+        self.element(css).await.click().await.unwrap();
     }
 
     async fn sign_in(&self, server: &Running, user: &str) {

@@ -91,6 +91,27 @@ fn render(page: &impl Template, status: StatusCode) -> Response {
     }
 }
 
+/// Pages answered `200 OK` as they render.
+macro_rules! ok_pages {
+    ($($page:ty),* $(,)?) => {$(
+        impl IntoResponse for $page {
+            fn into_response(self) -> Response {
+                render(&self, StatusCode::OK)
+            }
+        }
+    )*};
+}
+
+ok_pages!(
+    SignIn,
+    Organizations,
+    Devices,
+    Audit,
+    DevicePage,
+    EnrollmentCodePage,
+    PolicyPage
+);
+
 /// The sign-in form.
 #[derive(Template)]
 #[template(path = "console/sign_in.html")]
@@ -120,12 +141,6 @@ impl SignIn {
     }
 }
 
-impl IntoResponse for SignIn {
-    fn into_response(self) -> Response {
-        render(&self, StatusCode::OK)
-    }
-}
-
 /// The user's organizations.
 #[derive(Template)]
 #[template(path = "console/organizations.html")]
@@ -143,12 +158,6 @@ impl Organizations {
             operator: me.operator,
             organizations: me.organizations,
         }
-    }
-}
-
-impl IntoResponse for Organizations {
-    fn into_response(self) -> Response {
-        render(&self, StatusCode::OK)
     }
 }
 
@@ -202,12 +211,6 @@ impl Devices {
     }
 }
 
-impl IntoResponse for Devices {
-    fn into_response(self) -> Response {
-        render(&self, StatusCode::OK)
-    }
-}
-
 /// The audit trail's check.
 #[derive(Template)]
 #[template(path = "console/audit.html")]
@@ -223,12 +226,6 @@ impl Audit {
             frame: Some(Frame::new(session, me, Some(org))),
             report,
         }
-    }
-}
-
-impl IntoResponse for Audit {
-    fn into_response(self) -> Response {
-        render(&self, StatusCode::OK)
     }
 }
 
@@ -314,12 +311,6 @@ impl DevicePage {
     }
 }
 
-impl IntoResponse for DevicePage {
-    fn into_response(self) -> Response {
-        render(&self, StatusCode::OK)
-    }
-}
-
 /// A new enrollment code, as text and as a QR code.
 #[derive(Template)]
 #[template(path = "console/enrollment_code.html")]
@@ -354,12 +345,6 @@ impl EnrollmentCodePage {
             expires_at: When::of_unix(code.expires_at),
             qr_svg,
         }
-    }
-}
-
-impl IntoResponse for EnrollmentCodePage {
-    fn into_response(self) -> Response {
-        render(&self, StatusCode::OK)
     }
 }
 
@@ -408,12 +393,6 @@ impl PolicyPage {
             draft: pretty_rules(&rules),
             manages,
         }
-    }
-}
-
-impl IntoResponse for PolicyPage {
-    fn into_response(self) -> Response {
-        render(&self, StatusCode::OK)
     }
 }
 
