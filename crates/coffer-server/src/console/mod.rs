@@ -102,7 +102,19 @@ pub fn with_console(api: Router, sessions: Arc<Sessions>) -> Router {
 }
 
 /// Headers every console answer carries.
-async fn security_headers(req: Request, next: Next) -> Response {
+async fn security_headers(mut req: Request, next: Next) -> Response {
+    // HTTP/2 (what browsers speak over TLS here) carries the host as
+    // `:authority`, with no `Host` header: the origin check compares
+    // against it all the same.
+    if !req.headers().contains_key(header::HOST) {
+        let authority = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        if let Some(authority) = authority {
+            req.headers_mut().insert(header::HOST, authority);
+        }
+    }
     let mut response = next.run(req).await;
     let headers = response.headers_mut();
     for (name, value) in [
@@ -171,7 +183,9 @@ impl Caller {
     /// Whether the browser is on this machine (then the cookie may go over
     /// plain HTTP: `--listen` allows that only on loopback).
     fn on_loopback(&self) -> bool {
-        self.peer.as_ref().is_some_and(|p| p.0.ip().is_loopback())
+        // A request forwarded by a proxy on this host came from elsewhere
+        // (most likely over TLS): the cookie is Secure then.
+        self.forwarded.is_empty() && self.peer.as_ref().is_some_and(|p| p.0.ip().is_loopback())
     }
 }
 
