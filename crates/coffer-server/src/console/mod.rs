@@ -92,8 +92,8 @@ pub fn with_console(api: Router, sessions: Arc<Sessions>) -> Router {
         .route("/console/orgs/{org}/policy/publish", post(policy_publish))
         .route("/console/orgs/{org}/audit", get(audit))
         .layer(middleware::from_fn(security_headers))
-        // A form is small: the largest, the policy's rules, is bounded by
-        // the API's own body limit (and refused past it before parsing).
+        // A form is small: 256 KiB bounds the largest, the policy form,
+        // whose rules are then held to the API's body limit.
         .layer(axum::extract::DefaultBodyLimit::max(
             4 * coffer_protocol::MAX_REQUEST_BODY,
         ))
