@@ -217,6 +217,29 @@ pub struct ChangePassword {
     pub new_password: WireSecret,
 }
 
+/// `GET /v1/orgs/{org_id}/users`: the organization's members, by name
+/// (owners, admins and auditors).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberList {
+    /// By name.
+    pub members: Vec<MemberSummary>,
+}
+
+/// One member in a [`MemberList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberSummary {
+    /// The user.
+    pub id: i64,
+    /// Their name.
+    pub name: String,
+    /// owner, admin, member or auditor.
+    pub role: String,
+    /// Whether the account is disabled (no login, no session).
+    pub disabled: bool,
+    /// When the account was made, Unix seconds.
+    pub created_at: i64,
+}
+
 /// `GET /v1/orgs/{org_id}/devices`: the organization's devices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceList {
@@ -454,6 +477,7 @@ crate::json_answer!(
     EnrollmentCode,
     UserAdded,
     DeviceList,
+    MemberList,
     WipeOrdered,
     WipeOrders,
     UsageReport,

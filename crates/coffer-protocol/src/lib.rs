@@ -172,7 +172,12 @@ macro_rules! json_answer {
 }
 pub(crate) use json_answer;
 
-json_answer!(ErrorBody, policy::SignedPolicy, policy::PolicyKey);
+json_answer!(
+    ErrorBody,
+    policy::SignedPolicy,
+    policy::PolicyKey,
+    policy::PolicyHistory
+);
 
 /// One endpoint: a request value that knows its method, path, credential
 /// and body, and the type of its answer. Server and device use the same

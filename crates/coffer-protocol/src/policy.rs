@@ -332,6 +332,43 @@ pub struct SignedPolicy {
     pub published_at: Option<i64>,
 }
 
+/// `GET /v1/orgs/{org_id}/policies`: the latest published policies of an
+/// organization, newest first (any member).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyHistory {
+    /// The organization's public key, hex (every version is signed by it).
+    pub public_key: String,
+    /// Newest first, at most the query's `limit`.
+    pub policies: Vec<PublishedPolicy>,
+}
+
+/// One version in a [`PolicyHistory`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPolicy {
+    /// Its version.
+    pub version: i64,
+    /// The canonical JSON document, as signed.
+    pub document: String,
+    /// Ed25519 signature of `document`'s bytes, hex.
+    pub signature: String,
+    /// When it was published, Unix seconds.
+    pub published_at: i64,
+    /// The name of the user who published it.
+    pub published_by: String,
+}
+
+/// The query of [`PolicyHistory`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyHistoryQuery {
+    /// How many versions (1 to [`MAX_POLICY_HISTORY`], default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+}
+
+/// The most versions one [`PolicyHistory`] answer holds.
+pub const MAX_POLICY_HISTORY: i64 = 100;
+
 /// Why a device refuses a signed policy (it keeps its last good one).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -15,8 +15,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use coffer_protocol::admin::{
     AddUser, AuditReport, ChangePassword, DeviceList, DeviceSummary, EnrollmentCode, MeAnswer,
-    Membership, NewEnrollmentCode, SetRole, Setup, SetupAnswer, UsageQuery, UsageReport, UsageRow,
-    UserAdded,
+    MemberList, MemberSummary, Membership, NewEnrollmentCode, SetRole, Setup, SetupAnswer,
+    UsageQuery, UsageReport, UsageRow, UserAdded,
 };
 use coffer_protocol::device::{DeviceTokenRotated, Enroll, EnrollAnswer, RotateDeviceToken};
 use coffer_protocol::session::{Login, LoginAnswer, Logout};
@@ -72,7 +72,7 @@ impl AppState {
 pub use coffer_protocol::{AUTH_HEADER, USER_HEADER};
 
 mod control;
-mod delivery;
+pub(crate) mod delivery;
 mod files;
 mod mqtt;
 mod sync;
@@ -415,7 +415,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/orgs/{org_id}/devices/{device_id}/revoke",
             post(revoke_device),
         )
-        .route("/v1/orgs/{org_id}/users", post(add_user))
+        .route("/v1/orgs/{org_id}/users", get(list_users).post(add_user))
         .route(
             "/v1/orgs/{org_id}/users/{user_id}",
             axum::routing::delete(remove_user),
@@ -1538,6 +1538,29 @@ async fn hash_off_thread(password: WireSecret) -> Result<String, ApiError> {
                 "hashing failed",
             )
         })?
+}
+
+/// `GET /v1/orgs/{org_id}/users` (owners, admins, auditors): the members,
+/// by name, with their roles and whether they are disabled.
+async fn list_users(
+    State(state): State<AppState>,
+    Ids(org_id): Ids<i64>,
+    who: Principal,
+) -> Result<Json<MemberList>, ApiError> {
+    require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
+    let members = state.store.members(org_id).await?;
+    Ok(Json(MemberList {
+        members: members
+            .into_iter()
+            .map(|m| MemberSummary {
+                id: m.user_id,
+                name: m.name,
+                role: m.role,
+                disabled: m.disabled,
+                created_at: m.created_at,
+            })
+            .collect(),
+    }))
 }
 
 /// `POST /v1/orgs/{org_id}/users`: creates a user in the organization with

@@ -118,6 +118,12 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
         "session",
     ),
     (
+        "get",
+        "/v1/orgs/{org_id}/users",
+        "The members, by name, with role and disabled state (owners, admins, auditors)",
+        "session",
+    ),
+    (
         "post",
         "/v1/orgs/{org_id}/users",
         "Add a user with a role (owners; admins for members and auditors)",
@@ -194,6 +200,12 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
         "post",
         "/v1/orgs/{org_id}/policies",
         "Sign and publish a policy version above every published one (owners, admins)",
+        "session",
+    ),
+    (
+        "get",
+        "/v1/orgs/{org_id}/policies",
+        "The latest published versions, newest first, with who published each (any member; ?limit=1..100)",
         "session",
     ),
     (

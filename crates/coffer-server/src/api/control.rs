@@ -2,7 +2,7 @@
 //! and check-in (docs/protocol.md). Admins act through their sessions;
 //! devices through their tokens.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -11,7 +11,10 @@ use coffer_protocol::device::{
     AcknowledgeWipe, CheckIn, CheckInAnswer, DepositEscrow, DevicePolicy, EscrowReleased,
     ReleaseEscrow, WipeOrder, WipeScope, ESCROW_KEY_LEN,
 };
-use coffer_protocol::policy::{PolicyKey, PublishRequest, SignedPolicy};
+use coffer_protocol::policy::{
+    PolicyHistory, PolicyHistoryQuery, PolicyKey, PublishRequest, PublishedPolicy, SignedPolicy,
+    MAX_POLICY_HISTORY,
+};
 use coffer_protocol::{Endpoint, ErrorCode, WireSecret};
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -30,7 +33,10 @@ const ANY_MEMBER: &[&str] = &["owner", "admin", "member", "auditor"];
 pub(super) fn routes(router: Router<AppState>) -> Router<AppState> {
     router
         .route("/v1/orgs/{org_id}/policy-key", get(policy_key))
-        .route("/v1/orgs/{org_id}/policies", post(publish_policy))
+        .route(
+            "/v1/orgs/{org_id}/policies",
+            get(policy_history).post(publish_policy),
+        )
         .route("/v1/orgs/{org_id}/policies/latest", get(latest_policy))
         .route(
             "/v1/orgs/{org_id}/devices/{device_id}/wipe",
@@ -214,6 +220,50 @@ async fn latest_policy(
 ) -> Result<Json<SignedPolicy>, ApiError> {
     require_role(&state, &who, org_id, ANY_MEMBER).await?;
     latest(&state, org_id).await
+}
+
+/// `GET /v1/orgs/{org_id}/policies?limit=N` (any member): the latest
+/// versions, newest first.
+async fn policy_history(
+    State(state): State<AppState>,
+    Ids(org_id): Ids<i64>,
+    who: Principal,
+    query: Result<Query<PolicyHistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<PolicyHistory>, ApiError> {
+    require_role(&state, &who, org_id, ANY_MEMBER).await?;
+    let Query(query) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidQuery,
+            format!(
+                "bad query parameters: {}",
+                super::what_serde_refused(&e.body_text())
+            ),
+        )
+    })?;
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=MAX_POLICY_HISTORY).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidQuery,
+            format!("limit must be 1 to {MAX_POLICY_HISTORY}"),
+        ));
+    }
+    let key = signing_key_record(&state, org_id).await?;
+    let policies = state.store.policy_history(org_id, limit).await?;
+    Ok(Json(PolicyHistory {
+        public_key: key.public_key,
+        policies: policies
+            .into_iter()
+            .map(|(p, published_by)| PublishedPolicy {
+                version: p.version,
+                document: p.document,
+                signature: p.signature,
+                published_at: p.published_at,
+                published_by,
+            })
+            .collect(),
+    }))
 }
 
 /// `GET /v1/device/policy`: the latest signed policy of the device's

@@ -290,6 +290,16 @@ impl Store {
         dispatch!(self, s => s.latest_policy(org_id).await)
     }
 
+    /// The `limit` latest published policies of an organization, newest
+    /// first, with the name of who published each.
+    pub async fn policy_history(
+        &self,
+        org_id: i64,
+        limit: i64,
+    ) -> Result<Vec<(PolicyRecord, String)>, StoreError> {
+        dispatch!(self, s => s.policy_history(org_id, limit).await)
+    }
+
     /// Publishes a policy; [`StoreError::VersionNotNewer`] unless its
     /// version is above every published one (atomic across processes).
     pub async fn publish_policy(&self, policy: &NewPolicy) -> Result<(), StoreError> {

@@ -368,6 +368,21 @@ pub struct Membership {
     pub role: String,
 }
 
+/// One member of an organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The user.
+    pub user_id: i64,
+    /// Their name.
+    pub name: String,
+    /// owner, admin, member or auditor.
+    pub role: String,
+    /// Whether the account is disabled.
+    pub disabled: bool,
+    /// When the account was made, Unix seconds.
+    pub created_at: i64,
+}
+
 impl Store {
     /// The password hash of the user `name`, for a login.
     pub async fn login_record(&self, name: &str) -> Result<Option<LoginRecord>, StoreError> {
@@ -561,6 +576,11 @@ impl Store {
     /// The organizations a user belongs to, with their role.
     pub async fn memberships(&self, user_id: i64) -> Result<Vec<Membership>, StoreError> {
         dispatch!(self, s => s.memberships(user_id).await)
+    }
+
+    /// The members of an organization, by name.
+    pub async fn members(&self, org_id: i64) -> Result<Vec<Member>, StoreError> {
+        dispatch!(self, s => s.members(org_id).await)
     }
 }
 

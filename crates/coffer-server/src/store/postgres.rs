@@ -15,7 +15,7 @@ mod tenants;
 use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
 
 use super::{
-    db_error as generic_error, now_unix, Bootstrapped, DeviceRecord, Enrolled, LoginRecord,
+    db_error as generic_error, now_unix, Bootstrapped, DeviceRecord, Enrolled, LoginRecord, Member,
     MemberRole, Membership, Migrations, NewOwner, SessionRecord, StoreError, UsageKey, UsageRecord,
     UsageRow, DEVICE_COLUMNS,
 };
@@ -350,6 +350,30 @@ impl PostgresStore {
                 organization_id: r.get(0),
                 organization: r.get(1),
                 role: r.get(2),
+            })
+            .collect())
+    }
+
+    pub(super) async fn members(&self, org_id: i64) -> Result<Vec<Member>, StoreError> {
+        let op = "listing members";
+        let client = self.client(op).await?;
+        let rows = client
+            .query(
+                "SELECT u.id, u.name, m.role, u.disabled, u.created_at
+                 FROM memberships m JOIN users u ON u.id = m.user_id
+                 WHERE m.org_id = $1 ORDER BY u.name",
+                &[&org_id],
+            )
+            .await
+            .map_err(pg(op))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Member {
+                user_id: r.get(0),
+                name: r.get(1),
+                role: r.get(2),
+                disabled: r.get(3),
+                created_at: r.get(4),
             })
             .collect())
     }

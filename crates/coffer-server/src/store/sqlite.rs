@@ -16,8 +16,8 @@ mod tenants;
 use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
 
 use super::{
-    db_error, now_unix, Bootstrapped, DeviceRecord, Enrolled, LoginRecord, MemberRole, Membership,
-    Migrations, NewOwner, SessionRecord, StoreError, UsageKey, UsageRecord, UsageRow,
+    db_error, now_unix, Bootstrapped, DeviceRecord, Enrolled, LoginRecord, Member, MemberRole,
+    Membership, Migrations, NewOwner, SessionRecord, StoreError, UsageKey, UsageRecord, UsageRow,
     DEVICE_COLUMNS,
 };
 
@@ -390,6 +390,33 @@ impl SqliteStore {
                 })
                 .map_err(|x| e(&x))?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|x| e(&x))
+        })
+        .await
+    }
+
+    pub(super) async fn members(&self, org_id: i64) -> Result<Vec<Member>, StoreError> {
+        self.with("listing members", move |conn| {
+            let e = db_error("listing members");
+            let mut stmt = conn
+                .prepare(
+                    "SELECT u.id, u.name, m.role, u.disabled != 0, u.created_at
+                     FROM memberships m JOIN users u ON u.id = m.user_id
+                     WHERE m.org_id = ?1 ORDER BY u.name",
+                )
+                .map_err(|x| e(&x))?;
+            let rows = stmt
+                .query_map([org_id], |r| {
+                    Ok(Member {
+                        user_id: r.get(0)?,
+                        name: r.get(1)?,
+                        role: r.get(2)?,
+                        disabled: r.get(3)?,
+                        created_at: r.get(4)?,
+                    })
+                })
+                .map_err(|x| e(&x))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|x| e(&x))
         })
         .await
     }

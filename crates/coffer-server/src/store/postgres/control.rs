@@ -243,6 +243,38 @@ impl PostgresStore {
             }))
     }
 
+    pub(in crate::store) async fn policy_history(
+        &self,
+        org_id: i64,
+        limit: i64,
+    ) -> Result<Vec<(PolicyRecord, String)>, StoreError> {
+        let op = "listing policies";
+        let client = self.client(op).await?;
+        let rows = client
+            .query(
+                "SELECT p.version, p.document, p.signature, p.published_at, u.name
+                 FROM policies p JOIN users u ON u.id = p.published_by
+                 WHERE p.org_id = $1 ORDER BY p.version DESC LIMIT $2",
+                &[&org_id, &limit],
+            )
+            .await
+            .map_err(pg(op))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    PolicyRecord {
+                        version: r.get(0),
+                        document: r.get(1),
+                        signature: r.get(2),
+                        published_at: r.get(3),
+                    },
+                    r.get(4),
+                )
+            })
+            .collect())
+    }
+
     pub(in crate::store) async fn publish_policy(&self, p: &NewPolicy) -> Result<(), StoreError> {
         let op = "publishing a policy";
         let mut client = self.client(op).await?;

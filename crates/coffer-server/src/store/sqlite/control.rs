@@ -260,6 +260,40 @@ impl SqliteStore {
         .await
     }
 
+    pub(in crate::store) async fn policy_history(
+        &self,
+        org_id: i64,
+        limit: i64,
+    ) -> Result<Vec<(PolicyRecord, String)>, StoreError> {
+        let op = "listing policies";
+        self.with(op, move |conn| {
+            let e = db_error(op);
+            let mut stmt = conn
+                .prepare(
+                    "SELECT p.version, p.document, p.signature, p.published_at, u.name
+                     FROM policies p JOIN users u ON u.id = p.published_by
+                     WHERE p.org_id = ?1 ORDER BY p.version DESC LIMIT ?2",
+                )
+                .map_err(|x| e(&x))?;
+            let rows = stmt
+                .query_map(params![org_id, limit], |r| {
+                    Ok((
+                        PolicyRecord {
+                            version: r.get(0)?,
+                            document: r.get(1)?,
+                            signature: r.get(2)?,
+                            published_at: r.get(3)?,
+                        },
+                        r.get(4)?,
+                    ))
+                })
+                .map_err(|x| e(&x))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|x| e(&x))
+        })
+        .await
+    }
+
     pub(in crate::store) async fn publish_policy(&self, p: &NewPolicy) -> Result<(), StoreError> {
         let op = "publishing a policy";
         let p = p.clone();
