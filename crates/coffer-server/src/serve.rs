@@ -602,6 +602,7 @@ impl Server {
         let app = crate::console::with_console(
             api::router(state),
             std::sync::Arc::new(crate::console::sessions::Sessions::default()),
+            tls.is_some(),
         );
         let acceptor = tls.map(|t| t.acceptor);
         let (draining, drain) = tokio::sync::watch::channel(false);

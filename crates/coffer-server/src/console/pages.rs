@@ -5,14 +5,23 @@
 use askama::Template;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
+use std::collections::BTreeMap;
+
 use coffer_protocol::admin::{
-    AuditReport, DeviceList, DeviceSummary, EnrollmentCode, MeAnswer, Membership, WipeOrders,
-    WipeState,
+    AuditReport, DeviceList, DeviceSummary, EnrollmentCode, MeAnswer, MemberList, Membership,
+    UsageReport, WipeOrders, WipeState,
 };
+use coffer_protocol::data::ReadingsPage;
 use coffer_protocol::device::WipeScope;
-use coffer_protocol::policy::{Document, PublishRequest, Rules};
+use coffer_protocol::policy::{Document, Rules};
+use coffer_protocol::sync::{RecordDetail, RecordList};
 use secrecy::ExposeSecret;
 
+use super::chart::{BarChart, LineChart};
+use super::client::Signed;
+use super::data::{Filter, RANGES};
+use super::policy::pretty_rules;
+use super::records::record_path;
 use super::sessions::Session;
 
 /// What every signed-in page's header needs.
@@ -33,6 +42,10 @@ impl Frame {
         self.org
             .as_ref()
             .is_some_and(|(_, _, role)| role == "owner" || role == "admin")
+    }
+
+    fn of(signed: &Signed, org: Option<i64>) -> Frame {
+        Frame::new(&signed.api.session, &signed.me, org)
     }
 
     fn new(session: &Session, me: &MeAnswer, org: Option<i64>) -> Frame {
@@ -61,7 +74,8 @@ pub struct When {
 }
 
 impl When {
-    fn of_unix(secs: i64) -> When {
+    /// `secs` Unix seconds.
+    pub fn of_unix(secs: i64) -> When {
         // RFC 3339 ends at year 9999: a time past it (a corrupt row) is
         // shown as that last second, never a panic.
         const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
@@ -109,7 +123,12 @@ ok_pages!(
     Audit,
     DevicePage,
     EnrollmentCodePage,
-    PolicyPage
+    PolicyPage,
+    Users,
+    Readings,
+    Usage,
+    Records,
+    RecordPage,
 );
 
 /// The sign-in form.
@@ -151,13 +170,64 @@ pub struct Organizations {
 }
 
 impl Organizations {
-    /// The page for `me`.
-    pub fn new(session: &Session, me: MeAnswer) -> Organizations {
+    /// The page for the signed-in user.
+    pub fn new(signed: &Signed) -> Organizations {
         Organizations {
-            frame: Some(Frame::new(session, &me, None)),
-            operator: me.operator,
-            organizations: me.organizations,
+            frame: Some(Frame::of(signed, None)),
+            operator: signed.me.operator,
+            organizations: signed.me.organizations.clone(),
         }
+    }
+}
+
+/// Where a device stands against the policy's check-in and grace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Checked in within two check-in intervals.
+    OnTime,
+    /// Missed two check-ins or more.
+    Overdue,
+    /// Offline longer than the policy's grace: it refuses to unlock until
+    /// it checks in.
+    PastGrace,
+    /// Never checked in.
+    Never,
+    /// Revoked: it will not check in again.
+    Revoked,
+}
+
+impl Standing {
+    /// Where `device` stands at `now` under `rules`.
+    pub fn of(device: &DeviceSummary, rules: &Rules, now: i64) -> Standing {
+        if device.revoked {
+            return Standing::Revoked;
+        }
+        let Some(seen) = device.last_seen_at else {
+            return Standing::Never;
+        };
+        let away = now.saturating_sub(seen);
+        let grace = i64::from(rules.offline.block_after_hours) * 3600;
+        if grace > 0 && away > grace {
+            Standing::PastGrace
+        } else if away > 2 * i64::from(rules.check_in_secs.max(1)) {
+            Standing::Overdue
+        } else {
+            Standing::OnTime
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Standing::OnTime => "on time",
+            Standing::Overdue => "overdue",
+            Standing::PastGrace => "past grace",
+            Standing::Never => "never checked in",
+            Standing::Revoked => "revoked",
+        }
+    }
+
+    fn alarm(self) -> bool {
+        matches!(self, Standing::Overdue | Standing::PastGrace)
     }
 }
 
@@ -170,10 +240,13 @@ pub struct DeviceRow {
     address: String,
     escrow: bool,
     pending_wipes: i64,
+    standing: &'static str,
+    alarm: bool,
 }
 
-impl From<DeviceSummary> for DeviceRow {
-    fn from(d: DeviceSummary) -> DeviceRow {
+impl DeviceRow {
+    fn new(d: DeviceSummary, rules: &Rules, now: i64) -> DeviceRow {
+        let standing = Standing::of(&d, rules, now);
         DeviceRow {
             id: d.id,
             name: d.name,
@@ -182,8 +255,15 @@ impl From<DeviceSummary> for DeviceRow {
             address: d.last_seen_address.unwrap_or_default(),
             escrow: d.escrow,
             pending_wipes: d.pending_wipes,
+            standing: standing.text(),
+            alarm: standing.alarm(),
         }
     }
+}
+
+/// The rules devices are held to: the current policy's, or the defaults.
+fn rules_of(policy: Option<&Document>) -> Rules {
+    policy.map(|d| d.rules.clone()).unwrap_or_default()
 }
 
 /// An organization's devices.
@@ -195,18 +275,31 @@ pub struct Devices {
     devices: Vec<DeviceRow>,
     /// Whether the user's role may revoke (the API decides all the same).
     manages: bool,
+    overdue: usize,
+    check_in_secs: u32,
+    grace_hours: u32,
 }
 
 impl Devices {
-    /// The page of `org`'s devices.
-    pub fn new(session: &Session, me: &MeAnswer, org: i64, list: DeviceList) -> Devices {
-        let frame = Frame::new(session, me, Some(org));
+    /// The page of `org`'s devices, each against `policy`'s rules.
+    pub fn new(signed: &Signed, org: i64, list: DeviceList, policy: Option<&Document>) -> Devices {
+        let frame = Frame::of(signed, Some(org));
         let manages = frame.manages();
+        let rules = rules_of(policy);
+        let now = crate::store::now_unix();
+        let devices: Vec<DeviceRow> = list
+            .devices
+            .into_iter()
+            .map(|d| DeviceRow::new(d, &rules, now))
+            .collect();
         Devices {
             frame: Some(frame),
             org_id: org,
             manages,
-            devices: list.devices.into_iter().map(DeviceRow::from).collect(),
+            overdue: devices.iter().filter(|d| d.alarm).count(),
+            devices,
+            check_in_secs: rules.check_in_secs,
+            grace_hours: rules.offline.block_after_hours,
         }
     }
 }
@@ -221,9 +314,9 @@ pub struct Audit {
 
 impl Audit {
     /// The page of `org`'s audit check.
-    pub fn new(session: &Session, me: &MeAnswer, org: i64, report: AuditReport) -> Audit {
+    pub fn new(signed: &Signed, org: i64, report: AuditReport) -> Audit {
         Audit {
-            frame: Some(Frame::new(session, me, Some(org))),
+            frame: Some(Frame::of(signed, Some(org))),
             report,
         }
     }
@@ -274,19 +367,19 @@ pub struct DevicePage {
 impl DevicePage {
     /// The page of one device of `org`.
     pub fn new(
-        session: &Session,
-        me: &MeAnswer,
+        signed: &Signed,
         org: i64,
         device: DeviceSummary,
         wipes: WipeOrders,
+        policy: Option<&Document>,
     ) -> DevicePage {
-        let frame = Frame::new(session, me, Some(org));
+        let frame = Frame::of(signed, Some(org));
         let manages = frame.manages();
         DevicePage {
             frame: Some(frame),
             org_id: org,
             manages,
-            device: DeviceRow::from(device),
+            device: DeviceRow::new(device, &rules_of(policy), crate::store::now_unix()),
             wipes: wipes
                 .orders
                 .into_iter()
@@ -348,41 +441,76 @@ impl EnrollmentCodePage {
     }
 }
 
-fn pretty_rules(rules: &Rules) -> String {
-    // Plain structs with string keys: serializing cannot fail.
-    serde_json::to_string_pretty(rules).unwrap_or_default()
+/// One line of a policy diff.
+pub struct DiffLine {
+    /// `+`, `-` or ` `.
+    sign: char,
+    /// The CSS class of the line.
+    class: &'static str,
+    text: String,
 }
 
-/// The current policy and the form to change it.
+/// The lines of `old` to `new`; past `deadline` the diff gives up on
+/// precision (never on correctness).
+pub fn diff_lines(old: &str, new: &str, deadline: std::time::Instant) -> Vec<DiffLine> {
+    similar::TextDiff::configure()
+        .deadline(deadline)
+        .diff_lines(old, new)
+        .iter_all_changes()
+        .map(|change| {
+            let (sign, class) = match change.tag() {
+                similar::ChangeTag::Delete => ('-', "removed"),
+                similar::ChangeTag::Insert => ('+', "added"),
+                similar::ChangeTag::Equal => (' ', "same"),
+            };
+            DiffLine {
+                sign,
+                class,
+                text: change.value().trim_end_matches('\n').to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// One published version in the policy's history.
+pub struct HistoryRow {
+    version: i64,
+    published_at: When,
+    published_by: String,
+    /// What it changed against the version before (only changed lines).
+    changes: Vec<DiffLine>,
+}
+
+/// The current policy, its history, and the form to change it.
 #[derive(Template)]
 #[template(path = "console/policy.html")]
 pub struct PolicyPage {
     frame: Option<Frame>,
     org_id: i64,
     current: Option<(i64, When, String)>,
+    history: Vec<HistoryRow>,
     next_version: i64,
     draft: String,
     manages: bool,
 }
 
 impl PolicyPage {
-    /// The page of `org`'s policy (`None`: never published).
+    /// The page of `org`'s policy: `documents` newest first, with when and
+    /// by whom each was published, and each one's diff to the one before.
     pub fn new(
-        session: &Session,
-        me: &MeAnswer,
+        signed: &Signed,
         org: i64,
-        current: Option<Document>,
+        documents: Vec<(Document, i64, String)>,
+        changes: Vec<Vec<DiffLine>>,
     ) -> PolicyPage {
-        let frame = Frame::new(session, me, Some(org));
+        let frame = Frame::of(signed, Some(org));
         let manages = frame.manages();
-        let rules = current
-            .as_ref()
-            .map(|d| d.rules.clone())
-            .unwrap_or_default();
+        let current = documents.first().map(|(d, _, _)| d.clone());
         PolicyPage {
             frame: Some(frame),
             org_id: org,
             next_version: current.as_ref().map_or(1, |d| d.version.saturating_add(1)),
+            draft: pretty_rules(&rules_of(current.as_ref())),
             current: current.map(|d| {
                 (
                     d.version,
@@ -390,19 +518,19 @@ impl PolicyPage {
                     pretty_rules(&d.rules),
                 )
             }),
-            draft: pretty_rules(&rules),
+            history: documents
+                .into_iter()
+                .zip(changes)
+                .map(|((d, at, by), diff)| HistoryRow {
+                    version: d.version,
+                    published_at: When::of_unix(at),
+                    published_by: by,
+                    changes: diff.into_iter().filter(|l| l.sign != ' ').collect(),
+                })
+                .collect(),
             manages,
         }
     }
-}
-
-/// One line of the policy diff.
-pub struct DiffLine {
-    /// `+`, `-` or ` `.
-    sign: char,
-    /// The CSS class of the line.
-    class: &'static str,
-    text: String,
 }
 
 /// The rules about to be published, against the current ones.
@@ -424,32 +552,16 @@ impl PolicyPreview {
         session: &Session,
         me: &MeAnswer,
         org: i64,
-        current: Option<&Document>,
-        request: &PublishRequest,
+        version: i64,
+        rules: String,
+        diff: Vec<DiffLine>,
     ) -> PolicyPreview {
-        let old = current.map(|d| pretty_rules(&d.rules)).unwrap_or_default();
-        let new = pretty_rules(&request.rules);
-        let diff: Vec<DiffLine> = similar::TextDiff::from_lines(&old, &new)
-            .iter_all_changes()
-            .map(|change| {
-                let (sign, class) = match change.tag() {
-                    similar::ChangeTag::Delete => ('-', "removed"),
-                    similar::ChangeTag::Insert => ('+', "added"),
-                    similar::ChangeTag::Equal => (' ', "same"),
-                };
-                DiffLine {
-                    sign,
-                    class,
-                    text: change.value().trim_end_matches('\n').to_owned(),
-                }
-            })
-            .collect();
         PolicyPreview {
             frame: Some(Frame::new(session, me, Some(org))),
             org_id: org,
-            version: request.version.to_string(),
+            version: version.to_string(),
             changed: diff.iter().any(|l| l.sign != ' '),
-            rules: new,
+            rules,
             problem: None,
             diff,
         }
@@ -484,6 +596,359 @@ impl IntoResponse for PolicyPreview {
             StatusCode::OK
         };
         render(&self, status)
+    }
+}
+
+/// One row of the users table.
+pub struct UserRow {
+    id: i64,
+    name: String,
+    role: String,
+    disabled: bool,
+    created_at: When,
+    /// Whether this is the signed-in user (no disable or remove of oneself).
+    me: bool,
+}
+
+/// An organization's users.
+#[derive(Template)]
+#[template(path = "console/users.html")]
+pub struct Users {
+    frame: Option<Frame>,
+    org_id: i64,
+    users: Vec<UserRow>,
+    manages: bool,
+    roles: [&'static str; 4],
+    csrf: String,
+}
+
+impl Users {
+    /// The page of `org`'s members.
+    pub fn new(signed: &Signed, org: i64, members: MemberList) -> Users {
+        let frame = Frame::of(signed, Some(org));
+        let manages = frame.manages();
+        Users {
+            csrf: frame.csrf.clone(),
+            frame: Some(frame),
+            org_id: org,
+            manages,
+            roles: ["owner", "admin", "member", "auditor"],
+            users: members
+                .members
+                .into_iter()
+                .map(|m| UserRow {
+                    me: m.id == signed.me.user_id,
+                    id: m.id,
+                    name: m.name,
+                    role: m.role,
+                    disabled: m.disabled,
+                    created_at: When::of_unix(m.created_at),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One reading in the table.
+pub struct ReadingRow {
+    device: String,
+    at: When,
+    name: String,
+    value: String,
+}
+
+/// Readings: the filter, a chart and a table.
+#[derive(Template)]
+#[template(path = "console/readings.html")]
+pub struct Readings {
+    frame: Option<Frame>,
+    org_id: i64,
+    devices: Vec<(i64, String)>,
+    device: Option<i64>,
+    name: String,
+    days: u32,
+    ranges: [u32; 4],
+    chart: LineChart,
+    rows: Vec<ReadingRow>,
+    /// More readings match than the page holds.
+    more: bool,
+    /// The CSV link's query.
+    csv_query: String,
+}
+
+/// Readings the table shows (the chart takes the whole page).
+const TABLE_READINGS: usize = 500;
+
+impl Readings {
+    /// The readings page.
+    pub fn new(
+        signed: &Signed,
+        org: i64,
+        filter: &Filter,
+        devices: DeviceList,
+        page: ReadingsPage,
+        chart: LineChart,
+    ) -> Readings {
+        let names: BTreeMap<i64, String> = devices
+            .devices
+            .iter()
+            .map(|d| (d.id, d.name.clone()))
+            .collect();
+        let device_name = |id: i64| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+        Readings {
+            frame: Some(Frame::of(signed, Some(org))),
+            org_id: org,
+            devices: names.iter().map(|(id, n)| (*id, n.clone())).collect(),
+            device: filter.device,
+            name: filter.name.clone().unwrap_or_default(),
+            days: filter.days,
+            ranges: RANGES,
+            chart,
+            more: page.next_after.is_some(),
+            rows: page
+                .readings
+                .iter()
+                .rev()
+                .take(TABLE_READINGS)
+                .map(|r| ReadingRow {
+                    device: device_name(r.device_id),
+                    at: When::of_unix(r.at),
+                    name: r.name.clone(),
+                    value: r.value.to_string(),
+                })
+                .collect(),
+            csv_query: serde_urlencoded::to_string([
+                (
+                    "device",
+                    filter.device.map(|d| d.to_string()).unwrap_or_default(),
+                ),
+                ("name", filter.name.clone().unwrap_or_default()),
+                ("days", filter.days.to_string()),
+            ])
+            .unwrap_or_default(),
+        }
+    }
+}
+
+/// One row of the usage table.
+pub struct UsageLine {
+    name: String,
+    requests: i64,
+    bytes_in: i64,
+    bytes_out: i64,
+    millis: i64,
+}
+
+/// Usage: requests over time, and per organization, user or device.
+#[derive(Template)]
+#[template(path = "console/usage.html")]
+pub struct Usage {
+    frame: Option<Frame>,
+    org_id: i64,
+    by: &'static str,
+    days: u32,
+    ranges: [u32; 4],
+    over_time: BarChart,
+    per_key: BarChart,
+    rows: Vec<UsageLine>,
+}
+
+impl Usage {
+    /// The usage page.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        signed: &Signed,
+        org: i64,
+        by: &'static str,
+        days: u32,
+        report: &UsageReport,
+        names: &BTreeMap<i64, String>,
+        over_time: BarChart,
+        per_key: BarChart,
+    ) -> Usage {
+        Usage {
+            frame: Some(Frame::of(signed, Some(org))),
+            org_id: org,
+            by,
+            days,
+            ranges: RANGES,
+            over_time,
+            per_key,
+            rows: report
+                .rows
+                .iter()
+                .map(|r| UsageLine {
+                    name: match r.id {
+                        Some(id) => names.get(&id).cloned().unwrap_or_else(|| format!("#{id}")),
+                        None => "(none)".to_owned(),
+                    },
+                    requests: r.requests,
+                    bytes_in: r.bytes_in,
+                    bytes_out: r.bytes_out,
+                    millis: r.micros / 1000,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One row of the records list.
+pub struct RecordRow {
+    href: String,
+    app: String,
+    collection: String,
+    id: String,
+    author: String,
+    deleted: bool,
+    provisional: bool,
+    conflicts: u32,
+    updated_at: When,
+}
+
+/// Synced records.
+#[derive(Template)]
+#[template(path = "console/records.html")]
+pub struct Records {
+    frame: Option<Frame>,
+    org_id: i64,
+    app: String,
+    collection: String,
+    conflicts_only: bool,
+    rows: Vec<RecordRow>,
+    /// The next page's query.
+    next: Option<String>,
+}
+
+impl Records {
+    /// The records page.
+    pub fn new(
+        signed: &Signed,
+        org: i64,
+        app: String,
+        collection: String,
+        conflicts_only: bool,
+        list: RecordList,
+        next: Option<String>,
+    ) -> Records {
+        let base = format!("/console/orgs/{org}");
+        Records {
+            frame: Some(Frame::of(signed, Some(org))),
+            org_id: org,
+            app,
+            collection,
+            conflicts_only,
+            next,
+            rows: list
+                .records
+                .into_iter()
+                .map(|r| RecordRow {
+                    href: record_path(&base, &r.app, &r.collection, &r.id),
+                    app: r.app,
+                    collection: r.collection,
+                    id: r.id,
+                    author: r.author,
+                    deleted: r.deleted,
+                    provisional: r.provisional,
+                    conflicts: r.conflicts,
+                    updated_at: When::of_unix(r.updated_at),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One version of a record: the head or a conflict leaf.
+pub struct VersionView {
+    revision: String,
+    author: String,
+    deleted: bool,
+    body: String,
+    files: Vec<(String, u64)>,
+}
+
+/// One record: its head, its conflict leaves, and the resolve forms.
+#[derive(Template)]
+#[template(path = "console/record.html")]
+pub struct RecordPage {
+    frame: Option<Frame>,
+    org_id: i64,
+    action: String,
+    app: String,
+    collection: String,
+    id: String,
+    updated_at: When,
+    head: VersionView,
+    leaves: Vec<VersionView>,
+    /// The leaves shown, for the resolve forms.
+    leaf_names: String,
+    duplicates: Vec<String>,
+    manages: bool,
+    csrf: String,
+}
+
+fn pretty_json(value: Option<&serde_json::Value>) -> String {
+    value
+        .and_then(|v| serde_json::to_string_pretty(v).ok())
+        .unwrap_or_default()
+}
+
+impl RecordPage {
+    /// The page of one record.
+    pub fn new(signed: &Signed, org: i64, detail: RecordDetail) -> RecordPage {
+        let frame = Frame::of(signed, Some(org));
+        let manages = frame.manages();
+        let s = &detail.summary;
+        let files = |f: &[coffer_protocol::sync::FileRef]| {
+            f.iter().map(|f| (f.name.clone(), f.size)).collect()
+        };
+        RecordPage {
+            csrf: frame.csrf.clone(),
+            frame: Some(frame),
+            org_id: org,
+            action: format!(
+                "{}/resolve",
+                record_path(
+                    &format!("/console/orgs/{org}"),
+                    &s.app,
+                    &s.collection,
+                    &s.id
+                )
+            ),
+            app: s.app.clone(),
+            collection: s.collection.clone(),
+            id: s.id.clone(),
+            updated_at: When::of_unix(s.updated_at),
+            head: VersionView {
+                revision: s.revision.to_string(),
+                author: s.author.clone(),
+                deleted: s.deleted,
+                body: pretty_json(detail.body.as_ref()),
+                files: files(&detail.files),
+            },
+            leaf_names: detail
+                .leaves
+                .iter()
+                .map(|l| l.revision.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            leaves: detail
+                .leaves
+                .iter()
+                .map(|l| VersionView {
+                    revision: l.revision.to_string(),
+                    author: l.author.clone(),
+                    deleted: l.deleted,
+                    body: pretty_json(l.body.as_ref()),
+                    files: files(&l.files),
+                })
+                .collect(),
+            duplicates: detail
+                .duplicates
+                .iter()
+                .map(|d| format!("{}/{}", d.collection, d.id))
+                .collect(),
+            manages,
+        }
     }
 }
 

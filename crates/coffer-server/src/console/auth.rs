@@ -1,0 +1,114 @@
+//! Signing in and out, the user's organizations, and the audit check.
+
+use axum::extract::{Form, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::response::{IntoResponse, Redirect, Response};
+use coffer_protocol::admin::{AuditReport, MeAnswer};
+use coffer_protocol::session::{Login, LoginAnswer, Logout};
+use coffer_protocol::{Endpoint, NoContent, WireSecret};
+use serde::Deserialize;
+
+use super::client::{Caller, Change, ChangeForm, Console, ConsoleError, Signed};
+use super::origin::same_origin;
+use super::{pages, sessions};
+
+pub(super) async fn sign_in_page() -> Response {
+    pages::SignIn::blank().into_response()
+}
+
+/// The sign-in form.
+#[derive(Deserialize)]
+pub(super) struct SignInForm {
+    user: String,
+    password: String,
+}
+
+pub(super) async fn sign_in(
+    State(console): State<Console>,
+    caller: Caller,
+    headers: HeaderMap,
+    Form(form): Form<SignInForm>,
+) -> Response {
+    // Against login CSRF: another site signing this browser in as the
+    // attacker's account.
+    if !same_origin(&headers, console.tls) {
+        return ConsoleError::Forged.into_response();
+    }
+    let SignInForm { user, password } = form;
+    // Moved into a secret at once: zeroized on drop.
+    let login = Login {
+        user: user.clone(),
+        password: WireSecret::new(password),
+    };
+    let body = login.body().map(|(bytes, _)| bytes);
+    let answer: Result<(LoginAnswer, MeAnswer), _> = async {
+        let answer: LoginAnswer = console
+            .call(&caller, Method::POST, Login::PATH, None, body)
+            .await?;
+        let me: MeAnswer = console
+            .call(&caller, Method::GET, "/v1/me", Some(&answer.token), None)
+            .await?;
+        Ok((answer, me))
+    }
+    .await;
+    match answer {
+        Ok((answer, me)) => match console
+            .sessions
+            .open(answer.token, me.user_id, answer.expires_at)
+        {
+            Some((cookie_value, _)) => {
+                let cookie = sessions::set_cookie(&cookie_value, !caller.on_loopback());
+                let mut response = Redirect::to("/console/orgs").into_response();
+                if let Ok(value) = HeaderValue::from_str(&cookie) {
+                    response.headers_mut().insert(header::SET_COOKIE, value);
+                }
+                response
+            }
+            None => pages::SignIn::refused(
+                &user,
+                "too many console sessions are open on this server: try again later",
+            )
+            .into_response(),
+        },
+        Err(ConsoleError::Refused(status, message, _)) => {
+            let mut page = pages::SignIn::refused(&user, &message).into_response();
+            *page.status_mut() = status;
+            page
+        }
+        Err(other) => other.into_response(),
+    }
+}
+
+pub(super) async fn sign_out(
+    headers: HeaderMap,
+    change: Change<ChangeForm>,
+) -> Result<Response, ConsoleError> {
+    // The API session ends too; an already-expired one is signed out all
+    // the same.
+    let _: Result<NoContent, _> = change
+        .api
+        .send(Method::POST, Logout::PATH, None::<&()>)
+        .await;
+    if let Some(id) = sessions::cookie_value(&headers) {
+        change.api.console().sessions.close(id);
+    }
+    let mut response = Redirect::to("/console/sign-in").into_response();
+    for clear in sessions::CLEAR_COOKIES {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, HeaderValue::from_static(clear));
+    }
+    Ok(response)
+}
+
+pub(super) async fn organizations(signed: Signed) -> Result<Response, ConsoleError> {
+    Ok(pages::Organizations::new(&signed).into_response())
+}
+
+pub(super) async fn audit(signed: Signed, Path(org): Path<i64>) -> Result<Response, ConsoleError> {
+    let report: AuditReport = signed
+        .api
+        .get(&format!("/v1/orgs/{org}/audit/verify"))
+        .await?;
+    Ok(pages::Audit::new(&signed, org, report).into_response())
+}

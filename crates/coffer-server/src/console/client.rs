@@ -1,0 +1,336 @@
+//! The console as a client of the API in this process: one request per
+//! call, through the API's router, with the signed-in user's API session
+//! and the browser's address; answers decoded into the protocol's types.
+//!
+//! Handlers take one of two extractors, so that none can forget a check:
+//! - [`Signed`]: a page; the session the cookie names and `/v1/me`;
+//! - [`Change`]: a form that changes something; the `Origin` is this
+//!   server's and the form carries the session's CSRF token, both checked
+//!   before the form reaches the handler.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Form, FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Router;
+use coffer_protocol::admin::MeAnswer;
+use coffer_protocol::{Answer, ErrorBody, ErrorCode, WireSecret, AUTH_HEADER};
+use secrecy::ExposeSecret;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tower::ServiceExt;
+
+use super::origin::same_origin;
+use super::pages;
+use super::sessions::{self, Session, Sessions};
+
+/// The console's state: the API it is a client of, and its sessions.
+#[derive(Clone)]
+pub(super) struct Console {
+    pub(super) api: Router,
+    pub(super) sessions: Arc<Sessions>,
+    /// Whether this server speaks TLS itself (its own origin's scheme).
+    pub(super) tls: bool,
+}
+
+/// The largest API answer the console reads: a page of a list.
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
+/// What a console page failed on, as the browser is shown it.
+#[derive(Debug)]
+pub(super) enum ConsoleError {
+    /// No session (or an expired one): sign in again.
+    SignedOut,
+    /// The API refused: its status and message, shown on the page, and
+    /// its code when the answer had one.
+    Refused(StatusCode, String, Option<ErrorCode>),
+    /// A form without this session's CSRF token, or from another origin.
+    Forged,
+}
+
+impl ConsoleError {
+    /// A refusal of the console's own (a confirmation typed wrong, a
+    /// draft that is not a policy).
+    pub(super) fn refused(status: StatusCode, message: impl Into<String>) -> ConsoleError {
+        ConsoleError::Refused(status, message.into(), None)
+    }
+
+    /// The API's answer could not be read or the request not built.
+    pub(super) fn internal() -> ConsoleError {
+        ConsoleError::refused(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the console could not read the server's answer",
+        )
+    }
+}
+
+impl IntoResponse for ConsoleError {
+    fn into_response(self) -> Response {
+        match self {
+            ConsoleError::SignedOut => Redirect::to("/console/sign-in").into_response(),
+            ConsoleError::Refused(status, message, _) => {
+                pages::error_page(status, &message).into_response()
+            }
+            ConsoleError::Forged => pages::error_page(
+                StatusCode::FORBIDDEN,
+                "this form did not come from this console (a missing or wrong CSRF token, \
+                 or another site's page): nothing was changed",
+            )
+            .into_response(),
+        }
+    }
+}
+
+/// Where a browser's request came from, passed on to the API so that its
+/// login limits and audit rows name the browser, not the console.
+#[derive(Clone)]
+pub(super) struct Caller {
+    peer: Option<ConnectInfo<SocketAddr>>,
+    forwarded: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+/// The headers a proxy names the browser with.
+fn forwarding_headers() -> [header::HeaderName; 2] {
+    [
+        header::FORWARDED,
+        header::HeaderName::from_static("x-forwarded-for"),
+    ]
+}
+
+impl Caller {
+    fn of(parts: &Parts) -> Caller {
+        let forwarded = forwarding_headers()
+            .into_iter()
+            .filter_map(|name| parts.headers.get(&name).map(|v| (name, v.clone())))
+            .collect();
+        Caller {
+            peer: parts.extensions.get::<ConnectInfo<SocketAddr>>().copied(),
+            forwarded,
+        }
+    }
+
+    /// Whether the browser is on this machine (then the cookie may go over
+    /// plain HTTP: `--listen` allows that only on loopback).
+    pub(super) fn on_loopback(&self) -> bool {
+        // A request forwarded by a proxy on this host came from elsewhere
+        // (most likely over TLS): the cookie is Secure then.
+        self.forwarded.is_empty() && self.peer.as_ref().is_some_and(|p| p.0.ip().is_loopback())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Caller::of(parts))
+    }
+}
+
+impl Console {
+    /// One request to the API, decoded as `T` on success.
+    pub(super) async fn call<T: Answer>(
+        &self,
+        caller: &Caller,
+        method: Method,
+        path: &str,
+        token: Option<&WireSecret>,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ConsoleError> {
+        let mut request = axum::http::Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header(AUTH_HEADER, token.expose_secret());
+        }
+        for (name, value) in &caller.forwarded {
+            request = request.header(name, value);
+        }
+        let mut request = match body {
+            Some(bytes) => request
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(bytes)),
+            None => request.body(Body::empty()),
+        }
+        .map_err(|_| ConsoleError::internal())?;
+        if let Some(peer) = &caller.peer {
+            request.extensions_mut().insert(*peer);
+        }
+        // The router's error type is Infallible.
+        let Ok(response) = self.api.clone().oneshot(request).await;
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), MAX_ANSWER)
+            .await
+            .map_err(|_| ConsoleError::internal())?;
+        if status.is_success() {
+            return T::decode(&bytes).map_err(|_| ConsoleError::internal());
+        }
+        if status == StatusCode::UNAUTHORIZED && token.is_some() {
+            return Err(ConsoleError::SignedOut);
+        }
+        Err(match ErrorBody::decode(&bytes) {
+            Ok(e) => ConsoleError::Refused(status, e.error.message, Some(e.error.code)),
+            Err(_) => ConsoleError::Refused(status, "the server refused".to_owned(), None),
+        })
+    }
+
+    /// The signed-in session a request's cookie names.
+    fn session(&self, headers: &HeaderMap) -> Result<Arc<Session>, ConsoleError> {
+        sessions::cookie_value(headers)
+            .and_then(|id| self.sessions.get(id))
+            .ok_or(ConsoleError::SignedOut)
+    }
+
+    /// Whether a request has a live session (the home page's redirect).
+    pub(super) fn signed_in(&self, headers: &HeaderMap) -> bool {
+        self.session(headers).is_ok()
+    }
+}
+
+/// A signed-in browser's handle on the API: every call carries its API
+/// session and its address.
+pub(super) struct Api {
+    console: Console,
+    caller: Caller,
+    pub(super) session: Arc<Session>,
+}
+
+impl Api {
+    /// `GET path`, decoded as `T`.
+    pub(super) async fn get<T: Answer>(&self, path: &str) -> Result<T, ConsoleError> {
+        self.console
+            .call(
+                &self.caller,
+                Method::GET,
+                path,
+                Some(self.session.api_token()),
+                None,
+            )
+            .await
+    }
+
+    /// `method path` with `body` as JSON (`None`: no body).
+    pub(super) async fn send<T: Answer>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ConsoleError> {
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|_| ConsoleError::internal())?;
+        self.console
+            .call(
+                &self.caller,
+                method,
+                path,
+                Some(self.session.api_token()),
+                body,
+            )
+            .await
+    }
+
+    /// The user and their organizations.
+    pub(super) async fn me(&self) -> Result<MeAnswer, ConsoleError> {
+        self.get("/v1/me").await
+    }
+
+    /// The console's state, for what is not one API call (signing out).
+    pub(super) fn console(&self) -> &Console {
+        &self.console
+    }
+}
+
+/// A page's extractor: the signed-in session (else a redirect to sign in)
+/// and who the user is.
+pub(super) struct Signed {
+    pub(super) api: Api,
+    pub(super) me: MeAnswer,
+}
+
+impl FromRequestParts<Console> for Signed {
+    type Rejection = ConsoleError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        console: &Console,
+    ) -> Result<Self, Self::Rejection> {
+        let api = Api {
+            session: console.session(&parts.headers)?,
+            console: console.clone(),
+            caller: Caller::of(parts),
+        };
+        let me = api.me().await?;
+        Ok(Signed { api, me })
+    }
+}
+
+/// A form that changes something names its session's CSRF token.
+pub(super) trait CsrfForm: DeserializeOwned {
+    /// The token the form carried.
+    fn csrf(&self) -> &str;
+}
+
+/// A change's extractor: the form, checked to come from this console (its
+/// `Origin` and its CSRF token) before the handler sees it.
+pub(super) struct Change<F> {
+    pub(super) api: Api,
+    pub(super) form: F,
+}
+
+impl<F: CsrfForm + Send> FromRequest<Console> for Change<F> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, console: &Console) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        if !same_origin(&parts.headers, console.tls) {
+            return Err(ConsoleError::Forged.into_response());
+        }
+        let api = Api {
+            session: console
+                .session(&parts.headers)
+                .map_err(IntoResponse::into_response)?,
+            console: console.clone(),
+            caller: Caller::from_request_parts(&mut parts, console)
+                .await
+                .unwrap_or_else(|never| match never {}),
+        };
+        let req = Request::from_parts(parts, body);
+        let Form(form) = Form::<F>::from_request(req, console).await.map_err(|_| {
+            pages::error_page(
+                StatusCode::BAD_REQUEST,
+                "the form was not one this console sends (a field missing or malformed): \
+                     nothing was changed",
+            )
+        })?;
+        if !api.session.csrf_matches(form.csrf()) {
+            return Err(ConsoleError::Forged.into_response());
+        }
+        Ok(Change { api, form })
+    }
+}
+
+/// A form that changes something and carries nothing but its CSRF token.
+#[derive(serde::Deserialize)]
+pub(super) struct ChangeForm {
+    csrf: String,
+}
+
+impl CsrfForm for ChangeForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// Implements [`CsrfForm`] for forms with a `csrf` field.
+macro_rules! csrf_forms {
+    ($($form:ty),* $(,)?) => {$(
+        impl $crate::console::client::CsrfForm for $form {
+            fn csrf(&self) -> &str {
+                &self.csrf
+            }
+        }
+    )*};
+}
+pub(super) use csrf_forms;

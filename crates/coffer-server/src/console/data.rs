@@ -1,0 +1,314 @@
+//! What devices send and what the organization uses: readings (a table, a
+//! chart over time, CSV) and usage (charts per organization, user and
+//! device, CSV). Every number comes from the API's own queries.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use coffer_protocol::admin::{Csv, DeviceList, MemberList, ReadingsQuery, UsageQuery, UsageReport};
+use coffer_protocol::data::{to_csv, ReadingsPage, StoredReading};
+use serde::{Deserialize, Serialize};
+
+use super::chart::{BarChart, LineChart};
+use super::client::{Api, ConsoleError, Signed};
+use super::pages::{self, When};
+
+/// Readings one page shows (and charts).
+const PAGE_READINGS: i64 = 2_000;
+
+/// Readings one CSV export holds at most: past it, narrow the filter.
+const MAX_EXPORT_READINGS: usize = 200_000;
+
+/// The ranges the pages offer, in days.
+pub(super) const RANGES: [u32; 4] = [1, 7, 30, 365];
+
+/// The filter of the readings page, as its form sends it (empty fields
+/// mean "any").
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct ReadingsFilter {
+    #[serde(default)]
+    device: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    days: String,
+}
+
+/// The filter, checked.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Filter {
+    pub(super) device: Option<i64>,
+    pub(super) name: Option<String>,
+    pub(super) days: u32,
+}
+
+impl ReadingsFilter {
+    fn check(&self) -> Result<Filter, ConsoleError> {
+        let bad = |what: &str| {
+            ConsoleError::refused(StatusCode::BAD_REQUEST, format!("the filter's {what}"))
+        };
+        let device = match self.device.trim() {
+            "" => None,
+            d => Some(d.parse::<i64>().map_err(|_| bad("device is not an id"))?),
+        };
+        let name = Some(self.name.trim().to_owned()).filter(|n| !n.is_empty());
+        if name.as_ref().is_some_and(|n| n.len() > 128) {
+            return Err(bad("name is too long"));
+        }
+        let days = days_of(&self.days).ok_or_else(|| bad("range is not one the page offers"))?;
+        Ok(Filter { device, name, days })
+    }
+}
+
+/// A range from the form: one of [`RANGES`], 7 when not given.
+fn days_of(text: &str) -> Option<u32> {
+    match text.trim() {
+        "" => Some(7),
+        d => d.parse().ok().filter(|d| RANGES.contains(d)),
+    }
+}
+
+fn since(days: u32) -> i64 {
+    crate::store::now_unix() - i64::from(days) * 86_400
+}
+
+/// `path?query`, the query encoded from `query`.
+fn with_query(path: &str, query: &impl Serialize) -> Result<String, ConsoleError> {
+    let query = serde_urlencoded::to_string(query).map_err(|_| ConsoleError::internal())?;
+    Ok(format!("{path}?{query}"))
+}
+
+/// A page of the filter's readings, from `after`.
+async fn readings_page(
+    api: &Api,
+    org: i64,
+    filter: &Filter,
+    after: i64,
+    limit: i64,
+) -> Result<ReadingsPage, ConsoleError> {
+    let query = ReadingsQuery {
+        device: filter.device,
+        from: Some(since(filter.days)),
+        to: None,
+        name: filter.name.clone(),
+        after,
+        limit: Some(limit),
+        format: None,
+    };
+    api.get(&with_query(&format!("/v1/orgs/{org}/data"), &query)?)
+        .await
+}
+
+/// Numeric readings as series by name, for the chart.
+fn series(readings: &[StoredReading]) -> Vec<(String, Vec<(i64, f64)>)> {
+    let mut by_name: BTreeMap<&str, Vec<(i64, f64)>> = BTreeMap::new();
+    for r in readings {
+        if let Some(v) = r.value.as_f64() {
+            by_name.entry(&r.name).or_default().push((r.at, v));
+        }
+    }
+    by_name
+        .into_iter()
+        .map(|(name, mut points)| {
+            points.sort_by_key(|p| p.0);
+            (name.to_owned(), points)
+        })
+        .collect()
+}
+
+pub(super) async fn readings(
+    signed: Signed,
+    Path(org): Path<i64>,
+    Query(form): Query<ReadingsFilter>,
+) -> Result<Response, ConsoleError> {
+    let filter = form.check()?;
+    let devices: DeviceList = signed.api.get(&format!("/v1/orgs/{org}/devices")).await?;
+    let page = readings_page(&signed.api, org, &filter, 0, PAGE_READINGS).await?;
+    let chart = LineChart::new(series(&page.readings), |t| When::of_unix(t).text);
+    Ok(pages::Readings::new(&signed, org, &filter, devices, page, chart).into_response())
+}
+
+/// A CSV file the browser saves.
+fn csv_download(name: &str, text: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        text,
+    )
+        .into_response()
+}
+
+pub(super) async fn readings_csv(
+    signed: Signed,
+    Path(org): Path<i64>,
+    Query(form): Query<ReadingsFilter>,
+) -> Result<Response, ConsoleError> {
+    let filter = form.check()?;
+    let mut rows = Vec::new();
+    let mut after = 0;
+    loop {
+        let limit = crate::api::delivery::MAX_QUERY_ROWS;
+        let page = readings_page(&signed.api, org, &filter, after, limit).await?;
+        rows.extend(page.readings);
+        if rows.len() > MAX_EXPORT_READINGS {
+            return Err(ConsoleError::refused(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "more than {MAX_EXPORT_READINGS} readings match: narrow the range, the \
+                     device or the name (or page through `coffer admin data`)"
+                ),
+            ));
+        }
+        match page.next_after {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    Ok(csv_download(
+        &format!("readings-org{org}.csv"),
+        to_csv(&rows),
+    ))
+}
+
+/// The usage page's filter.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct UsageFilter {
+    #[serde(default)]
+    by: String,
+    #[serde(default)]
+    days: String,
+}
+
+impl UsageFilter {
+    fn check(&self) -> Result<(&'static str, u32), ConsoleError> {
+        let by = match self.by.trim() {
+            "" | "org" => "org",
+            "user" => "user",
+            "device" => "device",
+            _ => {
+                return Err(ConsoleError::refused(
+                    StatusCode::BAD_REQUEST,
+                    "usage is by org, user or device",
+                ))
+            }
+        };
+        let days = days_of(&self.days).ok_or_else(|| {
+            ConsoleError::refused(
+                StatusCode::BAD_REQUEST,
+                "the range is not one the page offers",
+            )
+        })?;
+        Ok((by, days))
+    }
+}
+
+/// The usage of `[from, to)`, by `by`.
+async fn usage_of(
+    api: &Api,
+    org: i64,
+    by: &str,
+    from: i64,
+    to: i64,
+) -> Result<UsageReport, ConsoleError> {
+    let query = UsageQuery {
+        from: Some(from),
+        to: Some(to),
+        by: Some(by.to_owned()),
+        format: None,
+    };
+    api.get(&with_query(&format!("/v1/orgs/{org}/usage"), &query)?)
+        .await
+}
+
+pub(super) async fn usage(
+    signed: Signed,
+    Path(org): Path<i64>,
+    Query(form): Query<UsageFilter>,
+) -> Result<Response, ConsoleError> {
+    let (by, days) = form.check()?;
+    let now = crate::store::now_unix();
+    let from = since(days);
+    let report = usage_of(&signed.api, org, by, from, now).await?;
+    // Requests over time: hours for a day, days up to a month, weeks past.
+    let (buckets, width): (i64, i64) = match days {
+        1 => (24, 3_600),
+        d if d <= 31 => (i64::from(d), 86_400),
+        d => ((i64::from(d) + 6) / 7, 7 * 86_400),
+    };
+    let mut over_time = Vec::new();
+    for i in 0..buckets {
+        let start = now - (buckets - i) * width;
+        let total = usage_of(&signed.api, org, "org", start, start + width).await?;
+        let requests = total.rows.iter().map(|r| r.requests).sum::<i64>();
+        let label = When::of_unix(start).text;
+        over_time.push((label, u64::try_from(requests).unwrap_or(0)));
+    }
+    // Names for ids, from the API's lists.
+    let names: BTreeMap<i64, String> = match by {
+        "user" => {
+            let members: MemberList = signed.api.get(&format!("/v1/orgs/{org}/users")).await?;
+            members
+                .members
+                .into_iter()
+                .map(|m| (m.id, m.name))
+                .collect()
+        }
+        "device" => {
+            let devices: DeviceList = signed.api.get(&format!("/v1/orgs/{org}/devices")).await?;
+            devices
+                .devices
+                .into_iter()
+                .map(|d| (d.id, d.name))
+                .collect()
+        }
+        _ => BTreeMap::new(),
+    };
+    let per_key: Vec<(String, u64)> = report
+        .rows
+        .iter()
+        .map(|r| {
+            let name = r
+                .id
+                .and_then(|id| names.get(&id).cloned())
+                .unwrap_or_else(|| r.id.map_or_else(|| "all".to_owned(), |id| format!("#{id}")));
+            (name, u64::try_from(r.requests).unwrap_or(0))
+        })
+        .collect();
+    Ok(pages::Usage::new(
+        &signed,
+        org,
+        by,
+        days,
+        &report,
+        &names,
+        BarChart::new(&over_time),
+        BarChart::new(&per_key),
+    )
+    .into_response())
+}
+
+pub(super) async fn usage_csv(
+    signed: Signed,
+    Path(org): Path<i64>,
+    Query(form): Query<UsageFilter>,
+) -> Result<Response, ConsoleError> {
+    let (by, days) = form.check()?;
+    let query = UsageQuery {
+        from: Some(since(days)),
+        to: Some(crate::store::now_unix()),
+        by: Some(by.to_owned()),
+        format: Some("csv".to_owned()),
+    };
+    let Csv(text) = signed
+        .api
+        .get(&with_query(&format!("/v1/orgs/{org}/usage"), &query)?)
+        .await?;
+    Ok(csv_download(&format!("usage-org{org}-by-{by}.csv"), text))
+}
