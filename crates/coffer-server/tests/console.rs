@@ -614,6 +614,198 @@ async fn console_in_chromium() {
     assert!(browser.text("#audit-state").await.contains("intact"));
     browser.shot("audit").await;
 
+    // Readings a device sent: a chart over time, the values as text.
+    let sensor = enrollment(&server, &api, acme, &alice, "sensor-1").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let readings: Vec<Value> = (0..12)
+        .map(|i| serde_json::json!({"at": now - 3600 * (12 - i), "name": "temp.c", "value": 18 + i % 5}))
+        .chain([serde_json::json!({"at": now - 60, "name": "note", "value": HOSTILE_NAME})])
+        .collect();
+    let r = api
+        .post(server.url("/v1/device/data"))
+        .header("x-auth-token", sensor["device_token"].as_str().unwrap())
+        .json(&serde_json::json!({"batch_id": "sensor-1-0001", "readings": readings}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    c.goto(&server.url(&format!("/console/orgs/{acme}/data")))
+        .await
+        .unwrap();
+    let points = browser
+        .element("figure.chart polyline.series-0")
+        .await
+        .attr("points")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(points.split(' ').count(), 12, "{points}");
+    assert!(browser.text("#readings").await.contains(HOSTILE_NAME));
+    assert!(c.get_alert_text().await.is_err(), "no script ran");
+    browser.shot("data").await;
+
+    // Usage: requests over time and per user, drawn as bars.
+    c.goto(&server.url(&format!("/console/orgs/{acme}/usage?by=user&days=7")))
+        .await
+        .unwrap();
+    assert!(!c
+        .find_all(fantoccini::Locator::Css("#usage-per-key svg rect"))
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(browser.text("#usage").await.contains("alice"));
+    browser.shot("usage").await;
+
+    // Users: add one (the password twice), then change their role.
+    c.goto(&server.url(&format!("/console/orgs/{acme}/users")))
+        .await
+        .unwrap();
+    browser.fill("#new-name", "dave").await;
+    browser
+        .fill("#new-password", "a long enough password")
+        .await;
+    browser
+        .fill("#new-password-again", "a long enough password")
+        .await;
+    browser.click("#add-user-submit").await;
+    let dave = loop {
+        let rows = c
+            .find_all(fantoccini::Locator::XPath(
+                "//table[@id='users']//tr[td[@class='name' and text()='dave']]",
+            ))
+            .await
+            .unwrap();
+        if let Some(row) = rows.first() {
+            break row.attr("id").await.unwrap().unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(browser.text(&format!("#{dave} td.role")).await, "member");
+    let dave_id = dave.trim_start_matches("user-");
+    c.find(fantoccini::Locator::Css(&format!("#role-{dave_id}")))
+        .await
+        .unwrap()
+        .select_by_value("auditor")
+        .await
+        .unwrap();
+    browser
+        .click(&format!("#{dave} form[action$='/role'] button"))
+        .await;
+    for _ in 0..100 {
+        if browser.text(&format!("#{dave} td.role")).await == "auditor" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(browser.text(&format!("#{dave} td.role")).await, "auditor");
+    browser.shot("users").await;
+
+    // Records: two devices edit one record apart; the console shows the
+    // conflict and resolves it with the second device's version.
+    let r = support::post(
+        &api,
+        server.url(&format!("/v1/orgs/{acme}/policies")),
+        &alice,
+        serde_json::json!({"version": 2, "rules": {"check_in_secs": 600, "sync": ["cases"]}}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let me: Value = get(&api, server.url("/v1/me"), &alice)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut writers = Vec::new();
+    for name in ["tablet-a", "tablet-b"] {
+        let e = enrollment(&server, &api, acme, &alice, name).await;
+        let r = support::post(
+            &api,
+            server.url(&format!("/v1/orgs/{acme}/sync/authors/bind")),
+            &alice,
+            serde_json::json!({"device_id": e["device_id"], "author": "alice", "user_id": me["user_id"]}),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        writers.push(e["device_token"].as_str().unwrap().to_owned());
+    }
+    let rev = |b: u8, seq: u64| format!("{}.{seq}", format!("{b:02x}").repeat(16));
+    let push = |token: String, batch: &'static str, ops: Value| {
+        let api = api.clone();
+        let url = server.url("/v1/device/sync/cases/push");
+        async move {
+            let r = api
+                .post(url)
+                .header("x-auth-token", token)
+                .json(&serde_json::json!({"batch_id": batch, "ops": ops}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.text().await.unwrap()
+        }
+    };
+    let op = |revision: String, base: Option<String>, name: &str| {
+        serde_json::json!([{"collection": "visits", "id": "v/1", "revision": revision,
+                            "base": base, "body": {"name": name}, "author": "alice"}])
+    };
+    push(
+        writers[0].clone(),
+        "batch-a-1",
+        op(rev(0xa1, 1), None, "first"),
+    )
+    .await;
+    push(
+        writers[0].clone(),
+        "batch-a-2",
+        op(rev(0xa1, 2), Some(rev(0xa1, 1)), "from A"),
+    )
+    .await;
+    let text = push(
+        writers[1].clone(),
+        "batch-b-1",
+        op(rev(0xb2, 1), Some(rev(0xa1, 1)), "from B"),
+    )
+    .await;
+    assert!(text.contains("conflict"), "{text}");
+    c.goto(&server.url(&format!("/console/orgs/{acme}/records?conflicts=on")))
+        .await
+        .unwrap();
+    browser.shot("records").await;
+    browser.click("#records a").await;
+    assert!(browser
+        .text("#record-conflicts")
+        .await
+        .contains("1 conflicting version"));
+    assert_eq!(browser.text("#record-id").await, "v/1");
+    browser.shot("record-conflict").await;
+    browser
+        .click(&format!("[id='version-{}'] form button", rev(0xb2, 1)))
+        .await;
+    for _ in 0..100 {
+        if c.find_all(fantoccini::Locator::Css("#record-conflicts"))
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let detail: Value = get(
+        &api,
+        server.url(&format!("/v1/orgs/{acme}/records/cases/visits/v%2F1")),
+        &alice,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(detail["body"]["name"], "from B", "{detail}");
+    assert_eq!(detail["leaves"], serde_json::json!([]));
+
     // Another site's form, posted from the browser that is signed in:
     // SameSite keeps the cookie home and the token is missing; nothing
     // is revoked.
@@ -662,5 +854,468 @@ async fn console_in_chromium() {
     browser.shot("member-refused").await;
 
     browser.stop().await;
+    server.stop().await;
+}
+
+/// A console form posted with `cookie`, `csrf` and more fields, from this
+/// server's origin (or `origin`).
+async fn form_post(
+    server: &Running,
+    http: &reqwest::Client,
+    cookie: &str,
+    path: &str,
+    fields: &[(&str, &str)],
+    origin: Option<&str>,
+) -> reqwest::Response {
+    let own = server.url("");
+    let origin = origin.unwrap_or(own.trim_end_matches('/'));
+    http.post(server.url(path))
+        .header("cookie", cookie)
+        .header(ORIGIN, origin)
+        .form(fields)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn console_users_data_usage_and_its_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("server.db").display());
+    let server = Running::start(&url).await;
+    let api = reqwest::Client::new();
+    let acme = set_up(&server, &api).await;
+    add_people(&url, acme).await;
+    let alice = login(&server, &api, "alice", "correct horse battery")
+        .await
+        .unwrap();
+    let http = browser();
+    let cookie = cookie_of(
+        sign_in(&server, &http, "alice", "correct horse battery")
+            .await
+            .headers(),
+    );
+    let (_, html) = page(
+        &server,
+        &http,
+        &cookie,
+        &format!("/console/orgs/{acme}/users"),
+    )
+    .await;
+    let csrf = csrf_in(&html);
+    assert!(
+        html.contains("carol") && html.contains("alice (you)"),
+        "{html}"
+    );
+
+    // The API's list, for its own clients: members by name; a member is
+    // refused it.
+    let list: Value = get(&api, server.url(&format!("/v1/orgs/{acme}/users")), &alice)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = list["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "carol"]);
+    let carol_id = list["members"][1]["id"].as_i64().unwrap();
+    let carol_api = login(&server, &api, "carol", "correct horse battery")
+        .await
+        .unwrap();
+    let r = get(
+        &api,
+        server.url(&format!("/v1/orgs/{acme}/users")),
+        &carol_api,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // Another signed-in user's real CSRF token does not pass for alice's.
+    let bob = cookie_of(
+        sign_in(&server, &http, "bob", "correct horse battery")
+            .await
+            .headers(),
+    );
+    let (_, bob_page) = page(&server, &http, &bob, "/console/orgs").await;
+    let bob_csrf = csrf_in(&bob_page);
+    assert_ne!(bob_csrf, csrf);
+    let disable = format!("/console/orgs/{acme}/users/{carol_id}/disable");
+    let r = form_post(
+        &server,
+        &http,
+        &cookie,
+        &disable,
+        &[("csrf", &bob_csrf), ("confirm", "carol")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Nor does the right token from an opaque origin, another scheme or
+    // another port.
+    let port = server
+        .url("")
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let other_port = format!("http://127.0.0.1:{}", port.parse::<u16>().unwrap() ^ 1);
+    for origin in ["null", &format!("https://127.0.0.1:{port}"), &other_port] {
+        let r = form_post(
+            &server,
+            &http,
+            &cookie,
+            &disable,
+            &[("csrf", &csrf), ("confirm", "carol")],
+            Some(origin),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{origin}");
+    }
+    // The wrong name typed: nothing.
+    let r = form_post(
+        &server,
+        &http,
+        &cookie,
+        &disable,
+        &[("csrf", &csrf), ("confirm", "Carol")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let r = login(&server, &api, "carol", "correct horse battery").await;
+    assert!(r.is_ok(), "carol is still enabled");
+    // The right one: disabled, by the API (she cannot log in).
+    let r = form_post(
+        &server,
+        &http,
+        &cookie,
+        &disable,
+        &[("csrf", &csrf), ("confirm", "carol")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(login(&server, &api, "carol", "correct horse battery")
+        .await
+        .is_err());
+    let (_, html) = page(
+        &server,
+        &http,
+        &cookie,
+        &format!("/console/orgs/{acme}/users"),
+    )
+    .await;
+    assert!(html.contains("disabled"));
+
+    // Adding a user: two different passwords add nobody.
+    let users = format!("/console/orgs/{acme}/users");
+    let r = form_post(
+        &server,
+        &http,
+        &cookie,
+        &users,
+        &[
+            ("csrf", &csrf),
+            ("name", "erin"),
+            ("role", "member"),
+            ("password", "one long password"),
+            ("password_again", "another long password"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(login(&server, &api, "erin", "one long password")
+        .await
+        .is_err());
+    let r = form_post(
+        &server,
+        &http,
+        &cookie,
+        &users,
+        &[
+            ("csrf", &csrf),
+            ("name", "erin"),
+            ("role", "member"),
+            ("password", "one long password"),
+            ("password_again", "one long password"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let erin = login(&server, &api, "erin", "one long password")
+        .await
+        .unwrap();
+    // Removed, confirmed by name: the API ends her sessions.
+    let list: Value = get(&api, server.url(&format!("/v1/orgs/{acme}/users")), &alice)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let erin_id = list["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "erin")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let r = form_post(
+        &server,
+        &http,
+        &cookie,
+        &format!("{users}/{erin_id}/remove"),
+        &[("csrf", &csrf), ("confirm", "erin")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        get(&api, server.url("/v1/me"), &erin).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Readings: the page escapes a device's values; the CSV holds them
+    // all, as a download.
+    let sensor = enrollment(&server, &api, acme, &alice, "sensor-1").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let r = api
+        .post(server.url("/v1/device/data"))
+        .header("x-auth-token", sensor["device_token"].as_str().unwrap())
+        .json(
+            &serde_json::json!({"batch_id": "sensor-1-0001", "readings": [
+                {"at": now - 120, "name": "temp.c", "value": 21.5},
+                {"at": now - 60, "name": "note", "value": HOSTILE_NAME},
+            ]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let (status, html) = page(
+        &server,
+        &http,
+        &cookie,
+        &format!("/console/orgs/{acme}/data?days=1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!html.contains(HOSTILE_NAME) && html.contains("onerror=alert(1)"));
+    assert!(html.contains("<polyline class=\"line series-0\""), "{html}");
+    let (status, _) = page(
+        &server,
+        &http,
+        &cookie,
+        &format!("/console/orgs/{acme}/data?days=2"),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "a range the page does not offer"
+    );
+    let r = http
+        .get(server.url(&format!("/console/orgs/{acme}/data.csv?days=1")))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .starts_with("attachment"));
+    let csv = r.text().await.unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "id,device_id,at,name,value,received_at");
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(lines[1].contains(",temp.c,21.5,"));
+
+    // Usage: charts and a CSV of the API's own report.
+    let (status, html) = page(
+        &server,
+        &http,
+        &cookie,
+        &format!("/console/orgs/{acme}/usage?by=device&days=1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        html.contains("<rect class=\"bar\"") && html.contains("sensor-1"),
+        "{html}"
+    );
+    let r = http
+        .get(server.url(&format!("/console/orgs/{acme}/usage.csv?by=user&days=30")))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .starts_with("id,requests,bytes_in,bytes_out,micros\n"));
+
+    // The policy's history: each version, who published it, what changed.
+    for (version, secs) in [(1, 900), (2, 600)] {
+        let r = support::post(
+            &api,
+            server.url(&format!("/v1/orgs/{acme}/policies")),
+            &alice,
+            serde_json::json!({"version": version, "rules": {"check_in_secs": secs}}),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let history: Value = get(
+        &api,
+        server.url(&format!("/v1/orgs/{acme}/policies?limit=1")),
+        &alice,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(history["policies"].as_array().unwrap().len(), 1);
+    assert_eq!(history["policies"][0]["version"], 2);
+    assert_eq!(history["policies"][0]["published_by"], "alice");
+    for bad in ["0", "101", "x"] {
+        let r = get(
+            &api,
+            server.url(&format!("/v1/orgs/{acme}/policies?limit={bad}")),
+            &alice,
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let (_, html) = page(
+        &server,
+        &http,
+        &cookie,
+        &format!("/console/orgs/{acme}/policy"),
+    )
+    .await;
+    let v2 = &html[html.find("id=\"policy-version-2\"").unwrap()..];
+    let v2 = &v2[..v2.find("</tr>").unwrap()];
+    assert!(
+        v2.contains("- ") && v2.contains("900") && v2.contains("+ ") && v2.contains("600"),
+        "{v2}"
+    );
+    // Devices against the policy: one that never checked in, one overdue.
+    let db = coffer_server::Store::open(&url).await.unwrap();
+    db.execute_for_tests(&format!(
+        "UPDATE devices SET last_seen_at = {} WHERE id = {}",
+        now - 3 * 600,
+        sensor["device_id"]
+    ))
+    .await
+    .unwrap();
+    let (_, html) = page(
+        &server,
+        &http,
+        &cookie,
+        &format!("/console/orgs/{acme}/devices"),
+    )
+    .await;
+    assert!(
+        html.contains("<span class=\"alarm\">overdue</span>"),
+        "{html}"
+    );
+    assert!(html.contains("1 need attention"));
+
+    // The member's preview of a policy is refused before any diff is made.
+    let carol_enabled = support::post(
+        &api,
+        server.url(&format!("/v1/orgs/{acme}/users/{carol_id}/enable")),
+        &alice,
+        serde_json::json!({}),
+    )
+    .await;
+    assert!(carol_enabled.status().is_success());
+    let carol = cookie_of(
+        sign_in(&server, &http, "carol", "correct horse battery")
+            .await
+            .headers(),
+    );
+    let (_, carol_page) = page(&server, &http, &carol, "/console/orgs").await;
+    let r = form_post(
+        &server,
+        &http,
+        &carol,
+        &format!("/console/orgs/{acme}/policy/preview"),
+        &[
+            ("csrf", &csrf_in(&carol_page)),
+            ("version", "3"),
+            ("rules", "{}"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // A request carrying two console cookies names no session.
+    let value = cookie.split_once('=').unwrap().1;
+    let r = http
+        .get(server.url("/console/orgs"))
+        .header("cookie", format!("{cookie}; __Host-coffer_console={value}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+
+    // Changing one's password: the new one twice, the old one checked.
+    let (_, html) = page(&server, &http, &cookie, "/console/password").await;
+    assert!(html.contains("id=\"password-form\""));
+    let r = form_post(
+        &server,
+        &http,
+        &cookie,
+        "/console/password",
+        &[
+            ("csrf", &csrf),
+            ("current", "correct horse battery"),
+            ("new", "a brand new passphrase"),
+            ("new_again", "a brand new passphrase"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.text().await.unwrap().contains("id=\"password-changed\""));
+    assert!(login(&server, &api, "alice", "a brand new passphrase")
+        .await
+        .is_ok());
+
+    // Signing out ends the API session behind the cookie too.
+    let live = || async {
+        db.number_for_tests(
+            "SELECT count(*) FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE u.name = 'alice' AND s.revoked_at IS NULL",
+        )
+        .await
+        .unwrap()
+    };
+    let before = live().await;
+    let r = form_post(
+        &server,
+        &http,
+        &cookie,
+        "/console/sign-out",
+        &[("csrf", &csrf)],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(live().await, before - 1);
+
     server.stop().await;
 }

@@ -1,14 +1,15 @@
 //! Signing in and out, the user's organizations, and the audit check.
 
 use axum::extract::{Form, Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use coffer_protocol::admin::{AuditReport, MeAnswer};
+use coffer_protocol::admin::{AuditReport, ChangePassword, MeAnswer};
 use coffer_protocol::session::{Login, LoginAnswer, Logout};
 use coffer_protocol::{Endpoint, NoContent, WireSecret};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::client::{Caller, Change, ChangeForm, Console, ConsoleError, Signed};
+use super::client::{csrf_forms, Caller, Change, ChangeForm, Console, ConsoleError, Signed};
 use super::origin::same_origin;
 use super::{pages, sessions};
 
@@ -111,4 +112,42 @@ pub(super) async fn audit(signed: Signed, Path(org): Path<i64>) -> Result<Respon
         .get(&format!("/v1/orgs/{org}/audit/verify"))
         .await?;
     Ok(pages::Audit::new(&signed, org, report).into_response())
+}
+
+pub(super) async fn password_page(signed: Signed) -> Result<Response, ConsoleError> {
+    Ok(pages::PasswordPage::new(&signed).into_response())
+}
+
+/// The password form: the current one, and the new one twice.
+#[derive(Deserialize)]
+pub(super) struct PasswordForm {
+    csrf: String,
+    current: String,
+    new: String,
+    new_again: String,
+}
+
+csrf_forms!(PasswordForm);
+
+pub(super) async fn change_password(
+    change: Change<PasswordForm>,
+) -> Result<Response, ConsoleError> {
+    let Change { api, form } = change;
+    // Secrets from here on: zeroized on drop.
+    let request = ChangePassword {
+        old_password: WireSecret::new(form.current),
+        new_password: WireSecret::new(form.new),
+    };
+    let again = WireSecret::new(form.new_again);
+    if request.new_password.expose_secret() != again.expose_secret() {
+        return Err(ConsoleError::refused(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the two new passwords differ: the password is unchanged",
+        ));
+    }
+    let _: NoContent = api
+        .send(Method::POST, "/v1/me/password", Some(&request))
+        .await?;
+    let me = api.me().await?;
+    Ok(pages::PasswordPage::changed(&api.session, &me).into_response())
 }

@@ -22,6 +22,29 @@ pub struct Tick {
     pub at: String,
     /// Its label.
     pub label: String,
+    /// How the label sits on the mark (`start`, `middle`, `end`): the
+    /// first and last stay inside the drawing.
+    pub anchor: &'static str,
+}
+
+fn anchor(i: i32, last: i32) -> &'static str {
+    match i {
+        0 => "start",
+        i if i == last => "end",
+        _ => "middle",
+    }
+}
+
+/// A round step for an axis from 0 to `max` in about four steps: 1, 2 or
+/// 5 times a power of ten.
+fn round_step(max: f64) -> f64 {
+    let raw = (max / 4.0).max(f64::MIN_POSITIVE);
+    let magnitude = 10f64.powf(raw.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * magnitude)
+        .find(|step| *step >= raw)
+        .unwrap_or(10.0 * magnitude)
 }
 
 /// One line of a [`LineChart`].
@@ -130,6 +153,7 @@ impl LineChart {
                 Tick {
                     at: fmt(x(t)),
                     label: time_label(t as i64),
+                    anchor: anchor(i, steps),
                 }
             })
             .collect();
@@ -139,6 +163,7 @@ impl LineChart {
                 Tick {
                     at: fmt(y(v)),
                     label: label(v),
+                    anchor: "end",
                 }
             })
             .collect();
@@ -170,6 +195,22 @@ pub struct Bar {
     pub width: String,
     /// Its height.
     pub height: String,
+    /// Its middle, for a label under it.
+    pub middle: String,
+    /// The label under it: every bar's when they fit, else every n-th.
+    pub tick: Option<String>,
+}
+
+/// At most this many labels under a bar chart.
+const MAX_BAR_LABELS: usize = 8;
+
+/// A label short enough to sit under a bar.
+fn short(text: &str) -> String {
+    if text.chars().count() <= 16 {
+        text.to_owned()
+    } else {
+        text.chars().take(15).chain(['…']).collect()
+    }
 }
 
 /// Values side by side, one bar each, on a shared scale from zero.
@@ -186,7 +227,10 @@ impl BarChart {
         let max = values.iter().map(|v| v.1).max().unwrap_or(0).max(1);
         // Counts far below 2^53: exact.
         #[allow(clippy::cast_precision_loss)]
-        let maxf = max as f64;
+        let step = round_step(max as f64);
+        #[allow(clippy::cast_precision_loss)]
+        let maxf = (max as f64 / step).ceil() * step;
+        let every = values.len().div_ceil(MAX_BAR_LABELS).max(1);
         let plot_w = WIDTH - LEFT;
         let plot_h = HEIGHT - TOP - BOTTOM;
         #[allow(clippy::cast_precision_loss)]
@@ -201,6 +245,8 @@ impl BarChart {
                 Bar {
                     label: name.clone(),
                     value: v.to_string(),
+                    middle: fmt(LEFT + slot * (i as f64 + 0.5)),
+                    tick: (i % every == 0).then(|| short(name)),
                     x: fmt(LEFT + slot * i as f64 + slot * 0.1),
                     width: fmt(slot * 0.8),
                     y: fmt(TOP + plot_h - h),
@@ -208,12 +254,15 @@ impl BarChart {
                 }
             })
             .collect();
-        let y_ticks = (0..=4)
+        let marks = (maxf / step).round();
+        #[allow(clippy::cast_possible_truncation)]
+        let y_ticks = (0..=marks as i32)
             .map(|i| {
-                let v = maxf * f64::from(i) / 4.0;
+                let v = step * f64::from(i);
                 Tick {
                     at: fmt(TOP + plot_h - v / maxf * plot_h),
                     label: label(v),
+                    anchor: "end",
                 }
             })
             .collect();
@@ -235,7 +284,7 @@ mod tests {
         assert_eq!(line.count, 2);
         // The first point at the left edge and bottom, the last at the
         // right edge and top.
-        assert_eq!(line.points, "64.0,208.0 720.0,8.0");
+        assert_eq!(line.points, "64.0,216.0 720.0,8.0");
         assert_eq!(chart.x_ticks.first().map(|t| t.label.as_str()), Some("100"));
         assert_eq!(chart.x_ticks.last().map(|t| t.label.as_str()), Some("300"));
         assert_eq!(chart.y_ticks.last().map(|t| t.label.as_str()), Some("3"));
@@ -263,6 +312,17 @@ mod tests {
         assert_eq!(chart.bars[1].height, "104.0");
         assert_eq!(chart.bars[2].height, "0.0");
         assert_eq!(chart.y_ticks.last().map(|t| t.label.as_str()), Some("10"));
+        // Round marks: 26 requests draw on a 0–30 scale in steps of 10.
+        let chart = BarChart::new(&[("a".into(), 26)]);
+        let labels: Vec<&str> = chart.y_ticks.iter().map(|t| t.label.as_str()).collect();
+        assert_eq!(labels, ["0", "10", "20", "30"]);
+        // Thirty bars: every fourth labelled, long names cut.
+        let many: Vec<(String, u64)> = (0..30)
+            .map(|i| (format!("day-{i}-of-a-long-month"), i))
+            .collect();
+        let chart = BarChart::new(&many);
+        assert_eq!(chart.bars.iter().filter(|b| b.tick.is_some()).count(), 8);
+        assert_eq!(chart.bars[0].tick.as_deref(), Some("day-0-of-a-long…"));
         assert!(BarChart::new(&[]).bars.is_empty());
     }
 }

@@ -70,6 +70,11 @@ fn days_of(text: &str) -> Option<u32> {
     }
 }
 
+/// The exclusive end of a range that holds this second.
+fn until_now() -> i64 {
+    crate::store::now_unix() + 1
+}
+
 fn since(days: u32) -> i64 {
     crate::store::now_unix() - i64::from(days) * 86_400
 }
@@ -233,7 +238,7 @@ pub(super) async fn usage(
     Query(form): Query<UsageFilter>,
 ) -> Result<Response, ConsoleError> {
     let (by, days) = form.check()?;
-    let now = crate::store::now_unix();
+    let now = until_now();
     let from = since(days);
     let report = usage_of(&signed.api, org, by, from, now).await?;
     // Requests over time: hours for a day, days up to a month, weeks past.
@@ -302,7 +307,7 @@ pub(super) async fn usage_csv(
     let (by, days) = form.check()?;
     let query = UsageQuery {
         from: Some(since(days)),
-        to: Some(crate::store::now_unix()),
+        to: Some(until_now()),
         by: Some(by.to_owned()),
         format: Some("csv".to_owned()),
     };

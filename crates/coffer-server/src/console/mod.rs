@@ -71,6 +71,10 @@ pub fn with_console(api: Router, sessions: Arc<Sessions>, tls: bool) -> Router {
         )
         .route("/console/sign-out", post(auth::sign_out))
         .route("/console/orgs", get(auth::organizations))
+        .route(
+            "/console/password",
+            get(auth::password_page).post(auth::change_password),
+        )
         .route(&org("/devices"), get(devices::list))
         .route(&org("/devices/{device}"), get(devices::one))
         .route(&org("/devices/{device}/revoke"), post(devices::revoke))

@@ -119,6 +119,7 @@ macro_rules! ok_pages {
 ok_pages!(
     SignIn,
     Organizations,
+    PasswordPage,
     Devices,
     Audit,
     DevicePage,
@@ -176,6 +177,37 @@ impl Organizations {
             frame: Some(Frame::of(signed, None)),
             operator: signed.me.operator,
             organizations: signed.me.organizations.clone(),
+        }
+    }
+}
+
+/// The signed-in user's password form.
+#[derive(Template)]
+#[template(path = "console/password.html")]
+pub struct PasswordPage {
+    frame: Option<Frame>,
+    csrf: String,
+    changed: bool,
+}
+
+impl PasswordPage {
+    /// The form.
+    pub fn new(signed: &Signed) -> PasswordPage {
+        let frame = Frame::of(signed, None);
+        PasswordPage {
+            csrf: frame.csrf.clone(),
+            frame: Some(frame),
+            changed: false,
+        }
+    }
+
+    /// The form again, saying the password was changed.
+    pub fn changed(session: &Session, me: &MeAnswer) -> PasswordPage {
+        let frame = Frame::new(session, me, None);
+        PasswordPage {
+            csrf: frame.csrf.clone(),
+            frame: Some(frame),
+            changed: true,
         }
     }
 }
