@@ -548,10 +548,27 @@ pub enum Command {
     CheckIn,
     /// A guided walk through a throwaway space: create a vault, add a second
     /// user and a recovery key, unlock with each, and see tampering caught
+    ///
+    /// With --console: a throwaway control plane filled with sample data
+    /// (people, devices, readings, policies, a sync conflict, a pending
+    /// wipe), served on loopback until Ctrl-C, for trying the admin
+    /// console in a browser.
     Demo {
-        /// Keep the demo space instead of deleting it
+        /// Keep the demo space (or the console demo's database) instead of
+        /// deleting it
         #[arg(long)]
         keep: bool,
+        /// Serve the admin console with sample data instead of the tour
+        #[arg(long)]
+        console: bool,
+        /// Where the console demo listens (plain HTTP: loopback only)
+        #[arg(
+            long,
+            default_value = "127.0.0.1:8080",
+            value_name = "ADDR",
+            requires = "console"
+        )]
+        listen: std::net::SocketAddr,
     },
 }
 

@@ -135,7 +135,12 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
             new_recovery_key,
             reset_keys,
         } => commands::rotate(g, new_recovery_key.as_deref(), *reset_keys),
-        Command::Demo { keep } => demo::run(g, *keep),
+        Command::Demo {
+            keep,
+            console: true,
+            listen,
+        } => serve::demo_console(g, *listen, *keep),
+        Command::Demo { keep, .. } => demo::run(g, *keep),
         Command::App(command) => stores::app(g, command),
         Command::Sql { app, query } => stores::sql(g, app, query),
         Command::Kv(command) => stores::kv(g, command),

@@ -39,6 +39,93 @@ fn server_dir() -> Result<std::path::PathBuf, CliError> {
     Ok(dir)
 }
 
+/// `coffer demo --console`: a control plane on a new SQLite database in a
+/// temporary directory, under a new master key, filled with sample data
+/// through its own API, served on loopback until SIGINT or SIGTERM.
+pub fn demo_console(global: &Global, listen: SocketAddr, keep: bool) -> Result<Report, CliError> {
+    let dir = tempfile::Builder::new()
+        .prefix("coffer-console-demo-")
+        .tempdir()
+        .map_err(|e| CliError::other(format!("cannot create a temporary directory: {e}")))?;
+    let (master, _) = coffer_server::keys::MasterKey::generate()
+        .map_err(|e| CliError::other(format!("cannot make a master key: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::other(format!("cannot start the async runtime: {e}")))?;
+    let database = dir.path().join("server.db");
+    runtime.block_on(async {
+        let stop = stop_signal()?;
+        let mut server = Server::bind(&ServeConfig {
+            listen,
+            database_url: format!("sqlite://{}", database.display()),
+            force_plain: false,
+            session_ttl: coffer_server::DEFAULT_SESSION_TTL,
+            login_limits: coffer_server::LoginLimits::default(),
+            tls: coffer_server::TlsSetting::Off,
+            keys: std::sync::Arc::new(coffer_server::keys::Keyring::new(master, None)),
+            adopt_unkeyed_audit: false,
+            trusted_proxies: Default::default(),
+            shutdown_grace: coffer_server::serve::DEFAULT_SHUTDOWN_GRACE,
+        })
+        .await
+        .map_err(|e| CliError::usage(format!("cannot start the demo server: {e}")))?;
+        let login = server
+            .seed_demo()
+            .await
+            .map_err(|e| CliError::other(e.to_string()))?;
+        let addr = server
+            .local_addr()
+            .map_err(|e| CliError::other(e.to_string()))?;
+        let console = format!("http://{addr}/console");
+        // A throwaway account on a throwaway server: its password is
+        // shown, or no one could sign in.
+        let password = secrecy::ExposeSecret::expose_secret(&login.password).to_owned();
+        if global.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "console": console,
+                    "user": login.user,
+                    "password": password,
+                    "organization_id": login.organization_id,
+                    "database": database.display().to_string(),
+                })
+            );
+        } else {
+            println!(
+                "coffer demo: the admin console with sample data ({}) at\n\n    {console}\n\n\
+                 Sign in as {} with the password {password}\n\
+                 (a throwaway server: its database is {}{}).\n\
+                 Press Ctrl-C to stop.",
+                coffer_server::demo::DEMO_ORGANIZATION,
+                login.user,
+                database.display(),
+                if keep {
+                    ", kept"
+                } else {
+                    ", deleted at the end"
+                },
+            );
+        }
+        server
+            .run(stop)
+            .await
+            .map_err(|e| CliError::other(format!("the demo server stopped: {e}")))
+    })?;
+    let kept = keep.then(|| dir.keep());
+    Ok(Report {
+        json: serde_json::json!({"stopped": true, "kept": kept}),
+        text: match &kept {
+            Some(path) => format!(
+                "coffer demo: stopped; the database is kept in {}",
+                path.display()
+            ),
+            None => "coffer demo: stopped".into(),
+        },
+    })
+}
+
 /// Completes at the first SIGINT or SIGTERM. The handlers are installed
 /// when this is called, not when it is first awaited: a signal that comes
 /// before the server runs must not kill the process the default way.

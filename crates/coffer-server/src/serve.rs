@@ -557,6 +557,18 @@ impl Server {
         self.tls.as_ref().map(|t| t.fingerprint.as_str())
     }
 
+    /// Takes the setup token (the demo spends it on its sample data).
+    pub(crate) fn take_setup_token(&mut self) -> Option<coffer_protocol::WireSecret> {
+        self.setup_token
+            .take()
+            .map(|t| coffer_protocol::WireSecret::new(t.to_string()))
+    }
+
+    /// The API's state, for in-process requests before the server runs.
+    pub(crate) fn state(&self) -> &AppState {
+        &self.state
+    }
+
     /// The storage backend in use.
     pub fn backend(&self) -> &'static str {
         self.state.store.backend()

@@ -1319,3 +1319,85 @@ async fn console_users_data_usage_and_its_checks() {
 
     server.stop().await;
 }
+
+/// `coffer demo --console`'s sample data: made through the API on an
+/// empty server (refused on one set up already), and every console page
+/// has something to show.
+#[tokio::test]
+async fn demo_data_fills_every_console_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("server.db").display());
+    let config = coffer_server::ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: url.clone(),
+        force_plain: false,
+        session_ttl: coffer_server::DEFAULT_SESSION_TTL,
+        login_limits: coffer_server::LoginLimits::default(),
+        tls: coffer_server::TlsSetting::Off,
+        keys: coffer_server::testing::keyring(),
+        adopt_unkeyed_audit: false,
+        trusted_proxies: Default::default(),
+        shutdown_grace: coffer_server::serve::DEFAULT_SHUTDOWN_GRACE,
+    };
+    let mut server = coffer_server::Server::bind(&config).await.unwrap();
+    let demo = server.seed_demo().await.unwrap();
+    assert!(
+        server.seed_demo().await.is_err(),
+        "never twice, never on a server set up"
+    );
+    let base = format!("http://{}", server.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let http = browser();
+    let r = http
+        .post(format!("{base}/console/sign-in"))
+        .form(&[
+            ("user", demo.user.as_str()),
+            (
+                "password",
+                secrecy::ExposeSecret::expose_secret(&demo.password),
+            ),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let cookie = cookie_of(r.headers());
+    let org = demo.organization_id;
+    let get_page = |path: String| {
+        let http = http.clone();
+        let cookie = cookie.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let r = http.get(url).header("cookie", cookie).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{path}");
+            r.text().await.unwrap()
+        }
+    };
+    let devices = get_page(format!("/console/orgs/{org}/devices")).await;
+    for name in [
+        "ward-tablet-1",
+        "ward-tablet-2",
+        "van-laptop",
+        "spare-phone",
+    ] {
+        assert!(devices.contains(name), "{name}");
+    }
+    assert!(devices.contains("never checked in") && devices.contains("held"));
+    let users = get_page(format!("/console/orgs/{org}/users")).await;
+    assert!(users.contains("amina") && users.contains("auditor"));
+    let data = get_page(format!("/console/orgs/{org}/data")).await;
+    assert!(data.contains("fridge.temp_c") && data.contains("<polyline"));
+    let usage = get_page(format!("/console/orgs/{org}/usage")).await;
+    assert!(usage.contains("<rect class=\"bar\""));
+    let records = get_page(format!("/console/orgs/{org}/records?conflicts=on")).await;
+    assert!(records.contains("2026-118") && records.contains("1 conflict"));
+    let policy = get_page(format!("/console/orgs/{org}/policy")).await;
+    assert!(policy.contains("policy-version-2") && policy.contains("policy-version-1"));
+    let audit = get_page(format!("/console/orgs/{org}/audit")).await;
+    assert!(audit.contains("intact"));
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}

@@ -11,17 +11,16 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Form, FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Router;
 use coffer_protocol::admin::MeAnswer;
-use coffer_protocol::{Answer, ErrorBody, ErrorCode, WireSecret, AUTH_HEADER};
-use secrecy::ExposeSecret;
+use coffer_protocol::{Answer, ErrorBody, ErrorCode, WireSecret};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tower::ServiceExt;
+
+use crate::local::LocalRequest;
 
 use super::origin::same_origin;
 use super::pages;
@@ -35,9 +34,6 @@ pub(super) struct Console {
     /// Whether this server speaks TLS itself (its own origin's scheme).
     pub(super) tls: bool,
 }
-
-/// The largest API answer the console reads: a page of a list.
-const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
 /// What a console page failed on, as the browser is shown it.
 #[derive(Debug)]
@@ -139,29 +135,23 @@ impl Console {
         token: Option<&WireSecret>,
         body: Option<Vec<u8>>,
     ) -> Result<T, ConsoleError> {
-        let mut request = axum::http::Request::builder().method(method).uri(path);
-        if let Some(token) = token {
-            request = request.header(AUTH_HEADER, token.expose_secret());
+        let mut extensions = axum::http::Extensions::new();
+        if let Some(peer) = caller.peer {
+            extensions.insert(peer);
         }
-        for (name, value) in &caller.forwarded {
-            request = request.header(name, value);
-        }
-        let mut request = match body {
-            Some(bytes) => request
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(bytes)),
-            None => request.body(Body::empty()),
-        }
+        let (status, bytes) = crate::local::call(
+            &self.api,
+            LocalRequest {
+                method,
+                path,
+                token,
+                body: body.map(|b| (b, "application/json")),
+                headers: &caller.forwarded,
+                extensions,
+            },
+        )
+        .await
         .map_err(|_| ConsoleError::internal())?;
-        if let Some(peer) = &caller.peer {
-            request.extensions_mut().insert(*peer);
-        }
-        // The router's error type is Infallible.
-        let Ok(response) = self.api.clone().oneshot(request).await;
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), MAX_ANSWER)
-            .await
-            .map_err(|_| ConsoleError::internal())?;
         if status.is_success() {
             return T::decode(&bytes).map_err(|_| ConsoleError::internal());
         }
