@@ -245,7 +245,26 @@ pub struct MemberSummary {
 pub struct DeviceList {
     /// By id.
     pub devices: Vec<DeviceSummary>,
+    /// Give it as `after` for the next page; `None` on the last (and
+    /// always without `limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<i64>,
 }
+
+/// The query of [`DeviceList`]: without `limit`, every device at once.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceListQuery {
+    /// Only devices with ids above this (a page's `next_after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<i64>,
+    /// At most this many (1 to [`MAX_DEVICE_PAGE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+}
+
+/// The largest page of a [`DeviceList`].
+pub const MAX_DEVICE_PAGE: i64 = 1000;
 
 /// One device in a [`DeviceList`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -477,6 +496,7 @@ crate::json_answer!(
     EnrollmentCode,
     UserAdded,
     DeviceList,
+    DeviceSummary,
     MemberList,
     WipeOrdered,
     WipeOrders,

@@ -14,9 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use coffer_protocol::admin::{
-    AddUser, AuditReport, ChangePassword, DeviceList, DeviceSummary, EnrollmentCode, MeAnswer,
-    MemberList, MemberSummary, Membership, NewEnrollmentCode, SetRole, Setup, SetupAnswer,
-    UsageQuery, UsageReport, UsageRow, UserAdded,
+    AddUser, AuditReport, ChangePassword, DeviceList, DeviceListQuery, DeviceSummary,
+    EnrollmentCode, MeAnswer, MemberList, MemberSummary, Membership, NewEnrollmentCode, SetRole,
+    Setup, SetupAnswer, UsageQuery, UsageReport, UsageRow, UserAdded, MAX_DEVICE_PAGE,
 };
 use coffer_protocol::device::{DeviceTokenRotated, Enroll, EnrollAnswer, RotateDeviceToken};
 use coffer_protocol::session::{Login, LoginAnswer, Logout};
@@ -411,6 +411,7 @@ pub fn router(state: AppState) -> Router {
             post(create_enrollment_code),
         )
         .route("/v1/orgs/{org_id}/devices", get(list_devices))
+        .route("/v1/orgs/{org_id}/devices/{device_id}", get(show_device))
         .route(
             "/v1/orgs/{org_id}/devices/{device_id}/revoke",
             post(revoke_device),
@@ -1364,32 +1365,90 @@ async fn rotate_device_token(
     }))
 }
 
-/// `GET /v1/orgs/{org_id}/devices` (owners, admins, auditors).
+/// `GET /v1/orgs/{org_id}/devices?after=&limit=` (owners, admins,
+/// auditors): the devices by id, a page at a time when `limit` is given
+/// (all at once without it, as before paging existed).
 async fn list_devices(
     State(state): State<AppState>,
     Ids(org_id): Ids<i64>,
     who: Principal,
+    query: Result<axum::extract::Query<DeviceListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<DeviceList>, ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
-    let devices = state.store.devices(org_id).await?;
-    let activity = state.store.device_activity(org_id).await?;
+    let axum::extract::Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidQuery,
+            format!(
+                "bad query parameters: {}",
+                what_serde_refused(&e.body_text())
+            ),
+        )
+    })?;
+    if q.limit.is_some_and(|l| !(1..=MAX_DEVICE_PAGE).contains(&l)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidQuery,
+            format!("limit must be 1 to {MAX_DEVICE_PAGE}"),
+        ));
+    }
+    let mut devices = device_summaries(&state, org_id).await?;
+    let after = q.after.unwrap_or(i64::MIN);
+    devices.retain(|d| d.id > after);
+    let mut next_after = None;
+    if let Some(limit) = q.limit.and_then(|l| usize::try_from(l).ok()) {
+        if devices.len() > limit {
+            devices.truncate(limit);
+            next_after = devices.last().map(|d| d.id);
+        }
+    }
     Ok(Json(DeviceList {
-        devices: devices
-            .into_iter()
-            .map(|d| {
-                let seen = activity.iter().find(|a| a.device_id == d.id);
-                DeviceSummary {
-                    id: d.id,
-                    name: d.name,
-                    revoked: d.revoked,
-                    last_seen_at: seen.and_then(|a| a.last_seen_at),
-                    last_seen_address: seen.and_then(|a| a.last_seen_address.clone()),
-                    escrow: seen.is_some_and(|a| a.escrow),
-                    pending_wipes: seen.map_or(0, |a| a.pending_wipes),
-                }
-            })
-            .collect(),
+        devices,
+        next_after,
     }))
+}
+
+/// `GET /v1/orgs/{org_id}/devices/{device_id}` (owners, admins, auditors):
+/// one device, as the list shows it.
+async fn show_device(
+    State(state): State<AppState>,
+    Ids((org_id, device_id)): Ids<(i64, i64)>,
+    who: Principal,
+) -> Result<Json<DeviceSummary>, ApiError> {
+    require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
+    device_summaries(&state, org_id)
+        .await?
+        .into_iter()
+        .find(|d| d.id == device_id)
+        .map(Json)
+        .ok_or_else(not_found_here)
+}
+
+/// Every device of an organization with its activity, by id.
+async fn device_summaries(state: &AppState, org_id: i64) -> Result<Vec<DeviceSummary>, ApiError> {
+    let devices = state.store.devices(org_id).await?;
+    let activity: std::collections::HashMap<i64, _> = state
+        .store
+        .device_activity(org_id)
+        .await?
+        .into_iter()
+        .map(|a| (a.device_id, a))
+        .collect();
+    Ok(devices
+        .into_iter()
+        .map(|d| {
+            let seen = activity.get(&d.id);
+            DeviceSummary {
+                id: d.id,
+                name: d.name,
+                revoked: d.revoked,
+                last_seen_at: seen.and_then(|a| a.last_seen_at),
+                last_seen_address: seen.and_then(|a| a.last_seen_address.clone()),
+                escrow: seen.is_some_and(|a| a.escrow),
+                pending_wipes: seen.map_or(0, |a| a.pending_wipes),
+            }
+        })
+        .collect())
 }
 
 /// `POST /v1/orgs/{org_id}/devices/{device_id}/revoke` (owners, admins).

@@ -172,6 +172,12 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
         "session",
     ),
     (
+        "get",
+        "/v1/orgs/{org_id}/devices/{device_id}",
+        "One device: name, state, last check-in, escrow, pending wipes (owners, admins, auditors)",
+        "session",
+    ),
+    (
         "post",
         "/v1/orgs/{org_id}/devices/{device_id}/revoke",
         "Revoke a device's token (owners, admins)",

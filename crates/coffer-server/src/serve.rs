@@ -611,10 +611,12 @@ impl Server {
             blob_storage,
             compaction_stopped,
         ));
+        let metrics = state.metrics.clone();
         let app = crate::console::with_console(
             api::router(state),
             std::sync::Arc::new(crate::console::sessions::Sessions::default()),
             tls.is_some(),
+            metrics,
         );
         let acceptor = tls.map(|t| t.acceptor);
         let (draining, drain) = tokio::sync::watch::channel(false);

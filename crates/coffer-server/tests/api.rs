@@ -7,7 +7,7 @@ mod support;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::postgres::Postgres;
-use support::{add_people, error_code, get, login, post, set_up, Running};
+use support::{add_people, enrollment, error_code, get, login, post, set_up, Running};
 
 /// Everything the server does so far, on the database `url`.
 async fn suite(url: &str, backend: &str) {
@@ -779,6 +779,61 @@ async fn devices(url: &str) {
     .await
     .unwrap();
     assert_eq!(listed["devices"][0]["name"], "tablet-1");
+    assert!(listed.get("next_after").is_none(), "no limit: one page");
+    // One device by id; a page at a time with `limit`.
+    let one: Value = get(
+        &http,
+        server.url(&format!("/v1/orgs/{acme}/devices/{device_id}")),
+        &alice,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(one, listed["devices"][0]);
+    let r = get(
+        &http,
+        server.url(&format!("/v1/orgs/{acme}/devices/{}", device_id + 1000)),
+        &alice,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let second = enrollment(&server, &http, acme, &alice, "tablet-2").await["device_id"]
+        .as_i64()
+        .unwrap();
+    let page: Value = get(
+        &http,
+        server.url(&format!("/v1/orgs/{acme}/devices?limit=1")),
+        &alice,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(page["devices"].as_array().unwrap().len(), 1);
+    assert_eq!(page["next_after"], device_id);
+    let page: Value = get(
+        &http,
+        server.url(&format!(
+            "/v1/orgs/{acme}/devices?limit=1&after={device_id}"
+        )),
+        &alice,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(page["devices"][0]["id"], second);
+    assert!(page.get("next_after").is_none());
+    for bad in ["limit=0", "limit=1001", "after=x", "limit=1&x=2"] {
+        let r = get(
+            &http,
+            server.url(&format!("/v1/orgs/{acme}/devices?{bad}")),
+            &alice,
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
     let r = post(
         &http,
         server.url(&format!("/v1/orgs/{acme}/devices/{device_id}/revoke")),

@@ -1262,6 +1262,22 @@ async fn console_users_data_usage_and_its_checks() {
     .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 
+    // The console's pages are counted in /metrics like the API's routes.
+    let metrics = api
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "coffer_http_requests_total{method=\"GET\",route=\"/console/orgs/{org}/users\",status=\"2xx\"}"
+        ),
+        "{metrics}"
+    );
+
     // A request carrying two console cookies names no session.
     let value = cookie.split_once('=').unwrap().1;
     let r = http

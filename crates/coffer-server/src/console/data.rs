@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::chart::{BarChart, LineChart};
 use super::client::{Api, ConsoleError, Signed};
+use super::devices::all_devices;
 use super::pages::{self, When};
 
 /// Readings one page shows (and charts).
@@ -129,7 +130,7 @@ pub(super) async fn readings(
     Query(form): Query<ReadingsFilter>,
 ) -> Result<Response, ConsoleError> {
     let filter = form.check()?;
-    let devices: DeviceList = signed.api.get(&format!("/v1/orgs/{org}/devices")).await?;
+    let devices = all_devices(&signed.api, org).await?;
     let page = readings_page(&signed.api, org, &filter, 0, PAGE_READINGS).await?;
     let chart = LineChart::new(series(&page.readings), |t| When::of_unix(t).text);
     Ok(pages::Readings::new(&signed, org, &filter, devices, page, chart).into_response())

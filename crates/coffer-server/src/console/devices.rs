@@ -1,12 +1,12 @@
 //! An organization's devices: the list (with who is overdue), one device
 //! with its wipe orders, revoke, wipe, and new enrollment codes.
 
-use axum::extract::Path;
+use axum::extract::{Path, Query};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use coffer_protocol::admin::{
-    DeviceList, DeviceSummary, EnrollmentCode, NewEnrollmentCode, OrderWipe, WipeOrdered,
-    WipeOrders,
+    DeviceList, DeviceListQuery, DeviceSummary, EnrollmentCode, NewEnrollmentCode, OrderWipe,
+    WipeOrdered, WipeOrders,
 };
 use coffer_protocol::NoContent;
 use serde::Deserialize;
@@ -15,22 +15,59 @@ use super::client::{csrf_forms, Api, Change, ChangeForm, ConsoleError, Signed};
 use super::pages;
 use super::policy::current_document;
 
-pub(super) async fn list(signed: Signed, Path(org): Path<i64>) -> Result<Response, ConsoleError> {
-    let list: DeviceList = signed.api.get(&format!("/v1/orgs/{org}/devices")).await?;
+/// Devices one page of the list shows.
+const PAGE_DEVICES: i64 = 500;
+
+/// The list page's query: where the page starts.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct ListQuery {
+    #[serde(default)]
+    after: Option<i64>,
+}
+
+pub(super) async fn list(
+    signed: Signed,
+    Path(org): Path<i64>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ConsoleError> {
+    let page = DeviceListQuery {
+        after: query.after,
+        limit: Some(PAGE_DEVICES),
+    };
+    let encoded = serde_urlencoded::to_string(&page).map_err(|_| ConsoleError::internal())?;
+    let list: DeviceList = signed
+        .api
+        .get(&format!("/v1/orgs/{org}/devices?{encoded}"))
+        .await?;
     let policy = current_document(&signed.api, org).await?;
     Ok(pages::Devices::new(&signed, org, list, policy.as_ref()).into_response())
 }
 
-/// One device of `org`, by the API's device list (the roles that may see
-/// it).
+/// Every device of `org`, a page of the API's list at a time (names for
+/// the data and usage pages).
+pub(super) async fn all_devices(api: &Api, org: i64) -> Result<Vec<DeviceSummary>, ConsoleError> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = DeviceListQuery {
+            after,
+            limit: Some(coffer_protocol::admin::MAX_DEVICE_PAGE),
+        };
+        let encoded = serde_urlencoded::to_string(&page).map_err(|_| ConsoleError::internal())?;
+        let list: DeviceList = api
+            .get(&format!("/v1/orgs/{org}/devices?{encoded}"))
+            .await?;
+        all.extend(list.devices);
+        match list.next_after {
+            Some(next) => after = Some(next),
+            None => return Ok(all),
+        }
+    }
+}
+
+/// One device of `org` (the API decides who may see it).
 async fn device_of(api: &Api, org: i64, device: i64) -> Result<DeviceSummary, ConsoleError> {
-    let list: DeviceList = api.get(&format!("/v1/orgs/{org}/devices")).await?;
-    list.devices
-        .into_iter()
-        .find(|d| d.id == device)
-        .ok_or_else(|| {
-            ConsoleError::refused(StatusCode::NOT_FOUND, "no such device in this organization")
-        })
+    api.get(&format!("/v1/orgs/{org}/devices/{device}")).await
 }
 
 pub(super) async fn one(

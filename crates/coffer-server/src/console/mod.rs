@@ -52,8 +52,15 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      base-uri 'none'";
 
 /// The API router with the console beside it, under `/console`. `tls`:
-/// whether this server speaks TLS itself (the scheme of its own origin).
-pub fn with_console(api: Router, sessions: Arc<Sessions>, tls: bool) -> Router {
+/// whether this server speaks TLS itself (the scheme of its own origin);
+/// `metrics`: the API's counters, which count the console's pages too
+/// (each page's API calls are counted under their own routes besides).
+pub fn with_console(
+    api: Router,
+    sessions: Arc<Sessions>,
+    tls: bool,
+    metrics: crate::metrics::Metrics,
+) -> Router {
     let console = Console {
         api: api.clone(),
         sessions,
@@ -104,6 +111,10 @@ pub fn with_console(api: Router, sessions: Arc<Sessions>, tls: bool) -> Router {
         )
         .route(&org("/audit"), get(auth::audit))
         .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::count,
+        ))
         // A form is small: 256 KiB bounds the largest, the policy form,
         // whose rules are then held to the API's body limit.
         .layer(axum::extract::DefaultBodyLimit::max(

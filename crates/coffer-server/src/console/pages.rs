@@ -310,6 +310,8 @@ pub struct Devices {
     overdue: usize,
     check_in_secs: u32,
     grace_hours: u32,
+    /// Where the next page starts.
+    next_after: Option<i64>,
 }
 
 impl Devices {
@@ -319,6 +321,7 @@ impl Devices {
         let manages = frame.manages();
         let rules = rules_of(policy);
         let now = crate::store::now_unix();
+        let next_after = list.next_after;
         let devices: Vec<DeviceRow> = list
             .devices
             .into_iter()
@@ -328,6 +331,7 @@ impl Devices {
             frame: Some(frame),
             org_id: org,
             manages,
+            next_after,
             overdue: devices.iter().filter(|d| d.alarm).count(),
             devices,
             check_in_secs: rules.check_in_secs,
@@ -717,15 +721,11 @@ impl Readings {
         signed: &Signed,
         org: i64,
         filter: &Filter,
-        devices: DeviceList,
+        devices: Vec<DeviceSummary>,
         page: ReadingsPage,
         chart: LineChart,
     ) -> Readings {
-        let names: BTreeMap<i64, String> = devices
-            .devices
-            .iter()
-            .map(|d| (d.id, d.name.clone()))
-            .collect();
+        let names: BTreeMap<i64, String> = devices.iter().map(|d| (d.id, d.name.clone())).collect();
         let device_name = |id: i64| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
         Readings {
             frame: Some(Frame::of(signed, Some(org))),
