@@ -306,6 +306,11 @@ struct Browser {
 
 impl Browser {
     async fn start() -> Browser {
+        Browser::start_with(&[]).await
+    }
+
+    /// With more Chromium flags.
+    async fn start_with(extra: &[&str]) -> Browser {
         let chromium =
             std::env::var("COFFER_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         let chromedriver =
@@ -328,15 +333,22 @@ impl Browser {
             .spawn()
             .unwrap();
         let profile = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1100,900",
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .map(str::to_owned)
+        .collect();
+        args.push(format!("--user-data-dir={}", profile.path().display()));
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
-            serde_json::json!({
-                "binary": chromium,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1100,900",
-                         format!("--user-data-dir={}", profile.path().display())],
-            }),
+            serde_json::json!({"binary": chromium, "args": args}),
         );
         let url = format!("http://127.0.0.1:{port}");
         let mut last = None;
@@ -412,6 +424,10 @@ impl Browser {
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+        panic!(
+            "the browser stayed on {path}: {}",
+            self.client.source().await.unwrap_or_default()
+        );
     }
 
     /// Waits (up to 10 s) for the page to be on `host`.
@@ -1416,4 +1432,72 @@ async fn demo_data_fills_every_console_page() {
     assert!(audit.contains("intact"));
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+}
+
+/// The console over TLS (`--dev-tls`): Chromium speaks HTTP/2, whose
+/// requests carry `:authority` and no `Host`; the cookie is the Secure
+/// `__Host-` one (a browser would drop it otherwise, and the sign-in
+/// would not hold); a form from the console's own https origin changes
+/// what it should.
+#[tokio::test]
+async fn console_over_tls_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("server.db").display());
+    let server = Running::start_dev_tls(&url, dir.path().join("tls")).await;
+    let pem = std::fs::read(dir.path().join("tls/dev-tls-cert.pem")).unwrap();
+    let api = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let acme = set_up(&server, &api).await;
+    let alice = login(&server, &api, "alice", "correct horse battery")
+        .await
+        .unwrap();
+    let device = enrollment(&server, &api, acme, &alice, "tls-tablet").await["device_id"]
+        .as_i64()
+        .unwrap();
+    // The cookie over TLS, even from loopback.
+    let r = api
+        .post(server.url("/console/sign-in"))
+        .form(&[("user", "alice"), ("password", "correct horse battery")])
+        .send()
+        .await
+        .unwrap();
+    let set = r.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(
+        set.starts_with("__Host-coffer_console=") && set.contains("; Path=/; Secure; HttpOnly"),
+        "{set}"
+    );
+
+    let browser = Browser::start_with(&["--ignore-certificate-errors"]).await;
+    let c = &browser.client;
+    browser.sign_in(&server, "alice").await;
+    assert!(c
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .ends_with("/console/orgs"));
+    let protocol = c
+        .execute(
+            "return performance.getEntriesByType('navigation')[0].nextHopProtocol",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        protocol,
+        Value::String("h2".into()),
+        "HTTP/2 to the console"
+    );
+    c.goto(&server.url(&format!("/console/orgs/{acme}/devices/{device}")))
+        .await
+        .unwrap();
+    browser.click("form[action$='/revoke'] button").await;
+    browser.element("#devices").await;
+    assert!(revoked(&server, &api, &alice, acme, device).await);
+    browser.stop().await;
+    server.stop().await;
 }

@@ -58,7 +58,10 @@ pub(super) async fn sign_in(
             .open(answer.token, me.user_id, answer.expires_at)
         {
             Some((cookie_value, _)) => {
-                let cookie = sessions::set_cookie(&cookie_value, !caller.on_loopback());
+                // Over TLS always Secure (and `__Host-`); over plain HTTP
+                // only a browser on this machine may sign in.
+                let secure = console.tls || !caller.on_loopback();
+                let cookie = sessions::set_cookie(&cookie_value, secure);
                 let mut response = Redirect::to("/console/orgs").into_response();
                 if let Ok(value) = HeaderValue::from_str(&cookie) {
                     response.headers_mut().insert(header::SET_COOKIE, value);

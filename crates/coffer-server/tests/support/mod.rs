@@ -252,6 +252,46 @@ impl Running {
         }
     }
 
+    /// A server over TLS with a development certificate made in
+    /// `tls_dir` (`dev-tls-cert.pem` there), at `https://localhost:PORT`.
+    #[allow(dead_code)]
+    pub async fn start_dev_tls(database_url: &str, tls_dir: std::path::PathBuf) -> Running {
+        capture_logs();
+        let server = Server::bind(&ServeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: database_url.to_owned(),
+            force_plain: false,
+            session_ttl: coffer_server::DEFAULT_SESSION_TTL,
+            login_limits: coffer_server::LoginLimits::default(),
+            tls: coffer_server::TlsSetting::Dev { dir: tls_dir },
+            keys: coffer_server::testing::keyring(),
+            adopt_unkeyed_audit: false,
+            trusted_proxies: Default::default(),
+            shutdown_grace: coffer_server::serve::DEFAULT_SHUTDOWN_GRACE,
+        })
+        .await
+        .unwrap();
+        let base = format!("https://localhost:{}", server.local_addr().unwrap().port());
+        let setup_token = server.setup_token().map(str::to_owned);
+        let backend = server.backend();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Running {
+            base,
+            setup_token,
+            backend,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
