@@ -217,6 +217,56 @@ pub struct ChangePassword {
     pub new_password: WireSecret,
 }
 
+/// `GET /v1/orgs/{org_id}/audit/events`: the organization's audit rows
+/// that match the query, newest first (owners, admins, auditors).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvents {
+    /// Newest first.
+    pub events: Vec<AuditEventView>,
+    /// Give it as `before` for the next (older) page; `None` on the last.
+    #[serde(default)]
+    pub next_before: Option<i64>,
+}
+
+/// One audit row in [`AuditEvents`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEventView {
+    /// Its id (the trail's order).
+    pub id: i64,
+    /// When, Unix seconds.
+    pub at: i64,
+    /// Who: `user:ID`, `device:ID`, `server`…
+    pub actor: String,
+    /// What: `device_revoked`, `policy_published`…
+    pub action: String,
+    /// The row's details, as recorded (JSON).
+    pub details: serde_json::Value,
+}
+
+/// The query of [`AuditEvents`]; every filter is optional.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only this action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Only this actor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Only rows whose details hold this text (1 to 128 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+    /// Only rows older than this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<i64>,
+    /// At most this many (1 to [`MAX_AUDIT_PAGE`], default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+}
+
+/// The largest page of [`AuditEvents`].
+pub const MAX_AUDIT_PAGE: i64 = 500;
+
 /// `GET /v1/orgs/{org_id}/users`: the organization's members, by name
 /// (owners, admins and auditors).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -493,6 +543,7 @@ crate::json_answer!(
     SetupAnswer,
     MeAnswer,
     AuditReport,
+    AuditEvents,
     EnrollmentCode,
     UserAdded,
     DeviceList,

@@ -14,9 +14,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use coffer_protocol::admin::{
-    AddUser, AuditReport, ChangePassword, DeviceList, DeviceListQuery, DeviceSummary,
-    EnrollmentCode, MeAnswer, MemberList, MemberSummary, Membership, NewEnrollmentCode, SetRole,
-    Setup, SetupAnswer, UsageQuery, UsageReport, UsageRow, UserAdded, MAX_DEVICE_PAGE,
+    AddUser, AuditEventView, AuditEvents, AuditQuery, AuditReport, ChangePassword, DeviceList,
+    DeviceListQuery, DeviceSummary, EnrollmentCode, MeAnswer, MemberList, MemberSummary,
+    Membership, NewEnrollmentCode, SetRole, Setup, SetupAnswer, UsageQuery, UsageReport, UsageRow,
+    UserAdded, MAX_AUDIT_PAGE, MAX_DEVICE_PAGE,
 };
 use coffer_protocol::device::{DeviceTokenRotated, Enroll, EnrollAnswer, RotateDeviceToken};
 use coffer_protocol::session::{Login, LoginAnswer, Logout};
@@ -406,6 +407,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/me", get(me))
         .route("/v1/audit/verify", get(audit_verify))
         .route("/v1/orgs/{org_id}/audit/verify", get(org_audit_verify))
+        .route("/v1/orgs/{org_id}/audit/events", get(org_audit_events))
         .route(
             "/v1/orgs/{org_id}/enrollment-codes",
             post(create_enrollment_code),
@@ -999,6 +1001,69 @@ async fn audit_verify(
         broken_at: report.broken_at,
         problem: report.problem,
         organization_id: None,
+    }))
+}
+
+/// `GET /v1/orgs/{org_id}/audit/events` (owners, admins, auditors): the
+/// organization's rows that match the query, newest first.
+async fn org_audit_events(
+    State(state): State<AppState>,
+    Ids(org_id): Ids<i64>,
+    who: Principal,
+    query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AuditEvents>, ApiError> {
+    require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
+    let bad =
+        |message: String| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery, message);
+    let axum::extract::Query(q) = query.map_err(|e| {
+        bad(format!(
+            "bad query parameters: {}",
+            what_serde_refused(&e.body_text())
+        ))
+    })?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
+        return Err(bad(format!("limit must be 1 to {MAX_AUDIT_PAGE}")));
+    }
+    let given = |v: Option<String>| v.filter(|v| !v.is_empty());
+    let (action, actor, text) = (given(q.action), given(q.actor), given(q.q));
+    if [&action, &actor, &text]
+        .iter()
+        .any(|v| v.as_ref().is_some_and(|v| v.len() > 128))
+    {
+        return Err(bad("action, actor and q are at most 128 bytes".to_owned()));
+    }
+    let rows = state
+        .store
+        .audit_search(
+            org_id,
+            &crate::store::AuditSearch {
+                action,
+                actor,
+                text,
+                before: q.before,
+                limit,
+            },
+        )
+        .await?;
+    let next_before = (i64::try_from(rows.len()).unwrap_or(i64::MAX) == limit)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten();
+    Ok(Json(AuditEvents {
+        events: rows
+            .into_iter()
+            .map(|r| AuditEventView {
+                id: r.id,
+                at: r.at,
+                actor: r.event.actor,
+                action: r.event.action,
+                // Written by this server as JSON; a row that is not (a
+                // damaged one) is shown as its text.
+                details: serde_json::from_str(&r.event.details)
+                    .unwrap_or(serde_json::Value::String(r.event.details)),
+            })
+            .collect(),
+        next_before,
     }))
 }
 

@@ -64,6 +64,12 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
         "session",
     ),
     (
+        "get",
+        "/v1/orgs/{org_id}/audit/events",
+        "Search the organization's audit rows, newest first: ?action=&actor=&q=&before=&limit= (owners, admins, auditors)",
+        "session",
+    ),
+    (
         "post",
         "/v1/orgs",
         "Create an organization and its first owner (operators)",

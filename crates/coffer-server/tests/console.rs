@@ -628,6 +628,25 @@ async fn console_in_chromium() {
         .await
         .unwrap();
     assert!(browser.text("#audit-state").await.contains("intact"));
+    browser.fill("#a-action", "wipe_ordered").await;
+    browser.click("#audit-search button").await;
+    for _ in 0..100 {
+        let at = c.current_url().await.unwrap();
+        if at
+            .query()
+            .is_some_and(|q| q.contains("action=wipe_ordered"))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    browser.element("#audit-events").await;
+    let actions = c
+        .find_all(fantoccini::Locator::Css("#audit-events td.action"))
+        .await
+        .unwrap();
+    assert_eq!(actions.len(), 1);
+    assert_eq!(actions[0].text().await.unwrap(), "wipe_ordered");
     browser.shot("audit").await;
 
     // Readings a device sent: a chart over time, the values as text.
@@ -1277,6 +1296,77 @@ async fn console_users_data_usage_and_its_checks() {
     )
     .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // The audit trail, searched: by action, by actor, by text in the
+    // details (a `%` is a percent sign, not a wildcard); a member is
+    // refused the API's search.
+    let (_, html) = page(
+        &server,
+        &http,
+        &cookie,
+        &format!("/console/orgs/{acme}/audit?action=user_disabled"),
+    )
+    .await;
+    let table = &html[html.find("id=\"audit-events\"").unwrap()..];
+    assert_eq!(table.matches("<td class=\"action\">").count(), 1, "{table}");
+    assert!(table.contains("user_disabled") && table.contains(&format!("{carol_id}")));
+    let search = |query: &'static str| {
+        let api = api.clone();
+        let url = server.url(&format!("/v1/orgs/{acme}/audit/events?{query}"));
+        let alice = alice.clone();
+        async move {
+            let r = get(&api, url, &alice).await;
+            assert_eq!(r.status(), StatusCode::OK, "{query}");
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let by_alice = search("actor=user:alice&limit=500").await;
+    let events = by_alice["events"].as_array().unwrap();
+    assert!(!events.is_empty());
+    assert!(events.iter().all(|e| e["actor"] == "user:alice"));
+    assert!(
+        events
+            .windows(2)
+            .all(|w| w[0]["id"].as_i64() > w[1]["id"].as_i64()),
+        "newest first"
+    );
+    let sensor_rows = search("q=sensor-1").await;
+    assert!(sensor_rows["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "device_enrolled"));
+    assert_eq!(search("q=%25").await["events"], serde_json::json!([]));
+    let paged = search("limit=1").await;
+    let before = paged["next_before"].as_i64().unwrap();
+    let next = get(
+        &api,
+        server.url(&format!(
+            "/v1/orgs/{acme}/audit/events?limit=1&before={before}"
+        )),
+        &alice,
+    )
+    .await
+    .json::<Value>()
+    .await
+    .unwrap();
+    assert!(next["events"][0]["id"].as_i64().unwrap() < before);
+    for bad in ["limit=0", "limit=501", "before=x", "other=1"] {
+        let r = get(
+            &api,
+            server.url(&format!("/v1/orgs/{acme}/audit/events?{bad}")),
+            &alice,
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let r = get(
+        &api,
+        server.url(&format!("/v1/orgs/{acme}/audit/events")),
+        &carol_api,
+    )
+    .await;
+    assert!(r.status().is_client_error());
 
     // The console's pages are counted in /metrics like the API's routes.
     let metrics = api

@@ -1,9 +1,9 @@
 //! Signing in and out, the user's organizations, and the audit check.
 
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use coffer_protocol::admin::{AuditReport, ChangePassword, MeAnswer};
+use coffer_protocol::admin::{AuditEvents, AuditQuery, AuditReport, ChangePassword, MeAnswer};
 use coffer_protocol::session::{Login, LoginAnswer, Logout};
 use coffer_protocol::{Endpoint, NoContent, WireSecret};
 use secrecy::ExposeSecret;
@@ -109,12 +109,68 @@ pub(super) async fn organizations(signed: Signed) -> Result<Response, ConsoleErr
     Ok(pages::Organizations::new(&signed).into_response())
 }
 
-pub(super) async fn audit(signed: Signed, Path(org): Path<i64>) -> Result<Response, ConsoleError> {
+/// The audit page's search, as its form sends it.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct AuditFilter {
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    before: Option<i64>,
+}
+
+/// Audit rows one page shows.
+const PAGE_AUDIT: i64 = 100;
+
+pub(super) async fn audit(
+    signed: Signed,
+    Path(org): Path<i64>,
+    Query(filter): Query<AuditFilter>,
+) -> Result<Response, ConsoleError> {
     let report: AuditReport = signed
         .api
         .get(&format!("/v1/orgs/{org}/audit/verify"))
         .await?;
-    Ok(pages::Audit::new(&signed, org, report).into_response())
+    let given = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+    let query = AuditQuery {
+        action: given(&filter.action),
+        actor: given(&filter.actor),
+        q: given(&filter.q),
+        before: filter.before,
+        limit: Some(PAGE_AUDIT),
+    };
+    let encoded = serde_urlencoded::to_string(&query).map_err(|_| ConsoleError::internal())?;
+    let events: AuditEvents = signed
+        .api
+        .get(&format!("/v1/orgs/{org}/audit/events?{encoded}"))
+        .await?;
+    // The older page's link keeps the search.
+    let older = events
+        .next_before
+        .map(|before| {
+            serde_urlencoded::to_string([
+                ("action", filter.action.as_str()),
+                ("actor", filter.actor.as_str()),
+                ("q", filter.q.as_str()),
+                ("before", &before.to_string()),
+            ])
+        })
+        .transpose()
+        .map_err(|_| ConsoleError::internal())?;
+    Ok(pages::Audit::new(
+        &signed,
+        org,
+        report,
+        &filter.action,
+        &filter.actor,
+        &filter.q,
+        events,
+        older,
+    )
+    .into_response())
 }
 
 pub(super) async fn password_page(signed: Signed) -> Result<Response, ConsoleError> {

@@ -8,8 +8,8 @@ use axum::response::{Html, IntoResponse, Response};
 use std::collections::BTreeMap;
 
 use coffer_protocol::admin::{
-    AuditReport, DeviceList, DeviceSummary, EnrollmentCode, MeAnswer, MemberList, Membership,
-    UsageReport, WipeOrders, WipeState,
+    AuditEvents, AuditReport, DeviceList, DeviceSummary, EnrollmentCode, MeAnswer, MemberList,
+    Membership, UsageReport, WipeOrders, WipeState,
 };
 use coffer_protocol::data::ReadingsPage;
 use coffer_protocol::device::WipeScope;
@@ -340,20 +340,62 @@ impl Devices {
     }
 }
 
-/// The audit trail's check.
+/// One row of the audit table.
+pub struct AuditLine {
+    id: i64,
+    at: When,
+    actor: String,
+    action: String,
+    details: String,
+}
+
+/// The audit trail: its check, with an alarm when broken, and a search.
 #[derive(Template)]
 #[template(path = "console/audit.html")]
 pub struct Audit {
     frame: Option<Frame>,
+    org_id: i64,
     report: AuditReport,
+    action: String,
+    actor: String,
+    q: String,
+    events: Vec<AuditLine>,
+    /// The older page's query.
+    older: Option<String>,
 }
 
 impl Audit {
-    /// The page of `org`'s audit check.
-    pub fn new(signed: &Signed, org: i64, report: AuditReport) -> Audit {
+    /// The page of `org`'s audit check and the rows of a search.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        signed: &Signed,
+        org: i64,
+        report: AuditReport,
+        action: &str,
+        actor: &str,
+        q: &str,
+        events: AuditEvents,
+        older: Option<String>,
+    ) -> Audit {
         Audit {
             frame: Some(Frame::of(signed, Some(org))),
+            org_id: org,
             report,
+            action: action.to_owned(),
+            actor: actor.to_owned(),
+            q: q.to_owned(),
+            events: events
+                .events
+                .into_iter()
+                .map(|e| AuditLine {
+                    id: e.id,
+                    at: When::of_unix(e.at),
+                    actor: e.actor,
+                    action: e.action,
+                    details: e.details.to_string(),
+                })
+                .collect(),
+            older,
         }
     }
 }

@@ -368,6 +368,34 @@ pub struct Membership {
     pub role: String,
 }
 
+/// What an audit search keeps (every field optional but the limit).
+#[derive(Debug, Clone, Default)]
+pub struct AuditSearch {
+    /// Only this action.
+    pub action: Option<String>,
+    /// Only this actor (`user:7`, `device:3`).
+    pub actor: Option<String>,
+    /// Only rows whose details hold this text.
+    pub text: Option<String>,
+    /// Only rows older than this id (a page's `next_before`).
+    pub before: Option<i64>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+impl AuditSearch {
+    /// The text as a `LIKE` pattern, its `%`, `_` and `\` taken literally.
+    pub(crate) fn like(&self) -> Option<String> {
+        self.text.as_ref().map(|t| {
+            let escaped = t
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        })
+    }
+}
+
 /// One member of an organization.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -557,6 +585,15 @@ impl Store {
     /// Every row of the audit trail, in order.
     pub async fn audit_rows(&self) -> Result<Vec<crate::audit::AuditRow>, StoreError> {
         dispatch!(self, s => s.audit_rows().await)
+    }
+
+    /// One organization's audit rows that match `search`, newest first.
+    pub async fn audit_search(
+        &self,
+        org_id: i64,
+        search: &AuditSearch,
+    ) -> Result<Vec<crate::audit::AuditRow>, StoreError> {
+        dispatch!(self, s => s.audit_search(org_id, search).await)
     }
 
     /// Runs raw SQL against the database: for tests that play the attacker

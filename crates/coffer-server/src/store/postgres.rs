@@ -15,9 +15,9 @@ mod tenants;
 use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
 
 use super::{
-    db_error as generic_error, now_unix, Bootstrapped, DeviceRecord, Enrolled, LoginRecord, Member,
-    MemberRole, Membership, Migrations, NewOwner, SessionRecord, StoreError, UsageKey, UsageRecord,
-    UsageRow, DEVICE_COLUMNS,
+    db_error as generic_error, now_unix, AuditSearch, Bootstrapped, DeviceRecord, Enrolled,
+    LoginRecord, Member, MemberRole, Membership, Migrations, NewOwner, SessionRecord, StoreError,
+    UsageKey, UsageRecord, UsageRow, DEVICE_COLUMNS,
 };
 
 pub(super) const MIGRATIONS: Migrations = &[
@@ -455,6 +455,52 @@ impl PostgresStore {
         .await
         .map_err(pg(op))?;
         tx.commit().await.map_err(pg(op))
+    }
+
+    pub(super) async fn audit_search(
+        &self,
+        org_id: i64,
+        search: &AuditSearch,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let op = "searching the audit trail";
+        let client = self.client(op).await?;
+        let like = search.like();
+        let before = search.before.unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                "SELECT id, at, org_id, actor, action, details, prev_hash, hash, mac
+                 FROM audit_events
+                 WHERE org_id = $1 AND ($2::text IS NULL OR action = $2)
+                   AND ($3::text IS NULL OR actor = $3)
+                   AND ($4::text IS NULL OR details LIKE $4 ESCAPE '\\') AND id < $5
+                 ORDER BY id DESC LIMIT $6",
+                &[
+                    &org_id,
+                    &search.action,
+                    &search.actor,
+                    &like,
+                    &before,
+                    &search.limit,
+                ],
+            )
+            .await
+            .map_err(pg(op))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AuditRow {
+                id: r.get(0),
+                at: r.get(1),
+                event: AuditEvent {
+                    org_id: r.get(2),
+                    actor: r.get(3),
+                    action: r.get(4),
+                    details: r.get(5),
+                },
+                prev_hash: r.get(6),
+                hash: r.get(7),
+                mac: r.get(8),
+            })
+            .collect())
     }
 
     pub(super) async fn audit_rows(&self) -> Result<Vec<AuditRow>, StoreError> {

@@ -16,9 +16,9 @@ mod tenants;
 use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
 
 use super::{
-    db_error, now_unix, Bootstrapped, DeviceRecord, Enrolled, LoginRecord, Member, MemberRole,
-    Membership, Migrations, NewOwner, SessionRecord, StoreError, UsageKey, UsageRecord, UsageRow,
-    DEVICE_COLUMNS,
+    db_error, now_unix, AuditSearch, Bootstrapped, DeviceRecord, Enrolled, LoginRecord, Member,
+    MemberRole, Membership, Migrations, NewOwner, SessionRecord, StoreError, UsageKey, UsageRecord,
+    UsageRow, DEVICE_COLUMNS,
 };
 
 pub(super) const MIGRATIONS: Migrations = &[
@@ -494,6 +494,56 @@ impl SqliteStore {
             )
             .map_err(|x| e(&x))?;
             tx.commit().map_err(|x| e(&x))
+        })
+        .await
+    }
+
+    pub(super) async fn audit_search(
+        &self,
+        org_id: i64,
+        search: &AuditSearch,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        let search = search.clone();
+        let like = search.like();
+        self.with("searching the audit trail", move |conn| {
+            let e = db_error("searching the audit trail");
+            let mut stmt = conn
+                .prepare(
+                    "SELECT id, at, org_id, actor, action, details, prev_hash, hash, mac
+                     FROM audit_events
+                     WHERE org_id = ?1 AND (?2 IS NULL OR action = ?2) AND (?3 IS NULL OR actor = ?3)
+                       AND (?4 IS NULL OR details LIKE ?4 ESCAPE '\\') AND id < ?5
+                     ORDER BY id DESC LIMIT ?6",
+                )
+                .map_err(|x| e(&x))?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        org_id,
+                        search.action,
+                        search.actor,
+                        like,
+                        search.before.unwrap_or(i64::MAX),
+                        search.limit
+                    ],
+                    |r| {
+                        Ok(AuditRow {
+                            id: r.get(0)?,
+                            at: r.get(1)?,
+                            event: AuditEvent {
+                                org_id: r.get(2)?,
+                                actor: r.get(3)?,
+                                action: r.get(4)?,
+                                details: r.get(5)?,
+                            },
+                            prev_hash: r.get(6)?,
+                            hash: r.get(7)?,
+                            mac: r.get(8)?,
+                        })
+                    },
+                )
+                .map_err(|x| e(&x))?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|x| e(&x))
         })
         .await
     }
