@@ -738,6 +738,11 @@ async fn console_in_chromium() {
     assert_eq!(browser.text(&format!("#{dave} td.role")).await, "auditor");
     browser.shot("users").await;
 
+    // The operator's page of every organization.
+    c.goto(&server.url("/console/tenants")).await.unwrap();
+    assert!(browser.text("#tenants").await.contains("Acme"));
+    browser.shot("tenants").await;
+
     // Records: two devices edit one record apart; the console shows the
     // conflict and resolves it with the second device's version.
     let r = support::post(
@@ -1367,6 +1372,103 @@ async fn console_users_data_usage_and_its_checks() {
     )
     .await;
     assert!(r.status().is_client_error());
+
+    // The operators' page: every organization, made, suspended, deleted
+    // (confirmed by its name) through the API's operator endpoints.
+    let (status, html) = page(&server, &http, &cookie, "/console/tenants").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("Acme") && html.contains("Other Org"));
+    let r = form_post(
+        &server,
+        &http,
+        &cookie,
+        "/console/tenants",
+        &[
+            ("csrf", &csrf),
+            ("name", "Beta"),
+            ("owner", "beth"),
+            ("password", "beth's long password"),
+            ("password_again", "beth's other password"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let r = form_post(
+        &server,
+        &http,
+        &cookie,
+        "/console/tenants",
+        &[
+            ("csrf", &csrf),
+            ("name", "Beta"),
+            ("owner", "beth"),
+            ("password", "beth's long password"),
+            ("password_again", "beth's long password"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let orgs: Value = get(&api, server.url("/v1/orgs"), &alice)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let beta = orgs["organizations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "Beta")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    assert!(login(&server, &api, "beth", "beth's long password")
+        .await
+        .is_ok());
+    let r = form_post(
+        &server,
+        &http,
+        &cookie,
+        &format!("/console/tenants/{beta}/suspend"),
+        &[("csrf", &csrf)],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (_, html) = page(&server, &http, &cookie, "/console/tenants").await;
+    assert!(html.contains(&format!("Type Beta to delete it")));
+    let delete = format!("/console/tenants/{beta}/delete");
+    let r = form_post(
+        &server,
+        &http,
+        &cookie,
+        &delete,
+        &[("csrf", &csrf), ("confirm", "Acme")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let r = form_post(
+        &server,
+        &http,
+        &cookie,
+        &delete,
+        &[("csrf", &csrf), ("confirm", "Beta")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let r = get(&api, server.url(&format!("/v1/orgs/{beta}")), &alice).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // Not an operator: the API's 403.
+    let carol_console = cookie_of(
+        sign_in(&server, &http, "carol", "correct horse battery")
+            .await
+            .headers(),
+    );
+    let (status, _) = page(&server, &http, &carol_console, "/console/tenants").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
 
     // The console's pages are counted in /metrics like the API's routes.
     let metrics = api

@@ -40,6 +40,7 @@ mod pages;
 mod policy;
 mod records;
 pub mod sessions;
+mod tenants;
 mod users;
 
 use client::Console;
@@ -78,6 +79,10 @@ pub fn with_console(
         )
         .route("/console/sign-out", post(auth::sign_out))
         .route("/console/orgs", get(auth::organizations))
+        .route("/console/tenants", get(tenants::list).post(tenants::create))
+        .route("/console/tenants/{org}/suspend", post(tenants::suspend))
+        .route("/console/tenants/{org}/resume", post(tenants::resume))
+        .route("/console/tenants/{org}/delete", post(tenants::delete))
         .route(
             "/console/password",
             get(auth::password_page).post(auth::change_password),

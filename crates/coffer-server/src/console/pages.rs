@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use coffer_protocol::admin::{
     AuditEvents, AuditReport, DeviceList, DeviceSummary, EnrollmentCode, MeAnswer, MemberList,
-    Membership, UsageReport, WipeOrders, WipeState,
+    Membership, OrganizationList, UsageReport, WipeOrders, WipeState,
 };
 use coffer_protocol::data::ReadingsPage;
 use coffer_protocol::device::WipeScope;
@@ -32,6 +32,8 @@ pub struct Frame {
     pub csrf: String,
     /// The organization the page is about: id, name, the user's role.
     pub org: Option<(i64, String, String)>,
+    /// Whether the user is one of the server's operators.
+    pub operator: bool,
 }
 
 impl Frame {
@@ -61,6 +63,7 @@ impl Frame {
             user: me.user.clone(),
             csrf: session.csrf().to_owned(),
             org,
+            operator: me.operator,
         }
     }
 }
@@ -120,6 +123,7 @@ ok_pages!(
     SignIn,
     Organizations,
     PasswordPage,
+    Tenants,
     Devices,
     Audit,
     DevicePage,
@@ -177,6 +181,48 @@ impl Organizations {
             frame: Some(Frame::of(signed, None)),
             operator: signed.me.operator,
             organizations: signed.me.organizations.clone(),
+        }
+    }
+}
+
+/// One organization on the operators' page.
+pub struct TenantRow {
+    id: i64,
+    name: String,
+    created_at: When,
+    suspended: bool,
+    members: i64,
+    devices: i64,
+}
+
+/// Every organization of the server, for its operators.
+#[derive(Template)]
+#[template(path = "console/tenants.html")]
+pub struct Tenants {
+    frame: Option<Frame>,
+    csrf: String,
+    organizations: Vec<TenantRow>,
+}
+
+impl Tenants {
+    /// The operators' page.
+    pub fn new(signed: &Signed, list: OrganizationList) -> Tenants {
+        let frame = Frame::of(signed, None);
+        Tenants {
+            csrf: frame.csrf.clone(),
+            frame: Some(frame),
+            organizations: list
+                .organizations
+                .into_iter()
+                .map(|o| TenantRow {
+                    id: o.id,
+                    name: o.name,
+                    created_at: When::of_unix(o.created_at),
+                    suspended: o.suspended,
+                    members: o.members,
+                    devices: o.devices,
+                })
+                .collect(),
         }
     }
 }
