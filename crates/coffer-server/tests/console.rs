@@ -1437,7 +1437,7 @@ async fn console_users_data_usage_and_its_checks() {
     .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     let (_, html) = page(&server, &http, &cookie, "/console/tenants").await;
-    assert!(html.contains(&format!("Type Beta to delete it")));
+    assert!(html.contains("Type Beta to delete it"));
     let delete = format!("/console/tenants/{beta}/delete");
     let r = form_post(
         &server,
