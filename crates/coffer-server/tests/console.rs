@@ -1570,10 +1570,7 @@ async fn demo_data_fills_every_console_page() {
         "never twice, never on a server set up"
     );
     let base = format!("http://{}", server.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
+    let running = Running::run(server, base.clone());
     let http = browser();
     let r = http
         .post(format!("{base}/console/sign-in"))
@@ -1622,8 +1619,7 @@ async fn demo_data_fills_every_console_page() {
     assert!(policy.contains("policy-version-2") && policy.contains("policy-version-1"));
     let audit = get_page(format!("/console/orgs/{org}/audit")).await;
     assert!(audit.contains("intact"));
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    running.stop().await;
 }
 
 /// The console over TLS (`--dev-tls`): Chromium speaks HTTP/2, whose

@@ -16,7 +16,7 @@ use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method, StatusC
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Router;
 use coffer_protocol::admin::MeAnswer;
-use coffer_protocol::{Answer, ErrorBody, ErrorCode, WireSecret};
+use coffer_protocol::{Answer, ErrorBody, ErrorCode, NoContent, WireSecret};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -219,6 +219,18 @@ impl Api {
                 body,
             )
             .await
+    }
+
+    /// A change without a body that the API answers `204 No Content`;
+    /// then the browser is sent to `then`.
+    pub(super) async fn act(
+        &self,
+        method: Method,
+        path: &str,
+        then: &str,
+    ) -> Result<Response, ConsoleError> {
+        let NoContent = self.send(method, path, None::<&()>).await?;
+        Ok(Redirect::to(then).into_response())
     }
 
     /// The user and their organizations.

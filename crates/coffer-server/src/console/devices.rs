@@ -8,7 +8,6 @@ use coffer_protocol::admin::{
     DeviceList, DeviceListQuery, DeviceSummary, EnrollmentCode, NewEnrollmentCode, OrderWipe,
     WipeOrdered, WipeOrders,
 };
-use coffer_protocol::NoContent;
 use serde::Deserialize;
 
 use super::client::{csrf_forms, Api, Change, ChangeForm, ConsoleError, Signed};
@@ -87,15 +86,14 @@ pub(super) async fn revoke(
     Path((org, device)): Path<(i64, i64)>,
     change: Change<ChangeForm>,
 ) -> Result<Response, ConsoleError> {
-    let _: NoContent = change
+    change
         .api
-        .send(
+        .act(
             Method::POST,
             &format!("/v1/orgs/{org}/devices/{device}/revoke"),
-            None::<&()>,
+            &format!("/console/orgs/{org}/devices"),
         )
-        .await?;
-    Ok(Redirect::to(&format!("/console/orgs/{org}/devices")).into_response())
+        .await
 }
 
 /// The wipe form: the device's name typed again, and a user for a wipe
@@ -139,15 +137,14 @@ pub(super) async fn cancel_wipe(
     Path((org, device, order)): Path<(i64, i64, i64)>,
     change: Change<ChangeForm>,
 ) -> Result<Response, ConsoleError> {
-    let _: NoContent = change
+    change
         .api
-        .send(
+        .act(
             Method::POST,
             &format!("/v1/orgs/{org}/devices/{device}/wipes/{order}/cancel"),
-            None::<&()>,
+            &format!("/console/orgs/{org}/devices/{device}"),
         )
-        .await?;
-    Ok(Redirect::to(&format!("/console/orgs/{org}/devices/{device}")).into_response())
+        .await
 }
 
 pub(super) async fn enrollment_code(

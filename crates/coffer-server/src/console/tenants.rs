@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use coffer_protocol::admin::{
     CreateOrganization, OrganizationCreated, OrganizationList, OrganizationSummary,
 };
-use coffer_protocol::{NoContent, WireSecret};
+use coffer_protocol::WireSecret;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
@@ -68,26 +68,28 @@ pub(super) async fn suspend(
     Path(org): Path<i64>,
     change: Change<ChangeForm>,
 ) -> Result<Response, ConsoleError> {
-    let _: NoContent = change
+    change
         .api
-        .send(
+        .act(
             Method::POST,
             &format!("/v1/orgs/{org}/suspend"),
-            None::<&()>,
+            "/console/tenants",
         )
-        .await?;
-    Ok(back())
+        .await
 }
 
 pub(super) async fn resume(
     Path(org): Path<i64>,
     change: Change<ChangeForm>,
 ) -> Result<Response, ConsoleError> {
-    let _: NoContent = change
+    change
         .api
-        .send(Method::POST, &format!("/v1/orgs/{org}/resume"), None::<&()>)
-        .await?;
-    Ok(back())
+        .act(
+            Method::POST,
+            &format!("/v1/orgs/{org}/resume"),
+            "/console/tenants",
+        )
+        .await
 }
 
 async fn organization(api: &Api, org: i64) -> Result<OrganizationSummary, ConsoleError> {
@@ -105,9 +107,12 @@ pub(super) async fn delete(
             "the name typed is not the organization's: nothing was deleted",
         ));
     }
-    let _: NoContent = change
+    change
         .api
-        .send(Method::DELETE, &format!("/v1/orgs/{org}"), None::<&()>)
-        .await?;
-    Ok(back())
+        .act(
+            Method::DELETE,
+            &format!("/v1/orgs/{org}"),
+            "/console/tenants",
+        )
+        .await
 }

@@ -124,30 +124,28 @@ pub(super) async fn disable(
     change: Change<ConfirmForm>,
 ) -> Result<Response, ConsoleError> {
     confirmed(&change.api, org, user, &change.form.confirm).await?;
-    let _: NoContent = change
+    change
         .api
-        .send(
+        .act(
             Method::POST,
             &format!("/v1/orgs/{org}/users/{user}/disable"),
-            None::<&()>,
+            &format!("/console/orgs/{org}/users"),
         )
-        .await?;
-    Ok(back_to_users(org))
+        .await
 }
 
 pub(super) async fn enable(
     Path((org, user)): Path<(i64, i64)>,
     change: Change<ChangeForm>,
 ) -> Result<Response, ConsoleError> {
-    let _: NoContent = change
+    change
         .api
-        .send(
+        .act(
             Method::POST,
             &format!("/v1/orgs/{org}/users/{user}/enable"),
-            None::<&()>,
+            &format!("/console/orgs/{org}/users"),
         )
-        .await?;
-    Ok(back_to_users(org))
+        .await
 }
 
 pub(super) async fn remove(
@@ -155,13 +153,12 @@ pub(super) async fn remove(
     change: Change<ConfirmForm>,
 ) -> Result<Response, ConsoleError> {
     confirmed(&change.api, org, user, &change.form.confirm).await?;
-    let _: NoContent = change
+    change
         .api
-        .send(
+        .act(
             Method::DELETE,
             &format!("/v1/orgs/{org}/users/{user}"),
-            None::<&()>,
+            &format!("/console/orgs/{org}/users"),
         )
-        .await?;
-    Ok(back_to_users(org))
+        .await
 }

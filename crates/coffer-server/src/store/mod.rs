@@ -368,6 +368,10 @@ pub struct Membership {
     pub role: String,
 }
 
+/// The columns of an audit row, in the order both backends map them.
+pub(crate) const AUDIT_COLUMNS: &str =
+    "id, at, org_id, actor, action, details, prev_hash, hash, mac";
+
 /// What an audit search keeps (every field optional but the limit).
 #[derive(Debug, Clone, Default)]
 pub struct AuditSearch {

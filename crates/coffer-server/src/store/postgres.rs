@@ -17,7 +17,7 @@ use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
 use super::{
     db_error as generic_error, now_unix, AuditSearch, Bootstrapped, DeviceRecord, Enrolled,
     LoginRecord, Member, MemberRole, Membership, Migrations, NewOwner, SessionRecord, StoreError,
-    UsageKey, UsageRecord, UsageRow, DEVICE_COLUMNS,
+    UsageKey, UsageRecord, UsageRow, AUDIT_COLUMNS, DEVICE_COLUMNS,
 };
 
 pub(super) const MIGRATIONS: Migrations = &[
@@ -468,12 +468,14 @@ impl PostgresStore {
         let before = search.before.unwrap_or(i64::MAX);
         let rows = client
             .query(
-                "SELECT id, at, org_id, actor, action, details, prev_hash, hash, mac
+                &format!(
+                    "SELECT {AUDIT_COLUMNS}
                  FROM audit_events
                  WHERE org_id = $1 AND ($2::text IS NULL OR action = $2)
                    AND ($3::text IS NULL OR actor = $3)
                    AND ($4::text IS NULL OR details LIKE $4 ESCAPE '\\') AND id < $5
-                 ORDER BY id DESC LIMIT $6",
+                 ORDER BY id DESC LIMIT $6"
+                ),
                 &[
                     &org_id,
                     &search.action,
@@ -485,22 +487,7 @@ impl PostgresStore {
             )
             .await
             .map_err(pg(op))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| AuditRow {
-                id: r.get(0),
-                at: r.get(1),
-                event: AuditEvent {
-                    org_id: r.get(2),
-                    actor: r.get(3),
-                    action: r.get(4),
-                    details: r.get(5),
-                },
-                prev_hash: r.get(6),
-                hash: r.get(7),
-                mac: r.get(8),
-            })
-            .collect())
+        Ok(rows.into_iter().map(|r| audit_row(&r)).collect())
     }
 
     pub(super) async fn audit_rows(&self) -> Result<Vec<AuditRow>, StoreError> {
@@ -508,28 +495,15 @@ impl PostgresStore {
         let client = self.client(op).await?;
         let rows = client
             .query(
-                "SELECT id, at, org_id, actor, action, details, prev_hash, hash, mac
-                 FROM audit_events ORDER BY id",
+                &format!(
+                    "SELECT {AUDIT_COLUMNS}
+                 FROM audit_events ORDER BY id"
+                ),
                 &[],
             )
             .await
             .map_err(pg(op))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| AuditRow {
-                id: r.get(0),
-                at: r.get(1),
-                event: AuditEvent {
-                    org_id: r.get(2),
-                    actor: r.get(3),
-                    action: r.get(4),
-                    details: r.get(5),
-                },
-                prev_hash: r.get(6),
-                hash: r.get(7),
-                mac: r.get(8),
-            })
-            .collect())
+        Ok(rows.into_iter().map(|r| audit_row(&r)).collect())
     }
 
     /// Runs raw SQL: tests use it to tamper with the trail.
@@ -910,5 +884,22 @@ impl PostgresStore {
             .map_err(pg(op))?;
         }
         tx.commit().await.map_err(pg(op))
+    }
+}
+
+/// The columns of [`AUDIT_COLUMNS`] as an audit row.
+fn audit_row(r: &tokio_postgres::Row) -> AuditRow {
+    AuditRow {
+        id: r.get(0),
+        at: r.get(1),
+        event: AuditEvent {
+            org_id: r.get(2),
+            actor: r.get(3),
+            action: r.get(4),
+            details: r.get(5),
+        },
+        prev_hash: r.get(6),
+        hash: r.get(7),
+        mac: r.get(8),
     }
 }

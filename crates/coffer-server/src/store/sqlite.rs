@@ -18,7 +18,7 @@ use crate::audit::{chain_hash, AuditEvent, AuditRow, GENESIS};
 use super::{
     db_error, now_unix, AuditSearch, Bootstrapped, DeviceRecord, Enrolled, LoginRecord, Member,
     MemberRole, Membership, Migrations, NewOwner, SessionRecord, StoreError, UsageKey, UsageRecord,
-    UsageRow, DEVICE_COLUMNS,
+    UsageRow, AUDIT_COLUMNS, DEVICE_COLUMNS,
 };
 
 pub(super) const MIGRATIONS: Migrations = &[
@@ -509,11 +509,13 @@ impl SqliteStore {
             let e = db_error("searching the audit trail");
             let mut stmt = conn
                 .prepare(
-                    "SELECT id, at, org_id, actor, action, details, prev_hash, hash, mac
+                    &format!(
+                    "SELECT {AUDIT_COLUMNS}
                      FROM audit_events
                      WHERE org_id = ?1 AND (?2 IS NULL OR action = ?2) AND (?3 IS NULL OR actor = ?3)
                        AND (?4 IS NULL OR details LIKE ?4 ESCAPE '\\') AND id < ?5
-                     ORDER BY id DESC LIMIT ?6",
+                     ORDER BY id DESC LIMIT ?6"
+                ),
                 )
                 .map_err(|x| e(&x))?;
             let rows = stmt
@@ -526,21 +528,7 @@ impl SqliteStore {
                         search.before.unwrap_or(i64::MAX),
                         search.limit
                     ],
-                    |r| {
-                        Ok(AuditRow {
-                            id: r.get(0)?,
-                            at: r.get(1)?,
-                            event: AuditEvent {
-                                org_id: r.get(2)?,
-                                actor: r.get(3)?,
-                                action: r.get(4)?,
-                                details: r.get(5)?,
-                            },
-                            prev_hash: r.get(6)?,
-                            hash: r.get(7)?,
-                            mac: r.get(8)?,
-                        })
-                    },
+                    audit_row,
                 )
                 .map_err(|x| e(&x))?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|x| e(&x))
@@ -552,28 +540,12 @@ impl SqliteStore {
         self.with("reading the audit trail", |conn| {
             let e = db_error("reading the audit trail");
             let mut stmt = conn
-                .prepare(
-                    "SELECT id, at, org_id, actor, action, details, prev_hash, hash, mac
-                     FROM audit_events ORDER BY id",
-                )
+                .prepare(&format!(
+                    "SELECT {AUDIT_COLUMNS}
+                     FROM audit_events ORDER BY id"
+                ))
                 .map_err(|x| e(&x))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok(AuditRow {
-                        id: r.get(0)?,
-                        at: r.get(1)?,
-                        event: AuditEvent {
-                            org_id: r.get(2)?,
-                            actor: r.get(3)?,
-                            action: r.get(4)?,
-                            details: r.get(5)?,
-                        },
-                        prev_hash: r.get(6)?,
-                        hash: r.get(7)?,
-                        mac: r.get(8)?,
-                    })
-                })
-                .map_err(|x| e(&x))?;
+            let rows = stmt.query_map([], audit_row).map_err(|x| e(&x))?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(|x| e(&x))
         })
@@ -989,4 +961,21 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// The columns of [`AUDIT_COLUMNS`] as an audit row.
+fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        event: AuditEvent {
+            org_id: r.get(2)?,
+            actor: r.get(3)?,
+            action: r.get(4)?,
+            details: r.get(5)?,
+        },
+        prev_hash: r.get(6)?,
+        hash: r.get(7)?,
+        mac: r.get(8)?,
+    })
 }

@@ -189,6 +189,11 @@ impl Running {
         })
         .await?;
         let base = format!("http://{}", server.local_addr().unwrap());
+        Ok(Running::run(server, base))
+    }
+
+    /// Runs a bound server on its own task, reached at `base`.
+    pub fn run(server: Server, base: String) -> Running {
         let setup_token = server.setup_token().map(str::to_owned);
         let backend = server.backend();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -200,13 +205,13 @@ impl Running {
                 .await
                 .unwrap();
         });
-        Ok(Running {
+        Running {
             base,
             setup_token,
             backend,
             stop: Some(stop),
             task: Some(task),
-        })
+        }
     }
 
     /// A server configured by `configure` (blob storage, file limits…)
@@ -232,24 +237,7 @@ impl Running {
         .unwrap();
         let server = configure(server);
         let base = format!("http://{}", server.local_addr().unwrap());
-        let setup_token = server.setup_token().map(str::to_owned);
-        let backend = server.backend();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        Running {
-            base,
-            setup_token,
-            backend,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        Running::run(server, base)
     }
 
     /// A server over TLS with a development certificate made in
@@ -272,24 +260,7 @@ impl Running {
         .await
         .unwrap();
         let base = format!("https://localhost:{}", server.local_addr().unwrap().port());
-        let setup_token = server.setup_token().map(str::to_owned);
-        let backend = server.backend();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        Running {
-            base,
-            setup_token,
-            backend,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        Running::run(server, base)
     }
 
     pub fn url(&self, path: &str) -> String {
