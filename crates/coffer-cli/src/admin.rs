@@ -515,6 +515,7 @@ fn policy(command: &AdminPolicyCommand, authed: &Authed<'_>) -> Result<Value, Cl
 
 fn data_query(filter: &DataFilter, after: i64, limit: i64) -> ReadingsQuery {
     ReadingsQuery {
+        newest: None,
         device: filter.device,
         from: filter.from,
         to: filter.to,

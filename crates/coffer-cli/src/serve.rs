@@ -47,7 +47,10 @@ pub fn demo_console(global: &Global, listen: SocketAddr, keep: bool) -> Result<R
         .prefix("coffer-console-demo-")
         .tempdir()
         .map_err(|e| CliError::other(format!("cannot create a temporary directory: {e}")))?;
-    let (master, _) = coffer_server::keys::MasterKey::generate()
+    // The key is kept beside the database (private to this user), so that
+    // a database kept with --keep can be served again.
+    let key_file = dir.path().join("master.key");
+    let (master, _) = coffer_server::keys::MasterKey::load_or_create(&key_file)
         .map_err(|e| CliError::other(format!("cannot make a master key: {e}")))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -118,7 +121,9 @@ pub fn demo_console(global: &Global, listen: SocketAddr, keep: bool) -> Result<R
         json: serde_json::json!({"stopped": true, "kept": kept}),
         text: match &kept {
             Some(path) => format!(
-                "coffer demo: stopped; the database is kept in {}",
+                "coffer demo: stopped; the database and its master key are kept in {0}: \
+                 serve them again with\n\n    COFFER_MASTER_KEY_FILE={0}/master.key coffer serve \
+                 --listen 127.0.0.1:8080 --database-url sqlite://{0}/server.db",
                 path.display()
             ),
             None => "coffer demo: stopped".into(),

@@ -454,7 +454,8 @@ pub struct UsageQuery {
     /// To, Unix seconds, exclusive (default: all time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<i64>,
-    /// `org` (the default), `user` or `device`.
+    /// `org` (the default), `user`, `device`, or a time bucket: `hour`,
+    /// `day` or `week` (UTC; each row's `id` is its bucket's first second).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
     /// `json` (the default, [`UsageReport`]) or `csv` ([`Csv`]).
@@ -471,7 +472,7 @@ pub struct UsageReport {
     pub from: i64,
     /// To, Unix seconds, exclusive.
     pub to: i64,
-    /// What the rows are of: `org`, `user` or `device`.
+    /// What the rows are of: `org`, `user`, `device`, `hour`, `day` or `week`.
     pub by: String,
     /// One per organization, user or device.
     pub rows: Vec<UsageRow>,
@@ -480,7 +481,8 @@ pub struct UsageReport {
 /// One row of a [`UsageReport`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageRow {
-    /// The organization, user or device (`null`: requests without one).
+    /// The organization, user or device, or the time bucket's first second
+    /// (`null`: requests without one).
     #[serde(default)]
     pub id: Option<i64>,
     /// Requests.
@@ -517,6 +519,10 @@ pub struct ReadingsQuery {
     /// Most readings in the page (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
+    /// The newest `limit` readings, newest first, instead of a page from
+    /// the oldest (then there is no `next_after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest: Option<bool>,
     /// `json` (the default) or `csv`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,

@@ -1042,13 +1042,18 @@ async fn org_audit_events(
                 actor,
                 text,
                 before: q.before,
-                limit,
+                // One more than asked: whether there is an older page.
+                limit: limit + 1,
             },
         )
         .await?;
-    let next_before = (i64::try_from(rows.len()).unwrap_or(i64::MAX) == limit)
-        .then(|| rows.last().map(|r| r.id))
-        .flatten();
+    let mut rows = rows;
+    let next_before = if i64::try_from(rows.len()).unwrap_or(i64::MAX) > limit {
+        rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        rows.last().map(|r| r.id)
+    } else {
+        None
+    };
     Ok(Json(AuditEvents {
         events: rows
             .into_iter()
@@ -2006,11 +2011,14 @@ async fn usage(
         "org" => crate::store::UsageKey::Organization,
         "user" => crate::store::UsageKey::User,
         "device" => crate::store::UsageKey::Device,
+        "hour" => crate::store::UsageKey::Hour,
+        "day" => crate::store::UsageKey::Day,
+        "week" => crate::store::UsageKey::Week,
         _ => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::InvalidQuery,
-                "by must be org, user or device",
+                "by must be org, user, device, hour, day or week",
             ))
         }
     };

@@ -163,6 +163,7 @@ async fn query(
                 name: q.name,
                 after: q.after,
                 limit,
+                newest: q.newest == Some(true),
             },
         )
         .await?;
@@ -174,7 +175,8 @@ async fn query(
         json!({"device": q.device, "from": q.from, "to": q.to, "rows": rows.len()}),
     )
     .await?;
-    let next_after = (i64::try_from(rows.len()).unwrap_or(i64::MAX) == limit)
+    let next_after = (q.newest != Some(true)
+        && i64::try_from(rows.len()).unwrap_or(i64::MAX) == limit)
         .then(|| rows.last().map(|r| r.id))
         .flatten();
     if csv {

@@ -42,45 +42,59 @@ pub(super) async fn sign_in(
         password: WireSecret::new(password),
     };
     let body = login.body().map(|(bytes, _)| bytes);
-    let answer: Result<(LoginAnswer, MeAnswer), _> = async {
-        let answer: LoginAnswer = console
-            .call(&caller, Method::POST, Login::PATH, None, body)
-            .await?;
-        let me: MeAnswer = console
-            .call(&caller, Method::GET, "/v1/me", Some(&answer.token), None)
-            .await?;
-        Ok((answer, me))
-    }
-    .await;
-    match answer {
-        Ok((answer, me)) => match console
-            .sessions
-            .open(answer.token, me.user_id, answer.expires_at)
-        {
-            Some((cookie_value, _)) => {
-                // Over TLS always Secure (and `__Host-`); over plain HTTP
-                // only a browser on this machine may sign in.
-                let secure = console.tls || !caller.on_loopback();
-                let cookie = sessions::set_cookie(&cookie_value, secure);
-                let mut response = Redirect::to("/console/orgs").into_response();
-                if let Ok(value) = HeaderValue::from_str(&cookie) {
-                    response.headers_mut().insert(header::SET_COOKIE, value);
-                }
-                response
-            }
-            None => pages::SignIn::refused(
-                &user,
-                "too many console sessions are open on this server: try again later",
-            )
-            .into_response(),
-        },
+    let answer: LoginAnswer = match console
+        .call(&caller, Method::POST, Login::PATH, None, body)
+        .await
+    {
+        Ok(answer) => answer,
         Err(ConsoleError::Refused(status, message, _)) => {
             let mut page = pages::SignIn::refused(&user, &message).into_response();
             *page.status_mut() = status;
-            page
+            return page;
         }
-        Err(other) => other.into_response(),
+        Err(other) => return other.into_response(),
+    };
+    let me: Result<MeAnswer, _> = console
+        .call(&caller, Method::GET, "/v1/me", Some(&answer.token), None)
+        .await;
+    let opened = match me {
+        Ok(me) => console
+            .sessions
+            .open(answer.token, me.user_id, answer.expires_at),
+        Err(e) => {
+            // Signed in, but not into the console: the API session ends.
+            log_out(&console, &caller, &answer.token).await;
+            return e.into_response();
+        }
+    };
+    let Some(opened) = opened else {
+        return ConsoleError::internal().into_response();
+    };
+    // Sessions pushed out to make room are signed out of the API too.
+    for token in &opened.evicted {
+        log_out(&console, &caller, token).await;
     }
+    let secure = console.secure_cookie(&caller);
+    let mut response = Redirect::to("/console/orgs").into_response();
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&sessions::set_cookie(&opened.cookie, secure)) {
+        headers.append(header::SET_COOKIE, value);
+    }
+    // And the cookie of the other context goes, if a browser holds one.
+    let other = if secure {
+        sessions::CLEAR_LOOPBACK_COOKIE
+    } else {
+        sessions::CLEAR_SECURE_COOKIE
+    };
+    headers.append(header::SET_COOKIE, HeaderValue::from_static(other));
+    response
+}
+
+/// Ends an API session (an already-ended one is ended all the same).
+async fn log_out(console: &Console, caller: &Caller, token: &WireSecret) {
+    let _: Result<NoContent, _> = console
+        .call(caller, Method::POST, Logout::PATH, Some(token), None)
+        .await;
 }
 
 pub(super) async fn sign_out(
@@ -93,11 +107,15 @@ pub(super) async fn sign_out(
         .api
         .send(Method::POST, Logout::PATH, None::<&()>)
         .await;
-    if let Some(id) = sessions::cookie_value(&headers) {
-        change.api.console().sessions.close(id);
+    let console = change.api.console();
+    if let Some(id) = console.cookie(&headers, change.api.caller()) {
+        console.sessions.close(id);
     }
     let mut response = Redirect::to("/console/sign-in").into_response();
-    for clear in sessions::CLEAR_COOKIES {
+    for clear in [
+        sessions::CLEAR_SECURE_COOKIE,
+        sessions::CLEAR_LOOPBACK_COOKIE,
+    ] {
         response
             .headers_mut()
             .append(header::SET_COOKIE, HeaderValue::from_static(clear));
@@ -130,10 +148,17 @@ pub(super) async fn audit(
     Path(org): Path<i64>,
     Query(filter): Query<AuditFilter>,
 ) -> Result<Response, ConsoleError> {
-    let report: AuditReport = signed
-        .api
-        .get(&format!("/v1/orgs/{org}/audit/verify"))
-        .await?;
+    // The chain is checked on the search's first page only: it reads the
+    // whole trail, and paging through a search must not repeat that.
+    let report: Option<AuditReport> = match filter.before {
+        None => Some(
+            signed
+                .api
+                .get(&format!("/v1/orgs/{org}/audit/verify"))
+                .await?,
+        ),
+        Some(_) => None,
+    };
     let given = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
     let query = AuditQuery {
         action: given(&filter.action),

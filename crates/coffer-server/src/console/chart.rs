@@ -86,13 +86,18 @@ fn label(v: f64) -> String {
     }
 }
 
-/// The y range of `values`, widened when flat.
-fn span(min: f64, max: f64) -> (f64, f64) {
-    if (max - min).abs() < f64::EPSILON {
-        (min - 1.0, max + 1.0)
-    } else {
-        (min, max)
+/// The y range of values from `min` to `max`, as halves (`(lo, hi)`,
+/// with `hi > lo`): the difference of two halves of finite numbers is
+/// always finite, where that of the numbers themselves may not be (−1e308
+/// to 1e308). A flat range is widened by a step that shows at the values'
+/// own magnitude.
+fn half_span(min: f64, max: f64) -> (f64, f64) {
+    let (lo, hi) = (min / 2.0, max / 2.0);
+    if hi - lo > 0.0 {
+        return (lo, hi);
     }
+    let step = (lo.abs() * 1e-6).max(0.5);
+    (lo - step, hi + step)
 }
 
 impl LineChart {
@@ -119,7 +124,7 @@ impl LineChart {
                 left_out,
             };
         };
-        let (v0, v1) = span(
+        let (lo, hi) = half_span(
             all().map(|p| p.1).fold(f64::INFINITY, f64::min),
             all().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
         );
@@ -129,7 +134,7 @@ impl LineChart {
         let plot_w = WIDTH - LEFT;
         let plot_h = HEIGHT - TOP - BOTTOM;
         let x = |t: f64| LEFT + (t - t0f) / (t1f - t0f) * plot_w;
-        let y = |v: f64| TOP + (1.0 - (v - v0) / (v1 - v0)) * plot_h;
+        let y = |v: f64| TOP + (1.0 - (v / 2.0 - lo) / (hi - lo)) * plot_h;
         let lines = series
             .iter()
             .enumerate()
@@ -159,10 +164,11 @@ impl LineChart {
             .collect();
         let y_ticks = (0..=steps)
             .map(|i| {
-                let v = v0 + (v1 - v0) * f64::from(i) / f64::from(steps);
+                let half = lo + (hi - lo) * f64::from(i) / f64::from(steps);
+                let at = TOP + (1.0 - (half - lo) / (hi - lo)) * plot_h;
                 Tick {
-                    at: fmt(y(v)),
-                    label: label(v),
+                    at: fmt(at),
+                    label: label((half * 2.0).clamp(-f64::MAX, f64::MAX)),
                     anchor: "end",
                 }
             })
@@ -303,6 +309,26 @@ mod tests {
             |t| t.to_string(),
         );
         assert_eq!((many.lines.len(), many.left_out), (MAX_SERIES, 3));
+    }
+
+    #[test]
+    fn extreme_values_still_draw_numbers() {
+        for values in [
+            vec![(1, 1e17), (2, 1e17)],
+            vec![(1, -1e308), (2, 1e308)],
+            vec![(1, f64::MAX), (2, f64::MAX)],
+            vec![(1, 0.0), (2, 0.0)],
+        ] {
+            let chart = LineChart::new(vec![("x".into(), values.clone())], |t| t.to_string());
+            let points = &chart.lines[0].points;
+            assert!(
+                !points.contains("NaN") && !points.contains("inf"),
+                "{values:?}: {points}"
+            );
+            for tick in &chart.y_ticks {
+                assert!(!tick.at.contains("NaN") && !tick.label.contains("NaN"));
+            }
+        }
     }
 
     #[test]

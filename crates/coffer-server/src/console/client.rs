@@ -164,21 +164,34 @@ impl Console {
         })
     }
 
+    /// Whether the console's cookie for `caller` is the Secure `__Host-`
+    /// one: over TLS, or for a browser not on this machine (behind a
+    /// proxy).
+    pub(super) fn secure_cookie(&self, caller: &Caller) -> bool {
+        self.tls || !caller.on_loopback()
+    }
+
+    /// The console cookie's value in a request from `caller`.
+    pub(super) fn cookie<'h>(&self, headers: &'h HeaderMap, caller: &Caller) -> Option<&'h str> {
+        sessions::cookie_value(headers, self.secure_cookie(caller))
+    }
+
     /// The signed-in session a request's cookie names.
-    fn session(&self, headers: &HeaderMap) -> Result<Arc<Session>, ConsoleError> {
-        sessions::cookie_value(headers)
+    fn session(&self, headers: &HeaderMap, caller: &Caller) -> Result<Arc<Session>, ConsoleError> {
+        self.cookie(headers, caller)
             .and_then(|id| self.sessions.get(id))
             .ok_or(ConsoleError::SignedOut)
     }
 
     /// Whether a request has a live session (the home page's redirect).
-    pub(super) fn signed_in(&self, headers: &HeaderMap) -> bool {
-        self.session(headers).is_ok()
+    pub(super) fn signed_in(&self, headers: &HeaderMap, caller: &Caller) -> bool {
+        self.session(headers, caller).is_ok()
     }
 }
 
 /// A signed-in browser's handle on the API: every call carries its API
 /// session and its address.
+#[derive(Clone)]
 pub(super) struct Api {
     console: Console,
     caller: Caller,
@@ -242,6 +255,11 @@ impl Api {
     pub(super) fn console(&self) -> &Console {
         &self.console
     }
+
+    /// Who the browser is.
+    pub(super) fn caller(&self) -> &Caller {
+        &self.caller
+    }
 }
 
 /// A page's extractor: the signed-in session (else a redirect to sign in)
@@ -258,10 +276,11 @@ impl FromRequestParts<Console> for Signed {
         parts: &mut Parts,
         console: &Console,
     ) -> Result<Self, Self::Rejection> {
+        let caller = Caller::of(parts);
         let api = Api {
-            session: console.session(&parts.headers)?,
+            session: console.session(&parts.headers, &caller)?,
             console: console.clone(),
-            caller: Caller::of(parts),
+            caller,
         };
         let me = api.me().await?;
         Ok(Signed { api, me })
@@ -285,18 +304,17 @@ impl<F: CsrfForm + Send> FromRequest<Console> for Change<F> {
     type Rejection = Response;
 
     async fn from_request(req: Request, console: &Console) -> Result<Self, Self::Rejection> {
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         if !same_origin(&parts.headers, console.tls) {
             return Err(ConsoleError::Forged.into_response());
         }
+        let caller = Caller::of(&parts);
         let api = Api {
             session: console
-                .session(&parts.headers)
+                .session(&parts.headers, &caller)
                 .map_err(IntoResponse::into_response)?,
             console: console.clone(),
-            caller: Caller::from_request_parts(&mut parts, console)
-                .await
-                .unwrap_or_else(|never| match never {}),
+            caller,
         };
         let req = Request::from_parts(parts, body);
         let Form(form) = Form::<F>::from_request(req, console).await.map_err(|_| {

@@ -4,11 +4,13 @@
 
 use std::collections::BTreeMap;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use coffer_protocol::admin::{Csv, DeviceList, MemberList, ReadingsQuery, UsageQuery, UsageReport};
+use coffer_protocol::admin::{Csv, MemberList, ReadingsQuery, UsageQuery, UsageReport};
 use coffer_protocol::data::{to_csv, ReadingsPage, StoredReading};
+use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::chart::{BarChart, LineChart};
@@ -16,11 +18,10 @@ use super::client::{Api, ConsoleError, Signed};
 use super::devices::all_devices;
 use super::pages::{self, When};
 
-/// Readings one page shows (and charts).
-const PAGE_READINGS: i64 = 2_000;
-
-/// Readings one CSV export holds at most: past it, narrow the filter.
-const MAX_EXPORT_READINGS: usize = 200_000;
+/// Readings one page shows (and charts): the newest of the filter. A
+/// reading is at most about 4.4 KB as JSON, so a page stays under what the
+/// console reads of one API answer ([`crate::local::MAX_LOCAL_ANSWER`]).
+pub(super) const PAGE_READINGS: i64 = 900;
 
 /// The ranges the pages offer, in days.
 pub(super) const RANGES: [u32; 4] = [1, 7, 30, 365];
@@ -86,13 +87,13 @@ fn with_query(path: &str, query: &impl Serialize) -> Result<String, ConsoleError
     Ok(format!("{path}?{query}"))
 }
 
-/// A page of the filter's readings, from `after`.
+/// A page of the filter's readings: from `after`, or the newest.
 async fn readings_page(
     api: &Api,
     org: i64,
     filter: &Filter,
     after: i64,
-    limit: i64,
+    newest: bool,
 ) -> Result<ReadingsPage, ConsoleError> {
     let query = ReadingsQuery {
         device: filter.device,
@@ -100,7 +101,8 @@ async fn readings_page(
         to: None,
         name: filter.name.clone(),
         after,
-        limit: Some(limit),
+        limit: Some(PAGE_READINGS),
+        newest: newest.then_some(true),
         format: None,
     };
     api.get(&with_query(&format!("/v1/orgs/{org}/data"), &query)?)
@@ -131,13 +133,13 @@ pub(super) async fn readings(
 ) -> Result<Response, ConsoleError> {
     let filter = form.check()?;
     let devices = all_devices(&signed.api, org).await?;
-    let page = readings_page(&signed.api, org, &filter, 0, PAGE_READINGS).await?;
+    let page = readings_page(&signed.api, org, &filter, 0, true).await?;
     let chart = LineChart::new(series(&page.readings), |t| When::of_unix(t).text);
     Ok(pages::Readings::new(&signed, org, &filter, devices, page, chart).into_response())
 }
 
 /// A CSV file the browser saves.
-fn csv_download(name: &str, text: String) -> Response {
+fn csv_download(name: &str, body: Body) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
@@ -146,40 +148,54 @@ fn csv_download(name: &str, text: String) -> Response {
                 format!("attachment; filename=\"{name}\""),
             ),
         ],
-        text,
+        body,
     )
         .into_response()
 }
 
+/// Every reading of the filter as CSV, streamed a page of the API's at a
+/// time (memory stays one page, however many match). The first page is
+/// read before the answer starts, so a refusal is still a page with its
+/// status; a failure later cuts the download short (the browser shows it
+/// as failed, not as a shorter file that looks whole).
 pub(super) async fn readings_csv(
     signed: Signed,
     Path(org): Path<i64>,
     Query(form): Query<ReadingsFilter>,
 ) -> Result<Response, ConsoleError> {
     let filter = form.check()?;
-    let mut rows = Vec::new();
-    let mut after = 0;
-    loop {
-        let limit = crate::api::delivery::MAX_QUERY_ROWS;
-        let page = readings_page(&signed.api, org, &filter, after, limit).await?;
-        rows.extend(page.readings);
-        if rows.len() > MAX_EXPORT_READINGS {
-            return Err(ConsoleError::refused(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "more than {MAX_EXPORT_READINGS} readings match: narrow the range, the \
-                     device or the name (or page through `coffer admin data`)"
-                ),
-            ));
+    let first = readings_page(&signed.api, org, &filter, 0, false).await?;
+    let header = stream::once(async { Ok::<_, std::io::Error>(Bytes::from(to_csv(&[]))) });
+    let api = signed.api;
+    let pages = stream::unfold(Some(first), move |page| {
+        let api = api.clone();
+        let filter = filter.clone();
+        async move {
+            let page = page?;
+            let rows = to_csv(&page.readings);
+            // Without the header row `to_csv` writes first.
+            let body = rows
+                .split_once('\n')
+                .map_or("", |(_, rest)| rest)
+                .to_owned();
+            let next = match page.next_after {
+                None => None,
+                Some(after) => match readings_page(&api, org, &filter, after, false).await {
+                    Ok(next) => Some(Some(next)),
+                    Err(_) => {
+                        return Some((
+                            Err(std::io::Error::other("a page of the export failed")),
+                            None,
+                        ))
+                    }
+                },
+            };
+            Some((Ok(Bytes::from(body)), next.flatten()))
         }
-        match page.next_after {
-            Some(next) => after = next,
-            None => break,
-        }
-    }
+    });
     Ok(csv_download(
         &format!("readings-org{org}.csv"),
-        to_csv(&rows),
+        Body::from_stream(header.chain(pages)),
     ))
 }
 
@@ -239,22 +255,31 @@ pub(super) async fn usage(
     Query(form): Query<UsageFilter>,
 ) -> Result<Response, ConsoleError> {
     let (by, days) = form.check()?;
-    let now = until_now();
+    let to = until_now();
     let from = since(days);
-    let report = usage_of(&signed.api, org, by, from, now).await?;
-    // Requests over time: hours for a day, days up to a month, weeks past.
-    let (buckets, width): (i64, i64) = match days {
-        1 => (24, 3_600),
-        d if d <= 31 => (i64::from(d), 86_400),
-        d => ((i64::from(d) + 6) / 7, 7 * 86_400),
+    let report = usage_of(&signed.api, org, by, from, to).await?;
+    // Requests over time, in one grouped query: hours for a day, days up
+    // to a month, weeks past; a bucket with no request drawn empty.
+    let (bucket_by, width): (&str, i64) = match days {
+        1 => ("hour", 3_600),
+        d if d <= 31 => ("day", 86_400),
+        _ => ("week", 604_800),
     };
+    let buckets = usage_of(&signed.api, org, bucket_by, from, to).await?;
+    let counted: BTreeMap<i64, i64> = buckets
+        .rows
+        .iter()
+        .filter_map(|r| r.id.map(|start| (start, r.requests)))
+        .collect();
     let mut over_time = Vec::new();
-    for i in 0..buckets {
-        let start = now - (buckets - i) * width;
-        let total = usage_of(&signed.api, org, "org", start, start + width).await?;
-        let requests = total.rows.iter().map(|r| r.requests).sum::<i64>();
-        let label = When::of_unix(start).text;
-        over_time.push((label, u64::try_from(requests).unwrap_or(0)));
+    let mut start = from - from.rem_euclid(width);
+    while start < to {
+        let requests = counted.get(&start).copied().unwrap_or(0);
+        over_time.push((
+            When::of_unix(start.max(from)).text,
+            u64::try_from(requests).unwrap_or(0),
+        ));
+        start += width;
     }
     // Names for ids, from the API's lists.
     let names: BTreeMap<i64, String> = match by {
@@ -266,14 +291,11 @@ pub(super) async fn usage(
                 .map(|m| (m.id, m.name))
                 .collect()
         }
-        "device" => {
-            let devices: DeviceList = signed.api.get(&format!("/v1/orgs/{org}/devices")).await?;
-            devices
-                .devices
-                .into_iter()
-                .map(|d| (d.id, d.name))
-                .collect()
-        }
+        "device" => all_devices(&signed.api, org)
+            .await?
+            .into_iter()
+            .map(|d| (d.id, d.name))
+            .collect(),
         _ => BTreeMap::new(),
     };
     let per_key: Vec<(String, u64)> = report
@@ -316,5 +338,8 @@ pub(super) async fn usage_csv(
         .api
         .get(&with_query(&format!("/v1/orgs/{org}/usage"), &query)?)
         .await?;
-    Ok(csv_download(&format!("usage-org{org}-by-{by}.csv"), text))
+    Ok(csv_download(
+        &format!("usage-org{org}-by-{by}.csv"),
+        Body::from(text),
+    ))
 }

@@ -109,11 +109,8 @@ pub fn with_console(
         .route(&org("/usage"), get(data::usage))
         .route(&org("/usage.csv"), get(data::usage_csv))
         .route(&org("/records"), get(records::list))
-        .route(&org("/records/{app}/{collection}/{id}"), get(records::one))
-        .route(
-            &org("/records/{app}/{collection}/{id}/resolve"),
-            post(records::resolve),
-        )
+        .route(&org("/record"), get(records::one))
+        .route(&org("/record/resolve"), post(records::resolve))
         .route(&org("/audit"), get(auth::audit))
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn_with_state(
@@ -160,8 +157,12 @@ async fn security_headers(mut req: Request, next: Next) -> Response {
     response
 }
 
-async fn home(State(console): State<Console>, headers: HeaderMap) -> Response {
-    if console.signed_in(&headers) {
+async fn home(
+    State(console): State<Console>,
+    caller: client::Caller,
+    headers: HeaderMap,
+) -> Response {
+    if console.signed_in(&headers, &caller) {
         Redirect::to("/console/orgs").into_response()
     } else {
         Redirect::to("/console/sign-in").into_response()

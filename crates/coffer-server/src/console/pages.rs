@@ -19,9 +19,9 @@ use secrecy::ExposeSecret;
 
 use super::chart::{BarChart, LineChart};
 use super::client::Signed;
-use super::data::{Filter, RANGES};
+use super::data::{Filter, PAGE_READINGS, RANGES};
 use super::policy::pretty_rules;
-use super::records::record_path;
+use super::records::console_link;
 use super::sessions::Session;
 
 /// What every signed-in page's header needs.
@@ -401,7 +401,8 @@ pub struct AuditLine {
 pub struct Audit {
     frame: Option<Frame>,
     org_id: i64,
-    report: AuditReport,
+    /// The chain's check (on the first page of a search only).
+    report: Option<AuditReport>,
     action: String,
     actor: String,
     q: String,
@@ -416,7 +417,7 @@ impl Audit {
     pub fn new(
         signed: &Signed,
         org: i64,
-        report: AuditReport,
+        report: Option<AuditReport>,
         action: &str,
         actor: &str,
         q: &str,
@@ -794,7 +795,7 @@ pub struct Readings {
     ranges: [u32; 4],
     chart: LineChart,
     rows: Vec<ReadingRow>,
-    /// More readings match than the page holds.
+    /// More readings match than the page holds (it holds the newest).
     more: bool,
     /// The CSV link's query.
     csv_query: String,
@@ -824,11 +825,10 @@ impl Readings {
             days: filter.days,
             ranges: RANGES,
             chart,
-            more: page.next_after.is_some(),
+            more: i64::try_from(page.readings.len()).unwrap_or(i64::MAX) >= PAGE_READINGS,
             rows: page
                 .readings
                 .iter()
-                .rev()
                 .take(TABLE_READINGS)
                 .map(|r| ReadingRow {
                     device: device_name(r.device_id),
@@ -950,7 +950,6 @@ impl Records {
         list: RecordList,
         next: Option<String>,
     ) -> Records {
-        let base = format!("/console/orgs/{org}");
         Records {
             frame: Some(Frame::of(signed, Some(org))),
             org_id: org,
@@ -962,7 +961,7 @@ impl Records {
                 .records
                 .into_iter()
                 .map(|r| RecordRow {
-                    href: record_path(&base, &r.app, &r.collection, &r.id),
+                    href: console_link(org, &r.app, &r.collection, &r.id, false),
                     app: r.app,
                     collection: r.collection,
                     id: r.id,
@@ -1025,15 +1024,7 @@ impl RecordPage {
             csrf: frame.csrf.clone(),
             frame: Some(frame),
             org_id: org,
-            action: format!(
-                "{}/resolve",
-                record_path(
-                    &format!("/console/orgs/{org}"),
-                    &s.app,
-                    &s.collection,
-                    &s.id
-                )
-            ),
+            action: console_link(org, &s.app, &s.collection, &s.id, true),
             app: s.app.clone(),
             collection: s.collection.clone(),
             id: s.id.clone(),

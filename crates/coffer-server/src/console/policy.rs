@@ -60,9 +60,13 @@ pub(super) async fn current(
     signed: Signed,
     Path(org): Path<i64>,
 ) -> Result<Response, ConsoleError> {
+    // One more than shown: the oldest shown is diffed against it.
     let history: PolicyHistory = signed
         .api
-        .get(&format!("/v1/orgs/{org}/policies?limit={HISTORY_SHOWN}"))
+        .get(&format!(
+            "/v1/orgs/{org}/policies?limit={}",
+            HISTORY_SHOWN + 1
+        ))
         .await?;
     let documents: Vec<(Document, i64, String)> = history
         .policies
@@ -75,8 +79,10 @@ pub(super) async fn current(
         .collect::<Result<_, _>>()?;
     // Each version against the one before it (the oldest shown against
     // nothing: its whole text).
+    let shown = usize::try_from(HISTORY_SHOWN).unwrap_or(usize::MAX);
     let pairs = documents
         .iter()
+        .take(shown)
         .enumerate()
         .map(|(i, (d, _, _))| {
             let before = documents
@@ -134,7 +140,7 @@ pub(super) async fn preview(
         .organizations
         .iter()
         .any(|m| m.id == org && (m.role == "owner" || m.role == "admin"));
-    if !manages && !me.operator {
+    if !manages {
         return Err(ConsoleError::refused(
             StatusCode::FORBIDDEN,
             "only the organization's owners and admins publish its policy",

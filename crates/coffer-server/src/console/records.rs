@@ -8,7 +8,7 @@ use coffer_protocol::sync::{
     RecordDetail, RecordList, RecordsQuery, ResolveRequest, Resolved, Revision,
 };
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::client::{csrf_forms, Change, ConsoleError, Signed};
 use super::pages;
@@ -16,26 +16,47 @@ use super::pages;
 /// Records one page lists.
 const PAGE_RECORDS: u32 = 200;
 
-/// What a path segment keeps as it is (RFC 3986's unreserved).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+/// What a path segment keeps as it is: letters, digits, `-`, `_`, `~`
+/// (not `.`: a segment `..` must never be read as one).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
 
-/// A path segment from a device-written name (an id may hold `/`, `?`…).
-pub(super) fn segment(text: &str) -> String {
-    utf8_percent_encode(text, SEGMENT).to_string()
-}
-
-/// The path of one record under `base`.
-pub(super) fn record_path(base: &str, app: &str, collection: &str, id: &str) -> String {
+/// The API's path of one record (ids are the devices' own: any bytes).
+pub(super) fn api_path(org: i64, app: &str, collection: &str, id: &str) -> String {
+    let segment = |text: &str| utf8_percent_encode(text, SEGMENT).to_string();
     format!(
-        "{base}/records/{}/{}/{}",
+        "/v1/orgs/{org}/records/{}/{}/{}",
         segment(app),
         segment(collection),
         segment(id)
     )
+}
+
+/// Which record a console page is about: in the query, not the path, so
+/// that no id (`..`, `a/b`, `%2e%2e`) can be rewritten by a browser's
+/// path normalization.
+#[derive(Debug, Deserialize, Serialize)]
+pub(super) struct RecordName {
+    app: String,
+    collection: String,
+    id: String,
+}
+
+/// The console's link to one record (`resolve`: its resolve form's).
+pub(super) fn console_link(
+    org: i64,
+    app: &str,
+    collection: &str,
+    id: &str,
+    resolve: bool,
+) -> String {
+    let query = serde_urlencoded::to_string(RecordName {
+        app: app.to_owned(),
+        collection: collection.to_owned(),
+        id: id.to_owned(),
+    })
+    .unwrap_or_default();
+    let page = if resolve { "record/resolve" } else { "record" };
+    format!("/console/orgs/{org}/{page}?{query}")
 }
 
 /// The list's filter, as its form sends it.
@@ -99,16 +120,12 @@ pub(super) async fn list(
 
 pub(super) async fn one(
     signed: Signed,
-    Path((org, app, collection, id)): Path<(i64, String, String, String)>,
+    Path(org): Path<i64>,
+    Query(name): Query<RecordName>,
 ) -> Result<Response, ConsoleError> {
     let detail: RecordDetail = signed
         .api
-        .get(&record_path(
-            &format!("/v1/orgs/{org}"),
-            &app,
-            &collection,
-            &id,
-        ))
+        .get(&api_path(org, &name.app, &name.collection, &name.id))
         .await?;
     Ok(pages::RecordPage::new(&signed, org, detail).into_response())
 }
@@ -173,18 +190,23 @@ impl ResolveForm {
 }
 
 pub(super) async fn resolve(
-    Path((org, app, collection, id)): Path<(i64, String, String, String)>,
+    Path(org): Path<i64>,
+    Query(name): Query<RecordName>,
     change: Change<ResolveForm>,
 ) -> Result<Response, ConsoleError> {
+    let RecordName {
+        app,
+        collection,
+        id,
+    } = name;
     let request = change
         .form
         .request(&id)
         .map_err(|problem| ConsoleError::refused(StatusCode::UNPROCESSABLE_ENTITY, problem))?;
-    let path = record_path(&format!("/v1/orgs/{org}"), &app, &collection, &id);
+    let path = api_path(org, &app, &collection, &id);
     let _: Resolved = change
         .api
         .send(Method::POST, &format!("{path}/resolve"), Some(&request))
         .await?;
-    let page = record_path(&format!("/console/orgs/{org}"), &app, &collection, &id);
-    Ok(Redirect::to(&page).into_response())
+    Ok(Redirect::to(&console_link(org, &app, &collection, &id, false)).into_response())
 }

@@ -24,18 +24,20 @@ pub const SECURE_COOKIE: &str = "__Host-coffer_console";
 pub const LOOPBACK_COOKIE: &str = "coffer_console";
 
 /// At most this many sessions at once; past it, expired ones are dropped
-/// and then sign-ins refused (a flood of logins cannot grow memory).
+/// and then the oldest (a flood of logins cannot grow memory).
 pub const MAX_SESSIONS: usize = 10_000;
 
 /// At most this many sessions per user: signing in once more ends that
-/// user's oldest, so one account cannot fill the table.
+/// user's oldest, so one account cannot sign everyone else out.
 pub const MAX_SESSIONS_PER_USER: usize = 8;
 
-/// The `Set-Cookie` values that end both cookies.
-pub const CLEAR_COOKIES: [&str; 2] = [
-    "__Host-coffer_console=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0",
-    "coffer_console=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0",
-];
+/// The `Set-Cookie` value that ends the `__Host-` cookie.
+pub const CLEAR_SECURE_COOKIE: &str =
+    "__Host-coffer_console=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0";
+
+/// The `Set-Cookie` value that ends the loopback cookie.
+pub const CLEAR_LOOPBACK_COOKIE: &str =
+    "coffer_console=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0";
 
 /// One signed-in browser.
 pub struct Session {
@@ -82,16 +84,23 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
+/// A new session: the cookie's value, and the API sessions of the
+/// sessions it pushed out, which the caller ends too.
+pub struct Opened {
+    /// The new cookie's value.
+    pub cookie: String,
+    /// The API tokens of the sessions signed out to make room.
+    pub evicted: Vec<WireSecret>,
+}
+
 impl Sessions {
     /// A new session of `user_id` for an API session that ends at
-    /// `expires_at` (Unix seconds): the cookie's value, and the session.
-    /// `None` when [`MAX_SESSIONS`] live sessions are open.
-    pub fn open(
-        &self,
-        api_token: WireSecret,
-        user_id: i64,
-        expires_at: i64,
-    ) -> Option<(String, Arc<Session>)> {
+    /// `expires_at` (Unix seconds). Room is made by dropping expired
+    /// sessions, then this user's oldest past [`MAX_SESSIONS_PER_USER`],
+    /// then the server's oldest past [`MAX_SESSIONS`]: a flood of sign-ins
+    /// cannot grow memory, nor lock anyone out. `None` only without
+    /// randomness.
+    pub fn open(&self, api_token: WireSecret, user_id: i64, expires_at: i64) -> Option<Opened> {
         let cookie = crate::api::new_token().ok()?;
         let csrf = crate::api::new_token().ok()?;
         let mut table = self.lock();
@@ -106,23 +115,33 @@ impl Sessions {
         let map = &mut table.by_cookie_hash;
         let now = crate::store::now_unix();
         map.retain(|_, s| s.expires_at > now);
-        let mut theirs: Vec<(u64, String)> = map
-            .iter()
-            .filter(|(_, s)| s.user_id == user_id)
-            .map(|(k, s)| (s.opened, k.clone()))
-            .collect();
-        if theirs.len() >= MAX_SESSIONS_PER_USER {
-            theirs.sort_unstable();
-            let excess = theirs.len() + 1 - MAX_SESSIONS_PER_USER;
-            for (_, key) in theirs.into_iter().take(excess) {
-                map.remove(&key);
-            }
-        }
-        if map.len() >= MAX_SESSIONS {
-            return None;
-        }
+        let mut evicted = Vec::new();
+        let mut oldest_first =
+            |map: &mut HashMap<String, Arc<Session>>, keep: usize, of_user: Option<i64>| {
+                let mut held: Vec<(u64, String)> = map
+                    .iter()
+                    .filter(|(_, s)| of_user.is_none_or(|u| s.user_id == u))
+                    .map(|(k, s)| (s.opened, k.clone()))
+                    .collect();
+                if held.len() >= keep {
+                    held.sort_unstable();
+                    let excess = held.len() + 1 - keep;
+                    for (_, key) in held.into_iter().take(excess) {
+                        if let Some(gone) = map.remove(&key) {
+                            evicted.push(WireSecret::new(
+                                secrecy::ExposeSecret::expose_secret(&gone.api_token).to_owned(),
+                            ));
+                        }
+                    }
+                }
+            };
+        oldest_first(map, MAX_SESSIONS_PER_USER, Some(user_id));
+        oldest_first(map, MAX_SESSIONS, None);
         map.insert(crate::api::token_hash(&cookie), Arc::clone(&session));
-        Some((cookie.to_string(), session))
+        Some(Opened {
+            cookie: cookie.to_string(),
+            evicted,
+        })
     }
 
     /// The live session a cookie names.
@@ -163,17 +182,25 @@ impl Sessions {
     }
 }
 
-/// The console cookie's value in a request: `None` when there is none, or
-/// more than one (another page of this host may have planted a second one,
-/// and a browser gives no way to tell which is ours).
-pub fn cookie_value(headers: &HeaderMap) -> Option<&str> {
+/// The console cookie's value in a request: the `__Host-` cookie where
+/// the console sets it (`secure`: over TLS or behind a proxy), the plain
+/// one only for a browser on loopback over plain HTTP; the other name is
+/// never read, so a cookie planted under it (by a sibling subdomain, or a
+/// server on another port of the same host) names nothing. `None` when
+/// there is none, or more than one (no way to tell which is ours).
+pub fn cookie_value(headers: &HeaderMap, secure: bool) -> Option<&str> {
+    let ours = if secure {
+        SECURE_COOKIE
+    } else {
+        LOOPBACK_COOKIE
+    };
     let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .filter(|(name, _)| *name == SECURE_COOKIE || *name == LOOPBACK_COOKIE)
+        .filter(|(name, _)| *name == ours)
         .map(|(_, value)| value);
     let first = found.next()?;
     found.next().is_none().then_some(first)
@@ -204,40 +231,69 @@ mod tests {
     fn one_user_cannot_hold_more_than_their_share() {
         let sessions = Sessions::default();
         let far = crate::store::now_unix() + 3600;
-        let (first, _) = sessions.open(token(0), 7, far).unwrap();
+        let first = sessions.open(token(0), 7, far).unwrap().cookie;
         let mut last = String::new();
-        for n in 1..=MAX_SESSIONS_PER_USER as u32 {
-            last = sessions.open(token(n), 7, far).unwrap().0;
+        for n in 1..MAX_SESSIONS_PER_USER as u32 {
+            let opened = sessions.open(token(n), 7, far).unwrap();
+            assert!(opened.evicted.is_empty());
+            last = opened.cookie;
         }
-        // The oldest went; the newest and another user's stay.
+        // The ninth pushes out the oldest, whose API session is handed back
+        // to be ended; the newest and another user's stay.
+        let ninth = sessions.open(token(50), 7, far).unwrap();
+        assert_eq!(ninth.evicted.len(), 1);
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&ninth.evicted[0]),
+            "api-token-0"
+        );
         assert!(sessions.get(&first).is_none());
         assert!(sessions.get(&last).is_some());
         assert_eq!(sessions.len(), MAX_SESSIONS_PER_USER);
-        let (other, _) = sessions.open(token(99), 8, far).unwrap();
+        let other = sessions.open(token(99), 8, far).unwrap().cookie;
         assert!(sessions.get(&other).is_some());
         assert_eq!(sessions.len(), MAX_SESSIONS_PER_USER + 1);
         // An expired session is never given out.
-        let (stale, _) = sessions.open(token(100), 9, 0).unwrap();
+        let stale = sessions.open(token(100), 9, 0).unwrap().cookie;
         assert!(sessions.get(&stale).is_none());
     }
 
     #[test]
-    fn two_console_cookies_name_no_session() {
+    fn a_full_table_signs_out_its_oldest_rather_than_refusing() {
+        let sessions = Sessions::default();
+        let far = crate::store::now_unix() + 3600;
+        let first = sessions.open(token(0), 0, far).unwrap().cookie;
+        for user in 1..MAX_SESSIONS as i64 {
+            sessions.open(token(1), user, far).unwrap();
+        }
+        assert_eq!(sessions.len(), MAX_SESSIONS);
+        let late = sessions.open(token(2), -1, far).unwrap();
+        assert_eq!(late.evicted.len(), 1);
+        assert!(sessions.get(&first).is_none());
+        assert!(sessions.get(&late.cookie).is_some());
+        assert_eq!(sessions.len(), MAX_SESSIONS);
+    }
+
+    #[test]
+    fn only_the_cookie_of_the_context_is_read_and_only_once() {
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, "a=1; coffer_console=x".parse().unwrap());
-        assert_eq!(cookie_value(&h), Some("x"));
+        assert_eq!(cookie_value(&h, false), Some("x"));
+        // Over TLS the plain cookie (which anyone on the host could plant)
+        // names nothing.
+        assert_eq!(cookie_value(&h, true), None);
         h.insert(
             header::COOKIE,
             "__Host-coffer_console=y; coffer_console=x".parse().unwrap(),
         );
-        assert_eq!(cookie_value(&h), None);
+        assert_eq!(cookie_value(&h, true), Some("y"));
+        assert_eq!(cookie_value(&h, false), Some("x"));
         h.insert(
             header::COOKIE,
             "coffer_console=y; coffer_console=x".parse().unwrap(),
         );
-        assert_eq!(cookie_value(&h), None);
+        assert_eq!(cookie_value(&h, false), None);
         h.remove(header::COOKIE);
-        assert_eq!(cookie_value(&h), None);
+        assert_eq!(cookie_value(&h, false), None);
         assert!(set_cookie("v", true).starts_with("__Host-coffer_console=v; Path=/; Secure"));
         assert!(!set_cookie("v", false).contains("Secure"));
     }

@@ -217,6 +217,19 @@ pub struct ReadingQuery {
     pub after: i64,
     /// At most this many rows.
     pub limit: i64,
+    /// The newest rows first (by id) instead of the oldest.
+    pub newest: bool,
+}
+
+impl ReadingQuery {
+    /// The SQL order of the rows.
+    pub(in crate::store) fn order(&self) -> &'static str {
+        if self.newest {
+            "id DESC"
+        } else {
+            "id"
+        }
+    }
 }
 
 impl Store {

@@ -296,14 +296,26 @@ pub enum UsageKey {
     User,
     /// Per device.
     Device,
+    /// Per hour (UTC), keyed by the hour's first second.
+    Hour,
+    /// Per day (UTC), keyed by its first second.
+    Day,
+    /// Per seven days from the Unix epoch (a Thursday), keyed by the first
+    /// second.
+    Week,
 }
 
 impl UsageKey {
+    /// The SQL expression rows are grouped by (the same on both backends:
+    /// integer division of a 64-bit integer).
     fn column(self) -> &'static str {
         match self {
             UsageKey::Organization => "org_id",
             UsageKey::User => "user_id",
             UsageKey::Device => "device_id",
+            UsageKey::Hour => "(at / 3600) * 3600",
+            UsageKey::Day => "(at / 86400) * 86400",
+            UsageKey::Week => "(at / 604800) * 604800",
         }
     }
 }

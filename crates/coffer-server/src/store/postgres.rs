@@ -59,6 +59,10 @@ pub(super) const MIGRATIONS: Migrations = &[
     (12, include_str!("../../migrations/postgres/0012_sync.sql")),
     (13, include_str!("../../migrations/postgres/0013_files.sql")),
     (14, include_str!("../../migrations/postgres/0014_mqtt.sql")),
+    (
+        15,
+        include_str!("../../migrations/postgres/0015_audit_search.sql"),
+    ),
 ];
 
 /// Serializes audit appends across server processes: one chain, one order.
@@ -473,7 +477,7 @@ impl PostgresStore {
                  FROM audit_events
                  WHERE org_id = $1 AND ($2::text IS NULL OR action = $2)
                    AND ($3::text IS NULL OR actor = $3)
-                   AND ($4::text IS NULL OR details LIKE $4 ESCAPE '\\') AND id < $5
+                   AND ($4::text IS NULL OR lower(details) LIKE lower($4) ESCAPE '\\') AND id < $5
                  ORDER BY id DESC LIMIT $6"
                 ),
                 &[

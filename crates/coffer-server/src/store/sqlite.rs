@@ -48,6 +48,10 @@ pub(super) const MIGRATIONS: Migrations = &[
     (12, include_str!("../../migrations/sqlite/0012_sync.sql")),
     (13, include_str!("../../migrations/sqlite/0013_files.sql")),
     (14, include_str!("../../migrations/sqlite/0014_mqtt.sql")),
+    (
+        15,
+        include_str!("../../migrations/sqlite/0015_audit_search.sql"),
+    ),
 ];
 
 /// A row of [`DEVICE_COLUMNS`].
@@ -513,7 +517,7 @@ impl SqliteStore {
                     "SELECT {AUDIT_COLUMNS}
                      FROM audit_events
                      WHERE org_id = ?1 AND (?2 IS NULL OR action = ?2) AND (?3 IS NULL OR actor = ?3)
-                       AND (?4 IS NULL OR details LIKE ?4 ESCAPE '\\') AND id < ?5
+                       AND (?4 IS NULL OR lower(details) LIKE lower(?4) ESCAPE '\\') AND id < ?5
                      ORDER BY id DESC LIMIT ?6"
                 ),
                 )

@@ -627,13 +627,16 @@ impl PostgresStore {
         let client = self.client(op).await?;
         let rows = client
             .query(
-                "SELECT id, device_id, at, name, value, received_at FROM readings
+                &format!(
+                    "SELECT id, device_id, at, name, value, received_at FROM readings
                  WHERE org_id = $1 AND id > $2
                    AND ($3::BIGINT IS NULL OR device_id = $3)
                    AND ($4::BIGINT IS NULL OR at >= $4)
                    AND ($5::BIGINT IS NULL OR at < $5)
                    AND ($6::TEXT IS NULL OR name = $6)
-                 ORDER BY id LIMIT $7",
+                 ORDER BY {} LIMIT $7",
+                    q.order()
+                ),
                 &[
                     &org_id,
                     &q.after,

@@ -642,15 +642,16 @@ impl SqliteStore {
         self.with(op, move |conn| {
             let e = db_error(op);
             let mut stmt = conn
-                .prepare(
+                .prepare(&format!(
                     "SELECT id, device_id, at, name, value, received_at FROM readings
                      WHERE org_id = ?1 AND id > ?2
                        AND (?3 IS NULL OR device_id = ?3)
                        AND (?4 IS NULL OR at >= ?4)
                        AND (?5 IS NULL OR at < ?5)
                        AND (?6 IS NULL OR name = ?6)
-                     ORDER BY id LIMIT ?7",
-                )
+                     ORDER BY {} LIMIT ?7",
+                    q.order()
+                ))
                 .map_err(|x| e(&x))?;
             let rows = stmt
                 .query_map(
