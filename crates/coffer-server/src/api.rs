@@ -1462,9 +1462,10 @@ async fn list_devices(
             format!("limit must be 1 to {MAX_DEVICE_PAGE}"),
         ));
     }
-    let mut devices = device_summaries(&state, org_id).await?;
     let after = q.after.unwrap_or(i64::MIN);
-    devices.retain(|d| d.id > after);
+    // One more than asked: whether there is a next page.
+    let limit = q.limit.map_or(i64::MAX, |l| l + 1);
+    let mut devices = device_summaries(&state, org_id, after, limit).await?;
     let mut next_after = None;
     if let Some(limit) = q.limit.and_then(|l| usize::try_from(l).ok()) {
         if devices.len() > limit {
@@ -1486,7 +1487,7 @@ async fn show_device(
     who: Principal,
 ) -> Result<Json<DeviceSummary>, ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
-    device_summaries(&state, org_id)
+    device_summaries(&state, org_id, device_id.saturating_sub(1), 1)
         .await?
         .into_iter()
         .find(|d| d.id == device_id)
@@ -1494,12 +1495,18 @@ async fn show_device(
         .ok_or_else(not_found_here)
 }
 
-/// Every device of an organization with its activity, by id.
-async fn device_summaries(state: &AppState, org_id: i64) -> Result<Vec<DeviceSummary>, ApiError> {
-    let devices = state.store.devices(org_id).await?;
+/// An organization's devices with ids above `after`, at most `limit`, with
+/// their activity, by id.
+async fn device_summaries(
+    state: &AppState,
+    org_id: i64,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<DeviceSummary>, ApiError> {
+    let devices = state.store.devices(org_id, after, limit).await?;
     let activity: std::collections::HashMap<i64, _> = state
         .store
-        .device_activity(org_id)
+        .device_activity(org_id, after, limit)
         .await?
         .into_iter()
         .map(|a| (a.device_id, a))

@@ -373,9 +373,15 @@ impl Store {
         dispatch!(self, s => s.check_in(device_id, address).await)
     }
 
-    /// The activity of every device of an organization.
-    pub async fn device_activity(&self, org_id: i64) -> Result<Vec<DeviceActivity>, StoreError> {
-        dispatch!(self, s => s.device_activity(org_id).await)
+    /// The activity of an organization's devices with ids above `after`,
+    /// by id, at most `limit` (the same page as [`Store::devices`]).
+    pub async fn device_activity(
+        &self,
+        org_id: i64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<DeviceActivity>, StoreError> {
+        dispatch!(self, s => s.device_activity(org_id, after, limit).await)
     }
 
     /// Stores a batch once: a retry (same id, same digest) stores nothing.

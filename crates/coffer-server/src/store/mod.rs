@@ -507,9 +507,15 @@ impl Store {
         dispatch!(self, s => s.rotate_device_token(device_id, old_hash, new_hash).await)
     }
 
-    /// The devices of an organization.
-    pub async fn devices(&self, org_id: i64) -> Result<Vec<DeviceRecord>, StoreError> {
-        dispatch!(self, s => s.devices(org_id).await)
+    /// The devices of an organization with ids above `after`, by id, at
+    /// most `limit`.
+    pub async fn devices(
+        &self,
+        org_id: i64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        dispatch!(self, s => s.devices(org_id, after, limit).await)
     }
 
     /// Revokes a device of `org_id` (again: a no-op) and deletes its escrow

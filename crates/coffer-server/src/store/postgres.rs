@@ -624,15 +624,21 @@ impl PostgresStore {
             .map_err(pg(op))
     }
 
-    pub(super) async fn devices(&self, org_id: i64) -> Result<Vec<DeviceRecord>, StoreError> {
+    pub(super) async fn devices(
+        &self,
+        org_id: i64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
         let op = "listing devices";
         let client = self.client(op).await?;
         let rows = client
             .query(
                 &format!(
-                    "SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.org_id = $1 ORDER BY d.id"
+                    "SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.org_id = $1 AND d.id > $2
+                     ORDER BY d.id LIMIT $3"
                 ),
-                &[&org_id],
+                &[&org_id, &after, &limit],
             )
             .await
             .map_err(pg(op))?;

@@ -686,15 +686,23 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn devices(&self, org_id: i64) -> Result<Vec<DeviceRecord>, StoreError> {
+    pub(super) async fn devices(
+        &self,
+        org_id: i64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
         self.with("listing devices", move |conn| {
             let e = db_error("listing devices");
             let mut stmt = conn
                 .prepare(&format!(
-                    "SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.org_id = ?1 ORDER BY d.id"
+                    "SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.org_id = ?1 AND d.id > ?2
+                     ORDER BY d.id LIMIT ?3"
                 ))
                 .map_err(|x| e(&x))?;
-            let rows = stmt.query_map([org_id], device_record).map_err(|x| e(&x))?;
+            let rows = stmt
+                .query_map([org_id, after, limit], device_record)
+                .map_err(|x| e(&x))?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(|x| e(&x))
         })

@@ -516,6 +516,8 @@ impl PostgresStore {
     pub(in crate::store) async fn device_activity(
         &self,
         org_id: i64,
+        after: i64,
+        limit: i64,
     ) -> Result<Vec<DeviceActivity>, StoreError> {
         let op = "reading device activity";
         let client = self.client(op).await?;
@@ -525,8 +527,8 @@ impl PostgresStore {
                         EXISTS (SELECT 1 FROM escrow_keys k WHERE k.device_id = d.id),
                         (SELECT count(*) FROM wipe_orders w WHERE w.device_id = d.id
                          AND w.acknowledged_at IS NULL AND w.cancelled_at IS NULL)
-                 FROM devices d WHERE d.org_id = $1 ORDER BY d.id",
-                &[&org_id],
+                 FROM devices d WHERE d.org_id = $1 AND d.id > $2 ORDER BY d.id LIMIT $3",
+                &[&org_id, &after, &limit],
             )
             .await
             .map_err(pg(op))?;

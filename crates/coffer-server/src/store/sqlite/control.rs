@@ -543,6 +543,8 @@ impl SqliteStore {
     pub(in crate::store) async fn device_activity(
         &self,
         org_id: i64,
+        after: i64,
+        limit: i64,
     ) -> Result<Vec<DeviceActivity>, StoreError> {
         let op = "reading device activity";
         self.with(op, move |conn| {
@@ -553,11 +555,11 @@ impl SqliteStore {
                             EXISTS (SELECT 1 FROM escrow_keys k WHERE k.device_id = d.id),
                             (SELECT count(*) FROM wipe_orders w WHERE w.device_id = d.id
                              AND w.acknowledged_at IS NULL AND w.cancelled_at IS NULL)
-                     FROM devices d WHERE d.org_id = ?1 ORDER BY d.id",
+                     FROM devices d WHERE d.org_id = ?1 AND d.id > ?2 ORDER BY d.id LIMIT ?3",
                 )
                 .map_err(|x| e(&x))?;
             let rows = stmt
-                .query_map([org_id], |r| {
+                .query_map([org_id, after, limit], |r| {
                     Ok(DeviceActivity {
                         device_id: r.get(0)?,
                         last_seen_at: r.get(1)?,
