@@ -377,9 +377,47 @@ impl Browser {
         panic!("chromedriver did not start: {last:?}");
     }
 
+    /// A screenshot of the page at desktop and at phone width, after
+    /// checking what every page must be: each control labelled (for the
+    /// keyboard and screen readers), and nothing wider than a phone.
     async fn shot(&self, name: &str) {
+        let unlabelled = self
+            .client
+            .execute(
+                "return [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
+                   .filter(e => e.tagName === 'BUTTON'
+                       ? !(e.textContent.trim() || e.getAttribute('aria-label'))
+                       : !(e.labels.length || e.getAttribute('aria-label')))
+                   .map(e => e.outerHTML.slice(0, 120))",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            unlabelled,
+            serde_json::json!([]),
+            "{name}: controls without a label"
+        );
         let png = self.client.screenshot().await.unwrap();
         std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
+        self.client.set_window_size(390, 844).await.unwrap();
+        let (scroll, client) = (
+            self.client
+                .execute("return document.documentElement.scrollWidth", vec![])
+                .await
+                .unwrap(),
+            self.client
+                .execute("return document.documentElement.clientWidth", vec![])
+                .await
+                .unwrap(),
+        );
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(self.shots.join(format!("{name}-phone.png")), png).unwrap();
+        self.client.set_window_size(1100, 900).await.unwrap();
+        assert!(
+            scroll.as_i64().unwrap() <= client.as_i64().unwrap(),
+            "{name}: {scroll} px wide on a {client} px phone screen"
+        );
     }
 
     /// The element `css` names, once it is there (up to 15 s): a click
@@ -1718,7 +1756,28 @@ async fn console_over_tls_in_chromium() {
 
     let browser = Browser::start_with(&["--ignore-certificate-errors"]).await;
     let c = &browser.client;
-    browser.sign_in(&server, "alice").await;
+    // Signed in with the keyboard alone: the user field has the focus,
+    // Tab reaches the password, Enter sends the form.
+    c.goto(&server.url("/console")).await.unwrap();
+    browser.element("#user").await;
+    let focused = c
+        .execute("return document.activeElement.id", vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        focused,
+        Value::String("user".into()),
+        "the first field has the focus"
+    );
+    let tab = char::from(fantoccini::key::Key::Tab);
+    let enter = char::from(fantoccini::key::Key::Enter);
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys(&format!("alice{tab}correct horse battery{enter}"))
+        .await
+        .unwrap();
+    browser.wait_until_away_from("/console/sign-in").await;
     assert!(c
         .current_url()
         .await
