@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use coffer_protocol::admin::{
     AddUser, AuditReport, CreateOrganization, Csv, DeviceList, EnrollmentCode, MeAnswer,
-    NewEnrollmentCode, OperatorList, OrderWipe, OrganizationCreated, OrganizationList,
+    MemberList, NewEnrollmentCode, OperatorList, OrderWipe, OrganizationCreated, OrganizationList,
     OrganizationSummary, ReadingsQuery, SetRole, Setup, SetupAnswer, UsageQuery, UsageReport,
     UserAdded, WipeOrdered, WipeOrders,
 };
@@ -211,6 +211,11 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
                 .send(),
             )?;
             json!({})
+        }
+        AdminCommand::Users { org } => {
+            let members: MemberList =
+                answer(authed(reqwest::Method::GET, &format!("/v1/orgs/{org}/users"))?.send())?;
+            shown(&members)?
         }
         AdminCommand::RemoveUser { org, user_id } => {
             let NoContent = answer(

@@ -859,6 +859,12 @@ pub enum AdminCommand {
     Logout,
     /// Who you are, and your organizations and roles
     Me,
+    /// An organization's users, by name: id, role, whether disabled
+    Users {
+        /// The organization's id
+        #[arg(long)]
+        org: i64,
+    },
     /// Add a user to an organization (the initial password from
     /// COFFER_NEW_PASSPHRASE or a prompt)
     AddUser {

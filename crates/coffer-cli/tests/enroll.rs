@@ -321,6 +321,9 @@ fn end_to_end(dir: tempfile::TempDir, url: &str) {
         .unwrap()
         .to_string();
     ok(admin(&["login", "--user", "alice"]));
+    let users = ok(admin(&["users", "--org", &org]));
+    assert_eq!(users["members"][0]["name"], "alice");
+    assert_eq!(users["members"][0]["role"], "owner");
     let code = ok(admin(&["enroll-code", "--org", &org]))["code"]
         .as_str()
         .unwrap()
