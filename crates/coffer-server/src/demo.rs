@@ -74,6 +74,7 @@ impl Seeder {
                 body,
                 headers: &[],
                 extensions,
+                max_answer: local::MAX_LOCAL_ANSWER,
             },
         )
         .await

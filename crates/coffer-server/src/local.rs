@@ -26,6 +26,8 @@ pub struct LocalRequest<'a> {
     pub headers: &'a [(HeaderName, HeaderValue)],
     /// Request extensions the router reads (the client's address).
     pub extensions: axum::http::Extensions,
+    /// The longest answer read (usually [`MAX_LOCAL_ANSWER`]).
+    pub max_answer: usize,
 }
 
 /// Why an in-process call has no answer to read.
@@ -34,7 +36,7 @@ pub enum LocalError {
     /// The request could not be built (a path that is not a URI).
     #[error("the request could not be built")]
     Request,
-    /// The answer was longer than [`MAX_LOCAL_ANSWER`] or cut off.
+    /// The answer was longer than the request's `max_answer`, or cut off.
     #[error("the answer could not be read")]
     Answer,
 }
@@ -61,10 +63,11 @@ pub async fn call(
     }
     .map_err(|_| LocalError::Request)?;
     built.extensions_mut().extend(request.extensions);
+    let request_max = request.max_answer;
     // The router's error type is Infallible.
     let Ok(response) = api.clone().oneshot(built).await;
     let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), MAX_LOCAL_ANSWER)
+    let bytes = axum::body::to_bytes(response.into_body(), request_max)
         .await
         .map_err(|_| LocalError::Answer)?;
     Ok((status, bytes))

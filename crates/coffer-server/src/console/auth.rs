@@ -67,8 +67,12 @@ pub(super) async fn sign_in(
             return e.into_response();
         }
     };
-    let Some(opened) = opened else {
-        return ConsoleError::internal().into_response();
+    let opened = match opened {
+        Ok(opened) => opened,
+        Err(token) => {
+            log_out(&console, &caller, &token).await;
+            return ConsoleError::internal().into_response();
+        }
     };
     // Sessions pushed out to make room are signed out of the API too.
     for token in &opened.evicted {

@@ -135,6 +135,27 @@ impl Console {
         token: Option<&WireSecret>,
         body: Option<Vec<u8>>,
     ) -> Result<T, ConsoleError> {
+        self.call_bounded(
+            caller,
+            method,
+            path,
+            token,
+            body,
+            crate::local::MAX_LOCAL_ANSWER,
+        )
+        .await
+    }
+
+    /// [`Console::call`], reading at most `max_answer` bytes of the answer.
+    async fn call_bounded<T: Answer>(
+        &self,
+        caller: &Caller,
+        method: Method,
+        path: &str,
+        token: Option<&WireSecret>,
+        body: Option<Vec<u8>>,
+        max_answer: usize,
+    ) -> Result<T, ConsoleError> {
         let mut extensions = axum::http::Extensions::new();
         if let Some(peer) = caller.peer {
             extensions.insert(peer);
@@ -148,6 +169,7 @@ impl Console {
                 body: body.map(|b| (b, "application/json")),
                 headers: &caller.forwarded,
                 extensions,
+                max_answer,
             },
         )
         .await
@@ -208,6 +230,25 @@ impl Api {
                 path,
                 Some(self.session.api_token()),
                 None,
+            )
+            .await
+    }
+
+    /// `GET path`, decoded as `T`, reading an answer of up to `max_answer`
+    /// bytes (an export's larger pages).
+    pub(super) async fn get_large<T: Answer>(
+        &self,
+        path: &str,
+        max_answer: usize,
+    ) -> Result<T, ConsoleError> {
+        self.console
+            .call_bounded(
+                &self.caller,
+                Method::GET,
+                path,
+                Some(self.session.api_token()),
+                None,
+                max_answer,
             )
             .await
     }

@@ -21,7 +21,7 @@ use super::pages::{self, When};
 /// Readings one page shows (and charts): the newest of the filter. A
 /// reading is at most about 4.4 KB as JSON, so a page stays under what the
 /// console reads of one API answer ([`crate::local::MAX_LOCAL_ANSWER`]).
-pub(super) const PAGE_READINGS: i64 = 900;
+const PAGE_READINGS: i64 = 900;
 
 /// The ranges the pages offer, in days.
 pub(super) const RANGES: [u32; 4] = [1, 7, 30, 365];
@@ -87,26 +87,51 @@ fn with_query(path: &str, query: &impl Serialize) -> Result<String, ConsoleError
     Ok(format!("{path}?{query}"))
 }
 
-/// A page of the filter's readings: from `after`, or the newest.
+/// Readings an export asks for at once: fewer pages, so fewer
+/// `data_queried` audit rows (one per API query), in answers of up to
+/// [`MAX_EXPORT_ANSWER`].
+const EXPORT_READINGS: i64 = 5_000;
+
+/// The largest export page read: 5,000 readings of at most about 4.4 KB.
+const MAX_EXPORT_ANSWER: usize = 24 * 1024 * 1024;
+
+/// Which readings a page asks the API for.
+#[derive(Clone, Copy)]
+enum Page {
+    /// The newest `n`, newest first.
+    Newest(i64),
+    /// Up to `n` from the oldest with an id above `after`.
+    After(i64, i64),
+}
+
+/// A page of the filter's readings taken at or after `from`.
 async fn readings_page(
     api: &Api,
     org: i64,
     filter: &Filter,
-    after: i64,
-    newest: bool,
+    from: i64,
+    page: Page,
 ) -> Result<ReadingsPage, ConsoleError> {
+    let (after, limit, newest) = match page {
+        Page::Newest(n) => (0, n, Some(true)),
+        Page::After(after, n) => (after, n, None),
+    };
     let query = ReadingsQuery {
         device: filter.device,
-        from: Some(since(filter.days)),
+        from: Some(from),
         to: None,
         name: filter.name.clone(),
         after,
-        limit: Some(PAGE_READINGS),
-        newest: newest.then_some(true),
+        limit: Some(limit),
+        newest,
         format: None,
     };
-    api.get(&with_query(&format!("/v1/orgs/{org}/data"), &query)?)
-        .await
+    let path = with_query(&format!("/v1/orgs/{org}/data"), &query)?;
+    if limit > PAGE_READINGS {
+        api.get_large(&path, MAX_EXPORT_ANSWER).await
+    } else {
+        api.get(&path).await
+    }
 }
 
 /// Numeric readings as series by name, for the chart.
@@ -133,9 +158,20 @@ pub(super) async fn readings(
 ) -> Result<Response, ConsoleError> {
     let filter = form.check()?;
     let devices = all_devices(&signed.api, org).await?;
-    let page = readings_page(&signed.api, org, &filter, 0, true).await?;
+    // One more than shown: whether there are older ones.
+    let mut page = readings_page(
+        &signed.api,
+        org,
+        &filter,
+        since(filter.days),
+        Page::Newest(PAGE_READINGS + 1),
+    )
+    .await?;
+    let shown = usize::try_from(PAGE_READINGS).unwrap_or(usize::MAX);
+    let more = page.readings.len() > shown;
+    page.readings.truncate(shown);
     let chart = LineChart::new(series(&page.readings), |t| When::of_unix(t).text);
-    Ok(pages::Readings::new(&signed, org, &filter, devices, page, chart).into_response())
+    Ok(pages::Readings::new(&signed, org, &filter, devices, page, more, chart).into_response())
 }
 
 /// A CSV file the browser saves.
@@ -154,7 +190,9 @@ fn csv_download(name: &str, body: Body) -> Response {
 }
 
 /// Every reading of the filter as CSV, streamed a page of the API's at a
-/// time (memory stays one page, however many match). The first page is
+/// time (memory stays one page, however many match). The export is of the
+/// readings stored when it starts: its range and the newest id are fixed
+/// then, so devices sending more cannot keep it going. The first page is
 /// read before the answer starts, so a refusal is still a page with its
 /// status; a failure later cuts the download short (the browser shows it
 /// as failed, not as a shorter file that looks whole).
@@ -164,14 +202,26 @@ pub(super) async fn readings_csv(
     Query(form): Query<ReadingsFilter>,
 ) -> Result<Response, ConsoleError> {
     let filter = form.check()?;
-    let first = readings_page(&signed.api, org, &filter, 0, false).await?;
+    let from = since(filter.days);
+    let newest = readings_page(&signed.api, org, &filter, from, Page::Newest(1)).await?;
+    let last_id = newest.readings.first().map_or(0, |r| r.id);
+    let first = readings_page(
+        &signed.api,
+        org,
+        &filter,
+        from,
+        Page::After(0, EXPORT_READINGS),
+    )
+    .await?;
     let header = stream::once(async { Ok::<_, std::io::Error>(Bytes::from(to_csv(&[]))) });
     let api = signed.api;
     let pages = stream::unfold(Some(first), move |page| {
         let api = api.clone();
         let filter = filter.clone();
         async move {
-            let page = page?;
+            let mut page = page?;
+            let past_end = page.readings.iter().any(|r| r.id > last_id);
+            page.readings.retain(|r| r.id <= last_id);
             let rows = to_csv(&page.readings);
             // Without the header row `to_csv` writes first.
             let body = rows
@@ -179,18 +229,28 @@ pub(super) async fn readings_csv(
                 .map_or("", |(_, rest)| rest)
                 .to_owned();
             let next = match page.next_after {
-                None => None,
-                Some(after) => match readings_page(&api, org, &filter, after, false).await {
-                    Ok(next) => Some(Some(next)),
-                    Err(_) => {
-                        return Some((
-                            Err(std::io::Error::other("a page of the export failed")),
-                            None,
-                        ))
+                Some(after) if !past_end && after < last_id => {
+                    match readings_page(
+                        &api,
+                        org,
+                        &filter,
+                        from,
+                        Page::After(after, EXPORT_READINGS),
+                    )
+                    .await
+                    {
+                        Ok(next) => Some(next),
+                        Err(_) => {
+                            return Some((
+                                Err(std::io::Error::other("a page of the export failed")),
+                                None,
+                            ))
+                        }
                     }
-                },
+                }
+                _ => None,
             };
-            Some((Ok(Bytes::from(body)), next.flatten()))
+            Some((Ok(Bytes::from(body)), next))
         }
     });
     Ok(csv_download(

@@ -19,7 +19,7 @@ use secrecy::ExposeSecret;
 
 use super::chart::{BarChart, LineChart};
 use super::client::Signed;
-use super::data::{Filter, PAGE_READINGS, RANGES};
+use super::data::{Filter, RANGES};
 use super::policy::pretty_rules;
 use super::records::console_link;
 use super::sessions::Session;
@@ -812,6 +812,7 @@ impl Readings {
         filter: &Filter,
         devices: Vec<DeviceSummary>,
         page: ReadingsPage,
+        more: bool,
         chart: LineChart,
     ) -> Readings {
         let names: BTreeMap<i64, String> = devices.iter().map(|d| (d.id, d.name.clone())).collect();
@@ -825,7 +826,7 @@ impl Readings {
             days: filter.days,
             ranges: RANGES,
             chart,
-            more: i64::try_from(page.readings.len()).unwrap_or(i64::MAX) >= PAGE_READINGS,
+            more,
             rows: page
                 .readings
                 .iter()

@@ -98,11 +98,17 @@ impl Sessions {
     /// `expires_at` (Unix seconds). Room is made by dropping expired
     /// sessions, then this user's oldest past [`MAX_SESSIONS_PER_USER`],
     /// then the server's oldest past [`MAX_SESSIONS`]: a flood of sign-ins
-    /// cannot grow memory, nor lock anyone out. `None` only without
-    /// randomness.
-    pub fn open(&self, api_token: WireSecret, user_id: i64, expires_at: i64) -> Option<Opened> {
-        let cookie = crate::api::new_token().ok()?;
-        let csrf = crate::api::new_token().ok()?;
+    /// cannot grow memory, nor lock anyone out. Without randomness the
+    /// API token is handed back, to be ended.
+    pub fn open(
+        &self,
+        api_token: WireSecret,
+        user_id: i64,
+        expires_at: i64,
+    ) -> Result<Opened, WireSecret> {
+        let (Ok(cookie), Ok(csrf)) = (crate::api::new_token(), crate::api::new_token()) else {
+            return Err(api_token);
+        };
         let mut table = self.lock();
         table.opened += 1;
         let session = Arc::new(Session {
@@ -118,6 +124,10 @@ impl Sessions {
         let mut evicted = Vec::new();
         let mut oldest_first =
             |map: &mut HashMap<String, Arc<Session>>, keep: usize, of_user: Option<i64>| {
+                if map.len() < keep {
+                    // Neither the table nor one user's share can be full.
+                    return;
+                }
                 let mut held: Vec<(u64, String)> = map
                     .iter()
                     .filter(|(_, s)| of_user.is_none_or(|u| s.user_id == u))
@@ -138,7 +148,7 @@ impl Sessions {
         oldest_first(map, MAX_SESSIONS_PER_USER, Some(user_id));
         oldest_first(map, MAX_SESSIONS, None);
         map.insert(crate::api::token_hash(&cookie), Arc::clone(&session));
-        Some(Opened {
+        Ok(Opened {
             cookie: cookie.to_string(),
             evicted,
         })
