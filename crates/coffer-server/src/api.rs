@@ -384,6 +384,20 @@ fn what_serde_refused(serde_text: &str) -> String {
     "the fields are not the ones this endpoint takes (docs/server.md)".to_owned()
 }
 
+/// A query string refused: `400 invalid_query` with `message`.
+pub(crate) fn bad_query(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery, message)
+}
+
+/// A query string that does not parse as the endpoint's: what serde
+/// refused, in bounded words of the server's own.
+pub(crate) fn query_refused(e: &axum::extract::rejection::QueryRejection) -> ApiError {
+    bad_query(format!(
+        "bad query parameters: {}",
+        what_serde_refused(&e.body_text())
+    ))
+}
+
 /// The answer to a path served with another method: a typed error like
 /// every other (the router's own 405 has an empty body).
 async fn method_not_allowed() -> ApiError {
@@ -1013,17 +1027,10 @@ async fn org_audit_events(
     query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AuditEvents>, ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
-    let bad =
-        |message: String| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery, message);
-    let axum::extract::Query(q) = query.map_err(|e| {
-        bad(format!(
-            "bad query parameters: {}",
-            what_serde_refused(&e.body_text())
-        ))
-    })?;
+    let axum::extract::Query(q) = query.map_err(|e| query_refused(&e))?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
-        return Err(bad(format!("limit must be 1 to {MAX_AUDIT_PAGE}")));
+        return Err(bad_query(format!("limit must be 1 to {MAX_AUDIT_PAGE}")));
     }
     let given = |v: Option<String>| v.filter(|v| !v.is_empty());
     let (action, actor, text) = (given(q.action), given(q.actor), given(q.q));
@@ -1031,7 +1038,9 @@ async fn org_audit_events(
         .iter()
         .any(|v| v.as_ref().is_some_and(|v| v.len() > 128))
     {
-        return Err(bad("action, actor and q are at most 128 bytes".to_owned()));
+        return Err(bad_query(
+            "action, actor and q are at most 128 bytes".to_owned(),
+        ));
     }
     let rows = state
         .store
@@ -1445,16 +1454,7 @@ async fn list_devices(
     query: Result<axum::extract::Query<DeviceListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<DeviceList>, ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
-    let axum::extract::Query(q) = query.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidQuery,
-            format!(
-                "bad query parameters: {}",
-                what_serde_refused(&e.body_text())
-            ),
-        )
-    })?;
+    let axum::extract::Query(q) = query.map_err(|e| query_refused(&e))?;
     if q.limit.is_some_and(|l| !(1..=MAX_DEVICE_PAGE).contains(&l)) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -2004,16 +2004,7 @@ async fn usage(
     query: Result<axum::extract::Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
-    let axum::extract::Query(q) = query.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidQuery,
-            format!(
-                "bad query parameters: {}",
-                what_serde_refused(&e.body_text())
-            ),
-        )
-    })?;
+    let axum::extract::Query(q) = query.map_err(|e| query_refused(&e))?;
     let by = match q.by.as_deref().unwrap_or("org") {
         "org" => crate::store::UsageKey::Organization,
         "user" => crate::store::UsageKey::User,

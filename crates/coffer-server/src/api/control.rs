@@ -231,16 +231,7 @@ async fn policy_history(
     query: Result<Query<PolicyHistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<PolicyHistory>, ApiError> {
     require_role(&state, &who, org_id, ANY_MEMBER).await?;
-    let Query(query) = query.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidQuery,
-            format!(
-                "bad query parameters: {}",
-                super::what_serde_refused(&e.body_text())
-            ),
-        )
-    })?;
+    let Query(query) = query.map_err(|e| super::query_refused(&e))?;
     let limit = query.limit.unwrap_or(20);
     if !(1..=MAX_POLICY_HISTORY).contains(&limit) {
         return Err(ApiError::new(

@@ -123,16 +123,7 @@ async fn query(
     params: Result<Query<ReadingsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     require_role(&state, &who, org_id, &["owner", "admin", "auditor"]).await?;
-    let Query(q) = params.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidQuery,
-            format!(
-                "bad query parameters: {}",
-                super::what_serde_refused(&e.body_text())
-            ),
-        )
-    })?;
+    let Query(q) = params.map_err(|e| super::query_refused(&e))?;
     let limit = q.limit.unwrap_or(1000);
     if !(1..=MAX_QUERY_ROWS).contains(&limit) {
         return Err(ApiError::new(

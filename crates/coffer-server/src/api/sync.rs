@@ -25,7 +25,10 @@ use coffer_protocol::{Endpoint, ErrorCode};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{record, require_role, ApiError, AppState, DevicePrincipal, Ids, Principal};
+use super::{
+    bad_query, query_refused, record, require_role, ApiError, AppState, DevicePrincipal, Ids,
+    Principal,
+};
 use crate::record_seal::{DataKey, RecordContent, RecordPlace};
 use crate::store::{
     decode_after, encode_after, BindStored, NewPush, PullPage, PushStored, RecordFilter,
@@ -72,17 +75,6 @@ pub(super) fn sealing_failed(e: crate::keys::KeyError) -> ApiError {
     // The cause goes to the log (it never holds key material or a body).
     tracing::error!(error = %e, "a record seal could not be opened or made");
     internal()
-}
-
-fn bad_query(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery, message)
-}
-
-fn query_refused(e: &QueryRejection) -> ApiError {
-    bad_query(format!(
-        "bad query parameters: {}",
-        super::what_serde_refused(&e.body_text())
-    ))
 }
 
 pub(super) fn check_app(app: &str) -> Result<(), ApiError> {

@@ -1,15 +1,16 @@
 //! Signing in and out, the user's organizations, and the audit check.
 
 use axum::extract::{Form, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::response::{IntoResponse, Redirect, Response};
 use coffer_protocol::admin::{AuditEvents, AuditQuery, AuditReport, ChangePassword, MeAnswer};
 use coffer_protocol::session::{Login, LoginAnswer, Logout};
 use coffer_protocol::{Endpoint, NoContent, WireSecret};
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::client::{csrf_forms, Caller, Change, ChangeForm, Console, ConsoleError, Signed};
+use super::client::{
+    csrf_forms, typed_twice, Caller, Change, ChangeForm, Console, ConsoleError, Signed,
+};
 use super::origin::same_origin;
 use super::{pages, sessions};
 
@@ -224,15 +225,8 @@ pub(super) async fn change_password(
     // Secrets from here on: zeroized on drop.
     let request = ChangePassword {
         old_password: WireSecret::new(form.current),
-        new_password: WireSecret::new(form.new),
+        new_password: typed_twice(form.new, form.new_again, "the password is unchanged")?,
     };
-    let again = WireSecret::new(form.new_again);
-    if request.new_password.expose_secret() != again.expose_secret() {
-        return Err(ConsoleError::refused(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the two new passwords differ: the password is unchanged",
-        ));
-    }
     let _: NoContent = api
         .send(Method::POST, "/v1/me/password", Some(&request))
         .await?;

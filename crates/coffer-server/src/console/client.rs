@@ -372,6 +372,24 @@ impl<F: CsrfForm + Send> FromRequest<Console> for Change<F> {
     }
 }
 
+/// A new password typed twice, as a secret (zeroized on drop) once both
+/// are the same; else a refusal saying `unchanged` (what did not happen).
+pub(super) fn typed_twice(
+    first: String,
+    second: String,
+    unchanged: &str,
+) -> Result<WireSecret, ConsoleError> {
+    let (first, second) = (WireSecret::new(first), WireSecret::new(second));
+    if secrecy::ExposeSecret::expose_secret(&first) != secrecy::ExposeSecret::expose_secret(&second)
+    {
+        return Err(ConsoleError::refused(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the two passwords differ: {unchanged}"),
+        ));
+    }
+    Ok(first)
+}
+
 /// A form that changes something and carries nothing but its CSRF token.
 #[derive(serde::Deserialize)]
 pub(super) struct ChangeForm {

@@ -8,11 +8,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use coffer_protocol::admin::{
     CreateOrganization, OrganizationCreated, OrganizationList, OrganizationSummary,
 };
-use coffer_protocol::WireSecret;
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use super::client::{csrf_forms, Api, Change, ChangeForm, ConsoleError, Signed};
+use super::client::{csrf_forms, typed_twice, Api, Change, ChangeForm, ConsoleError, Signed};
 use super::pages;
 
 pub(super) async fn list(signed: Signed) -> Result<Response, ConsoleError> {
@@ -46,15 +44,11 @@ csrf_forms!(CreateForm, DeleteForm);
 
 pub(super) async fn create(change: Change<CreateForm>) -> Result<Response, ConsoleError> {
     let Change { api, form } = change;
-    // Secrets from here on: zeroized on drop.
-    let password = WireSecret::new(form.password);
-    let again = WireSecret::new(form.password_again);
-    if password.expose_secret() != again.expose_secret() {
-        return Err(ConsoleError::refused(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the two passwords differ: no organization was made",
-        ));
-    }
+    let password = typed_twice(
+        form.password,
+        form.password_again,
+        "no organization was made",
+    )?;
     let request = CreateOrganization {
         name: form.name.trim().to_owned(),
         owner: form.owner.trim().to_owned(),

@@ -6,11 +6,10 @@ use axum::extract::Path;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use coffer_protocol::admin::{AddUser, MemberList, MemberSummary, SetRole, UserAdded};
-use coffer_protocol::{NoContent, WireSecret};
-use secrecy::ExposeSecret;
+use coffer_protocol::NoContent;
 use serde::Deserialize;
 
-use super::client::{csrf_forms, Api, Change, ChangeForm, ConsoleError, Signed};
+use super::client::{csrf_forms, typed_twice, Api, Change, ChangeForm, ConsoleError, Signed};
 use super::pages;
 
 pub(super) async fn list(signed: Signed, Path(org): Path<i64>) -> Result<Response, ConsoleError> {
@@ -65,15 +64,7 @@ pub(super) async fn add(
     change: Change<AddForm>,
 ) -> Result<Response, ConsoleError> {
     let Change { api, form } = change;
-    // Secrets from here on: zeroized on drop.
-    let password = WireSecret::new(form.password);
-    let again = WireSecret::new(form.password_again);
-    if password.expose_secret() != again.expose_secret() {
-        return Err(ConsoleError::refused(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the two passwords differ: nobody was added",
-        ));
-    }
+    let password = typed_twice(form.password, form.password_again, "nobody was added")?;
     let request = AddUser {
         user: form.name.trim().to_owned(),
         password,
