@@ -546,6 +546,24 @@ pub enum Command {
     /// policy for another organization or a downgrade is refused and the
     /// last good policy kept.
     CheckIn,
+    /// Shell completions for coffer, on standard output
+    ///
+    /// Install (bash): `coffer completions bash > ~/.local/share/bash-completion/completions/coffer`;
+    /// zsh: into a directory of your `fpath` as `_coffer`; fish:
+    /// `~/.config/fish/completions/coffer.fish`.
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Man pages for coffer and each of its commands, written into DIR
+    ///
+    /// Install: `coffer man ~/.local/share/man/man1` (then `man coffer`,
+    /// `man coffer-serve`, …).
+    Man {
+        /// Where to write the pages (made if missing)
+        dir: std::path::PathBuf,
+    },
     /// A guided walk through a throwaway space: create a vault, add a second
     /// user and a recovery key, unlock with each, and see tampering caught
     ///

@@ -12,6 +12,7 @@ mod demo;
 mod demo_control;
 mod exit;
 mod input;
+mod manual;
 mod partial;
 mod serve;
 mod stores;
@@ -141,6 +142,8 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
             listen,
         } => serve::demo_console(g, *listen, *keep),
         Command::Demo { keep, .. } => demo::run(g, *keep),
+        Command::Completions { shell } => manual::completions(*shell),
+        Command::Man { dir } => manual::man_pages(dir),
         Command::App(command) => stores::app(g, command),
         Command::Sql { app, query } => stores::sql(g, app, query),
         Command::Kv(command) => stores::kv(g, command),
