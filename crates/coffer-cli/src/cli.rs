@@ -314,6 +314,12 @@ pub enum Command {
         /// longer starts its pull over (it keeps its own changes).
         #[arg(long, default_value = "180d", value_parser = humantime::parse_duration)]
         sync_retention: std::time::Duration,
+        /// How the log on standard error is written: text for people (in
+        /// colour only on a terminal), json for a log collector (one object
+        /// a line). Its level: COFFER_LOG (e.g. debug, or
+        /// info,coffer_server=debug)
+        #[arg(long, env = "COFFER_LOG_FORMAT", value_enum, default_value = "text")]
+        log_format: crate::serve::LogFormat,
         /// Keep synced files (sealed) in this directory, made 0700
         /// [default: blobs under coffer-server in your data directory]
         #[arg(

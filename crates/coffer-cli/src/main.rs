@@ -75,6 +75,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
             trusted_proxies,
             trusted_proxy_header,
             sync_retention,
+            log_format,
             blob_dir,
             s3_bucket,
             s3_endpoint,
@@ -106,6 +107,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
                         *trusted_proxy_header,
                     ),
                     sync_retention: *sync_retention,
+                    log_format: *log_format,
                     files: serve::FileOptions {
                         blob_dir: blob_dir.as_deref(),
                         s3_bucket: s3_bucket.as_deref(),

@@ -178,6 +178,37 @@ pub struct Options<'a> {
     pub trusted_proxies: coffer_server::client_addr::TrustedProxies,
     pub sync_retention: std::time::Duration,
     pub files: FileOptions<'a>,
+    pub log_format: LogFormat,
+}
+
+/// How `coffer serve` writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people; colour only when standard error is a terminal.
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
+}
+
+/// The log's level when COFFER_LOG does not say: info, but for the
+/// PostgreSQL driver's notices at every start ("relation already exists,
+/// skipping" from the idempotent migrations), which say nothing wrong.
+const DEFAULT_LOG_LEVEL: &str = "info,tokio_postgres=warn";
+
+/// Starts the log on standard error (once per process).
+fn start_log(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_LEVEL));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 /// Where synced files go, and their limits.
@@ -237,15 +268,16 @@ fn keyring(
         (None, None) => {
             let path = server_dir()?.join("master.key");
             let (key, created) = MasterKey::load_or_create(&path).map_err(failed)?;
+            // In the log (its format, its collector), not beside it.
             if created {
-                eprintln!(
-                    "coffer serve: made a new master key in {} (back it up)",
-                    path.display()
+                tracing::warn!(
+                    path = %path.display(),
+                    "made a new master key: back it up"
                 );
                 made = Some(path);
             }
-            eprintln!(
-                "coffer serve: the master key is in the default place, beside the default database: a copy of that directory holds both. For production, keep it elsewhere (--master-key-file)."
+            tracing::warn!(
+                "the master key is in the default place, beside the default database: a copy of that directory holds both. For production, keep it elsewhere (--master-key-file)"
             );
             key
         }
@@ -265,13 +297,7 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
     let _ = coffer_sys::return_large_allocations_to_the_system();
     // Logs on stderr; COFFER_LOG=debug for more. Requests are never logged
     // with their query strings or headers (they could carry credentials).
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    start_log(options.log_format);
     let (keys, made_key) = keyring(&options)?;
     let keys = std::sync::Arc::new(keys);
     let Options {

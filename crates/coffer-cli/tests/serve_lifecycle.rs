@@ -235,3 +235,65 @@ fn trusted_proxies_are_explained_and_checked() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "a header without a proxy");
 }
+
+/// The log (issue 16, item 12): plain text without colour codes when
+/// standard error is not a terminal; with `--log-format json`, one JSON
+/// object a line that a collector can read, level and message included.
+#[test]
+fn the_log_is_plain_off_a_terminal_and_json_when_asked() {
+    for format in ["text", "json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("server.db");
+        let child = Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .args(["--json", "serve", "--listen", "127.0.0.1:0"])
+            .args(["--database-url", &format!("sqlite://{}", db.display())])
+            .args(["--log-format", format])
+            .env("XDG_DATA_HOME", dir.path())
+            .env("HOME", dir.path())
+            .env_remove("COFFER_LOG")
+            .env_remove("COFFER_LOG_FORMAT")
+            .env_remove("COFFER_MASTER_KEY")
+            .env_remove("COFFER_MASTER_KEY_FILE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = Served(child);
+        let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(line.contains("listening"), "{line}");
+        signal(&child.0, "TERM");
+        let status = child.wait(Duration::from_secs(20));
+        assert!(status.success());
+        let mut logs = String::new();
+        child
+            .0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut logs)
+            .unwrap();
+        assert!(
+            !logs.contains('\x1b'),
+            "{format}: colour codes off a terminal: {logs}"
+        );
+        assert!(logs.contains("draining"), "{format}: {logs}");
+        if format == "json" {
+            for line in logs.lines() {
+                let entry: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(entry["level"].is_string(), "{line}");
+                assert!(entry["fields"]["message"].is_string(), "{line}");
+            }
+        }
+    }
+    // A format it does not know: a usage error naming the two.
+    let out = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["serve", "--log-format", "xml"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("json"));
+}
