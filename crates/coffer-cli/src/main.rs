@@ -160,11 +160,46 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
     }
 }
 
+/// A command line clap refused (or `--help`, `--version`): as clap says
+/// it, or, when `--json` was given before the command, as the same JSON
+/// error object every other failure is (code `usage`, exit 2).
+fn argument_error(e: &clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    let wants_json = std::env::args()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    let shown = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !wants_json || shown {
+        e.exit();
+    }
+    // clap's words, without its colour or its usage block: the first line.
+    let rendered = e.render().to_string();
+    let message = rendered
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_owned();
+    let exit = exit::ExitCode::Usage as u8;
+    let body = json!({"error": {"code": "usage", "exit_code": exit, "message": message}});
+    eprintln!("{body}");
+    std::process::ExitCode::from(exit)
+}
+
 fn main() -> std::process::ExitCode {
     // Before any secret is read: no core dump and no same-user ptrace can copy
     // keys out of this process.
     let hardening = coffer_sys::harden_process();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return argument_error(&e),
+    };
     if cfg!(target_os = "linux") && !(hardening.core_dumps_disabled && hardening.not_dumpable) {
         eprintln!("coffer: warning: could not switch off core dumps for this process; keys could reach a core file");
     }

@@ -112,3 +112,34 @@ fn coffer_sqlcipher_log_turns_sqlcipher_s_log_back_on_for_diagnosis() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("hmac check failed"), "stderr: {stderr}");
 }
+
+/// With `--json`, a command line clap refuses is the same JSON error
+/// object as every other failure (issue 16, item 8); without it, clap's
+/// own words; `--help` is help either way.
+#[test]
+fn argument_errors_are_json_under_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let space = dir.path().join("space");
+    for args in [
+        vec!["--json", "enroll", "--bogus"],
+        vec!["--json", "frobnicate"],
+        vec!["--json", "serve", "--listen", "not-an-address"],
+    ] {
+        let out = coffer(&space).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty());
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let error: Value = serde_json::from_str(stderr.trim())
+            .unwrap_or_else(|e| panic!("{args:?}: not one JSON object ({e}): {stderr}"));
+        assert_eq!(error["error"]["code"], "usage");
+        assert_eq!(error["error"]["exit_code"], 2);
+        assert!(!error["error"]["message"].as_str().unwrap().is_empty());
+        assert!(!stderr.contains('\x1b'));
+    }
+    let out = coffer(&space).args(["frobnicate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: unrecognized subcommand"));
+    let out = coffer(&space).args(["--json", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: coffer"));
+}
