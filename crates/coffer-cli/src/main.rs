@@ -160,6 +160,15 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
     }
 }
 
+/// Writes a command's report and a newline to standard output. A reader
+/// that has gone (`coffer … | head -1`) ends it quietly: the command has
+/// done its work, and a panic would say otherwise.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+}
+
 /// A command line clap refused (or `--help`, `--version`): as clap says
 /// it, or, when `--json` was given before the command, as the same JSON
 /// error object every other failure is (code `usage`, exit 2).
@@ -213,13 +222,10 @@ fn main() -> std::process::ExitCode {
             // leaves its report empty.
             if cli.global.json {
                 if !report.json.is_null() {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&report.json).unwrap_or_default()
-                    );
+                    emit(&serde_json::to_string_pretty(&report.json).unwrap_or_default());
                 }
             } else if !report.text.is_empty() {
-                println!("{}", report.text);
+                emit(&report.text);
             }
             exit.map_or(std::process::ExitCode::SUCCESS, |e| {
                 std::process::ExitCode::from(e as u8)

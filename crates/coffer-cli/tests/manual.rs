@@ -92,3 +92,36 @@ fn every_command_has_a_man_page() {
     assert_eq!(std::fs::read_dir(&pages).unwrap().count(), listed.len());
     assert!(!listed.iter().any(|p| p.ends_with("-help.1")));
 }
+
+/// A reader that has gone before coffer writes (`coffer … | head -1`):
+/// the command ends quietly with its own exit code, never a panic
+/// (issue 16, item 7).
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["completions".to_owned(), "bash".to_owned()],
+        vec![
+            "man".to_owned(),
+            dir.path().join("man1").display().to_string(),
+        ],
+        vec![
+            "--json".to_owned(),
+            "man".to_owned(),
+            dir.path().join("man1").display().to_string(),
+        ],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
