@@ -81,8 +81,7 @@ fn client(args: &AdminArgs) -> Result<Client, CliError> {
 /// The server's answer decoded as `T`, or its typed error (an
 /// [`ErrorBody`]) as a CLI error.
 pub(crate) fn answer<T: Answer>(response: reqwest::Result<Response>) -> Result<T, CliError> {
-    let response = response
-        .map_err(|e| CliError::other(format!("cannot reach the server: {}", e.without_url())))?;
+    let response = response.map_err(|e| unreachable(&e))?;
     let status = response.status();
     let body = response.bytes().unwrap_or_default();
     if status.is_success() {
@@ -118,6 +117,51 @@ pub(crate) fn answer<T: Answer>(response: reqwest::Result<Response>) -> Result<T
 }
 
 /// An answer as the `--json` output shows it.
+/// Why no answer came, in words that name the cause and what to do: a URL
+/// that is not one, a certificate not trusted, an address that refuses, a
+/// server too slow; else the error's own chain of causes.
+pub(crate) fn unreachable(e: &reqwest::Error) -> CliError {
+    let address = e.url().map(|u| {
+        format!(
+            "{}:{}",
+            u.host_str().unwrap_or("?"),
+            u.port_or_known_default().unwrap_or(0)
+        )
+    });
+    let debug = format!("{e:?}");
+    let mut causes = String::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        causes.push_str(": ");
+        causes.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let message = if e.is_builder() {
+        "the server's URL is not one coffer can use: give it whole, with its scheme \
+         (https://cp.example:8443, or http:// for a server on this machine)"
+            .to_owned()
+    } else if debug.contains("InvalidCertificate") || debug.contains("UnknownIssuer") {
+        format!(
+            "the server at {} shows a certificate this machine does not trust: give its CA \
+             (--ca-cert FILE, the dev-tls-cert.pem of `coffer serve --dev-tls`)",
+            address.as_deref().unwrap_or("?")
+        )
+    } else if e.is_timeout() {
+        format!(
+            "the server at {} did not answer in time",
+            address.as_deref().unwrap_or("?")
+        )
+    } else if e.is_connect() {
+        format!(
+            "cannot connect to {}{causes} (is coffer serve running there, and the port right?)",
+            address.as_deref().unwrap_or("the server")
+        )
+    } else {
+        format!("cannot reach the server{causes}")
+    };
+    CliError::other(Untrusted::new(&message).at_most(600).to_string())
+}
+
 pub(crate) fn shown<T: serde::Serialize>(answer: &T) -> Result<Value, CliError> {
     serde_json::to_value(answer)
         .map_err(|e| CliError::other(format!("cannot show the server's answer: {e}")))

@@ -1,0 +1,76 @@
+//! `coffer admin`'s errors name their cause and what to do (issue 16,
+//! item 11): a URL without a scheme, a certificate not trusted, a port
+//! nobody listens on.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::{Command, Stdio};
+
+fn admin(home: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .arg("admin")
+        .args(args)
+        .env("HOME", home)
+        .env("XDG_DATA_HOME", home)
+        .env("COFFER_ADMIN_PASSWORD", "correct horse battery")
+        .env_remove("COFFER_SERVER")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn unreachable_servers_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let login = |server: &str| admin(&home, &["--server", server, "login", "--user", "alice"]);
+
+    let (_, said) = login("cp.example:8443");
+    assert!(said.contains("with its scheme"), "{said}");
+    assert!(!said.contains("builder error"), "{said}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (_, said) = login(&format!("http://127.0.0.1:{port}"));
+    assert!(
+        said.contains(&format!("cannot connect to 127.0.0.1:{port}")),
+        "{said}"
+    );
+
+    // A real server whose development certificate this machine does not
+    // trust: the answer says to give its CA, and giving it works.
+    let server_dir = dir.path().join("server");
+    std::fs::create_dir_all(&server_dir).unwrap();
+    let url = format!("sqlite://{}", server_dir.join("server.db").display());
+    let server = support::DevServer::start(&server_dir, &url);
+    let (code, said) = login(&server.base);
+    assert_ne!(code, Some(0));
+    assert!(
+        said.contains("does not trust") && said.contains("--ca-cert"),
+        "{said}"
+    );
+    assert!(!said.contains("error sending request"), "{said}");
+    let ca = server.ca();
+    let (_, said) = admin(
+        &home,
+        &[
+            "--server",
+            &server.base,
+            "--ca-cert",
+            ca.to_str().unwrap(),
+            "login",
+            "--user",
+            "alice",
+        ],
+    );
+    // Trusted now: the server answers (no such user yet), no transport error.
+    assert!(
+        !said.contains("does not trust") && !said.contains("cannot connect"),
+        "{said}"
+    );
+}
