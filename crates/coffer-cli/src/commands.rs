@@ -157,11 +157,15 @@ pub fn init(global: &Global, args: &InitArgs) -> Result<Report, CliError> {
     let space = space(global)?;
     let name = args.name.clone().unwrap_or_else(default_user);
     coffer_device::space::validate_vault_name(&global.vault)?;
-    if space.vault(&global.vault).is_ok() {
-        return Err(coffer_device::Error::VaultExists {
-            name: global.vault.clone(),
+    // Checked before the passphrase is asked for; a wiped vault's name is
+    // free again (create_vault replaces it).
+    if let Ok(vault) = space.vault(&global.vault) {
+        if !matches!(vault.info(), Err(coffer_device::Error::Wiped { .. })) {
+            return Err(coffer_device::Error::VaultExists {
+                name: global.vault.clone(),
+            }
+            .into());
         }
-        .into());
     }
     let passphrase = input::initial_passphrase(global, &name)?;
     let kdf = calibrate(global, &args.kdf)?;
@@ -228,16 +232,37 @@ pub fn info(global: &Global) -> Result<Report, CliError> {
 pub fn vaults(global: &Global) -> Result<Report, CliError> {
     let space = space(global)?;
     let names = space.vault_names()?;
+    // A wiped vault keeps its name (and its erased header) until `coffer
+    // init` makes a new vault under it: said so, not listed as if usable.
+    let wiped: Vec<&String> = names
+        .iter()
+        .filter(|name| {
+            matches!(
+                space.vault(name).and_then(|v| v.info()),
+                Err(coffer_device::Error::Wiped { .. })
+            )
+        })
+        .collect();
     let text = if names.is_empty() {
         format!(
             "No vaults in {} ('coffer init' creates one)",
             space.root().display()
         )
     } else {
-        names.join("\n")
+        names
+            .iter()
+            .map(|name| {
+                if wiped.contains(&name) {
+                    format!("{name} (wiped: `coffer --vault {name} init` makes it again)")
+                } else {
+                    name.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     Ok(Report {
-        json: json!({"space": space.root(), "vaults": names}),
+        json: json!({"space": space.root(), "vaults": names, "wiped": wiped}),
         text,
     })
 }

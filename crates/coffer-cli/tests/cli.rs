@@ -418,6 +418,28 @@ fn lockout_from_the_command_line() {
         .arg("verify")
         .assert()
         .code(12);
+    // Listed as wiped, and made again under its name as the hint says
+    // (issue 16, item 4): no `rm -rf` needed.
+    let listed = env.cmd().args(["--json", "vaults"]).output().unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        listed["wiped"],
+        serde_json::json!([listed["vaults"][0]]),
+        "{listed}"
+    );
+    let text = env.cmd().arg("vaults").output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("(wiped: `coffer --vault"));
+    env.with_pass("a new passphrase")
+        .args(["init", "--kdf-time-ms", "0"])
+        .assert()
+        .success();
+    env.with_pass("a new passphrase")
+        .arg("verify")
+        .assert()
+        .success();
+    let listed = env.cmd().args(["--json", "vaults"]).output().unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["wiped"], serde_json::json!([]));
 }
 
 #[test]
