@@ -106,7 +106,7 @@ pub enum Error {
         allowed: u32,
     },
     /// A passphrase below the policy's rules.
-    #[error("the organization's policy (version {version}) asks for at least {min_length} characters of at least {min_classes} kinds (lower case, upper case, digits, other)")]
+    #[error("the organization's policy (version {version}) asks for at least {min_length} characters{}", of_kinds(*.min_classes))]
     PassphraseTooWeak {
         /// The policy's version.
         version: i64,
@@ -224,3 +224,39 @@ impl Error {
 
 /// The agent's result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The kinds part of a passphrase rule, in good English: none for one kind
+/// (any character counts), else how many of the four.
+fn of_kinds(min_classes: u32) -> String {
+    if min_classes <= 1 {
+        String::new()
+    } else {
+        format!(" of at least {min_classes} kinds (lower case, upper case, digits, other)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn a_passphrase_rule_reads_as_english() {
+        let one = Error::PassphraseTooWeak {
+            version: 3,
+            min_length: 12,
+            min_classes: 1,
+        };
+        assert_eq!(
+            one.to_string(),
+            "the organization's policy (version 3) asks for at least 12 characters"
+        );
+        let three = Error::PassphraseTooWeak {
+            version: 3,
+            min_length: 12,
+            min_classes: 3,
+        };
+        assert!(three.to_string().ends_with(
+            "12 characters of at least 3 kinds (lower case, upper case, digits, other)"
+        ));
+    }
+}
