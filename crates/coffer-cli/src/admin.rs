@@ -116,7 +116,6 @@ pub(crate) fn answer<T: Answer>(response: reqwest::Result<Response>) -> Result<T
     })
 }
 
-/// An answer as the `--json` output shows it.
 /// Why no answer came, in words that name the cause and what to do: a URL
 /// that is not one, a certificate not trusted, an address that refuses, a
 /// server too slow; else the error's own chain of causes.
@@ -136,14 +135,26 @@ pub(crate) fn unreachable(e: &reqwest::Error) -> CliError {
         causes.push_str(&cause.to_string());
         source = cause.source();
     }
-    let message = if e.is_builder() {
+    // A builder error is the URL's when it has none, or not an http one
+    // (`cp.example:8443` parses with the scheme `cp.example`); else a
+    // header value (a damaged saved session).
+    let bad_url = e
+        .url()
+        .is_none_or(|u| !matches!(u.scheme(), "http" | "https"));
+    let message = if e.is_builder() && bad_url {
         "the server's URL is not one coffer can use: give it whole, with its scheme \
          (https://cp.example:8443, or http:// for a server on this machine)"
             .to_owned()
-    } else if debug.contains("InvalidCertificate") || debug.contains("UnknownIssuer") {
+    } else if debug.contains("UnknownIssuer") {
         format!(
             "the server at {} shows a certificate this machine does not trust: give its CA \
              (--ca-cert FILE, the dev-tls-cert.pem of `coffer serve --dev-tls`)",
+            address.as_deref().unwrap_or("?")
+        )
+    } else if debug.contains("InvalidCertificate") {
+        format!(
+            "the server at {} shows a certificate that is not valid for it{causes} \
+             (another name than the one in the URL, or expired)",
             address.as_deref().unwrap_or("?")
         )
     } else if e.is_timeout() {
@@ -162,6 +173,7 @@ pub(crate) fn unreachable(e: &reqwest::Error) -> CliError {
     CliError::other(Untrusted::new(&message).at_most(600).to_string())
 }
 
+/// An answer as the `--json` output shows it.
 pub(crate) fn shown<T: serde::Serialize>(answer: &T) -> Result<Value, CliError> {
     serde_json::to_value(answer)
         .map_err(|e| CliError::other(format!("cannot show the server's answer: {e}")))

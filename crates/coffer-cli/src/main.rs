@@ -162,11 +162,15 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
 
 /// Writes a command's report and a newline to standard output. A reader
 /// that has gone (`coffer … | head -1`) ends it quietly: the command has
-/// done its work, and a panic would say otherwise.
-fn emit(text: &str) {
+/// done its work, and a panic would say otherwise. Any other failure (a
+/// full disk) is the command's failure.
+fn emit(text: &str) -> Result<(), std::io::Error> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// A command line clap refused (or `--help`, `--version`): as clap says
@@ -174,27 +178,29 @@ fn emit(text: &str) {
 /// error object every other failure is (code `usage`, exit 2).
 fn argument_error(e: &clap::Error) -> std::process::ExitCode {
     use clap::error::ErrorKind;
-    let wants_json = std::env::args()
+    let wants_json = std::env::args_os()
         .skip(1)
         .take_while(|a| a != "--")
         .any(|a| a == "--json");
-    let shown = matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    );
+    let shown = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
     if !wants_json || shown {
         e.exit();
     }
-    // clap's words, without its colour or its usage block: the first line.
-    let rendered = e.render().to_string();
-    let message = rendered
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("error: ")
-        .to_owned();
+    let message = if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        "a command is needed here: see --help".to_owned()
+    } else {
+        // clap's words, without its colour, its usage block or its tips:
+        // the lines before the first blank one, joined.
+        let rendered = e.render().to_string();
+        rendered
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ")
+            .trim_start_matches("error: ")
+            .to_owned()
+    };
     let exit = exit::ExitCode::Usage as u8;
     let body = json!({"error": {"code": "usage", "exit_code": exit, "message": message}});
     eprintln!("{body}");
@@ -220,12 +226,20 @@ fn main() -> std::process::ExitCode {
         Ok((report, exit)) => {
             // A command that wrote its own output (kv get's raw bytes)
             // leaves its report empty.
-            if cli.global.json {
-                if !report.json.is_null() {
-                    emit(&serde_json::to_string_pretty(&report.json).unwrap_or_default());
+            let written = if cli.global.json {
+                if report.json.is_null() {
+                    Ok(())
+                } else {
+                    emit(&serde_json::to_string_pretty(&report.json).unwrap_or_default())
                 }
-            } else if !report.text.is_empty() {
-                emit(&report.text);
+            } else if report.text.is_empty() {
+                Ok(())
+            } else {
+                emit(&report.text)
+            };
+            if let Err(e) = written {
+                eprintln!("coffer: cannot write the output: {e}");
+                return std::process::ExitCode::from(exit::ExitCode::Other as u8);
             }
             exit.map_or(std::process::ExitCode::SUCCESS, |e| {
                 std::process::ExitCode::from(e as u8)

@@ -31,12 +31,17 @@ pub fn completions(shell: clap_complete::Shell) -> Result<Report, CliError> {
 }
 
 /// One man page per command (`coffer.1`, `coffer-serve.1`,
-/// `coffer-admin-device-wipe.1`, …) written into `dir`.
+/// `coffer-admin-device-wipe.1`, …) written into `dir`, each with the
+/// global options its command takes.
 pub fn man_pages(dir: &std::path::Path) -> Result<Report, CliError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| CliError::usage(format!("cannot create {}: {e}", dir.display())))?;
+    let mut command = Cli::command().disable_help_subcommand(true);
+    // Built: the global options are copied into every subcommand, and the
+    // names are the ones a user types (coffer-admin-device-wipe).
+    command.build();
     let mut written = Vec::new();
-    write_pages(&Cli::command(), "coffer", dir, &mut written)?;
+    write_pages(&command, dir, &mut written)?;
     Ok(Report {
         json: json!({"dir": dir.display().to_string(), "pages": written}),
         text: format!(
@@ -50,11 +55,13 @@ pub fn man_pages(dir: &std::path::Path) -> Result<Report, CliError> {
 
 fn write_pages(
     command: &clap::Command,
-    name: &str,
     dir: &std::path::Path,
     written: &mut Vec<String>,
 ) -> Result<(), CliError> {
-    let command = command.clone().name(name.to_owned());
+    let name = command
+        .get_display_name()
+        .unwrap_or_else(|| command.get_name())
+        .to_owned();
     let mut page = Vec::new();
     clap_mangen::Man::new(command.clone())
         .render(&mut page)
@@ -64,10 +71,7 @@ fn write_pages(
         .map_err(|e| CliError::other(format!("cannot write {file}: {e}")))?;
     written.push(file);
     for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
-        if sub.get_name() == "help" {
-            continue;
-        }
-        write_pages(sub, &format!("{name}-{}", sub.get_name()), dir, written)?;
+        write_pages(sub, dir, written)?;
     }
     Ok(())
 }

@@ -136,6 +136,22 @@ fn argument_errors_are_json_under_json() {
         assert!(!error["error"]["message"].as_str().unwrap().is_empty());
         assert!(!stderr.contains('\x1b'));
     }
+    // Every line of clap's message, not only its first.
+    let out = coffer(&space)
+        .args(["--json", "admin", "add-user"])
+        .output()
+        .unwrap();
+    let error: Value = serde_json::from_slice(&out.stderr).unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("--org") && message.contains("--user"),
+        "{message}"
+    );
+    // A command left out is a refusal too.
+    let out = coffer(&space).args(["--json", "admin"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let error: Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(error["error"]["code"], "usage");
     let out = coffer(&space).args(["frobnicate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: unrecognized subcommand"));

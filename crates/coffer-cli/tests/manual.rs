@@ -89,6 +89,7 @@ fn every_command_has_a_man_page() {
     }
     let serve = std::fs::read_to_string(pages.join("coffer-serve.1")).unwrap();
     assert!(serve.contains("dev\\-tls"), "the flags are in the page");
+    assert!(serve.contains("\\-\\-json"), "and the global ones");
     assert_eq!(std::fs::read_dir(&pages).unwrap().count(), listed.len());
     assert!(!listed.iter().any(|p| p.ends_with("-help.1")));
 }
@@ -124,4 +125,24 @@ fn a_closed_pipe_ends_quietly() {
         assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// Output that cannot be written for another reason (a full disk) is the
+/// command's failure, not a quiet success.
+#[test]
+fn output_that_cannot_be_written_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["--json", "man", dir.path().join("man1").to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(full)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot write the output"));
 }
