@@ -1097,9 +1097,10 @@ async fn console_users_data_usage_and_its_checks() {
     )
     .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert!(login(&server, &api, "carol", "correct horse battery")
-        .await
-        .is_err());
+    assert_eq!(
+        login(&server, &api, "carol", "correct horse battery").await,
+        Err("invalid_credentials".to_owned())
+    );
     let (_, html) = page(
         &server,
         &http,
@@ -1127,9 +1128,10 @@ async fn console_users_data_usage_and_its_checks() {
     )
     .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(login(&server, &api, "erin", "one long password")
-        .await
-        .is_err());
+    assert_eq!(
+        login(&server, &api, "erin", "one long password").await,
+        Err("invalid_credentials".to_owned())
+    );
     let r = form_post(
         &server,
         &http,
@@ -1708,9 +1710,10 @@ async fn demo_data_fills_every_console_page() {
     };
     let mut server = coffer_server::Server::bind(&config).await.unwrap();
     let demo = server.seed_demo().await.unwrap();
+    let again = server.seed_demo().await.unwrap_err().to_string();
     assert!(
-        server.seed_demo().await.is_err(),
-        "never twice, never on a server set up"
+        again.contains("the server is set up already"),
+        "never twice, never on a server set up: {again}"
     );
     let base = format!("http://{}", server.local_addr().unwrap());
     let running = Running::run(server, base.clone());
