@@ -28,6 +28,16 @@ pub trait LoginPrompts {
     fn new_slot_kdf(&mut self) -> coffer_device::Result<KdfParams>;
     /// The user's secret for an offline login.
     fn offline_secret(&mut self, user: &str) -> Option<UnlockSecret>;
+    /// Whether to ask again after `refused`: a wrong offline secret
+    /// ([`Error::NeedsOnlineLogin`] with `wrong_secret`) or a new
+    /// passphrase below the policy's rules. A person typing at a terminal
+    /// gets another try (the escrow key already released is not thrown
+    /// away for a passphrase that is too short); a secret from a file or
+    /// the environment would only fail the same way, so the default is no.
+    fn ask_again(&mut self, refused: &Error) -> bool {
+        let _ = refused;
+        false
+    }
 }
 
 /// Why a login went offline.
@@ -181,10 +191,16 @@ impl Agent {
             remove_ordered_slot(&mut unlocked, order)?;
             acknowledge(&client, token, order.id)?;
         }
-        let passphrase = prompts
-            .new_passphrase(user)
-            .ok_or(Error::Cancelled("new passphrase"))?;
-        policy::check_passphrase_rules(&unlocked, &passphrase)?;
+        let passphrase = loop {
+            let passphrase = prompts
+                .new_passphrase(user)
+                .ok_or(Error::Cancelled("new passphrase"))?;
+            match policy::check_passphrase_rules(&unlocked, &passphrase) {
+                Ok(()) => break passphrase,
+                Err(refused) if prompts.ask_again(&refused) => continue,
+                Err(refused) => return Err(refused),
+            }
+        };
         let params = prompts.new_slot_kdf()?;
         let renewed = unlocked.slots().iter().any(|s| s.name == user);
         if renewed {
@@ -209,6 +225,32 @@ impl Agent {
         why: OfflineReason,
         prompts: &mut dyn LoginPrompts,
     ) -> Result<Login> {
+        loop {
+            match self.offline_try(vault, user, &why, prompts) {
+                Err(
+                    refused @ Error::NeedsOnlineLogin {
+                        wrong_secret: true, ..
+                    },
+                ) if prompts.ask_again(&refused) => {}
+                Ok(unlocked) => {
+                    return Ok(Login::Offline {
+                        why,
+                        vault: unlocked,
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One offline try: the user's own slot, or a refusal.
+    fn offline_try(
+        &self,
+        vault: &Vault,
+        user: &str,
+        why: &OfflineReason,
+        prompts: &mut dyn LoginPrompts,
+    ) -> Result<UnlockedVault> {
         let secret = prompts
             .offline_secret(user)
             .ok_or(Error::Cancelled("passphrase"))?;
@@ -228,10 +270,7 @@ impl Agent {
                 if opened != user {
                     return Err(needs_online(false));
                 }
-                Ok(Login::Offline {
-                    why,
-                    vault: unlocked,
-                })
+                Ok(unlocked)
             }
             Err(Error::Device(
                 coffer_device::Error::WrongPassphrase | coffer_device::Error::WrongRecoveryKey,

@@ -1010,21 +1010,38 @@ fn past_the_offline_grace_days_an_enrolled_vault_wipes_itself() {
 }
 
 /// The prompts of an online login: the server password, the new slot's
-/// passphrase and the test's tiny KDF.
-struct Prompts;
+/// passphrases in the order typed (a first one too short for the policy's
+/// eight characters), and the test's tiny KDF.
+#[derive(Default)]
+struct Prompts {
+    server_passwords: usize,
+    passphrases: usize,
+    refused: Vec<String>,
+}
 
 impl coffer_agent::LoginPrompts for Prompts {
     fn server_password(&mut self, _user: &str) -> Option<coffer_protocol::WireSecret> {
+        self.server_passwords += 1;
         Some("carol's server password".into())
     }
     fn new_passphrase(&mut self, _user: &str) -> Option<Passphrase> {
-        Passphrase::new("carol's own passphrase".into()).ok()
+        self.passphrases += 1;
+        let typed = if self.passphrases == 1 {
+            "short"
+        } else {
+            "carol's own passphrase"
+        };
+        Passphrase::new(typed.into()).ok()
     }
     fn new_slot_kdf(&mut self) -> coffer_device::Result<KdfParams> {
         Ok(kdf())
     }
     fn offline_secret(&mut self, _user: &str) -> Option<UnlockSecret> {
         None
+    }
+    fn ask_again(&mut self, refused: &coffer_agent::Error) -> bool {
+        self.refused.push(refused.to_string());
+        true
     }
 }
 
@@ -1063,11 +1080,22 @@ fn an_online_login_after_a_long_time_offline_counts_the_grace_from_its_own_check
         CHECK_IN,
         Reply::json(200, &check_in_answer(later, Some(1))),
     );
+    let mut prompts = Prompts::default();
     let login = agent
         .clone()
         .with_clock(Arc::new(move || at(later)))
-        .login(&enrolled.vault(), "carol", &mut Prompts)
+        .login(&enrolled.vault(), "carol", &mut prompts)
         .unwrap();
+    // The passphrase below the rules was asked again; the server password
+    // and the escrow release it opened were not thrown away.
+    assert_eq!(prompts.passphrases, 2);
+    assert_eq!(prompts.server_passwords, 1);
+    assert_eq!(prompts.refused.len(), 1);
+    assert!(
+        prompts.refused[0].contains("at least 8 characters"),
+        "{:?}",
+        prompts.refused
+    );
     match login {
         coffer_agent::Login::Online { slot, vault } => {
             assert_eq!(slot, coffer_agent::SlotChange::Added);

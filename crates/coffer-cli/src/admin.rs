@@ -184,7 +184,7 @@ pub(crate) fn password(prompt: &str, env: &str) -> Result<Zeroizing<String>, Cli
     if let Ok(p) = std::env::var(env) {
         return Ok(Zeroizing::new(p));
     }
-    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+    if !crate::input::has_terminal() {
         return Err(CliError::usage(format!(
             "no password given: set {env}, or run on a terminal"
         )));

@@ -813,7 +813,8 @@ pub enum FilesCommand {
         app: String,
         /// The stored name
         name: String,
-        /// Where to write ('-' or absent: stdout)
+        /// Where to write ('-' or absent: stdout). Absent, a terminal is
+        /// refused (a stored file is usually binary); '-' writes anyway
         #[arg(long, short)]
         out: Option<std::path::PathBuf>,
     },

@@ -65,11 +65,13 @@ pub fn unlock(global: &Global) -> Result<UnlockedVault, CliError> {
 /// [`unlock`], also handing back the secret that opened it.
 pub fn unlock_offered(global: &Global) -> Result<(UnlockedVault, Offered), CliError> {
     let vault = vault(global)?;
-    let offered = input::unlock_secret(global)?;
-    let bar = spinner(global, "Unlocking");
-    let result = crate::control::agent().unlock(&vault, &offered);
-    bar.finish_and_clear();
-    Ok((result?, offered))
+    let agent = crate::control::agent();
+    input::with_secret(global, |offered| {
+        let bar = spinner(global, "Unlocking");
+        let result = agent.unlock(&vault, offered);
+        bar.finish_and_clear();
+        result
+    })
 }
 
 pub fn calibrate(global: &Global, args: &KdfArgs) -> Result<KdfParams, CliError> {
@@ -380,20 +382,15 @@ pub fn lockout_text(l: Lockout) -> String {
 pub fn wipe(global: &Global, yes: bool) -> Result<Report, CliError> {
     let vault = space(global)?.vault(&global.vault)?;
     if !yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(CliError::usage(
-                "wiping needs --yes when not run on a terminal",
-            ));
-        }
-        eprint!(
+        let question = format!(
             "This destroys every key of vault '{}' and deletes all its data. Type the vault's name to confirm: ",
             global.vault
         );
-        let mut answer = String::new();
-        std::io::stdin()
-            .read_line(&mut answer)
-            .map_err(|e| CliError::usage(format!("cannot read the confirmation: {e}")))?;
-        if answer.trim() != global.vault {
+        if !input::confirm(
+            &question,
+            &global.vault,
+            "wiping needs --yes when not run on a terminal",
+        )? {
             return Err(CliError::usage("not confirmed; nothing was wiped"));
         }
     }

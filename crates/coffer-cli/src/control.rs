@@ -126,13 +126,15 @@ pub fn after_rotation(vault: &mut UnlockedVault) -> Result<Option<String>, CliEr
 /// `coffer check-in`: reports to the control plane and does what it says.
 pub fn check_in(global: &Global) -> Result<Report, CliError> {
     let vault = crate::commands::vault(global)?;
-    let secret = crate::input::unlock_secret(global)?;
     let agent = agent();
-    let bar = crate::commands::spinner(global, "Unlocking");
-    // A check-in is the way out of the grace's block, not of its wipe.
-    let unlocked = agent.unlock_with(&vault, &secret, Grace::WipeOnly);
-    bar.finish_and_clear();
-    let (report, _) = agent.check_in(unlocked?)?;
+    let (unlocked, _) = crate::input::with_secret(global, |secret| {
+        let bar = crate::commands::spinner(global, "Unlocking");
+        // A check-in is the way out of the grace's block, not of its wipe.
+        let unlocked = agent.unlock_with(&vault, secret, Grace::WipeOnly);
+        bar.finish_and_clear();
+        unlocked
+    })?;
+    let (report, _) = agent.check_in(unlocked)?;
     let text = format!(
         "Checked in at server time {}{}{}; policy version {}.",
         report.server_time,
@@ -184,6 +186,10 @@ struct Prompts<'a> {
     global: &'a Global,
     kdf: &'a crate::cli::KdfArgs,
     failed: Option<CliError>,
+    /// Tries of the offline secret and of the new passphrase so far.
+    tries: usize,
+    /// The last offline secret was typed at the terminal.
+    typed: bool,
 }
 
 impl Prompts<'_> {
@@ -202,6 +208,7 @@ impl LoginPrompts for Prompts<'_> {
     }
 
     fn new_passphrase(&mut self, user: &str) -> Option<Passphrase> {
+        self.typed = crate::input::new_passphrase_is_typed(self.global);
         let passphrase = crate::input::new_passphrase(self.global, user);
         self.keep(passphrase)
     }
@@ -220,8 +227,19 @@ impl LoginPrompts for Prompts<'_> {
     }
 
     fn offline_secret(&mut self, _user: &str) -> Option<Offered> {
-        let secret = crate::input::unlock_secret(self.global);
-        self.keep(secret)
+        let given = crate::input::given_secret(self.global);
+        let given = self.keep(given)?;
+        self.typed = given.typed;
+        Some(given.secret)
+    }
+
+    fn ask_again(&mut self, refused: &coffer_agent::Error) -> bool {
+        self.tries += 1;
+        let again = self.typed && self.tries < crate::input::TRIES;
+        if again {
+            crate::input::tell(&format!("{refused}; try again."));
+        }
+        again
     }
 }
 
@@ -233,6 +251,8 @@ pub fn login(global: &Global, user: &str, kdf: &crate::cli::KdfArgs) -> Result<R
         global,
         kdf,
         failed: None,
+        tries: 0,
+        typed: false,
     };
     let login = agent().login(&vault, user, &mut prompts);
     let login = match (login, prompts.failed.take()) {

@@ -1,8 +1,12 @@
 //! Where secrets come from: a file, an environment variable, or a no-echo
 //! prompt on the terminal — never a command-line argument, which any user of
 //! the machine can read from the process list.
+//!
+//! "The terminal" is the controlling terminal (`/dev/tty`), not stdin: as
+//! with age, ssh and gpg, `echo data | coffer kv put k -` still asks for the
+//! passphrase on the terminal while the data comes through the pipe.
 
-use std::io::IsTerminal;
+use std::io::{BufRead, Write};
 use std::path::Path;
 
 use coffer_device::{Passphrase, RecoveryKey};
@@ -27,28 +31,132 @@ fn read_first_line(path: &Path) -> Result<String, CliError> {
     Ok(line)
 }
 
+/// How many times a secret typed at the terminal is asked for (as sudo and
+/// cryptsetup do). Each wrong try counts toward the vault's lockout.
+pub const TRIES: usize = 3;
+
 fn prompt(label: &str) -> Result<String, CliError> {
     rpassword::prompt_password(label)
         .map_err(|e| CliError::usage(format!("cannot read from the terminal: {e}")))
 }
 
-fn stdin_is_terminal() -> bool {
-    std::io::stdin().is_terminal()
+#[cfg(unix)]
+fn open_terminal() -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+}
+
+/// Whether there is a terminal to ask on: the process's controlling
+/// terminal, whatever stdin is.
+pub fn has_terminal() -> bool {
+    #[cfg(unix)]
+    {
+        open_terminal().is_ok()
+    }
+    #[cfg(not(unix))]
+    {
+        std::io::IsTerminal::is_terminal(&std::io::stdin())
+    }
+}
+
+/// A line written to the terminal (a retry's reason), never to a pipe.
+pub fn tell(line: &str) {
+    #[cfg(unix)]
+    if let Ok(mut tty) = open_terminal() {
+        let _ = writeln!(tty, "{line}");
+        return;
+    }
+    eprintln!("{line}");
+}
+
+/// Asks on the terminal (echoed: it is not a secret) for `expected` to be
+/// typed; whether it was. Fails when there is no terminal: `hint` says
+/// which flag confirms instead.
+pub fn confirm(question: &str, expected: &str, hint: &str) -> Result<bool, CliError> {
+    if !has_terminal() {
+        return Err(CliError::usage(hint));
+    }
+    let read = || -> std::io::Result<String> {
+        let mut answer = String::new();
+        #[cfg(unix)]
+        {
+            let mut tty = open_terminal()?;
+            write!(tty, "{question}")?;
+            tty.flush()?;
+            std::io::BufReader::new(tty).read_line(&mut answer)?;
+        }
+        #[cfg(not(unix))]
+        {
+            eprint!("{question}");
+            std::io::stdin().lock().read_line(&mut answer)?;
+        }
+        Ok(answer)
+    };
+    let answer =
+        read().map_err(|e| CliError::usage(format!("cannot read the confirmation: {e}")))?;
+    Ok(answer.trim() == expected)
 }
 
 fn passphrase(text: String) -> Result<Passphrase, CliError> {
     Passphrase::new(text).map_err(CliError::from)
 }
 
-/// The secret that opens the vault: a recovery key with `--recovery`, else
-/// a passphrase.
-pub fn unlock_secret(global: &Global) -> Result<Offered, CliError> {
+/// A secret and whether it was typed (only a typed secret is asked again).
+pub struct Given {
+    /// The secret.
+    pub secret: Offered,
+    /// It came from the terminal.
+    pub typed: bool,
+}
+
+/// Whether `error` is a wrong secret, which a person may simply have
+/// mistyped (a lockout, a back-off or a wipe is not asked again).
+pub fn is_wrong_secret(error: &coffer_agent::Error) -> bool {
+    matches!(
+        error,
+        coffer_agent::Error::Device(
+            coffer_device::Error::WrongPassphrase | coffer_device::Error::WrongRecoveryKey
+        ) | coffer_agent::Error::NeedsOnlineLogin {
+            wrong_secret: true,
+            ..
+        }
+    )
+}
+
+/// Opens with the secret the command line gives: `open` is tried with it,
+/// and a wrong secret typed at the terminal is asked for again, up to
+/// [`TRIES`] tries in all.
+pub fn with_secret<T>(
+    global: &Global,
+    mut open: impl FnMut(&Offered) -> coffer_agent::Result<T>,
+) -> Result<(T, Offered), CliError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let given = given_secret(global)?;
+        match open(&given.secret) {
+            Ok(opened) => return Ok((opened, given.secret)),
+            Err(e) if given.typed && tries < TRIES && is_wrong_secret(&e) => {
+                tell(&format!("{e}; try again."));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The secret that opens the vault (a recovery key with `--recovery`, else
+/// a passphrase), saying whether it was typed.
+pub fn given_secret(global: &Global) -> Result<Given, CliError> {
+    let mut typed = false;
     if global.recovery || global.recovery_key_file.is_some() {
         let text = if let Some(file) = &global.recovery_key_file {
             read_first_line(file)?
         } else if let Ok(text) = std::env::var(RECOVERY_KEY_ENV) {
             text
-        } else if stdin_is_terminal() {
+        } else if has_terminal() {
+            typed = true;
             prompt(&format!("Recovery key for vault '{}': ", global.vault))?
         } else {
             return Err(CliError::usage(
@@ -58,22 +166,32 @@ pub fn unlock_secret(global: &Global) -> Result<Offered, CliError> {
         let mut text = text;
         let parsed = RecoveryKey::parse(&text);
         text.zeroize();
-        return Ok(Offered::RecoveryKey(
-            parsed.map_err(coffer_device::Error::from)?,
-        ));
+        return Ok(Given {
+            secret: Offered::RecoveryKey(parsed.map_err(coffer_device::Error::from)?),
+            typed,
+        });
     }
     let text = if let Some(file) = &global.passphrase_file {
         read_first_line(file)?
     } else if let Ok(text) = std::env::var(PASSPHRASE_ENV) {
         text
-    } else if stdin_is_terminal() {
+    } else if has_terminal() {
+        typed = true;
         prompt(&format!("Passphrase for vault '{}': ", global.vault))?
     } else {
         return Err(CliError::usage(
             "no passphrase given: set COFFER_PASSPHRASE, pass --passphrase-file, or run on a terminal",
         ));
     };
-    Ok(Offered::Passphrase(passphrase(text)?))
+    Ok(Given {
+        secret: Offered::Passphrase(passphrase(text)?),
+        typed,
+    })
+}
+
+/// Whether [`new_passphrase`] asks at the terminal (no file, no variable).
+pub fn new_passphrase_is_typed(global: &Global) -> bool {
+    global.new_passphrase_file.is_none() && std::env::var_os(NEW_PASSPHRASE_ENV).is_none()
 }
 
 /// The passphrase of a slot being added, asked twice on a terminal.
@@ -96,7 +214,7 @@ pub fn archive_passphrase(global: &Global) -> Result<Passphrase, CliError> {
     if let Ok(text) = std::env::var(NEW_PASSPHRASE_ENV) {
         return passphrase(text);
     }
-    if !stdin_is_terminal() {
+    if !has_terminal() {
         return Err(CliError::usage(
             "no archive passphrase given: set COFFER_NEW_PASSPHRASE, pass --new-passphrase-file, or run on a terminal",
         ));
@@ -124,7 +242,7 @@ pub fn initial_passphrase(global: &Global, who: &str) -> Result<Passphrase, CliE
 }
 
 fn prompt_twice(who: &str, not_a_terminal: &str) -> Result<Passphrase, CliError> {
-    if !stdin_is_terminal() {
+    if !has_terminal() {
         return Err(CliError::usage(not_a_terminal));
     }
     for _ in 0..3 {
@@ -136,7 +254,7 @@ fn prompt_twice(who: &str, not_a_terminal: &str) -> Result<Passphrase, CliError>
             return passphrase(first);
         }
         first.zeroize();
-        eprintln!("The two passphrases differ; try again.");
+        tell("The two passphrases differ; try again.");
     }
     Err(CliError::usage("the passphrases did not match three times"))
 }

@@ -102,7 +102,17 @@ fn cell_text(v: &Value) -> String {
 pub fn sql(global: &Global, app: &str, query: &str) -> Result<Report, CliError> {
     let vault = unlock(global)?;
     let conn = vault.app(app)?.database()?;
-    let sql_err = |e: rusqlite::Error| CliError::usage(format!("SQL error: {e}"));
+    let sql_err = |e: rusqlite::Error| {
+        if coffer_device::refused_by_confinement(&e) {
+            CliError {
+                exit: crate::exit::ExitCode::Denied,
+                code: "sql_not_permitted",
+                message: format!("SQL error: {e}: {}", coffer_device::SQL_CONFINEMENT),
+            }
+        } else {
+            CliError::usage(format!("SQL error: {e}"))
+        }
+    };
     let mut stmt = conn.prepare(query).map_err(sql_err)?;
     if stmt.column_count() == 0 {
         let changed = stmt.execute([]).map_err(sql_err)?;
@@ -400,22 +410,36 @@ fn no_such_file(app: &str, name: &str) -> CliError {
 }
 
 pub fn files(global: &Global, command: &FilesCommand) -> Result<Report, CliError> {
+    // What can be refused without the vault is refused before the
+    // passphrase is asked: a missing input file, a file for the terminal.
+    let input = match command {
+        FilesCommand::Put { path, .. } if path.as_os_str() != "-" => {
+            let file = std::fs::File::open(path)
+                .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
+            Some(file)
+        }
+        FilesCommand::Get { out: None, .. } if std::io::stdout().is_terminal() => {
+            return Err(CliError::usage(
+                "refusing to write a stored file to the terminal: pass --out FILE, or --out - to write it anyway",
+            ));
+        }
+        _ => None,
+    };
     let vault = unlock(global)?;
     match command {
         FilesCommand::Put {
             app,
             name,
-            path,
             content_type,
+            ..
         } => {
             let store = vault.app(app)?.files()?;
-            let (mut input, total): (Box<dyn Read>, Option<u64>) = if path.as_os_str() == "-" {
-                (Box::new(std::io::stdin().lock()), None)
-            } else {
-                let file = std::fs::File::open(path)
-                    .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
-                let len = file.metadata().map(|m| m.len()).ok();
-                (Box::new(file), len)
+            let (mut input, total): (Box<dyn Read>, Option<u64>) = match input {
+                None => (Box::new(std::io::stdin().lock()), None),
+                Some(file) => {
+                    let len = file.metadata().map(|m| m.len()).ok();
+                    (Box::new(file), len)
+                }
             };
             let bar = byte_bar(global, total, "Encrypting");
             let info = store.put(name, &mut input, content_type.as_deref(), &mut |n| {

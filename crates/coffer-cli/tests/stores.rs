@@ -65,6 +65,15 @@ fn apps_sql_kv_and_records_from_the_command_line() {
         .args(["kv", "put", "notes", "greeting", "hello"])
         .assert()
         .success();
+    // The confinement's refusal says what is out of reach, and why.
+    coffer()
+        .args(["sql", "notes", "SELECT * FROM coffer_kv"])
+        .assert()
+        .code(10)
+        .stderr(predicate::str::contains("coffer_kv.key is prohibited"))
+        .stderr(predicate::str::contains(
+            "use the key-value, record and file stores",
+        ));
     coffer()
         .args(["kv", "put", "notes", "raw", "-"])
         .write_stdin(vec![0u8, 159, 146, 150])
@@ -158,6 +167,15 @@ fn files_from_the_command_line() {
         .args(["app", "add", "cam", "--allow", "files"])
         .assert()
         .success();
+    // A missing input is refused before any passphrase is needed.
+    coffer()
+        .env_remove("COFFER_PASSPHRASE")
+        .args(["files", "put", "cam", "x"])
+        .arg(dir.path().join("no such file"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("cannot read"))
+        .stderr(predicate::str::contains("no such file"));
     let photo = dir.path().join("photo.jpg");
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 256) as u8).collect();
     std::fs::write(&photo, &data).unwrap();

@@ -382,7 +382,9 @@ impl<'v> App<'v> {
     }
 
     /// A connection to the app's own SQLCipher database, for its own schema.
-    /// Tables named `coffer_*` belong to the key-value and record stores.
+    /// Tables named `coffer_*` belong to the key-value and record stores;
+    /// what the connection refuses is [`crate::SQL_CONFINEMENT`], and
+    /// [`crate::refused_by_confinement`] tells such a refusal apart.
     pub fn database(&self) -> Result<Connection> {
         self.require(Capability::Sql)?;
         let mut conn = self.open_database()?;

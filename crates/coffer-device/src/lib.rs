@@ -75,6 +75,7 @@ pub use recovery::{RecoveryKey, RecoveryKeyError};
 pub use rotate::RotationProgress;
 pub use secret::{Passphrase, Subkey, VaultKey, KEY_LEN, MAX_PASSPHRASE_LEN};
 pub use space::Space;
+pub use store::database::{refused_by_confinement, SQL_CONFINEMENT};
 pub use store::files::{
     Download, DownloadMismatchKind, FileInfo, FileReader, FileStore, QueuedDownload,
 };

@@ -180,6 +180,17 @@ fn keying_refused() -> Error {
     }
 }
 
+/// What an app's own SQL connection ([`crate::App::database`]) refuses, in
+/// words for the person whose statement was refused.
+pub const SQL_CONFINEMENT: &str = "an app's own SQL cannot reach coffer's tables (coffer_*: use the key-value, record and file stores), ATTACH or DETACH a database, make virtual tables, call sqlcipher functions, or use a pragma other than the read-only ones (table_info, index_list, integrity_check, …)";
+
+/// Whether `error` is the confinement's refusal (SQLite's "not authorized")
+/// rather than a mistake in the statement.
+pub fn refused_by_confinement(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(rusqlite::ErrorCode::AuthorizationForStatementDenied)
+        || error.to_string().contains("not authorized")
+}
+
 /// Confines a connection handed to an app's own SQL: no access to coffer's
 /// own tables (`coffer_*`: the key-value, record and file stores have their
 /// own capabilities), no ATTACH (which could write a database in the clear),

@@ -3,7 +3,7 @@
 //! and tables.
 
 pub(crate) mod catalog;
-pub(crate) mod database;
+pub mod database;
 pub mod files;
 pub mod kv;
 pub mod records;
