@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 
 use coffer_protocol::admin::{
-    AddUser, AuditReport, CreateOrganization, Csv, DeviceList, EnrollmentCode, MeAnswer,
-    MemberList, NewEnrollmentCode, OperatorList, OrderWipe, OrganizationCreated, OrganizationList,
-    OrganizationSummary, ReadingsQuery, SetRole, Setup, SetupAnswer, UsageQuery, UsageReport,
-    UserAdded, WipeOrdered, WipeOrders,
+    AddUser, AuditReport, CreateOrganization, Csv, DeviceList, DeviceSummary, EnrollmentCode,
+    MeAnswer, MemberList, NewEnrollmentCode, OperatorList, OrderWipe, OrganizationCreated,
+    OrganizationList, OrganizationSummary, ReadingsQuery, SetRole, Setup, SetupAnswer, UsageQuery,
+    UsageReport, UserAdded, WipeOrdered, WipeOrders,
 };
 use coffer_protocol::data::{ReadingsPage, StoredReading};
 use coffer_protocol::policy::{Document, PolicyKey, PublishRequest, Rules, SignedPolicy};
@@ -471,7 +471,33 @@ fn device(command: &AdminDeviceCommand, authed: &Authed<'_>) -> Result<Value, Cl
             )?;
             Ok(json!({"revoked": device}))
         }
-        AdminDeviceCommand::Wipe { org, device, user } => {
+        AdminDeviceCommand::Wipe {
+            org,
+            device,
+            user,
+            yes,
+        } => {
+            if !yes {
+                let found: DeviceSummary = answer(
+                    authed(Method::GET, &format!("/v1/orgs/{org}/devices/{device}"))?.send(),
+                )?;
+                let name = found.name.clone();
+                let what = match user {
+                    Some(user) => format!("the slot of {:?} on", Untrusted::new(user)),
+                    None => "every key and all the data of".to_owned(),
+                };
+                let question = format!(
+                    "This orders a wipe of {what} device {device} ({:?}) at its next check-in. Type the device's name to confirm: ",
+                    Untrusted::new(&name)
+                );
+                if !crate::input::confirm(
+                    &question,
+                    &name,
+                    "ordering a wipe needs --yes when not run on a terminal",
+                )? {
+                    return Err(CliError::usage("not confirmed; no wipe was ordered"));
+                }
+            }
             let ordered: WipeOrdered = answer(
                 authed(
                     Method::POST,

@@ -237,6 +237,10 @@ pub enum Command {
         /// this long (e.g. 72h); its user runs 'coffer --recovery slot add NAME'
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         reset_keys: Option<std::time::Duration>,
+        /// Do not ask before retiring the other slots (otherwise: type the
+        /// vault's name on the terminal)
+        #[arg(long)]
+        yes: bool,
     },
     /// Run the control plane: the HTTP API on SQLite (default) or PostgreSQL
     ///
@@ -1081,6 +1085,9 @@ pub enum AdminDeviceCommand {
         /// Only this user's slot
         #[arg(long)]
         user: Option<String>,
+        /// Do not ask (otherwise: type the device's name on the terminal)
+        #[arg(long)]
+        yes: bool,
     },
     /// A device's wipe orders: pending, acknowledged or cancelled
     Wipes {

@@ -519,18 +519,43 @@ pub fn rotate(
     global: &Global,
     new_recovery_key: Option<&str>,
     reset_keys: Option<Duration>,
+    yes: bool,
 ) -> Result<Report, CliError> {
     // An enrolled vault's policy holds here too (offline grace, KDF floor).
     let (mut vault, offered) = unlock_offered(global)?;
     let credential = offered.credential();
-    let opener = vault
-        .slots()
-        .into_iter()
+    let slots = vault.slots();
+    let opener = slots
+        .iter()
         .find(|s| s.index == vault.opened_slot())
-        .map(|s| s.name)
+        .map(|s| s.name.clone())
         .ok_or_else(|| {
             CliError::other("the slot that opened the vault is missing from its header")
         })?;
+    let losing: Vec<String> = slots
+        .iter()
+        .filter(|s| s.name != opener)
+        .map(|s| format!("{} ({})", s.name, s.kind.name()))
+        .collect();
+    if !yes && !losing.is_empty() {
+        let recovery = match (new_recovery_key, reset_keys) {
+            (None, None) => " No recovery key will open it afterwards: add --new-recovery-key (or --reset-keys) to give one.",
+            _ => "",
+        };
+        let question = format!(
+            "Rotating vault '{}' keeps only your slot ({opener}). These slots will no longer open it: {}.{recovery}\nType the vault's name to rotate: ",
+            global.vault,
+            losing.join(", ")
+        );
+        let hint = format!(
+            "rotating retires {} slot(s) ({}): pass --yes when not on a terminal",
+            losing.len(),
+            losing.join(", ")
+        );
+        if !input::confirm(&question, &global.vault, &hint)? {
+            return Err(CliError::usage("not confirmed; nothing was rotated"));
+        }
+    }
     let mut options = RotateOptions::default();
     if let Some(name) = new_recovery_key {
         options = options.with_recovery_slot(name);

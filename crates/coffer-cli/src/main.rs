@@ -137,7 +137,8 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         Command::Rotate {
             new_recovery_key,
             reset_keys,
-        } => commands::rotate(g, new_recovery_key.as_deref(), *reset_keys),
+            yes,
+        } => commands::rotate(g, new_recovery_key.as_deref(), *reset_keys, *yes),
         Command::Demo {
             keep,
             console: true,

@@ -483,8 +483,24 @@ fn rotate_keeps_the_opener_and_hands_out_reset_keys() {
         .args(["kv", "put", "notes", "k", "value before"])
         .assert()
         .success();
+    // Not on a terminal, a rotation that retires slots needs --yes, and
+    // says whose.
+    env.with_pass("alice secret")
+        .args(["rotate", "--new-recovery-key"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "retires 1 slot(s) (bob (passphrase))",
+        ))
+        .stderr(predicates::str::contains("--yes"));
     let mut c = env.with_pass("alice secret");
-    c.args(["rotate", "--new-recovery-key", "--reset-keys", "72h"]);
+    c.args([
+        "rotate",
+        "--new-recovery-key",
+        "--reset-keys",
+        "72h",
+        "--yes",
+    ]);
     let report = env.json(c);
     assert_eq!(report["kept"], serde_json::json!(["alice"]));
     assert_eq!(report["retired"], serde_json::json!(["bob"]));

@@ -182,8 +182,16 @@ fn check_in_and_wipe(
         .as_i64()
         .unwrap()
         .to_string();
+    // Not on a terminal, an order needs --yes.
+    let unconfirmed = admin(&["device", "wipe", "--org", org, &device, "--user", "bob"]);
+    assert_eq!(unconfirmed.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unconfirmed.stderr).contains("--yes"));
+    assert_eq!(
+        ok(admin(&["device", "list", "--org", org]))["devices"][0]["pending_wipes"],
+        0
+    );
     ok(admin(&[
-        "device", "wipe", "--org", org, &device, "--user", "bob",
+        "device", "wipe", "--org", org, &device, "--user", "bob", "--yes",
     ]));
     let checked = ok(coffer(&["check-in"]));
     assert_eq!(checked["removed_slots"], json!(["bob"]));
@@ -196,7 +204,7 @@ fn check_in_and_wipe(
     // A whole-device order cancelled before the device saw it: the server
     // deleted the escrow key at the order; the next check-in deposits a
     // new one.
-    let order = ok(admin(&["device", "wipe", "--org", org, &device]))["id"]
+    let order = ok(admin(&["device", "wipe", "--org", org, &device, "--yes"]))["id"]
         .as_i64()
         .unwrap()
         .to_string();
@@ -220,7 +228,7 @@ fn check_in_and_wipe(
 
     // A rotation retires the escrow slot with the others: a new one is
     // deposited, and an online login still opens the vault through it.
-    let rotated = ok(coffer(&["rotate"]));
+    let rotated = ok(coffer(&["rotate", "--yes"]));
     assert!(
         rotated["escrow"].as_str().unwrap().contains("deposited"),
         "{rotated}"
@@ -229,7 +237,7 @@ fn check_in_and_wipe(
     assert_eq!(ok(relogin)["online"], true);
 
     // The whole device.
-    ok(admin(&["device", "wipe", "--org", org, &device]));
+    ok(admin(&["device", "wipe", "--org", org, &device, "--yes"]));
     let wiped = coffer(&["check-in"]);
     assert_eq!(
         wiped.status.code(),

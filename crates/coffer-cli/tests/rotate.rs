@@ -121,7 +121,7 @@ fn rotate(space: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_coffer"));
     c.arg("--space")
         .arg(space)
-        .args(["--vault", "v", "rotate"])
+        .args(["--vault", "v", "rotate", "--yes"])
         .env("COFFER_PASSPHRASE", "pw")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -308,7 +308,7 @@ fn device_admin(
     assert_eq!(r.status().as_u16(), 201);
 
     let ordered = json(admin(&[
-        "device", "wipe", "--org", org, &device, "--user", "bob",
+        "device", "wipe", "--org", org, &device, "--user", "bob", "--yes",
     ]));
     assert_eq!(ordered["scope"], "user");
     let order = ordered["id"].as_i64().unwrap().to_string();

@@ -190,3 +190,41 @@ fn a_stored_file_is_not_written_to_the_terminal_unless_asked() {
     assert!(shown.contains("--out -"), "{shown:?}");
     t.exp_eof().unwrap();
 }
+
+#[test]
+fn a_rotation_names_who_loses_access_and_waits_for_the_vaults_name() {
+    let dir = vault_with_app();
+    let space = dir.path().join("space");
+    coffer(&space)
+        .env("COFFER_NEW_PASSPHRASE", "bob's own passphrase")
+        .args(["slot", "add", "bob", "--kdf-time-ms", "0"])
+        .assert()
+        .success();
+    let script =
+        format!(r#"COFFER_PASSPHRASE='{PASSPHRASE}' "$COFFER_BIN" rotate; echo "exit=$?""#);
+    let mut t = in_terminal(&space, &script);
+    let shown = t.exp_string("Type the vault's name to rotate: ").unwrap();
+    assert!(shown.contains("bob (passphrase)"), "{shown:?}");
+    assert!(shown.contains("--new-recovery-key"), "{shown:?}");
+    t.send_line("Default").unwrap();
+    let shown = t.exp_string("exit=2").unwrap();
+    assert!(shown.contains("nothing was rotated"), "{shown:?}");
+    t.exp_eof().unwrap();
+    // Bob still opens it.
+    coffer(&space)
+        .env("COFFER_PASSPHRASE", "bob's own passphrase")
+        .args(["kv", "ls", "notes"])
+        .assert()
+        .success();
+
+    let mut t = in_terminal(&space, &script);
+    t.exp_string("Type the vault's name to rotate: ").unwrap();
+    t.send_line("default").unwrap();
+    t.exp_string("exit=0").unwrap();
+    t.exp_eof().unwrap();
+    coffer(&space)
+        .env("COFFER_PASSPHRASE", "bob's own passphrase")
+        .args(["kv", "ls", "notes"])
+        .assert()
+        .code(3);
+}
