@@ -30,6 +30,7 @@ Exit codes:
  18  the organization's policy needs a check-in first (offline too long):
      run 'coffer check-in'
  19  'coffer conflicts': records are in conflict (resolve them)
+ 20  'coffer verify --deep' found damage, missing or leftover files
  130, 143, 129  stopped by SIGINT, SIGTERM or SIGHUP (after removing any
      partial plaintext of 'files get --out')
 
@@ -411,8 +412,19 @@ pub enum Command {
         name: String,
     },
     /// Check that a passphrase (or --recovery key) opens the vault and that
-    /// the whole header is authentic
-    Verify,
+    /// the whole header is authentic; with --deep, everything else too
+    ///
+    /// --deep reads the whole vault once: every page of every database
+    /// (SQLCipher's page authentication and SQLite's integrity check), every
+    /// chunk of every stored file, the audit chain, and the catalog against
+    /// the files on disk (missing blobs, orphans, leftovers of interrupted
+    /// writes). It changes nothing. Exit 20 when it finds a problem. Run it
+    /// while no other coffer process writes to the vault.
+    Verify {
+        /// Read and check the whole vault, not only the header
+        #[arg(long)]
+        deep: bool,
+    },
     /// Add or list apps (each with its own keys and encrypted database)
     #[command(subcommand)]
     App(AppCommand),

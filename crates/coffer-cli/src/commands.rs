@@ -472,6 +472,59 @@ pub fn recovery_key(global: &Global, name: &str) -> Result<Report, CliError> {
     })
 }
 
+/// `coffer verify --deep`: the whole vault read and checked; exit 20 when
+/// anything is found.
+pub fn verify_deep(global: &Global) -> Result<(Report, Option<crate::exit::ExitCode>), CliError> {
+    let vault = unlock(global)?;
+    let mut bar: Option<ProgressBar> = None;
+    let report = vault.check(&mut |p| {
+        bar.get_or_insert_with(|| crate::stores::byte_bar(global, Some(p.total), "Checking"))
+            .set_position(p.done);
+    });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let report = report?;
+    let problems: Vec<Value> = report
+        .problems
+        .iter()
+        .map(|p| json!({"kind": p.kind.code(), "damage": p.kind.is_damage(), "place": p.place, "detail": p.detail}))
+        .collect();
+    let read = format!(
+        "{} database(s), {} stored file(s), {} audit entries; {} bytes read",
+        report.databases, report.files, report.audit_entries, report.bytes
+    );
+    let text = if report.is_clean() {
+        format!("OK: vault '{}' checks out: {read}.", global.vault)
+    } else {
+        let mut text = format!(
+            "PROBLEMS: vault '{}' has {} problem(s) ({read}):",
+            global.vault,
+            report.problems.len()
+        );
+        for p in &report.problems {
+            text.push_str(&format!("\n  {}: {}: {}", p.kind.code(), p.place, p.detail));
+        }
+        text
+    };
+    let exit = (!report.is_clean()).then_some(crate::exit::ExitCode::CheckFailed);
+    Ok((
+        Report {
+            json: json!({
+                "vault": global.vault,
+                "clean": report.is_clean(),
+                "databases": report.databases,
+                "files": report.files,
+                "audit_entries": report.audit_entries,
+                "bytes": report.bytes,
+                "problems": problems,
+            }),
+            text,
+        },
+        exit,
+    ))
+}
+
 pub fn verify(global: &Global) -> Result<Report, CliError> {
     let vault = unlock(global)?;
     let slot = vault

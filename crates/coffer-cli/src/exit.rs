@@ -26,6 +26,7 @@ pub enum ExitCode {
     Untrusted = 17,
     CheckInRequired = 18,
     Conflicts = 19,
+    CheckFailed = 20,
 }
 
 /// An error on its way to the user: what to print and how to exit.

@@ -41,7 +41,9 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
             name,
         } => commands::temp_key(g, name, *expires, *single_use),
         Command::Passwd { slot, kdf } => commands::passwd(g, slot.as_deref(), kdf),
-        Command::Verify => commands::verify(g),
+        Command::Verify { deep: false } => commands::verify(g),
+        // Answered with its own exit code, in main.
+        Command::Verify { deep: true } => Err(CliError::other("unreachable")),
         Command::CheckIn => control::check_in(g),
         Command::Sync { command } => sync::sync(g, command.as_ref()),
         // Answered with its own exit code, in main.
@@ -221,6 +223,7 @@ fn main() -> std::process::ExitCode {
     }
     let result = match &cli.command {
         Command::Conflicts { command } => sync::conflicts(&cli.global, command.as_ref()),
+        Command::Verify { deep: true } => commands::verify_deep(&cli.global),
         _ => run(&cli).map(|report| (report, None)),
     };
     match result {

@@ -216,6 +216,12 @@ fn files_from_the_command_line() {
         .args(["files", "get", "cam", "note.txt"])
         .assert()
         .code(9);
+    // A whole-vault check reads everything: clean so far.
+    let mut c = coffer();
+    c.args(["verify", "--deep"]);
+    let clean = json(c);
+    assert_eq!(clean["clean"], true, "{clean}");
+    assert_eq!(clean["files"], 1);
     // A damaged blob: exit 5 and no partial output file.
     let blob_dir = std::fs::read_dir(dir.path().join("space/default/files"))
         .unwrap()
@@ -240,6 +246,33 @@ fn files_from_the_command_line() {
         .assert()
         .code(5);
     assert!(!damaged_out.exists());
+    // The deep check finds it (exit 20), says which file, and plain
+    // verify, which reads only the header, does not.
+    coffer().arg("verify").assert().success();
+    let found = coffer()
+        .args(["--json", "verify", "--deep"])
+        .assert()
+        .code(20)
+        .get_output()
+        .stdout
+        .clone();
+    let found: Value = serde_json::from_slice(&found).unwrap();
+    assert_eq!(found["clean"], false);
+    assert_eq!(found["problems"][0]["kind"], "file_damaged", "{found}");
+    assert!(
+        found["problems"][0]["place"]
+            .as_str()
+            .unwrap()
+            .contains("file 'holiday.jpg'"),
+        "{found}"
+    );
+    coffer()
+        .args(["verify", "--deep"])
+        .assert()
+        .code(20)
+        .stdout(predicate::str::contains(
+            "PROBLEMS: vault 'default' has 1 problem(s)",
+        ));
 }
 
 #[test]

@@ -39,6 +39,7 @@ mod aead;
 pub mod app;
 pub mod archive;
 pub mod audit;
+pub mod check;
 mod codec;
 mod error;
 mod fsio;
@@ -67,6 +68,7 @@ mod tests;
 
 pub use app::{App, AppInfo, Capabilities, Capability, ExportSummary};
 pub use audit::{AuditEntry, AuditProblem, AuditTrail};
+pub use check::{CheckProgress, CheckReport, Problem, ProblemKind};
 pub use error::{CorruptKind, DatabaseErrorKind, Error, Result};
 pub use header::{Lockout, VaultId};
 pub use kdf::{KdfAlgorithm, KdfLimitError, KdfLimits, KdfParams};

@@ -15,6 +15,7 @@ use crate::*;
 
 mod archive;
 mod audit;
+mod check;
 mod files_sync;
 mod rotate;
 mod session;

@@ -305,13 +305,19 @@ fn check_sha256(sha256: &str) -> Result<()> {
 
 /// The name of a download's temporary blob (its `temp` is 32 hex digits,
 /// checked first): hidden, and told apart from a put's `.tmp`.
-fn download_file(temp: &str) -> String {
+pub(crate) fn download_file(temp: &str) -> String {
     format!(".{temp}.download")
 }
 
 /// Opens a blob of `dir`, checking that it is the encryption its row
 /// recorded.
-fn open_blob(dir: &Path, key: &Subkey, blob: &str, salt: &str, size: i64) -> Result<FileReader> {
+pub(crate) fn open_blob(
+    dir: &Path,
+    key: &Subkey,
+    blob: &str,
+    salt: &str,
+    size: i64,
+) -> Result<FileReader> {
     check_blob(blob)?;
     let path = dir.join(blob);
     let file = File::open(&path).map_err(|e| match e.kind() {
