@@ -243,6 +243,17 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Back up or restore the control plane's SQLite database and files
+    ///
+    /// 'backup' copies the database while the server runs (SQLite's online
+    /// backup: one consistent transaction), the sealed file pieces of the
+    /// local blob directory, and the development certificate if there is
+    /// one. It never copies the master key: keep that apart. 'restore'
+    /// checks a backup against the master key (the copy is whole, the key is
+    /// the database's, the audit trail verifies) before it writes anything,
+    /// and never overwrites. PostgreSQL: use pg_dump (docs/server.md).
+    #[command(subcommand)]
+    Server(ServerCommand),
     /// Run the control plane: the HTTP API on SQLite (default) or PostgreSQL
     ///
     /// On its first start with an empty database it prints a one-time setup
@@ -875,6 +886,53 @@ pub struct AdminArgs {
     pub ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     pub command: AdminCommand,
+}
+
+/// Where a server on SQLite keeps its state (the defaults of `coffer serve`).
+#[derive(Debug, Args)]
+pub struct ServerFilesArgs {
+    /// The SQLite database (sqlite://PATH or PATH) [default: server.db under
+    /// coffer-server in your data directory]
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// The local blob directory [default: blobs under coffer-server in your
+    /// data directory]
+    #[arg(
+        long,
+        env = "COFFER_BLOB_DIR",
+        value_name = "DIR",
+        conflicts_with = "blobs_in_s3"
+    )]
+    pub blob_dir: Option<std::path::PathBuf>,
+    /// The server keeps files in S3: no local blob directory (back the
+    /// bucket up with its own versioning or replication)
+    #[arg(long)]
+    pub blobs_in_s3: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Copy the database (online), the file pieces and a development
+    /// certificate into a new directory
+    Backup {
+        /// The new directory (made 0700; must not exist or be empty)
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+        #[command(flatten)]
+        files: ServerFilesArgs,
+    },
+    /// Check a backup with the master key, then put it in place (never over
+    /// existing files); start 'coffer serve' on it afterwards
+    Restore {
+        /// The backup directory
+        from: std::path::PathBuf,
+        #[command(flatten)]
+        files: ServerFilesArgs,
+        /// The master key file the server ran with (or the hex key in
+        /// COFFER_MASTER_KEY)
+        #[arg(long, env = "COFFER_MASTER_KEY_FILE", value_name = "FILE")]
+        master_key_file: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

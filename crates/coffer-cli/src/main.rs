@@ -15,6 +15,7 @@ mod input;
 mod manual;
 mod partial;
 mod serve;
+mod server_backup;
 mod stores;
 mod sync;
 
@@ -136,6 +137,7 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         }
         Command::Audit(command) => commands::audit(g, command),
         Command::Admin(args) => admin::run(g, args),
+        Command::Server(command) => server_backup::run(command),
         Command::Rotate {
             new_recovery_key,
             reset_keys,

@@ -20,7 +20,7 @@ pub enum Tls {
 /// The server's own directory: the default database, the master key, the
 /// development certificate. Made readable by its owner only (0700); the
 /// server refuses database files in it that others can read.
-fn server_dir() -> Result<std::path::PathBuf, CliError> {
+pub(crate) fn server_dir() -> Result<std::path::PathBuf, CliError> {
     let dir = dirs::data_dir()
         .map(|d| d.join("coffer-server"))
         .ok_or_else(|| {
@@ -157,7 +157,7 @@ fn stop_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'stati
     }
 }
 
-fn default_database_url() -> Result<String, CliError> {
+pub(crate) fn default_database_url() -> Result<String, CliError> {
     Ok(format!(
         "sqlite://{}",
         server_dir()?.join("server.db").display()

@@ -51,7 +51,7 @@ pub enum KeyError {
     #[error("master key file {0} is readable by other users: chmod 600 it")]
     Exposed(String),
     /// A sealed value is under a key this server does not have.
-    #[error("a sealed value is under master key {found}, and this server has {have}")]
+    #[error("a sealed value is under master key {found}, and this server has {have}: every server on one database needs the master key the database is under (--master-key-file, or COFFER_MASTER_KEY_FILE); a new key is taken on only by rotating (--previous-master-key-file)")]
     UnknownKey {
         /// The sealed value's key id.
         found: String,

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod backup;
 pub mod blob_seal;
 pub mod blobs;
 pub mod client_addr;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod world;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -66,7 +67,12 @@ impl DevServer {
 
     /// [`DevServer::start`] with more flags for `coffer serve`.
     pub fn start_with(dir: &Path, database_url: &str, extra: &[String]) -> DevServer {
-        let (child, started) = spawn_dev_tls_serve_with(dir, "127.0.0.1:0", database_url, extra);
+        DevServer::start_at(dir, "127.0.0.1:0", database_url, extra)
+    }
+
+    /// [`DevServer::start_with`] on a given address (`127.0.0.1:0`: any).
+    pub fn start_at(dir: &Path, listen: &str, database_url: &str, extra: &[String]) -> DevServer {
+        let (child, started) = spawn_dev_tls_serve_with(dir, listen, database_url, extra);
         DevServer {
             child,
             dir: dir.to_owned(),

@@ -85,6 +85,69 @@ fn pg(op: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// Who connects where, for an error message: user, host, port, database
+/// (never the password).
+struct Target {
+    user: String,
+    place: String,
+    database: String,
+}
+
+fn connect_target(config: &tokio_postgres::Config) -> Target {
+    use tokio_postgres::config::Host;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(host)) => host.clone(),
+        #[cfg(unix)]
+        Some(Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("(no user)").to_owned();
+    Target {
+        database: config.get_dbname().unwrap_or(&user).to_owned(),
+        user,
+        place: format!("{host}:{port}"),
+    }
+}
+
+/// The first connection's failure, in words that say what to check.
+fn connect_error(at: &Target, e: deadpool_postgres::PoolError) -> StoreError {
+    let Target {
+        user,
+        place,
+        database,
+    } = at;
+    let message = match &e {
+        deadpool_postgres::PoolError::Backend(e) => match e.as_db_error() {
+            Some(db) => match db.code().code() {
+                "28P01" => format!(
+                    "PostgreSQL at {place} refused the password of role {user:?}: check the password (in the URL or PGPASSWORD)"
+                ),
+                "28000" => format!(
+                    "PostgreSQL at {place} does not let role {user:?} connect to database {database:?} from here: check the role exists and pg_hba.conf ({})",
+                    db.message()
+                ),
+                "3D000" => format!(
+                    "PostgreSQL at {place} has no database {database:?}: create it (createdb --owner {user} {database})"
+                ),
+                code => format!("PostgreSQL at {place}: {} ({code})", db.message()),
+            },
+            None if e.to_string().contains("password missing") => format!(
+                "PostgreSQL at {place} asks role {user:?} for a password and none was given: put it in PGPASSWORD (or the URL)"
+            ),
+            None if e.to_string().contains("TLS") => format!(
+                "cannot reach PostgreSQL at {place} with TLS: this server connects without TLS, so leave sslmode out of the URL and keep the database on this host or a private network (docs/server.md, \"No TLS to PostgreSQL\")"
+            ),
+            None => format!("cannot reach PostgreSQL at {place}: {e} (is it running, and listening there?)"),
+        },
+        other => format!("cannot reach PostgreSQL at {place}: {other}"),
+    };
+    StoreError::Database {
+        op: "connecting",
+        message,
+    }
+}
+
 /// Serializes migrations across server processes (an arbitrary constant).
 const MIGRATION_LOCK: i64 = 0x636f_6666_6572;
 
@@ -106,8 +169,16 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     pub(super) async fn connect(url: &str) -> Result<Self, StoreError> {
-        let config = tokio_postgres::Config::from_str(url)
+        let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|_| StoreError::InvalidUrl("not a valid postgres:// URL"))?;
+        // libpq's convention, so that the password need not be in the URL
+        // (which a process list or a shell history could show).
+        if config.get_password().is_none() {
+            if let Some(password) = std::env::var_os("PGPASSWORD") {
+                config.password(password.as_encoded_bytes());
+            }
+        }
+        let at = connect_target(&config);
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -119,8 +190,9 @@ impl PostgresStore {
             .max_size(16)
             .build()
             .map_err(|e| db_error("connecting")(&e))?;
-        // Fail at start, not at the first request, if the server is unreachable.
-        drop(pool.get().await.map_err(|e| db_error("connecting")(&e))?);
+        // Fail at start, not at the first request, if the server is
+        // unreachable, and say what to check.
+        drop(pool.get().await.map_err(|e| connect_error(&at, e))?);
         Ok(PostgresStore { pool })
     }
 
