@@ -130,7 +130,17 @@ pub fn kdf_text(kind: &SlotKind) -> String {
     }
 }
 
-fn time_text(t: SystemTime) -> String {
+/// [`time_text`] of Unix seconds (a time from a server or a file).
+pub(crate) fn unix_time_text(secs: i64) -> String {
+    let t = u64::try_from(secs).map_or(std::time::UNIX_EPOCH, |s| {
+        std::time::UNIX_EPOCH
+            .checked_add(Duration::from_secs(s))
+            .unwrap_or(std::time::UNIX_EPOCH)
+    });
+    time_text(t)
+}
+
+pub(crate) fn time_text(t: SystemTime) -> String {
     // RFC 3339 stops at year 9999; stored times come from files.
     let last = std::time::UNIX_EPOCH + Duration::from_secs(253_402_300_799);
     humantime::format_rfc3339_seconds(t.min(last)).to_string()

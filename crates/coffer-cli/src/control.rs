@@ -137,7 +137,7 @@ pub fn check_in(global: &Global) -> Result<Report, CliError> {
     let (report, _) = agent.check_in(unlocked)?;
     let text = format!(
         "Checked in at server time {}{}{}; policy version {}.",
-        report.server_time,
+        crate::commands::unix_time_text(report.server_time),
         if report.removed_slots.is_empty() {
             String::new()
         } else {
