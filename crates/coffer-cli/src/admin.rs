@@ -1,6 +1,6 @@
 //! `coffer admin`: the control plane's API from the command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use coffer_protocol::admin::{
     AddUser, AuditReport, CreateOrganization, Csv, DeviceList, DeviceSummary, EnrollmentCode,
@@ -35,19 +35,73 @@ fn session_file() -> Result<PathBuf, CliError> {
         .ok_or_else(|| CliError::usage("no data directory known for this user"))
 }
 
-fn read_session() -> Result<Zeroizing<String>, CliError> {
-    let path = session_file()?;
-    std::fs::read_to_string(&path)
-        .map(|t| Zeroizing::new(t.trim().to_owned()))
-        .map_err(|_| CliError::usage("not logged in: run 'coffer admin login --user NAME' first"))
+/// The server `coffer admin` talks to when neither `--server` nor
+/// `COFFER_SERVER` names one and no session is saved.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:8443";
+
+/// What `coffer admin login` keeps (0600): the token, and the server (and
+/// the CA certificate) it was issued through, so later commands go to the
+/// same place and the token is never sent to another server.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedSession {
+    server: String,
+    ca_cert: Option<PathBuf>,
+    token: String,
 }
 
-fn write_session(token: &str) -> Result<(), CliError> {
+impl Drop for SavedSession {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.token);
+    }
+}
+
+/// The saved session, if there is one. A file of an earlier version holds
+/// the bare token: its server is not known.
+fn saved_session() -> Option<SavedSession> {
+    let text = Zeroizing::new(std::fs::read_to_string(session_file().ok()?).ok()?);
+    let text = text.trim();
+    if text.starts_with('{') {
+        return serde_json::from_str(text).ok();
+    }
+    Some(SavedSession {
+        server: String::new(),
+        ca_cert: None,
+        token: text.to_owned(),
+    })
+}
+
+fn same_server(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
+/// The token for `server`: refused when the session was made with another.
+fn read_session(server: &str) -> Result<Zeroizing<String>, CliError> {
+    let saved = saved_session().ok_or_else(|| {
+        CliError::usage("not logged in: run 'coffer admin login --user NAME' first")
+    })?;
+    if !saved.server.is_empty() && !same_server(&saved.server, server) {
+        return Err(CliError::usage(format!(
+            "the saved session is for {}, not {server}: log in there first ('coffer admin --server {server} login --user NAME')",
+            saved.server
+        )));
+    }
+    Ok(Zeroizing::new(saved.token.clone()))
+}
+
+fn write_session(server: &str, ca_cert: Option<&Path>, token: &str) -> Result<(), CliError> {
     use std::io::Write;
     let path = session_file()?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| CliError::other(e.to_string()))?;
     }
+    let saved = SavedSession {
+        server: server.trim_end_matches('/').to_owned(),
+        // Absolute, so that it still names the file from another directory.
+        ca_cert: ca_cert.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned())),
+        token: token.to_owned(),
+    };
+    let text =
+        Zeroizing::new(serde_json::to_string(&saved).map_err(|e| CliError::other(e.to_string()))?);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -58,13 +112,35 @@ fn write_session(token: &str) -> Result<(), CliError> {
     let mut file = options
         .open(&path)
         .map_err(|e| CliError::other(format!("cannot write {}: {e}", path.display())))?;
-    file.write_all(token.as_bytes())
+    file.write_all(text.as_bytes())
         .map_err(|e| CliError::other(e.to_string()))
 }
 
-fn client(args: &AdminArgs) -> Result<Client, CliError> {
+/// The server and CA certificate of this command: the flags (or their
+/// variables), else the saved session's, else the default.
+fn destination(args: &AdminArgs) -> (String, Option<PathBuf>) {
+    let saved = saved_session();
+    let server = args
+        .server
+        .clone()
+        .or_else(|| {
+            saved
+                .as_ref()
+                .map(|s| s.server.clone())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+    let ca_cert = args.ca_cert.clone().or_else(|| {
+        saved
+            .filter(|s| same_server(&s.server, &server))
+            .and_then(|s| s.ca_cert.clone())
+    });
+    (server, ca_cert)
+}
+
+fn client(ca_cert: Option<&Path>) -> Result<Client, CliError> {
     let mut builder = Client::builder().timeout(std::time::Duration::from_secs(30));
-    if let Some(path) = &args.ca_cert {
+    if let Some(path) = ca_cert {
         let pem = std::fs::read(path)
             .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
         let cert = reqwest::Certificate::from_pem(&pem)
@@ -91,14 +167,17 @@ pub(crate) fn answer<T: Answer>(response: reqwest::Result<Response>) -> Result<T
             ))
         });
     }
-    let (code, message) = match ErrorBody::decode(&body) {
+    // The server's stable code is passed on to scripts when this version
+    // knows it; an unknown one stays `server_refused`.
+    let (code, known, message) = match ErrorBody::decode(&body) {
         // The server's text is data: escaped and bounded before it reaches
         // the terminal.
         Ok(ErrorBody { error }) => (
             Untrusted::new(error.code.as_str()).to_string(),
+            error.code.known(),
             Untrusted::new(&error.message).at_most(500).to_string(),
         ),
-        Err(_) => ("error".to_owned(), String::new()),
+        Err(_) => ("error".to_owned(), None, String::new()),
     };
     let exit = match status {
         StatusCode::UNAUTHORIZED => ExitCode::WrongSecret,
@@ -111,7 +190,7 @@ pub(crate) fn answer<T: Answer>(response: reqwest::Result<Response>) -> Result<T
     };
     Err(CliError {
         exit,
-        code: "server_refused",
+        code: known.unwrap_or("server_refused"),
         message: format!("the server refused ({status}, {code}): {message}"),
     })
 }
@@ -194,11 +273,29 @@ pub(crate) fn password(prompt: &str, env: &str) -> Result<Zeroizing<String>, Cli
         .map_err(|e| CliError::usage(format!("cannot read from the terminal: {e}")))
 }
 
+/// A new password: from `env`, else typed twice on the terminal (three
+/// tries), so a typo does not become the password.
+pub(crate) fn new_password(prompt: &str, env: &str) -> Result<Zeroizing<String>, CliError> {
+    if std::env::var_os(env).is_some() {
+        return password(prompt, env);
+    }
+    for _ in 0..crate::input::TRIES {
+        let first = password(prompt, env)?;
+        let second = password("Repeat it: ", env)?;
+        if first == second {
+            return Ok(first);
+        }
+        crate::input::tell("The two passwords differ; try again.");
+    }
+    Err(CliError::usage("the passwords did not match three times"))
+}
+
 pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
-    let http = client(args)?;
-    let url = |path: &str| format!("{}{path}", args.server.trim_end_matches('/'));
+    let (server, ca_cert) = destination(args);
+    let http = client(ca_cert.as_deref())?;
+    let url = |path: &str| format!("{}{path}", server.trim_end_matches('/'));
     let authed = |method: reqwest::Method, path: &str| -> Result<_, CliError> {
-        let token = read_session()?;
+        let token = read_session(&server)?;
         Ok(http
             .request(method, url(path))
             .header(coffer_protocol::AUTH_HEADER, token.as_str()))
@@ -209,7 +306,7 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
             owner,
         } => {
             let token = password("Setup token: ", "COFFER_SETUP_TOKEN")?;
-            let password = password(&format!("Password for {owner}: "), PASSWORD_ENV)?;
+            let password = new_password(&format!("Password for {owner}: "), PASSWORD_ENV)?;
             let request = Setup {
                 setup_token: WireSecret::from(token),
                 organization: organization.clone(),
@@ -226,7 +323,7 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
                 password: WireSecret::from(password),
             };
             let session: LoginAnswer = answer(http.post(url("/v1/login")).json(&request).send())?;
-            write_session(session.token.expose_secret())?;
+            write_session(&server, ca_cert.as_deref(), session.token.expose_secret())?;
             json!({"logged_in": user, "expires_at": session.expires_at})
         }
         AdminCommand::Logout => {
@@ -241,7 +338,7 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
             shown(&me)?
         }
         AdminCommand::AddUser { org, user, role } => {
-            let initial = password(
+            let initial = new_password(
                 &format!("Initial password for {user}: "),
                 "COFFER_NEW_PASSPHRASE",
             )?;
@@ -407,7 +504,7 @@ fn organization(command: &AdminOrgCommand, authed: &Authed<'_>) -> Result<Value,
     };
     Ok(match command {
         AdminOrgCommand::Create { name, owner } => {
-            let initial = password(
+            let initial = new_password(
                 &format!("Initial password for {owner}: "),
                 "COFFER_NEW_PASSPHRASE",
             )?;

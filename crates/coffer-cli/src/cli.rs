@@ -261,6 +261,13 @@ pub enum Command {
     /// a password. Plain HTTP only on loopback: elsewhere give --tls-cert and
     /// --tls-key, or --dev-tls.
     Serve {
+        /// Read settings from this TOML file: its keys are these flags'
+        /// long names (listen = "0.0.0.0:8443", database-url = "…",
+        /// trusted-proxy = ["10.0.0.1"], dev-tls = true). A flag on the
+        /// command line wins over its environment variable, which wins over
+        /// the file, which wins over the default
+        #[arg(long, env = "COFFER_CONFIG", value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
         /// Address to listen on
         #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR")]
         listen: std::net::SocketAddr,
@@ -873,16 +880,13 @@ pub enum AuditCommand {
 
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// The server's URL
-    #[arg(
-        long,
-        env = "COFFER_SERVER",
-        default_value = "http://127.0.0.1:8443",
-        value_name = "URL"
-    )]
-    pub server: String,
+    /// The server's URL [default: the one 'login' saved, else
+    /// http://127.0.0.1:8443]
+    #[arg(long, env = "COFFER_SERVER", value_name = "URL")]
+    pub server: Option<String>,
     /// Trust this PEM certificate for TLS (e.g. the server's --dev-tls one)
-    #[arg(long, value_name = "FILE")]
+    /// [default: the one 'login' saved for that server]
+    #[arg(long, env = "COFFER_CA_CERT", value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     pub command: AdminCommand,

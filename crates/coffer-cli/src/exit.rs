@@ -212,7 +212,7 @@ impl From<coffer_agent::Error> for CliError {
                 TransportError::TooLarge { .. } | TransportError::Redirected { .. },
             ) => (ExitCode::Other, "bad_answer"),
             Agent::Transport(_) => (ExitCode::Other, "unreachable"),
-            Agent::Refused { status, .. } => (
+            Agent::Refused { status, code, .. } => (
                 match status {
                     401 => ExitCode::WrongSecret,
                     403 => ExitCode::Denied,
@@ -222,7 +222,8 @@ impl From<coffer_agent::Error> for CliError {
                     400..=499 => ExitCode::Usage,
                     _ => ExitCode::Other,
                 },
-                "server_refused",
+                // The server's stable code, when this version knows it.
+                code.known().unwrap_or("server_refused"),
             ),
             Agent::BadAnswer { .. } => (ExitCode::Other, "bad_answer"),
             Agent::InvalidServerUrl { .. } | Agent::InvalidPin | Agent::InvalidCaCert => {

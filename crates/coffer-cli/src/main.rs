@@ -7,6 +7,7 @@ mod admin;
 mod admin_sync;
 mod cli;
 mod commands;
+mod config;
 mod control;
 mod demo;
 mod demo_control;
@@ -89,6 +90,8 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
             upload_expiry,
             max_concurrent_pieces,
             mqtt,
+            // Read before parsing (config.rs): its settings are flags now.
+            config: _,
         } => {
             let tls = match (tls_cert, tls_key) {
                 (Some(cert), Some(key)) => serve::Tls::Files(cert.clone(), key.clone()),
@@ -212,11 +215,32 @@ fn argument_error(e: &clap::Error) -> std::process::ExitCode {
     std::process::ExitCode::from(exit)
 }
 
+/// A config file refused before the command line is parsed: shown as any
+/// other error (JSON with `--json`).
+fn config_error(e: &CliError) -> std::process::ExitCode {
+    let wants_json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if wants_json {
+        let body =
+            json!({"error": {"code": e.code, "exit_code": e.exit as u8, "message": e.message}});
+        eprintln!("{body}");
+    } else {
+        eprintln!("coffer: {}", e.message);
+    }
+    std::process::ExitCode::from(e.exit as u8)
+}
+
 fn main() -> std::process::ExitCode {
     // Before any secret is read: no core dump and no same-user ptrace can copy
     // keys out of this process.
     let hardening = coffer_sys::harden_process();
-    let cli = match Cli::try_parse() {
+    let args = match config::with_config(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => return config_error(&e),
+    };
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => return argument_error(&e),
     };

@@ -322,6 +322,11 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
         Tls::Files(cert, key) => coffer_server::TlsSetting::Files { cert, key },
         Tls::Dev => coffer_server::TlsSetting::Dev { dir: server_dir()? },
     };
+    // Clients trust the development certificate by this file.
+    let dev_cert = match &tls_setting {
+        coffer_server::TlsSetting::Dev { dir } => Some(dir.join(coffer_server::tls::DEV_CERT)),
+        _ => None,
+    };
     // Checked before anything starts; the development certificate is
     // made by the bind below, so it is read after it.
     let mqtt_settings = mqtt;
@@ -402,11 +407,16 @@ pub fn run(global: &Global, options: Options<'_>) -> Result<Report, CliError> {
             }
             println!("Admin console: {scheme}://{addr}/console");
             if let Some(token) = server.setup_token() {
+                // The CLI asks for the token and the password (twice): none
+                // of them goes on a command line or into a shell history.
+                let ca = match &dev_cert {
+                    Some(path) => format!(" --ca-cert {}", path.display()),
+                    None => String::new(),
+                };
                 println!(
                     "\nThis server has no organization yet. One-time setup token (shown once; a restart replaces it):\n\n    {token}\n\n\
-                     Set up the first organization and its owner:\n\n    \
-                     curl -s {scheme}://{addr}/v1/setup -H 'content-type: application/json' \\\n      \
-                     -d '{{\"setup_token\": \"{token}\", \"organization\": \"Acme\", \"owner\": \"alice\", \"password\": \"…at least 12 characters…\"}}'\n"
+                     Set up the first organization and its owner (it asks for the token, then the owner's password twice):\n\n    \
+                     coffer admin --server {scheme}://{addr}{ca} setup --organization Acme --owner alice\n"
                 );
             }
         }

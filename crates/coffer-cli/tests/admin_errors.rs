@@ -73,4 +73,89 @@ fn unreachable_servers_are_explained() {
         !said.contains("does not trust") && !said.contains("cannot connect"),
         "{said}"
     );
+    // With --json, the server's own stable code reaches the script.
+    let out = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["--json", "admin", "--server", &server.base, "--ca-cert"])
+        .arg(&ca)
+        .args(["login", "--user", "alice"])
+        .env("HOME", &home)
+        .env("XDG_DATA_HOME", &home)
+        .env("COFFER_ADMIN_PASSWORD", "correct horse battery")
+        .env_remove("COFFER_SERVER")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let error: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(error["error"]["code"], "invalid_credentials", "{error}");
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn the_saved_session_remembers_its_server_and_goes_nowhere_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let server_dir = dir.path().join("server");
+    std::fs::create_dir_all(&server_dir).unwrap();
+    let url = format!("sqlite://{}", server_dir.join("server.db").display());
+    let server = support::DevServer::start(&server_dir, &url);
+    let ca = server.ca();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_coffer"))
+            .args(["--json", "admin"])
+            .args(args)
+            .env("HOME", &home)
+            .env("XDG_DATA_HOME", &home)
+            .env("COFFER_ADMIN_PASSWORD", "correct horse battery")
+            .env("COFFER_SETUP_TOKEN", &server.setup_token)
+            .env_remove("COFFER_SERVER")
+            .env_remove("COFFER_CA_CERT")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ca_s = ca.to_str().unwrap();
+    let set_up = run(&[
+        "--server",
+        &server.base,
+        "--ca-cert",
+        ca_s,
+        "setup",
+        "--organization",
+        "Acme",
+        "--owner",
+        "alice",
+    ]);
+    assert!(
+        set_up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set_up.stderr)
+    );
+    let logged_in = run(&[
+        "--server",
+        &server.base,
+        "--ca-cert",
+        ca_s,
+        "login",
+        "--user",
+        "alice",
+    ]);
+    assert!(
+        logged_in.status.success(),
+        "{}",
+        String::from_utf8_lossy(&logged_in.stderr)
+    );
+    // No --server, no --ca-cert: the session's.
+    let me = run(&["me"]);
+    assert!(
+        me.status.success(),
+        "{}",
+        String::from_utf8_lossy(&me.stderr)
+    );
+    // Another server: the token is not sent there.
+    let elsewhere = run(&["--server", "http://127.0.0.1:9", "me"]);
+    assert_eq!(elsewhere.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&elsewhere.stderr);
+    assert!(said.contains("the saved session is for"), "{said}");
+    assert!(!said.contains("cannot connect"), "{said}");
 }

@@ -27,6 +27,15 @@ macro_rules! error_codes {
                     ErrorCode::Unknown(text) => text,
                 }
             }
+
+            /// The code's text when this version defines it (`None` for
+            /// [`ErrorCode::Unknown`]).
+            pub fn known(&self) -> Option<&'static str> {
+                match self {
+                    $(ErrorCode::$variant => Some($text),)*
+                    ErrorCode::Unknown(_) => None,
+                }
+            }
         }
 
         impl From<&str> for ErrorCode {
