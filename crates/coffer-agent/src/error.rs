@@ -134,6 +134,9 @@ pub enum Error {
     /// A callback gave nothing (a prompt was cancelled).
     #[error("no {0} given")]
     Cancelled(&'static str),
+    /// The unlock agent could not be started or reached (its socket).
+    #[error("unlock agent: {0}")]
+    UnlockAgent(String),
 }
 
 fn needs_online_message(user: &str, why: &str, wrong_secret: bool) -> String {

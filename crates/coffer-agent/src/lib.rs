@@ -58,6 +58,8 @@ mod mqtt;
 pub mod policy;
 pub mod sync;
 pub mod transport;
+#[cfg(unix)]
+pub mod unlock_agent;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -178,7 +180,7 @@ impl Agent {
 
     /// `vault`, refusing a debugger before any KDF runs if the held
     /// policy's hint says so (a vault already set to refuse stays so).
-    fn guarded(&self, vault: &Vault) -> Vault {
+    pub(crate) fn guarded(&self, vault: &Vault) -> Vault {
         if self.refuses_debugger(vault) {
             vault.clone().refuse_under_debugger(true)
         } else {

@@ -93,8 +93,30 @@ pub(crate) fn record_check_in(vault: &mut UnlockedVault, server_time: i64) -> Re
 /// refused; the idle lock, lockout and capabilities are set; a passphrase
 /// slot below the KDF floor is re-derived with the floor.
 pub(crate) fn enforce(
-    mut vault: UnlockedVault,
+    vault: UnlockedVault,
     credential: &Credential<'_>,
+    now: SystemTime,
+    grace: Grace,
+) -> Result<UnlockedVault> {
+    let passphrase = match credential {
+        Credential::Passphrase(passphrase) => Some(*passphrase),
+        _ => None,
+    };
+    enforce_with(vault, passphrase, now, grace)
+}
+
+/// [`enforce`] for a vault an unlock agent opened: no secret, so the KDF
+/// floor waits for the next unlock with the passphrase.
+pub(crate) fn enforce_without_secret(
+    vault: UnlockedVault,
+    now: SystemTime,
+) -> Result<UnlockedVault> {
+    enforce_with(vault, None, now, Grace::Full)
+}
+
+fn enforce_with(
+    mut vault: UnlockedVault,
+    passphrase: Option<&Passphrase>,
     now: SystemTime,
     grace: Grace,
 ) -> Result<UnlockedVault> {
@@ -144,7 +166,7 @@ pub(crate) fn enforce(
     // outlive the next one. Best effort: a vault opened by a temporary key
     // may not change them, and is not refused for it.
     let _ = apply(&mut vault, &policy.rules);
-    if let Credential::Passphrase(passphrase) = credential {
+    if let Some(passphrase) = passphrase {
         raise_to_kdf_floor(&mut vault, passphrase, &policy.rules)?;
     }
     Ok(vault)

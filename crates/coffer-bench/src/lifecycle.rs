@@ -168,7 +168,68 @@ pub(crate) fn run(scale: &Scale) -> Vec<Section> {
         table,
         goals: Vec::new(),
     };
-    vec![unlock_section, rotation]
+    let session = session_section(&space, &p, scale);
+    vec![unlock_section, rotation, session]
+}
+
+/// A command's unlock in an unlock session (`coffer unlock`: the session
+/// key over the agent's socket, then `Vault::reopen`) against the same
+/// unlock with the passphrase, each followed by one key-value read.
+fn session_section(space: &Space, p: &Passphrase, scale: &Scale) -> Section {
+    use coffer_agent::unlock_agent;
+    let vault = space.vault("empty").unwrap();
+    {
+        let opened = vault.unlock(&Credential::Passphrase(p)).unwrap();
+        opened.add_app("notes", Capabilities::all()).unwrap();
+        opened
+            .app("notes")
+            .unwrap()
+            .kv()
+            .unwrap()
+            .put("k", b"v")
+            .unwrap();
+    }
+    let opened = vault.unlock(&Credential::Passphrase(p)).unwrap();
+    let listener = unlock_agent::bind(&vault).unwrap();
+    let limits = unlock_agent::Limits {
+        for_at_most: None,
+        idle: std::time::Duration::from_secs(600),
+        check_in_every: None,
+    };
+    let agent = std::thread::spawn(move || {
+        unlock_agent::serve(&coffer_agent::Agent::new(), opened, listener, limits).unwrap()
+    });
+    let read = |v: &UnlockedVault| v.app("notes").unwrap().kv().unwrap().get("k").unwrap();
+    let mut locked = Samples::default();
+    let mut unlocked = Samples::default();
+    let rounds = (scale.rounds * 5).max(5);
+    for _ in 0..rounds {
+        let (_, t) = time(|| read(&vault.unlock(&Credential::Passphrase(p)).unwrap()));
+        locked.push(t);
+        let (_, t) = time(|| {
+            let key = unlock_agent::session_key(&vault).unwrap();
+            read(&vault.reopen(&key).unwrap())
+        });
+        unlocked.push(t);
+    }
+    assert!(unlock_agent::lock(&vault));
+    agent.join().unwrap();
+    let table = format!(
+        "| a command's unlock and one read | time |\n|---|---|\n| with the passphrase (the KDF) | {} |\n| in an unlock session (socket, key, reopen) | {} |\n",
+        locked.seconds(),
+        unlocked.seconds()
+    );
+    Section {
+        title: "A command in an unlock session vs with the passphrase".into(),
+        setup: format!(
+            "The empty vault above; each round unlocks it and reads one key: once with the passphrase, once through an agent serving on its socket in this process. {rounds} interleaved rounds."
+        ),
+        table,
+        goals: vec![format!(
+            "the session's unlock skips the KDF: {} of the passphrase's",
+            ratio(unlocked.median(), locked.median())
+        )],
+    }
 }
 
 /// Copies every file under `from` to `to`, fsyncing each: what rotation

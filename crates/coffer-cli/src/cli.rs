@@ -586,6 +586,34 @@ pub enum Command {
     /// policy for another organization or a downgrade is refused and the
     /// last good policy kept.
     CheckIn,
+    /// Keep the vault unlocked: later commands run without the passphrase
+    ///
+    /// Unlocks once, then leaves an agent process holding the vault open
+    /// (its key pinned in RAM, the process not dumpable), reachable only by
+    /// your user through a socket in the vault's directory. It ends with
+    /// 'coffer lock', after --for, after the policy's idle time without a
+    /// command (15 min without a policy), when the vault is rotated or
+    /// wiped, or when a check-in (on the policy's interval) carries out a
+    /// wipe order. Commands given --recovery or a --passphrase-file unlock
+    /// as usual, and so does 'coffer verify'.
+    Unlock {
+        /// End the session after this long at most, e.g. 8h
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        for_at_most: Option<std::time::Duration>,
+        /// Check in at least this often (the policy's interval otherwise)
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        check_in_every: Option<std::time::Duration>,
+    },
+    /// End the unlock session of the vault ('coffer unlock')
+    Lock,
+    /// The unlock agent's own process (started by 'coffer unlock')
+    #[command(name = "__unlock-agent", hide = true)]
+    UnlockAgent {
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        for_at_most: Option<std::time::Duration>,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        check_in_every: Option<std::time::Duration>,
+    },
     /// Shell completions for coffer, on standard output
     ///
     /// Install (bash): `coffer completions bash > ~/.local/share/bash-completion/completions/coffer`;

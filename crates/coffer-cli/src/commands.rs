@@ -59,6 +59,15 @@ pub fn vault(global: &Global) -> Result<Vault, CliError> {
 /// Unlocks the vault, then enforces its organization's policy if it is
 /// enrolled (offline grace, the KDF floor: docs/protocol.md).
 pub fn unlock(global: &Global) -> Result<UnlockedVault, CliError> {
+    // An unlock session ('coffer unlock') opens it without the KDF, unless
+    // the command line names a secret of its own.
+    #[cfg(unix)]
+    if !global.recovery && global.recovery_key_file.is_none() && global.passphrase_file.is_none() {
+        let vault = vault(global)?;
+        if let Some(opened) = crate::control::agent().unlock_through_agent(&vault) {
+            return Ok(opened?);
+        }
+    }
     Ok(unlock_offered(global)?.0)
 }
 
@@ -536,7 +545,8 @@ pub fn verify_deep(global: &Global) -> Result<(Report, Option<crate::exit::ExitC
 }
 
 pub fn verify(global: &Global) -> Result<Report, CliError> {
-    let vault = unlock(global)?;
+    // The secret itself is what is checked: never an unlock session.
+    let vault = unlock_offered(global)?.0;
     let slot = vault
         .slots()
         .into_iter()

@@ -243,6 +243,7 @@ impl From<coffer_agent::Error> for CliError {
             Agent::NeedsOnlineLogin { .. } => (ExitCode::WrongSecret, "needs_online_login"),
             Agent::InvalidReadings(_) => (ExitCode::Usage, "invalid_readings"),
             Agent::Cancelled(_) => (ExitCode::Usage, "usage"),
+            Agent::UnlockAgent(_) => (ExitCode::Other, "unlock_agent"),
             _ => (ExitCode::Other, "error"),
         };
         let hint = match &e {

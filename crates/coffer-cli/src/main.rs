@@ -19,6 +19,7 @@ mod serve;
 mod server_backup;
 mod stores;
 mod sync;
+mod unlock;
 
 use clap::Parser;
 use serde_json::json;
@@ -47,6 +48,15 @@ fn run(cli: &Cli) -> Result<Report, CliError> {
         // Answered with its own exit code, in main.
         Command::Verify { deep: true } => Err(CliError::other("unreachable")),
         Command::CheckIn => control::check_in(g),
+        Command::Unlock {
+            for_at_most,
+            check_in_every,
+        } => unlock::start(g, *for_at_most, *check_in_every),
+        Command::Lock => unlock::lock(g),
+        Command::UnlockAgent {
+            for_at_most,
+            check_in_every,
+        } => unlock::run_agent(g, *for_at_most, *check_in_every),
         Command::Sync { command } => sync::sync(g, command.as_ref()),
         // Answered with its own exit code, in main.
         Command::Conflicts { .. } => Err(CliError::other("unreachable")),

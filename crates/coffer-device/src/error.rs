@@ -146,6 +146,10 @@ pub enum Error {
     /// vault key is gone from memory; unlock again.
     #[error("the vault session is locked: unlock again")]
     SessionLocked,
+    /// An unlock agent's key no longer opens the vault: it was rotated or
+    /// wiped, or the slot that opened it is gone or expired.
+    #[error("the unlock session no longer opens this vault (rotated, wiped, or its slot removed): unlock again")]
+    SessionEnded,
     /// This platform lacks what the operation needs.
     #[error("not supported here: {0}")]
     Unsupported(&'static str),

@@ -87,4 +87,5 @@ pub use store::sync::{
     Ack, AckOutcome, Conflict, PageApplied, PendingChange, PulledHead, Resolution, Side, SyncState,
 };
 pub use subkey::Purpose;
+pub use vault::SessionKey;
 pub use vault::{SlotInfo, UnlockedVault, Vault, VaultInfo};

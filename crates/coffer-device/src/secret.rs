@@ -53,6 +53,14 @@ impl Key256 {
 /// derived from it (see [`crate::subkey`]).
 pub struct VaultKey(pub(crate) Key256);
 
+impl VaultKey {
+    /// A vault key from its bytes (an unlock agent's): moved into the
+    /// pinned box, the copy zeroized.
+    pub(crate) fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        VaultKey(Subkey::from_bytes(bytes).0)
+    }
+}
+
 /// A key derived from the vault key for one purpose (and one app).
 pub struct Subkey(pub(crate) Key256);
 

@@ -360,6 +360,36 @@ impl Vault {
     /// rotation in another process makes this wait, then fail with
     /// [`Error::Busy`]), and removes what a rotation that crashed before
     /// its commit left behind.
+    /// Opens the vault with a key an unlock agent holds
+    /// ([`UnlockedVault::session_key`]): no KDF, no attempt counted, no
+    /// audit entry (the agent's own unlock was recorded). Refused with
+    /// [`Error::SessionEnded`] once the key no longer opens the header (a
+    /// rotation, a wipe) or the slot that opened it is gone or expired.
+    pub fn reopen(&self, session: &SessionKey) -> Result<UnlockedVault> {
+        crate::hardening::before_unlock(self.refuse_tracer)?;
+        self.read_sealed()?;
+        let data_lock = self.hold_data_lock()?;
+        let sealed = self.read_sealed()?;
+        let key = VaultKey::from_bytes(*session.expose_secret());
+        let header = sealed.authenticate(&key).map_err(|_| Error::SessionEnded)?;
+        let opened = header.slots[session.slot]
+            .as_ref()
+            .map(|(slot, meta)| (slot.kind, meta.expires_at))
+            .ok_or(Error::SessionEnded)?;
+        let now = system_time_to_unix(SystemTime::now()).max(header.latest_seen);
+        if opened.1.is_some_and(|expiry| now >= expiry) {
+            return Err(Error::SessionEnded);
+        }
+        Ok(UnlockedVault {
+            vault: self.clone(),
+            session: Session::start(key, data_lock),
+            header,
+            opened_slot: session.slot,
+            opened_by: opened.0,
+            opened_single_use: false,
+        })
+    }
+
     fn hold_data_lock(&self) -> Result<FileLock> {
         let lock = FileLock::acquire_shared(&self.dir.join(DATA_LOCK_FILE))?;
         rotate::discard_staging(&self.dir);
@@ -517,6 +547,23 @@ impl UnlockedVault {
     #[cfg(test)]
     pub(crate) fn session_release_for_test(&self) {
         self.session.release_data_lock();
+    }
+
+    /// The vault key and the slot that opened it, for an unlock agent to
+    /// hand to the same user's later commands ([`Vault::reopen`]). Whoever
+    /// holds it opens the vault without its passphrase until a rotation:
+    /// hand it only over a channel the same user alone can reach. Refused
+    /// for a single-use key's session (its slot is gone).
+    pub fn session_key(&self) -> Result<SessionKey> {
+        if self.opened_single_use || self.header.slots[self.opened_slot].is_none() {
+            return Err(Error::NotPermitted(
+                "a vault opened by a single-use key cannot be kept unlocked",
+            ));
+        }
+        Ok(SessionKey {
+            key: self.session.key_copy()?,
+            slot: self.opened_slot,
+        })
     }
 
     /// Index of the slot that opened this vault.
@@ -1266,5 +1313,43 @@ fn lockout_name(lockout: Lockout) -> String {
         Lockout::Off => "off".into(),
         Lockout::Lock(n) => format!("lock after {n}"),
         Lockout::Wipe(n) => format!("wipe after {n}"),
+    }
+}
+
+/// A vault key in the hands of an unlock agent, with the slot that opened
+/// it ([`UnlockedVault::session_key`], [`Vault::reopen`]). Zeroized on
+/// drop; never shown by `Debug`.
+pub struct SessionKey {
+    /// Pinned in RAM (mlock) like every vault key.
+    key: VaultKey,
+    slot: usize,
+}
+
+impl SessionKey {
+    /// From its parts, as an agent's client receives them (the bytes are
+    /// moved into a pinned box and the copy zeroized).
+    pub fn from_parts(key: [u8; crate::KEY_LEN], slot: usize) -> SessionKey {
+        SessionKey {
+            key: VaultKey::from_bytes(key),
+            slot: slot.min(crate::header::SLOT_COUNT - 1),
+        }
+    }
+
+    /// The key's bytes, to send over the agent's socket.
+    pub fn expose_secret(&self) -> &[u8; crate::KEY_LEN] {
+        self.key.0.expose_secret()
+    }
+
+    /// The slot that opened the vault.
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+}
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionKey")
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
     }
 }

@@ -71,6 +71,20 @@ pub fn tracer_pid() -> Option<u32> {
         .filter(|pid| *pid != 0)
 }
 
+/// Whether the process at the other end of `socket` runs as this process's
+/// user (the kernel's record of the peer, checked on each connection).
+#[cfg(unix)]
+pub fn peer_is_same_user(socket: &std::os::unix::net::UnixStream) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    Ok(sys::peer_uid(socket.as_raw_fd())? == sys::effective_uid())
+}
+
+/// This process's effective user id.
+#[cfg(unix)]
+pub fn effective_uid() -> u32 {
+    sys::effective_uid()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

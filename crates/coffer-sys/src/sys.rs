@@ -83,3 +83,52 @@ pub(crate) fn disable_core_dumps() -> bool {
 pub(crate) fn set_not_dumpable() -> bool {
     false
 }
+
+/// The user id of the process at the other end of the Unix socket `fd`
+/// (SO_PEERCRED: what the kernel recorded at connect, not what the peer
+/// claims).
+#[cfg(target_os = "linux")]
+pub(crate) fn peer_uid(fd: std::os::fd::RawFd) -> std::io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given, and
+    // `fd` is a socket the caller owns for the duration of the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cred.uid)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// [`peer_uid`] where the platform has `getpeereid`.
+#[cfg(all(unix, not(target_os = "linux")))]
+pub(crate) fn peer_uid(fd: std::os::fd::RawFd) -> std::io::Result<u32> {
+    let (mut uid, mut gid) = (0, 0);
+    // SAFETY: both out-pointers are valid for writes; `fd` is the caller's.
+    let rc = unsafe { libc::getpeereid(fd, &mut uid, &mut gid) };
+    if rc == 0 {
+        Ok(uid)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// This process's effective user id.
+#[cfg(unix)]
+pub(crate) fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
