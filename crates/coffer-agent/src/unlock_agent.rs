@@ -35,8 +35,8 @@ pub const VERSION: u32 = 1;
 pub const MAX_FRAME: u32 = 4096;
 /// How long a connection may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often the agent looks at its clocks between connections.
-const TICK: Duration = Duration::from_millis(100);
+/// The longest the agent waits without looking at its clocks.
+const TICK_MAX: Duration = Duration::from_secs(1);
 /// The idle time when no policy sets one.
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(15 * 60);
 
@@ -242,16 +242,37 @@ pub fn serve(
 ) -> Result<Ended> {
     let handle = vault.vault().clone();
     let path = socket_path(&handle);
-    let ended = serving(agent, vault, &listener, limits);
+    // Connections are accepted on a thread of their own (a blocking accept
+    // answers at once) and handed over; this thread waits for the next one
+    // or the next deadline, whichever comes first.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let accepting = listener
+        .try_clone()
+        .and_then(|l| l.set_nonblocking(false).map(|()| l))
+        .map_err(|e| bad(format!("cannot listen on {}: {e}", path.display())))?;
+    std::thread::spawn(move || {
+        for stream in accepting.incoming() {
+            if tx.send(stream).is_err() {
+                break;
+            }
+        }
+    });
+    let ended = serving(agent, vault, &rx, limits);
+    drop(rx);
+    // Wake the accepting thread (it then finds nobody to hand to), then
+    // take the socket away.
+    let _ = UnixStream::connect(&path);
     drop(listener);
     let _ = std::fs::remove_file(&path);
     ended
 }
 
+type Incoming = std::sync::mpsc::Receiver<std::io::Result<UnixStream>>;
+
 fn serving(
     agent: &Agent,
     vault: UnlockedVault,
-    listener: &UnixListener,
+    incoming: &Incoming,
     limits: Limits,
 ) -> Result<Ended> {
     let started = Instant::now();
@@ -290,8 +311,17 @@ fn serving(
                 }
             }
         }
-        match listener.accept() {
-            Ok((mut stream, _)) => {
+        // Until the soonest deadline: the session's end, its idle end, the
+        // next check-in (a second at most, so a clock step is noticed).
+        let mut wake = (last_request + limits.idle).min(now + TICK_MAX);
+        if let Some(d) = limits.for_at_most {
+            wake = wake.min(started + d);
+        }
+        if let Some(due) = next_check_in {
+            wake = wake.min(due);
+        }
+        match incoming.recv_timeout(wake.saturating_duration_since(now)) {
+            Ok(Ok(mut stream)) => {
                 if let Some(ended) =
                     handle_connection(&handle, &key, &mut stream, &limits, started, last_request)
                 {
@@ -299,8 +329,10 @@ fn serving(
                 }
                 last_request = Instant::now();
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(TICK),
-            Err(_) => std::thread::sleep(TICK),
+            Ok(Err(_)) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(bad("the socket stopped accepting"));
+            }
         }
     }
 }
