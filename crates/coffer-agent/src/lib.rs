@@ -56,6 +56,7 @@ mod login;
 #[cfg(feature = "mqtt")]
 mod mqtt;
 pub mod policy;
+mod strength;
 pub mod sync;
 pub mod transport;
 #[cfg(unix)]
@@ -77,6 +78,7 @@ pub use error::{Error, Result, TransportError, WipeCause, Wiped};
 pub use files::{FileDirection, FileProblem};
 pub use login::{Login, LoginPrompts, OfflineReason, SlotChange};
 pub use policy::{check_passphrase_rules, held_policy, Grace};
+pub use strength::{strength, Strength};
 pub use sync::{AppSync, Quiet, SyncObserver, SyncReport};
 pub use transport::{Client, Connector, Credentials, Server, Transport, Trust};
 

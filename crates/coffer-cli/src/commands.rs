@@ -83,6 +83,27 @@ pub fn unlock_offered(global: &Global) -> Result<(UnlockedVault, Offered), CliEr
     })
 }
 
+/// Warns on stderr when a new passphrase is guessable (zxcvbn's estimate,
+/// with the user's and the vault's names counted as known): advice, not a
+/// refusal, which is the organization's rules' to make.
+pub fn warn_if_weak(global: &Global, passphrase: &coffer_device::Passphrase, who: &str) {
+    let strength = coffer_agent::strength(passphrase, &[who, &global.vault]);
+    if !strength.is_weak() {
+        return;
+    }
+    let mut advice = strength.warning.clone().unwrap_or_default();
+    for suggestion in &strength.suggestions {
+        if !advice.is_empty() {
+            advice.push(' ');
+        }
+        advice.push_str(suggestion);
+    }
+    eprintln!(
+        "coffer: warning: this passphrase is weak (strength {}/4, about 10^{} guesses): someone with a copy of the disk could guess it. {advice}",
+        strength.score, strength.guesses_log10
+    );
+}
+
 pub fn calibrate(global: &Global, args: &KdfArgs) -> Result<KdfParams, CliError> {
     let algorithm: KdfAlgorithm = args.kdf.parse()?;
     let bar = spinner(
@@ -189,6 +210,7 @@ pub fn init(global: &Global, args: &InitArgs) -> Result<Report, CliError> {
         }
     }
     let passphrase = input::initial_passphrase(global, &name)?;
+    warn_if_weak(global, &passphrase, &name);
     let kdf = calibrate(global, &args.kdf)?;
     let vault = space.create_vault(&global.vault, &name, &passphrase, &kdf)?;
     let slot = &vault.slots()[0];
@@ -294,6 +316,7 @@ pub fn slot(global: &Global, command: &SlotCommand) -> Result<Report, CliError> 
             let mut vault = unlock(global)?;
             let passphrase = input::new_passphrase(global, name)?;
             crate::control::check_passphrase_rules(&vault, &passphrase)?;
+            warn_if_weak(global, &passphrase, name);
             let params = calibrate(global, kdf)?;
             let slot = vault.add_passphrase_slot(name, &passphrase, &params)?;
             Ok(Report {
@@ -463,6 +486,7 @@ pub fn passwd(global: &Global, slot: Option<&str>, kdf: &KdfArgs) -> Result<Repo
     let who = slot.unwrap_or(&opened).to_owned();
     let passphrase = input::new_passphrase(global, &who)?;
     crate::control::check_passphrase_rules(&vault, &passphrase)?;
+    warn_if_weak(global, &passphrase, &who);
     let params = calibrate(global, kdf)?;
     let changed = vault.change_passphrase(slot, &passphrase, &params)?;
     Ok(Report {

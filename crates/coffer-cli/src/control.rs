@@ -127,14 +127,20 @@ pub fn after_rotation(vault: &mut UnlockedVault) -> Result<Option<String>, CliEr
 pub fn check_in(global: &Global) -> Result<Report, CliError> {
     let vault = crate::commands::vault(global)?;
     let agent = agent();
-    let (unlocked, _) = crate::input::with_secret(global, |secret| {
+    let (unlocked, offered) = crate::input::with_secret(global, |secret| {
         let bar = crate::commands::spinner(global, "Unlocking");
         // A check-in is the way out of the grace's block, not of its wipe.
         let unlocked = agent.unlock_with(&vault, secret, Grace::WipeOnly);
         bar.finish_and_clear();
         unlocked
     })?;
-    let (report, _) = agent.check_in(unlocked)?;
+    let (report, checked) = agent.check_in(unlocked)?;
+    // A new policy may ask more of passphrases than the one kept: say so
+    // (the passphrase is at hand only now).
+    let below_rules = match &offered {
+        Offered::Passphrase(p) => coffer_agent::check_passphrase_rules(&checked, p).err(),
+        _ => None,
+    };
     let text = format!(
         "Checked in at server time {}{}{}; policy version {}.",
         crate::commands::unix_time_text(report.server_time),
@@ -155,8 +161,15 @@ pub fn check_in(global: &Global) -> Result<Report, CliError> {
             .version()
             .map_or_else(|| "none".to_owned(), |v| v.to_string())
     );
+    let text = match &below_rules {
+        Some(why) => format!(
+            "{text}\nYour passphrase is below the organization's rules ({why}): change it with 'coffer passwd'."
+        ),
+        None => text,
+    };
     Ok(Report {
         json: json!({
+            "passphrase_below_rules": below_rules.is_some(),
             "server_time": report.server_time,
             "revoked": report.revoked,
             "removed_slots": report.removed_slots,

@@ -638,3 +638,22 @@ fn a_debugger_is_refused_when_asked_and_hardening_is_reported() {
     let report: Value = serde_json::from_slice(&traced.stdout).unwrap();
     assert!(report["hardening"]["tracer_pid"].as_u64().is_some());
 }
+
+#[test]
+fn a_weak_new_passphrase_is_warned_about() {
+    let env = Env::new();
+    let weak = env
+        .with_pass("password1")
+        .args(["init", "--kdf-time-ms", "0"])
+        .assert()
+        .success();
+    let said = String::from_utf8_lossy(&weak.get_output().stderr).into_owned();
+    assert!(said.contains("this passphrase is weak"), "{said}");
+    let strong = env
+        .with_pass("correct horse battery staple of the field team")
+        .args(["--vault", "other", "init", "--kdf-time-ms", "0"])
+        .assert()
+        .success();
+    let said = String::from_utf8_lossy(&strong.get_output().stderr).into_owned();
+    assert!(!said.contains("weak"), "{said}");
+}

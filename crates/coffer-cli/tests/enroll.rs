@@ -121,6 +121,7 @@ fn check_in_and_wipe(
     let checked = ok(coffer(&["check-in"]));
     assert_eq!(checked["policy"], json!({"version": 2, "updated": true}));
     assert_eq!(checked["revoked"], false);
+    assert_eq!(checked["passphrase_below_rules"], false);
     // Enforced: the apps' capabilities (kv only: SQL is denied, exit 10),
     // the failed-attempt limit and its action, and the KDF floor (alice's
     // slot, weaker, is re-derived at her next unlock).

@@ -206,7 +206,7 @@ fn the_policys_idle_time_and_a_wipe_order_at_check_in_end_the_session() {
     let rules = world.dir.path().join("rules-2.json");
     std::fs::write(
         &rules,
-        json!({"sync": ["cases"], "passphrase": {"min_length": 8}, "idle_lock_secs": 2,
+        json!({"sync": ["cases"], "passphrase": {"min_length": 30}, "idle_lock_secs": 2,
                "min_kdf": {"memory_kib": 8, "iterations": 1, "parallelism": 1}})
         .to_string(),
     )
@@ -221,7 +221,9 @@ fn the_policys_idle_time_and_a_wipe_order_at_check_in_end_the_session() {
         rules.to_str().unwrap(),
     ]));
     let device = world.device("device", "alice", &world.server.base);
-    ok(device.run(&["check-in"]));
+    // The new policy asks more than the device's passphrase has: flagged.
+    let checked = ok(device.run(&["check-in"]));
+    assert_eq!(checked["passphrase_below_rules"], true, "{checked}");
     let space = device.space.clone();
     let without_secret = |args: &[&str]| {
         device
