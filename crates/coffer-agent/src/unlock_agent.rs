@@ -75,6 +75,10 @@ pub struct Answer {
     /// The slot that opened the vault.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<usize>,
+    /// That slot's fingerprint (SHA-256 of it as stored), hex: a session
+    /// is the slot's, not the index's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     /// Seconds until the session ends by itself (the sooner of its time and
     /// its idle time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -98,6 +102,7 @@ impl std::fmt::Debug for Answer {
             .field("v", &self.v)
             .field("key", &self.key.as_ref().map(|_| "<redacted>"))
             .field("slot", &self.slot)
+            .field("fingerprint", &self.fingerprint)
             .field("ends_in", &self.ends_in)
             .field("error", &self.error)
             .finish()
@@ -109,6 +114,7 @@ fn answer() -> Answer {
         v: VERSION,
         key: None,
         slot: None,
+        fingerprint: None,
         ends_in: None,
         error: None,
     }
@@ -200,6 +206,8 @@ impl Limits {
         let policy_interval = policy
             .as_ref()
             .map(|p| Duration::from_secs(u64::from(p.rules.check_in_secs)));
+        // At most once a second, whatever was asked.
+        let check_in_every = check_in_every.map(|c| c.max(Duration::from_secs(1)));
         let check_in_every = match (enrolled, policy_interval, check_in_every) {
             (false, _, _) => None,
             (true, Some(p), Some(c)) => Some(p.min(c)),
@@ -213,33 +221,65 @@ impl Limits {
     }
 }
 
-/// Binds the agent's socket for `vault`: refused when an agent already
-/// answers there; a socket left by a dead agent is replaced.
-pub fn bind(vault: &Vault) -> Result<UnixListener> {
+/// The lock file an agent holds for its whole life: one agent per vault.
+pub const LOCK: &str = ".unlock-agent.lock";
+
+/// An agent's socket, bound under the vault's agent lock.
+pub struct Bound {
+    listener: UnixListener,
+    /// Held (exclusively) until the agent ends.
+    _lock: std::fs::File,
+}
+
+/// Binds the agent's socket for `vault` under its agent lock: refused when
+/// another agent holds the lock; a socket a dead agent left is replaced
+/// (only a socket: nothing else at that path is removed).
+pub fn bind(vault: &Vault) -> Result<Bound> {
     let path = socket_path(vault);
-    if UnixStream::connect(&path).is_ok() {
-        return Err(bad(format!(
-            "vault '{}' is already unlocked by an agent ('coffer lock' ends it)",
-            vault.name()
-        )));
+    let lock_path = vault.path().join(LOCK);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| bad(format!("cannot open {}: {e}", lock_path.display())))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(bad(format!(
+                "vault '{}' is already unlocked by an agent ('coffer lock' ends it)",
+                vault.name()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(bad(format!("cannot lock {}: {e}", lock_path.display())))
+        }
     }
-    let _ = std::fs::remove_file(&path);
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(&path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            let _ = std::fs::remove_file(&path);
+        }
+        Ok(_) => {
+            return Err(bad(format!(
+                "{} is in the way and is not a socket: remove it",
+                path.display()
+            )))
+        }
+        Err(_) => {}
+    }
     let listener = UnixListener::bind(&path)
         .map_err(|e| bad(format!("cannot listen on {}: {e}", path.display())))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| bad(format!("cannot listen on {}: {e}", path.display())))?;
-    Ok(listener)
+    Ok(Bound {
+        listener,
+        _lock: lock,
+    })
 }
 
 /// The agent's work: serves `vault` on `listener` until one of [`Ended`].
 /// The socket file is removed when it returns.
-pub fn serve(
-    agent: &Agent,
-    vault: UnlockedVault,
-    listener: UnixListener,
-    limits: Limits,
-) -> Result<Ended> {
+pub fn serve(agent: &Agent, vault: UnlockedVault, bound: Bound, limits: Limits) -> Result<Ended> {
+    let Bound { listener, _lock } = bound;
     let handle = vault.vault().clone();
     let path = socket_path(&handle);
     // Connections are accepted on a thread of their own (a blocking accept
@@ -248,7 +288,6 @@ pub fn serve(
     let (tx, rx) = std::sync::mpsc::channel();
     let accepting = listener
         .try_clone()
-        .and_then(|l| l.set_nonblocking(false).map(|()| l))
         .map_err(|e| bad(format!("cannot listen on {}: {e}", path.display())))?;
     std::thread::spawn(move || {
         for stream in accepting.incoming() {
@@ -263,7 +302,9 @@ pub fn serve(
     // take the socket away.
     let _ = UnixStream::connect(&path);
     drop(listener);
+    // Still under the agent lock: the socket is this agent's own.
     let _ = std::fs::remove_file(&path);
+    drop(_lock);
     ended
 }
 
@@ -322,12 +363,15 @@ fn serving(
         }
         match incoming.recv_timeout(wake.saturating_duration_since(now)) {
             Ok(Ok(mut stream)) => {
-                if let Some(ended) =
-                    handle_connection(&handle, &key, &mut stream, &limits, started, last_request)
+                match handle_connection(&handle, &key, &mut stream, &limits, started, last_request)
                 {
-                    return Ok(ended);
+                    Outcome::Ended(ended) => return Ok(ended),
+                    // Only a command's use of the session counts as
+                    // activity: a status probe, a refused peer or a bad
+                    // frame does not keep it open.
+                    Outcome::GaveKey => last_request = Instant::now(),
+                    Outcome::Answered => {}
                 }
-                last_request = Instant::now();
             }
             Ok(Err(_)) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
@@ -337,8 +381,17 @@ fn serving(
     }
 }
 
-/// One connection: peer checked, one request read and answered. `Some`
-/// when the session ends with it.
+/// What one connection came to.
+enum Outcome {
+    /// The session ends.
+    Ended(Ended),
+    /// A command took the key.
+    GaveKey,
+    /// Anything else (a status, a refusal).
+    Answered,
+}
+
+/// One connection: peer checked, one request read and answered.
 fn handle_connection(
     handle: &Vault,
     key: &SessionKey,
@@ -346,10 +399,10 @@ fn handle_connection(
     limits: &Limits,
     started: Instant,
     last_request: Instant,
-) -> Option<Ended> {
+) -> Outcome {
     // Another user's process gets nothing, not even an answer.
     if !coffer_sys::peer_is_same_user(stream).unwrap_or(false) {
-        return None;
+        return Outcome::Answered;
     }
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
@@ -365,13 +418,13 @@ fn handle_connection(
                 request.v
             ));
             send(stream, &refused);
-            return None;
+            return Outcome::Answered;
         }
         Err(e) => {
             let mut refused = answer();
             refused.error = Some(e.to_string());
             send(stream, &refused);
-            return None;
+            return Outcome::Answered;
         }
     };
     let now = Instant::now();
@@ -385,13 +438,13 @@ fn handle_connection(
     match request.op {
         Op::Lock => {
             send(stream, &answer());
-            Some(Ended::Locked)
+            Outcome::Ended(Ended::Locked)
         }
         Op::Status => {
             let mut status = answer();
             status.ends_in = Some(ends_in(last_request));
             send(stream, &status);
-            None
+            Outcome::Answered
         }
         Op::Key => {
             // The key must still open the vault: a rotation or a wipe by
@@ -400,20 +453,23 @@ fn handle_connection(
                 let mut refused = answer();
                 refused.error = Some(coffer_device::Error::SessionEnded.to_string());
                 send(stream, &refused);
-                return Some(Ended::KeyStale);
+                return Outcome::Ended(Ended::KeyStale);
             }
             let mut given = answer();
             given.key = Some(hex::encode(key.expose_secret()));
             given.slot = Some(key.slot());
+            given.fingerprint = Some(hex::encode(key.fingerprint()));
             given.ends_in = Some(ends_in(now));
             send(stream, &given);
-            None
+            Outcome::GaveKey
         }
     }
 }
 
 fn send(stream: &mut UnixStream, answer: &Answer) {
-    if let Ok(body) = serde_json::to_vec(answer).map(Zeroizing::new) {
+    // Written into a buffer that never grows (no stray copies of the key).
+    let mut body = Zeroizing::new(Vec::with_capacity(MAX_FRAME as usize));
+    if serde_json::to_writer(&mut *body, answer).is_ok() {
         let _ = write_frame(stream, &body);
     }
 }
@@ -441,7 +497,9 @@ pub fn session_key(vault: &Vault) -> Option<SessionKey> {
     let hex_key = answer.key.as_deref()?;
     let mut bytes = Zeroizing::new([0u8; coffer_device::KEY_LEN]);
     hex::decode_to_slice(hex_key, &mut *bytes).ok()?;
-    Some(SessionKey::from_parts(*bytes, answer.slot?))
+    let mut fingerprint = [0u8; 32];
+    hex::decode_to_slice(answer.fingerprint.as_deref()?, &mut fingerprint).ok()?;
+    SessionKey::from_parts(*bytes, answer.slot?, fingerprint)
 }
 
 /// Ends `vault`'s agent; whether one was running.
@@ -488,7 +546,7 @@ mod tests {
             "000000127b2276223a312c226f70223a226b6579227d"
         );
         let answer: Answer = serde_json::from_str(
-            r#"{"v":1,"key":"0000000000000000000000000000000000000000000000000000000000000000","slot":0,"ends_in":899}"#,
+            r#"{"v":1,"key":"0000000000000000000000000000000000000000000000000000000000000000","slot":0,"fingerprint":"0000000000000000000000000000000000000000000000000000000000000000","ends_in":899}"#,
         )
         .unwrap();
         assert_eq!((answer.slot, answer.ends_in), (Some(0), Some(899)));

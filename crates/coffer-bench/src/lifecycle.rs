@@ -190,14 +190,14 @@ fn session_section(space: &Space, p: &Passphrase, scale: &Scale) -> Section {
             .unwrap();
     }
     let opened = vault.unlock(&Credential::Passphrase(p)).unwrap();
-    let listener = unlock_agent::bind(&vault).unwrap();
+    let bound = unlock_agent::bind(&vault).unwrap();
     let limits = unlock_agent::Limits {
         for_at_most: None,
         idle: std::time::Duration::from_secs(600),
         check_in_every: None,
     };
     let agent = std::thread::spawn(move || {
-        unlock_agent::serve(&coffer_agent::Agent::new(), opened, listener, limits).unwrap()
+        unlock_agent::serve(&coffer_agent::Agent::new(), opened, bound, limits).unwrap()
     });
     let read = |v: &UnlockedVault| v.app("notes").unwrap().kv().unwrap().get("k").unwrap();
     let mut locked = Samples::default();

@@ -17,6 +17,11 @@ use crate::exit::CliError;
 #[cfg(unix)]
 use coffer_agent::unlock_agent;
 
+/// The key handed to the agent: 64 hex digits, a space, the slot's
+/// fingerprint in 64 hex digits, a space, the slot in two digits, a newline.
+#[cfg(unix)]
+const HANDOFF_LEN: usize = 64 + 1 + 64 + 1 + 2 + 1;
+
 #[cfg(not(unix))]
 fn unsupported() -> CliError {
     CliError::usage("an unlock session needs Unix sockets: not on this platform")
@@ -79,26 +84,32 @@ pub fn start(
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| CliError::other(format!("cannot start the unlock agent: {e}")))?;
-    {
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| CliError::other("the unlock agent has no input"))?;
-        let line = Zeroizing::new(format!(
-            "{} {}\n",
-            hex::encode(key.expose_secret()),
-            key.slot()
-        ));
-        stdin
-            .write_all(line.as_bytes())
-            .map_err(|e| CliError::other(format!("cannot hand the key to the agent: {e}")))?;
-    }
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| CliError::other("the unlock agent has no input"))?;
+    // The key, its slot's fingerprint and the slot, hex-encoded into a
+    // fixed buffer that is zeroized (no growing String holds a copy).
+    let mut line = Zeroizing::new([0u8; HANDOFF_LEN]);
+    hex::encode_to_slice(key.expose_secret(), &mut line[..64])
+        .and_then(|()| hex::encode_to_slice(key.fingerprint(), &mut line[65..129]))
+        .map_err(|_| CliError::other("cannot encode the session key"))?;
+    line[64] = b' ';
+    line[129] = b' ';
+    let slot = format!("{:02}\n", key.slot());
+    line[130..133].copy_from_slice(slot.as_bytes());
+    drop(key);
+    stdin
+        .write_all(&line[..])
+        .map_err(|e| CliError::other(format!("cannot hand the key to the agent: {e}")))?;
     let mut said = String::new();
     if let Some(out) = child.stdout.take() {
         let _ = BufReader::new(out).read_line(&mut said);
     }
     let said: serde_json::Value = serde_json::from_str(said.trim()).unwrap_or_default();
-    if said["ready"] != true {
+    // Only once this side has heard it is ready does the agent serve: if
+    // this process dies first, the agent finds its input closed and ends.
+    if said["ready"] != true || stdin.write_all(b"go\n").is_err() {
         let _ = child.kill();
         let _ = child.wait();
         let why = said["error"]
@@ -108,6 +119,7 @@ pub fn start(
             "the unlock agent did not start: {why}"
         )));
     }
+    drop(stdin);
     let ends = said["ends_in_secs"].as_u64().unwrap_or(0);
     Ok(Report {
         json: json!({"vault": global.vault, "unlocked": true, "ends_in_secs": ends, "pid": child.id()}),
@@ -131,18 +143,26 @@ pub fn run_agent(
     // The terminal that started it may close: that does not end it.
     let hangup = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, hangup);
-    let mut line = Zeroizing::new(String::new());
-    std::io::stdin()
-        .read_line(&mut line)
+    // Read unbuffered from the pipe into a fixed, zeroized buffer: the
+    // standard input's own buffer would keep the key for the agent's life.
+    let mut input = std::fs::File::from(
+        std::os::fd::AsFd::as_fd(&std::io::stdin())
+            .try_clone_to_owned()
+            .map_err(|e| CliError::other(format!("no session key: {e}")))?,
+    );
+    let mut line = Zeroizing::new([0u8; HANDOFF_LEN]);
+    std::io::Read::read_exact(&mut input, &mut line[..])
         .map_err(|e| CliError::other(format!("no session key: {e}")))?;
-    let (hex_key, slot) = line
-        .trim()
-        .split_once(' ')
-        .ok_or_else(|| CliError::usage("no session key given"))?;
     let mut bytes = Zeroizing::new([0u8; coffer_device::KEY_LEN]);
-    hex::decode_to_slice(hex_key, &mut *bytes).map_err(|_| CliError::usage("not a session key"))?;
-    let slot: usize = slot.parse().map_err(|_| CliError::usage("not a slot"))?;
-    let key = coffer_device::SessionKey::from_parts(*bytes, slot);
+    let mut fingerprint = [0u8; 32];
+    let slot = std::str::from_utf8(&line[130..132])
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok());
+    let key = hex::decode_to_slice(&line[..64], &mut *bytes)
+        .ok()
+        .and_then(|()| hex::decode_to_slice(&line[65..129], &mut fingerprint).ok())
+        .and_then(|()| coffer_device::SessionKey::from_parts(*bytes, slot?, fingerprint))
+        .ok_or_else(|| CliError::usage("not a session key"))?;
     drop(line);
     let say = |value: serde_json::Value| {
         let mut out = std::io::stdout();
@@ -153,10 +173,10 @@ pub fn run_agent(
     let started = (|| -> Result<_, CliError> {
         let opened = vault.reopen(&key)?;
         let limits = unlock_agent::Limits::from_policy(&opened, for_at_most, check_in_every)?;
-        let listener = unlock_agent::bind(&vault)?;
-        Ok((opened, limits, listener))
+        let bound = unlock_agent::bind(&vault)?;
+        Ok((opened, limits, bound))
     })();
-    let (opened, limits, listener) = match started {
+    let (opened, limits, bound) = match started {
         Ok(started) => started,
         Err(e) => {
             say(json!({"ready": false, "error": e.message}));
@@ -168,7 +188,14 @@ pub fn run_agent(
         .map_or(limits.idle, |d| d.min(limits.idle))
         .as_secs();
     say(json!({"ready": true, "ends_in_secs": ends_in, "idle_secs": limits.idle.as_secs()}));
-    let ended = unlock_agent::serve(&crate::control::agent(), opened, listener, limits)?;
+    // Serve only once `coffer unlock` heard that: it may have died since.
+    let mut go = [0u8; 3];
+    if std::io::Read::read_exact(&mut input, &mut go).is_err() || &go != b"go\n" {
+        return Err(CliError::other(
+            "coffer unlock went away before the session began",
+        ));
+    }
+    let ended = unlock_agent::serve(&crate::control::agent(), opened, bound, limits)?;
     Ok(Report {
         json: json!({"ended": format!("{ended:?}")}),
         text: String::new(),

@@ -356,15 +356,13 @@ impl Vault {
         Attempts::read(&self.dir).failures
     }
 
-    /// Takes the data lock shared, as every unlocked vault holds it (a
-    /// rotation in another process makes this wait, then fail with
-    /// [`Error::Busy`]), and removes what a rotation that crashed before
-    /// its commit left behind.
     /// Opens the vault with a key an unlock agent holds
     /// ([`UnlockedVault::session_key`]): no KDF, no attempt counted, no
     /// audit entry (the agent's own unlock was recorded). Refused with
     /// [`Error::SessionEnded`] once the key no longer opens the header (a
-    /// rotation, a wipe) or the slot that opened it is gone or expired.
+    /// rotation, a wipe) or the slot that opened it is gone, replaced or
+    /// expired; with [`Error::LockedOut`] once failed attempts locked the
+    /// vault.
     pub fn reopen(&self, session: &SessionKey) -> Result<UnlockedVault> {
         crate::hardening::before_unlock(self.refuse_tracer)?;
         self.read_sealed()?;
@@ -372,10 +370,23 @@ impl Vault {
         let sealed = self.read_sealed()?;
         let key = VaultKey::from_bytes(*session.expose_secret());
         let header = sealed.authenticate(&key).map_err(|_| Error::SessionEnded)?;
-        let opened = header.slots[session.slot]
-            .as_ref()
+        // The very slot that opened it: a slot removed and another added
+        // at its index (an escrow slot renewed after a user's wipe order,
+        // say) does not bring the session back.
+        let opened = header
+            .slots
+            .get(session.slot)
+            .and_then(Option::as_ref)
+            .filter(|(slot, _)| slot_fingerprint(slot) == session.fingerprint)
             .map(|(slot, meta)| (slot.kind, meta.expires_at))
             .ok_or(Error::SessionEnded)?;
+        // A vault locked out by failed attempts is locked for its session
+        // too: only a recovery or temporary key opens it again.
+        if matches!(sealed.lockout, Lockout::Lock(_))
+            && Attempts::read(&self.dir).reached(sealed.lockout)
+        {
+            return Err(Error::LockedOut);
+        }
         let now = system_time_to_unix(SystemTime::now()).max(header.latest_seen);
         if opened.1.is_some_and(|expiry| now >= expiry) {
             return Err(Error::SessionEnded);
@@ -390,6 +401,10 @@ impl Vault {
         })
     }
 
+    /// Takes the data lock shared, as every unlocked vault holds it (a
+    /// rotation in another process makes this wait, then fail with
+    /// [`Error::Busy`]), and removes what a rotation that crashed before
+    /// its commit left behind.
     fn hold_data_lock(&self) -> Result<FileLock> {
         let lock = FileLock::acquire_shared(&self.dir.join(DATA_LOCK_FILE))?;
         rotate::discard_staging(&self.dir);
@@ -560,9 +575,14 @@ impl UnlockedVault {
                 "a vault opened by a single-use key cannot be kept unlocked",
             ));
         }
+        let fingerprint = self.header.slots[self.opened_slot]
+            .as_ref()
+            .map(|(slot, _)| slot_fingerprint(slot))
+            .ok_or(Error::SessionEnded)?;
         Ok(SessionKey {
             key: self.session.key_copy()?,
             slot: self.opened_slot,
+            fingerprint,
         })
     }
 
@@ -1323,16 +1343,37 @@ pub struct SessionKey {
     /// Pinned in RAM (mlock) like every vault key.
     key: VaultKey,
     slot: usize,
+    /// SHA-256 of the opening slot as stored (its wrapped key, with its
+    /// fresh nonce): which slot, not only which index.
+    fingerprint: [u8; 32],
+}
+
+/// A slot's identity for a session: SHA-256 of its stored bytes.
+fn slot_fingerprint(slot: &KeySlot) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(slot.encode()).into()
 }
 
 impl SessionKey {
-    /// From its parts, as an agent's client receives them (the bytes are
-    /// moved into a pinned box and the copy zeroized).
-    pub fn from_parts(key: [u8; crate::KEY_LEN], slot: usize) -> SessionKey {
-        SessionKey {
-            key: VaultKey::from_bytes(key),
-            slot: slot.min(crate::header::SLOT_COUNT - 1),
-        }
+    /// From its parts, as an agent's client receives them (the key's bytes
+    /// are moved into a pinned box and the copy zeroized); `None` for a
+    /// slot index out of range.
+    pub fn from_parts(
+        key: [u8; crate::KEY_LEN],
+        slot: usize,
+        fingerprint: [u8; 32],
+    ) -> Option<SessionKey> {
+        let key = VaultKey::from_bytes(key);
+        (slot < crate::header::SLOT_COUNT).then_some(SessionKey {
+            key,
+            slot,
+            fingerprint,
+        })
+    }
+
+    /// The opening slot's fingerprint, sent with the key.
+    pub fn fingerprint(&self) -> &[u8; 32] {
+        &self.fingerprint
     }
 
     /// The key's bytes, to send over the agent's socket.

@@ -108,6 +108,18 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
+    fn a_socket_peer_of_this_process_is_the_same_user() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(peer_is_same_user(&a).unwrap());
+        assert!(peer_is_same_user(&b).unwrap());
+        // Not a socket: an error, never a yes.
+        let file = std::fs::File::open("/dev/null").unwrap();
+        use std::os::fd::AsRawFd;
+        assert!(sys::peer_uid(file.as_raw_fd()).is_err());
+    }
+
+    #[test]
     #[cfg(target_os = "linux")]
     fn locked_pages_show_in_the_process_status() {
         let locked = || -> u64 {

@@ -169,3 +169,53 @@ fn an_ephemeral_vault_abandoned_by_a_dead_process_is_cleaned_up() {
     assert!(!dead_root.exists(), "the abandoned vault is gone");
     assert!(live_root.exists(), "the live one is kept");
 }
+
+/// An unlock agent's key opens the vault only while the very slot that
+/// opened it is there, and not once failed attempts locked the vault.
+#[test]
+fn a_session_key_is_its_slots_and_yields_to_the_lockout() {
+    let (_d, space) = space();
+    let mut v = space
+        .create_vault("acme", "alice", &pass("alice pw"), &FAST)
+        .unwrap();
+    v.add_passphrase_slot("bob", &pass("bob pw"), &FAST)
+        .unwrap();
+    drop(v);
+    let vault = space.vault("acme").unwrap();
+    let bob = vault
+        .unlock(&Credential::Passphrase(&pass("bob pw")))
+        .unwrap();
+    let key = bob.session_key().unwrap();
+    assert_eq!(key.slot(), 1);
+    drop(bob);
+    assert!(vault.reopen(&key).is_ok());
+    assert!(!format!("{key:?}").contains(&hex::encode(key.expose_secret())));
+
+    // Bob's slot removed, carol's added at the same index: the session is
+    // bob's, so it is over.
+    let mut alice = vault
+        .unlock(&Credential::Passphrase(&pass("alice pw")))
+        .unwrap();
+    alice.remove_slot("bob").unwrap();
+    let carol = alice
+        .add_passphrase_slot("carol", &pass("carol pw"), &FAST)
+        .unwrap();
+    assert_eq!(carol.index, 1, "the index is reused");
+    drop(alice);
+    assert!(matches!(vault.reopen(&key), Err(Error::SessionEnded)));
+
+    // Alice's session, then two wrong guesses on a vault that locks after
+    // two: the session is locked out with everyone else.
+    let mut alice = vault
+        .unlock(&Credential::Passphrase(&pass("alice pw")))
+        .unwrap();
+    alice.set_lockout(Lockout::Lock(2)).unwrap();
+    let key = alice.session_key().unwrap();
+    drop(alice);
+    assert!(vault.reopen(&key).is_ok());
+    for _ in 0..2 {
+        let _ = vault.unlock(&Credential::Passphrase(&pass("a wrong guess")));
+    }
+    assert!(matches!(vault.reopen(&key), Err(Error::LockedOut)));
+    assert!(SessionKey::from_parts([0; 32], 16, [0; 32]).is_none());
+}
