@@ -550,7 +550,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!((answer.slot, answer.ends_in), (Some(0), Some(899)));
-        assert!(!format!("{answer:?}").contains("0000000000"));
+        // The key never shows in Debug (the fingerprint, public, may).
+        let mut keyed = answer;
+        keyed.key = Some("ab".repeat(32));
+        let shown = format!("{keyed:?}");
+        assert!(!shown.contains("abab"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
         // Unknown fields and other versions' shapes are refused.
         assert!(serde_json::from_str::<Request>(r#"{"v":1,"op":"key","x":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"v":1,"op":"dump"}"#).is_err());
