@@ -145,6 +145,21 @@ fn a_server_restored_on_a_new_data_directory_keeps_its_trail_and_its_devices() {
     assert_eq!(code, Some(5), "{error}");
     assert!(!new_db.exists());
 
+    // File pieces cannot be dropped by restoring "into S3".
+    let into_s3 = server(
+        &new_home,
+        &[
+            "restore",
+            backup_dir.to_str().unwrap(),
+            "--database-url",
+            &new_url,
+            "--blobs-in-s3",
+            "--master-key-file",
+            master_key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(refused(&into_s3).0, Some(2));
+    assert!(!new_db.exists());
     let restored = ok(restore(&master_key, &backup_dir));
     assert!(restored["audit_rows"].as_u64().unwrap() > 3, "{restored}");
     // Never over a database.

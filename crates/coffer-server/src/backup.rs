@@ -371,6 +371,16 @@ pub fn backup(server: &ServerFiles, out: &Path) -> Result<Manifest, BackupError>
             message: "no such database file".into(),
         });
     }
+    if let Some(dir) = &server.blob_dir {
+        if !dir.is_dir() {
+            return Err(BackupError::Io {
+                op: "reading",
+                path: dir.clone(),
+                message: "no such blob directory (give the server's --blob-dir, or --blobs-in-s3)"
+                    .into(),
+            });
+        }
+    }
     private_dir(out)?;
     let mut blobs = server.blob_dir.as_ref().map(|_| BlobCopy {
         pieces: 0,
@@ -483,13 +493,31 @@ pub async fn restore(
     keys: &Keyring,
 ) -> Result<Restored, BackupError> {
     let manifest = read_manifest(from)?;
-    let copy = from.join(DATABASE);
-    if sha256_file(&copy)? != manifest.database.sha256 {
-        return Err(BackupError::Damaged(format!(
-            "{DATABASE} is not the file the manifest describes"
-        )));
+    // Every source first: nothing is placed from a backup that is missing
+    // a part.
+    if manifest.blobs.is_some() && server.blob_dir.is_none() {
+        return Err(BackupError::NotABackup(
+            "this backup holds file pieces: restore them into a blob directory (--blob-dir), not with --blobs-in-s3".into(),
+        ));
     }
-    integrity(&copy)?;
+    if let Some(expected) = manifest.blobs {
+        let mut found = BlobCopy {
+            pieces: 0,
+            bytes: 0,
+        };
+        count_pieces(&from.join(BLOBS), &mut found)?;
+        if found != expected {
+            return Err(BackupError::Damaged(format!(
+                "{BLOBS}/ holds {} piece(s) of {} bytes, the manifest {} of {}",
+                found.pieces, found.bytes, expected.pieces, expected.bytes
+            )));
+        }
+    }
+    if manifest.dev_tls && DEV_TLS_FILES.iter().any(|f| !from.join(f).is_file()) {
+        return Err(BackupError::Damaged(
+            "the development certificate the manifest names is missing".into(),
+        ));
+    }
     for target in [Some(&server.database), server.blob_dir.as_ref()]
         .into_iter()
         .flatten()
@@ -498,6 +526,13 @@ pub async fn restore(
             return Err(BackupError::TargetExists {
                 path: target.clone(),
             });
+        }
+    }
+    // SQLite would replay a stale journal onto the restored file.
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let beside = PathBuf::from(format!("{}{suffix}", server.database.display()));
+        if beside.exists() {
+            return Err(BackupError::TargetExists { path: beside });
         }
     }
     if let Some(dir) = &server.dev_tls_dir {
@@ -519,11 +554,21 @@ pub async fn restore(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| DATABASE.into());
-    // The checks run on a scratch copy beside the target (opening a store
-    // migrates it); the bytes placed are the backup's own.
+    // The database is copied once, beside its target; those very bytes are
+    // hashed, checked and placed.
+    let partial = Scratch(parent.join(format!(".{name}.restoring")));
+    partial.remove();
+    copy_file(&from.join(DATABASE), &partial.0)?;
+    if sha256_file(&partial.0)? != manifest.database.sha256 {
+        return Err(BackupError::Damaged(format!(
+            "{DATABASE} is not the file the manifest describes"
+        )));
+    }
+    integrity(&partial.0)?;
+    // The keyed checks run on a scratch copy (opening a store migrates it).
     let scratch = Scratch(parent.join(format!(".{name}.restore-check")));
     scratch.remove();
-    copy_file(&copy, &scratch.0)?;
+    copy_file(&partial.0, &scratch.0)?;
     let audit_rows = {
         let store = Store::open(&scratch.0.display().to_string()).await?;
         let check = store.master_key_check().await?;
@@ -542,28 +587,85 @@ pub async fn restore(
         report.rows
     };
     drop(scratch);
-    // Place the pieces, then the database last: an interrupted restore
-    // leaves no database, so it is run again from the start.
+    // The pieces into a staging directory beside their target, renamed
+    // into place whole; then the certificate; the database last. A restore
+    // interrupted before the database is placed can be run again: what it
+    // staged is replaced, and an empty target is taken over.
     if let (Some(dir), Some(_)) = (&server.blob_dir, manifest.blobs) {
+        let staging = staging_dir(dir);
+        let _ = fs::remove_dir_all(&staging);
         let mut copied = BlobCopy {
             pieces: 0,
             bytes: 0,
         };
-        copy_pieces(&from.join(BLOBS), dir, &mut copied)?;
+        copy_pieces(&from.join(BLOBS), &staging, &mut copied)?;
+        if dir.exists() {
+            // Empty (checked above): rename needs it gone.
+            fs::remove_dir(dir).map_err(io("replacing", dir))?;
+        }
+        fs::rename(&staging, dir).map_err(io("placing", dir))?;
     }
     if let (Some(dir), true) = (&server.dev_tls_dir, manifest.dev_tls) {
         private_dir(dir)?;
         for file in DEV_TLS_FILES {
-            copy_file(&from.join(file), &dir.join(file))?;
+            let _ = fs::remove_file(dir.join(format!(".{file}.restoring")));
+            let staged = dir.join(format!(".{file}.restoring"));
+            copy_file(&from.join(file), &staged)?;
+            place_new(&staged, &dir.join(file))?;
         }
     }
-    let partial = parent.join(format!(".{name}.restoring"));
-    let _ = fs::remove_file(&partial);
-    copy_file(&copy, &partial)?;
-    fs::rename(&partial, &server.database).map_err(io("placing", &server.database))?;
+    place_new(&partial.0, &server.database)?;
     sync_dir(&parent)?;
     Ok(Restored {
         manifest,
         audit_rows,
     })
+}
+
+/// Where the pieces are staged before they are renamed to `dir`.
+fn staging_dir(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| BLOBS.into());
+    dir.with_file_name(format!(".{name}.restoring"))
+}
+
+/// Moves `from` to `to`, never over a file that appeared meanwhile (a hard
+/// link fails where a rename would replace).
+fn place_new(from: &Path, to: &Path) -> Result<(), BackupError> {
+    fs::hard_link(from, to).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => BackupError::TargetExists {
+            path: to.to_owned(),
+        },
+        _ => io("placing", to)(e),
+    })?;
+    fs::remove_file(from).map_err(io("placing", to))
+}
+
+/// The pieces and bytes under `dir` (dot names, a writer's temporaries,
+/// are not pieces).
+fn count_pieces(dir: &Path, found: &mut BlobCopy) -> Result<(), BackupError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("listing", dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io("listing", dir))?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let kind = entry.file_type().map_err(io("reading", &entry.path()))?;
+        if kind.is_dir() {
+            count_pieces(&entry.path(), found)?;
+        } else if kind.is_file() {
+            found.pieces += 1;
+            found.bytes += entry
+                .metadata()
+                .map_err(io("reading", &entry.path()))?
+                .len();
+        }
+    }
+    Ok(())
 }
