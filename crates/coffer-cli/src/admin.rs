@@ -63,8 +63,10 @@ fn saved_session() -> Option<SavedSession> {
     if text.starts_with('{') {
         return serde_json::from_str(text).ok();
     }
+    // An earlier version's bare token: its server is not known, so it
+    // goes only to the default one (log in again to use another).
     Some(SavedSession {
-        server: String::new(),
+        server: DEFAULT_SERVER.to_owned(),
         ca_cert: None,
         token: text.to_owned(),
     })

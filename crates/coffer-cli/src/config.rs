@@ -73,14 +73,30 @@ fn refused(path: &Path, why: impl std::fmt::Display) -> CliError {
 
 /// Reads the file: private enough for what it holds, and TOML.
 fn read(path: &Path) -> Result<toml::Table, CliError> {
-    let meta = std::fs::metadata(path).map_err(|e| refused(path, e))?;
+    use std::io::Read;
+    // One open: what is checked is what is read.
+    let file = std::fs::File::open(path).map_err(|e| refused(path, e))?;
+    let meta = file.metadata().map_err(|e| refused(path, e))?;
     if meta.len() > MAX_CONFIG {
         return Err(refused(path, "larger than 1 MiB"));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| refused(path, e))?;
+    let mut text = String::new();
+    file.take(MAX_CONFIG + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| refused(path, e))?;
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // Another user's file could be rewritten by them, whatever its mode.
+        if meta.uid() != coffer_sys::effective_uid() && meta.uid() != 0 {
+            return Err(refused(
+                path,
+                format!(
+                    "it belongs to another user (uid {}): the server's user or root must own it",
+                    meta.uid()
+                ),
+            ));
+        }
         let mode = meta.permissions().mode();
         // Whoever can write it can point the server at their database.
         if mode & 0o022 != 0 {
@@ -158,11 +174,27 @@ pub fn with_config(args: Vec<OsString>) -> Result<Vec<OsString>, CliError> {
                 )
             })?;
         let flag = format!("--{long}");
-        let on_command_line = given
-            .iter()
-            .any(|g| *g == flag || g.starts_with(&format!("{flag}=")));
-        let in_environment = arg.get_env().is_some_and(|v| std::env::var_os(v).is_some());
-        if on_command_line || in_environment {
+        let is_given = |a: &clap::Arg| {
+            let on_command_line = a.get_long().is_some_and(|l| {
+                let flag = format!("--{l}");
+                given
+                    .iter()
+                    .any(|g| *g == flag || g.starts_with(&format!("{flag}=")))
+            });
+            on_command_line || a.get_env().is_some_and(|v| std::env::var_os(v).is_some())
+        };
+        // The command line and the environment win, over this setting and
+        // over any setting that cannot go with what they gave
+        // (`dev-tls = true` in the file, `--tls-cert` on the command line).
+        // (clap records a conflict on one side: both are looked at.)
+        let conflicts = serve.get_arg_conflicts_with(arg).into_iter().any(is_given)
+            || serve.get_arguments().filter(|b| is_given(b)).any(|b| {
+                serve
+                    .get_arg_conflicts_with(b)
+                    .iter()
+                    .any(|c| c.get_id() == arg.get_id())
+            });
+        if is_given(arg) || conflicts {
             continue;
         }
         let switch = matches!(arg.get_action(), ArgAction::SetTrue);
@@ -186,14 +218,11 @@ pub fn with_config(args: Vec<OsString>) -> Result<Vec<OsString>, CliError> {
                     return Err(refused(&path, format!("{key}: one value, not a list")));
                 }
                 for item in items {
-                    added.push(flag.clone().into());
-                    added.push(scalar(item)?.into());
+                    // One word: a value starting with '-' stays a value.
+                    added.push(format!("{flag}={}", scalar(item)?).into());
                 }
             }
-            other => {
-                added.push(flag.into());
-                added.push(scalar(other)?.into());
-            }
+            other => added.push(format!("{flag}={}", scalar(other)?).into()),
         }
     }
     let mut out = args;

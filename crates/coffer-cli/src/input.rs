@@ -96,7 +96,8 @@ pub fn confirm(question: &str, expected: &str, hint: &str) -> Result<bool, CliEr
     };
     let answer =
         read().map_err(|e| CliError::usage(format!("cannot read the confirmation: {e}")))?;
-    Ok(answer.trim() == expected)
+    // An empty name is never confirmed by a bare Enter.
+    Ok(!expected.is_empty() && answer.trim() == expected)
 }
 
 fn passphrase(text: String) -> Result<Passphrase, CliError> {

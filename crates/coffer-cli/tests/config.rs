@@ -87,6 +87,28 @@ fn the_file_sets_what_flags_and_variables_do_not() {
     ));
     assert_eq!(shown["listening"], format!("https://127.0.0.1:{from_flag}"));
     assert!(env_db.exists());
+
+    // A flag that cannot go with a setting of the file wins over it: the
+    // file's dev-tls gives way to --tls-cert/--tls-key (the development
+    // certificate made above, given as files).
+    let cert = dir.path().join("coffer-server/dev-tls-cert.pem");
+    let key = dir.path().join("coffer-server/dev-tls-key.pem");
+    let shown = started(serve(
+        dir.path(),
+        &[
+            "--config",
+            config_s,
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(
+        shown["listening"].as_str().unwrap().starts_with("https://"),
+        "{shown}"
+    );
 }
 
 fn refusal(dir: &Path, config: &Path) -> serde_json::Value {

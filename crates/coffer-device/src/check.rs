@@ -4,8 +4,10 @@
 //!
 //! Unlocking already proves the header (its checksum and MAC). This reads
 //! everything else once and reports each problem instead of stopping at the
-//! first: a damaged file does not hide a damaged database. It changes
-//! nothing; `FileStore::remove_orphans` is what deletes leftovers.
+//! first: a damaged file does not hide a damaged database. It writes no
+//! data (every database is read with `query_only`; SQLite's own `-wal`
+//! and `-shm` files come and go as at any open); `FileStore::remove_orphans`
+//! is what deletes leftovers.
 
 use std::collections::HashSet;
 use std::fs;
@@ -194,6 +196,12 @@ impl Checker<'_> {
             .vault
             .subkey(purpose)
             .and_then(|key| database::open(path, &key, false));
+        // Reads only: the check writes nothing to the databases it reads.
+        let opened = opened.and_then(|conn| {
+            conn.execute_batch("PRAGMA query_only = ON")
+                .map(|()| conn)
+                .map_err(|e| Error::database("checking", e))
+        });
         let conn = match opened {
             Ok(conn) => conn,
             Err(e) => {
@@ -423,8 +431,22 @@ impl UnlockedVault {
         let catalog = checker.database(&catalog_path, Purpose::Catalog, " (the catalog)");
         // The list of apps comes from the catalog: when it does not open,
         // the apps' databases cannot be found (their names are in it).
-        let apps = match catalog {
-            Some(_) => self.apps().unwrap_or_default(),
+        let mut listed = catalog.is_some();
+        let apps = match &catalog {
+            Some(_) => match self.apps() {
+                Ok(apps) => apps,
+                Err(e) => {
+                    checker.report.found(
+                        ProblemKind::DatabaseDamaged,
+                        format!("{CATALOG_FILE} (the catalog)"),
+                        format!("its list of apps cannot be read: {e}"),
+                    );
+                    // Without the list, nothing on disk can be told an
+                    // orphan, and the apps' data cannot be found.
+                    listed = false;
+                    Vec::new()
+                }
+            },
             None => Vec::new(),
         };
         let paths: Vec<PathBuf> = apps
@@ -446,7 +468,7 @@ impl UnlockedVault {
         for (app, path) in apps.iter().zip(&paths) {
             checker.app(app, path);
         }
-        if catalog.is_some() {
+        if listed {
             checker.unowned(&apps);
         }
         match self.audit() {

@@ -3,6 +3,7 @@
 
 use std::str::FromStr;
 
+use coffer_protocol::untrusted::Untrusted;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
@@ -125,12 +126,16 @@ fn connect_error(at: &Target, e: deadpool_postgres::PoolError) -> StoreError {
                 ),
                 "28000" => format!(
                     "PostgreSQL at {place} does not let role {user:?} connect to database {database:?} from here: check the role exists and pg_hba.conf ({})",
-                    db.message()
+                    Untrusted::new(db.message()).at_most(300)
                 ),
                 "3D000" => format!(
                     "PostgreSQL at {place} has no database {database:?}: create it (createdb --owner {user} {database})"
                 ),
-                code => format!("PostgreSQL at {place}: {} ({code})", db.message()),
+                code => format!(
+                    "PostgreSQL at {place}: {} ({})",
+                    Untrusted::new(db.message()).at_most(300),
+                    Untrusted::new(code)
+                ),
             },
             None if e.to_string().contains("password missing") => format!(
                 "PostgreSQL at {place} asks role {user:?} for a password and none was given: put it in PGPASSWORD (or the URL)"
