@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use coffer_protocol::admin::{
-    AddUser, AuditReport, CreateOrganization, Csv, DeviceList, DeviceSummary, EnrollmentCode,
-    MeAnswer, MemberList, NewEnrollmentCode, OperatorList, OrderWipe, OrganizationCreated,
-    OrganizationList, OrganizationSummary, ReadingsQuery, SetRole, Setup, SetupAnswer, UsageQuery,
-    UsageReport, UserAdded, WipeOrdered, WipeOrders,
+    AddUser, AuditReport, ChangePassword, CreateOrganization, Csv, DeviceList, DeviceSummary,
+    EnrollmentCode, MeAnswer, MemberList, NewEnrollmentCode, OperatorList, OrderWipe,
+    OrganizationCreated, OrganizationList, OrganizationSummary, ReadingsQuery, SetRole, Setup,
+    SetupAnswer, UsageQuery, UsageReport, UserAdded, WipeOrdered, WipeOrders,
 };
 use coffer_protocol::data::{ReadingsPage, StoredReading};
 use coffer_protocol::policy::{Document, PolicyKey, PublishRequest, Rules, SignedPolicy};
@@ -328,6 +328,20 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
             write_session(&server, ca_cert.as_deref(), session.token.expose_secret())?;
             json!({"logged_in": user, "expires_at": session.expires_at})
         }
+        AdminCommand::Password => {
+            let old = password("Current password: ", PASSWORD_ENV)?;
+            let new = new_password("New password: ", "COFFER_NEW_PASSPHRASE")?;
+            let request = ChangePassword {
+                old_password: WireSecret::from(old),
+                new_password: WireSecret::from(new),
+            };
+            let NoContent = answer(
+                authed(reqwest::Method::POST, "/v1/me/password")?
+                    .json(&request)
+                    .send(),
+            )?;
+            json!({"password_changed": true})
+        }
         AdminCommand::Logout => {
             let answered: Result<NoContent, _> =
                 answer(authed(reqwest::Method::POST, "/v1/logout")?.send());
@@ -356,7 +370,8 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
             )?;
             shown(&added)?
         }
-        AdminCommand::SetRole { org, user_id, role } => {
+        AdminCommand::SetRole { org, who, role } => {
+            let user_id = user_id(&authed, *org, who)?;
             let NoContent = answer(
                 authed(
                     reqwest::Method::PUT,
@@ -372,7 +387,8 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
                 answer(authed(reqwest::Method::GET, &format!("/v1/orgs/{org}/users"))?.send())?;
             shown(&members)?
         }
-        AdminCommand::RemoveUser { org, user_id } => {
+        AdminCommand::RemoveUser { org, who } => {
+            let user_id = user_id(&authed, *org, who)?;
             let NoContent = answer(
                 authed(
                     reqwest::Method::DELETE,
@@ -425,7 +441,8 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
                 shown(&usage)?
             }
         }
-        AdminCommand::DisableUser { org, user_id } => {
+        AdminCommand::DisableUser { org, who } => {
+            let user_id = user_id(&authed, *org, who)?;
             let NoContent = answer(
                 authed(
                     reqwest::Method::POST,
@@ -435,7 +452,8 @@ pub fn run(global: &Global, args: &AdminArgs) -> Result<Report, CliError> {
             )?;
             json!({})
         }
-        AdminCommand::EnableUser { org, user_id } => {
+        AdminCommand::EnableUser { org, who } => {
+            let user_id = user_id(&authed, *org, who)?;
             let NoContent = answer(
                 authed(
                     reqwest::Method::POST,
@@ -546,6 +564,30 @@ fn organization(command: &AdminOrgCommand, authed: &Authed<'_>) -> Result<Value,
             json!({"deleted": org, "name": found.name})
         }
     })
+}
+
+/// The id of the user `who` names: given, or looked up by name among the
+/// organization's members.
+fn user_id(authed: &Authed<'_>, org: i64, who: &crate::cli::UserRef) -> Result<i64, CliError> {
+    if let Some(id) = who.user_id {
+        return Ok(id);
+    }
+    let name = who.user.as_deref().unwrap_or_default();
+    let members: MemberList =
+        answer(authed(reqwest::Method::GET, &format!("/v1/orgs/{org}/users"))?.send())?;
+    members
+        .members
+        .iter()
+        .find(|m| m.name == name)
+        .map(|m| m.id)
+        .ok_or_else(|| CliError {
+            exit: ExitCode::NotFound,
+            code: "no_such_user",
+            message: format!(
+                "organization {org} has no user named {:?} ('coffer admin users --org {org}' lists them)",
+                Untrusted::new(name)
+            ),
+        })
 }
 
 /// Builds an authenticated request to the server.

@@ -920,6 +920,18 @@ pub struct AdminArgs {
     pub command: AdminCommand,
 }
 
+/// A user of an organization, by id or by name.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct UserRef {
+    /// The user's id
+    #[arg(long)]
+    pub user_id: Option<i64>,
+    /// The user's name
+    #[arg(long)]
+    pub user: Option<String>,
+}
+
 /// Where a server on SQLite keeps its state (the defaults of `coffer serve`).
 #[derive(Debug, Args)]
 pub struct ServerFilesArgs {
@@ -980,6 +992,9 @@ pub enum AdminCommand {
         #[arg(long)]
         owner: String,
     },
+    /// Change your own password (the current one, then the new one twice;
+    /// COFFER_ADMIN_PASSWORD and COFFER_NEW_PASSPHRASE for scripts)
+    Password,
     /// Log in (the session is kept for the next commands)
     Login {
         /// Your user name
@@ -1014,9 +1029,8 @@ pub enum AdminCommand {
         /// The organization's id
         #[arg(long)]
         org: i64,
-        /// The user's id
-        #[arg(long)]
-        user_id: i64,
+        #[command(flatten)]
+        who: UserRef,
         /// owner, admin, member or auditor
         #[arg(long)]
         role: String,
@@ -1026,9 +1040,8 @@ pub enum AdminCommand {
         /// The organization's id
         #[arg(long)]
         org: i64,
-        /// The user's id
-        #[arg(long)]
-        user_id: i64,
+        #[command(flatten)]
+        who: UserRef,
     },
     /// A one-time enrollment code for a device
     EnrollCode {
@@ -1077,18 +1090,16 @@ pub enum AdminCommand {
         /// The organization's id
         #[arg(long)]
         org: i64,
-        /// The user's id
-        #[arg(long)]
-        user_id: i64,
+        #[command(flatten)]
+        who: UserRef,
     },
     /// Enable a disabled user again
     EnableUser {
         /// The organization's id
         #[arg(long)]
         org: i64,
-        /// The user's id
-        #[arg(long)]
-        user_id: i64,
+        #[command(flatten)]
+        who: UserRef,
     },
     /// The server's audit trail
     #[command(subcommand)]

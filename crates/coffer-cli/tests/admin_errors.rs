@@ -152,6 +152,66 @@ fn the_saved_session_remembers_its_server_and_goes_nowhere_else() {
         "{}",
         String::from_utf8_lossy(&me.stderr)
     );
+    // Users by name, as well as by id.
+    let add = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args([
+            "--json", "admin", "add-user", "--org", "1", "--user", "bob", "--role", "member",
+        ])
+        .env("HOME", &home)
+        .env("XDG_DATA_HOME", &home)
+        .env("COFFER_NEW_PASSPHRASE", "bob's long server password")
+        .env_remove("COFFER_SERVER")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    for args in [
+        &["set-role", "--org", "1", "--user", "bob", "--role", "admin"][..],
+        &["disable-user", "--org", "1", "--user", "bob"],
+        &["enable-user", "--org", "1", "--user", "bob"],
+    ] {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let users: serde_json::Value =
+        serde_json::from_slice(&run(&["users", "--org", "1"]).stdout).unwrap();
+    let bob = users["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "bob")
+        .unwrap()
+        .clone();
+    assert_eq!(bob["role"], "admin", "{users}");
+    let nobody = run(&["remove-user", "--org", "1", "--user", "nobody"]);
+    assert_eq!(nobody.status.code(), Some(9));
+    assert!(run(&["remove-user", "--org", "1", "--user", "bob"])
+        .status
+        .success());
+    // One's own password: the old one, then the new one.
+    let changed = Command::new(env!("CARGO_BIN_EXE_coffer"))
+        .args(["--json", "admin", "password"])
+        .env("HOME", &home)
+        .env("XDG_DATA_HOME", &home)
+        .env("COFFER_ADMIN_PASSWORD", "correct horse battery")
+        .env("COFFER_NEW_PASSPHRASE", "a new and longer password")
+        .env_remove("COFFER_SERVER")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        changed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&changed.stderr)
+    );
     // Another server: the token is not sent there.
     let elsewhere = run(&["--server", "http://127.0.0.1:9", "me"]);
     assert_eq!(elsewhere.status.code(), Some(2));
