@@ -196,10 +196,7 @@ fn emit(text: &str) -> Result<(), std::io::Error> {
 /// error object every other failure is (code `usage`, exit 2).
 fn argument_error(e: &clap::Error) -> std::process::ExitCode {
     use clap::error::ErrorKind;
-    let wants_json = std::env::args_os()
-        .skip(1)
-        .take_while(|a| a != "--")
-        .any(|a| a == "--json");
+    let wants_json = json_requested();
     let shown = matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
     if !wants_json || shown {
         e.exit();
@@ -225,14 +222,19 @@ fn argument_error(e: &clap::Error) -> std::process::ExitCode {
     std::process::ExitCode::from(exit)
 }
 
-/// A config file refused before the command line is parsed: shown as any
-/// other error (JSON with `--json`).
-fn config_error(e: &CliError) -> std::process::ExitCode {
-    let wants_json = std::env::args_os()
+/// Whether `--json` comes before the command's own arguments (`--`), for
+/// errors shown before (or without) a parsed command line.
+fn json_requested() -> bool {
+    std::env::args_os()
         .skip(1)
         .take_while(|a| a != "--")
-        .any(|a| a == "--json");
-    if wants_json {
+        .any(|a| a == "--json")
+}
+
+/// Shows an error as every command does: the JSON error object with
+/// `--json`, else `coffer: …`; the exit code to end with.
+fn report_error(e: &CliError, json: bool) -> std::process::ExitCode {
+    if json {
         let body =
             json!({"error": {"code": e.code, "exit_code": e.exit as u8, "message": e.message}});
         eprintln!("{body}");
@@ -248,7 +250,7 @@ fn main() -> std::process::ExitCode {
     let hardening = coffer_sys::harden_process();
     let args = match config::with_config(std::env::args_os().collect()) {
         Ok(args) => args,
-        Err(e) => return config_error(&e),
+        Err(e) => return report_error(&e, json_requested()),
     };
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
@@ -285,14 +287,6 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::from(e as u8)
             })
         }
-        Err(e) => {
-            if cli.global.json {
-                let body = json!({"error": {"code": e.code, "exit_code": e.exit as u8, "message": e.message}});
-                eprintln!("{body}");
-            } else {
-                eprintln!("coffer: {}", e.message);
-            }
-            std::process::ExitCode::from(e.exit as u8)
-        }
+        Err(e) => report_error(&e, cli.global.json),
     }
 }

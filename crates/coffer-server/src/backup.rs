@@ -169,15 +169,9 @@ pub fn sqlite_file(database_url: &str) -> Result<PathBuf, BackupError> {
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
         return Err(BackupError::Postgres);
     }
-    let path = database_url
-        .strip_prefix("sqlite://")
-        .unwrap_or(database_url);
-    if path.is_empty() || path == ":memory:" || path.starts_with("file:") {
-        return Err(BackupError::NotABackup(
-            "the database URL names no SQLite file".into(),
-        ));
-    }
-    Ok(PathBuf::from(path))
+    // The path as the server itself reads the URL.
+    crate::serve::sqlite_path(database_url)
+        .ok_or_else(|| BackupError::NotABackup("the database URL names no SQLite file".into()))
 }
 
 fn now_unix() -> i64 {

@@ -117,7 +117,7 @@ pub enum ServeError {
 
 /// The SQLite file a database URL names (as [`Store::open`] reads it), or
 /// `None` for PostgreSQL, an in-memory database or a `file:` URI.
-fn sqlite_path(database_url: &str) -> Option<PathBuf> {
+pub(crate) fn sqlite_path(database_url: &str) -> Option<PathBuf> {
     if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
         return None;
     }
